@@ -1,0 +1,112 @@
+"""Giving every row a cluster once a node is fitted on its sample: the hot path.
+
+Two assigners share one interface (``predict(X) -> labels, probability, embedding``):
+
+* :class:`KnnAssigner` — majority vote of the ``k`` nearest labelled sample rows in the node's
+  scaled feature space; the embedding is the mean position of the agreeing neighbours.
+  Deterministic per row, so labels do not depend on partitioning.
+* :class:`UmapAssigner` — the design card's way: ``umap.transform`` then
+  ``hdbscan.approximate_predict``. Slower, and UMAP's SGD epochs depend on the batch size,
+  so results shift with partition size.
+
+Pure compute: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+
+class KnnAssigner:
+    """Label rows by their nearest labelled neighbours in the scaled space.
+
+    Parameters
+    ----------
+    k : int
+        Neighbours consulted per row.
+    """
+
+    def __init__(self, k: int = 10):
+        self.k = k
+
+    def fit(self, X: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+            embedding: np.ndarray) -> KnnAssigner:
+        """Index the labelled rows.
+
+        Parameters
+        ----------
+        X : ndarray (n, d) scaled features of the labelled rows
+        labels : ndarray (n,) int, ``-1`` for noise
+        probabilities : ndarray (n,) membership strengths
+        embedding : ndarray (n, c) embedding coordinates
+        """
+        self.k_ = int(min(self.k, len(X)))
+        self.index_ = NearestNeighbors(n_neighbors=self.k_).fit(np.asarray(X, dtype=np.float32))
+        self.labels_ = np.asarray(labels, dtype=np.int64)
+        self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
+        self.embedding_ = np.asarray(embedding, dtype=np.float32)
+        self.n_labels_ = int(self.labels_.max()) + 2 if len(self.labels_) else 1
+        return self
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Assign rows.
+
+        Parameters
+        ----------
+        X : ndarray (m, d)
+
+        Returns
+        -------
+        labels : ndarray (m,) int64
+        probability : ndarray (m,) float64, 0 for noise
+        embedding : ndarray (m, c) float32
+        """
+        m = len(X)
+        c = self.embedding_.shape[1]
+        if m == 0:
+            return np.empty(0, np.int64), np.empty(0), np.empty((0, c), np.float32)
+        _, idx = self.index_.kneighbors(np.asarray(X, dtype=np.float32))
+        neigh = self.labels_[idx] + 1  # shift so noise is column 0
+        votes = np.zeros((m, self.n_labels_), dtype=np.int32)
+        np.add.at(votes, (np.repeat(np.arange(m), self.k_), neigh.ravel()), 1)
+        best = votes.max(axis=1)
+        # Ties go to the label of the nearest neighbour among the tied ones.
+        tied = votes[np.arange(m)[:, None], neigh] == best[:, None]
+        first = np.argmax(tied, axis=1)
+        winner = neigh[np.arange(m), first]
+        agree = neigh == winner[:, None]
+        n_agree = agree.sum(axis=1)
+        prob = (self.probabilities_[idx] * agree).sum(axis=1) / self.k_
+        emb = (self.embedding_[idx] * agree[:, :, None]).sum(axis=1) / n_agree[:, None]
+        labels = winner.astype(np.int64) - 1
+        prob[labels < 0] = 0.0
+        return labels, prob, emb.astype(np.float32)
+
+
+class UmapAssigner:
+    """Transform rows with the fitted UMAP, then ``hdbscan.approximate_predict``.
+
+    Parameters
+    ----------
+    reducer : umap.UMAP fitted with its own nearest-neighbour index
+    clusterer : hdbscan.HDBSCAN fitted with ``prediction_data=True``
+    relabel : ndarray mapping HDBSCAN's labels (+1, so noise is 0) to the node's labels
+    """
+
+    def __init__(self, reducer, clusterer, relabel: np.ndarray):
+        self.reducer = reducer
+        self.clusterer = clusterer
+        self.relabel = relabel
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import hdbscan
+
+        c = self.reducer.n_components
+        if len(X) == 0:
+            return np.empty(0, np.int64), np.empty(0), np.empty((0, c), np.float32)
+        emb = self.reducer.transform(np.asarray(X, dtype=np.float32))
+        raw, prob = hdbscan.approximate_predict(self.clusterer, emb)
+        labels = self.relabel[np.asarray(raw) + 1]
+        prob = np.where(labels < 0, 0.0, prob)
+        return labels.astype(np.int64), prob.astype(np.float64), emb.astype(np.float32)

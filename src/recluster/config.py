@@ -1,0 +1,243 @@
+"""The job's configuration: one frozen, strictly validated tree loaded once at the edge.
+
+Every section is a pydantic model with ``extra="forbid"`` so that a misspelt key is an
+error naming the key, not a silently ignored setting. Credentials never live here: they
+come from the environment (``AWS_*``, ``FSSPEC_S3_*``) and are read by the storage layer.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recluster.errors import ConfigError
+
+#: Keys of ``storage_options`` that hold secrets; refused in config files, redacted in output.
+SECRET_KEYS = frozenset(
+    {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+     "password", "session_token"}
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_secrets(options: dict[str, Any], where: str) -> dict[str, Any]:
+    found = sorted(k for k in options if k.lower() in SECRET_KEYS)
+    if found:
+        raise ValueError(
+            f"{where}.storage_options must not hold credentials ({', '.join(found)}); "
+            "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or FSSPEC_S3_*) in the environment"
+        )
+    return options
+
+
+class InputConfig(_Strict):
+    """Where the table is and which of its columns matter."""
+
+    path: str = Field(description="fsspec URL or local folder of Parquet files")
+    id_column: str
+    features: list[str] | None = Field(
+        default=None, description="feature columns; default: every column except the id"
+    )
+    categorical: list[str] = Field(default_factory=list)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    rows_per_partition: int = Field(
+        default=250_000, ge=1_000, description="row groups are grouped into pieces of about this many rows"
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _check_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _no_secrets(v, "input")
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> InputConfig:
+        if self.features is not None:
+            if not self.features:
+                raise ValueError("input.features is empty; omit it to use every column except the id")
+            if self.id_column in self.features:
+                raise ValueError(f"input.features lists the id column '{self.id_column}'")
+            dup = sorted({f for f in self.features if self.features.count(f) > 1})
+            if dup:
+                raise ValueError(f"input.features lists {dup} more than once")
+            stray = sorted(set(self.categorical) - set(self.features))
+            if stray:
+                raise ValueError(f"input.categorical names {stray}, which are not in input.features")
+        if self.id_column in self.categorical:
+            raise ValueError(f"input.categorical lists the id column '{self.id_column}'")
+        return self
+
+
+class OutputConfig(_Strict):
+    path: str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    overwrite: bool = Field(
+        default=False, description="replace a different run already published at this path"
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _check_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _no_secrets(v, "output")
+
+
+class SampleConfig(_Strict):
+    """The per-node sample every fit runs on, drawn by hashing the id (partitioning-independent)."""
+
+    size: int = Field(default=50_000, ge=100)
+    stratify_by: str | None = None
+    min_per_stratum: int = Field(
+        default=50, ge=0, description="each stratum gets at least this many sample rows (or all it has)"
+    )
+    holdout_fraction: float = Field(
+        default=0.2, gt=0.0, lt=0.5,
+        description="share of sample rows held out from the assigner to measure its agreement",
+    )
+
+
+class PreprocessConfig(_Strict):
+    skew_threshold: float = Field(
+        default=1.0, ge=0.0, description="non-negative columns with sample skewness above this get log1p"
+    )
+    max_categories: int = Field(default=20, ge=1, description="rarer levels fold into '__other__'")
+
+
+class EmbeddingConfig(_Strict):
+    n_components: int = Field(default=2, ge=2, le=16)
+    n_neighbors: int = Field(default=15, ge=2, le=200)
+    min_dist: float = Field(default=0.0, ge=0.0, le=1.0)
+    n_epochs: int | None = Field(default=None, ge=10)
+
+
+class ClusteringConfig(_Strict):
+    """HDBSCAN parameters; ``min_cluster_size`` scales with each node's sample."""
+
+    min_cluster_fraction: float = Field(
+        default=0.02, gt=0.0, lt=0.5, description="min_cluster_size = this share of the node's sample"
+    )
+    min_cluster_size_floor: int = Field(default=25, ge=2)
+    min_samples: int = Field(default=10, ge=1)
+    cluster_selection_method: Literal["eom", "leaf"] = "eom"
+
+
+class AssignConfig(_Strict):
+    """How every row (not only the sample) gets its cluster."""
+
+    method: Literal["knn", "umap"] = Field(
+        default="knn",
+        description="knn: neighbours of the labelled sample in the scaled space; "
+        "umap: umap.transform + hdbscan.approximate_predict (slower, depends on partition size)",
+    )
+    k: int = Field(default=10, ge=1, le=100)
+    min_agreement: float = Field(
+        default=0.95, ge=0.0, le=1.0,
+        description="held-out ARI below this is recorded as a degraded node in the manifest",
+    )
+
+
+class RecursionConfig(_Strict):
+    max_depth: int = Field(default=2, ge=1, le=10)
+    min_node_rows: int = Field(default=2_000, ge=10, description="nodes smaller than this are not split")
+    min_node_share: float = Field(default=0.01, ge=0.0, lt=1.0, description="...nor those under this share of all rows")
+    min_child_rows: int = Field(default=50, ge=1, description="a split whose children are all smaller is dropped")
+    min_split_agreement: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="a split whose clusters the assigner cannot reproduce on held-out sample rows "
+        "(ARI below this) is an artefact of the embedding, not structure: it is dropped",
+    )
+
+
+class RuntimeConfig(_Strict):
+    scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler")
+    n_workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str = "auto"
+    numba_cache_dir: str | None = None
+    storage_timeout_s: float = Field(default=60.0, gt=0.0)
+
+
+class JobConfig(_Strict):
+    """The whole job."""
+
+    input: InputConfig
+    output: OutputConfig
+    sample: SampleConfig = SampleConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    assign: AssignConfig = AssignConfig()
+    recursion: RecursionConfig = RecursionConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    seed: int = Field(default=0, ge=0, lt=2**31)
+
+    @model_validator(mode="after")
+    def _check_cross(self) -> JobConfig:
+        if self.sample.stratify_by == self.input.id_column:
+            raise ValueError("sample.stratify_by cannot be the id column")
+        if self.assign.k > self.sample.size // 2:
+            raise ValueError("assign.k must be at most half of sample.size")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with anything secret-looking masked (for manifests and logs)."""
+        data = self.model_dump(mode="json")
+        for section in ("input", "output"):
+            opts = data[section]["storage_options"]
+            for k in list(opts):
+                if k.lower() in SECRET_KEYS or "secret" in k.lower() or "token" in k.lower():
+                    opts[k] = "***"
+        return data
+
+
+def _coerce_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to raw config data."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = _coerce_scalar(value)
+    return out
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> JobConfig:
+    """Validate raw data into a :class:`JobConfig`, turning pydantic errors into one clear message."""
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML config file, apply ``--set`` overrides, validate."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping at the top level")
+    return parse_config(apply_overrides(data, overrides or []), source=str(p))

@@ -1,0 +1,123 @@
+"""The Dask layer: lazy frames over input pieces, and the passes that map pure stages over them.
+
+Nothing here computes anything itself; it wraps :mod:`recluster.routing`, :mod:`recluster.node`,
+:mod:`recluster.schema` and :mod:`recluster.storage` functions into Dask collections and tasks,
+always with ``meta``. The client is an explicit argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import json
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pyarrow as pa
+from distributed import Client, Future
+
+from recluster import routing, schema, storage
+from recluster.config import JobConfig
+from recluster.node import U_COLUMN, NodeFit, fit_node
+from recluster.schema import TableSchema
+from recluster.storage import Location, Piece
+
+
+def input_frame(loc: Location, pieces: Sequence[Piece], arrow_schema: pa.Schema,
+                columns: Sequence[str]) -> dd.DataFrame:
+    """A lazy frame with one partition per piece; re-reading it gives the same partitions."""
+    meta = arrow_schema.empty_table().select(list(columns)).to_pandas()
+    return dd.from_map(storage.read_piece, list(pieces), loc=loc, columns=list(columns),
+                       meta=meta, enforce_metadata=False, label="read-parquet")
+
+
+def initial_state(feats: dd.DataFrame, ts: TableSchema, cfg: JobConfig) -> dd.DataFrame:
+    id_dtype = feats._meta[ts.id_column].dtype
+    return feats.map_partitions(
+        routing.initial_state, ts.id_column, ts.stratify_by, cfg.seed, cfg.embedding.n_components,
+        meta=routing.state_meta(id_dtype, 0, cfg.embedding.n_components))
+
+
+def _stats_frame(df: pd.DataFrame, ts: TableSchema, paths: Sequence[str],
+                 partition_info=None) -> pd.DataFrame:
+    path = paths[partition_info["number"]] if partition_info else "?"
+    return pd.DataFrame({"stats": [json.dumps(schema.partition_stats(df, ts, path))]})
+
+
+def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence[Piece],
+                      ts: TableSchema):
+    """Per-partition stats (one JSON row each) and the exact number of distinct ids.
+
+    Computed together with the node counts, they share one read of the input.
+    """
+    stats = feats.map_partitions(_stats_frame, ts, [p.path for p in pieces],
+                                 meta=pd.DataFrame({"stats": pd.Series([], dtype=object)}))
+    return stats, state["__id__"].nunique()
+
+
+def parse_stats(frame: pd.DataFrame) -> list[dict]:
+    return [json.loads(s) for s in frame["stats"]]
+
+
+def count_nodes(state: dd.DataFrame) -> dd.DataFrame:
+    meta = routing.node_counts(state._meta)
+    return state.map_partitions(routing.node_counts, meta=meta)
+
+
+def sum_counts(parts: pd.DataFrame) -> pd.DataFrame:
+    """Sum per-partition node counts: (cluster, depth, stratum) -> rows."""
+    return parts.groupby(["cluster", "depth", routing.STRATUM], sort=True)["rows"].sum().reset_index()
+
+
+def sample_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
+                 thresholds: Mapping[tuple[str, str], float], ts: TableSchema) -> dd.DataFrame:
+    cols = [ts.id_column, *ts.features]
+    meta = feats._meta[cols].assign(**{U_COLUMN: pd.Series([], dtype="float64"),
+                                       "_node": pd.Series([], dtype=object)})
+    return dd.map_partitions(routing.select_sample, feats, state, level, dict(thresholds), cols,
+                             meta=meta, align_dataframes=False)
+
+
+def _fit_from_sample(sample: pd.DataFrame, path: str, ts: TableSchema, cfg: JobConfig) -> NodeFit:
+    rows = sample[sample["_node"] == path].drop(columns="_node")
+    return fit_node(rows, path, list(ts.numeric), list(ts.categorical), ts.id_column, cfg)
+
+
+def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
+                cfg: JobConfig) -> dict[str, Future]:
+    """One independent task per node; they run in parallel across workers."""
+    return {p: client.submit(_fit_from_sample, sample, p, ts, cfg, key=f"fit-node-{p}-{cfg.seed}",
+                             pure=False)
+            for p in paths}
+
+
+def assign_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
+                 fits: Mapping[str, NodeFit] | Future, id_dtype, n_components: int) -> dd.DataFrame:
+    meta = routing.state_meta(id_dtype, level, n_components)
+    return dd.map_partitions(routing.assign_level, feats, state, level, fits, meta=meta,
+                             align_dataframes=False)
+
+
+def labels_table(state: pd.DataFrame, id_column: str, levels: int) -> pd.DataFrame:
+    """The published labels of one partition: the state minus internal columns."""
+    out = state.drop(columns=[U_COLUMN, routing.STRATUM]).rename(columns={"__id__": id_column})
+    for lvl in range(1, levels + 1):
+        if f"level_{lvl}" not in out:
+            out[f"level_{lvl}"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    emb = [c for c in out.columns if c.startswith("umap_")]
+    lv = [f"level_{i}" for i in range(1, levels + 1)]
+    return out[[id_column, "cluster", *lv, "depth", "probability", *emb]]
+
+
+def _write_labels(state: pd.DataFrame, out: Location, rel: str, id_column: str, levels: int) -> int:
+    table = labels_table(state, id_column, levels)
+    store = storage.OutputStore(out)
+    store.write_staged(rel, storage.parquet_bytes(table, dictionary_columns=["cluster"]))
+    return len(table)
+
+
+def write_labels(state: dd.DataFrame, out: Location, id_column: str, levels: int):
+    """Delayed writes of every partition's labels to staging; each returns its row count."""
+    return [dask.delayed(_write_labels)(part, out, f"labels/part-{i:05d}.parquet", id_column, levels)
+            for i, part in enumerate(state.to_delayed())]

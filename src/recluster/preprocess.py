@@ -1,0 +1,147 @@
+"""Feature preprocessing fitted on a node's sample and applied to any rows of that node.
+
+Numeric columns: median imputation, ``log1p`` for right-skewed non-negative columns, then
+standard scaling. Categorical columns: the most frequent levels one-hot encoded, rarer ones
+folded into ``__other__``, missing values into ``__missing__``. Pure compute: no storage, no Dask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+MISSING = "__missing__"
+OTHER = "__other__"
+
+
+def categorical_strings(col: pd.Series) -> np.ndarray:
+    """Categorical values as an object array of strings, missing values as ``__missing__``."""
+    values = col.astype(object).to_numpy()
+    out = np.empty(len(values), dtype=object)
+    missing = pd.isna(values)
+    out[missing] = MISSING
+    out[~missing] = [str(v) for v in values[~missing]]
+    return out
+
+
+def _skewness(x: np.ndarray) -> float:
+    if x.size < 3:
+        return 0.0
+    m = x.mean()
+    d = x - m
+    var = float(np.mean(d * d))
+    if not np.isfinite(var) or var <= 0:
+        return 0.0
+    return float(np.mean(d**3) / var**1.5)
+
+
+class Preprocessor:
+    """Scale and encode features for the embedding (scikit-learn style: ``fit`` then ``transform``).
+
+    Parameters
+    ----------
+    numeric : sequence of str
+    categorical : sequence of str
+    skew_threshold : float
+        Non-negative columns whose sample skewness exceeds this are ``log1p``-transformed.
+    max_categories : int
+        Levels kept per categorical column (by frequency); the rest become ``__other__``.
+    """
+
+    def __init__(self, numeric: Sequence[str], categorical: Sequence[str],
+                 skew_threshold: float = 1.0, max_categories: int = 20):
+        self.numeric = list(numeric)
+        self.categorical = list(categorical)
+        self.skew_threshold = skew_threshold
+        self.max_categories = max_categories
+
+    def fit(self, df: pd.DataFrame) -> Preprocessor:
+        """Learn medians, log flags, scales and category levels from ``df`` (n_rows, n_columns)."""
+        if len(df) == 0:
+            raise ValueError("cannot fit preprocessing on zero rows")
+        self.medians_ = {}
+        self.log1p_ = []
+        self.means_ = {}
+        self.scales_ = {}
+        self.constant_ = []
+        self.missing_share_ = {}
+        for c in self.numeric:
+            x = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+            present = x[~np.isnan(x)]
+            self.missing_share_[c] = float(1 - present.size / x.size)
+            med = float(np.median(present)) if present.size else 0.0
+            self.medians_[c] = med
+            if present.size and present.min() >= 0 and _skewness(present) > self.skew_threshold:
+                self.log1p_.append(c)
+                present = np.log1p(present)
+            filled = np.concatenate([present, np.full(x.size - present.size, np.log1p(med)
+                                     if c in self.log1p_ else med)])
+            mean = float(filled.mean()) if filled.size else 0.0
+            with np.errstate(over="ignore", invalid="ignore"):
+                std = float(filled.std())
+            if not np.isfinite(mean) or not np.isfinite(std):
+                # Extreme magnitudes overflow the moments: fall back to median / IQR.
+                q1, q2, q3 = np.quantile(filled, [0.25, 0.5, 0.75])
+                mean, std = float(q2), float(q3 - q1)
+            if not np.isfinite(std) or std <= 1e-12 * max(1.0, abs(mean)):
+                self.constant_.append(c)
+                std = 1.0
+            self.means_[c] = mean
+            self.scales_[c] = std
+        self.levels_ = {}
+        for c in self.categorical:
+            vals = pd.Series(categorical_strings(df[c]))
+            counts = vals.value_counts()
+            ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            self.levels_[c] = [k for k, _ in ordered[: self.max_categories]]
+        self.feature_names_out_ = self._names()
+        return self
+
+    def _names(self) -> list[str]:
+        names = list(self.numeric)
+        for c in self.categorical:
+            names += [f"{c}={lvl}" for lvl in self.levels_[c]] + [f"{c}={OTHER}"]
+        return names
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """Scaled, encoded features.
+
+        Parameters
+        ----------
+        df : pandas.DataFrame, shape (n, n_columns)
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (n, len(feature_names_out_))
+        """
+        n = len(df)
+        out = np.zeros((n, len(self.feature_names_out_)), dtype=np.float32)
+        for j, c in enumerate(self.numeric):
+            x = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+            x = np.where(np.isnan(x), self.medians_[c], x)
+            if c in self.log1p_:
+                x = np.log1p(np.maximum(x, 0.0))
+            with np.errstate(over="ignore", invalid="ignore"):
+                z = (x - self.means_[c]) / self.scales_[c]
+            out[:, j] = np.clip(np.nan_to_num(z, nan=0.0), -1e4, 1e4)
+        j = len(self.numeric)
+        for c in self.categorical:
+            vals = categorical_strings(df[c])
+            levels = self.levels_[c]
+            index = {lvl: i for i, lvl in enumerate(levels)}
+            pos = np.fromiter((index.get(v, len(levels)) for v in vals), dtype=np.int64, count=n)
+            out[np.arange(n), j + pos] = 1.0
+            j += len(levels) + 1
+        return out
+
+    def summary(self) -> dict:
+        """What was learned, for the tree and the manifest."""
+        return {
+            "log1p": list(self.log1p_),
+            "constant": list(self.constant_),
+            "imputed": {c: s for c, s in self.missing_share_.items() if s > 0},
+            "categories": {c: len(v) for c, v in self.levels_.items()},
+            "n_dims": len(self.feature_names_out_),
+        }
