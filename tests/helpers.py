@@ -30,6 +30,7 @@ def write_config(tmp_path: Path, input_url: str, output_url: str, **sections) ->
             "output": {"path": output_url},
             "sample": {"size": 4000},
             "clustering": {"min_cluster_fraction": 0.03},
+            "recursion": {"min_node_rows": 500},
             "seed": 0}
     for key, value in sections.items():
         if isinstance(value, dict):

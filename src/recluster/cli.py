@@ -32,8 +32,6 @@ def _echo_factory(quiet: bool):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from recluster.cluster_runtime import dask_client
-    from recluster.pipeline import run
 
     cfg = load_config(args.config, args.set)
     return _run(cfg, args.scheduler, args.quiet)
@@ -125,14 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _LiveStderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be swapped, e.g. by pytest)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("recluster")
+    if not any(isinstance(h, _LiveStderr) for h in log.handlers):
+        handler = _LiveStderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before distributed is imported (here and in worker processes, which inherit it).
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("distributed", "numba", "asyncio", "botocore", "s3fs", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_logging()
     try:
         return args.func(args)
     except ReclusterError as exc:

@@ -27,13 +27,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _secret_like(key: str) -> bool:
+    k = key.lower()
+    return k in SECRET_KEYS or "secret" in k or "token" in k or "password" in k
+
+
+def _secret_paths(options: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of secret-looking keys anywhere in nested options."""
+    found = []
+    if isinstance(options, dict):
+        for k, v in options.items():
+            path = f"{prefix}{k}"
+            if _secret_like(str(k)):
+                found.append(path)
+            found += _secret_paths(v, path + ".")
+    return found
+
+
 def _no_secrets(options: dict[str, Any], where: str) -> dict[str, Any]:
-    found = sorted(k for k in options if k.lower() in SECRET_KEYS)
+    found = sorted(_secret_paths(options))
     if found:
         raise ValueError(
             f"{where}.storage_options must not hold credentials ({', '.join(found)}); "
             "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or FSSPEC_S3_*) in the environment"
         )
+    return options
+
+
+def _mask(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: "***" if _secret_like(str(k)) else _mask(v) for k, v in options.items()}
     return options
 
 
@@ -188,10 +211,7 @@ class JobConfig(_Strict):
         """The config as plain data with anything secret-looking masked (for manifests and logs)."""
         data = self.model_dump(mode="json")
         for section in ("input", "output"):
-            opts = data[section]["storage_options"]
-            for k in list(opts):
-                if k.lower() in SECRET_KEYS or "secret" in k.lower() or "token" in k.lower():
-                    opts[k] = "***"
+            data[section]["storage_options"] = _mask(data[section]["storage_options"])
         return data
 
 

@@ -7,9 +7,8 @@ always with ``meta``. The client is an explicit argument.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import json
+from collections.abc import Mapping, Sequence
 
 import dask
 import dask.dataframe as dd

@@ -171,7 +171,7 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         with timer.stage(f"level {level}: fit {len(to_fit)} node(s)"):
             futs = passes.submit_fits(client, sample, to_fit, ts, cfg)
             fits = {}
-            for done, fit in as_completed(list(futs.values()), with_results=True):
+            for _, fit in as_completed(list(futs.values()), with_results=True):
                 fits[fit.path] = fit
                 echo(f"  node {fit.path}: {fit.n_sample} sample rows -> {fit.n_children} children"
                      f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"

@@ -16,25 +16,34 @@ MISSING = "__missing__"
 OTHER = "__other__"
 
 
+def _level(v) -> str:
+    # A whole float is the same level as the int it came from (Parquet ints read as float64
+    # in pieces that hold nulls).
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def categorical_strings(col: pd.Series) -> np.ndarray:
     """Categorical values as an object array of strings, missing values as ``__missing__``."""
     values = col.astype(object).to_numpy()
     out = np.empty(len(values), dtype=object)
     missing = pd.isna(values)
     out[missing] = MISSING
-    out[~missing] = [str(v) for v in values[~missing]]
+    out[~missing] = [_level(v) for v in values[~missing]]
     return out
 
 
 def _skewness(x: np.ndarray) -> float:
     if x.size < 3:
         return 0.0
-    m = x.mean()
-    d = x - m
-    var = float(np.mean(d * d))
-    if not np.isfinite(var) or var <= 0:
-        return 0.0
-    return float(np.mean(d**3) / var**1.5)
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = x.mean()
+        d = x - m
+        var = float(np.mean(d * d))
+        if not np.isfinite(var) or var <= 0:
+            return 0.0
+        return float(np.mean(d**3) / var**1.5)
 
 
 class Preprocessor:

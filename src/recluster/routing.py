@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recluster.node import U_COLUMN, NodeFit, assign_node_rows
+from recluster.preprocess import categorical_strings
 from recluster.sampling import hash_uniform
 
 ROOT = "root"
@@ -54,8 +55,7 @@ def initial_state(df: pd.DataFrame, id_column: str, stratify_by: str | None, see
     state = pd.DataFrame({
         "__id__": df[id_column].to_numpy(),
         U_COLUMN: hash_uniform(df[id_column], seed),
-        STRATUM: (df[stratify_by].astype(object).where(df[stratify_by].notna(), "__missing__")
-                  .astype(str).to_numpy(dtype=object) if stratify_by
+        STRATUM: (categorical_strings(df[stratify_by]) if stratify_by
                   else np.full(n, NO_STRATUM, dtype=object)),
         "cluster": np.full(n, ROOT, dtype=object),
         "depth": np.zeros(n, dtype=np.int64),

@@ -12,16 +12,24 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-_SCALE = float(2**64)
-
 
 def salt_for(seed: int) -> str:
     """The 16-character siphash key derived from the run's seed."""
     return f"recluster{seed:07d}"[-16:].rjust(16, "0")
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijective scramble of uint64 values."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def hash_uniform(ids: pd.Series, seed: int) -> np.ndarray:
     """Uniform draws in [0, 1) from ids, salted by ``seed``.
+
+    pandas' hash keys only string data, so the seed is mixed in afterwards for every dtype.
 
     Parameters
     ----------
@@ -33,7 +41,10 @@ def hash_uniform(ids: pd.Series, seed: int) -> np.ndarray:
     numpy.ndarray of float64, shape (n,)
     """
     h = pd.util.hash_pandas_object(ids.reset_index(drop=True), index=False, hash_key=salt_for(seed))
-    return h.to_numpy(dtype=np.uint64).astype(np.float64) / _SCALE
+    salt = _mix(np.array([seed], dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))[0]
+    with np.errstate(over="ignore"):
+        z = _mix(h.to_numpy(dtype=np.uint64) ^ salt)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def allocate(counts: Mapping[object, int], size: int, min_per_stratum: int) -> dict[object, float]:

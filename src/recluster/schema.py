@@ -70,6 +70,11 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
         features = list(cfg.features)
     if not features:
         raise InputDataError(f"{first.path} has no feature columns besides the id '{cfg.id_column}'")
+    unknown = [c for c in cfg.categorical if c not in features]
+    if unknown:
+        raise InputDataError(
+            f"input.categorical names column '{unknown[0]}', which is not a feature column of "
+            f"{first.path}")
     needed = [cfg.id_column, *features] + ([stratify_by] if stratify_by else [])
     types: dict[str, tuple[str, str, pa.DataType]] = {}
     for info in infos:

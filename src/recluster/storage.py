@@ -92,6 +92,7 @@ class Piece:
 def list_parquet_files(loc: Location) -> list[str]:
     """All Parquet data files under the input location, sorted (hidden and ``_`` files skipped)."""
     fs, root = loc.fs()
+    fs.invalidate_cache(root)  # a long-lived process must see the files as they are now
     try:
         if fs.isfile(root):
             return [root]
