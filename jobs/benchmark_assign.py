@@ -1,4 +1,4 @@
-"""Benchmark: how every row gets its cluster — kNN on the labelled sample vs umap.transform.
+"""Benchmark: how every row gets its cluster — classifier, kNN on the labelled sample, umap.transform.
 
 Fits the root node of the generated table on a hash-drawn sample twice (once per method), then
 assigns rows with each method in this one process (one core) and prints a table side by side:
@@ -44,14 +44,14 @@ def main() -> None:
 
     rows = []
     preds = {}
-    for method in ("knn", "umap"):
+    for method in ("classifier", "knn", "umap"):
         cfg = parse_config({"input": {"path": "-", "id_column": "user_id", "categorical": ["country"]},
                             "output": {"path": "-"}, "assign": {"method": method},
                             "sample": {"size": args.sample}, "seed": args.seed})
         t = time.perf_counter()
         fit = fit_node(sample, "root", numeric, ["country"], "user_id", cfg)
         fit_s = time.perf_counter() - t
-        n = args.rows if method == "knn" else min(args.rows, args.umap_rows)
+        n = args.rows if method != "umap" else min(args.rows, args.umap_rows)
         labels = np.empty(n, dtype=np.int64)
         t = time.perf_counter()
         for start in range(0, n, args.batch):
@@ -63,16 +63,20 @@ def main() -> None:
         rows.append((method, fit.n_sample, fit.n_children, fit_s, n, assign_s, n / assign_s,
                      fit.agreement, truth_ari))
 
-    m = min(len(preds["knn"]), len(preds["umap"]))
-    cross = adjusted_rand_score(preds["knn"][:m], preds["umap"][:m])
+    m = min(len(p) for p in preds.values())
     print()
     print(f"{'method':<7} {'sample':>7} {'k':>3} {'fit s':>7} {'rows':>9} {'assign s':>9} "
           f"{'rows/s/core':>12} {'holdout ARI':>12} {'ARI truth':>10}")
     for r in rows:
         print(f"{r[0]:<7} {r[1]:>7} {r[2]:>3} {r[3]:>7.1f} {r[4]:>9} {r[5]:>9.1f} {r[6]:>12,.0f} "
               f"{r[7]:>12.4f} {r[8]:>10.4f}")
-    speed = rows[0][6] / rows[1][6]
-    print(f"\nknn vs umap on the first {m} rows: ARI {cross:.4f}; knn is {speed:.1f}x faster per core")
+    print(f"\nagreement between methods on the first {m} rows (each fits its own UMAP):")
+    names = list(preds)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            print(f"  {a} vs {b}: ARI {adjusted_rand_score(preds[a][:m], preds[b][:m]):.4f}")
+    print("speed-up per core over umap.transform: "
+          + ", ".join(f"{r[0]} {r[6] / rows[-1][6]:.1f}x" for r in rows[:-1]))
 
 
 if __name__ == "__main__":

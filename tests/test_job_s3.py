@@ -53,7 +53,7 @@ def test_manifest_records_rows_and_agreement(first_run):
     _, _, out = first_run
     manifest = read_json(out, "manifest.json")
     assert manifest["rows"]["in"] == manifest["rows"]["out"] == N
-    assert manifest["assignment"]["method"] == "knn"
+    assert manifest["assignment"]["method"] == "classifier"
     assert manifest["assignment"]["holdout_ari"]["root"] >= 0.95
     assert published(out)
 

@@ -1,7 +1,10 @@
 """Giving every row a cluster once a node is fitted on its sample: the hot path.
 
-Two assigners share one interface (``predict(X) -> labels, probability, embedding``):
+Three assigners share one interface (``predict(X) -> labels, probability, embedding``):
 
+* :class:`ClassifierAssigner` — the default: gradient-boosted trees trained on the node's labelled
+  sample (scaled features -> cluster, noise included as a class) plus a tree regressor for the
+  embedding coordinates. ~15x faster than kNN at equal held-out agreement (jobs/benchmark_assign.py).
 * :class:`KnnAssigner` — majority vote of the ``k`` nearest labelled sample rows in the node's
   scaled feature space; the embedding is the mean position of the agreeing neighbours.
   Deterministic per row, so labels do not depend on partitioning.
@@ -110,3 +113,62 @@ class UmapAssigner:
         labels = self.relabel[np.asarray(raw) + 1]
         prob = np.where(labels < 0, 0.0, prob)
         return labels.astype(np.int64), prob.astype(np.float64), emb.astype(np.float32)
+
+
+class ClassifierAssigner:
+    """Label rows with a multi-class XGBoost model fitted on the labelled sample.
+
+    ``probability`` is the model's probability of the assigned cluster (0 for noise), and the
+    embedding comes from a multi-output tree regressor on the same features.
+
+    Parameters
+    ----------
+    n_estimators, max_depth, learning_rate : XGBoost settings
+    seed : int
+    """
+
+    def __init__(self, n_estimators: int = 60, max_depth: int = 6, learning_rate: float = 0.3,
+                 seed: int = 0):
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.seed = seed
+
+    def _params(self) -> dict:
+        return dict(n_estimators=self.n_estimators, max_depth=self.max_depth,
+                    learning_rate=self.learning_rate, tree_method="hist", n_jobs=1,
+                    random_state=self.seed)
+
+    def fit(self, X: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+            embedding: np.ndarray) -> ClassifierAssigner:
+        """Fit on labelled rows: X (n, d), labels (n,), probabilities (n,), embedding (n, c)."""
+        import xgboost as xgb
+
+        X = np.asarray(X, dtype=np.float32)
+        self.classes_ = np.unique(np.asarray(labels, dtype=np.int64))
+        self.n_components_ = embedding.shape[1]
+        if len(self.classes_) > 1:
+            y = np.searchsorted(self.classes_, labels)
+            self.model_ = xgb.XGBClassifier(**self._params()).fit(X, y)
+        else:
+            self.model_ = None
+        self.embedder_ = xgb.XGBRegressor(**self._params()).fit(X, np.asarray(embedding))
+        return self
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Assign rows X (m, d): labels (m,), probability (m,), embedding (m, c)."""
+        m = len(X)
+        if m == 0:
+            return np.empty(0, np.int64), np.empty(0), np.empty((0, self.n_components_), np.float32)
+        X = np.asarray(X, dtype=np.float32)
+        if self.model_ is None:
+            labels = np.full(m, self.classes_[0], dtype=np.int64)
+            prob = np.ones(m)
+        else:
+            proba = self.model_.predict_proba(X)
+            best = proba.argmax(axis=1)
+            labels = self.classes_[best]
+            prob = proba[np.arange(m), best].astype(np.float64)
+        prob[labels < 0] = 0.0
+        emb = np.asarray(self.embedder_.predict(X), dtype=np.float32).reshape(m, -1)
+        return labels, prob, emb

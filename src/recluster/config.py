@@ -152,12 +152,15 @@ class ClusteringConfig(_Strict):
 class AssignConfig(_Strict):
     """How every row (not only the sample) gets its cluster."""
 
-    method: Literal["knn", "umap"] = Field(
-        default="knn",
-        description="knn: neighbours of the labelled sample in the scaled space; "
-        "umap: umap.transform + hdbscan.approximate_predict (slower, depends on partition size)",
+    method: Literal["classifier", "knn", "umap"] = Field(
+        default="classifier",
+        description="classifier: boosted trees trained on the labelled sample; "
+        "knn: neighbours of the labelled sample in the scaled space; "
+        "umap: umap.transform + hdbscan.approximate_predict (slowest, depends on partition size)",
     )
-    k: int = Field(default=10, ge=1, le=100)
+    k: int = Field(default=10, ge=1, le=100, description="neighbours, for method knn")
+    n_estimators: int = Field(default=60, ge=1, le=2000, description="trees, for method classifier")
+    max_depth: int = Field(default=6, ge=1, le=16, description="tree depth, for method classifier")
     min_agreement: float = Field(
         default=0.95, ge=0.0, le=1.0,
         description="held-out ARI below this is recorded as a degraded node in the manifest",

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from recluster.assign import KnnAssigner, UmapAssigner
+from recluster.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
 from recluster.cluster import fit_clusters
 from recluster.config import JobConfig
 from recluster.embed import fit_embedding
@@ -128,10 +128,15 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
         assigner = UmapAssigner(reducer, cl.clusterer, cl.relabel)
         pred, _, _ = assigner.predict(X[hold])
     else:
-        probe = KnnAssigner(cfg.assign.k).fit(X[~hold], cl.labels[~hold], cl.probabilities[~hold],
-                                              emb[~hold])
+        def make():
+            if cfg.assign.method == "knn":
+                return KnnAssigner(cfg.assign.k)
+            return ClassifierAssigner(cfg.assign.n_estimators, cfg.assign.max_depth,
+                                      seed=node_seed(cfg.seed, path))
+
+        probe = make().fit(X[~hold], cl.labels[~hold], cl.probabilities[~hold], emb[~hold])
         pred, _, _ = probe.predict(X[hold])
-        assigner = KnnAssigner(cfg.assign.k).fit(X, cl.labels, cl.probabilities, emb)
+        assigner = make().fit(X, cl.labels, cl.probabilities, emb)
     fit.agreement = float(adjusted_rand_score(cl.labels[hold], pred))
     fit.n_holdout = int(hold.sum())
     fit.seconds["assigner"] = time.perf_counter() - t

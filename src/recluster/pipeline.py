@@ -238,7 +238,7 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         "levels": levels_done,
         "nodes": len(nodes),
         "leaves": sum(1 for n in nodes.values() if not n.children),
-        "assignment": {"method": cfg.assign.method, "k": cfg.assign.k,
+        "assignment": {**cfg.assign.model_dump(),
                        "holdout_ari": {p: round(a, 6) for p, a in agreements.items() if a is not None}},
         "degraded": degraded,
         "timings_s": {**timer.seconds, "node_fits": node_seconds},
