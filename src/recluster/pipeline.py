@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any
 
 import pandas as pd
-from distributed import Client, as_completed
+from distributed import Client, as_completed, wait
 
 from recluster import passes, storage
 from recluster.config import JobConfig
@@ -168,6 +168,7 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         with timer.stage(f"level {level}: sample {len(to_fit)} node(s)"):
             sample_df = passes.sample_frame(feats, state, level, thresholds, ts)
             sample = client.compute(sample_df)
+            wait(sample)  # so that this stage's time is the sample pass itself
         with timer.stage(f"level {level}: fit {len(to_fit)} node(s)"):
             futs = passes.submit_fits(client, sample, to_fit, ts, cfg)
             fits = {}
