@@ -31,6 +31,7 @@ def write_config(tmp_path: Path, input_url: str, output_url: str, **sections) ->
             "sample": {"size": 4000},
             "clustering": {"min_cluster_fraction": 0.03},
             "recursion": {"min_node_rows": 500},
+            "explain": {"enabled": False},
             "seed": 0}
     for key, value in sections.items():
         if isinstance(value, dict):

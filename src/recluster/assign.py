@@ -119,7 +119,8 @@ class ClassifierAssigner:
     """Label rows with a multi-class XGBoost model fitted on the labelled sample.
 
     ``probability`` is the model's probability of the assigned cluster (0 for noise), and the
-    embedding comes from a multi-output tree regressor on the same features.
+    embedding comes from a multi-output tree regressor on the same features. Both are kept as
+    plain boosters so that a saved node (``.ubj``) predicts exactly as the job did.
 
     Parameters
     ----------
@@ -146,13 +147,13 @@ class ClassifierAssigner:
 
         X = np.asarray(X, dtype=np.float32)
         self.classes_ = np.unique(np.asarray(labels, dtype=np.int64))
-        self.n_components_ = embedding.shape[1]
+        self.n_components_ = int(embedding.shape[1])
+        self.label_booster_ = None
         if len(self.classes_) > 1:
             y = np.searchsorted(self.classes_, labels)
-            self.model_ = xgb.XGBClassifier(**self._params()).fit(X, y)
-        else:
-            self.model_ = None
-        self.embedder_ = xgb.XGBRegressor(**self._params()).fit(X, np.asarray(embedding))
+            self.label_booster_ = xgb.XGBClassifier(**self._params()).fit(X, y).get_booster()
+        self.embed_booster_ = xgb.XGBRegressor(**self._params()).fit(
+            X, np.asarray(embedding)).get_booster()
         return self
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,14 +162,48 @@ class ClassifierAssigner:
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty((0, self.n_components_), np.float32)
         X = np.asarray(X, dtype=np.float32)
-        if self.model_ is None:
+        if self.label_booster_ is None:
             labels = np.full(m, self.classes_[0], dtype=np.int64)
             prob = np.ones(m)
         else:
-            proba = self.model_.predict_proba(X)
+            proba = np.asarray(self.label_booster_.inplace_predict(X), dtype=np.float64)
+            if proba.ndim == 1:  # two classes: binary:logistic gives P(class 1)
+                proba = np.column_stack([1 - proba, proba])
             best = proba.argmax(axis=1)
             labels = self.classes_[best]
-            prob = proba[np.arange(m), best].astype(np.float64)
+            prob = proba[np.arange(m), best]
         prob[labels < 0] = 0.0
-        emb = np.asarray(self.embedder_.predict(X), dtype=np.float32).reshape(m, -1)
+        emb = np.asarray(self.embed_booster_.inplace_predict(X), dtype=np.float32).reshape(m, -1)
         return labels, prob, emb
+
+    def to_files(self) -> dict[str, bytes]:
+        """The assigner as files: JSON metadata and two ``.ubj`` boosters."""
+        import json
+
+        files = {"assigner.json": json.dumps({"kind": "classifier", "classes": self.classes_.tolist(),
+                                              "n_components": self.n_components_}).encode(),
+                 "assigner-embedding.ubj": bytes(self.embed_booster_.save_raw("ubj"))}
+        if self.label_booster_ is not None:
+            files["assigner-labels.ubj"] = bytes(self.label_booster_.save_raw("ubj"))
+        return files
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> ClassifierAssigner:
+        import json
+
+        import xgboost as xgb
+
+        meta = json.loads(files["assigner.json"])
+        self = cls()
+        self.classes_ = np.asarray(meta["classes"], dtype=np.int64)
+        self.n_components_ = int(meta["n_components"])
+
+        def load(name):
+            b = xgb.Booster()
+            b.load_model(bytearray(files[name]))
+            b.set_param({"nthread": 1})
+            return b
+
+        self.label_booster_ = load("assigner-labels.ubj") if "assigner-labels.ubj" in files else None
+        self.embed_booster_ = load("assigner-embedding.ubj")
+        return self

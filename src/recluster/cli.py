@@ -92,6 +92,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from recluster.cluster_runtime import dask_client
+    from recluster.config import RuntimeConfig
+    from recluster.scoring import score
+
+    echo = _echo_factory(args.quiet)
+    with dask_client(RuntimeConfig(), args.scheduler) as client:
+        score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recluster", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check the config and the input schema without running")
     common(v)
     v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("score", help="route new rows down a published run's tree (no refit)")
+    s.add_argument("--model", required=True, help="output path of a published run")
+    s.add_argument("--input", required=True, help="Parquet files to label (same columns)")
+    s.add_argument("--output", required=True, help="where to publish their labels")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--scheduler")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_score)
 
     d = sub.add_parser("demo", help="generate a demo table and segment it on this machine")
     d.add_argument("--rows", type=int, default=100_000)

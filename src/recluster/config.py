@@ -179,6 +179,23 @@ class RecursionConfig(_Strict):
     )
 
 
+class ExplainConfig(_Strict):
+    """One-vs-rest XGBoost per child (xgboost.dask) and TreeSHAP aggregates."""
+
+    enabled: bool = True
+    train_rows: int = Field(default=100_000, ge=100, description="hash-drawn training rows per node")
+    shap_rows: int = Field(default=20_000, ge=50, description="rows per node whose SHAP values are aggregated")
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    min_child_rows: int = Field(default=30, ge=1, description="children with fewer training rows get no model")
+    n_estimators: int = Field(default=100, ge=1, le=5000)
+    max_depth: int = Field(default=4, ge=1, le=16)
+    learning_rate: float = Field(default=0.2, gt=0.0, le=1.0)
+    gamma: float = Field(default=1.0, ge=0.0, description="minimum loss reduction per split: "
+                         "keeps separable clusters from spending trees (and SHAP) on noise")
+    min_child_weight: float = Field(default=5.0, ge=0.0)
+    retries: int = Field(default=2, ge=0, le=10, description="fresh attempts after a failed training")
+
+
 class RuntimeConfig(_Strict):
     scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler")
     n_workers: int | None = Field(default=None, ge=1)
@@ -199,6 +216,7 @@ class JobConfig(_Strict):
     clustering: ClusteringConfig = ClusteringConfig()
     assign: AssignConfig = AssignConfig()
     recursion: RecursionConfig = RecursionConfig()
+    explain: ExplainConfig = ExplainConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = Field(default=0, ge=0, lt=2**31)
 

@@ -17,7 +17,8 @@ COUNTRIES = ["SE", "US", "DE", "BR", "JP", "IN", "FR", "MX"]
 
 def make_table(n_rows: int, n_groups: int = 4, n_sub: int = 3, n_informative: int = 6,
                n_noise: int = 6, group_sep: float = 20.0, sub_sep: float = 3.0,
-               missing_share: float = 0.03, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+               missing_share: float = 0.03, seed: int = 0,
+               row_seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate the table and its truth.
 
     Each informative column is ``group centre + sub-group offset + N(0, 1)``: group centres are
@@ -37,6 +38,10 @@ def make_table(n_rows: int, n_groups: int = 4, n_sub: int = 3, n_informative: in
     missing_share : float
         Share of missing values in two of the columns.
     seed : int
+        Fixes the structure (centres, offsets, home countries).
+    row_seed : int, optional
+        Fixes the rows drawn from that structure (default: derived from ``seed``); another
+        ``row_seed`` gives fresh rows of the same segments.
 
     Returns
     -------
@@ -45,11 +50,18 @@ def make_table(n_rows: int, n_groups: int = 4, n_sub: int = 3, n_informative: in
         right-skewed ``sessions`` and ``spend``, categorical ``country``.
     truth : DataFrame (n_rows, 3) with ``user_id``, ``group`` and ``subgroup`` (``g*n_sub+s``)
     """
-    rng = np.random.default_rng(seed)
+    structure = np.random.default_rng(seed)
+    # Groups are meant to be clearly apart: redraw centres that land too close by chance.
+    for _ in range(100):
+        g_centres = structure.normal(0, group_sep, (n_groups, n_informative))
+        gaps = np.linalg.norm(g_centres[:, None] - g_centres[None], axis=-1)
+        if n_groups < 2 or gaps[np.triu_indices(n_groups, 1)].min() >= group_sep * np.sqrt(n_informative):
+            break
+    s_offsets = structure.normal(0, sub_sep, (n_groups, n_sub, n_informative))
+    home = structure.integers(0, len(COUNTRIES), n_groups)
+    rng = np.random.default_rng([seed, 1] if row_seed is None else [seed, 2, row_seed])
     group = rng.integers(0, n_groups, n_rows)
     sub = rng.integers(0, n_sub, n_rows)
-    g_centres = rng.normal(0, group_sep, (n_groups, n_informative))
-    s_offsets = rng.normal(0, sub_sep, (n_groups, n_sub, n_informative))
     x = g_centres[group] + s_offsets[group, sub] + rng.normal(0, 1, (n_rows, n_informative))
     cols: dict[str, np.ndarray] = {f"f{j}": x[:, j] for j in range(n_informative)}
     for j in range(n_noise):
@@ -60,7 +72,6 @@ def make_table(n_rows: int, n_groups: int = 4, n_sub: int = 3, n_informative: in
     table = pd.DataFrame(cols)
     for c in ("noise0", "spend"):
         table.loc[rng.random(n_rows) < missing_share, c] = np.nan
-    home = rng.integers(0, len(COUNTRIES), n_groups)
     country_idx = np.where(rng.random(n_rows) < 0.6, home[group],
                            rng.integers(0, len(COUNTRIES), n_rows))
     table["country"] = np.array(COUNTRIES, dtype=object)[country_idx]

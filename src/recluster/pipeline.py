@@ -18,9 +18,11 @@ from typing import Any
 import pandas as pd
 from distributed import Client, as_completed, wait
 
-from recluster import passes, storage
+from recluster import modelstore, passes, storage
 from recluster.config import JobConfig
 from recluster.errors import InputDataError, OutputConflictError, ReclusterError, StageError
+from recluster.explain_dask import explain_nodes
+from recluster.node import NodeFit
 from recluster.routing import ROOT, STRATUM
 from recluster.sampling import allocate
 from recluster.schema import TableSchema, check_stats, resolve_schema
@@ -148,6 +150,7 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
     agreements: dict[str, float] = {}
     degraded: list[dict[str, Any]] = []
     node_seconds: dict[str, dict[str, float]] = {}
+    split_nodes: dict[str, NodeFit] = {}
     for level in range(1, cfg.recursion.max_depth + 1):
         to_fit = []
         for path in frontier:
@@ -190,6 +193,7 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
                 node.stop_reason = reason
                 continue
             split[path] = fit
+            split_nodes[path] = fit
             agreements[path] = fit.agreement
             if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
                 degraded.append({"node": path, "what": "assignment agreement below "
@@ -217,6 +221,38 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         if node.stop_reason is None:
             node.stop_reason = split_refusal(node, total, cfg.recursion) or "not reached"
 
+    outputs = ["labels/", "tree.json"]
+    if split_nodes:
+        store.write_staged("models/index.json", json.dumps(model_index(nodes, split_nodes, ts, cfg),
+                                                           indent=1).encode())
+        for path, fit in split_nodes.items():
+            for name, data in modelstore.node_files(fit).items():
+                store.write_staged(f"models/{path}/{name}", data)
+        outputs.append("models/")
+    if cfg.explain.enabled and split_nodes:
+        with timer.stage(f"explain {len(split_nodes)} node(s)"):
+            todo = {p: (nodes[p].depth, nodes[p].size, f, nodes[p].children)
+                    for p, f in split_nodes.items()}
+            explained = explain_nodes(client, feats, state, todo, ts, cfg.explain, cfg.seed, echo)
+            shap_frames, profile_frames = [], []
+            for path, res in explained.items():
+                for cp, q in res.quality.items():
+                    nodes[cp].classifier = q
+                for cp, data in res.models.items():
+                    k = cp.rsplit(".", 1)[-1]
+                    store.write_staged(f"models/{path}/child-{k}.ubj", data)
+                shap_frames += res.shap
+                if res.profiles is not None and len(res.profiles):
+                    profile_frames.append(res.profiles)
+            if shap_frames:
+                store.write_staged("shap_summary.parquet", storage.parquet_bytes(
+                    pd.concat(shap_frames, ignore_index=True), ["node", "cluster", "feature"]))
+                outputs.append("shap_summary.parquet")
+            if profile_frames:
+                store.write_staged("profiles.parquet", storage.parquet_bytes(
+                    pd.concat(profile_frames, ignore_index=True), ["node", "cluster", "feature"]))
+                outputs.append("profiles.parquet")
+
     with timer.stage("write labels"):
         writes = passes.write_labels(state, out_loc, ts.id_column, max(1, levels_done))
         rows_out = int(sum(client.compute(writes, sync=True)))
@@ -243,12 +279,23 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
                        "holdout_ari": {p: round(a, 6) for p, a in agreements.items() if a is not None}},
         "degraded": degraded,
         "timings_s": {**timer.seconds, "node_fits": node_seconds},
-        "outputs": ["labels/", "tree.json"],
+        "outputs": outputs,
     }
     with timer.stage("publish"):
         store.publish(manifest)
     echo(f"published {cfg.output.path} ({rows_out} rows, {levels_done} level(s), {len(nodes)} nodes)")
     return manifest
+
+
+def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts: TableSchema,
+                cfg: JobConfig) -> dict[str, Any]:
+    """``models/index.json``: what ``recluster score`` needs to route rows down the tree."""
+    return {
+        "id_column": ts.id_column, "numeric": list(ts.numeric), "categorical": list(ts.categorical),
+        "n_components": cfg.embedding.n_components, "seed": cfg.seed,
+        "nodes": [{"path": p, "depth": nodes[p].depth, "children": nodes[p].children}
+                  for p in sorted(split_nodes, key=_path_key)],
+    }
 
 
 def _path_key(path: str) -> tuple:

@@ -34,6 +34,7 @@ class TreeNode:
     stop_reason: str | None = None
     children: list[str] = field(default_factory=list)
     fit: dict[str, Any] | None = None
+    classifier: dict[str, Any] | None = None
     sample_threshold: dict[str, float] | None = None
 
     def record(self) -> dict[str, Any]:
@@ -48,6 +49,7 @@ class TreeNode:
             "children": list(self.children),
             "stop_reason": self.stop_reason,
             "fit": self.fit,
+            "classifier": self.classifier,
         }
 
 

@@ -1,0 +1,140 @@
+"""The Dask layer of the explanations: one-vs-rest XGBoost per child with ``xgboost.dask``,
+held-out quality, TreeSHAP aggregates (``pred_contribs``) and profiles per node.
+
+One pass over the data draws every explained node's training sample at once (labels are final
+by then); trainings run one after another (many concurrent ``xgboost.dask`` trainings can hang),
+each retried a bounded number of times with a fresh ``DaskDMatrix`` if a worker is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from distributed import Client
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from recluster import explain
+from recluster.config import ExplainConfig
+from recluster.errors import StageError
+from recluster.node import U_COLUMN, NodeFit, node_seed
+from recluster.schema import TableSchema
+
+
+@dataclass
+class NodeExplanation:
+    """What explaining one node produced."""
+
+    quality: dict[str, dict] = field(default_factory=dict)  # child path -> metrics or skip reason
+    models: dict[str, bytes] = field(default_factory=dict)  # child path -> booster (.ubj)
+    shap: list[pd.DataFrame] = field(default_factory=list)
+    profiles: pd.DataFrame | None = None
+
+
+def _raw_part(df: pd.DataFrame, pre) -> pd.DataFrame:
+    return explain.raw_frame(df, pre)
+
+
+def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str]) -> pd.DataFrame:
+    child = rows["_child"].to_numpy()
+    frames = [explain.profiles(rows, child == k, fit.preprocessor.numeric,
+                               fit.preprocessor.categorical, path, cp)
+              for k, cp in enumerate(children)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: int,
+           retries: int, what: str):
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401  (registers xgb.dask)
+
+    last = None
+    for _ in range(retries + 1):
+        try:
+            dtrain = xgb.dask.DaskDMatrix(client, X, y, enable_categorical=True)
+            return xgb.dask.train(client, params, dtrain, num_boost_round=rounds,
+                                  verbose_eval=False)["booster"]
+        except Exception as exc:  # xgboost.dask raises on a lost worker; retry with fresh data
+            last = exc
+    raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {last}")
+
+
+def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
+                  nodes: Mapping[str, tuple[int, int, NodeFit, list[str]]], ts: TableSchema,
+                  cfg: ExplainConfig, seed: int,
+                  echo: Callable[[str], None]) -> dict[str, NodeExplanation]:
+    """Explain every split node.
+
+    Parameters
+    ----------
+    nodes : path -> (node depth, node rows, fitted node, child paths)
+    """
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401  (registers xgb.dask)
+
+    spec = {p: (d, min(1.0, cfg.train_rows / max(1, size))) for p, (d, size, _, _) in nodes.items()}
+    cols = list(ts.features)
+    meta = explain.select_training_rows(feats._meta, state._meta, {}, cols)
+    train_all = dd.map_partitions(explain.select_training_rows, feats, state, spec, cols,
+                                  meta=meta, align_dataframes=False).persist()
+    out: dict[str, NodeExplanation] = {}
+    for path, (_, size, fit, children) in nodes.items():
+        t0 = time.perf_counter()
+        res = out[path] = NodeExplanation()
+        threshold = spec[path][1]
+        rows = train_all[train_all["_node"] == path]
+        prof = client.submit(_profiles_task, client.compute(rows), fit, path, children)
+        raw_meta = explain.raw_frame(feats._meta, fit.preprocessor)
+        X = rows.map_partitions(_raw_part, fit.preprocessor, meta=raw_meta)
+        u = rows[U_COLUMN]
+        hold = u < cfg.holdout_fraction * threshold
+        shap_cut = min(threshold, cfg.shap_rows / max(1, size))
+        X_train, child_train = X[~hold], rows["_child"][~hold]
+        X_hold, child_hold = client.compute([X[hold], rows["_child"][hold]], sync=True)
+        X_shap = X[u < shap_cut].persist()
+        child_shap = rows["_child"][u < shap_cut].compute()
+        counts = child_train.value_counts().compute()
+        dshap = xgb.dask.DaskDMatrix(client, X_shap, enable_categorical=True)
+        for k, cp in enumerate(children):
+            n_pos = int(counts.get(k, 0))
+            n_neg = int(counts.sum() - n_pos)
+            n_pos_hold = int((child_hold == k).sum())
+            if n_pos < cfg.min_child_rows or n_neg < cfg.min_child_rows or n_pos_hold < 5:
+                res.quality[cp] = {"model": None, "skip_reason":
+                                   f"{n_pos} training / {n_pos_hold} held-out members, "
+                                   f"{n_neg} non-members: below explain.min_child_rows="
+                                   f"{cfg.min_child_rows}"}
+                continue
+            params = explain.classifier_params(n_pos, n_neg, cfg, node_seed(seed, cp))
+            booster = _train(client, params, X_train, (child_train == k).astype("int32"),
+                             cfg.n_estimators, cfg.retries, f"the model of cluster {cp}")
+            booster.set_param({"nthread": 1})
+            p_hold = booster.predict(xgb.DMatrix(X_hold, enable_categorical=True))
+            y_hold = (child_hold.to_numpy() == k).astype(int)
+            contribs = np.asarray(xgb.dask.predict(client, booster, dshap, pred_contribs=True)
+                                  .compute())
+            margin = np.asarray(xgb.dask.predict(client, booster, dshap, output_margin=True)
+                                .compute())
+            additivity = float(np.max(np.abs(contribs.sum(axis=1) - margin))) if len(margin) else 0.0
+            member = child_shap.to_numpy() == k
+            res.shap.append(explain.shap_summary(contribs, member, list(raw_meta.columns), path, cp))
+            res.models[cp] = bytes(booster.save_raw("ubj"))
+            res.quality[cp] = {
+                "model": f"child-{k}.ubj",
+                "auc": round(float(roc_auc_score(y_hold, p_hold)), 6),
+                "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
+                "n_train": n_pos + n_neg, "n_train_members": n_pos, "n_holdout": len(y_hold),
+                "n_shap_rows": int(len(member)), "shap_additivity_max_error": additivity,
+            }
+        res.profiles = prof.result()
+        aucs = [q["auc"] for q in res.quality.values() if q.get("model")]
+        echo(f"  explained node {path}: {len(aucs)}/{len(children)} models"
+             + (f", AUC {min(aucs):.3f}-{max(aucs):.3f}" if aucs else "")
+             + f" ({time.perf_counter() - t0:.1f}s)")
+        del dshap, X_shap
+    del train_all
+    return out

@@ -1,0 +1,165 @@
+"""Explanations: one-vs-rest XGBoost per child (xgboost.dask), TreeSHAP aggregates, profiles,
+saved models, and ``recluster score`` routing new rows with them."""
+
+from __future__ import annotations
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from helpers import read_json, read_labels, run_cli, write_config, write_table
+from sklearn.metrics import adjusted_rand_score
+
+from recluster.demo import make_table
+from recluster.explain import raw_frame
+from recluster.modelstore import preprocessor_from_json
+
+pytestmark = pytest.mark.timeout(900)
+
+N = 8000
+N_INFORMATIVE = 6
+# Columns the generator builds from the segments (sessions and spend follow f0 and f1, country
+# follows the group); the noise* columns carry nothing.
+INFORMATIVE = {f"f{j}" for j in range(N_INFORMATIVE)} | {"sessions", "spend", "country"}
+SHAPE = {"n_informative": N_INFORMATIVE, "n_noise": 6}
+
+
+@pytest.fixture(scope="module")
+def run(s3_endpoint, scheduler, tmp_path_factory):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("explain")
+    table, truth = make_table(N, seed=31, **SHAPE)
+    write_table(table, "s3://explain/input", n_files=4)
+    tmp = tmp_path_factory.mktemp("explain")
+    cfg = write_config(tmp, "s3://explain/input", "s3://explain/run",
+                       explain={"enabled": True, "shap_rows": 3000})
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    out = "s3://explain/run"
+    return {"out": out, "table": table, "truth": truth, "tree": read_json(out, "tree.json"),
+            "labels": read_labels(out), "tmp": tmp}
+
+
+def _read_parquet(url):
+    fs, path = fsspec.core.url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        return pd.read_parquet(f)
+
+
+def _models(run):
+    return [(n, c) for n in run["tree"] for c in n["children"]
+            if (next(m for m in run["tree"] if m["path"] == c)["classifier"] or {}).get("model")]
+
+
+def test_every_child_of_a_split_node_has_a_good_model_or_a_reason(run):
+    by_path = {n["path"]: n for n in run["tree"]}
+    n_models = 0
+    for node in run["tree"]:
+        for cp in node["children"]:
+            q = by_path[cp]["classifier"]
+            assert q is not None
+            if q["model"] is None:
+                assert "explain.min_child_rows" in q["skip_reason"]
+                continue
+            n_models += 1
+            assert q["auc"] >= 0.9 and q["average_precision"] >= 0.5, (cp, q)
+            assert q["n_train"] > q["n_train_members"] > 0
+            assert q["shap_additivity_max_error"] < 1e-4
+    assert n_models >= 6
+
+
+def test_top_shap_features_are_informative(run):
+    """Over every model's top-k (k = the number of informative generator columns), at least 90%
+    of the slots hold informative columns, and each model's top two are always informative.
+    (A single split may need fewer than k columns; the remaining slots then hold near-zero
+    values, which is why precision is pooled over the models.)"""
+    shap = _read_parquet(run["out"] + "/shap_summary.parquet")
+    assert {"node", "cluster", "feature", "mean_abs_shap", "mean_shap", "rank"} <= set(shap.columns)
+    k = N_INFORMATIVE
+    hits = slots = 0
+    for (node, cluster), g in shap.groupby(["node", "cluster"]):
+        top = g.nsmallest(k, "rank")["feature"]
+        assert top.iloc[:2].isin(INFORMATIVE).all(), (node, cluster, top.tolist())
+        hits += int(top.isin(INFORMATIVE).sum())
+        slots += k
+        assert sorted(g["rank"]) == list(range(1, len(g) + 1))
+        assert (g.sort_values("rank")["mean_abs_shap"].diff().dropna() <= 0).all()
+    assert slots >= 6 * k
+    assert hits / slots >= 0.9, hits / slots
+
+
+def test_contributions_sum_to_the_margin_for_every_saved_model(run):
+    fs, root = fsspec.core.url_to_fs(run["out"])
+    sample = run["table"].sample(1500, random_state=0)
+    checked = 0
+    for node in {n["path"] for n, _ in _models(run)}:
+        pre = preprocessor_from_json(fs.cat_file(f"{root}/models/{node}/preprocess.json"))
+        X = raw_frame(sample, pre)
+        for path in fs.glob(f"{root}/models/{node}/child-*.ubj"):
+            booster = xgb.Booster()
+            booster.load_model(bytearray(fs.cat_file(path)))
+            d = xgb.DMatrix(X, enable_categorical=True)
+            contribs = booster.predict(d, pred_contribs=True)
+            margin = booster.predict(d, output_margin=True)
+            np.testing.assert_allclose(contribs.sum(axis=1), margin, atol=1e-4)
+            checked += 1
+    assert checked >= 6
+
+
+def test_shap_package_gives_the_same_values(run):
+    shap = pytest.importorskip("shap")
+    fs, root = fsspec.core.url_to_fs(run["out"])
+    node, _ = _models(run)[0]
+    pre = preprocessor_from_json(fs.cat_file(f"{root}/models/{node['path']}/preprocess.json"))
+    X = raw_frame(run["table"].sample(300, random_state=1), pre)
+    path = sorted(fs.glob(f"{root}/models/{node['path']}/child-*.ubj"))[0]
+    booster = xgb.Booster()
+    booster.load_model(bytearray(fs.cat_file(path)))
+    d = xgb.DMatrix(X, enable_categorical=True)
+    ours = booster.predict(d, pred_contribs=True)
+    # shap's own tree parser cannot read XGBoost's categorical splits (it refuses a category
+    # column), so its TreeExplainer is given the DMatrix and runs XGBoost's exact TreeSHAP.
+    values = shap.TreeExplainer(booster).shap_values(d)
+    np.testing.assert_allclose(values, ours[:, :-1], atol=1e-4)
+    explanation = shap.Explanation(values=values, base_values=ours[:, -1], data=X.to_numpy(),
+                                   feature_names=list(X.columns))
+    np.testing.assert_allclose(explanation.values.sum(axis=1) + explanation.base_values,
+                               booster.predict(d, output_margin=True), atol=1e-4)
+
+
+def test_profiles_compare_members_with_the_rest(run):
+    prof = _read_parquet(run["out"] + "/profiles.parquet")
+    num = prof[prof["kind"] == "numeric"]
+    cat = prof[prof["kind"] == "categorical"]
+    for col in ("member_mean", "rest_mean", "member_median", "member_q25", "member_q75",
+                "member_missing", "effect_size"):
+        assert num[col].notna().any(), col
+    assert (num["member_q25"] <= num["member_q75"]).all()
+    assert cat["member_share"].between(0, 1).all() and cat["lift"].notna().any()
+    # per (cluster, categorical feature), member shares add up to one
+    sums = cat.groupby(["node", "cluster", "feature"])["member_share"].sum()
+    np.testing.assert_allclose(sums, 1.0, atol=1e-9)
+
+
+def test_score_reproduces_labels_and_recovers_truth_on_fresh_rows(run, scheduler):
+    out_train = "s3://explain/score-train"
+    assert run_cli("score", "--model", run["out"], "--input", "s3://explain/input",
+                   "--output", out_train, "--scheduler", scheduler) == 0
+    scored = read_labels(out_train).merge(run["labels"], on="user_id", suffixes=("", "_run"))
+    assert len(scored) == N
+    for col in [c for c in run["labels"].columns if c.startswith("level_")]:
+        a = scored[col].fillna(-2).astype(int)
+        b = scored[col + "_run"].fillna(-2).astype(int)
+        assert adjusted_rand_score(a, b) >= 0.9, col
+
+    fresh, truth = make_table(4000, seed=31, row_seed=99, **SHAPE)
+    write_table(fresh, "s3://explain/fresh", n_files=2)
+    assert run_cli("score", "--model", run["out"], "--input", "s3://explain/fresh",
+                   "--output", "s3://explain/score-fresh", "--scheduler", scheduler) == 0
+    labels = read_labels("s3://explain/score-fresh").merge(truth, on="user_id")
+    assert len(labels) == 4000
+    assert adjusted_rand_score(labels["group"], labels["level_1"].astype(int)) >= 0.85
+    leaf = pd.factorize(labels["cluster"])[0]
+    assert adjusted_rand_score(labels["subgroup"], leaf) >= 0.85
