@@ -163,3 +163,39 @@ def test_score_reproduces_labels_and_recovers_truth_on_fresh_rows(run, scheduler
     assert adjusted_rand_score(labels["group"], labels["level_1"].astype(int)) >= 0.85
     leaf = pd.factorize(labels["cluster"])[0]
     assert adjusted_rand_score(labels["subgroup"], leaf) >= 0.85
+
+
+def _frame(n=400):
+    import dask.dataframe as dd
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    y = pd.Series((X["a"] > 0).astype("int32"))
+    return dd.from_pandas(X, npartitions=2), dd.from_pandas(y, npartitions=2)
+
+
+def test_training_is_bounded_in_time(client):
+    from recluster.errors import StageError
+    from recluster.explain_dask import _train
+
+    X, y = _frame()
+    params = {"objective": "binary:logistic", "nthread": 1}
+    with pytest.raises(StageError, match="did not finish within explain.train_timeout_s"):
+        _train(client, params, X, y, rounds=2000, retries=0, timeout_s=0.01, what="a test model")
+    booster = _train(client, params, X, y, rounds=5, retries=0, timeout_s=120, what="a test model")
+    assert booster.num_boosted_rounds() == 5
+
+
+def test_failed_training_is_retried_then_reported(client):
+    from recluster.errors import StageError
+    from recluster.explain_dask import _train
+
+    X, y = _frame()
+
+    def broken(part):
+        raise RuntimeError("worker lost (simulated)")
+
+    bad = X.map_partitions(broken, meta=X._meta)
+    with pytest.raises(StageError, match="failed 3 times: .*worker lost"):
+        _train(client, {"objective": "binary:logistic"}, bad, y, rounds=2, retries=2,
+               timeout_s=120, what="a test model")

@@ -194,6 +194,7 @@ class ExplainConfig(_Strict):
                          "keeps separable clusters from spending trees (and SHAP) on noise")
     min_child_weight: float = Field(default=5.0, ge=0.0)
     retries: int = Field(default=2, ge=0, le=10, description="fresh attempts after a failed training")
+    train_timeout_s: float = Field(default=1800.0, gt=0.0, description="one training may take this long")
 
 
 class RuntimeConfig(_Strict):

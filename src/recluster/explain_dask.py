@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import dask.dataframe as dd
@@ -48,18 +50,28 @@ def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[s
 
 
 def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: int,
-           retries: int, what: str):
+           retries: int, timeout_s: float, what: str):
+    """Train with ``xgboost.dask``: bounded retries with fresh data handles, bounded time."""
     import xgboost as xgb
     import xgboost.dask  # noqa: F401  (registers xgb.dask)
 
-    last = None
+    def attempt():
+        dtrain = xgb.dask.DaskDMatrix(client, X, y, enable_categorical=True)
+        return xgb.dask.train(client, params, dtrain, num_boost_round=rounds,
+                              verbose_eval=False)["booster"]
+
+    last: BaseException | None = None
     for _ in range(retries + 1):
+        pool = ThreadPoolExecutor(max_workers=1)
         try:
-            dtrain = xgb.dask.DaskDMatrix(client, X, y, enable_categorical=True)
-            return xgb.dask.train(client, params, dtrain, num_boost_round=rounds,
-                                  verbose_eval=False)["booster"]
+            return pool.submit(attempt).result(timeout=timeout_s)
+        except FutureTimeout:
+            raise StageError(f"stage 'explain' failed: training {what} did not finish within "
+                             f"explain.train_timeout_s={timeout_s:g}s") from None
         except Exception as exc:  # xgboost.dask raises on a lost worker; retry with fresh data
             last = exc
+        finally:
+            pool.shutdown(wait=False)
     raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {last}")
 
 
@@ -111,7 +123,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                 continue
             params = explain.classifier_params(n_pos, n_neg, cfg, node_seed(seed, cp))
             booster = _train(client, params, X_train, (child_train == k).astype("int32"),
-                             cfg.n_estimators, cfg.retries, f"the model of cluster {cp}")
+                             cfg.n_estimators, cfg.retries, cfg.train_timeout_s,
+                             f"the model of cluster {cp}")
             booster.set_param({"nthread": 1})
             p_hold = booster.predict(xgb.DMatrix(X_hold, enable_categorical=True))
             y_hold = (child_hold.to_numpy() == k).astype(int)
