@@ -1,4 +1,4 @@
-"""Command line: ``recluster run | validate | demo``.
+"""Command line: ``recluster run | validate | score | demo | render-k8s``.
 
 Errors we can explain exit non-zero with one message naming the column, file, setting or stage;
 credentials are never printed (they are not in the config to begin with).
@@ -34,10 +34,11 @@ def _echo_factory(quiet: bool):
 def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
-    return _run(cfg, args.scheduler, args.quiet)
+    _run(cfg, args.scheduler, args.quiet)
+    return 0
 
 
-def _run(cfg: JobConfig, scheduler: str | None, quiet: bool) -> int:
+def _run(cfg: JobConfig, scheduler: str | None, quiet: bool) -> dict:
     from recluster.cluster_runtime import dask_client
     from recluster.pipeline import run
 
@@ -45,8 +46,7 @@ def _run(cfg: JobConfig, scheduler: str | None, quiet: bool) -> int:
     with dask_client(cfg.runtime, scheduler) as client:
         echo(f"dask: {len(client.scheduler_info().get('workers', {}))} workers, "
              f"dashboard {client.dashboard_link}")
-        run(cfg, client, echo)
-    return 0
+        return run(cfg, client, echo)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -87,8 +87,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg_path = root / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
     cfg = parse_config(data, source=str(cfg_path))
-    _run(cfg, args.scheduler, quiet=False)
-    print(f"\noutputs: {out_dir}/  (labels/, tree.json, manifest.json)\nconfig:  {cfg_path}")
+    manifest = _run(cfg, args.scheduler, quiet=False)
+    print(f"\noutputs: {out_dir}/  ({', '.join(manifest['outputs'])}, manifest.json)\n"
+          f"config:  {cfg_path}")
     return 0
 
 
@@ -100,6 +101,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     echo = _echo_factory(args.quiet)
     with dask_client(RuntimeConfig(), args.scheduler) as client:
         score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_render_k8s(args: argparse.Namespace) -> int:
+    from recluster.k8s import dump_manifests, render_manifests
+
+    cfg = load_config(args.config, args.set)
+    docs = render_manifests(cfg, image=args.image, workers=args.workers,
+                            worker_cpu=args.worker_cpu, worker_memory_gib=args.worker_memory_gib,
+                            secret=args.secret, name=args.name)
+    sys.stdout.write(dump_manifests(docs))
     return 0
 
 
@@ -140,6 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--regenerate", action="store_true")
     d.add_argument("--scheduler")
     d.set_defaults(func=cmd_demo)
+
+    k = sub.add_parser("render-k8s", help="print a dask-kubernetes DaskJob and its ConfigMap "
+                       "for this config (kubectl apply -f -)")
+    common(k)
+    k.add_argument("--image", required=True,
+                   help="image built from deploy/Dockerfile, with an exact tag or digest")
+    k.add_argument("--workers", type=int, default=2, help="worker pods (default: 2)")
+    k.add_argument("--worker-cpu", type=int, default=2,
+                   help="CPU limit of a worker pod, also its dask worker --nthreads (default: 2)")
+    k.add_argument("--worker-memory-gib", type=float, default=8.0,
+                   help="memory limit of a worker pod in GiB; dask worker --memory-limit gets "
+                   "90%% of it (default: 8)")
+    k.add_argument("--secret", default="recluster-s3",
+                   help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally "
+                   "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION (default: recluster-s3)")
+    k.add_argument("--name", default="recluster", help="name of the DaskJob (default: recluster)")
+    k.set_defaults(func=cmd_render_k8s)
     return p
 
 

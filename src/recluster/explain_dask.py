@@ -72,7 +72,10 @@ def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: 
             last = exc
         finally:
             pool.shutdown(wait=False)
-    raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {last}")
+    cause = last.__cause__ or last.__context__ if last is not None else None
+    detail = f"{type(last).__name__}: {last}" + (f" (from {type(cause).__name__}: {cause})"
+                                                 if cause is not None else "")
+    raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {detail}")
 
 
 def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
