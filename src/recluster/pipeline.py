@@ -238,6 +238,8 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
             for path, res in explained.items():
                 for cp, q in res.quality.items():
                     nodes[cp].classifier = q
+                    if q.get("model") is None:
+                        degraded.append({"node": cp, "what": f"no explanation model: {q['skip_reason']}"})
                 for cp, data in res.models.items():
                     k = cp.rsplit(".", 1)[-1]
                     store.write_staged(f"models/{path}/child-{k}.ubj", data)
