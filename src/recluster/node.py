@@ -51,6 +51,11 @@ class NodeFit:
     sample_labels: np.ndarray | None = None
     sample_embedding: np.ndarray | None = None
 
+    def routing_view(self) -> NodeFit:
+        """Only what assigning rows needs (no sample arrays): the copy shipped to workers."""
+        return NodeFit(path=self.path, n_sample=self.n_sample, preprocessor=self.preprocessor,
+                       assigner=self.assigner, n_children=self.n_children)
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts about the fit for ``tree.json`` (deterministic: no timings)."""
         return {

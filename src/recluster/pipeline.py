@@ -201,7 +201,8 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         if not split:
             break
         with timer.stage(f"level {level}: assign all rows"):
-            [shared] = client.scatter([split], broadcast=True)
+            [shared] = client.scatter([{p: f.routing_view() for p, f in split.items()}],
+                                      broadcast=True)
             new_state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp).persist()
             counts = _counts_by_node(passes.sum_counts(
                 client.compute(passes.count_nodes(new_state), sync=True)))
