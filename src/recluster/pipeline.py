@@ -12,6 +12,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -105,33 +106,174 @@ def _counts_by_node(counts: pd.DataFrame) -> dict[tuple[str, int], dict[str, int
     return out
 
 
+@dataclass
+class Growth:
+    """The tree as the level-synchronous recursion left it."""
+
+    state: Any  # dask DataFrame of per-row state after the last level
+    nodes: dict[str, TreeNode]
+    split_nodes: dict[str, NodeFit] = field(default_factory=dict)
+    levels_done: int = 0
+    agreements: dict[str, float] = field(default_factory=dict)
+    degraded: list[dict[str, Any]] = field(default_factory=list)
+    node_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _refuse_or_reuse(cfg: JobConfig, store: OutputStore, fp: str,
+                     echo: Callable[[str], None]) -> dict[str, Any] | None:
+    """The published manifest if this exact run is already there; refuse a different one."""
+    existing = store.published_manifest()
+    if existing is None:
+        return None
+    if existing.get("fingerprint") == fp:
+        echo(f"  {cfg.output.path} already holds this run (same config and input): nothing to do")
+        return existing
+    if not cfg.output.overwrite:
+        raise OutputConflictError(
+            f"{cfg.output.path} already holds a different published run; choose another "
+            f"output.path or set output.overwrite: true")
+    echo("  output.overwrite: removing the previously published run")
+    store.unpublish()
+    return None
+
+
+def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
+               nodes: dict[str, TreeNode], counts, ts: TableSchema, cfg: JobConfig, timer: Timer,
+               echo: Callable[[str], None]) -> dict[str, NodeFit]:
+    """Draw the samples of ``to_fit`` in one pass and fit each node as its own task."""
+    thresholds = {}
+    for path in to_fit:
+        t = allocate(counts.get((path, level - 1), {}), cfg.sample.size, cfg.sample.min_per_stratum)
+        nodes[path].sample_threshold = t
+        thresholds.update({(path, s): v for s, v in t.items()})
+    with timer.stage(f"level {level}: sample {len(to_fit)} node(s)"):
+        sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
+        wait(sample)  # so that this stage's time is the sample pass itself
+    with timer.stage(f"level {level}: fit {len(to_fit)} node(s)"):
+        futs = passes.submit_fits(client, sample, to_fit, ts, cfg)
+        fits = {}
+        for _, fit in as_completed(list(futs.values()), with_results=True):
+            fits[fit.path] = fit
+            echo(f"  node {fit.path}: {fit.n_sample} sample rows -> {fit.n_children} children"
+                 f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
+                 + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
+                 + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
+    return fits
+
+
+def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema, cfg: JobConfig,
+              timer: Timer, echo: Callable[[str], None]) -> Growth:
+    """Level by level: fit the nodes that may split, keep the splits that hold, assign all rows."""
+    g = Growth(state=state, nodes={ROOT: TreeNode(ROOT, 0, total, 1.0)})
+    id_dtype = feats._meta[ts.id_column].dtype
+    frontier = [ROOT]
+    for level in range(1, cfg.recursion.max_depth + 1):
+        to_fit = []
+        for path in frontier:
+            reason = split_refusal(g.nodes[path], total, cfg.recursion)
+            if reason:
+                g.nodes[path].stop_reason = reason
+            else:
+                to_fit.append(path)
+        if not to_fit:
+            break
+        fits = _fit_level(client, feats, g.state, level, to_fit, g.nodes, counts, ts, cfg, timer,
+                          echo)
+        split = {}
+        for path in to_fit:
+            fit, node = fits[path], g.nodes[path]
+            g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
+            node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
+            reason = accept_split(fit, node.size, cfg.recursion)
+            if reason:
+                node.stop_reason = reason
+                continue
+            split[path] = g.split_nodes[path] = fit
+            g.agreements[path] = fit.agreement
+            if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
+                g.degraded.append({"node": path, "what": "assignment agreement below "
+                                   f"assign.min_agreement ({fit.agreement:.3f})"})
+        if not split:
+            break
+        with timer.stage(f"level {level}: assign all rows"):
+            [shared] = client.scatter([{p: f.routing_view() for p, f in split.items()}],
+                                      broadcast=True)
+            g.state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
+                                          cfg.embedding.n_components).persist()
+            counts = _counts_by_node(passes.sum_counts(
+                client.compute(passes.count_nodes(g.state), sync=True)))
+        g.levels_done = level
+        frontier = []
+        for path, fit in split.items():
+            for k in range(fit.n_children):
+                cp = child_path(path, k)
+                size = sum(counts.get((cp, level), {}).values())
+                g.nodes[cp] = TreeNode(cp, level, size, size / total,
+                                       persistence=round(fit.persistence[k], 6))
+                g.nodes[path].children.append(cp)
+                frontier.append(cp)
+    for path in frontier:
+        node = g.nodes[path]
+        if node.stop_reason is None:
+            node.stop_reason = split_refusal(node, total, cfg.recursion) or "not reached"
+    return g
+
+
+def write_models_and_explanations(client: Client, store: OutputStore, feats, g: Growth,
+                                  ts: TableSchema, cfg: JobConfig, timer: Timer,
+                                  echo: Callable[[str], None]) -> list[str]:
+    """Stage ``models/``, and (if enabled) the explanation models, SHAP summary and profiles."""
+    if not g.split_nodes:
+        return []
+    outputs = ["models/"]
+    store.write_staged("models/index.json", json.dumps(
+        model_index(g.nodes, g.split_nodes, ts, cfg), indent=1).encode())
+    for path, fit in g.split_nodes.items():
+        for name, data in modelstore.node_files(fit).items():
+            store.write_staged(f"models/{path}/{name}", data)
+    if not cfg.explain.enabled:
+        return outputs
+    with timer.stage(f"explain {len(g.split_nodes)} node(s)"):
+        todo = {p: (g.nodes[p].depth, g.nodes[p].size, f, g.nodes[p].children)
+                for p, f in g.split_nodes.items()}
+        explained = explain_nodes(client, feats, g.state, todo, ts, cfg.explain, cfg.seed, echo)
+        shap_frames, profile_frames = [], []
+        for path, res in explained.items():
+            for cp, q in res.quality.items():
+                g.nodes[cp].classifier = q
+                if q.get("model") is None:
+                    g.degraded.append({"node": cp,
+                                       "what": f"no explanation model: {q['skip_reason']}"})
+            for cp, data in res.models.items():
+                store.write_staged(f"models/{path}/child-{cp.rsplit('.', 1)[-1]}.ubj", data)
+            shap_frames += res.shap
+            if res.profiles is not None and len(res.profiles):
+                profile_frames.append(res.profiles)
+        for name, frames in (("shap_summary.parquet", shap_frames),
+                             ("profiles.parquet", profile_frames)):
+            if frames:
+                store.write_staged(name, storage.parquet_bytes(
+                    pd.concat(frames, ignore_index=True), ["node", "cluster", "feature"]))
+                outputs.append(name)
+    return outputs
+
+
 def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run the whole job and publish it; returns the manifest."""
     timer = Timer(echo)
     out_loc = Location.of(cfg.output.path, cfg.output.storage_options, cfg.runtime.storage_timeout_s)
     with timer.stage("plan"):
         loc, infos, ts, pieces = plan(cfg)
-        rows_in_footers = sum(i.n_rows for i in infos)
-        echo(f"  {len(infos)} files, {len(pieces)} partitions, {rows_in_footers} rows; "
+        echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
              f"{len(ts.numeric)} numeric + {len(ts.categorical)} categorical features")
         fp = run_fingerprint(cfg, input_fingerprint(infos))
         store = OutputStore(out_loc)
-        existing = store.published_manifest()
+        existing = _refuse_or_reuse(cfg, store, fp, echo)
         if existing is not None:
-            if existing.get("fingerprint") == fp:
-                echo(f"  {cfg.output.path} already holds this run (same config and input): nothing to do")
-                return existing
-            if not cfg.output.overwrite:
-                raise OutputConflictError(
-                    f"{cfg.output.path} already holds a different published run; choose another "
-                    f"output.path or set output.overwrite: true")
-            echo("  output.overwrite: removing the previously published run")
-            store.unpublish()
+            return existing
         store.reset_staging()
 
     feats = passes.input_frame(loc, pieces, infos[0].schema, ts.columns)
-    id_dtype = feats._meta[ts.id_column].dtype
-    n_comp = cfg.embedding.n_components
     with timer.stage("validate"):
         state = passes.initial_state(feats, ts, cfg)  # lazy: cheap to derive in later passes
         stats, n_unique = passes.validation_frames(feats, state, pieces, ts)
@@ -140,128 +282,20 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         summary = check_stats(passes.parse_stats(stats), int(n_unique), ts,
                               cfg.embedding.n_neighbors + 2)
         total = summary["rows"]
-        counts = _counts_by_node(passes.sum_counts(counts))
         echo(f"  {total} rows, ids unique, no infinite values; missing values: "
              f"{summary['missing'] or 'none'}")
 
-    nodes: dict[str, TreeNode] = {ROOT: TreeNode(ROOT, 0, total, 1.0)}
-    frontier = [ROOT]
-    levels_done = 0
-    agreements: dict[str, float] = {}
-    degraded: list[dict[str, Any]] = []
-    node_seconds: dict[str, dict[str, float]] = {}
-    split_nodes: dict[str, NodeFit] = {}
-    for level in range(1, cfg.recursion.max_depth + 1):
-        to_fit = []
-        for path in frontier:
-            node = nodes[path]
-            reason = split_refusal(node, total, cfg.recursion)
-            if reason:
-                node.stop_reason = reason
-            else:
-                to_fit.append(path)
-        if not to_fit:
-            break
-        thresholds = {}
-        for path in to_fit:
-            per_stratum = counts.get((path, level - 1), {})
-            t = allocate(per_stratum, cfg.sample.size, cfg.sample.min_per_stratum)
-            nodes[path].sample_threshold = t
-            thresholds.update({(path, s): v for s, v in t.items()})
-        with timer.stage(f"level {level}: sample {len(to_fit)} node(s)"):
-            sample_df = passes.sample_frame(feats, state, level, thresholds, ts)
-            sample = client.compute(sample_df)
-            wait(sample)  # so that this stage's time is the sample pass itself
-        with timer.stage(f"level {level}: fit {len(to_fit)} node(s)"):
-            futs = passes.submit_fits(client, sample, to_fit, ts, cfg)
-            fits = {}
-            for _, fit in as_completed(list(futs.values()), with_results=True):
-                fits[fit.path] = fit
-                echo(f"  node {fit.path}: {fit.n_sample} sample rows -> {fit.n_children} children"
-                     f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
-                     + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
-                     + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
-            del sample
-        split = {}
-        for path in to_fit:
-            fit = fits[path]
-            node = nodes[path]
-            node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
-            node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
-            reason = accept_split(fit, node.size, cfg.recursion)
-            if reason:
-                node.stop_reason = reason
-                continue
-            split[path] = fit
-            split_nodes[path] = fit
-            agreements[path] = fit.agreement
-            if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
-                degraded.append({"node": path, "what": "assignment agreement below "
-                                 f"assign.min_agreement ({fit.agreement:.3f})"})
-        if not split:
-            break
-        with timer.stage(f"level {level}: assign all rows"):
-            [shared] = client.scatter([{p: f.routing_view() for p, f in split.items()}],
-                                      broadcast=True)
-            new_state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp).persist()
-            counts = _counts_by_node(passes.sum_counts(
-                client.compute(passes.count_nodes(new_state), sync=True)))
-            state = new_state
-        levels_done = level
-        frontier = []
-        for path, fit in split.items():
-            for k in range(fit.n_children):
-                cp = child_path(path, k)
-                size = sum(counts.get((cp, level), {}).values())
-                nodes[cp] = TreeNode(cp, level, size, size / total,
-                                     persistence=round(fit.persistence[k], 6))
-                nodes[path].children.append(cp)
-                frontier.append(cp)
-    for path in frontier:
-        node = nodes[path]
-        if node.stop_reason is None:
-            node.stop_reason = split_refusal(node, total, cfg.recursion) or "not reached"
-
-    outputs = ["labels/", "tree.json"]
-    if split_nodes:
-        store.write_staged("models/index.json", json.dumps(model_index(nodes, split_nodes, ts, cfg),
-                                                           indent=1).encode())
-        for path, fit in split_nodes.items():
-            for name, data in modelstore.node_files(fit).items():
-                store.write_staged(f"models/{path}/{name}", data)
-        outputs.append("models/")
-    if cfg.explain.enabled and split_nodes:
-        with timer.stage(f"explain {len(split_nodes)} node(s)"):
-            todo = {p: (nodes[p].depth, nodes[p].size, f, nodes[p].children)
-                    for p, f in split_nodes.items()}
-            explained = explain_nodes(client, feats, state, todo, ts, cfg.explain, cfg.seed, echo)
-            shap_frames, profile_frames = [], []
-            for path, res in explained.items():
-                for cp, q in res.quality.items():
-                    nodes[cp].classifier = q
-                    if q.get("model") is None:
-                        degraded.append({"node": cp, "what": f"no explanation model: {q['skip_reason']}"})
-                for cp, data in res.models.items():
-                    k = cp.rsplit(".", 1)[-1]
-                    store.write_staged(f"models/{path}/child-{k}.ubj", data)
-                shap_frames += res.shap
-                if res.profiles is not None and len(res.profiles):
-                    profile_frames.append(res.profiles)
-            if shap_frames:
-                store.write_staged("shap_summary.parquet", storage.parquet_bytes(
-                    pd.concat(shap_frames, ignore_index=True), ["node", "cluster", "feature"]))
-                outputs.append("shap_summary.parquet")
-            if profile_frames:
-                store.write_staged("profiles.parquet", storage.parquet_bytes(
-                    pd.concat(profile_frames, ignore_index=True), ["node", "cluster", "feature"]))
-                outputs.append("profiles.parquet")
+    g = grow_tree(client, feats, state, _counts_by_node(passes.sum_counts(counts)), total, ts, cfg,
+                  timer, echo)
+    outputs = ["labels/", "tree.json",
+               *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
 
     with timer.stage("write labels"):
-        writes = passes.write_labels(state, out_loc, ts.id_column, max(1, levels_done))
+        writes = passes.write_labels(g.state, out_loc, ts.id_column, max(1, g.levels_done))
         rows_out = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
-        tree = [nodes[p].record() for p in sorted(nodes, key=_path_key)]
+        tree = [g.nodes[p].record() for p in sorted(g.nodes, key=_path_key)]
         store.write_staged("tree.json", json.dumps(tree, indent=2).encode())
 
     manifest = {
@@ -270,23 +304,26 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         "config": cfg.redacted(),
         "versions": versions(),
         "seed": cfg.seed,
-        "input": {"files": len(infos), "partitions": len(pieces), "fingerprint": input_fingerprint(infos),
+        "input": {"files": len(infos), "partitions": len(pieces),
+                  "fingerprint": input_fingerprint(infos),
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),
                               "categorical": list(ts.categorical), "stratify_by": ts.stratify_by}},
         "rows": {"in": total, "out": rows_out},
         "missing_values": summary["missing"],
-        "levels": levels_done,
-        "nodes": len(nodes),
-        "leaves": sum(1 for n in nodes.values() if not n.children),
+        "levels": g.levels_done,
+        "nodes": len(g.nodes),
+        "leaves": sum(1 for n in g.nodes.values() if not n.children),
         "assignment": {**cfg.assign.model_dump(),
-                       "holdout_ari": {p: round(a, 6) for p, a in agreements.items() if a is not None}},
-        "degraded": degraded,
-        "timings_s": {**timer.seconds, "node_fits": node_seconds},
+                       "holdout_ari": {p: round(a, 6) for p, a in g.agreements.items()
+                                       if a is not None}},
+        "degraded": g.degraded,
+        "timings_s": {**timer.seconds, "node_fits": g.node_seconds},
         "outputs": outputs,
     }
     with timer.stage("publish"):
         store.publish(manifest)
-    echo(f"published {cfg.output.path} ({rows_out} rows, {levels_done} level(s), {len(nodes)} nodes)")
+    echo(f"published {cfg.output.path} ({rows_out} rows, {g.levels_done} level(s), "
+         f"{len(g.nodes)} nodes)")
     return manifest
 
 
