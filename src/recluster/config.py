@@ -179,6 +179,17 @@ class RecursionConfig(_Strict):
     )
 
 
+class StabilityConfig(_Strict):
+    """Refits on subsamples that score how reproducible each cluster is (Jaccard, Hennig)."""
+
+    resamples: int = Field(default=3, ge=0, le=100, description="0 turns stability off")
+    fraction: float = Field(default=0.8, gt=0.1, lt=1.0, description="subsample share of the node's sample")
+    max_rows: int = Field(default=10_000, ge=100, description="cap on rows per resample fit")
+    stable: float = Field(default=0.75, ge=0.0, le=1.0, description="Hennig: >= 0.75 is stable")
+    unstable: Literal["flag", "no_recurse"] = Field(
+        default="no_recurse", description="flag: record only; no_recurse: do not zoom into it")
+
+
 class ExplainConfig(_Strict):
     """One-vs-rest XGBoost per child (xgboost.dask) and TreeSHAP aggregates."""
 
@@ -217,6 +228,7 @@ class JobConfig(_Strict):
     clustering: ClusteringConfig = ClusteringConfig()
     assign: AssignConfig = AssignConfig()
     recursion: RecursionConfig = RecursionConfig()
+    stability: StabilityConfig = StabilityConfig()
     explain: ExplainConfig = ExplainConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = Field(default=0, ge=0, lt=2**31)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from distributed import Client, as_completed, wait
 
@@ -158,7 +159,17 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                  f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
                  + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
                  + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
-    return fits
+    stability: dict[str, list[float]] = {}
+    structured = {p: futs[p] for p, f in fits.items() if f.n_children >= 2}
+    if cfg.stability.resamples and structured:
+        with timer.stage(f"level {level}: stability of {len(structured)} node(s), "
+                         f"{cfg.stability.resamples} resamples each"):
+            runs = passes.submit_stability(client, sample, structured, ts, cfg)
+            for path, rs in runs.items():
+                scores = np.vstack(client.gather(rs))
+                stability[path] = [round(float(v), 6) for v in np.nanmean(scores, axis=0)]
+                echo(f"  node {path}: stability {stability[path]}")
+    return fits, stability
 
 
 def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema, cfg: JobConfig,
@@ -177,8 +188,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                 to_fit.append(path)
         if not to_fit:
             break
-        fits = _fit_level(client, feats, g.state, level, to_fit, g.nodes, counts, ts, cfg, timer,
-                          echo)
+        fits, stability = _fit_level(client, feats, g.state, level, to_fit, g.nodes, counts, ts,
+                                     cfg, timer, echo)
         split = {}
         for path in to_fit:
             fit, node = fits[path], g.nodes[path]
@@ -208,9 +219,16 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
             for k in range(fit.n_children):
                 cp = child_path(path, k)
                 size = sum(counts.get((cp, level), {}).values())
-                g.nodes[cp] = TreeNode(cp, level, size, size / total,
-                                       persistence=round(fit.persistence[k], 6))
+                child = g.nodes[cp] = TreeNode(cp, level, size, size / total,
+                                               persistence=round(fit.persistence[k], 6))
                 g.nodes[path].children.append(cp)
+                if path in stability:
+                    child.stability = stability[path][k]
+                    if child.stability < cfg.stability.stable and \
+                            cfg.stability.unstable == "no_recurse":
+                        child.stop_reason = (f"unstable: stability {child.stability:.3f} is below "
+                                             f"stability.stable={cfg.stability.stable}")
+                        continue
                 frontier.append(cp)
     for path in frontier:
         node = g.nodes[path]

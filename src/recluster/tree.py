@@ -30,6 +30,7 @@ class TreeNode:
     size: int
     share: float
     persistence: float | None = None
+    stability: float | None = None
     probability_mean: float | None = None
     stop_reason: str | None = None
     children: list[str] = field(default_factory=list)
@@ -45,6 +46,7 @@ class TreeNode:
             "size": self.size,
             "share": round(self.share, 8),
             "persistence": self.persistence,
+            "stability": self.stability,
             "n_children": len(self.children),
             "children": list(self.children),
             "stop_reason": self.stop_reason,

@@ -1,0 +1,64 @@
+"""Stability: clusters that survive refits on subsamples are scored high; clusters carved out
+of a structureless blob are scored low and not zoomed into."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import read_json, run_cli, write_config, write_table
+
+from recluster.demo import make_table
+from recluster.stability import best_jaccard, subsample
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_best_jaccard_matches_relabelled_and_split_clusters():
+    ref = np.array([0, 0, 0, 0, 1, 1, 1, 1, -1, -1])
+    same = np.array([5, 5, 5, 5, 2, 2, 2, 2, -1, -1])  # numbering does not matter
+    np.testing.assert_allclose(best_jaccard(ref, same, 2), [1.0, 1.0])
+    halves = np.array([0, 0, 1, 1, 2, 2, 2, 2, -1, -1])  # cluster 0 broken in two
+    np.testing.assert_allclose(best_jaccard(ref, halves, 2), [0.5, 1.0])
+    gone = np.full(10, -1)  # everything became noise
+    np.testing.assert_allclose(best_jaccard(ref, gone, 2), [0.0, 0.0])
+    assert np.isnan(best_jaccard(ref, same, 3)[2])  # a cluster absent from these rows
+    idx = subsample(1000, 0.8, 500, seed=1)
+    assert len(idx) == 500 and len(np.unique(idx)) == 500 and np.all(np.diff(idx) > 0)
+
+
+def _run(tmp_path, scheduler, table, name, **sections):
+    write_table(table, str(tmp_path / f"{name}-in"), n_files=2)
+    cfg = write_config(tmp_path, str(tmp_path / f"{name}-in"), str(tmp_path / f"{name}-out"),
+                       **sections)
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    return {n["path"]: n for n in read_json(str(tmp_path / f"{name}-out"), "tree.json")}
+
+
+def test_separated_clusters_are_stable(tmp_path, scheduler):
+    table, _ = make_table(5000, seed=12)
+    tree = _run(tmp_path, scheduler, table, "sep", recursion={"max_depth": 1})
+    children = [tree[c] for c in tree["root"]["children"]]
+    assert len(children) >= 4
+    assert all(c["stability"] >= 0.9 for c in children), [c["stability"] for c in children]
+
+
+def test_clusters_carved_from_a_blob_score_low_and_are_not_zoomed_into(tmp_path, scheduler):
+    rng = np.random.default_rng(3)
+    n = 5000
+    table = pd.DataFrame(rng.uniform(0, 1, (n, 4)), columns=[f"x{j}" for j in range(4)])
+    table.insert(0, "user_id", np.arange(n, dtype=np.int64))
+    # Force HDBSCAN to carve the blob (leaf selection, small clusters) and switch off the
+    # agreement guard, so that stability alone has to tell these clusters are not real.
+    tree = _run(tmp_path, scheduler, table, "blob",
+                input={"categorical": []},
+                clustering={"cluster_selection_method": "leaf", "min_cluster_fraction": 0.02},
+                recursion={"max_depth": 2, "min_split_agreement": 0.0, "min_node_rows": 100})
+    children = [tree[c] for c in tree["root"]["children"]]
+    assert len(children) >= 3, "the setup should carve the blob"
+    scores = [c["stability"] for c in children]
+    assert np.mean(scores) <= 0.6, scores
+    for c in children:
+        if c["stability"] < 0.75:
+            assert c["stop_reason"].startswith("unstable"), c
+            assert c["n_children"] == 0
