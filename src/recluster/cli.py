@@ -32,7 +32,6 @@ def _echo_factory(quiet: bool):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-
     cfg = load_config(args.config, args.set)
     _run(cfg, args.scheduler, args.quiet)
     return 0

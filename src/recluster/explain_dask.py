@@ -37,10 +37,6 @@ class NodeExplanation:
     profiles: pd.DataFrame | None = None
 
 
-def _raw_part(df: pd.DataFrame, pre) -> pd.DataFrame:
-    return explain.raw_frame(df, pre)
-
-
 def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str]) -> pd.DataFrame:
     child = rows["_child"].to_numpy()
     frames = [explain.profiles(rows, child == k, fit.preprocessor.numeric,
@@ -104,7 +100,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         rows = train_all[train_all["_node"] == path]
         prof = client.submit(_profiles_task, client.compute(rows), fit, path, children)
         raw_meta = explain.raw_frame(feats._meta, fit.preprocessor)
-        X = rows.map_partitions(_raw_part, fit.preprocessor, meta=raw_meta)
+        X = rows.map_partitions(explain.raw_frame, fit.preprocessor, meta=raw_meta)
         u = rows[U_COLUMN]
         hold = u < cfg.holdout_fraction * threshold
         shap_cut = min(threshold, cfg.shap_rows / max(1, size))

@@ -160,7 +160,9 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                  + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
                  + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
     stability: dict[str, list[float]] = {}
-    structured = {p: futs[p] for p, f in fits.items() if f.n_children >= 2}
+    # Only splits that will be kept are worth refitting.
+    structured = {p: futs[p] for p, f in fits.items()
+                  if accept_split(f, nodes[p].size, cfg.recursion) is None}
     if cfg.stability.resamples and structured:
         with timer.stage(f"level {level}: stability of {len(structured)} node(s), "
                          f"{cfg.stability.resamples} resamples each"):
