@@ -9,7 +9,11 @@ import pytest
 from helpers import read_json, run_cli, write_config, write_table
 
 from recluster.demo import make_table
-from recluster.stability import best_jaccard, subsample
+from recluster.config import parse_config
+from recluster.embed import umap_epochs
+from recluster.node import U_COLUMN, fit_node
+from recluster.sampling import hash_uniform
+from recluster.stability import best_jaccard, resample_node, score_resample, subsample
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -25,6 +29,26 @@ def test_best_jaccard_matches_relabelled_and_split_clusters():
     assert np.isnan(best_jaccard(ref, same, 3)[2])  # a cluster absent from these rows
     idx = subsample(1000, 0.8, 500, seed=1)
     assert len(idx) == 500 and len(np.unique(idx)) == 500 and np.all(np.diff(idx) > 0)
+
+
+def test_resample_runs_without_the_fit_and_is_checked_against_it():
+    table, _ = make_table(3000, seed=3)
+    table[U_COLUMN] = hash_uniform(table["user_id"], 0)
+    cfg = parse_config({"input": {"path": "-", "id_column": "user_id", "categorical": ["country"]},
+                        "output": {"path": "-"}, "sample": {"size": 3000},
+                        "stability": {"max_rows": 1000}})
+    numeric = [c for c in table.columns if c not in ("user_id", "country", U_COLUMN)]
+    shuffled = table.sample(frac=1.0, random_state=1)  # row order must not matter
+    result = resample_node(shuffled, "root", 0, numeric, ["country"], "user_id", cfg)
+    fit = fit_node(table, "root", numeric, ["country"], "user_id", cfg)
+    assert fit.n_children >= 2
+    scores = score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, result)
+    assert scores.shape == (fit.n_children,) and np.nanmin(scores) >= 0.75  # well separated groups
+    other = resample_node(table.iloc[:2500], "root", 0, numeric, ["country"], "user_id", cfg)
+    with pytest.raises(RuntimeError, match="other sample rows"):
+        score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, other)
+    # A resample keeps the epoch count of the fit it checks, not UMAP's small-data default.
+    assert umap_epochs(50_000, cfg.embedding) == 200 and umap_epochs(8_000, cfg.embedding) == 500
 
 
 def _run(tmp_path, scheduler, table, name, **sections):

@@ -17,6 +17,11 @@ from sklearn.neighbors import NearestNeighbors
 from recluster.config import EmbeddingConfig
 
 
+def umap_epochs(n: int, cfg: EmbeddingConfig) -> int:
+    """Optimisation epochs of a fit on ``n`` rows: the configured count, else UMAP's own default."""
+    return cfg.n_epochs or (500 if n <= 10_000 else 200)
+
+
 def fit_embedding(X: np.ndarray, cfg: EmbeddingConfig, seed: int, keep_index: bool = False):
     """Fit UMAP on ``X`` and return ``(reducer, embedding)``.
 

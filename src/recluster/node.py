@@ -77,6 +77,15 @@ def holdout_mask(n: int, fraction: float) -> np.ndarray:
     return (np.arange(n) % step) == step // 2
 
 
+def sorted_sample(sample: pd.DataFrame, id_column: str) -> pd.DataFrame:
+    """A node's sample in its canonical order (hash draw, then id): independent of partitioning."""
+    return sample.sort_values([U_COLUMN, id_column], kind="mergesort").reset_index(drop=True)
+
+
+def ids_checksum(ids: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(ids).tobytes())
+
+
 def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: list[str],
              id_column: str, cfg: JobConfig) -> NodeFit:
     """Fit one node on its sample.
@@ -95,7 +104,7 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     NodeFit
     """
     t0 = time.perf_counter()
-    sample = sample.sort_values([U_COLUMN, id_column], kind="mergesort").reset_index(drop=True)
+    sample = sorted_sample(sample, id_column)
     n = len(sample)
     fit = NodeFit(path=path, n_sample=n)
     need = cfg.embedding.n_neighbors + 2

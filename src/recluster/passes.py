@@ -12,14 +12,13 @@ from collections.abc import Mapping, Sequence
 
 import dask
 import dask.dataframe as dd
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 from distributed import Client, Future
 
 from recluster import routing, schema, stability, storage
 from recluster.config import JobConfig
-from recluster.node import U_COLUMN, NodeFit, fit_node, node_seed
+from recluster.node import U_COLUMN, NodeFit, fit_node
 from recluster.schema import TableSchema
 from recluster.storage import Location, Piece
 
@@ -84,31 +83,28 @@ def _fit_from_sample(sample: pd.DataFrame, path: str, ts: TableSchema, cfg: JobC
     return fit_node(rows, path, list(ts.numeric), list(ts.categorical), ts.id_column, cfg)
 
 
-def _stability_from_sample(sample: pd.DataFrame, fit: NodeFit, path: str, i: int,
-                           ts: TableSchema, cfg: JobConfig):
-    rows = sample[sample["_node"] == path].sort_values([U_COLUMN, ts.id_column], kind="mergesort")
-    if not np.array_equal(rows[ts.id_column].to_numpy(), fit.sample_ids):
-        raise RuntimeError(f"stability of node {path}: sample rows differ from the fitted ones")
-    X = fit.preprocessor.transform(rows)
-    st = cfg.stability
-    return stability.resample_jaccard(X, fit.sample_labels, fit.n_children, st.fraction,
-                                      st.max_rows, node_seed(cfg.seed + 7919 * (i + 1), path),
-                                      cfg.embedding, cfg.clustering)
+def _resample_from_sample(sample: pd.DataFrame, path: str, i: int, ts: TableSchema,
+                          cfg: JobConfig):
+    rows = sample[sample["_node"] == path].drop(columns="_node")
+    return stability.resample_node(rows, path, i, list(ts.numeric), list(ts.categorical),
+                                   ts.id_column, cfg)
 
 
-def submit_stability(client: Client, sample: Future, fits: Mapping[str, Future],
-                     ts: TableSchema, cfg: JobConfig) -> dict[str, list[Future]]:
-    """``stability.resamples`` independent refits per node, all in parallel."""
-    return {p: [client.submit(_stability_from_sample, sample, f, p, i, ts, cfg, pure=False)
+def submit_resamples(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
+                     cfg: JobConfig) -> dict[str, list[Future]]:
+    """``stability.resamples`` independent refits per node, at a lower priority than the fits
+    themselves, so they fill workers the fits leave idle instead of waiting for them."""
+    return {p: [client.submit(_resample_from_sample, sample, p, i, ts, cfg, pure=False,
+                              priority=-1, key=f"resample-node-{p}-{i}-{cfg.seed}")
                 for i in range(cfg.stability.resamples)]
-            for p, f in fits.items()}
+            for p in paths}
 
 
 def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
                 cfg: JobConfig) -> dict[str, Future]:
     """One independent task per node; they run in parallel across workers."""
     return {p: client.submit(_fit_from_sample, sample, p, ts, cfg, key=f"fit-node-{p}-{cfg.seed}",
-                             pure=False)
+                             pure=False, priority=1)
             for p in paths}
 
 

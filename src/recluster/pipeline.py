@@ -28,6 +28,7 @@ from recluster.node import NodeFit
 from recluster.routing import ROOT, STRATUM
 from recluster.sampling import allocate
 from recluster.schema import TableSchema, check_stats, resolve_schema
+from recluster.stability import score_resample
 from recluster.storage import Location, OutputStore
 from recluster.tree import TreeNode, accept_split, child_path, split_refusal
 
@@ -152,6 +153,9 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
         wait(sample)  # so that this stage's time is the sample pass itself
     with timer.stage(f"level {level}: fit {len(to_fit)} node(s)"):
         futs = passes.submit_fits(client, sample, to_fit, ts, cfg)
+        # Stability refits need only the sample: they start now, on workers the fits leave idle.
+        resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg) \
+            if cfg.stability.resamples else {}
         fits = {}
         for _, fit in as_completed(list(futs.values()), with_results=True):
             fits[fit.path] = fit
@@ -159,16 +163,16 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                  f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
                  + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
                  + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
+            if accept_split(fit, nodes[fit.path].size, cfg.recursion) is not None:
+                client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
     stability: dict[str, list[float]] = {}
-    # Only splits that will be kept are worth refitting.
-    structured = {p: futs[p] for p, f in fits.items()
-                  if accept_split(f, nodes[p].size, cfg.recursion) is None}
-    if cfg.stability.resamples and structured:
-        with timer.stage(f"level {level}: stability of {len(structured)} node(s), "
+    if resamples:
+        with timer.stage(f"level {level}: stability of {len(resamples)} node(s), "
                          f"{cfg.stability.resamples} resamples each"):
-            runs = passes.submit_stability(client, sample, structured, ts, cfg)
-            for path, rs in runs.items():
-                scores = np.vstack(client.gather(rs))
+            for path, rs in resamples.items():
+                fit = fits[path]
+                scores = np.vstack([score_resample(fit.sample_ids, fit.sample_labels,
+                                                   fit.n_children, r) for r in client.gather(rs)])
                 stability[path] = [round(float(v), 6) for v in np.nanmean(scores, axis=0)]
                 echo(f"  node {path}: stability {stability[path]}")
     return fits, stability
