@@ -253,7 +253,7 @@ def _tree(tree: list[dict[str, Any]], cols: dict[str, str]) -> str:
 
 
 def _canvas_payload(frame: pd.DataFrame, key: str, cols: dict[str, str],
-                    noise_labels: set[str]) -> dict[str, Any]:
+                    noise_labels: set[str], greedy: bool = True) -> dict[str, Any]:
     """Quantised coordinates (0..1000, equal scale on both axes), a colour code per point, and
     the label positions (medians) of the clusters shown; noise is drawn first, in grey."""
     x, y = frame["x"].to_numpy(float), frame["y"].to_numpy(float)
@@ -263,11 +263,13 @@ def _canvas_payload(frame: pd.DataFrame, key: str, cols: dict[str, str],
     labels = sorted(frame[key].unique(), key=_path_key)
     codes = frame[key].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
     noise = [lab in noise_labels for lab in labels]
+    sizes = np.bincount(codes, minlength=len(labels))
     centres = [[lab, int(np.median(qx[codes == i])), int(np.median(qy[codes == i]))]
-               for i, lab in enumerate(labels) if not noise[i]]
+               for i, lab in sorted(enumerate(labels), key=lambda il: -sizes[il[0]])
+               if not noise[i]]  # biggest first: they keep their label when two overlap
     return {"x": qx.tolist(), "y": qy.tolist(), "c": codes.tolist(),
             "colors": [NOISE if noise[i] else cols.get(lab, NOISE) for i, lab in enumerate(labels)],
-            "noise": noise, "labels": centres if len(centres) <= 40 else []}
+            "noise": noise, "labels": centres if len(centres) <= 40 else [], "greedy": greedy}
 
 
 def _child_of(node: str, leaf: str) -> str:
@@ -314,9 +316,16 @@ MAP_JS = """
       });
       placed.push([x, y, w2]);
     });
-    if (clash) placed = [];  // labels that would overlap are all left out: the legend names them
+    // Overlapping labels: on a zoomed map the smaller cluster's is left out; on the overall map
+    // (sub-clusters on one blob) all are, since one label would seem to name the whole blob.
     placed.forEach(function (q, i) {
       var t = d.labels[i], x = q[0], y = q[1];
+      if (clash && !d.greedy) return;
+      for (var j = 0; j < i; j++) {
+        var p = placed[j];
+        if (p[3] && Math.abs(p[0] - x) < p[2] + q[2] && Math.abs(p[1] - y) < 16) return;
+      }
+      q[3] = true;
       g.lineWidth = 4; g.strokeStyle = 'rgba(255,255,255,0.9)'; g.strokeText(t[0], x, y);
       g.fillStyle = '#111'; g.fillText(t[0], x, y);
     });
@@ -359,7 +368,7 @@ def _map(data: RunData, cols: dict[str, str]) -> str:
                  "that are apart in the others may overlap here.")
     # A row left in a split node (its cluster path has children) is noise of that split.
     payload = {"map-first": _canvas_payload(frame, "first", cols, {ROOT}),
-               "map-leaf": _canvas_payload(frame, "leaf", cols, split)}
+               "map-leaf": _canvas_payload(frame, "leaf", cols, split, greedy=False)}
     zooms = []
     for node in sorted((p for p in frames if p != ROOT), key=_path_key):
         z = frames[node].assign(child=[_child_of(node, lf) for lf in frames[node]["leaf"]])
