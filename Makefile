@@ -18,7 +18,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/recluster demo
 
+# The report test drives a real headless Chromium (Debian's package; CI runs this as root).
 test: $(STAMP)
+	@[ -x /usr/bin/chromium ] || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from helpers import read_json, run_cli, write_config, write_table
 
-from recluster.demo import make_table
 from recluster.config import parse_config
+from recluster.demo import make_table
 from recluster.embed import umap_epochs
 from recluster.node import U_COLUMN, fit_node
 from recluster.sampling import hash_uniform

@@ -1,4 +1,4 @@
-"""Command line: ``recluster run | validate | score | demo | render-k8s``.
+"""Command line: ``recluster run | validate | score | report | demo | render-k8s``.
 
 Errors we can explain exit non-zero with one message naming the column, file, setting or stage;
 credentials are never printed (they are not in the config to begin with).
@@ -40,12 +40,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(cfg: JobConfig, scheduler: str | None, quiet: bool) -> dict:
     from recluster.cluster_runtime import dask_client
     from recluster.pipeline import run
+    from recluster.progress import Progress
 
-    echo = _echo_factory(quiet)
+    progress = Progress(quiet=quiet)
     with dask_client(cfg.runtime, scheduler) as client:
-        echo(f"dask: {len(client.scheduler_info().get('workers', {}))} workers, "
-             f"dashboard {client.dashboard_link}")
-        return run(cfg, client, echo)
+        progress.start(len(client.scheduler_info().get("workers", {})), client.dashboard_link)
+        return run(cfg, client, progress)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from recluster import report_data, report_html, storage
+
+    store = storage.OutputStore(storage.Location.of(args.run_path))
+    page = report_html.render(report_data.load_run(store))
+    target = storage.write_file(args.out, page.encode())
+    print(f"report of {args.run_path} written to {target}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -127,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.add_argument("--scheduler", help="address of an existing Dask scheduler "
                    "(default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
-    r.add_argument("--quiet", action="store_true", help="log lines instead of terminal progress")
+    r.add_argument("--quiet", action="store_true", help="one JSON line per stage (for batch logs) "
+                   "instead of terminal progress")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check the config and the input schema without running")
@@ -142,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_score)
+
+    rp = sub.add_parser("report", help="rebuild report.html from a published run's outputs")
+    rp.add_argument("run_path", help="output path of a published run")
+    rp.add_argument("--out", default="report.html",
+                    help="where to write the page (default: report.html in this folder)")
+    rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="generate a demo table and segment it on this machine")
     d.add_argument("--rows", type=int, default=100_000)

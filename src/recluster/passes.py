@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import dask
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from distributed import Client, Future
@@ -137,3 +138,9 @@ def write_labels(state: dd.DataFrame, out: Location, id_column: str, levels: int
     """Delayed writes of every partition's labels to staging; each returns its row count."""
     return [dask.delayed(_write_labels)(part, out, f"labels/part-{i:05d}.parquet", id_column, levels)
             for i, part in enumerate(state.to_delayed())]
+
+
+def clusters_of(state: dd.DataFrame, ids: np.ndarray) -> dd.DataFrame:
+    """The final ``cluster`` path of the rows with these ids (a few thousand: the map sample)."""
+    keep = state[state["__id__"].isin(list(ids))]
+    return keep[["__id__", "cluster"]]

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -20,11 +19,12 @@ import numpy as np
 import pandas as pd
 from distributed import Client, as_completed, wait
 
-from recluster import modelstore, passes, storage
+from recluster import modelstore, passes, report_data, report_html, storage
 from recluster.config import JobConfig
-from recluster.errors import InputDataError, OutputConflictError, ReclusterError, StageError
+from recluster.errors import InputDataError, OutputConflictError, StageError
 from recluster.explain_dask import explain_nodes
 from recluster.node import NodeFit
+from recluster.progress import Progress, Timer, as_progress
 from recluster.routing import ROOT, STRATUM
 from recluster.sampling import allocate
 from recluster.schema import TableSchema, check_stats, resolve_schema
@@ -46,35 +46,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-class Timer:
-    """Wall time per stage, logged as one line each."""
-
-    def __init__(self, echo: Callable[[str], None]):
-        self.seconds: dict[str, float] = {}
-        self.echo = echo
-        self.t0 = time.perf_counter()
-
-    def stage(self, name: str):
-        timer = self
-
-        class _Stage:
-            def __enter__(self):
-                self.t = time.perf_counter()
-                timer.echo(f"[{time.perf_counter() - timer.t0:7.1f}s] {name} ...")
-                return self
-
-            def __exit__(self, et, ev, tb):
-                dt = time.perf_counter() - self.t
-                timer.seconds[name] = round(timer.seconds.get(name, 0.0) + dt, 3)
-                if et is None:
-                    timer.echo(f"[{time.perf_counter() - timer.t0:7.1f}s] {name} done in {dt:.1f}s")
-                elif not issubclass(et, ReclusterError):
-                    raise StageError(f"stage '{name}' failed: {et.__name__}: {ev}") from ev
-                return False
-
-        return _Stage()
 
 
 def input_fingerprint(infos) -> str:
@@ -119,6 +90,7 @@ class Growth:
     agreements: dict[str, float] = field(default_factory=dict)
     degraded: list[dict[str, Any]] = field(default_factory=list)
     node_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    root_fit: NodeFit | None = None  # kept even when the root is not split: its sample is the map
 
 
 def _refuse_or_reuse(cfg: JobConfig, store: OutputStore, fp: str,
@@ -151,7 +123,7 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
     with timer.stage(f"level {level}: sample {len(to_fit)} node(s)"):
         sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
         wait(sample)  # so that this stage's time is the sample pass itself
-    with timer.stage(f"level {level}: fit {len(to_fit)} node(s)"):
+    with timer.stage(f"level {level}: fit {len(to_fit)} node(s)", total=len(to_fit)) as st:
         futs = passes.submit_fits(client, sample, to_fit, ts, cfg)
         # Stability refits need only the sample: they start now, on workers the fits leave idle.
         resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg) \
@@ -159,22 +131,23 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
         fits = {}
         for _, fit in as_completed(list(futs.values()), with_results=True):
             fits[fit.path] = fit
-            echo(f"  node {fit.path}: {fit.n_sample} sample rows -> {fit.n_children} children"
-                 f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
-                 + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
-                 + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
+            st.step(f"node {fit.path}: {fit.n_sample} sample rows -> {fit.n_children} children"
+                    f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
+                    + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
+                    + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
             if accept_split(fit, nodes[fit.path].size, cfg.recursion) is not None:
                 client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
+        st.counts["sample_rows"] = sum(f.n_sample for f in fits.values())
     stability: dict[str, list[float]] = {}
     if resamples:
         with timer.stage(f"level {level}: stability of {len(resamples)} node(s), "
-                         f"{cfg.stability.resamples} resamples each"):
+                         f"{cfg.stability.resamples} resamples each", total=len(resamples)) as st:
             for path, rs in resamples.items():
                 fit = fits[path]
                 scores = np.vstack([score_resample(fit.sample_ids, fit.sample_labels,
                                                    fit.n_children, r) for r in client.gather(rs)])
                 stability[path] = [round(float(v), 6) for v in np.nanmean(scores, axis=0)]
-                echo(f"  node {path}: stability {stability[path]}")
+                st.step(f"node {path}: stability {stability[path]}")
     return fits, stability
 
 
@@ -199,6 +172,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
         split = {}
         for path in to_fit:
             fit, node = fits[path], g.nodes[path]
+            if path == ROOT:
+                g.root_fit = fit
             g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
             node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
             reason = accept_split(fit, node.size, cfg.recursion)
@@ -212,7 +187,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                                    f"assign.min_agreement ({fit.agreement:.3f})"})
         if not split:
             break
-        with timer.stage(f"level {level}: assign all rows"):
+        with timer.stage(f"level {level}: assign all rows") as st:
+            st.counts["nodes"] = len(split)
             [shared] = client.scatter([{p: f.routing_view() for p, f in split.items()}],
                                       broadcast=True)
             g.state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
@@ -257,10 +233,10 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
             store.write_staged(f"models/{path}/{name}", data)
     if not cfg.explain.enabled:
         return outputs
-    with timer.stage(f"explain {len(g.split_nodes)} node(s)"):
+    with timer.stage(f"explain {len(g.split_nodes)} node(s)", total=len(g.split_nodes)) as st:
         todo = {p: (g.nodes[p].depth, g.nodes[p].size, f, g.nodes[p].children)
                 for p, f in g.split_nodes.items()}
-        explained = explain_nodes(client, feats, g.state, todo, ts, cfg.explain, cfg.seed, echo)
+        explained = explain_nodes(client, feats, g.state, todo, ts, cfg.explain, cfg.seed, st.step)
         shap_frames, profile_frames = [], []
         for path, res in explained.items():
             for cp, q in res.quality.items():
@@ -282,12 +258,20 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
     return outputs
 
 
-def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Run the whole job and publish it; returns the manifest."""
+def run(cfg: JobConfig, client: Client,
+        echo: Callable[[str], None] | Progress = log.info) -> dict[str, Any]:
+    """Run the whole job and publish it; returns the manifest.
+
+    ``echo`` takes human progress lines; pass a :class:`~recluster.progress.Progress` for
+    per-node progress and structured (quiet) output.
+    """
+    echo = as_progress(echo)
     timer = Timer(echo)
     out_loc = Location.of(cfg.output.path, cfg.output.storage_options, cfg.runtime.storage_timeout_s)
-    with timer.stage("plan"):
+    with timer.stage("plan") as st:
         loc, infos, ts, pieces = plan(cfg)
+        st.counts.update(files=len(infos), partitions=len(pieces),
+                         rows=sum(i.n_rows for i in infos))
         echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
              f"{len(ts.numeric)} numeric + {len(ts.categorical)} categorical features")
         fp = run_fingerprint(cfg, input_fingerprint(infos))
@@ -298,14 +282,14 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         store.reset_staging()
 
     feats = passes.input_frame(loc, pieces, infos[0].schema, ts.columns)
-    with timer.stage("validate"):
+    with timer.stage("validate") as st:
         state = passes.initial_state(feats, ts, cfg)  # lazy: cheap to derive in later passes
         stats, n_unique = passes.validation_frames(feats, state, pieces, ts)
         stats, n_unique, counts = client.compute([stats, n_unique, passes.count_nodes(state)],
                                                  sync=True)
         summary = check_stats(passes.parse_stats(stats), int(n_unique), ts,
                               cfg.embedding.n_neighbors + 2)
-        total = summary["rows"]
+        total = st.counts["rows"] = summary["rows"]
         echo(f"  {total} rows, ids unique, no infinite values; missing values: "
              f"{summary['missing'] or 'none'}")
 
@@ -314,9 +298,9 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
     outputs = ["labels/", "tree.json",
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
 
-    with timer.stage("write labels"):
+    with timer.stage("write labels") as st:
         writes = passes.write_labels(g.state, out_loc, ts.id_column, max(1, g.levels_done))
-        rows_out = int(sum(client.compute(writes, sync=True)))
+        rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
         tree = [g.nodes[p].record() for p in sorted(g.nodes, key=_path_key)]
@@ -344,11 +328,43 @@ def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) 
         "timings_s": {**timer.seconds, "node_fits": g.node_seconds},
         "outputs": outputs,
     }
+    with timer.stage("report") as st:
+        manifest["outputs"] += write_report(client, store, g, ts, manifest)
+        st.counts["nodes"] = len(g.nodes)
     with timer.stage("publish"):
         store.publish(manifest)
     echo(f"published {cfg.output.path} ({rows_out} rows, {g.levels_done} level(s), "
          f"{len(g.nodes)} nodes)")
+    echo.event("published", path=cfg.output.path, rows=rows_out, levels=g.levels_done,
+               nodes=len(g.nodes), seconds=round(echo.elapsed(), 3))
     return manifest
+
+
+def write_report(client: Client, store: OutputStore, g: Growth, ts: TableSchema,
+                 manifest: dict[str, Any]) -> list[str]:
+    """Stage ``report/map.parquet`` (the root's sample on its embedding, with final labels) and
+    ``report.html``, built from the staged outputs as ``recluster report`` builds it later."""
+    outputs = []
+    fits = {ROOT: g.root_fit, **{p: f for p, f in g.split_nodes.items() if p != ROOT}}
+    caps = {p: report_data.MAP_CAP if p == ROOT else report_data.ZOOM_CAP for p in fits}
+    fits = {p: f for p, f in fits.items() if f is not None and f.sample_embedding is not None
+            and len(f.sample_ids)}
+    if ROOT in fits:
+        ids = np.unique(np.concatenate([f.sample_ids[:caps[p]] for p, f in fits.items()]))
+        leaf = client.compute(passes.clusters_of(g.state, ids), sync=True).rename(
+            columns={"__id__": ts.id_column})
+        frame = pd.concat([report_data.map_table(p, f.sample_ids, f.sample_embedding, leaf,
+                                                 ts.id_column, caps[p])
+                           for p, f in fits.items()], ignore_index=True)
+        store.write_staged(report_data.MAP_FILE, storage.parquet_bytes(
+            frame, dictionary_columns=["node", "first", "leaf"]))
+        outputs.append(report_data.MAP_FILE)
+    # As publish will write it (keys sorted), so that ``recluster report`` rebuilds this page.
+    as_published = json.loads(json.dumps({**manifest, "outputs": manifest["outputs"] + outputs},
+                                         sort_keys=True))
+    data = report_data.load_run(store, as_published, staged=True)
+    store.write_staged(report_data.REPORT_FILE, report_html.render(data).encode())
+    return [*outputs, report_data.REPORT_FILE]
 
 
 def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts: TableSchema,

@@ -174,6 +174,21 @@ def parquet_bytes(df: pd.DataFrame, dictionary_columns: Sequence[str] = ()) -> b
     return buf.getvalue()
 
 
+def frame_from_parquet_bytes(data: bytes) -> pd.DataFrame:
+    """The inverse of :func:`parquet_bytes`."""
+    return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+def write_file(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> str:
+    """Write one file anywhere fsspec reaches (e.g. a rebuilt report); returns its path."""
+    fs, path = filesystem(url, storage_options)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data)
+    return path
+
+
 class OutputStore:
     """The output prefix of one run: a staging area, and publication by manifest.
 
@@ -199,6 +214,18 @@ class OutputStore:
                 return json.loads(f.read())
         except FileNotFoundError:
             return None
+
+    def read(self, rel: str, staged: bool = False) -> bytes | None:
+        """A published (or staged) file's bytes, None if it is not there."""
+        try:
+            return self.fs.cat_file(self.staged(rel) if staged else self._p(rel))
+        except FileNotFoundError:
+            return None
+
+    def is_complete(self) -> bool:
+        """A manifest and ``_SUCCESS`` are both there: the run finished publishing."""
+        self.fs.invalidate_cache()
+        return self.fs.exists(self._p(MANIFEST)) and self.fs.exists(self._p(SUCCESS))
 
     def reset_staging(self) -> None:
         """Forget whatever an earlier failed attempt left in staging."""

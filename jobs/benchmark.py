@@ -1,0 +1,381 @@
+"""Benchmark: the single-machine recipe against recluster, side by side, on the same generated data.
+
+One invocation generates the tables, then runs each contender in its own fresh process (so peak
+memory and numba compilation are its own) and prints one table:
+
+(a) ``recipe``: what the tutorials write. All rows in memory, median-impute + standardise +
+    one-hot, ``UMAP.fit_transform`` on every row, HDBSCAN on the embedding, one-vs-all
+    ``XGBClassifier`` per cluster on the raw features, ``shap.TreeExplainer`` on every row.
+(b) ``recluster`` on a 2-worker ``LocalCluster`` (one thread each), local storage, default
+    config with explanations: at depth 1 (the fair comparison), then at depth 2; then depth 2
+    at larger N for the scaling targets.
+
+Compilation warm-up (numba, in every fresh process) is measured on its own line for each
+contender: the first and the second identical tiny fit in the same process, so the line also
+shows that the cost is paid once per process. Stage times exclude it.
+
+    .venv/bin/python jobs/benchmark.py                      # 300k x 32, then 1M and 4M x 32
+    .venv/bin/python jobs/benchmark.py --rows 100000 --scale '' --skip-recipe   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+N_WORKERS = 2
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _table_shape(n_features: int) -> dict[str, int]:
+    """make_table arguments for ``n_features`` features: informative + noise + 2 skewed + country."""
+    n_informative = max(4, n_features // 3)
+    return {"n_informative": n_informative, "n_noise": n_features - n_informative - 3}
+
+
+def generate(root: Path, rows: int, n_features: int, seed: int) -> Path:
+    """Write the table (files of 250k rows) and its truth once; reuse it on later invocations."""
+    import fsspec
+
+    from recluster.demo import make_table, write_partitioned
+
+    d = root / f"data-{rows}x{n_features}-seed{seed}"
+    if (d / "truth.parquet").exists():
+        return d
+    t = time.perf_counter()
+    table, truth = make_table(rows, seed=seed, **_table_shape(n_features))
+    write_partitioned(table, fsspec.filesystem("file"), str(d / "input"),
+                      n_files=max(1, rows // 250_000))
+    truth.to_parquet(d / "truth.parquet", index=False)
+    print(f"generated {rows} rows x {n_features} features in {time.perf_counter() - t:.1f}s -> {d}",
+          flush=True)
+    return d
+
+
+def _ari(labels, truth) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return round(float(adjusted_rand_score(truth, labels)), 4)
+
+
+# --------------------------------------------------------------------------- (a) the recipe
+
+
+def _recipe_warmup() -> tuple[float, float]:
+    import umap
+
+    x = np.random.default_rng(0).normal(size=(2_000, 8))
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        umap.UMAP(n_neighbors=15, min_dist=0.0).fit_transform(x)
+        times.append(time.perf_counter() - t)
+    return times[0], times[1]
+
+
+def run_recipe(data: Path, seed: int) -> dict:
+    import hdbscan
+    import pandas as pd
+    import shap
+    import umap
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    warm = _recipe_warmup()
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    df = pd.read_parquet(data / "input")
+    truth = pd.read_parquet(data / "truth.parquet")
+    stages["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    num = df.drop(columns=["user_id", "country"])
+    raw = pd.concat([num, pd.get_dummies(df["country"], prefix="country", dtype=float)], axis=1)
+    x = StandardScaler().fit_transform(raw.fillna(num.median()))
+    stages["preprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    emb = umap.UMAP(n_neighbors=15, min_dist=0.0, n_components=2).fit_transform(x)
+    stages["embed (UMAP, all rows)"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mcs = max(25, int(0.02 * len(df)))
+    labels = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=10).fit_predict(emb)
+    stages["cluster (HDBSCAN)"] = time.perf_counter() - t
+
+    clusters = sorted(set(labels) - {-1})
+    aucs, xgb_s, shap_s = [], 0.0, 0.0
+    for c in clusters:
+        y = (labels == c).astype(int)
+        t = time.perf_counter()
+        xtr, xte, ytr, yte = train_test_split(raw, y, test_size=0.2, random_state=seed, stratify=y)
+        model = xgb.XGBClassifier(n_estimators=100, max_depth=4, learning_rate=0.2,
+                                  tree_method="hist", n_jobs=N_WORKERS)
+        model.fit(xtr, ytr)
+        aucs.append(roc_auc_score(yte, model.predict_proba(xte)[:, 1]))
+        xgb_s += time.perf_counter() - t
+        t = time.perf_counter()
+        values = shap.TreeExplainer(model).shap_values(raw)
+        np.abs(values).mean(axis=0)  # the per-cluster bar chart's numbers
+        shap_s += time.perf_counter() - t
+    stages["explain: XGBoost one-vs-all"] = xgb_s
+    stages["explain: SHAP all rows"] = shap_s
+
+    order = truth.set_index("user_id").loc[df["user_id"]]
+    return {"stages": stages, "warmup_s": list(warm), "rows": len(df),
+            "clusters_l1": len(clusters), "noise_share": float(np.mean(labels == -1)),
+            "ari_l1": _ari(labels, order["group"].to_numpy()), "ari_leaf": None,
+            "min_auc": round(min(aucs), 4) if aucs else None,
+            "peak_client_mib": _peak_mib(), "peak_worker_mib": None}
+
+
+# --------------------------------------------------------------------------- (b) recluster
+
+
+def _worker_warmup() -> tuple[float, float]:
+    """A tiny node fit twice in this worker process: first pays compilation, second does not."""
+    from recluster.config import parse_config
+    from recluster.demo import make_table
+    from recluster.node import U_COLUMN, fit_node
+    from recluster.sampling import hash_uniform
+
+    table, _ = make_table(2_000, seed=1)
+    table[U_COLUMN] = hash_uniform(table["user_id"], 0)
+    cfg = parse_config({"input": {"path": "-", "id_column": "user_id", "categorical": ["country"]},
+                        "output": {"path": "-"}, "sample": {"size": 2_000}})
+    numeric = [c for c in table.columns if c not in ("user_id", "country", U_COLUMN)]
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        fit_node(table, "root", numeric, ["country"], "user_id", cfg)
+        times.append(time.perf_counter() - t)
+    return times[0], times[1]
+
+
+def _worker_peak() -> float:
+    return _peak_mib()
+
+
+def run_recluster(data: Path, out: Path, depth: int, seed: int) -> dict:
+    import pandas as pd
+
+    from recluster.cluster_runtime import dask_client
+    from recluster.config import parse_config
+    from recluster.pipeline import run
+
+    if out.exists():
+        shutil.rmtree(out)
+    cfg = parse_config({
+        "input": {"path": str(data / "input"), "id_column": "user_id", "categorical": ["country"]},
+        "output": {"path": str(out)},
+        "recursion": {"max_depth": depth},
+        "runtime": {"n_workers": N_WORKERS, "threads_per_worker": 1},
+        "seed": seed,
+    })
+    with dask_client(cfg.runtime) as client:
+        warm = client.run(_worker_warmup)
+        t = time.perf_counter()
+        manifest = run(cfg, client, echo=lambda m: None)
+        wall = time.perf_counter() - t
+        worker_peak = max(client.run(_worker_peak).values())
+    timings = {k: v for k, v in manifest["timings_s"].items() if k != "node_fits"}
+    labels = pd.read_parquet(out / "labels")
+    truth = pd.read_parquet(data / "truth.parquet").set_index("user_id").loc[labels["user_id"]]
+    tree = json.loads((out / "tree.json").read_text())
+    aucs = [n["classifier"]["auc"] for n in tree
+            if (n.get("classifier") or {}).get("auc") is not None]
+    rows = manifest["rows"]["in"]
+    return {
+        "stages": _group_stages(timings), "stage_detail": timings, "wall_s": wall,
+        "warmup_s": [max(w[0] for w in warm.values()), max(w[1] for w in warm.values())],
+        "rows": rows,
+        "clusters_l1": sum(1 for n in tree if n["depth"] == 1),
+        "noise_share": float(labels["level_1"].fillna(-1).eq(-1).mean()),
+        "ari_l1": _ari(labels["level_1"].fillna(-1).to_numpy(), truth["group"].to_numpy()),
+        "ari_leaf": _ari(labels["cluster"].to_numpy(), truth["subgroup"].to_numpy())
+        if depth > 1 else None,
+        "min_auc": round(min(aucs), 4) if aucs else None,
+        "pass_rows_per_s_core": {k: rows / v / N_WORKERS for k, v in timings.items()
+                                 if ("assign all rows" in k or k == "validate") and v > 0},
+        "fit_s": {k: v for k, v in timings.items() if ": fit " in k},
+        "peak_client_mib": _peak_mib(), "peak_worker_mib": worker_peak,
+    }
+
+
+def _group_stages(timings: dict[str, float]) -> dict[str, float]:
+    """Stage names in the manifest -> the benchmark's columns."""
+    groups = {"load": ("plan", "validate"), "fit on samples": (": sample ", ": fit ", ": stability"),
+              "assign all rows": ("assign all rows",), "explain": ("explain",),
+              "write": ("write labels", "publish")}
+    out = dict.fromkeys(groups, 0.0)
+    for name, secs in timings.items():
+        for g, keys in groups.items():
+            if any(k in name for k in keys):
+                out[g] += secs
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _child(args: list[str], timeout: float) -> dict:
+    """Run one contender in a fresh interpreter; it prints one JSON line last."""
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(HERE), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"benchmark child {' '.join(args)} failed with exit code {proc.returncode}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["process_s"] = time.perf_counter() - t
+    return res
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(results: list[tuple[str, dict]], baseline: dict | None) -> None:
+    cols = ["load", "fit on samples", "assign all rows", "explain", "write"]
+    head = (f"{'contender':<26} {'rows':>9} {'warm-up':>13} " + " ".join(f"{c[:10]:>10}" for c in cols)
+            + f" {'total s':>8} {'rows/s':>9} {'peak worker':>11} {'peak client':>11}"
+            f" {'L1 k':>4} {'ARI L1':>7} {'ARI leaf':>8} {'min AUC':>7} {'(a)/(b)':>7}")
+    print(head)
+    print("-" * len(head))
+    for name, r in results:
+        st = r["stages"]
+        total = sum(st.values())
+        if name.startswith("recipe"):
+            row = {"load": st["load"] + st["preprocess"],
+                   "fit on samples": st["embed (UMAP, all rows)"] + st["cluster (HDBSCAN)"],
+                   "assign all rows": 0.0,
+                   "explain": st["explain: XGBoost one-vs-all"] + st["explain: SHAP all rows"],
+                   "write": 0.0}
+        else:
+            row = st
+        ratio = (sum(baseline["stages"].values()) / total) if baseline else None
+        print(f"{name:<26} {r['rows']:>9} {r['warmup_s'][0]:>6.1f}/{r['warmup_s'][1]:<5.1f} "
+              + " ".join(f"{row[c]:>10.1f}" for c in cols)
+              + f" {total:>8.1f} {r['rows'] / total:>9,.0f} {_fmt(r['peak_worker_mib'], ',.0f'):>8} MiB"
+              f" {r['peak_client_mib']:>7,.0f} MiB {r['clusters_l1']:>4} {r['ari_l1']:>7.3f}"
+              f" {_fmt(r['ari_leaf'], '.3f'):>8} {_fmt(r['min_auc'], '.3f'):>7}"
+              f" {_fmt(ratio, '.1f'):>6}x")
+    print("  warm-up = numba compilation and first-call cost, per fresh process: first/second identical"
+          " tiny fit (max over workers); not in the stage columns.\n"
+          "  recipe 'fit on samples' is UMAP + HDBSCAN on ALL rows, 'explain' its XGBoost + SHAP on all"
+          " rows; recluster's 'fit on samples' includes stability refits.")
+
+
+def check_targets(results: dict[str, dict]) -> list[tuple[str, bool, str]]:
+    checks = []
+    rec, d1 = results.get("recipe"), results.get("d1")
+    if rec and d1:
+        ratio = sum(rec["stages"].values()) / sum(d1["stages"].values())
+        checks.append(("recluster depth 1 >= 10x faster than the recipe", ratio >= 10,
+                       f"{ratio:.1f}x"))
+        checks.append(("ARI vs truth not lower than the recipe's", d1["ari_l1"] >= rec["ari_l1"] - 0.005,
+                       f"{d1['ari_l1']:.3f} vs {rec['ari_l1']:.3f}"))
+    for key, r in results.items():
+        if key == "recipe":
+            continue
+        for stage, rps in r["pass_rows_per_s_core"].items():
+            checks.append((f"{key}: '{stage}' >= 50k rows/s/core", rps >= 50_000, f"{rps:,.0f}"))
+    scale = sorted((r["rows"], k) for k, r in results.items() if k.startswith("scale"))
+    if len(scale) >= 2:
+        (n0, k0), (n1, k1) = scale[0], scale[-1]
+        a, b = results[k0], results[k1]
+        growth = sum(b["stages"].values()) / sum(a["stages"].values())
+        mem = b["peak_worker_mib"] / a["peak_worker_mib"]
+        checks.append((f"{n0:,} -> {n1:,} rows ({n1 / n0:.0f}x): wall grows at most 4x", growth <= 4,
+                       f"{growth:.2f}x"))
+        checks.append((f"{n0:,} -> {n1:,} rows: peak memory per worker at most 1.3x", mem <= 1.3,
+                       f"{mem:.2f}x ({a['peak_worker_mib']:,.0f} -> {b['peak_worker_mib']:,.0f} MiB)"))
+        fa = sum(a["fit_s"].values())
+        fb = sum(b["fit_s"].values())
+        checks.append((f"{n0:,} -> {n1:,} rows: fits on samples are a fixed cost (at most 1.5x)",
+                       fb <= 1.5 * fa, f"{fa:.1f}s -> {fb:.1f}s"))
+    return checks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=300_000, help="rows of the side-by-side comparison")
+    ap.add_argument("--features", type=int, default=32)
+    ap.add_argument("--scale", default="1000000,4000000",
+                    help="comma-separated row counts for recluster depth-2 scaling runs ('' to skip)")
+    ap.add_argument("--skip-recipe", action="store_true")
+    ap.add_argument("--dir", default=str(Path.home() / ".cache" / "recluster" / "bench"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
+    args = ap.parse_args()
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "recluster" / "numba"))
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+
+    data = generate(root, args.rows, args.features, args.seed)
+    plan = [] if args.skip_recipe else [("recipe", f"recipe (a), {args.rows:,}", ["recipe", data])]
+    plan += [(f"d{d}", f"recluster (b) depth {d}, {args.rows:,}",
+              ["recluster", data, root / f"out-d{d}", "--depth", d]) for d in (1, 2)]
+    for n in [int(s) for s in args.scale.split(",") if s.strip()]:
+        d = generate(root, n, args.features, args.seed)
+        plan.append((f"scale{n}", f"recluster depth 2, {n:,}", ["recluster", d, root / f"out-{n}",
+                                                                 "--depth", 2]))
+    results: dict[str, dict] = {}
+    for key, label, child_args in plan:
+        print(f"running {label} ...", flush=True)
+        r = results[key] = _child([str(a) for a in child_args] + ["--seed", str(args.seed)],
+                                  args.timeout)
+        print(f"  done in {r['process_s']:.0f}s (process, incl. start-up and warm-up)", flush=True)
+
+    print(f"\n{args.features} features; {N_WORKERS} worker processes x 1 thread for recluster, "
+          f"{N_WORKERS} threads for the recipe; {os.cpu_count()} cores\n")
+    print_table([(label, results[key]) for key, label, _ in plan], results.get("recipe"))
+    print("\nrecluster stage detail (s):")
+    for key, label, _ in plan:
+        if key != "recipe":
+            detail = ", ".join(f"{k} {v:.1f}" for k, v in results[key]["stage_detail"].items())
+            print(f"  {label}: {detail}")
+    if "recipe" in results:
+        print("  recipe (a): " + ", ".join(f"{k} {v:.1f}" for k, v in results["recipe"]["stages"].items()))
+    print("\ntargets:")
+    for what, ok, value in check_targets(results):
+        print(f"  [{'PASS' if ok else 'FAIL'}] {what}: {value}")
+    (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+def child_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["recipe", "recluster"])
+    ap.add_argument("data")
+    ap.add_argument("out", nargs="?")
+    ap.add_argument("--depth", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.what == "recipe":
+        res = run_recipe(Path(a.data), a.seed)
+    else:
+        res = run_recluster(Path(a.data), Path(a.out), a.depth, a.seed)
+    print(json.dumps(res, default=float))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("recipe", "recluster"):
+        child_main(sys.argv[1:])
+    else:
+        main()

@@ -1,0 +1,123 @@
+"""What the report is made of, and where it comes from.
+
+:class:`RunData` holds a run's outputs already loaded (tree records, SHAP summary, profiles, map
+sample, manifest). :func:`map_table` builds the map sample from the root node's fit (pure);
+:func:`load_run` reads a run's outputs through :mod:`recluster.storage` (published or staged),
+so the pipeline and ``recluster report`` build the page from the same files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recluster import storage
+from recluster.errors import InputDataError
+from recluster.routing import ROOT
+
+#: At most this many points are plotted on the map (the root's sample, in hash order), and on
+#: the zoomed-in map of each split cluster (its own sample on its own embedding).
+MAP_CAP = 20_000
+ZOOM_CAP = 4_000
+MAP_FILE = "report/map.parquet"
+REPORT_FILE = "report.html"
+
+
+class RunNotReadyError(InputDataError):
+    """The location holds no complete, published run to report on (exit code 3)."""
+
+
+@dataclass
+class RunData:
+    """Everything the page shows, already loaded.
+
+    Attributes
+    ----------
+    manifest : the run's manifest (its config is the redacted one)
+    tree : ``tree.json`` records, root first
+    shap : ``shap_summary.parquet`` or None (explanations disabled / nothing split)
+    profiles : ``profiles.parquet`` or None
+    map : DataFrame with ``node``, ``x``, ``y``, ``first`` and ``leaf`` paths, or None: the
+        root's sample (at most MAP_CAP rows) and each split cluster's (at most ZOOM_CAP)
+    """
+
+    manifest: dict[str, Any]
+    tree: list[dict[str, Any]]
+    shap: pd.DataFrame | None = None
+    profiles: pd.DataFrame | None = None
+    map: pd.DataFrame | None = None
+
+
+def first_level(path: str) -> str:
+    """The first-level cluster a path lies in (``root`` for first-level noise)."""
+    return ROOT if path == ROOT else path.split(".", 1)[0]
+
+
+def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of: pd.DataFrame,
+              id_column: str, cap: int = MAP_CAP) -> pd.DataFrame:
+    """The plotted sample of one node: its fitted embedding with each row's final labels.
+
+    Parameters
+    ----------
+    node : the node's path (``root`` for the main map)
+    sample_ids : ndarray (n,) ids of the node's sample rows, in hash order
+    embedding : ndarray (n, k) the node's UMAP embedding of those rows (k >= 2)
+    leaf_of : DataFrame with ``id_column`` and ``cluster`` (the final path) for those rows
+    cap : keep the first ``cap`` rows (hash order: an unbiased subsample)
+
+    Returns
+    -------
+    DataFrame (min(n, cap), 6): ``node``, ``id_column``, ``x``, ``y`` (first two components),
+    ``first``, ``leaf``
+    """
+    n = min(len(sample_ids), cap)
+    frame = pd.DataFrame({"node": node, id_column: sample_ids[:n],
+                          "x": embedding[:n, 0].astype(np.float32),
+                          "y": embedding[:n, 1].astype(np.float32)})
+    leaf = leaf_of.drop_duplicates(id_column).set_index(id_column)["cluster"]
+    frame["leaf"] = frame[id_column].map(leaf).astype(object)
+    if frame["leaf"].isna().any():
+        raise ValueError("map sample rows without a final label")
+    frame["first"] = [first_level(p) for p in frame["leaf"]]
+    return frame[["node", id_column, "x", "y", "first", "leaf"]]
+
+
+def _frame(store: storage.OutputStore, rel: str, staged: bool) -> pd.DataFrame | None:
+    data = store.read(rel, staged=staged)
+    return None if data is None else storage.frame_from_parquet_bytes(data)
+
+
+def load_run(store: storage.OutputStore, manifest: dict[str, Any] | None = None,
+             staged: bool = False) -> RunData:
+    """Read what the report needs from a run's outputs.
+
+    ``staged=True`` reads the staging area of a run being written (the pipeline passes its
+    manifest); otherwise the run must be published and complete.
+    """
+    if not staged:
+        manifest = store.published_manifest()
+        if manifest is None:
+            raise RunNotReadyError(f"{store.loc.url} holds no published run (no manifest.json): "
+                                   "a report is built only from a finished run")
+        if not store.is_complete():
+            raise RunNotReadyError(f"{store.loc.url} is not completely published "
+                                   "(manifest.json without _SUCCESS)")
+    assert manifest is not None
+    tree_bytes = store.read("tree.json", staged=staged)
+    if tree_bytes is None:
+        raise RunNotReadyError(f"{store.loc.url} has no tree.json")
+    outputs = set(manifest.get("outputs", []))
+    data = RunData(manifest=manifest, tree=json.loads(tree_bytes))
+    for attr, rel in (("shap", "shap_summary.parquet"), ("profiles", "profiles.parquet"),
+                      ("map", MAP_FILE)):
+        if rel in outputs:
+            frame = _frame(store, rel, staged)
+            if frame is None:
+                raise RunNotReadyError(f"{store.loc.url}: {rel} is listed in the manifest "
+                                       "but missing")
+            setattr(data, attr, frame)
+    return data

@@ -1,0 +1,79 @@
+"""Progress lines: human ones for a terminal, one JSON line per stage in quiet mode."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from recluster.errors import InputDataError, StageError
+from recluster.progress import Progress, Timer, as_progress
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _timer(quiet: bool):
+    lines: list[str] = []
+    return Timer(Progress(lines.append, quiet=quiet)), lines
+
+
+def _three_nodes(timer: Timer) -> None:
+    timer.progress.start(2, "http://127.0.0.1:8787/status")
+    with timer.stage("plan") as st:
+        st.counts["rows"] = 10
+    with timer.stage("level 1: fit 3 node(s)", total=3) as st:
+        for path in ("0", "1", "2"):
+            st.step(f"node {path}: fitted")
+
+
+def test_terminal_lines_per_stage_and_per_node():
+    timer, lines = _timer(quiet=False)
+    _three_nodes(timer)
+    assert lines[0] == "dask: 2 workers, dashboard http://127.0.0.1:8787/status"
+    assert re.fullmatch(r"\[\s*\d+\.\ds\] plan \.\.\.", lines[1])
+    assert re.fullmatch(r"\[\s*\d+\.\ds\] plan done in \d+\.\ds", lines[2])
+    steps = [line for line in lines if line.startswith("  [")]
+    assert [re.match(r"  \[(\d)/3 +\d+\.\ds\] node (\d): fitted$", s).groups() for s in steps] == \
+        [("1", "0"), ("2", "1"), ("3", "2")]
+    assert not any(line.startswith("{") for line in lines)
+    assert set(timer.seconds) == {"plan", "level 1: fit 3 node(s)"}
+
+
+def test_quiet_mode_gives_one_json_line_per_stage():
+    timer, lines = _timer(quiet=True)
+    _three_nodes(timer)
+    records = [json.loads(line) for line in lines]
+    assert records[0] == {"event": "start", "workers": 2,
+                          "dashboard": "http://127.0.0.1:8787/status"}
+    assert [r["stage"] for r in records[1:]] == ["plan", "level 1: fit 3 node(s)"]
+    assert records[1]["counts"] == {"rows": 10} and records[1]["status"] == "ok"
+    assert records[2]["counts"] == {"done": 3, "total": 3}
+    assert records[2]["elapsed"] >= records[2]["seconds"] >= 0
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_failing_stage_is_reported_and_named(quiet):
+    timer, lines = _timer(quiet)
+    with pytest.raises(StageError, match="stage 'validate' failed: ZeroDivisionError"):
+        with timer.stage("validate"):
+            raise ZeroDivisionError("division by zero")
+    with pytest.raises(InputDataError):  # our own errors pass through unchanged
+        with timer.stage("plan"):
+            raise InputDataError("no files")
+    if quiet:
+        records = [json.loads(line) for line in lines]
+        assert [(r["stage"], r["status"], r["error"]) for r in records] == \
+            [("validate", "failed", "ZeroDivisionError"), ("plan", "failed", "InputDataError")]
+    else:
+        assert [line.split("] ", 1)[1].split(" after")[0] for line in lines[1::2]] == \
+            ["validate failed", "plan failed"]
+
+
+def test_a_plain_echo_function_still_works():
+    lines: list[str] = []
+    p = as_progress(lines.append)
+    assert as_progress(p) is p
+    p("hello")
+    p.event("stage", stage="x")  # structured lines only in quiet mode
+    assert lines == ["hello"]

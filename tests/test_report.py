@@ -1,0 +1,227 @@
+"""``report.html``: published with the run, rebuilt by ``recluster report``, and checked in a real
+headless Chromium with networking off (console errors, requests, every cluster shown, a
+screenshot kept in ``test-artifacts/report.png``). Also the quiet (JSON) and terminal progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import io
+import json
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+from chromium import CHROMIUM, Chromium
+from helpers import read_json, read_labels, run_cli, write_config, write_table
+
+from recluster import report_facts as facts
+from recluster.demo import make_table
+from recluster.report_data import MAP_CAP, RunData
+from recluster.report_html import render
+
+pytestmark = pytest.mark.timeout(600)
+
+N = 4000
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# Columns the generator builds from the segments (see test_explain.py); noise* carry nothing.
+INFORMATIVE = {f"f{j}" for j in range(4)} | {"sessions", "spend", "country"}
+
+
+def _cat(url: str, rel: str) -> bytes:
+    fs, root = fsspec.core.url_to_fs(url)
+    return fs.cat_file(f"{root}/{rel}")
+
+
+def _frame(url: str, rel: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(_cat(url, rel)))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    b = Chromium()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def explained(s3_endpoint, scheduler, tmp_path_factory):
+    """A run with explanations, in quiet mode; its stdout is kept."""
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("report")
+    table, _ = make_table(N, seed=31, n_informative=4, n_noise=3)
+    write_table(table, "s3://report/input", n_files=3)
+    tmp = tmp_path_factory.mktemp("report")
+    cfg = write_config(tmp, "s3://report/input", "s3://report/run",
+                       stability={"resamples": 0},
+                       explain={"enabled": True, "shap_rows": 1500, "train_rows": 3000,
+                                "n_estimators": 40})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet") == 0
+    url = "s3://report/run"
+    return {"url": url, "stdout": out.getvalue(), "tmp": tmp, "tree": read_json(url, "tree.json"),
+            "manifest": read_json(url, "manifest.json"), "page": _cat(url, "report.html").decode()}
+
+
+def _run_data(run) -> RunData:
+    return RunData(manifest=run["manifest"], tree=run["tree"],
+                   shap=_frame(run["url"], "shap_summary.parquet"),
+                   profiles=_frame(run["url"], "profiles.parquet"),
+                   map=_frame(run["url"], "report/map.parquet"))
+
+
+def test_quiet_mode_prints_one_json_line_per_stage(explained):
+    lines = [json.loads(line) for line in explained["stdout"].splitlines()]  # nothing else
+    start = [r for r in lines if r["event"] == "start"]
+    assert len(start) == 1 and start[0]["dashboard"].startswith("http")
+    stages = {r["stage"]: r for r in lines if r["event"] == "stage"}
+    assert len(stages) == sum(r["event"] == "stage" for r in lines)  # one line per stage
+    for name in ("plan", "validate", "level 1: fit 1 node(s)", "write labels", "report", "publish"):
+        assert stages[name]["status"] == "ok" and stages[name]["seconds"] >= 0, name
+    assert stages["plan"]["counts"] == {"files": 3, "partitions": 3, "rows": N}
+    assert stages["write labels"]["counts"]["rows"] == N
+    fits = [r for n, r in stages.items() if ": fit " in n]
+    assert len(fits) >= 2 and all(r["counts"]["done"] == r["counts"]["total"] for r in fits)
+    explain = next(r for n, r in stages.items() if n.startswith("explain"))
+    assert explain["counts"]["done"] == explain["counts"]["total"] >= 2
+    assert [r["rows"] for r in lines if r["event"] == "published"] == [N]
+    assert lines[-1]["event"] == "published"
+
+
+def test_report_and_its_map_are_published_outputs(explained):
+    url, tree = explained["url"], explained["tree"]
+    assert {"report.html", "report/map.parquet"} <= set(explained["manifest"]["outputs"])
+    m = _frame(url, "report/map.parquet")
+    root = m[m["node"] == "root"]
+    assert len(root) == min(MAP_CAP, tree[0]["fit"]["n_sample"])
+    labels = read_labels(url).set_index("user_id")["cluster"]
+    assert (m["leaf"].to_numpy() == labels.loc[m["user_id"]].to_numpy()).all()
+    assert (root["first"] == [p.split(".")[0] for p in root["leaf"]]).all()
+    split = {n["path"] for n in tree if n["children"]}
+    assert set(m["node"]) == split  # the root's map and one zoomed map per split cluster
+    for node, part in m[m["node"] != "root"].groupby("node"):
+        assert part["leaf"].map(lambda p, node=node: p == node or p.startswith(node + ".")).all()
+
+
+def test_page_loads_offline_in_chromium_and_shows_every_cluster(explained, browser, tmp_path):
+    path = tmp_path / "report.html"
+    path.write_text(explained["page"], encoding="utf-8")
+    page = browser.open_offline(path.as_uri())
+    try:
+        assert page.errors() == []
+        assert page.requests() == [path.as_uri()]
+        shown = page.evaluate("Array.from(document.querySelectorAll('[data-cluster]'))"
+                              ".map(function (e) { return e.dataset.cluster; })")
+        paths = {n["path"] for n in explained["tree"]}
+        assert set(shown) == paths
+        sections = page.evaluate("Array.from(document.querySelectorAll('section.cluster'))"
+                                 ".map(function (e) { return e.dataset.cluster; })")
+        assert sorted(sections) == sorted(paths - {"root"})
+        drawn = page.evaluate("Array.from(document.querySelectorAll('canvas[data-map]'))"
+                              ".map(function (c) { return [c.id, +c.dataset.drawn]; })")
+        m = _frame(explained["url"], "report/map.parquet")
+        assert dict(drawn)["map-first"] == dict(drawn)["map-leaf"] == int((m["node"] == "root").sum())
+        assert len(drawn) == 2 + m["node"].nunique() - 1 and all(n > 0 for _, n in drawn)
+        shot = ARTIFACTS / "report.png"
+        width, height = page.screenshot(shot)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and height > 3000
+    finally:
+        page.close()
+
+
+def test_sentences_follow_shap_and_profiles(explained):
+    data = _run_data(explained)
+    by_path = {n["path"]: n for n in data.tree}
+    described = 0
+    for path, node in by_path.items():
+        if path == "root":
+            continue
+        shap = data.shap[data.shap["cluster"] == path]
+        prof = data.profiles[data.profiles["cluster"] == path]
+        found = facts.findings(shap, prof)
+        for f in found:
+            rows = prof[prof["feature"] == f.feature]
+            assert shap.loc[shap["feature"] == f.feature, "mean_shap"].iloc[0] > 0
+            if rows.iloc[0]["kind"] == "numeric":
+                d = rows.iloc[0]["effect_size"]
+                assert abs(d) >= facts.MIN_EFFECT and (d > 0) == (f.direction > 0), (path, f)
+            else:
+                level = f.phrase.rsplit(" = ", 1)[1]
+                lift = rows.loc[rows["level"] == level, "lift"].iloc[0]
+                assert (lift > 1) == (f.direction > 0), (path, f)
+        sentence = facts.sentence(path, node["parent"], found)
+        assert html.escape(sentence) in explained["page"]
+        if found:
+            described += 1
+            if node["depth"] == 1:
+                assert found[0].feature in INFORMATIVE, (path, found)
+    assert described >= 0.8 * (len(by_path) - 1)
+
+
+def test_report_command_rebuilds_the_same_page(explained, tmp_path, capsys):
+    out = tmp_path / "rebuilt.html"
+    assert run_cli("report", explained["url"], "--out", out) == 0
+    assert out.read_text(encoding="utf-8") == explained["page"]
+    assert str(out) in capsys.readouterr().out
+
+
+def test_report_command_refuses_an_unpublished_run(explained, bucket, s3fs_fs, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert run_cli("report", f"s3://{bucket}/nothing", "--out", out) == 3
+    assert "no published run" in capsys.readouterr().err
+    s3fs_fs.pipe(f"{bucket}/half/manifest.json", json.dumps(explained["manifest"]).encode())
+    assert run_cli("report", f"s3://{bucket}/half", "--out", out) == 3
+    assert "not completely published" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_page_without_explanations_and_with_hostile_strings(explained):
+    data = _run_data(explained)
+    n_clusters = len(data.tree) - 1
+    cfg = {**data.manifest["config"], "explain": {"enabled": False}}
+    off = render(RunData(manifest={**data.manifest, "config": cfg}, tree=data.tree, map=data.map))
+    assert off.count("Explanations disabled for this run") == n_clusters
+    assert "Members have" not in off
+
+    evil = '"><script>alert(1)</script>'
+    cfg = {**data.manifest["config"],
+           "output": {**data.manifest["config"]["output"], "path": "s3://b/" + evil},
+           "embedding": {**data.manifest["config"]["embedding"], "n_components": 3}}
+    shap = data.shap.replace({"feature": {"f0": evil}})
+    prof = data.profiles.replace({"feature": {"f0": evil}})
+    page = render(RunData(manifest={**data.manifest, "config": cfg}, tree=data.tree, shap=shap,
+                          profiles=prof, map=data.map))
+    assert "<script>alert" not in page and html.escape(evil) in page
+    assert page.count("<script") == 2  # the map data and the map script, nothing else
+    assert "the maps show the first two" in page
+
+
+def test_unsplit_root_in_terminal_mode(s3_endpoint, scheduler, tmp_path, browser, capsys):
+    table, _ = make_table(3000, n_groups=1, n_sub=1, seed=5)
+    table = table.drop(columns=["country", "sessions"])  # a round blob: nothing to split
+    write_table(table, str(tmp_path / "in"), n_files=2)
+    cfg = write_config(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"),
+                       input={"categorical": []}, stability={"resamples": 0})
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    out = capsys.readouterr().out
+    assert "dashboard http" in out and "] plan done in" in out and "] report done in" in out
+    assert "[1/1" in out and "node root:" in out
+    assert not any(line.startswith("{") for line in out.splitlines())
+    tree = read_json(str(tmp_path / "out"), "tree.json")
+    assert len(tree) == 1
+    page = browser.open_offline((tmp_path / "out" / "report.html").as_uri())
+    try:
+        assert page.errors() == []
+        assert page.evaluate("Array.from(document.querySelectorAll('[data-cluster]'))"
+                             ".map(function (e) { return e.dataset.cluster; })") == ["root", "root"]
+        text = page.evaluate("document.body.innerText")
+        assert "The whole table is one cluster" in text
+        assert page.evaluate("+document.getElementById('map-first').dataset.drawn") > 1000
+    finally:
+        page.close()
