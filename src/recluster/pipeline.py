@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from distributed import Client, as_completed, wait
 
 from recluster import modelstore, passes, storage
 from recluster.config import JobConfig
-from recluster.errors import InputDataError, OutputConflictError, ReclusterError, StageError
+from recluster.errors import (
+    InputDataError,
+    OutputConflictError,
+    ReclusterError,
+    StageError,
+    StorageError,
+)
 from recluster.explain_dask import explain_nodes
 from recluster.node import NodeFit
 from recluster.routing import ROOT, STRATUM
@@ -54,12 +61,17 @@ class Timer:
         self.seconds: dict[str, float] = {}
         self.echo = echo
         self.t0 = time.perf_counter()
+        self.current: str | None = None  # the stage in progress (named when the run times out)
+        self.stopped: str | None = None  # once set, no further stage starts
 
     def stage(self, name: str):
         timer = self
 
         class _Stage:
             def __enter__(self):
+                if timer.stopped:
+                    raise StageError(timer.stopped)
+                timer.current = name
                 self.t = time.perf_counter()
                 timer.echo(f"[{time.perf_counter() - timer.t0:7.1f}s] {name} ...")
                 return self
@@ -71,6 +83,8 @@ class Timer:
                     timer.echo(f"[{time.perf_counter() - timer.t0:7.1f}s] {name} done in {dt:.1f}s")
                 elif not issubclass(et, ReclusterError):
                     raise StageError(f"stage '{name}' failed: {et.__name__}: {ev}") from ev
+                elif issubclass(et, StorageError) and not str(ev).startswith("stage '"):
+                    raise StorageError(f"stage '{name}' failed: {ev}") from None
                 return False
 
         return _Stage()
@@ -90,7 +104,8 @@ def run_fingerprint(cfg: JobConfig, input_fp: str) -> str:
 
 def plan(cfg: JobConfig):
     """Footers only: files, schema roles, pieces. Cheap; used by ``validate`` too."""
-    loc = Location.of(cfg.input.path, cfg.input.storage_options, cfg.runtime.storage_timeout_s)
+    loc = Location.of(cfg.input.path, cfg.input.storage_options, cfg.runtime.storage_timeout_s,
+                      cfg.runtime.storage_retries)
     files = storage.list_parquet_files(loc)
     infos = storage.read_footers(loc, files)
     ts = resolve_schema(infos, cfg.input, cfg.sample.stratify_by)
@@ -279,9 +294,40 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
 
 
 def run(cfg: JobConfig, client: Client, echo: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Run the whole job and publish it; returns the manifest."""
+    """Run the whole job and publish it; returns the manifest.
+
+    The run is bounded by ``runtime.run_timeout_s``: on expiry it raises a :class:`StageError`
+    naming the stage in progress, and no later stage (publication included) starts.
+    """
     timer = Timer(echo)
-    out_loc = Location.of(cfg.output.path, cfg.output.storage_options, cfg.runtime.storage_timeout_s)
+    return _within(cfg.runtime.run_timeout_s, timer, lambda: _run(cfg, client, timer, echo))
+
+
+def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = body()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="recluster-run", daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    if worker.is_alive():
+        timer.stopped = (f"the run did not finish within runtime.run_timeout_s={limit_s:g}s; "
+                         f"stage in progress: '{timer.current}'")
+        raise StageError(timer.stopped)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _run(cfg: JobConfig, client: Client, timer: Timer,
+         echo: Callable[[str], None]) -> dict[str, Any]:
+    out_loc = Location.of(cfg.output.path, cfg.output.storage_options, cfg.runtime.storage_timeout_s,
+                          cfg.runtime.storage_retries)
     with timer.stage("plan"):
         loc, infos, ts, pieces = plan(cfg)
         echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
