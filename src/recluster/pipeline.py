@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 from distributed import Client, as_completed, wait
@@ -224,8 +225,10 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
         if not split:
             break
         with timer.stage(f"level {level}: assign all rows"):
-            [shared] = client.scatter([{p: f.routing_view() for p, f in split.items()}],
-                                      broadcast=True)
+            # A graph literal rather than scattered data: scattered data has no lineage, so a
+            # worker lost while holding the only copy would lose the level for good.
+            # (An impure delayed gets a fresh key, so runs sharing a scheduler never mix.)
+            shared = dask.delayed({p: f.routing_view() for p, f in split.items()}, traverse=False)
             g.state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
                                           cfg.embedding.n_components).persist()
             counts = _counts_by_node(passes.sum_counts(
