@@ -35,7 +35,7 @@ from recluster.explain_dask import explain_nodes
 from recluster.node import NodeFit
 from recluster.routing import ROOT, STRATUM
 from recluster.sampling import allocate
-from recluster.schema import TableSchema, check_stats, resolve_schema
+from recluster.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
 from recluster.storage import Location, OutputStore
 from recluster.tree import TreeNode, accept_split, child_path, split_refusal
 
@@ -214,6 +214,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
             g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
             node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
             reason = accept_split(fit, node.size, cfg.recursion)
+            if fit.preprocessor is None:
+                g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
             if reason:
                 node.stop_reason = reason
                 continue
@@ -374,6 +376,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
         "versions": versions(),
         "seed": cfg.seed,
         "input": {"files": len(infos), "partitions": len(pieces),
+                  "empty_files": sum(1 for i in infos if i.n_rows == 0),
                   "fingerprint": input_fingerprint(infos),
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),
                               "categorical": list(ts.categorical), "stratify_by": ts.stratify_by}},
@@ -385,7 +388,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
         "assignment": {**cfg.assign.model_dump(),
                        "holdout_ari": {p: round(a, 6) for p, a in g.agreements.items()
                                        if a is not None}},
-        "degraded": g.degraded,
+        "degraded": [*degraded_inputs(summary, infos, ts), *g.degraded],
         "timings_s": {**timer.seconds, "node_fits": g.node_seconds},
         "outputs": outputs,
     }
