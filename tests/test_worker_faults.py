@@ -150,6 +150,8 @@ def test_workers_killed_during_fit_assignment_and_write_run_completes(cluster, d
     _workers_back(cluster)
 
 
+@pytest.mark.skipif(os.environ.get("RECLUSTER_OPEN_FAULTS") != "1",
+                    reason="open finding, ~4 min; run with RECLUSTER_OPEN_FAULTS=1")
 @pytest.mark.xfail(reason="open: after a worker is killed mid-training, the surviving worker's "
                    "xgboost.dask training task stays blocked in its collective and holds the "
                    "worker's only thread; the run ends at runtime.run_timeout_s naming 'explain', "
