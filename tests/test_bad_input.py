@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from helpers import published, run_cli, write_config, write_table
+from helpers import published, read_json, read_labels, run_cli, write_config, write_table
 
 from recluster.demo import make_table
 
@@ -90,3 +93,141 @@ def test_validate_command_reports_schema_without_running(table, tmp_path, bucket
     write_table(table.assign(plan="x"), f"s3://{bucket}/in", 2)
     assert run_cli("validate", cfg) != 0
     assert "feature column 'plan'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- defined behaviours (published)
+
+
+def _published_run(tmp_path, bucket, scheduler, capsys, table, n_files=2, **sections):
+    """Run ``table`` through the CLI; it must publish with every input row labelled once."""
+    inp, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
+    if table is not None:
+        write_table(table, inp, n_files)
+    cfg = write_config(tmp_path, inp, out, **sections)
+    code = run_cli("run", cfg, "--scheduler", scheduler, "--quiet")
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    labels = read_labels(out)
+    manifest = read_json(out, "manifest.json")
+    n = manifest["rows"]["in"]
+    assert manifest["rows"]["out"] == n == len(labels) and labels["user_id"].is_unique
+    return labels, manifest, {r["path"]: r for r in read_json(out, "tree.json")}
+
+
+def test_missing_values_are_imputed_and_recorded(table, tmp_path, bucket, scheduler, capsys):
+    t = table.copy()
+    t.loc[t.index[::7], "country"] = None
+    labels, manifest, _ = _published_run(tmp_path, bucket, scheduler, capsys, t)
+    assert len(labels) == len(t)
+    imputed = {d["column"]: d["what"] for d in manifest["degraded"] if "column" in d}
+    for c in ("spend", "noise0", "country"):
+        n = int(t[c].isna().sum())
+        assert n > 0 and imputed[c].startswith(f"{n} missing values imputed"), imputed
+    assert manifest["missing_values"]["country"] == int(t["country"].isna().sum())
+
+
+def test_constant_column_is_recorded_and_ignored(table, tmp_path, bucket, scheduler, capsys):
+    labels, manifest, tree = _published_run(tmp_path, bucket, scheduler, capsys,
+                                            table.assign(flat=7.0))
+    assert {"column": "flat", "what": "constant: one value in every row, carries no information "
+            "(scaled to 0)"} in manifest["degraded"]
+    assert "flat" in tree["root"]["fit"]["preprocess"]["constant"]
+    assert len(tree["root"]["children"]) >= 2, "the other columns still segment the table"
+
+
+def test_identical_rows_give_one_unsplit_root(tmp_path, bucket, scheduler, capsys):
+    n = 1200
+    t = pd.DataFrame({"user_id": np.arange(n), "a": 1.5, "b": 3, "country": "se"})
+    labels, manifest, tree = _published_run(tmp_path, bucket, scheduler, capsys, t)
+    assert tree["root"]["stop_reason"] == "no sub-structure: every sample row has the same features"
+    assert tree["root"]["children"] == [] and manifest["leaves"] == 1
+    assert (labels["cluster"] == "root").all() and (labels["depth"] == 0).all()
+
+
+def test_empty_files_and_row_groups_are_skipped_and_counted(table, tmp_path, bucket, scheduler,
+                                                            capsys, s3fs_fs):
+    write_table(table, f"s3://{bucket}/in", 2)
+    empty = pa.Table.from_pandas(table.iloc[:0], preserve_index=False)
+    with s3fs_fs.open(f"{bucket}/in/part-009.parquet", "wb") as f:
+        pq.write_table(empty, f)
+    with s3fs_fs.open(f"{bucket}/in/part-010.parquet", "wb") as f, \
+            pq.ParquetWriter(f, empty.schema) as w:  # written through a writer, no rows
+        w.write_table(empty)
+    labels, manifest, _ = _published_run(tmp_path, bucket, scheduler, capsys, None)
+    assert len(labels) == len(table) == manifest["rows"]["in"]
+    assert manifest["input"]["files"] == 4 and manifest["input"]["empty_files"] == 2
+    skipped = [d["file"] for d in manifest["degraded"] if d.get("what") == "no rows: skipped"]
+    assert sorted(s.rsplit("/", 1)[1] for s in skipped) == ["part-009.parquet", "part-010.parquet"]
+
+
+def test_all_files_empty_is_an_error(table, tmp_path, bucket, scheduler, capsys):
+    write_table(table.iloc[:0], f"s3://{bucket}/in", 2)
+    err = _run(tmp_path, bucket, scheduler, capsys)
+    assert "every Parquet file under" in err and "is empty" in err
+
+
+def test_single_row_is_an_error(table, tmp_path, bucket, scheduler, capsys):
+    write_table(table.iloc[:1], f"s3://{bucket}/in", 1)
+    err = _run(tmp_path, bucket, scheduler, capsys)
+    assert "input has 1 rows" in err and "embedding.n_neighbors" in err
+
+
+def test_column_missing_from_one_file_names_it(table, tmp_path, bucket, scheduler, capsys):
+    write_table(table.iloc[:700], f"s3://{bucket}/in/a", 1)
+    write_table(table.iloc[700:].drop(columns="sessions"), f"s3://{bucket}/in/b", 1)
+    err = _run(tmp_path, bucket, scheduler, capsys)
+    assert "feature column 'sessions' is missing from" in err and "/in/b/" in err
+
+
+def test_all_points_noise_leaves_root_unsplit(tmp_path, bucket, scheduler, capsys):
+    rng = np.random.default_rng(2)
+    t = pd.DataFrame(rng.uniform(size=(1500, 6)), columns=[f"u{i}" for i in range(6)])
+    t.insert(0, "user_id", np.arange(1500))
+    labels, _, tree = _published_run(tmp_path, bucket, scheduler, capsys, t,
+                                     input={"categorical": []},
+                                     clustering={"min_cluster_fraction": 0.49})
+    assert tree["root"]["stop_reason"] == "no sub-structure: all noise"
+    assert tree["root"]["fit"]["noise_share_sample"] == 1.0
+    assert (labels["cluster"] == "root").all() and labels["level_1"].isna().all()
+
+
+def test_single_blob_is_not_zoomed_into(tmp_path, bucket, scheduler, capsys):
+    """One Gaussian blob: either HDBSCAN finds no split, or the pieces UMAP tears it into are
+    scored unstable and not zoomed into; every row is labelled either way."""
+    rng = np.random.default_rng(4)
+    t = pd.DataFrame(rng.normal(size=(1500, 5)), columns=[f"g{i}" for i in range(5)])
+    t.insert(0, "user_id", np.arange(1500))
+    labels, _, tree = _published_run(tmp_path, bucket, scheduler, capsys, t,
+                                     input={"categorical": []})
+    if not tree["root"]["children"]:
+        assert tree["root"]["stop_reason"].startswith(("no sub-structure", "no reproducible"))
+    for c in tree["root"]["children"]:
+        assert tree[c]["stability"] < 0.75 and tree[c]["stop_reason"].startswith("unstable"), \
+            tree[c]
+    assert labels["depth"].max() <= 1
+
+
+def test_tiny_cluster_rows_are_labelled_and_small_nodes_not_split(table, tmp_path, bucket,
+                                                                    scheduler, capsys):
+    first = int(table["user_id"].max()) + 1
+    tiny = table.iloc[:12].assign(user_id=np.arange(first, first + 12), f0=80.0, f1=-80.0)
+    t = pd.concat([table, tiny], ignore_index=True)
+    labels, _, tree = _published_run(tmp_path, bucket, scheduler, capsys, t,
+                                     recursion={"min_node_rows": 600})
+    assert len(labels) == len(t) and set(tiny["user_id"]) <= set(labels["user_id"])
+    sizes = [tree[c]["size"] for c in tree["root"]["children"]]
+    assert min(sizes) > 12, "no cluster is as small as the tiny group"
+    small = [tree[c] for c in tree["root"]["children"] if tree[c]["size"] < 600]
+    assert all("below recursion.min_node_rows=600" in n["stop_reason"] for n in small)
+
+
+def test_extreme_values_stay_finite_with_explanations(table, tmp_path, bucket, scheduler, capsys):
+    t = table.copy()
+    t.loc[t.index[::50], "f2"] = 1e300
+    t.loc[t.index[1::50], "f3"] = -1e300
+    labels, manifest, tree = _published_run(
+        tmp_path, bucket, scheduler, capsys, t,
+        explain={"enabled": True, "n_estimators": 10, "shap_rows": 300})
+    assert np.isfinite(labels[["umap_0", "umap_1", "probability"]].to_numpy()).all()
+    models = [n["classifier"] for n in tree.values() if (n["classifier"] or {}).get("model")]
+    assert models and all(np.isfinite(m["auc"]) for m in models)

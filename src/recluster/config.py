@@ -214,7 +214,15 @@ class RuntimeConfig(_Strict):
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str = "auto"
     numba_cache_dir: str | None = None
-    storage_timeout_s: float = Field(default=60.0, gt=0.0)
+    storage_timeout_s: float = Field(
+        default=60.0, gt=0.0, description="connect and read timeout of one storage request")
+    storage_retries: int = Field(
+        default=5, ge=0, le=20,
+        description="retries of a failed storage request (503 SlowDown, reset, timeout) with "
+        "exponential backoff; a store that stays down fails the run after them")
+    run_timeout_s: float = Field(
+        default=86_400.0, gt=0.0,
+        description="the whole run must finish within this; else it stops naming the stage in progress")
 
 
 class JobConfig(_Strict):

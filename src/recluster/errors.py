@@ -29,3 +29,9 @@ class StageError(ReclusterError):
     """A stage of the run failed; the message names the stage."""
 
     exit_code = 5
+
+
+class StorageError(ReclusterError):
+    """The object store kept failing after the configured retries (names the URL and stage)."""
+
+    exit_code = 6

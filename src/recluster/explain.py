@@ -16,6 +16,8 @@ from recluster.node import U_COLUMN
 from recluster.preprocess import OTHER, Preprocessor, categorical_strings
 from recluster.routing import ROOT
 
+F32_MAX = float(np.finfo(np.float32).max)
+
 
 def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
     """Features as the classifiers see them: numeric imputed with the node's medians (not
@@ -33,7 +35,9 @@ def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
     out = {}
     for c in pre.numeric:
         x = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
-        out[c] = np.where(np.isnan(x), pre.medians_[c], x).astype(np.float32)
+        x = np.where(np.isnan(x), pre.medians_[c], x)
+        # float32 is what XGBoost holds; beyond its range a value would become inf (an error).
+        out[c] = np.clip(x, -F32_MAX, F32_MAX).astype(np.float32)
     for c in pre.categorical:
         levels = list(pre.levels_[c]) + [OTHER]
         vals = categorical_strings(df[c])

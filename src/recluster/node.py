@@ -116,6 +116,9 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     X = pre.transform(sample)
     fit.preprocessor = pre
     fit.seconds["preprocess"] = time.perf_counter() - t0
+    if not np.ptp(X, axis=0).any():
+        fit.stop_reason = "no sub-structure: every sample row has the same features"
+        return fit
 
     keep_index = cfg.assign.method == "umap"
     t = time.perf_counter()

@@ -15,6 +15,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from dask.delayed import Delayed
 from distributed import Client, Future
 
 from recluster import routing, schema, stability, storage
@@ -110,7 +111,7 @@ def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableS
 
 
 def assign_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
-                 fits: Mapping[str, NodeFit] | Future, id_dtype, n_components: int) -> dd.DataFrame:
+                 fits: Mapping[str, NodeFit] | Future | Delayed, id_dtype, n_components: int) -> dd.DataFrame:
     meta = routing.state_meta(id_dtype, level, n_components)
     return dd.map_partitions(routing.assign_level, feats, state, level, fits, meta=meta,
                              align_dataframes=False)

@@ -10,11 +10,13 @@ import hashlib
 import json
 import logging
 import platform
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 from distributed import Client, as_completed, wait
@@ -27,7 +29,7 @@ from recluster.node import NodeFit
 from recluster.progress import Progress, Timer, as_progress
 from recluster.routing import ROOT, STRATUM
 from recluster.sampling import allocate
-from recluster.schema import TableSchema, check_stats, resolve_schema
+from recluster.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
 from recluster.stability import score_resample
 from recluster.storage import Location, OutputStore
 from recluster.tree import TreeNode, accept_split, child_path, split_refusal
@@ -62,7 +64,8 @@ def run_fingerprint(cfg: JobConfig, input_fp: str) -> str:
 
 def plan(cfg: JobConfig):
     """Footers only: files, schema roles, pieces. Cheap; used by ``validate`` too."""
-    loc = Location.of(cfg.input.path, cfg.input.storage_options, cfg.runtime.storage_timeout_s)
+    loc = Location.of(cfg.input.path, cfg.input.storage_options, cfg.runtime.storage_timeout_s,
+                      cfg.runtime.storage_retries)
     files = storage.list_parquet_files(loc)
     infos = storage.read_footers(loc, files)
     ts = resolve_schema(infos, cfg.input, cfg.sample.stratify_by)
@@ -177,6 +180,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
             g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
             node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
             reason = accept_split(fit, node.size, cfg.recursion)
+            if fit.preprocessor is None:
+                g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
             if reason:
                 node.stop_reason = reason
                 continue
@@ -189,8 +194,10 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
             break
         with timer.stage(f"level {level}: assign all rows") as st:
             st.counts["nodes"] = len(split)
-            [shared] = client.scatter([{p: f.routing_view() for p, f in split.items()}],
-                                      broadcast=True)
+            # A graph literal rather than scattered data: scattered data has no lineage, so a
+            # worker lost while holding the only copy would lose the level for good.
+            # (An impure delayed gets a fresh key, so runs sharing a scheduler never mix.)
+            shared = dask.delayed({p: f.routing_view() for p, f in split.items()}, traverse=False)
             g.state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
                                           cfg.embedding.n_components).persist()
             counts = _counts_by_node(passes.sum_counts(
@@ -263,11 +270,40 @@ def run(cfg: JobConfig, client: Client,
     """Run the whole job and publish it; returns the manifest.
 
     ``echo`` takes human progress lines; pass a :class:`~recluster.progress.Progress` for
-    per-node progress and structured (quiet) output.
+    per-node progress and structured (quiet) output. The run is bounded by
+    ``runtime.run_timeout_s``: on expiry it raises a :class:`StageError` naming the stage in
+    progress, and no later stage (publication included) starts.
     """
     echo = as_progress(echo)
     timer = Timer(echo)
-    out_loc = Location.of(cfg.output.path, cfg.output.storage_options, cfg.runtime.storage_timeout_s)
+    return _within(cfg.runtime.run_timeout_s, timer, lambda: _run(cfg, client, timer, echo))
+
+
+def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = body()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="recluster-run", daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    if worker.is_alive():
+        timer.stopped = (f"the run did not finish within runtime.run_timeout_s={limit_s:g}s; "
+                         f"stage in progress: '{timer.current}'")
+        raise StageError(timer.stopped)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _run(cfg: JobConfig, client: Client, timer: Timer,
+         echo: Callable[[str], None]) -> dict[str, Any]:
+    out_loc = Location.of(cfg.output.path, cfg.output.storage_options, cfg.runtime.storage_timeout_s,
+                          cfg.runtime.storage_retries)
     with timer.stage("plan") as st:
         loc, infos, ts, pieces = plan(cfg)
         st.counts.update(files=len(infos), partitions=len(pieces),
@@ -313,6 +349,7 @@ def run(cfg: JobConfig, client: Client,
         "versions": versions(),
         "seed": cfg.seed,
         "input": {"files": len(infos), "partitions": len(pieces),
+                  "empty_files": sum(1 for i in infos if i.n_rows == 0),
                   "fingerprint": input_fingerprint(infos),
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),
                               "categorical": list(ts.categorical), "stratify_by": ts.stratify_by}},
@@ -324,7 +361,7 @@ def run(cfg: JobConfig, client: Client,
         "assignment": {**cfg.assign.model_dump(),
                        "holdout_ari": {p: round(a, 6) for p, a in g.agreements.items()
                                        if a is not None}},
-        "degraded": g.degraded,
+        "degraded": [*degraded_inputs(summary, infos, ts), *g.degraded],
         "timings_s": {**timer.seconds, "node_fits": g.node_seconds},
         "outputs": outputs,
     }

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from recluster.errors import ReclusterError, StageError
+from recluster.errors import ReclusterError, StageError, StorageError
 
 log = logging.getLogger("recluster")
 
@@ -105,6 +105,9 @@ class Stage:
         self.timer.progress.step(self.done, self.total, time.perf_counter() - self.t, msg)
 
     def __enter__(self) -> Stage:
+        if self.timer.stopped:
+            raise StageError(self.timer.stopped)
+        self.timer.current = self.name
         self.t = time.perf_counter()
         self.timer.progress.stage_started(self.name)
         return self
@@ -122,6 +125,8 @@ class Stage:
         t.progress.stage_finished(self.name, dt, "failed", counts, error=et.__name__)
         if not issubclass(et, ReclusterError):
             raise StageError(f"stage '{self.name}' failed: {et.__name__}: {ev}") from ev
+        if issubclass(et, StorageError) and not str(ev).startswith("stage '"):
+            raise StorageError(f"stage '{self.name}' failed: {ev}") from None
         return False
 
 
@@ -132,6 +137,8 @@ class Timer:
         self.progress = as_progress(echo)
         self.echo = self.progress
         self.seconds: dict[str, float] = {}
+        self.current: str | None = None  # the stage in progress (named when the run times out)
+        self.stopped: str | None = None  # once set, no further stage starts
 
     def stage(self, name: str, total: int | None = None) -> Stage:
         return Stage(self, name, total)

@@ -111,18 +111,22 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
 
     Returns
     -------
-    dict with ``rows``, ``null_ids``, ``inf`` and ``missing`` (per column), ``path``
+    dict with ``rows``, ``null_ids``, ``inf``, ``missing`` and ``span`` ([min, max] of the finite
+    values, per numeric column), ``path``
     """
     inf = {}
     missing = {}
+    span = {}
     for c in schema.numeric:
         x = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         inf[c] = int(np.isinf(x).sum())
         missing[c] = int(np.isnan(x).sum())
+        finite = x[np.isfinite(x)]
+        span[c] = [float(finite.min()), float(finite.max())] if finite.size else None
     for c in schema.categorical:
         missing[c] = int(df[c].isna().sum())
     return {"rows": len(df), "null_ids": int(df[schema.id_column].isna().sum()),
-            "inf": inf, "missing": missing, "path": path}
+            "inf": inf, "missing": missing, "span": span, "path": path}
 
 
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
@@ -131,7 +135,8 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
 
     Returns
     -------
-    dict with ``rows`` and ``missing`` (per column, only columns with missing values)
+    dict with ``rows``, ``missing`` (per column, only columns with missing values) and
+    ``constant`` (numeric columns with a single value: they carry no information)
     """
     rows = sum(s["rows"] for s in stats)
     for s in stats:
@@ -159,4 +164,25 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     all_missing = sorted(c for c, n in missing.items() if n == rows)
     if all_missing:
         raise InputDataError(f"feature column '{all_missing[0]}' has no values at all")
-    return {"rows": rows, "missing": {c: n for c, n in missing.items() if n}}
+    spans: dict[str, list[float]] = {}
+    for s in stats:
+        for c, sp in s.get("span", {}).items():
+            if sp is not None:
+                lo, hi = spans.get(c, sp)
+                spans[c] = [min(lo, sp[0]), max(hi, sp[1])]
+    constant = sorted(c for c, (lo, hi) in spans.items() if lo == hi)
+    return {"rows": rows, "missing": {c: n for c, n in missing.items() if n}, "constant": constant}
+
+
+def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list[dict]:
+    """The manifest's ``degraded`` entries the input itself causes (each a defined behaviour):
+    empty files skipped, missing values imputed, constant columns that carry nothing."""
+    out: list[dict] = [{"file": i.path, "what": "no rows: skipped"} for i in infos if i.n_rows == 0]
+    for c, n in sorted(summary["missing"].items()):
+        how = ("as the level '__missing__'" if c in schema.categorical
+               else "with the median of each node's sample")
+        out.append({"column": c, "what": f"{n} missing values imputed {how}"})
+    for c in summary["constant"]:
+        out.append({"column": c, "what": "constant: one value in every row, carries no "
+                    "information (scaled to 0)"})
+    return out

@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,29 +22,81 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recluster.errors import InputDataError, OutputConflictError
+from recluster.errors import InputDataError, OutputConflictError, StorageError
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 STAGING = "_staging"
 
 
-def _options(url: str, storage_options: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+def _is_s3(url: str) -> bool:
+    return url.startswith(("s3://", "s3a://"))
+
+
+def _options(url: str, storage_options: dict[str, Any], timeout_s: float | None,
+             retries: int) -> dict[str, Any]:
     opts = dict(storage_options)
-    if url.startswith(("s3://", "s3a://")) and timeout_s:
+    if _is_s3(url) and timeout_s:
         cfg = dict(opts.get("config_kwargs", {}))
         cfg.setdefault("connect_timeout", timeout_s)
         cfg.setdefault("read_timeout", timeout_s)
-        cfg.setdefault("retries", {"max_attempts": 8, "mode": "adaptive"})
+        # botocore retries 503 SlowDown, throttling, resets and timeouts with exponential backoff.
+        cfg.setdefault("retries", {"total_max_attempts": retries + 1, "mode": "standard"})
         opts["config_kwargs"] = cfg
     return opts
 
 
+#: s3fs re-issues a request botocore gave up on (or whose body broke off) this many times in all.
+S3FS_ATTEMPTS = 2
+
+
 def filesystem(url: str, storage_options: dict[str, Any] | None = None,
-               timeout_s: float | None = 60.0) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(fs, root)`` for a URL; ``root`` has no protocol and no trailing slash."""
-    fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options or {}, timeout_s))
+               timeout_s: float | None = 60.0,
+               retries: int = 5) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(fs, root)`` for a URL; ``root`` has no protocol and no trailing slash.
+
+    On S3 a request is attempted at most ``S3FS_ATTEMPTS * (retries + 1)`` times, each bounded
+    by ``timeout_s`` to connect and to read, so a store that stays down fails in bounded time.
+    """
+    fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options or {}, timeout_s,
+                                                     retries))
+    if _is_s3(url):
+        fs.retries = S3FS_ATTEMPTS  # s3fs's own loop (default 5) multiplies botocore's
     return fs, root.rstrip("/")
+
+
+def _is_transport(exc: BaseException) -> bool:
+    """Did the store fail (as opposed to the bytes being bad)? pyarrow's own errors on a
+    corrupt file are ``OSError`` without an errno; the store's carry one, or a botocore cause."""
+    seen = 0
+    while exc is not None and seen < 5:
+        mod = type(exc).__module__
+        if mod.startswith(("botocore", "aiobotocore", "aiohttp", "urllib3")) or isinstance(
+                exc, ConnectionError | TimeoutError):
+            return True
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+@contextmanager
+def storage_errors(loc: Location, doing: str) -> Iterator[None]:
+    """Turn what the store raised after its retries into a :class:`StorageError` naming the URL.
+
+    ``FileNotFoundError`` passes through: callers decide what a missing file means.
+    """
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, InputDataError, OutputConflictError):
+        raise
+    except Exception as exc:
+        if not _is_transport(exc):
+            raise
+        raise StorageError(
+            f"storage failed while {doing} ({loc.url}): {type(exc).__name__}: {exc} -- after "
+            f"runtime.storage_retries={loc.retries} retries with runtime.storage_timeout_s="
+            f"{loc.timeout_s:g}") from None
 
 
 @dataclass(frozen=True)
@@ -53,14 +106,15 @@ class Location:
     url: str
     storage_options: tuple[tuple[str, Any], ...] = ()
     timeout_s: float = 60.0
+    retries: int = 5
 
     @classmethod
     def of(cls, url: str, storage_options: dict[str, Any] | None = None,
-           timeout_s: float = 60.0) -> Location:
-        return cls(url, tuple(sorted((storage_options or {}).items())), timeout_s)
+           timeout_s: float = 60.0, retries: int = 5) -> Location:
+        return cls(url, tuple(sorted((storage_options or {}).items())), timeout_s, retries)
 
     def fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        return filesystem(self.url, dict(self.storage_options), self.timeout_s)
+        return filesystem(self.url, dict(self.storage_options), self.timeout_s, self.retries)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -94,9 +148,10 @@ def list_parquet_files(loc: Location) -> list[str]:
     fs, root = loc.fs()
     fs.invalidate_cache(root)  # a long-lived process must see the files as they are now
     try:
-        if fs.isfile(root):
-            return [root]
-        found = fs.find(root)
+        with storage_errors(loc, "listing the input"):
+            if fs.isfile(root):
+                return [root]
+            found = fs.find(root)
     except FileNotFoundError:
         raise InputDataError(f"input path does not exist: {loc.url}") from None
     files = []
@@ -111,12 +166,12 @@ def list_parquet_files(loc: Location) -> list[str]:
     return sorted(files)
 
 
-def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> FileInfo:
+def _read_footer(fs: fsspec.AbstractFileSystem, loc: Location, path: str) -> FileInfo:
     try:
-        with fs.open(path, "rb") as f:
+        with storage_errors(loc, f"reading the footer of {path}"), fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
             schema = meta.schema.to_arrow_schema()
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException) as exc:  # not the store's fault: the bytes
         raise InputDataError(f"cannot read Parquet file {path}: {exc}") from None
     rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     return FileInfo(path=path, schema=schema, row_group_rows=rows)
@@ -126,7 +181,7 @@ def read_footers(loc: Location, files: Sequence[str], threads: int = 16) -> list
     """Read every file's footer (schema and row-group sizes) with a small thread pool."""
     fs, _ = loc.fs()
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
-        return list(pool.map(lambda p: _read_footer(fs, p), files))
+        return list(pool.map(lambda p: _read_footer(fs, loc, p), files))
 
 
 def plan_pieces(infos: Sequence[FileInfo], rows_per_piece: int) -> list[Piece]:
@@ -156,7 +211,7 @@ def read_piece(piece: Piece, loc: Location, columns: Sequence[str]) -> pd.DataFr
     """Read the requested columns of one piece into pandas."""
     fs, _ = loc.fs()
     try:
-        with fs.open(piece.path, "rb") as f:
+        with storage_errors(loc, f"reading {piece.path}"), fs.open(piece.path, "rb") as f:
             table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(columns))
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(f"cannot read {piece.path}: {exc}") from None
@@ -210,7 +265,8 @@ class OutputStore:
     def published_manifest(self) -> dict[str, Any] | None:
         path = self._p(MANIFEST)
         try:
-            with self.fs.open(path, "rb") as f:
+            with storage_errors(self.loc, "reading the published manifest"), \
+                    self.fs.open(path, "rb") as f:
                 return json.loads(f.read())
         except FileNotFoundError:
             return None
@@ -229,8 +285,9 @@ class OutputStore:
 
     def reset_staging(self) -> None:
         """Forget whatever an earlier failed attempt left in staging."""
-        if self.fs.exists(self._p(STAGING)):
-            self.fs.rm(self._p(STAGING), recursive=True)
+        with storage_errors(self.loc, "clearing the staging area"):
+            if self.fs.exists(self._p(STAGING)):
+                self.fs.rm(self._p(STAGING), recursive=True)
         self.fs.invalidate_cache()
 
     def unpublish(self) -> None:
@@ -251,12 +308,17 @@ class OutputStore:
 
     def write_staged(self, rel: str, data: bytes) -> str:
         path = self.staged(rel)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        self.fs.pipe_file(path, data)
+        with storage_errors(self.loc, f"writing {rel}"):
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            self.fs.pipe_file(path, data)
         return path
 
     def publish(self, manifest: dict[str, Any]) -> None:
         """Move staged files into place and create the manifest (exclusively), then ``_SUCCESS``."""
+        with storage_errors(self.loc, "publishing"):
+            self._publish(manifest)
+
+    def _publish(self, manifest: dict[str, Any]) -> None:
         if self.published_manifest() is not None:
             raise OutputConflictError(f"{self.loc.url} already holds a published run")
         # Leftovers of a publication that died before its manifest: not trusted, replace them.
