@@ -206,6 +206,9 @@ class ExplainConfig(_Strict):
     min_child_weight: float = Field(default=5.0, ge=0.0)
     retries: int = Field(default=2, ge=0, le=10, description="fresh attempts after a failed training")
     train_timeout_s: float = Field(default=1800.0, gt=0.0, description="one training may take this long")
+    collective_timeout_s: int = Field(
+        default=120, ge=1, description="one XGBoost collective operation (or its group start) may "
+        "take this long: a worker whose peer died stops waiting, fails its task and frees its thread")
 
 
 class RuntimeConfig(_Strict):

@@ -46,15 +46,23 @@ def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[s
 
 
 def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: int,
-           retries: int, timeout_s: float, what: str):
-    """Train with ``xgboost.dask``: bounded retries with fresh data handles, bounded time."""
+           retries: int, timeout_s: float, what: str, collective_timeout_s: int = 120):
+    """Train with ``xgboost.dask``: bounded retries with fresh data handles, bounded time.
+
+    When a worker dies mid-training, xgboost.dask's task on a surviving worker would wait in its
+    collective for the dead peer forever, holding that worker's only thread, so that every later
+    task there (the retry included) queues behind it. The collective timeout ends that wait.
+    """
     import xgboost as xgb
     import xgboost.dask  # noqa: F401  (registers xgb.dask)
+    from xgboost.collective import Config
+
+    coll = Config(timeout=collective_timeout_s, tracker_timeout=collective_timeout_s)
 
     def attempt():
         dtrain = xgb.dask.DaskDMatrix(client, X, y, enable_categorical=True)
         return xgb.dask.train(client, params, dtrain, num_boost_round=rounds,
-                              verbose_eval=False)["booster"]
+                              verbose_eval=False, coll_cfg=coll)["booster"]
 
     last: BaseException | None = None
     for _ in range(retries + 1):
@@ -123,7 +131,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
             params = explain.classifier_params(n_pos, n_neg, cfg, node_seed(seed, cp))
             booster = _train(client, params, X_train, (child_train == k).astype("int32"),
                              cfg.n_estimators, cfg.retries, cfg.train_timeout_s,
-                             f"the model of cluster {cp}")
+                             f"the model of cluster {cp}", cfg.collective_timeout_s)
             booster.set_param({"nthread": 1})
             p_hold = booster.predict(xgb.DMatrix(X_hold, enable_categorical=True))
             y_hold = (child_hold.to_numpy() == k).astype(int)
