@@ -27,4 +27,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests jobs
 
 bench: $(STAMP)
-	$(BIN)/python jobs/benchmark_assign.py
+	$(BIN)/python jobs/benchmark.py

@@ -47,7 +47,7 @@ def _table_shape(n_features: int) -> dict[str, int]:
 
 
 def generate(root: Path, rows: int, n_features: int, seed: int) -> Path:
-    """Write the table (files of 250k rows) and its truth once; reuse it on later invocations."""
+    """Write the table and its truth once; reuse it on later invocations."""
     import fsspec
 
     from recluster.demo import make_table, write_partitioned
@@ -57,8 +57,9 @@ def generate(root: Path, rows: int, n_features: int, seed: int) -> Path:
         return d
     t = time.perf_counter()
     table, truth = make_table(rows, seed=seed, **_table_shape(n_features))
+    # Files of 50k rows: a lake's many files, and enough partitions to keep both workers busy.
     write_partitioned(table, fsspec.filesystem("file"), str(d / "input"),
-                      n_files=max(1, rows // 250_000))
+                      n_files=max(1, rows // 50_000))
     truth.to_parquet(d / "truth.parquet", index=False)
     print(f"generated {rows} rows x {n_features} features in {time.perf_counter() - t:.1f}s -> {d}",
           flush=True)
@@ -319,6 +320,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=32)
     ap.add_argument("--scale", default="1000000,4000000",
                     help="comma-separated row counts for recluster depth-2 scaling runs ('' to skip)")
+    ap.add_argument("--depths", default="1,2", help="recluster depths at --rows")
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--dir", default=str(Path.home() / ".cache" / "recluster" / "bench"))
     ap.add_argument("--seed", type=int, default=0)
@@ -331,7 +333,8 @@ def main() -> None:
     data = generate(root, args.rows, args.features, args.seed)
     plan = [] if args.skip_recipe else [("recipe", f"recipe (a), {args.rows:,}", ["recipe", data])]
     plan += [(f"d{d}", f"recluster (b) depth {d}, {args.rows:,}",
-              ["recluster", data, root / f"out-d{d}", "--depth", d]) for d in (1, 2)]
+              ["recluster", data, root / f"out-d{d}", "--depth", d])
+             for d in [int(x) for x in args.depths.split(",") if x.strip()]]
     for n in [int(s) for s in args.scale.split(",") if s.strip()]:
         d = generate(root, n, args.features, args.seed)
         plan.append((f"scale{n}", f"recluster depth 2, {n:,}", ["recluster", d, root / f"out-{n}",
