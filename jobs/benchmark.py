@@ -140,7 +140,8 @@ def run_recipe(data: Path, seed: int) -> dict:
     order = truth.set_index("user_id").loc[df["user_id"]]
     return {"stages": stages, "warmup_s": list(warm), "rows": len(df),
             "clusters_l1": len(clusters), "noise_share": float(np.mean(labels == -1)),
-            "ari_l1": _ari(labels, order["group"].to_numpy()), "ari_leaf": None,
+            "ari_l1": _ari(labels, order["group"].to_numpy()),
+            "ari_leaf": _ari(labels, order["subgroup"].to_numpy()),
             "min_auc": round(min(aucs), 4) if aucs else None,
             "peak_client_mib": _peak_mib(), "peak_worker_mib": None}
 
@@ -209,8 +210,7 @@ def run_recluster(data: Path, out: Path, depth: int, seed: int) -> dict:
         "clusters_l1": sum(1 for n in tree if n["depth"] == 1),
         "noise_share": float(labels["level_1"].fillna(-1).eq(-1).mean()),
         "ari_l1": _ari(labels["level_1"].fillna(-1).to_numpy(), truth["group"].to_numpy()),
-        "ari_leaf": _ari(labels["cluster"].to_numpy(), truth["subgroup"].to_numpy())
-        if depth > 1 else None,
+        "ari_leaf": _ari(labels["cluster"].to_numpy(), truth["subgroup"].to_numpy()),
         "min_auc": round(min(aucs), 4) if aucs else None,
         "pass_rows_per_s_core": {k: rows / v / N_WORKERS for k, v in timings.items()
                                  if ("assign all rows" in k or k == "validate") and v > 0},
@@ -257,7 +257,7 @@ def print_table(results: list[tuple[str, dict]], baseline: dict | None) -> None:
     cols = ["load", "fit on samples", "assign all rows", "explain", "write"]
     head = (f"{'contender':<26} {'rows':>9} {'warm-up':>13} " + " ".join(f"{c[:10]:>10}" for c in cols)
             + f" {'total s':>8} {'rows/s':>9} {'peak worker':>11} {'peak client':>11}"
-            f" {'L1 k':>4} {'ARI L1':>7} {'ARI leaf':>8} {'min AUC':>7} {'(a)/(b)':>7}")
+            f" {'L1 k':>4} {'ARI grp':>7} {'ARI sub':>7} {'min AUC':>7} {'(a)/(b)':>7}")
     print(head)
     print("-" * len(head))
     for name, r in results:
@@ -276,12 +276,14 @@ def print_table(results: list[tuple[str, dict]], baseline: dict | None) -> None:
               + " ".join(f"{row[c]:>10.1f}" for c in cols)
               + f" {total:>8.1f} {r['rows'] / total:>9,.0f} {_fmt(r['peak_worker_mib'], ',.0f'):>8} MiB"
               f" {r['peak_client_mib']:>7,.0f} MiB {r['clusters_l1']:>4} {r['ari_l1']:>7.3f}"
-              f" {_fmt(r['ari_leaf'], '.3f'):>8} {_fmt(r['min_auc'], '.3f'):>7}"
+              f" {_fmt(r['ari_leaf'], '.3f'):>7} {_fmt(r['min_auc'], '.3f'):>7}"
               f" {_fmt(ratio, '.1f'):>6}x")
     print("  warm-up = numba compilation and first-call cost, per fresh process: first/second identical"
           " tiny fit (max over workers); not in the stage columns.\n"
           "  recipe 'fit on samples' is UMAP + HDBSCAN on ALL rows, 'explain' its XGBoost + SHAP on all"
-          " rows; recluster's 'fit on samples' includes stability refits.")
+          " rows; recluster's 'fit on samples' includes stability refits.\n"
+          "  ARI grp: first-level clusters (the recipe: its flat clusters) vs the generator's groups;"
+          " ARI sub: final segments vs its sub-groups. L1 k: first-level clusters.")
 
 
 def check_targets(results: dict[str, dict]) -> list[tuple[str, bool, str]]:
@@ -291,8 +293,11 @@ def check_targets(results: dict[str, dict]) -> list[tuple[str, bool, str]]:
         ratio = sum(rec["stages"].values()) / sum(d1["stages"].values())
         checks.append(("recluster depth 1 >= 10x faster than the recipe", ratio >= 10,
                        f"{ratio:.1f}x"))
-        checks.append(("ARI vs truth not lower than the recipe's", d1["ari_l1"] >= rec["ari_l1"] - 0.005,
-                       f"{d1['ari_l1']:.3f} vs {rec['ari_l1']:.3f}"))
+        # The truth has two levels; a flat clustering may match either, so each side is scored
+        # by its better match.
+        mine, theirs = max(d1["ari_l1"], d1["ari_leaf"]), max(rec["ari_l1"], rec["ari_leaf"])
+        checks.append(("ARI vs truth (better of groups / sub-groups) not lower than the recipe's",
+                       mine >= theirs - 0.005, f"{mine:.3f} vs {theirs:.3f}"))
     for key, r in results.items():
         if key == "recipe":
             continue

@@ -9,6 +9,7 @@ labels must equal those of the same config run on the shared LocalCluster.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -132,9 +133,12 @@ def test_daskjob_runner_on_a_multiprocess_cluster_matches_localcluster(
                           stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "dask: 2 workers" in proc.stderr, proc.stderr[-2000:]
-    assert f":{dashboard}" in proc.stderr, "the runner did not use the process cluster"
-    assert "published" in proc.stderr
+    # --quiet: one JSON line per event on stdout (the batch log).
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["workers"] == 2, proc.stdout[-2000:]
+    assert f":{dashboard}" in start["dashboard"], "the runner did not use the process cluster"
+    assert [e["rows"] for e in events if e["event"] == "published"] == [len(table)]
 
     from distributed import Client
 
