@@ -113,9 +113,14 @@ def _label(text: str, limit: int = 22) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _top_features(rows: pd.DataFrame, n: int = 8) -> pd.DataFrame:
+    """The ``n`` features that move the classifier most (those that move it at all)."""
+    return rows[rows["mean_abs_shap"] > 0].sort_values("rank").head(n)
+
+
 def shap_bars(rows: pd.DataFrame, color: str) -> str:
     """Horizontal bars of mean |SHAP| (how much a feature moves the model's score)."""
-    rows = rows[rows["mean_abs_shap"] > 0].sort_values("rank").head(8)
+    rows = _top_features(rows)
     if rows.empty:
         return '<p class="muted">No feature moves this classifier.</p>'
     w, left, rh, top = 380, 130, 24, 8
@@ -138,7 +143,7 @@ def shap_bars(rows: pd.DataFrame, color: str) -> str:
 
 def shap_direction(rows: pd.DataFrame, color: str) -> str:
     """Mean SHAP among members and among the rest, per feature: which way it pushes whom."""
-    rows = rows[rows["mean_abs_shap"] > 0].sort_values("rank").head(8)
+    rows = _top_features(rows)
     if rows.empty:
         return ""
     w, left, rh, top = 380, 130, 24, 24
