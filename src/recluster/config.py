@@ -113,7 +113,7 @@ class OutputConfig(_Strict):
 class SampleConfig(_Strict):
     """The per-node sample every fit runs on, drawn by hashing the id (partitioning-independent)."""
 
-    size: int = Field(default=50_000, ge=100)
+    size: int = Field(default=20_000, ge=100)
     stratify_by: str | None = None
     min_per_stratum: int = Field(
         default=50, ge=0, description="each stratum gets at least this many sample rows (or all it has)"
