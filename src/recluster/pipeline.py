@@ -94,6 +94,7 @@ class Growth:
     degraded: list[dict[str, Any]] = field(default_factory=list)
     node_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     root_fit: NodeFit | None = None  # kept even when the root is not split: its sample is the map
+    pending_stability: tuple | None = None  # the deepest level's resamples, scored last
 
 
 def _refuse_or_reuse(cfg: JobConfig, store: OutputStore, fp: str,
@@ -141,17 +142,47 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
             if accept_split(fit, nodes[fit.path].size, cfg.recursion) is not None:
                 client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
         st.counts["sample_rows"] = sum(f.n_sample for f in fits.values())
+    return fits, resamples
+
+
+def _gather_stability(client: Client, level: int, resamples: dict, fits: dict[str, NodeFit],
+                      cfg: JobConfig, timer: Timer) -> dict[str, list[float]]:
+    """Wait for a level's resamples and score each fitted cluster (mean best Jaccard)."""
     stability: dict[str, list[float]] = {}
-    if resamples:
-        with timer.stage(f"level {level}: stability of {len(resamples)} node(s), "
-                         f"{cfg.stability.resamples} resamples each", total=len(resamples)) as st:
-            for path, rs in resamples.items():
-                fit = fits[path]
-                scores = np.vstack([score_resample(fit.sample_ids, fit.sample_labels,
-                                                   fit.n_children, r) for r in client.gather(rs)])
-                stability[path] = [round(float(v), 6) for v in np.nanmean(scores, axis=0)]
-                st.step(f"node {path}: stability {stability[path]}")
-    return fits, stability
+    if not resamples:
+        return stability
+    with timer.stage(f"level {level}: stability of {len(resamples)} node(s), "
+                     f"{cfg.stability.resamples} resamples each", total=len(resamples)) as st:
+        for path, rs in resamples.items():
+            fit = fits[path]
+            scores = np.vstack([score_resample(fit.sample_ids, fit.sample_labels,
+                                               fit.n_children, r) for r in client.gather(rs)])
+            stability[path] = [round(float(v), 6) for v in np.nanmean(scores, axis=0)]
+            st.step(f"node {path}: stability {stability[path]}")
+    return stability
+
+
+def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
+    """Record that ``child`` is not zoomed into because it is unstable; True if so."""
+    if child.stability is None or child.stability >= cfg.stability.stable or \
+            cfg.stability.unstable != "no_recurse":
+        return False
+    child.stop_reason = (f"unstable: stability {child.stability:.3f} is below "
+                         f"stability.stable={cfg.stability.stable}")
+    return True
+
+
+def finish_stability(client: Client, g: Growth, cfg: JobConfig, timer: Timer) -> None:
+    """Score the deepest level's clusters. Nothing waits on those scores but ``tree.json``, so
+    the resamples run on while the last assignment pass and the explanations do."""
+    if g.pending_stability is None:
+        return
+    level, resamples, fits = g.pending_stability
+    g.pending_stability = None
+    for path, scores in _gather_stability(client, level, resamples, fits, cfg, timer).items():
+        for k, cp in enumerate(g.nodes[path].children):
+            g.nodes[cp].stability = scores[k]
+            _mark_unstable(g.nodes[cp], cfg)
 
 
 def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema, cfg: JobConfig,
@@ -170,7 +201,7 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                 to_fit.append(path)
         if not to_fit:
             break
-        fits, stability = _fit_level(client, feats, g.state, level, to_fit, g.nodes, counts, ts,
+        fits, resamples = _fit_level(client, feats, g.state, level, to_fit, g.nodes, counts, ts,
                                      cfg, timer, echo)
         split = {}
         for path in to_fit:
@@ -203,6 +234,11 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
             counts = _counts_by_node(passes.sum_counts(
                 client.compute(passes.count_nodes(g.state), sync=True)))
         g.levels_done = level
+        stability: dict[str, list[float]] = {}
+        if level < cfg.recursion.max_depth:  # the scores decide where the next level zooms
+            stability = _gather_stability(client, level, resamples, fits, cfg, timer)
+        elif resamples:
+            g.pending_stability = (level, resamples, fits)
         frontier = []
         for path, fit in split.items():
             for k in range(fit.n_children):
@@ -213,10 +249,7 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                 g.nodes[path].children.append(cp)
                 if path in stability:
                     child.stability = stability[path][k]
-                    if child.stability < cfg.stability.stable and \
-                            cfg.stability.unstable == "no_recurse":
-                        child.stop_reason = (f"unstable: stability {child.stability:.3f} is below "
-                                             f"stability.stable={cfg.stability.stable}")
+                    if _mark_unstable(child, cfg):
                         continue
                 frontier.append(cp)
     for path in frontier:
@@ -333,6 +366,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
                   timer, echo)
     outputs = ["labels/", "tree.json",
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
+    finish_stability(client, g, cfg, timer)
 
     with timer.stage("write labels") as st:
         writes = passes.write_labels(g.state, out_loc, ts.id_column, max(1, g.levels_done))
