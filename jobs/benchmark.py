@@ -161,10 +161,10 @@ def run_recipe(data: Path, seed: int) -> dict:
 
 def _worker_warmup() -> tuple[float, float]:
     """A tiny node fit twice in this worker process: first pays compilation, second does not."""
+    from recluster.compute.node import U_COLUMN, fit_node
+    from recluster.compute.sampling import hash_uniform
     from recluster.config import parse_config
     from recluster.demo import make_table
-    from recluster.node import U_COLUMN, fit_node
-    from recluster.sampling import hash_uniform
 
     table, _ = make_table(2_000, seed=1)
     table[U_COLUMN] = hash_uniform(table["user_id"], 0)
@@ -186,8 +186,8 @@ def _worker_peak() -> float:
 def run_recluster(data: Path, out: Path, depth: int, seed: int, overrides: list[str]) -> dict:
     import pandas as pd
 
-    from recluster.cluster_runtime import dask_client
     from recluster.config import apply_overrides, parse_config
+    from recluster.parallel.client import dask_client
     from recluster.pipeline import run
 
     if out.exists():

@@ -30,10 +30,10 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "recluster" / "numba"))
 
+    from recluster.compute.node import U_COLUMN, fit_node
+    from recluster.compute.sampling import hash_uniform
     from recluster.config import parse_config
     from recluster.demo import make_table
-    from recluster.node import U_COLUMN, fit_node
-    from recluster.sampling import hash_uniform
 
     t = time.perf_counter()
     table, truth = make_table(args.rows, seed=args.seed)

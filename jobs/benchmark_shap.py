@@ -30,11 +30,11 @@ def main() -> None:
 
     import xgboost as xgb
 
+    from recluster.compute.explain import classifier_params, raw_frame, shap_summary
+    from recluster.compute.node import U_COLUMN, assign_node_rows, fit_node
+    from recluster.compute.sampling import hash_uniform
     from recluster.config import ExplainConfig, parse_config
     from recluster.demo import make_table
-    from recluster.explain import classifier_params, raw_frame, shap_summary
-    from recluster.node import U_COLUMN, assign_node_rows, fit_node
-    from recluster.sampling import hash_uniform
 
     table, _ = make_table(args.rows, seed=args.seed)
     table[U_COLUMN] = hash_uniform(table["user_id"], args.seed)

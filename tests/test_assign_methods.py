@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from recluster.compute.node import U_COLUMN, assign_node_rows, fit_node
+from recluster.compute.sampling import hash_uniform
 from recluster.config import parse_config
 from recluster.demo import make_table
-from recluster.node import U_COLUMN, assign_node_rows, fit_node
-from recluster.sampling import hash_uniform
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,9 +11,9 @@ import xgboost as xgb
 from helpers import read_json, read_labels, run_cli, write_config, write_table
 from sklearn.metrics import adjusted_rand_score
 
+from recluster.compute.explain import raw_frame
 from recluster.demo import make_table
-from recluster.explain import raw_frame
-from recluster.modelstore import preprocessor_from_json
+from recluster.storage.models import preprocessor_from_json
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -176,7 +176,7 @@ def _frame(n=400):
 
 def test_training_is_bounded_in_time(client):
     from recluster.errors import StageError
-    from recluster.explain_dask import _train
+    from recluster.parallel.explain import _train
 
     X, y = _frame()
     params = {"objective": "binary:logistic", "nthread": 1}
@@ -188,7 +188,7 @@ def test_training_is_bounded_in_time(client):
 
 def test_failed_training_is_retried_then_reported(client):
     from recluster.errors import StageError
-    from recluster.explain_dask import _train
+    from recluster.parallel.explain import _train
 
     X, y = _frame()
 

@@ -17,10 +17,10 @@ import pytest
 from chromium import CHROMIUM, Chromium
 from helpers import read_json, read_labels, run_cli, write_config, write_table
 
-from recluster import report_facts as facts
 from recluster.demo import make_table
-from recluster.report_data import MAP_CAP, RunData
-from recluster.report_html import render
+from recluster.report import facts
+from recluster.report.data import MAP_CAP, RunData
+from recluster.report.html import render
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -106,8 +106,8 @@ def test_fake_credentials_appear_in_no_output_log_or_task(dask_cluster, schedule
 def test_local_cluster_binds_scheduler_and_dashboard_to_loopback():
     from urllib.parse import urlsplit
 
-    from recluster.cluster_runtime import dask_client
     from recluster.config import RuntimeConfig
+    from recluster.parallel.client import dask_client
 
     with dask_client(RuntimeConfig(n_workers=1, memory_limit="1GiB")) as client:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")

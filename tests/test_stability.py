@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from helpers import read_json, run_cli, write_config, write_table
 
+from recluster.compute.embed import umap_epochs
+from recluster.compute.node import U_COLUMN, fit_node
+from recluster.compute.sampling import hash_uniform
+from recluster.compute.stability import best_jaccard, resample_node, score_resample, subsample
 from recluster.config import parse_config
 from recluster.demo import make_table
-from recluster.embed import umap_epochs
-from recluster.node import U_COLUMN, fit_node
-from recluster.sampling import hash_uniform
-from recluster.stability import best_jaccard, resample_node, score_resample, subsample
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -13,8 +13,13 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from recluster.assign import KnnAssigner
-from recluster.cluster import fit_clusters, min_cluster_size_for
+from recluster.compute.assign import KnnAssigner
+from recluster.compute.cluster import fit_clusters, min_cluster_size_for
+from recluster.compute.node import NodeFit
+from recluster.compute.preprocess import MISSING, OTHER, Preprocessor
+from recluster.compute.sampling import allocate, hash_uniform
+from recluster.compute.schema import check_stats, partition_stats, resolve_schema
+from recluster.compute.tree import TreeNode, accept_split, child_path, parent_of, split_refusal
 from recluster.config import (
     ClusteringConfig,
     InputConfig,
@@ -24,12 +29,7 @@ from recluster.config import (
     parse_config,
 )
 from recluster.errors import ConfigError, InputDataError
-from recluster.node import NodeFit
-from recluster.preprocess import MISSING, OTHER, Preprocessor
-from recluster.sampling import allocate, hash_uniform
-from recluster.schema import check_stats, partition_stats, resolve_schema
-from recluster.storage import FileInfo, plan_pieces
-from recluster.tree import TreeNode, accept_split, child_path, parent_of, split_refusal
+from recluster.storage.inputs import FileInfo, plan_pieces
 
 pytestmark = pytest.mark.timeout(120)
 

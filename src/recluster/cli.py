@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(cfg: JobConfig, scheduler: str | None, quiet: bool) -> dict:
-    from recluster.cluster_runtime import dask_client
+    from recluster.parallel.client import dask_client
     from recluster.pipeline import run
     from recluster.progress import Progress
 
@@ -49,11 +49,14 @@ def _run(cfg: JobConfig, scheduler: str | None, quiet: bool) -> dict:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from recluster import report_data, report_html, storage
+    from recluster.report import data as report_data
+    from recluster.report import html as report_html
+    from recluster.storage import fs as storage_fs
+    from recluster.storage.outputs import OutputStore, write_file
 
-    store = storage.OutputStore(storage.Location.of(args.run_path))
+    store = OutputStore(storage_fs.Location.of(args.run_path))
     page = report_html.render(report_data.load_run(store))
-    target = storage.write_file(args.out, page.encode())
+    target = write_file(args.out, page.encode())
     print(f"report of {args.run_path} written to {target}")
     return 0
 
@@ -103,8 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from recluster.cluster_runtime import dask_client
     from recluster.config import RuntimeConfig
+    from recluster.parallel.client import dask_client
     from recluster.scoring import score
 
     echo = _echo_factory(args.quiet)

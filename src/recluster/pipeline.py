@@ -21,18 +21,23 @@ import numpy as np
 import pandas as pd
 from distributed import Client, as_completed, wait
 
-from recluster import modelstore, passes, report_data, report_html, storage
+from recluster.compute.node import NodeFit
+from recluster.compute.routing import ROOT, STRATUM
+from recluster.compute.sampling import allocate
+from recluster.compute.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
+from recluster.compute.stability import score_resample
+from recluster.compute.tree import TreeNode, accept_split, child_path, split_refusal
 from recluster.config import JobConfig
 from recluster.errors import InputDataError, OutputConflictError, StageError
-from recluster.explain_dask import explain_nodes
-from recluster.node import NodeFit
+from recluster.parallel import passes
+from recluster.parallel.explain import explain_nodes
 from recluster.progress import Progress, Timer, as_progress
-from recluster.routing import ROOT, STRATUM
-from recluster.sampling import allocate
-from recluster.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
-from recluster.stability import score_resample
-from recluster.storage import Location, OutputStore
-from recluster.tree import TreeNode, accept_split, child_path, split_refusal
+from recluster.report import data as report_data
+from recluster.report import html as report_html
+from recluster.storage import inputs
+from recluster.storage import models as modelstore
+from recluster.storage.fs import Location
+from recluster.storage.outputs import OutputStore, parquet_bytes
 
 log = logging.getLogger("recluster")
 
@@ -66,10 +71,10 @@ def plan(cfg: JobConfig):
     """Footers only: files, schema roles, pieces. Cheap; used by ``validate`` too."""
     loc = Location.of(cfg.input.path, cfg.input.storage_options, cfg.runtime.storage_timeout_s,
                       cfg.runtime.storage_retries)
-    files = storage.list_parquet_files(loc)
-    infos = storage.read_footers(loc, files)
+    files = inputs.list_parquet_files(loc)
+    infos = inputs.read_footers(loc, files)
     ts = resolve_schema(infos, cfg.input, cfg.sample.stratify_by)
-    pieces = storage.plan_pieces(infos, cfg.input.rows_per_partition)
+    pieces = inputs.plan_pieces(infos, cfg.input.rows_per_partition)
     if not pieces:
         raise InputDataError(f"every Parquet file under {cfg.input.path} is empty")
     return loc, infos, ts, pieces
@@ -292,7 +297,7 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
         for name, frames in (("shap_summary.parquet", shap_frames),
                              ("profiles.parquet", profile_frames)):
             if frames:
-                store.write_staged(name, storage.parquet_bytes(
+                store.write_staged(name, parquet_bytes(
                     pd.concat(frames, ignore_index=True), ["node", "cluster", "feature"]))
                 outputs.append(name)
     return outputs
@@ -427,7 +432,7 @@ def write_report(client: Client, store: OutputStore, g: Growth, ts: TableSchema,
         frame = pd.concat([report_data.map_table(p, f.sample_ids, f.sample_embedding, leaf,
                                                  ts.id_column, caps[p])
                            for p, f in fits.items()], ignore_index=True)
-        store.write_staged(report_data.MAP_FILE, storage.parquet_bytes(
+        store.write_staged(report_data.MAP_FILE, parquet_bytes(
             frame, dictionary_columns=["node", "first", "leaf"]))
         outputs.append(report_data.MAP_FILE)
     # As publish will write it (keys sorted), so that ``recluster report`` rebuilds this page.

@@ -13,11 +13,14 @@ from typing import Any
 
 from distributed import Client
 
-from recluster import modelstore, passes, storage
+from recluster.compute.schema import resolve_schema
 from recluster.config import InputConfig
 from recluster.errors import InputDataError, OutputConflictError
-from recluster.schema import resolve_schema
-from recluster.storage import Location, OutputStore
+from recluster.parallel import passes
+from recluster.storage import inputs
+from recluster.storage import models as modelstore
+from recluster.storage.fs import Location
+from recluster.storage.outputs import OutputStore
 
 
 def load_models(run: Location):
@@ -46,13 +49,13 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     """Label the rows under ``input_url`` with the run at ``model_url``; publish to ``output_url``."""
     run_manifest, index, fits = load_models(Location.of(model_url, timeout_s=timeout_s))
     loc = Location.of(input_url, timeout_s=timeout_s)
-    files = storage.list_parquet_files(loc)
-    infos = storage.read_footers(loc, files)
+    files = inputs.list_parquet_files(loc)
+    infos = inputs.read_footers(loc, files)
     cfg_in = InputConfig(path=input_url, id_column=index["id_column"],
                          features=[*index["numeric"], *index["categorical"]],
                          categorical=index["categorical"])
     ts = resolve_schema(infos, cfg_in, None)
-    pieces = storage.plan_pieces(infos, cfg_in.rows_per_partition)
+    pieces = inputs.plan_pieces(infos, cfg_in.rows_per_partition)
     if not pieces:
         raise InputDataError(f"every Parquet file under {input_url} is empty")
     out = OutputStore(Location.of(output_url, timeout_s=timeout_s))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recluster.cluster import fit_clusters
+from recluster.compute.cluster import fit_clusters
+from recluster.compute.node import ids_checksum, node_seed, sorted_sample
+from recluster.compute.preprocess import Preprocessor
 from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig
-from recluster.node import ids_checksum, node_seed, sorted_sample
-from recluster.preprocess import Preprocessor
 
 
 def subsample(n: int, fraction: float, max_rows: int, seed: int) -> np.ndarray:
@@ -64,7 +64,7 @@ def resample_labels(X: np.ndarray, fraction: float, max_rows: int, seed: int,
     idx : ndarray (m,) sorted positions of the subsample in X
     labels : ndarray (m,) the refit's cluster labels (-1 noise)
     """
-    from recluster.embed import fit_embedding, umap_epochs
+    from recluster.compute.embed import fit_embedding, umap_epochs
 
     idx = subsample(len(X), fraction, max_rows, seed)
     same = emb_cfg.model_copy(update={"n_epochs": umap_epochs(len(X), emb_cfg)})

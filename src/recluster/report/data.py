@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recluster import storage
+from recluster.compute.routing import ROOT
 from recluster.errors import InputDataError
-from recluster.routing import ROOT
+from recluster.storage.outputs import OutputStore, frame_from_parquet_bytes
 
 #: At most this many points are plotted on the map (the root's sample, in hash order), and on
 #: the zoomed-in map of each split cluster (its own sample on its own embedding).
@@ -86,12 +86,12 @@ def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of:
     return frame[["node", id_column, "x", "y", "first", "leaf"]]
 
 
-def _frame(store: storage.OutputStore, rel: str, staged: bool) -> pd.DataFrame | None:
+def _frame(store: OutputStore, rel: str, staged: bool) -> pd.DataFrame | None:
     data = store.read(rel, staged=staged)
-    return None if data is None else storage.frame_from_parquet_bytes(data)
+    return None if data is None else frame_from_parquet_bytes(data)
 
 
-def load_run(store: storage.OutputStore, manifest: dict[str, Any] | None = None,
+def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,
              staged: bool = False) -> RunData:
     """Read what the report needs from a run's outputs.
 

@@ -13,9 +13,9 @@ import json
 import pickle
 from typing import Any
 
-from recluster.assign import ClassifierAssigner
-from recluster.node import NodeFit
-from recluster.preprocess import Preprocessor
+from recluster.compute.assign import ClassifierAssigner
+from recluster.compute.node import NodeFit
+from recluster.compute.preprocess import Preprocessor
 
 _FITTED = ("medians_", "log1p_", "means_", "scales_", "constant_", "missing_share_", "levels_",
            "feature_names_out_")

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from recluster.node import U_COLUMN, NodeFit, assign_node_rows
-from recluster.preprocess import categorical_strings
-from recluster.sampling import hash_uniform
+from recluster.compute.node import U_COLUMN, NodeFit, assign_node_rows
+from recluster.compute.preprocess import categorical_strings
+from recluster.compute.sampling import hash_uniform
 
 ROOT = "root"
 STRATUM = "_stratum"

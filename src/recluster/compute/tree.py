@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from recluster.compute.node import NodeFit
+from recluster.compute.routing import ROOT
 from recluster.config import RecursionConfig
-from recluster.node import NodeFit
-from recluster.routing import ROOT
 
 
 def parent_of(path: str) -> str | None:

@@ -1,7 +1,7 @@
 """Why each cluster exists: raw-feature frames, one-vs-rest targets, SHAP aggregates, profiles.
 
 Pure compute (pandas/numpy in, pandas out). The models themselves are trained by
-:mod:`recluster.explain_dask` with ``xgboost.dask``; this module prepares what goes in and
+:mod:`recluster.parallel.explain` with ``xgboost.dask``; this module prepares what goes in and
 summarises what comes out.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recluster.node import U_COLUMN
-from recluster.preprocess import OTHER, Preprocessor, categorical_strings
-from recluster.routing import ROOT
+from recluster.compute.node import U_COLUMN
+from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings
+from recluster.compute.routing import ROOT
 
 F32_MAX = float(np.finfo(np.float32).max)
 

@@ -20,11 +20,11 @@ import pandas as pd
 from distributed import Client
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from recluster import explain
+from recluster.compute import explain
+from recluster.compute.node import U_COLUMN, NodeFit, node_seed
+from recluster.compute.schema import TableSchema
 from recluster.config import ExplainConfig
 from recluster.errors import StageError
-from recluster.node import U_COLUMN, NodeFit, node_seed
-from recluster.schema import TableSchema
 
 
 @dataclass

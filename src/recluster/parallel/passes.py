@@ -1,7 +1,7 @@
 """The Dask layer: lazy frames over input pieces, and the passes that map pure stages over them.
 
-Nothing here computes anything itself; it wraps :mod:`recluster.routing`, :mod:`recluster.node`,
-:mod:`recluster.schema` and :mod:`recluster.storage` functions into Dask collections and tasks,
+Nothing here computes anything itself; it wraps :mod:`recluster.compute.routing`, :mod:`recluster.compute.node`,
+:mod:`recluster.compute.schema` and :mod:`recluster.storage` functions into Dask collections and tasks,
 always with ``meta``. The client is an explicit argument.
 """
 
@@ -18,18 +18,20 @@ import pyarrow as pa
 from dask.delayed import Delayed
 from distributed import Client, Future
 
-from recluster import routing, schema, stability, storage
+from recluster.compute import routing, schema, stability
+from recluster.compute.node import U_COLUMN, NodeFit, fit_node
+from recluster.compute.schema import TableSchema
 from recluster.config import JobConfig
-from recluster.node import U_COLUMN, NodeFit, fit_node
-from recluster.schema import TableSchema
-from recluster.storage import Location, Piece
+from recluster.storage.fs import Location
+from recluster.storage.inputs import Piece, read_piece
+from recluster.storage.outputs import OutputStore, parquet_bytes
 
 
 def input_frame(loc: Location, pieces: Sequence[Piece], arrow_schema: pa.Schema,
                 columns: Sequence[str]) -> dd.DataFrame:
     """A lazy frame with one partition per piece; re-reading it gives the same partitions."""
     meta = arrow_schema.empty_table().select(list(columns)).to_pandas()
-    return dd.from_map(storage.read_piece, list(pieces), loc=loc, columns=list(columns),
+    return dd.from_map(read_piece, list(pieces), loc=loc, columns=list(columns),
                        meta=meta, enforce_metadata=False, label="read-parquet")
 
 
@@ -130,8 +132,8 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int) -> pd.DataFra
 
 def _write_labels(state: pd.DataFrame, out: Location, rel: str, id_column: str, levels: int) -> int:
     table = labels_table(state, id_column, levels)
-    store = storage.OutputStore(out)
-    store.write_staged(rel, storage.parquet_bytes(table, dictionary_columns=["cluster"]))
+    store = OutputStore(out)
+    store.write_staged(rel, parquet_bytes(table, dictionary_columns=["cluster"]))
     return len(table)
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from recluster.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
-from recluster.cluster import fit_clusters
+from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
+from recluster.compute.cluster import fit_clusters
+from recluster.compute.embed import fit_embedding
+from recluster.compute.preprocess import Preprocessor
 from recluster.config import JobConfig
-from recluster.embed import fit_embedding
-from recluster.preprocess import Preprocessor
 
 U_COLUMN = "_u"  # the row's hash draw, carried with samples
 

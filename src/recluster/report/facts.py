@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from recluster.routing import ROOT
+from recluster.compute.routing import ROOT
 
 #: A numeric difference is mentioned from this standardised effect size on.
 MIN_EFFECT = 0.3

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recluster import report_facts as facts
-from recluster.report_data import RunData
-from recluster.routing import ROOT
+from recluster.compute.routing import ROOT
+from recluster.report import facts
+from recluster.report.data import RunData
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#7A5195",
            "#8C564B", "#3B8B3B", "#B8860B", "#5D6D7E", "#C0392B"]

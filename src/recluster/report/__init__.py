@@ -1,0 +1,1 @@
+"""report.html: loading a run's outputs, the facts and sentences, and the page itself."""
