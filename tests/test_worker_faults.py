@@ -205,16 +205,18 @@ def test_worker_killed_at_every_attempt_fails_naming_the_stage_then_rerun_comple
 def test_run_timeout_names_the_stage_and_publishes_nothing(scheduler, data, capsys):
     out = "s3://kills/timeout"
     cfg = write_config(data["tmp"], "s3://kills/in", out,
-                       **{**SECTIONS, "runtime": {"run_timeout_s": 2}})
+                       **{**SECTIONS, "runtime": {"run_timeout_s": 0.5}})
     t0 = time.perf_counter()
     code = run_cli("run", cfg, "--scheduler", scheduler, "--quiet")
     seconds = time.perf_counter() - t0
     err = capsys.readouterr().err
     assert code == 5, err[-2000:]
-    m = re.search(r"did not finish within runtime.run_timeout_s=2s; stage in progress: '([^']+)'",
-                  err)
+    m = re.search(r"did not finish within runtime.run_timeout_s=0.5s; stage in progress: "
+                  r"'([^']+)'", err)
     assert m, err[-2000:]
-    assert m.group(1) in {"plan", "validate"} or m.group(1).startswith("level 1"), m.group(1)
+    # Which stage it is depends on how warm the workers are; it is one of the run's, never
+    # the publication itself (the whole run takes several seconds even on warm workers).
+    assert re.fullmatch(r"plan|validate|level \d+: .+", m.group(1)), m.group(1)
     assert seconds < 10
     time.sleep(1)  # the abandoned stage may still be finishing; it must not publish
     assert not published(out)
