@@ -1,5 +1,10 @@
 # Everything installs into .venv in one resolve (separate installs have broken botocore pins).
 PY ?= python3
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# Some machines' pip configuration names extra package folders that do not exist; pip then
+# prints one warning per package. They say nothing about this project: keep them off the screen.
+QUIET_PIP := grep -v --line-buffered 'is ignored: it is neither a file nor a directory' || true
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
@@ -7,11 +12,12 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 .PHONY: setup demo test lint bench
 
 $(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	@echo "setting up $(VENV): one pinned pip resolve (about a minute the first time)"
+	@$(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { $(QUIET_PIP); }
+	@$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | { $(QUIET_PIP); }
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
 
 setup: $(STAMP)
 
