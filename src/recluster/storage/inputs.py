@@ -96,10 +96,11 @@ def _partitions(loc: Location, files: Sequence[str]) -> tuple[pa.Schema, list[di
     """Hive partition columns (typed by pyarrow's discovery over all paths) and each file's values."""
     _, root = loc.fs()
     base = root if len(files) != 1 or files[0] != root else posixpath.dirname(root)
-    dataset = ds.dataset(list(files), filesystem=_arrow_fs(loc), format="parquet",
-                         partitioning=ds.HivePartitioning.discover(infer_dictionary=False),
-                         partition_base_dir=base)
-    schema = dataset.partitioning.schema if dataset.partitioning is not None else pa.schema([])
+    opts = ds.FileSystemFactoryOptions(partition_base_dir=base)
+    opts.partitioning_factory = ds.HivePartitioning.discover(infer_dictionary=False)
+    factory = ds.FileSystemDatasetFactory(_arrow_fs(loc), list(files), ds.ParquetFileFormat(), opts)
+    schema = factory.inspect(fragments=0)  # paths only: the files' own columns come from footers
+    dataset = factory.finish(schema)
     by_path = {f.path: ds.get_partition_keys(f.partition_expression)
                for f in dataset.get_fragments()}
     return schema, [by_path.get(p, {}) for p in files]
