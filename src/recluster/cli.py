@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before distributed is imported (here and in worker processes, which inherit it): its
     # warnings (e.g. one per P2P shuffle) are chatter to a user; --verbose shows its info logs.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
-    if not verbose:
+    if verbose:
+        logging.getLogger("distributed").setLevel(logging.INFO)
+    else:
         from recluster.progress import silence_libraries
 
         silence_libraries()
