@@ -14,6 +14,7 @@ Workers of an existing scheduler keep their output: it goes to their own logs.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,6 +81,8 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:8787",
         processes=True,
+        # LocalCluster would set distributed's loggers to warnings; --verbose wants its info.
+        silence_logs=False if verbose else logging.ERROR,
     ) as cluster, Client(cluster) as client:
         if not verbose:
             client.register_plugin(QuietWorker())
