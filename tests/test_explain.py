@@ -92,7 +92,9 @@ def test_top_shap_features_are_informative(run):
 
 def test_contributions_sum_to_the_margin_for_every_saved_model(run):
     fs, root = fsspec.core.url_to_fs(run["out"])
-    sample = run["table"].sample(1500, random_state=0)
+    # The saved models name columns by the run's internal keys (models/index.json).
+    keys = read_json(run["out"], "models/index.json")["keys"]
+    sample = run["table"].sample(1500, random_state=0).rename(columns=keys)
     checked = 0
     for node in {n["path"] for n, _ in _models(run)}:
         pre = preprocessor_from_json(fs.cat_file(f"{root}/models/{node}/preprocess.json"))
@@ -113,7 +115,8 @@ def test_shap_package_gives_the_same_values(run):
     fs, root = fsspec.core.url_to_fs(run["out"])
     node, _ = _models(run)[0]
     pre = preprocessor_from_json(fs.cat_file(f"{root}/models/{node['path']}/preprocess.json"))
-    X = raw_frame(run["table"].sample(300, random_state=1), pre)
+    keys = read_json(run["out"], "models/index.json")["keys"]
+    X = raw_frame(run["table"].sample(300, random_state=1).rename(columns=keys), pre)
     path = sorted(fs.glob(f"{root}/models/{node['path']}/child-*.ubj"))[0]
     booster = xgb.Booster()
     booster.load_model(bytearray(fs.cat_file(path)))

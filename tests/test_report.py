@@ -101,7 +101,7 @@ def test_report_and_its_map_are_published_outputs(explained):
     root = m[m["node"] == "root"]
     assert len(root) == min(MAP_CAP, tree[0]["fit"]["n_sample"])
     labels = read_labels(url).set_index("user_id")["cluster"]
-    assert (m["leaf"].to_numpy() == labels.loc[m["user_id"]].to_numpy()).all()
+    assert (m["leaf"].to_numpy() == labels.loc[m["id"]].to_numpy()).all()  # the map's id: "id"
     assert (root["first"] == [p.split(".")[0] for p in root["leaf"]]).all()
     split = {n["path"] for n in tree if n["children"]}
     assert set(m["node"]) == split  # the root's map and one zoomed map per split cluster

@@ -70,7 +70,8 @@ def test_fake_credentials_appear_in_no_output_log_or_task(dask_cluster, schedule
     for name in ("recluster", "distributed", "botocore", "s3fs", "fsspec"):
         logging.getLogger(name).addHandler(lines)
     try:
-        code = run_cli("run", cfg, "--scheduler", scheduler)
+        # --verbose: the libraries log as much as they would for a user who asks, all searched.
+        code = run_cli("run", cfg, "--scheduler", scheduler, "--verbose")
     finally:
         dask_cluster.scheduler.remove_plugin(name="record-tasks")
         for name in ("recluster", "distributed", "botocore", "s3fs", "fsspec"):

@@ -33,17 +33,17 @@ def _echo_factory(quiet: bool):
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
-    _run(cfg, args.scheduler, args.quiet)
+    _run(cfg, args.scheduler, args.quiet, args.verbose)
     return 0
 
 
-def _run(cfg: JobConfig, scheduler: str | None, quiet: bool) -> dict:
+def _run(cfg: JobConfig, scheduler: str | None, quiet: bool, verbose: bool = False) -> dict:
     from recluster.parallel.client import dask_client
     from recluster.pipeline import run
     from recluster.progress import Progress
 
     progress = Progress(quiet=quiet)
-    with dask_client(cfg.runtime, scheduler) as client:
+    with dask_client(cfg.runtime, scheduler, verbose) as client:
         progress.start(len(client.scheduler_info().get("workers", {})), client.dashboard_link)
         return run(cfg, client, progress)
 
@@ -99,7 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg_path = root / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
     cfg = parse_config(data, source=str(cfg_path))
-    manifest = _run(cfg, args.scheduler, quiet=False)
+    manifest = _run(cfg, args.scheduler, quiet=False, verbose=args.verbose)
     print(f"\noutputs: {out_dir}/  ({', '.join(manifest['outputs'])}, manifest.json)\n"
           f"config:  {cfg_path}")
     return 0
@@ -111,7 +111,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from recluster.scoring import score
 
     echo = _echo_factory(args.quiet)
-    with dask_client(RuntimeConfig(), args.scheduler) as client:
+    with dask_client(RuntimeConfig(), args.scheduler, args.verbose) as client:
         score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite)
     return 0
 
@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recluster", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    def verbose(sp):
+        sp.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' own logs and warnings (Dask, XGBoost, "
+                        "UMAP, numba), from this process and the local workers")
+
     def common(sp):
         sp.add_argument("config", help="YAML config file")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
     r.add_argument("--quiet", action="store_true", help="one JSON line per stage (for batch logs) "
                    "instead of terminal progress")
+    verbose(r)
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check the config and the input schema without running")
@@ -155,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--scheduler")
     s.add_argument("--quiet", action="store_true")
+    verbose(s)
     s.set_defaults(func=cmd_score)
 
     rp = sub.add_parser("report", help="rebuild report.html from a published run's outputs")
@@ -170,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default="demo-data")
     d.add_argument("--regenerate", action="store_true")
     d.add_argument("--scheduler")
+    verbose(d)
     d.set_defaults(func=cmd_demo)
 
     k = sub.add_parser("render-k8s", help="print a dask-kubernetes DaskJob and its ConfigMap "
@@ -209,9 +217,17 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before distributed is imported (here and in worker processes, which inherit it).
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    # Before distributed is imported (here and in worker processes, which inherit it): its
+    # warnings (e.g. one per P2P shuffle) are chatter to a user; --verbose shows its info logs.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
+    if verbose:
+        logging.getLogger("distributed").setLevel(logging.INFO)
+    else:
+        from recluster.progress import silence_libraries
+
+        silence_libraries()
     _setup_logging()
     try:
         return args.func(args)

@@ -8,6 +8,7 @@ come from the environment (``AWS_*``, ``FSSPEC_S3_*``) and are read by the stora
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,10 @@ def _no_secrets(options: dict[str, Any], where: str) -> dict[str, Any]:
     return options
 
 
+#: Names of the columns ``labels/`` holds besides the id (``parallel.passes.labels_table``).
+OUTPUT_COLUMNS = re.compile(r"cluster|depth|probability|level_[0-9]+|umap_[0-9]+")
+
+
 def _mask(options: Any) -> Any:
     if isinstance(options, dict):
         return {k: "***" if _secret_like(str(k)) else _mask(v) for k, v in options.items()}
@@ -94,6 +99,12 @@ class InputConfig(_Strict):
                 raise ValueError(f"input.categorical names {stray}, which are not in input.features")
         if self.id_column in self.categorical:
             raise ValueError(f"input.categorical lists the id column '{self.id_column}'")
+        if OUTPUT_COLUMNS.fullmatch(self.id_column):
+            raise ValueError(
+                f"input.id_column '{self.id_column}' is also the name of a column recluster writes "
+                f"to labels/ (cluster, level_1.., depth, probability, umap_0..), so the labels "
+                f"could not hold both; rename the id column in the input (a feature may keep "
+                f"such a name)")
         return self
 
 
@@ -116,7 +127,14 @@ class SampleConfig(_Strict):
     size: int = Field(default=20_000, ge=100)
     stratify_by: str | None = None
     min_per_stratum: int = Field(
-        default=50, ge=0, description="each stratum gets at least this many sample rows (or all it has)"
+        default=50, ge=0, description="each stratum gets at least this many sample rows (or all it "
+        "has, or size / number of strata if that is smaller: the floors never more than double "
+        "the sample)"
+    )
+    max_strata: int = Field(
+        default=100, ge=2, description="stratify_by levels beyond this many are folded into one "
+        "stratum (the largest max_strata - 1 keep their own), reported in the manifest's "
+        "'degraded' and on the terminal"
     )
     holdout_fraction: float = Field(
         default=0.2, gt=0.0, lt=0.5,

@@ -23,7 +23,7 @@ from distributed import Client, as_completed, wait
 
 from recluster.compute.node import NodeFit
 from recluster.compute.routing import ROOT, STRATUM
-from recluster.compute.sampling import allocate
+from recluster.compute.sampling import FOLDED, allocate, fold_strata
 from recluster.compute.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
 from recluster.compute.stability import score_resample
 from recluster.compute.tree import TreeNode, accept_split, child_path, split_refusal
@@ -80,6 +80,22 @@ def plan(cfg: JobConfig):
     return loc, infos, ts, pieces
 
 
+def folded_strata(root_counts: dict[str, int], ts: TableSchema,
+                  cfg: JobConfig) -> dict[str, Any] | None:
+    """The manifest's ``degraded`` entry when ``stratify_by`` has more levels than
+    ``sample.max_strata`` (the smallest are sampled as one stratum), else None."""
+    folds = fold_strata(root_counts, cfg.sample.max_strata)
+    folded = [s for s, g in folds.items() if g == FOLDED]
+    if not folded:
+        return None
+    rows = sum(root_counts[s] for s in folded)
+    return {"column": ts.stratify_by, "levels": len(folds), "folded_levels": len(folded),
+            "folded_rows": rows,
+            "what": f"sample.stratify_by '{ts.stratify_by}' has {len(folds)} levels, more than "
+                    f"sample.max_strata={cfg.sample.max_strata}: its {len(folded)} smallest "
+                    f"({rows} rows) are sampled as one stratum"}
+
+
 def _counts_by_node(counts: pd.DataFrame) -> dict[tuple[str, int], dict[str, int]]:
     out: dict[tuple[str, int], dict[str, int]] = {}
     for cluster, depth, stratum, rows in counts[["cluster", "depth", STRATUM, "rows"]].to_numpy():
@@ -126,8 +142,11 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
     """Draw the samples of ``to_fit`` in one pass and fit each node as its own task."""
     thresholds = {}
     for path in to_fit:
-        t = allocate(counts.get((path, level - 1), {}), cfg.sample.size, cfg.sample.min_per_stratum)
-        nodes[path].sample_threshold = t
+        node_counts = counts.get((path, level - 1), {})
+        t = allocate(node_counts, cfg.sample.size, cfg.sample.min_per_stratum,
+                     cfg.sample.max_strata)
+        folds = fold_strata(node_counts, cfg.sample.max_strata)
+        nodes[path].sample_threshold = {folds[s]: v for s, v in t.items()}  # folded: one entry
         thresholds.update({(path, s): v for s, v in t.items()})
     with timer.stage(f"level {level}: sample {len(to_fit)} node(s)"):
         sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
@@ -194,7 +213,7 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
               timer: Timer, echo: Callable[[str], None]) -> Growth:
     """Level by level: fit the nodes that may split, keep the splits that hold, assign all rows."""
     g = Growth(state=state, nodes={ROOT: TreeNode(ROOT, 0, total, 1.0)})
-    id_dtype = feats._meta[ts.id_column].dtype
+    id_dtype = feats._meta[ts.id_key].dtype
     frontier = [ROOT]
     for level in range(1, cfg.recursion.max_depth + 1):
         to_fit = []
@@ -215,6 +234,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                 g.root_fit = fit
             g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
             node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
+            if fit.preprocessor is not None:  # under the columns' own names
+                node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
             reason = accept_split(fit, node.size, cfg.recursion)
             if fit.preprocessor is None:
                 g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
@@ -355,7 +376,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
             return existing
         store.reset_staging()
 
-    feats = passes.input_frame(loc, pieces, infos[0].schema, ts.columns)
+    feats = passes.input_frame(loc, pieces, ts)
     with timer.stage("validate") as st:
         state = passes.initial_state(feats, ts, cfg)  # lazy: cheap to derive in later passes
         stats, n_unique = passes.validation_frames(feats, state, pieces, ts)
@@ -367,14 +388,17 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
         echo(f"  {total} rows, ids unique, no infinite values; missing values: "
              f"{summary['missing'] or 'none'}")
 
-    g = grow_tree(client, feats, state, _counts_by_node(passes.sum_counts(counts)), total, ts, cfg,
-                  timer, echo)
+    counts = _counts_by_node(passes.sum_counts(counts))
+    strata = folded_strata(counts.get((ROOT, 0), {}), ts, cfg)
+    if strata:
+        echo(f"  {strata['what']}")
+    g = grow_tree(client, feats, state, counts, total, ts, cfg, timer, echo)
     outputs = ["labels/", "tree.json",
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
     finish_stability(client, g, cfg, timer)
 
     with timer.stage("write labels") as st:
-        writes = passes.write_labels(g.state, out_loc, ts.id_column, max(1, g.levels_done))
+        writes = passes.write_labels(g.state, out_loc, ts, max(1, g.levels_done))
         rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
@@ -400,7 +424,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
         "assignment": {**cfg.assign.model_dump(),
                        "holdout_ari": {p: round(a, 6) for p, a in g.agreements.items()
                                        if a is not None}},
-        "degraded": [*degraded_inputs(summary, infos, ts), *g.degraded],
+        "degraded": [*degraded_inputs(summary, infos, ts), *([strata] if strata else []),
+                     *g.degraded],
         "timings_s": {**timer.seconds, "node_fits": g.node_seconds},
         "outputs": outputs,
     }
@@ -427,10 +452,11 @@ def write_report(client: Client, store: OutputStore, g: Growth, ts: TableSchema,
             and len(f.sample_ids)}
     if ROOT in fits:
         ids = np.unique(np.concatenate([f.sample_ids[:caps[p]] for p, f in fits.items()]))
+        # The map's id column is "id" whatever the input calls it: "x", "y" or "node" are free.
         leaf = client.compute(passes.clusters_of(g.state, ids), sync=True).rename(
-            columns={"__id__": ts.id_column})
+            columns={"__id__": "id"})
         frame = pd.concat([report_data.map_table(p, f.sample_ids, f.sample_embedding, leaf,
-                                                 ts.id_column, caps[p])
+                                                 "id", caps[p])
                            for p, f in fits.items()], ignore_index=True)
         store.write_staged(report_data.MAP_FILE, parquet_bytes(
             frame, dictionary_columns=["node", "first", "leaf"]))
@@ -448,6 +474,8 @@ def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts:
     """``models/index.json``: what ``recluster score`` needs to route rows down the tree."""
     return {
         "id_column": ts.id_column, "numeric": list(ts.numeric), "categorical": list(ts.categorical),
+        # The models' own files (preprocess.json, child-*.ubj) name columns by these keys.
+        "keys": ts.keys,
         "n_components": cfg.embedding.n_components, "seed": cfg.seed,
         "nodes": [{"path": p, "depth": nodes[p].depth, "children": nodes[p].children}
                   for p in sorted(split_nodes, key=_path_key)],

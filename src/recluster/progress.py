@@ -87,6 +87,16 @@ class Progress:
         self.event("stage", **fields)
 
 
+def silence_libraries() -> None:
+    """Keep library chatter off the terminal in this process: Python warnings off, and the
+    loggers of Dask's ``distributed`` and XGBoost to errors only (``--verbose`` skips this)."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for name in ("distributed", "[xgboost.dask]", "xgboost", "numba", "umap", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def as_progress(echo: Callable[[str], None] | Progress) -> Progress:
     """Wrap a plain ``echo`` function (human lines) as a :class:`Progress`."""
     return echo if isinstance(echo, Progress) else Progress(echo)

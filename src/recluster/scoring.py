@@ -55,6 +55,9 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                          features=[*index["numeric"], *index["categorical"]],
                          categorical=index["categorical"])
     ts = resolve_schema(infos, cfg_in, None)
+    if index.get("keys") != ts.keys:  # same columns give the same keys; older runs had none
+        raise InputDataError(f"models/index.json of {model_url} does not name its columns' keys "
+                             f"as this recluster does; re-run the job to score with its models")
     pieces = inputs.plan_pieces(infos, cfg_in.rows_per_partition)
     if not pieces:
         raise InputDataError(f"every Parquet file under {input_url} is empty")
@@ -67,18 +70,18 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     out.reset_staging()
     echo(f"scoring {sum(i.n_rows for i in infos)} rows from {len(files)} files with "
          f"{len(fits)} node models of {model_url}")
-    feats = passes.input_frame(loc, pieces, infos[0].schema, ts.columns)
-    id_dtype = feats._meta[ts.id_column].dtype
+    feats = passes.input_frame(loc, pieces, ts)
+    id_dtype = feats._meta[ts.id_key].dtype
     n_comp = index["n_components"]
     state = feats.map_partitions(
-        passes.routing.initial_state, ts.id_column, None, index["seed"], n_comp,
+        passes.routing.initial_state, ts.id_key, None, index["seed"], n_comp,
         meta=passes.routing.state_meta(id_dtype, 0, n_comp))
     levels = max(d for d, _ in fits.values()) + 1
     for level in range(1, levels + 1):
         at_level = {p: f for p, (d, f) in fits.items() if d == level - 1}
         [shared] = client.scatter([at_level], broadcast=True)
         state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp)
-    rows_out = int(sum(client.compute(passes.write_labels(state, out.loc, ts.id_column, levels),
+    rows_out = int(sum(client.compute(passes.write_labels(state, out.loc, ts, levels),
                                       sync=True)))
     rows_in = sum(i.n_rows for i in infos)
     if rows_out != rows_in:

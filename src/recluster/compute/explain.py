@@ -137,14 +137,17 @@ def _q(x: np.ndarray, q: float) -> float:
 
 
 def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
-             categorical: Sequence[str], node: str, cluster: str) -> pd.DataFrame:
+             categorical: Sequence[str], node: str, cluster: str,
+             names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Members of ``cluster`` against the rest of ``node``, feature by feature.
 
     ``raw`` holds the features before imputation (n, ...). Numeric: mean, median, quartiles and
     share missing on both sides, and ``effect_size`` (difference of means over the pooled standard
     deviation). Categorical: per level, the share on both sides and the ``lift`` (member share /
-    rest share).
+    rest share). ``names`` maps a column of ``raw`` to the ``feature`` name written (default:
+    the column itself).
     """
+    names = names or {}
     rows = []
     for c in numeric:
         x = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -162,7 +165,7 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
         a, b = a[~np.isnan(a)], b[~np.isnan(b)]
         pooled = np.sqrt((a.var() + b.var()) / 2) if a.size and b.size else np.nan
         effect = (stats["member_mean"] - stats["rest_mean"]) / pooled if pooled > 0 else np.nan
-        rows.append({"node": node, "cluster": cluster, "feature": c, "kind": "numeric",
+        rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c), "kind": "numeric",
                      "level": None, **stats, "effect_size": float(effect),
                      "member_share": np.nan, "rest_share": np.nan, "lift": np.nan})
     for c in categorical:
@@ -172,7 +175,8 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
         for lvl in sorted(levels):
             hit = vals == lvl
             ms, rs = hit[member].sum() / n_m, hit[~member].sum() / n_r
-            rows.append({"node": node, "cluster": cluster, "feature": c, "kind": "categorical",
+            rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c),
+                         "kind": "categorical",
                          "level": lvl, "member_share": float(ms), "rest_share": float(rs),
                          "lift": float(ms / rs) if rs > 0 else np.nan})
     return pd.DataFrame(rows)

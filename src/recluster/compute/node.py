@@ -20,6 +20,7 @@ from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssign
 from recluster.compute.cluster import fit_clusters
 from recluster.compute.embed import fit_embedding
 from recluster.compute.preprocess import Preprocessor
+from recluster.compute.sampling import id_hashes
 from recluster.config import JobConfig
 
 U_COLUMN = "_u"  # the row's hash draw, carried with samples
@@ -83,7 +84,9 @@ def sorted_sample(sample: pd.DataFrame, id_column: str) -> pd.DataFrame:
 
 
 def ids_checksum(ids: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(ids).tobytes())
+    """A checksum of the ids' values in order (never of object pointers: equal string ids in
+    two processes must give equal checksums)."""
+    return zlib.crc32(id_hashes(ids).tobytes())
 
 
 def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: list[str],

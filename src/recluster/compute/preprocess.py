@@ -7,7 +7,7 @@ folded into ``__other__``, missing values into ``__missing__``. Pure compute: no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -145,12 +145,13 @@ class Preprocessor:
             j += len(levels) + 1
         return out
 
-    def summary(self) -> dict:
-        """What was learned, for the tree and the manifest."""
+    def summary(self, name: Callable[[str], str] = str) -> dict:
+        """What was learned, for the tree and the manifest; ``name`` maps a column (as the
+        preprocessor knows it) to the name shown."""
         return {
-            "log1p": list(self.log1p_),
-            "constant": list(self.constant_),
-            "imputed": {c: s for c, s in self.missing_share_.items() if s > 0},
-            "categories": {c: len(v) for c, v in self.levels_.items()},
+            "log1p": [name(c) for c in self.log1p_],
+            "constant": [name(c) for c in self.constant_],
+            "imputed": {name(c): s for c, s in self.missing_share_.items() if s > 0},
+            "categories": {name(c): len(v) for c, v in self.levels_.items()},
             "n_dims": len(self.feature_names_out_),
         }

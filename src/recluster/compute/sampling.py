@@ -26,6 +26,33 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def id_hashes(ids: pd.Series | np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 64-bit hash of each id's value, keyed by ``seed``.
+
+    Defined on values, never on memory: integers of any width hash as their value (``int8`` 5
+    and ``int64`` 5 alike), text (every string flavour, and binary ids as hex, see
+    :mod:`recluster.compute.schema`) by SipHash of its UTF-8 bytes. So the hash of a row does
+    not depend on which partition, file or process it is read in.
+
+    Parameters
+    ----------
+    ids : pandas.Series or numpy.ndarray, shape (n,)
+    seed : int
+
+    Returns
+    -------
+    numpy.ndarray of uint64, shape (n,)
+    """
+    s = pd.Series(ids).reset_index(drop=True)
+    if pd.api.types.is_integer_dtype(s.dtype) and not isinstance(s.dtype, pd.ArrowDtype) \
+            and not s.hasnans:
+        s = pd.Series(s.to_numpy().astype(np.uint64))  # two's complement: width-independent
+    elif not pd.api.types.is_numeric_dtype(s.dtype):
+        s = s.astype(object)
+    return pd.util.hash_pandas_object(s, index=False, hash_key=salt_for(seed)).to_numpy(
+        dtype=np.uint64)
+
+
 def hash_uniform(ids: pd.Series, seed: int) -> np.ndarray:
     """Uniform draws in [0, 1) from ids, salted by ``seed``.
 
@@ -40,18 +67,40 @@ def hash_uniform(ids: pd.Series, seed: int) -> np.ndarray:
     -------
     numpy.ndarray of float64, shape (n,)
     """
-    h = pd.util.hash_pandas_object(ids.reset_index(drop=True), index=False, hash_key=salt_for(seed))
+    h = id_hashes(ids, seed)
     salt = _mix(np.array([seed], dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))[0]
     with np.errstate(over="ignore"):
-        z = _mix(h.to_numpy(dtype=np.uint64) ^ salt)
+        z = _mix(h ^ salt)
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def allocate(counts: Mapping[object, int], size: int, min_per_stratum: int) -> dict[object, float]:
+FOLDED = "__other strata__"
+
+
+def fold_strata(counts: Mapping[object, int], max_strata: int) -> dict[object, object]:
+    """Which stratum each stratum is sampled as: the ``max_strata - 1`` largest keep their own,
+    the rest share one (:data:`FOLDED`). Ties go by the stratum's text, so it is deterministic.
+
+    Returns
+    -------
+    dict stratum -> stratum it is sampled as (itself, or FOLDED)
+    """
+    present = [s for s, c in counts.items() if c > 0]
+    if len(present) <= max_strata:
+        return {s: s for s in present}
+    ranked = sorted(present, key=lambda s: (-counts[s], str(s)))
+    keep = set(ranked[: max_strata - 1])
+    return {s: s if s in keep else FOLDED for s in present}
+
+
+def allocate(counts: Mapping[object, int], size: int, min_per_stratum: int,
+             max_strata: int | None = None) -> dict[object, float]:
     """Per-stratum keep-thresholds for a node of the given stratum counts.
 
     Proportional allocation of ``size`` rows, each stratum raised to at least
-    ``min(count, min_per_stratum)`` rows so small strata are represented.
+    ``min(count, min_per_stratum, size // number of strata)`` rows so small strata are
+    represented without the floors ever adding more than ``size`` rows. Beyond ``max_strata``
+    strata the smallest are folded into one (:func:`fold_strata`) and share its threshold.
 
     Parameters
     ----------
@@ -59,19 +108,25 @@ def allocate(counts: Mapping[object, int], size: int, min_per_stratum: int) -> d
     size : int
         Target sample size of the node.
     min_per_stratum : int
+    max_strata : int or None
+        None: no folding.
 
     Returns
     -------
-    dict stratum -> threshold in (0, 1]
+    dict stratum -> threshold in (0, 1], for every stratum with rows
     """
-    total = sum(counts.values())
+    as_ = fold_strata(counts, max_strata) if max_strata else {s: s for s, c in counts.items()
+                                                               if c > 0}
+    grouped: dict[object, int] = {}
+    for s, g in as_.items():
+        grouped[g] = grouped.get(g, 0) + counts[s]
+    total = sum(grouped.values())
+    floor = min(min_per_stratum, size // max(1, len(grouped)))
     out: dict[object, float] = {}
-    for stratum, c in counts.items():
-        if c <= 0:
-            continue
+    for g, c in grouped.items():
         if total <= size:
-            out[stratum] = 1.0
+            out[g] = 1.0
             continue
-        want = max(size * c / total, min(c, min_per_stratum))
-        out[stratum] = min(1.0, want / c)
-    return out
+        want = max(size * c / total, min(c, floor))
+        out[g] = min(1.0, want / c)
+    return {s: out[g] for s, g in as_.items()}

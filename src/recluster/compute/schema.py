@@ -1,30 +1,56 @@
-"""Input schema checks that need only Parquet footers, and per-partition data checks.
+"""The input table's schema: which columns a run reads, what each is, the one type each is read
+with, and the internal names the job works under; plus the per-partition data checks.
 
-Everything here is pure: footers (:class:`recluster.storage.FileInfo`) or a pandas partition
-in, a resolved :class:`TableSchema`, a stats dict or an :class:`InputDataError` out.
+Everything here is pure: footers (:class:`recluster.storage.inputs.FileInfo`), an Arrow table
+or a pandas partition in; a :class:`TableSchema`, a pandas frame, a stats dict or an
+:class:`InputDataError` out.
+
+**Internal names.** Every column read is renamed to a key ``c0``, ``c1``, ... (the id first,
+then the numeric features, the categorical features, and the ``stratify_by`` column if it is
+not a feature). The job's own columns (``_u``, ``_node``, ``_child``, ``__id__``, ...) are never
+of that form, so no user column can take or shadow one, and names XGBoost refuses (``[``, ``]``,
+``<``) never reach it. Everything a person reads (messages, ``tree.json``, SHAP and profile
+tables, the report, the manifest) shows the original names: :meth:`TableSchema.name`.
+
+**Ids** are read as their canonical value: integers as integers, every string flavour
+(``string``, ``large_string``, ``dictionary<string>``) as text, binary ids (``binary``,
+``fixed_size_binary(16)`` UUIDs) as lowercase hex text; :func:`id_arrow` turns them back into
+the input's Arrow type for the labels.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from recluster.compute.preprocess import categorical_strings
 from recluster.config import InputConfig
 from recluster.errors import InputDataError
+
+#: Columns pandas writes for an unnamed index (a RangeIndex is metadata only, no column).
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 
 
 @dataclass(frozen=True)
 class TableSchema:
-    """The columns a run reads and what each is."""
+    """The columns a run reads, what each is, and their types (original names throughout).
+
+    ``read_types`` is the one Arrow type each column is read with in every file; ``id_type``
+    the id's type in the input, which the labels keep.
+    """
 
     id_column: str
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     stratify_by: str | None
+    id_type: pa.DataType = pa.int64()
+    read_types: tuple[tuple[str, pa.DataType], ...] = ()
 
     @property
     def features(self) -> list[str]:
@@ -37,14 +63,81 @@ class TableSchema:
             cols.append(self.stratify_by)
         return cols
 
+    @property
+    def keys(self) -> dict[str, str]:
+        """Original column name -> internal key (``c0`` is the id)."""
+        return {c: f"c{i}" for i, c in enumerate(self.columns)}
+
+    def key(self, name: str) -> str:
+        return self.keys[name]
+
+    def name(self, key: str) -> str:
+        """The original name of an internal key (anything else is returned unchanged)."""
+        return {k: c for c, k in self.keys.items()}.get(key, key)
+
+    @property
+    def id_key(self) -> str:
+        return self.key(self.id_column)
+
+    @property
+    def numeric_keys(self) -> list[str]:
+        return [self.key(c) for c in self.numeric]
+
+    @property
+    def categorical_keys(self) -> list[str]:
+        return [self.key(c) for c in self.categorical]
+
+    @property
+    def feature_keys(self) -> list[str]:
+        return [self.key(c) for c in self.features]
+
+    @property
+    def stratum_key(self) -> str | None:
+        return self.key(self.stratify_by) if self.stratify_by else None
+
+    @property
+    def read_schema(self) -> pa.Schema:
+        """Every column read, under its original name, with the type all files are read as."""
+        return pa.schema(list(self.read_types))
+
+
+# ---------------------------------------------------------------------------- types
+
+
+def _decoded(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
 
 def _kind(t: pa.DataType) -> str:
-    """A type's identity for cross-file comparison (string flavours count as one)."""
-    if pa.types.is_dictionary(t):
-        t = t.value_type
+    """A type's family for cross-file comparison: flavours of one family are unified."""
+    t = _decoded(t)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) \
+            or pa.types.is_fixed_size_binary(t):
+        return "binary"
+    if pa.types.is_signed_integer(t):
+        return "signed integer"
+    if pa.types.is_unsigned_integer(t):
+        return "unsigned integer"
+    if pa.types.is_floating(t):
+        return "floating point"
     return str(t)
+
+
+def _unify(types: Sequence[pa.DataType]) -> pa.DataType:
+    """The one type a column of these (same-kind) types is read as."""
+    plain = [_decoded(t) for t in types]
+    kind = _kind(plain[0])
+    if kind == "string":
+        return pa.string()
+    if kind == "binary":
+        first = plain[0]
+        return first if all(t == first for t in plain) and pa.types.is_fixed_size_binary(first) \
+            else pa.binary()
+    if kind in ("signed integer", "unsigned integer", "floating point"):
+        return max(plain, key=lambda t: t.bit_width)
+    return plain[0]
 
 
 def _is_numeric(t: pa.DataType) -> bool:
@@ -52,18 +145,48 @@ def _is_numeric(t: pa.DataType) -> bool:
         or pa.types.is_decimal(t)
 
 
+def _check_id_type(name: str, t: pa.DataType, path: str) -> None:
+    kind = _kind(t)
+    if kind in ("string", "binary", "signed integer", "unsigned integer"):
+        return
+    why = ("floating-point values are not exact keys" if kind == "floating point" else
+           "nested values are not keys" if pa.types.is_nested(t) else "not a supported key type")
+    raise InputDataError(
+        f"id column '{name}' has type {t} in {path}: {why}. Ids must be integers (int8..int64, "
+        f"uint8..uint64), strings (string, large_string, dictionary<string>) or binary (binary, "
+        f"fixed_size_binary, e.g. UUIDs)")
+
+
+def _check_names(info) -> None:
+    seen: dict[str, int] = {}
+    for n in info.schema.names:
+        seen[n] = seen.get(n, 0) + 1
+    dup = sorted(n for n, k in seen.items() if k > 1)
+    if dup:
+        where = (" (once as a column of the file, once as its Hive partition folder "
+                 f"'{dup[0]}=...')" if dup[0] in getattr(info, "partition_columns", ()) else "")
+        raise InputDataError(
+            f"column '{dup[0]}' appears {seen[dup[0]]} times in {info.path}{where}; column names "
+            f"must be unique")
+
+
 def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -> TableSchema:
-    """Check footers against the config and decide each column's role.
+    """Check footers against the config and decide each column's role and read type.
 
     Raises
     ------
     InputDataError
-        naming the file and column: a missing id or feature column, a column whose type differs
-        between files, or a non-numeric feature not declared categorical.
+        naming the file and column: a duplicate column name, a missing id, feature or
+        ``stratify_by`` column, a column whose type is of a different kind in two files, an id
+        of an unsupported type, or a non-numeric feature not declared categorical.
     """
     first = infos[0]
+    for info in infos:
+        _check_names(info)
+    index_cols = set(getattr(first, "index_columns", ()))
     if cfg.features is None:
-        features = [n for n in first.schema.names if n != cfg.id_column]
+        features = [n for n in first.schema.names if n != cfg.id_column
+                    and not (n in index_cols and _PANDAS_INDEX.fullmatch(n))]
         if stratify_by in features and stratify_by not in cfg.categorical:
             features.remove(stratify_by)
     else:
@@ -76,7 +199,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
             f"input.categorical names column '{unknown[0]}', which is not a feature column of "
             f"{first.path}")
     needed = [cfg.id_column, *features] + ([stratify_by] if stratify_by else [])
-    types: dict[str, tuple[str, str, pa.DataType]] = {}
+    seen: dict[str, list[tuple[str, pa.DataType]]] = {}
     for info in infos:
         names = set(info.schema.names)
         for col in needed:
@@ -85,48 +208,120 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                     "stratify_by column" if col == stratify_by else "feature column")
                 raise InputDataError(f"{role} '{col}' is missing from {info.path}")
             t = info.schema.field(col).type
-            if col in types and types[col][0] != _kind(t):
+            if col in seen and _kind(seen[col][0][1]) != _kind(t):
+                path0, t0 = seen[col][0]
                 raise InputDataError(
-                    f"column '{col}' has type {t} in {info.path} but {types[col][2]} in "
-                    f"{types[col][1]}: the files' schemas disagree")
-            types.setdefault(col, (_kind(t), info.path, t))
-    id_type = types[cfg.id_column][2]
-    if not (pa.types.is_integer(id_type) or _kind(id_type) == "string"):
-        raise InputDataError(f"id column '{cfg.id_column}' must be integer or string, not {id_type}")
+                    f"column '{col}' has type {t} in {info.path} but {t0} in {path0}: the files' "
+                    f"schemas disagree")
+            seen.setdefault(col, []).append((info.path, t))
+    for path, t in seen[cfg.id_column]:
+        _check_id_type(cfg.id_column, t, path)
+    id_types = {t for _, t in seen[cfg.id_column]}
+    read = {c: _unify([t for _, t in seen[c]]) for c in dict.fromkeys(needed)}
+    if _kind(read[cfg.id_column]) in ("signed integer", "unsigned integer") and \
+            len({_kind(t) for t in id_types}) > 1:
+        raise InputDataError(
+            f"id column '{cfg.id_column}' is signed in some files and unsigned in others; "
+            f"write it with one integer type")
+    id_type = id_types.pop() if len(id_types) == 1 else read[cfg.id_column]
     categorical = [c for c in features if c in cfg.categorical]
     numeric = []
     for c in features:
         if c in cfg.categorical:
             continue
-        if not _is_numeric(types[c][2]):
+        if not _is_numeric(read[c]):
+            path, t = seen[c][0]
             raise InputDataError(
-                f"feature column '{c}' has type {types[c][2]} (in {types[c][1]}); "
-                f"declare it under input.categorical or leave it out of input.features")
+                f"feature column '{c}' has type {t} (in {path}); declare it under "
+                f"input.categorical or leave it out of input.features")
         numeric.append(c)
-    return TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by)
+    ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type)
+    return TableSchema(ts.id_column, ts.numeric, ts.categorical, ts.stratify_by, id_type,
+                       tuple((c, read[c]) for c in ts.columns))
 
 
-def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
-    """Counts one partition contributes to the validation pass.
+# ---------------------------------------------------------------------------- values
+
+
+def _hex(arr: pa.Array) -> np.ndarray:
+    return np.array([None if v is None else v.hex() for v in arr.to_pylist()], dtype=object)
+
+
+def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
+    """A piece read under internal keys, as the pandas frame the stages work on.
+
+    The id becomes its canonical value (see the module docstring); booleans become 0/1 floats
+    (null as NaN); strings stay text.
+
+    Parameters
+    ----------
+    table : pyarrow.Table (n, k) with columns named by :attr:`TableSchema.keys`
 
     Returns
     -------
-    dict with ``rows``, ``null_ids``, ``inf``, ``missing`` and ``span`` ([min, max] of the finite
-    values, per numeric column), ``path``
+    pandas.DataFrame (n, k)
+    """
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        if name == ts.id_key and _kind(col.type) == "binary":
+            cols[name] = pd.Series(_hex(col), dtype="str")
+            continue
+        if pa.types.is_boolean(col.type):
+            col = pc.cast(col, pa.float64())
+        cols[name] = col.to_pandas()
+    return pd.DataFrame(cols)
+
+
+def empty_frame(ts: TableSchema) -> pd.DataFrame:
+    """The zero-row frame of :func:`table_to_frame` (Dask's ``meta``)."""
+    schema = pa.schema([(ts.key(c), t) for c, t in ts.read_types])
+    return table_to_frame(schema.empty_table(), ts)
+
+
+def id_arrow(ids: pd.Series | np.ndarray, id_type: pa.DataType) -> pa.Array:
+    """Canonical id values (see :func:`table_to_frame`) back as an array of the input's type."""
+    values = pd.Series(ids).to_numpy()
+    if _kind(id_type) == "binary":
+        data = pa.array([bytes.fromhex(v) for v in values], type=pa.binary())
+    elif _kind(id_type) == "string":
+        data = pa.array(values.astype(object), type=pa.string())
+    else:
+        data = pa.array(values)
+    return data.cast(id_type)
+
+
+# ---------------------------------------------------------------------------- partition checks
+
+
+def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
+    """Counts one partition (columns under internal keys) contributes to the validation pass.
+
+    Returns
+    -------
+    dict with ``rows``, ``null_ids``, ``inf``, ``missing``, ``span`` ([min, max] of the finite
+    values, per numeric column) and ``levels`` (up to two distinct levels, per categorical
+    column), keyed by original column names; ``path``
     """
     inf = {}
     missing = {}
     span = {}
+    levels = {}
     for c in schema.numeric:
-        x = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        x = pd.to_numeric(df[schema.key(c)], errors="coerce").to_numpy(dtype=np.float64,
+                                                                       na_value=np.nan)
         inf[c] = int(np.isinf(x).sum())
         missing[c] = int(np.isnan(x).sum())
         finite = x[np.isfinite(x)]
         span[c] = [float(finite.min()), float(finite.max())] if finite.size else None
     for c in schema.categorical:
-        missing[c] = int(df[c].isna().sum())
-    return {"rows": len(df), "null_ids": int(df[schema.id_column].isna().sum()),
-            "inf": inf, "missing": missing, "span": span, "path": path}
+        col = df[schema.key(c)]
+        missing[c] = int(col.isna().sum())
+        levels[c] = sorted(pd.unique(categorical_strings(col)))[:2]
+    return {"rows": len(df), "null_ids": int(df[schema.id_key].isna().sum()),
+            "inf": inf, "missing": missing, "span": span, "levels": levels, "path": path}
 
 
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
@@ -136,7 +331,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     Returns
     -------
     dict with ``rows``, ``missing`` (per column, only columns with missing values) and
-    ``constant`` (numeric columns with a single value: they carry no information)
+    ``constant`` (columns with a single value, numeric or categorical: they carry no information)
     """
     rows = sum(s["rows"] for s in stats)
     for s in stats:
@@ -165,12 +360,16 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     if all_missing:
         raise InputDataError(f"feature column '{all_missing[0]}' has no values at all")
     spans: dict[str, list[float]] = {}
+    levels: dict[str, set[str]] = {}
     for s in stats:
         for c, sp in s.get("span", {}).items():
             if sp is not None:
                 lo, hi = spans.get(c, sp)
                 spans[c] = [min(lo, sp[0]), max(hi, sp[1])]
-    constant = sorted(c for c, (lo, hi) in spans.items() if lo == hi)
+        for c, lv in s.get("levels", {}).items():
+            levels.setdefault(c, set()).update(lv)
+    constant = sorted([c for c, (lo, hi) in spans.items() if lo == hi]
+                      + [c for c, lv in levels.items() if len(lv) == 1])
     return {"rows": rows, "missing": {c: n for c, n in missing.items() if n}, "constant": constant}
 
 
@@ -183,6 +382,9 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
                else "with the median of each node's sample")
         out.append({"column": c, "what": f"{n} missing values imputed {how}"})
     for c in summary["constant"]:
-        out.append({"column": c, "what": "constant: one value in every row, carries no "
-                    "information (scaled to 0)"})
+        what = ("constant: one level in every row, carries no information" if c in
+                schema.categorical else "constant: one value in every row, carries no "
+                "information (scaled to 0)")
+        out.append({"column": c, "what": what})
     return out
+

