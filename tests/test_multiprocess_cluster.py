@@ -115,8 +115,9 @@ def test_daskjob_runner_on_a_multiprocess_cluster_matches_localcluster(
 
     # What `recluster render-k8s` would put into the ConfigMap and the runner container.
     cfg = load_config(write_config(tmp_path, f"s3://{bucket}/in", out_k8s, **sections))
-    job, cm = render_manifests(cfg, image="recluster:test", workers=2, worker_cpu=1,
-                               worker_memory_gib=4, secret="s3", name="mp")
+    # Plain TCP here; tests/test_tls_cluster.py runs the TLS rendering.
+    job, cm, *_ = render_manifests(cfg, image="recluster:test", workers=2, worker_cpu=1,
+                                   worker_memory_gib=4, secret="s3", name="mp", tls_secret=None)
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "job.yaml").write_text(cm["data"]["job.yaml"])
