@@ -1,8 +1,13 @@
-"""Test helpers: write generated tables to a store, run the CLI, read the published labels."""
+"""Test helpers: write generated tables to a store, run the CLI, read the published labels,
+and start/stop the Dask processes that the multi-process tests run."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import fsspec
@@ -67,3 +72,30 @@ def published(url: str) -> bool:
     fs, root = fsspec.core.url_to_fs(url)
     fs.invalidate_cache()
     return fs.exists(f"{root}/manifest.json") or fs.exists(f"{root}/_SUCCESS")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return ""
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate what a test started (by pid, then its own process group if it lingers)."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the group of a process started there, nothing else
+            p.wait(timeout=10)

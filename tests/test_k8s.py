@@ -2,7 +2,11 @@
 validated against the DaskJob CRD shipped in the installed dask-kubernetes package (its
 ``openAPIV3Schema``, translated to JSON Schema), and against the invariants the deployment
 relies on (secrets only by reference, consistent worker resources, one image, a deliberate
-restart policy, a cluster-internal scheduler service, a config without scheduler or secrets).
+restart policy, a cluster-internal scheduler service, a config without scheduler or secrets,
+mutual TLS on every pod, no Kubernetes API token). The NetworkPolicies are validated against
+the JSON Schema of the Kubernetes client's own generated ``networking.k8s.io/v1`` models plus
+the API reference's field rules, and their effect is checked by evaluating them for the pods
+the operator's own code builds from the DaskJob.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ import pytest
 import yaml
 from dask.utils import parse_bytes
 from helpers import run_cli
-from jsonschema import Draft7Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 
 from recluster.config import load_config, parse_config
 from recluster.errors import ConfigError
 from recluster.k8s import (
+    TLS_DIR,
     WORKER_MEMORY_FRACTION,
     dump_manifests,
     render_configmap,
     render_daskjob,
     render_manifests,
+    render_network_policies,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -152,12 +158,15 @@ def example_config(tmp_path: Path, **extra) -> Path:
     return path
 
 
+def static_all() -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "daskjob.yaml").read_text()) if d]
+
+
 def static_docs() -> tuple[dict, dict]:
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "daskjob.yaml").read_text()) if d]
+    docs = static_all()
     kinds = [d["kind"] for d in docs]
-    assert sorted(kinds) == ["ConfigMap", "DaskJob"], kinds
-    by_kind = {d["kind"]: d for d in docs}
-    return by_kind["DaskJob"], by_kind["ConfigMap"]
+    assert kinds == ["DaskJob", "ConfigMap", *["NetworkPolicy"] * 3], kinds
+    return docs[0], docs[1]
 
 
 SIZES = [  # workers, worker_cpu, worker_memory_gib, secret, name
@@ -168,13 +177,67 @@ SIZES = [  # workers, worker_cpu, worker_memory_gib, secret, name
 ]
 
 
-def rendered(tmp_path: Path, size) -> tuple[dict, dict]:
+def rendered(tmp_path: Path, size, **options) -> tuple[dict, dict, list[dict]]:
+    """DaskJob, ConfigMap and NetworkPolicies, read back from the YAML text."""
     cfg = load_config(example_config(tmp_path))
     workers, cpu, mem, secret, name = size
-    docs = yaml.safe_load_all(dump_manifests(render_manifests(cfg, IMAGE, workers, cpu, mem,
-                                                              secret, name)))
-    job, cm = list(docs)
-    return job, cm
+    docs = list(yaml.safe_load_all(dump_manifests(render_manifests(
+        cfg, IMAGE, workers, cpu, mem, secret, name, **options))))
+    assert [d["kind"] for d in docs] == ["DaskJob", "ConfigMap", *["NetworkPolicy"] * 3]
+    return docs[0], docs[1], docs[2:]
+
+
+def pods(job: dict) -> dict[str, dict]:
+    spec = job["spec"]
+    return {"runner": spec["job"]["spec"], "scheduler": spec["cluster"]["spec"]["scheduler"]["spec"],
+            "worker": spec["cluster"]["spec"]["worker"]["spec"]}
+
+
+def env_values(container: dict) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+
+
+def check_tls(job: dict, tls: bool) -> None:
+    """With TLS every pod mounts the one TLS Secret read-only, the scheduler and workers are
+    started with its files, every Dask process requires encryption, and the runner and the
+    workers are pointed at a tls:// address. Without, nothing of it, and tcp:// addresses."""
+    name = job["metadata"]["name"]
+    by_role = containers(job)
+    (sched,) = by_role["scheduler"]
+    (worker,) = by_role["worker"]
+    (runner,) = by_role["runner"]
+    for role in ("runner", "worker"):
+        (c,) = by_role[role]
+        assert env_values(c)["DASK_SCHEDULER_ADDRESS"] == \
+            f"{'tls' if tls else 'tcp'}://{name}-scheduler:8786"
+    if not tls:
+        for role, (c,) in by_role.items():
+            assert not any("TLS" in k or "ENCRYPTION" in k for k in env_values(c)), role
+            assert not any(a.startswith("--tls") for a in c.get("args", [])), role
+        assert "tls" not in sched["args"]
+        return
+    assert arg_value(sched["args"], "--protocol") == "tls"
+    secret_names = set()
+    for role, pod in pods(job).items():
+        (c,) = by_role[role]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == TLS_DIR]
+        assert mount["readOnly"] is True
+        secret = vols[mount["name"]]["secret"]
+        secret_names.add(secret["secretName"])
+        assert secret["defaultMode"] == 0o440
+        env = env_values(c)
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+        dask_role = {"runner": "CLIENT", "scheduler": "SCHEDULER", "worker": "WORKER"}[role]
+        files = [env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"],
+                 env[f"DASK_DISTRIBUTED__COMM__TLS__{dask_role}__CERT"],
+                 env[f"DASK_DISTRIBUTED__COMM__TLS__{dask_role}__KEY"]]
+        if role != "runner":  # the dask CLIs get the same files as flags
+            assert files == [arg_value(c["args"], f) for f in
+                             ("--tls-ca-file", "--tls-cert", "--tls-key")]
+        assert all(f.startswith(TLS_DIR + "/") for f in files)
+        assert len(set(files)) == 3
+    assert len(secret_names) == 1
 
 
 def containers(job: dict) -> dict[str, list[dict]]:
@@ -201,7 +264,8 @@ def arg_value(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
-def check_invariants(job: dict, cm: dict, image: str, secret: str | None = None) -> None:
+def check_invariants(job: dict, cm: dict, image: str, secret: str | None = None,
+                     tls: bool = True) -> None:
     name = job["metadata"]["name"]
     by_role = containers(job)
     # One image for runner, scheduler and workers.
@@ -217,8 +281,11 @@ def check_invariants(job: dict, cm: dict, image: str, secret: str | None = None)
                 assert set(src) <= {"secretRef", "prefix"}, (role, src)
                 secrets_used.add(src["secretRef"]["name"])
             for var in c.get("env", []):
-                if SECRET_LIKE.search(var["name"]):
-                    assert "value" not in var, (role, var["name"])
+                if SECRET_LIKE.search(var["name"]) and "value" in var:
+                    # Only the path of a file of the mounted TLS Secret, never key material.
+                    assert var["name"].startswith("DASK_DISTRIBUTED__COMM__TLS__"), (role, var)
+                    assert var["value"].startswith(TLS_DIR + "/"), (role, var)
+                elif SECRET_LIKE.search(var["name"]):
                     ref = var["valueFrom"]["secretKeyRef"]
                     assert ref["key"] and ref["name"]
                     secrets_used.add(ref["name"])
@@ -233,6 +300,12 @@ def check_invariants(job: dict, cm: dict, image: str, secret: str | None = None)
     assert len(secrets_used) == 1
     if secret is not None:
         assert secrets_used == {secret}
+
+    # No pod holds a Kubernetes API token: none needs the API, and code run on a worker
+    # must not be able to use one.
+    for pod in pods(job).values():
+        assert pod["automountServiceAccountToken"] is False
+    check_tls(job, tls)
 
     # Workers: requests = limits; --nthreads = CPU limit; --memory-limit <= container limit.
     (worker,) = by_role["worker"]
@@ -261,8 +334,7 @@ def check_invariants(job: dict, cm: dict, image: str, secret: str | None = None)
     assert runner_pod.get("restartPolicy") in ("OnFailure", "Never")
     (runner,) = by_role["runner"]
     assert runner["args"] == ["recluster", "run", "/config/job.yaml", "--quiet"]
-    (mount,) = runner["volumeMounts"]
-    assert mount["mountPath"] == "/config"
+    (mount,) = [m for m in runner["volumeMounts"] if m["mountPath"] == "/config"]
     vols = {v["name"]: v for v in runner_pod["volumes"]}
     assert vols[mount["name"]]["configMap"]["name"] == cm["metadata"]["name"]
 
@@ -320,22 +392,26 @@ def test_static_manifest_is_what_render_k8s_produces():
     job, cm = static_docs()
     cfg = parse_config(yaml.safe_load(cm["data"]["job.yaml"]))
     assert render_daskjob(cfg, IMAGE, 4, 2, 8.0, "recluster-s3", "recluster") == job
+    docs = render_manifests(cfg, IMAGE, 4, 2, 8.0, "recluster-s3", "recluster")
+    assert docs[2:] == static_all()[2:]  # the NetworkPolicies (the ConfigMap is a short example)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=[s[4][:12] for s in SIZES])
 def test_rendered_manifests_are_valid_and_consistent(validator, tmp_path, size, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", SENTINEL_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SENTINEL_SECRET)
-    job, cm = rendered(tmp_path, size)
+    job, cm, policies = rendered(tmp_path, size)
     assert errors(validator, job) == []
     check_invariants(job, cm, IMAGE, size[3])
+    for policy in policies:
+        assert networkpolicy_errors(policy) == []
     workers, cpu, mem, _, name = size
     assert job["metadata"]["name"] == name and cm["metadata"]["name"] == f"{name}-config"
     assert job["spec"]["cluster"]["spec"]["worker"]["replicas"] == workers
     (worker,) = containers(job)["worker"]
     assert quantity(worker["resources"]["limits"]["cpu"]) == cpu
     assert quantity(worker["resources"]["limits"]["memory"]) <= mem * 2**30
-    text = dump_manifests([job, cm])
+    text = dump_manifests([job, cm, *policies])
     assert SENTINEL_KEY not in text and SENTINEL_SECRET not in text
 
 
@@ -421,8 +497,12 @@ def test_render_k8s_cli_prints_both_documents(tmp_path, capsys):
                    "--secret", "lake-creds", "--name", "seg-run")
     out = capsys.readouterr().out
     assert code == 0
-    job, cm = [d for d in yaml.safe_load_all(out) if d]
+    job, cm, *policies = [d for d in yaml.safe_load_all(out) if d]
     assert job["kind"] == "DaskJob" and cm["kind"] == "ConfigMap"
+    assert [p["metadata"]["name"] for p in policies] == \
+        ["seg-run-scheduler", "seg-run-worker", "seg-run-runner"]
+    assert "kubectl port-forward service/seg-run-scheduler 8787:8787" in out.split(
+        "kind: NetworkPolicy")[0]  # the comment above the scheduler's policy
     check_invariants(job, cm, IMAGE, "lake-creds")
     (worker,) = containers(job)["worker"]
     assert worker["args"][worker["args"].index("--nthreads") + 1] == "4"
@@ -461,7 +541,7 @@ def test_render_k8s_wants_a_pinned_image(tmp_path, capsys, image):
                                    "recluster@sha256:" + "a" * 64])
 def test_render_k8s_takes_tags_and_digests(tmp_path, capsys, image):
     assert run_cli("render-k8s", example_config(tmp_path), "--image", image) == 0
-    job, _ = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    job, *_ = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert {c["image"] for cs in containers(job).values() for c in cs} == {image}
 
 
@@ -478,3 +558,357 @@ def test_render_k8s_never_sees_credentials_in_the_config(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "must not hold credentials" in captured.err
     assert captured.out == "" and "abc" not in captured.err
+
+
+# --- NetworkPolicy: the Kubernetes client's schema + the API reference's field rules ---------
+
+@pytest.fixture(scope="module")
+def np_schema_validator() -> Draft202012Validator:
+    return _np_validator()
+
+
+def _np_validator() -> Draft202012Validator:
+    """JSON Schema of ``networking.k8s.io/v1`` NetworkPolicy from the pinned ``kubernetes``
+    client: its models are generated from the Kubernetes OpenAPI document as pydantic models
+    that forbid unknown fields, so their JSON Schema types every field and refuses typos."""
+    from kubernetes.client.models import V1NetworkPolicy
+
+    js = V1NetworkPolicy.model_json_schema(by_alias=True, mode="validation")
+    js["properties"]["apiVersion"] = {"const": "networking.k8s.io/v1"}
+    js["properties"]["kind"] = {"const": "NetworkPolicy"}
+    js["required"] = sorted({*js.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    Draft202012Validator.check_schema(js)
+    return Draft202012Validator(js)
+
+
+_NP_VALIDATOR: list[Draft202012Validator] = []
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_IANA_SVC = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _label_key_problems(key: str) -> list[str]:
+    prefix, _, name = key.rpartition("/")
+    bad = []
+    if prefix and (len(prefix) > 253 or not _DNS1123.match(prefix)):
+        bad.append(f"label key prefix {prefix!r}")
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        bad.append(f"label key {key!r}")
+    return bad
+
+
+def _selector_problems(sel: dict, where: str) -> list[str]:
+    bad = []
+    for k, v in (sel.get("matchLabels") or {}).items():
+        bad += [f"{where}: {p}" for p in _label_key_problems(k)]
+        if not isinstance(v, str) or len(v) > 63 or (v and not _LABEL_NAME.match(v)):
+            bad.append(f"{where}: label value {v!r}")
+    for req in sel.get("matchExpressions") or []:
+        op, values = req.get("operator"), req.get("values") or []
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            bad.append(f"{where}: operator {op!r}")
+        elif (op in ("In", "NotIn")) != bool(values):
+            bad.append(f"{where}: operator {op} with values {values}")
+    return bad
+
+
+def networkpolicy_errors(doc: dict) -> list[str]:
+    """Schema errors, then the rules of the API reference the schema cannot express (what the
+    API server's validation refuses): names, label syntax, policy types, protocols, port
+    ranges and names, endPort, and which peer fields combine."""
+    import ipaddress
+
+    if not _NP_VALIDATOR:
+        _NP_VALIDATOR.append(_np_validator())
+    found = [f"{'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
+             for e in _NP_VALIDATOR[0].iter_errors(doc)]
+    if found:
+        return found
+    name = doc["metadata"].get("name") or ""
+    if len(name) > 253 or not _DNS1123.match(name):
+        found.append(f"metadata/name: {name!r} is not a DNS subdomain")
+    for k in (doc["metadata"].get("labels") or {}):
+        found += [f"metadata/labels: {p}" for p in _label_key_problems(k)]
+    spec = doc["spec"]
+    found += _selector_problems(spec.get("podSelector") or {}, "spec/podSelector")
+    types = spec.get("policyTypes") or []
+    if not set(types) <= {"Ingress", "Egress"} or len(set(types)) != len(types):
+        found.append(f"spec/policyTypes: {types}")
+    for direction, peers_key in (("ingress", "from"), ("egress", "to")):
+        for i, rule in enumerate(spec.get(direction) or []):
+            where = f"spec/{direction}/{i}"
+            for port in rule.get("ports") or []:
+                proto, p, end = port.get("protocol", "TCP"), port.get("port"), port.get("endPort")
+                if proto not in ("TCP", "UDP", "SCTP"):
+                    found.append(f"{where}/ports: protocol {proto!r}")
+                if isinstance(p, int) and not 1 <= p <= 65535:
+                    found.append(f"{where}/ports: port {p} out of range")
+                if isinstance(p, str) and (len(p) > 15 or not _IANA_SVC.match(p)):
+                    found.append(f"{where}/ports: port name {p!r}")
+                if end is not None and not (isinstance(p, int) and p <= end <= 65535):
+                    found.append(f"{where}/ports: endPort {end} needs a numeric port <= it")
+            for j, peer in enumerate(rule.get(peers_key) or []):
+                pw = f"{where}/{peers_key}/{j}"
+                keys = {k for k, v in peer.items() if v is not None}
+                if not keys:
+                    found.append(f"{pw}: empty peer")
+                if "ipBlock" in keys:
+                    if keys != {"ipBlock"}:
+                        found.append(f"{pw}: ipBlock cannot be combined with selectors")
+                    try:
+                        ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                    except ValueError:
+                        found.append(f"{pw}: cidr {peer['ipBlock']['cidr']!r}")
+                for sel in ("podSelector", "namespaceSelector"):
+                    if sel in keys:
+                        found += _selector_problems(peer[sel], f"{pw}/{sel}")
+    return found
+
+
+def _policy_docs() -> list[dict]:
+    return static_all()[2:]
+
+
+def _sched_rule(doc: dict, i: int) -> dict:
+    return doc["spec"]["ingress"][i]
+
+
+def _pod_labels(doc: dict) -> dict:
+    return doc["spec"]["podSelector"]["matchLabels"]
+
+
+# Each mutation breaks the scheduler's policy in one place: first what the client's schema
+# catches, then what only the API reference's rules catch.
+NP_BAD = {
+    "unknown field": (lambda d: d["spec"].update(ingres=[]), "ingres"),
+    "port as list": (lambda d: _sched_rule(d, 1)["ports"][0].update(port=[8786]), "port"),
+    "ingress not a list": (lambda d: d["spec"].update(ingress={"from": []}), "ingress"),
+    "wrong apiVersion": (lambda d: d.update(apiVersion="extensions/v1beta1"), "apiVersion"),
+    "matchLabels value as int": (lambda d: _pod_labels(d).update({"dask.org/component": 1}),
+                                 "matchLabels"),
+    "policy type": (lambda d: d["spec"].update(policyTypes=["Inbound"]), "policyTypes"),
+    "protocol": (lambda d: _sched_rule(d, 1)["ports"][0].update(protocol="HTTP"), "protocol"),
+    "port out of range": (lambda d: _sched_rule(d, 1)["ports"][0].update(port=70000),
+                          "out of range"),
+    "endPort with named port": (lambda d: _sched_rule(d, 1)["ports"][0].update(
+        port="tcp-comm", endPort=9000), "endPort"),
+    "bad label value": (lambda d: _pod_labels(d).update({"dask.org/component": "job runner"}),
+                        "label value"),
+    "ipBlock with selector": (lambda d: _sched_rule(d, 0)["from"][0].update(
+        ipBlock={"cidr": "10.0.0.0/8"}), "ipBlock"),
+    "bad cidr": (lambda d: _sched_rule(d, 0)["from"].__setitem__(
+        0, {"ipBlock": {"cidr": "10.0.0.300/8"}}), "cidr"),
+    "bad operator": (lambda d: d["spec"]["podSelector"].update(
+        matchExpressions=[{"key": "a", "operator": "Equals", "values": ["b"]}]), "operator"),
+    "name": (lambda d: d["metadata"].update(name="Scheduler_Policy"), "DNS subdomain"),
+}
+
+
+def test_static_network_policies_are_valid():
+    for doc in _policy_docs():
+        assert networkpolicy_errors(doc) == [], doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("case", sorted(NP_BAD))
+def test_network_policy_validation_rejects_a_wrong_field(case):
+    doc = copy.deepcopy(_policy_docs()[0])
+    assert networkpolicy_errors(doc) == []
+    NP_BAD[case][0](doc)
+    found = networkpolicy_errors(doc)
+    assert found, f"{case}: accepted"
+    assert any(NP_BAD[case][1] in e for e in found), found
+
+
+# --- what the policies let through, for the pods the operator builds -------------------------
+
+NAMESPACE = "team"
+
+
+def operator_pods(job: dict) -> dict[str, dict]:
+    """The pods dask-kubernetes' controller creates for this DaskJob (its own functions)."""
+    from dask_kubernetes.operator.controller.controller import (
+        build_job_pod_spec,
+        build_scheduler_deployment_spec,
+        build_worker_deployment_spec,
+    )
+
+    name = job["metadata"]["name"]
+    labels = dict(job["metadata"]["labels"])
+    spec = job["spec"]
+    cluster = spec["cluster"]["spec"]
+    return {
+        "runner": build_job_pod_spec(name, name, NAMESPACE, spec["job"]["spec"], {},
+                                     {**labels, **spec["job"]["metadata"]["labels"]}),
+        "scheduler": build_scheduler_deployment_spec(
+            name, cluster["scheduler"]["spec"], {},
+            {**labels, **cluster["scheduler"]["metadata"]["labels"]})["spec"]["template"],
+        "worker": build_worker_deployment_spec(
+            f"{name}-default", NAMESPACE, name, "0123456789", cluster["worker"]["spec"], {},
+            {**labels, **cluster["worker"]["metadata"]["labels"]})["spec"]["template"],
+    }
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for req in selector.get("matchExpressions") or []:
+        has, value = req["key"] in labels, labels.get(req["key"])
+        ok = {"In": has and value in req.get("values", []),
+              "NotIn": not has or value not in req.get("values", []),
+              "Exists": has, "DoesNotExist": not has}[req["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def admitted(policies: list[dict], target: dict, source: dict, port: int) -> bool:
+    """NetworkPolicy ingress semantics for pods ``{"labels": ..., "namespace": ...}``: a pod
+    no policy selects admits everything; otherwise a connection needs one rule (of any
+    selecting policy) whose peers and ports both match. Namespaces carry the label
+    ``kubernetes.io/metadata.name`` (set by Kubernetes since 1.21)."""
+    selecting = [p for p in policies if p["metadata"].get("namespace", NAMESPACE) ==
+                 target["namespace"] and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+                 and _selects(p["spec"].get("podSelector") or {}, target["labels"])]
+    if not selecting:
+        return True
+    ns_labels = {"kubernetes.io/metadata.name": source["namespace"]}
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress") or []:
+            ports = rule.get("ports") or []
+            if ports and not any(p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, port)
+                                 for p in ports):
+                continue
+            peers = rule.get("from") or []
+            if not peers:
+                return True
+            for peer in peers:
+                pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
+                if ns_sel is None and source["namespace"] != target["namespace"]:
+                    continue
+                if ns_sel is not None and not _selects(ns_sel, ns_labels):
+                    continue
+                if pod_sel is not None and not _selects(pod_sel, source["labels"]):
+                    continue
+                return True
+    return False
+
+
+def _reach_table(policies: list[dict], job: dict) -> dict[tuple[str, str, int], bool]:
+    own = {role: {"labels": pod["metadata"]["labels"], "namespace": NAMESPACE}
+           for role, pod in operator_pods(job).items()}
+    other_job = {"labels": {**own["worker"]["labels"], "dask.org/cluster-name": "other-job"},
+                 "namespace": NAMESPACE}
+    sources = {**own, "notebook": {"labels": {"app": "notebook"}, "namespace": NAMESPACE},
+               "other-job-worker": other_job,
+               "monitoring": {"labels": {"app": "prometheus"}, "namespace": "monitoring"},
+               "other-namespace-worker": {**own["worker"], "namespace": "elsewhere"}}
+    table = {}
+    for target in ("scheduler", "worker", "runner"):
+        for port in (8786, 8787, 41234):  # comm, dashboard, a random (worker / XGBoost) port
+            for name, src in sources.items():
+                if name != target:
+                    table[(name, target, port)] = admitted(policies, own[target], src, port)
+    return table
+
+
+def _expected(dashboard_from: tuple[str, ...]) -> dict[tuple[str, str, int], bool]:
+    allowed = {("worker", "scheduler", p) for p in (8786, 8787, 41234)}
+    allowed |= {("runner", "scheduler", 8786)}
+    allowed |= {(src, "worker", p) for src in ("scheduler", "runner") for p in (8786, 8787, 41234)}
+    allowed |= {("monitoring", "scheduler", 8787)} if "monitoring" in dashboard_from else set()
+    return allowed
+
+
+@pytest.mark.parametrize("dashboard_from", [(), ("monitoring",)], ids=["default", "opt-in"])
+def test_only_the_jobs_own_pods_reach_scheduler_and_workers(tmp_path, dashboard_from):
+    job, _, policies = rendered(tmp_path, SIZES[1], dashboard_from=list(dashboard_from))
+    table = _reach_table(policies, job)
+    assert {k for k, ok in table.items() if ok} == _expected(dashboard_from)
+    # The evaluation can fail: without the policies every pod reaches everything.
+    assert all(_reach_table([], job).values())
+
+
+def test_operator_keeps_the_tls_address_and_the_identity(tmp_path):
+    job, _, _ = rendered(tmp_path, (4, 2, 8.0, None, "recluster"), service_account="lake-reader")
+    made = operator_pods(job)
+    for role in ("runner", "worker"):
+        (c,) = made[role]["spec"]["containers"]
+        addresses = [v["value"] for v in c["env"] if v["name"] == "DASK_SCHEDULER_ADDRESS"]
+        assert addresses == ["tls://recluster-scheduler:8786"], role  # not the operator's tcp://
+        assert made[role]["spec"]["serviceAccountName"] == "lake-reader"
+    assert "serviceAccountName" not in made["scheduler"]["spec"]
+
+
+# --- TLS, workload identity, opt-outs ---------------------------------------------------------
+
+def test_service_account_replaces_the_key_secret(validator, tmp_path, capsys):
+    code = run_cli("render-k8s", example_config(tmp_path), "--image", IMAGE,
+                   "--service-account", "lake-reader")
+    out = capsys.readouterr().out
+    assert code == 0
+    job, cm, *policies = [d for d in yaml.safe_load_all(out) if d]
+    assert errors(validator, job) == []
+    assert "AWS_" not in out and "secretKeyRef" not in out
+    p = pods(job)
+    assert p["runner"]["serviceAccountName"] == p["worker"]["serviceAccountName"] == "lake-reader"
+    assert "serviceAccountName" not in p["scheduler"]
+    assert all(pod["automountServiceAccountToken"] is False for pod in p.values())
+    check_tls(job, tls=True)
+    assert "service account lake-reader" in out.split("apiVersion")[0]
+
+
+def test_no_tls_renders_plain_tcp_everywhere(validator, tmp_path):
+    job, cm, policies = rendered(tmp_path, SIZES[1], tls_secret=None)
+    assert errors(validator, job) == []
+    check_invariants(job, cm, IMAGE, "recluster-s3", tls=False)
+    assert all("volumes" not in pods(job)[r] for r in ("scheduler", "worker"))
+    assert len(policies) == 3  # the policies do not depend on TLS
+
+
+def _env_of(job: dict, role: str, var: str) -> dict:
+    (entry,) = [v for v in pods(job)[role]["containers"][0]["env"] if v["name"] == var]
+    return entry
+
+
+TLS_BAD = {
+    "scheduler without require-encryption": lambda j: _env_of(
+        j, "scheduler", "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION").update(value="False"),
+    "runner on tcp://": lambda j: _env_of(j, "runner", "DASK_SCHEDULER_ADDRESS").update(
+        value="tcp://recluster-scheduler:8786"),
+    "world-readable key": lambda j: pods(j)["worker"]["volumes"][0]["secret"].update(
+        defaultMode=0o644),
+    "worker flag and config disagree": lambda j: pods(j)["worker"]["containers"][0]["args"]
+    .__setitem__(-1, "/etc/recluster/tls/other.key"),
+    "scheduler on tcp": lambda j: pods(j)["scheduler"]["containers"][0]["args"].__setitem__(
+        3, "tcp"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TLS_BAD))
+def test_check_tls_can_fail(tmp_path, case):
+    job, _, _ = rendered(tmp_path, SIZES[1])
+    check_tls(job, tls=True)
+    TLS_BAD[case](job)
+    with pytest.raises(AssertionError):
+        check_tls(job, tls=True)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--secret", "s3-creds", "--service-account", "lake-reader"], "are alternatives"),
+    (["--service-account", "Lake_Reader"], "--service-account 'Lake_Reader' is not"),
+    (["--tls-secret", "TLS certs"], "--tls-secret 'TLS certs' is not"),
+    (["--dashboard-from", "Monitoring"], "--dashboard-from 'Monitoring' is not"),
+], ids=["both", "account-name", "tls-secret-name", "namespace"])
+def test_render_k8s_refuses_bad_security_arguments(tmp_path, capsys, args, message):
+    code = run_cli("render-k8s", example_config(tmp_path), "--image", IMAGE, *args)
+    captured = capsys.readouterr()
+    assert code == ConfigError.exit_code
+    assert message in captured.err and captured.out == ""
+
+
+def test_network_policies_follow_the_job_name():
+    names = [p["metadata"]["name"] for p in render_network_policies("seg-7", ["monitoring"])]
+    assert names == ["seg-7-scheduler", "seg-7-worker", "seg-7-runner"]
+    for p in render_network_policies("seg-7", ["monitoring"]):
+        assert networkpolicy_errors(p) == []
+        assert p["spec"]["podSelector"]["matchLabels"]["dask.org/cluster-name"] == "seg-7"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import read_json, read_labels, run_cli, write_config, write_table
+from helpers import (
+    free_port,
+    log_tail,
+    read_json,
+    read_labels,
+    run_cli,
+    stop_processes,
+    write_config,
+    write_table,
+)
 
 from recluster.config import load_config
 from recluster.demo import make_table
@@ -32,32 +39,6 @@ BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return ""
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Terminate what this fixture started (by pid, then its own process group if it lingers)."""
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)  # the group of a process started here, nothing else
-            p.wait(timeout=10)
-
-
 @pytest.fixture
 def process_cluster(s3_endpoint, tmp_path):
     """``dask scheduler`` + 2 × ``dask worker`` as OS processes on 127.0.0.1; yields
@@ -67,7 +48,7 @@ def process_cluster(s3_endpoint, tmp_path):
     env.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "recluster" / "numba"))
     env["NUMBA_NUM_THREADS"] = "1"  # as the rendered worker pods set it
     env.pop("DASK_SCHEDULER_ADDRESS", None)
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -93,15 +74,15 @@ def process_cluster(s3_endpoint, tmp_path):
             while n_workers < 2:
                 dead = [name for name, p in zip(commands, procs, strict=True) if p.poll() is not None]
                 assert not dead, f"{dead} exited:\n" + "\n".join(
-                    _tail(logs / f"{n}.log") for n in dead)
+                    log_tail(logs / f"{n}.log") for n in dead)
                 assert time.monotonic() < deadline, (
                     f"only {n_workers} of 2 workers connected after {START_TIMEOUT_S}s:\n"
-                    + "\n".join(_tail(logs / f"{n}.log") for n in commands))
+                    + "\n".join(log_tail(logs / f"{n}.log") for n in commands))
                 time.sleep(0.5)
                 n_workers = len(client.scheduler_info()["workers"])
         yield address, dashboard, env
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 def test_daskjob_runner_on_a_multiprocess_cluster_matches_localcluster(
@@ -115,8 +96,9 @@ def test_daskjob_runner_on_a_multiprocess_cluster_matches_localcluster(
 
     # What `recluster render-k8s` would put into the ConfigMap and the runner container.
     cfg = load_config(write_config(tmp_path, f"s3://{bucket}/in", out_k8s, **sections))
-    job, cm = render_manifests(cfg, image="recluster:test", workers=2, worker_cpu=1,
-                               worker_memory_gib=4, secret="s3", name="mp")
+    # Plain TCP here; tests/test_tls_cluster.py runs the TLS rendering.
+    job, cm, *_ = render_manifests(cfg, image="recluster:test", workers=2, worker_cpu=1,
+                                   worker_memory_gib=4, secret="s3", name="mp", tls_secret=None)
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "job.yaml").write_text(cm["data"]["job.yaml"])

@@ -33,17 +33,24 @@ def _echo_factory(quiet: bool):
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
-    _run(cfg, args.scheduler, args.quiet, args.verbose)
+    _run(cfg, args.scheduler, args.quiet, _tls(args), args.verbose)
     return 0
 
 
-def _run(cfg: JobConfig, scheduler: str | None, quiet: bool, verbose: bool = False) -> dict:
+def _tls(args: argparse.Namespace):
+    from recluster.parallel.client import TlsFiles
+
+    return TlsFiles(args.tls_ca_file, args.tls_cert, args.tls_key)
+
+
+def _run(cfg: JobConfig, scheduler: str | None, quiet: bool, tls=None,
+         verbose: bool = False) -> dict:
     from recluster.parallel.client import dask_client
     from recluster.pipeline import run
     from recluster.progress import Progress
 
     progress = Progress(quiet=quiet)
-    with dask_client(cfg.runtime, scheduler, verbose) as client:
+    with dask_client(cfg.runtime, scheduler, tls, verbose) as client:
         progress.start(len(client.scheduler_info().get("workers", {})), client.dashboard_link)
         return run(cfg, client, progress)
 
@@ -55,7 +62,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from recluster.storage.outputs import OutputStore, write_file
 
     store = OutputStore(storage_fs.Location.of(args.run_path))
-    page = report_html.render(report_data.load_run(store))
+    page = report_html.render(report_data.load_run(store, manifest_sha256=args.manifest_sha256))
     target = write_file(args.out, page.encode())
     print(f"report of {args.run_path} written to {target}")
     return 0
@@ -99,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg_path = root / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
     cfg = parse_config(data, source=str(cfg_path))
-    manifest = _run(cfg, args.scheduler, quiet=False, verbose=args.verbose)
+    manifest = _run(cfg, args.scheduler, quiet=False, tls=_tls(args), verbose=args.verbose)
     print(f"\noutputs: {out_dir}/  ({', '.join(manifest['outputs'])}, manifest.json)\n"
           f"config:  {cfg_path}")
     return 0
@@ -111,8 +118,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from recluster.scoring import score
 
     echo = _echo_factory(args.quiet)
-    with dask_client(RuntimeConfig(), args.scheduler, args.verbose) as client:
-        score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite)
+    with dask_client(RuntimeConfig(), args.scheduler, _tls(args), args.verbose) as client:
+        score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite,
+              manifest_sha256=args.manifest_sha256)
     return 0
 
 
@@ -122,7 +130,10 @@ def cmd_render_k8s(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     docs = render_manifests(cfg, image=args.image, workers=args.workers,
                             worker_cpu=args.worker_cpu, worker_memory_gib=args.worker_memory_gib,
-                            secret=args.secret, name=args.name)
+                            secret=args.secret, name=args.name,
+                            service_account=args.service_account,
+                            tls_secret=None if args.no_tls else args.tls_secret,
+                            dashboard_from=args.dashboard_from)
     sys.stdout.write(dump_manifests(docs))
     return 0
 
@@ -141,10 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set sample.size=20000")
 
+    def scheduler(sp):
+        sp.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT "
+                        "or tls://HOST:PORT (default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster "
+                        "on 127.0.0.1)")
+        g = sp.add_argument_group(
+            "TLS", "for a tls:// scheduler (mutual TLS, encryption required). Default: Dask's "
+            "config, e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._TLS__CLIENT__CERT, "
+            "..._TLS__CLIENT__KEY")
+        g.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate that signed the "
+                       "scheduler's and workers' certificates")
+        g.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
+        g.add_argument("--tls-key", metavar="PEM", help="this client's private key")
+
+    def pin(sp):
+        sp.add_argument("--manifest-sha256", metavar="HEX",
+                        help="refuse the run unless its manifest.json has this SHA-256 (the "
+                        "manifest holds the digests every file is checked against)")
+
     r = sub.add_parser("run", help="run a segmentation job")
     common(r)
-    r.add_argument("--scheduler", help="address of an existing Dask scheduler "
-                   "(default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster)")
+    scheduler(r)
     r.add_argument("--quiet", action="store_true", help="one JSON line per stage (for batch logs) "
                    "instead of terminal progress")
     verbose(r)
@@ -159,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="Parquet files to label (same columns)")
     s.add_argument("--output", required=True, help="where to publish their labels")
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--scheduler")
+    scheduler(s)
+    pin(s)
     s.add_argument("--quiet", action="store_true")
     verbose(s)
     s.set_defaults(func=cmd_score)
@@ -168,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_path", help="output path of a published run")
     rp.add_argument("--out", default="report.html",
                     help="where to write the page (default: report.html in this folder)")
+    pin(rp)
     rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="generate a demo table and segment it on this machine")
@@ -176,12 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--dir", default="demo-data")
     d.add_argument("--regenerate", action="store_true")
-    d.add_argument("--scheduler")
+    scheduler(d)
     verbose(d)
     d.set_defaults(func=cmd_demo)
 
-    k = sub.add_parser("render-k8s", help="print a dask-kubernetes DaskJob and its ConfigMap "
-                       "for this config (kubectl apply -f -)")
+    k = sub.add_parser("render-k8s", help="print a dask-kubernetes DaskJob, its ConfigMap and "
+                       "NetworkPolicies for this config (kubectl apply -f -)")
     common(k)
     k.add_argument("--image", required=True,
                    help="image built from deploy/Dockerfile, with an exact tag or digest")
@@ -191,9 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--worker-memory-gib", type=float, default=8.0,
                    help="memory limit of a worker pod in GiB; dask worker --memory-limit gets "
                    "90%% of it (default: 8)")
-    k.add_argument("--secret", default="recluster-s3",
+    k.add_argument("--secret", default=None,
                    help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally "
-                   "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION (default: recluster-s3)")
+                   "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION (default: recluster-s3, "
+                   "unless --service-account is given)")
+    k.add_argument("--service-account", default=None, metavar="NAME",
+                   help="instead of --secret: the runner and workers run as this Kubernetes "
+                   "service account, which grants storage access through workload identity "
+                   "(EKS IRSA or Pod Identity); no key Secret is referenced")
+    k.add_argument("--tls-secret", default="recluster-tls", metavar="NAME",
+                   help="Secret with ca.crt, tls.crt and tls.key: scheduler, workers and runner "
+                   "talk mutual TLS (tls://) and require encryption (default: recluster-tls)")
+    k.add_argument("--no-tls", action="store_true",
+                   help="plain TCP between the pods (only NetworkPolicies restrict who connects)")
+    k.add_argument("--dashboard-from", action="append", default=[], metavar="NAMESPACE",
+                   help="also let pods in this namespace reach the scheduler's dashboard (8787), "
+                   "e.g. a monitoring namespace; repeatable. Default: no pod; use kubectl "
+                   "port-forward")
     k.add_argument("--name", default="recluster", help="name of the DaskJob (default: recluster)")
     k.set_defaults(func=cmd_render_k8s)
     return p

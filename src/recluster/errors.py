@@ -35,3 +35,10 @@ class StorageError(ReclusterError):
     """The object store kept failing after the configured retries (names the URL and stage)."""
 
     exit_code = 6
+
+
+class IntegrityError(ReclusterError):
+    """A published file is not the one its run recorded (SHA-256 mismatch, unlisted, missing),
+    or a model file is not in a portable format (e.g. a pickle). Names the file."""
+
+    exit_code = 7

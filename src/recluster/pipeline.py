@@ -433,6 +433,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
         manifest["outputs"] += write_report(client, store, g, ts, manifest)
         st.counts["nodes"] = len(g.nodes)
     with timer.stage("publish"):
+        manifest[modelstore.DIGESTS] = modelstore.staged_digests(store)  # score/report verify
         store.publish(manifest)
     echo(f"published {cfg.output.path} ({rows_out} rows, {g.levels_done} level(s), "
          f"{len(g.nodes)} nodes)")

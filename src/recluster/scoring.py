@@ -1,8 +1,11 @@
 """``recluster score``: route new rows down a published run's tree with its saved models.
 
-No UMAP or HDBSCAN is refitted: each split node's saved preprocessing and assigner (the same
-functions the job used to label every row) send rows to children, level by level, in a single
-pass over the new data. Output: ``labels/`` in the run's schema, published like a run.
+Nothing is refitted on the new rows: each split node's saved preprocessing and assigner (the
+same functions the job used to label every row) send rows to children, level by level, in a
+single pass over the new data. (With ``assign.method: umap`` the node's HDBSCAN is rebuilt from
+its saved sample embedding, which reproduces the fitted clusterer exactly.) The model files are
+verified against the run's manifest before any is parsed, and none is a pickle. Output:
+``labels/`` in the run's schema, published like a run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from distributed import Client
 
 from recluster.compute.schema import resolve_schema
 from recluster.config import InputConfig
-from recluster.errors import InputDataError, OutputConflictError
+from recluster.errors import InputDataError, IntegrityError, OutputConflictError
 from recluster.parallel import passes
 from recluster.storage import inputs
 from recluster.storage import models as modelstore
@@ -23,31 +26,52 @@ from recluster.storage.fs import Location
 from recluster.storage.outputs import OutputStore
 
 
-def load_models(run: Location):
-    """Read ``models/`` of a published run: the index and one routing node per split node."""
+def load_models(run: Location, manifest_sha256: str | None = None):
+    """Read ``models/`` of a published run: its manifest, the index and one routing node per
+    split node.
+
+    Every file under ``models/`` is checked against the SHA-256 the run's manifest records
+    before any is parsed (see :class:`~recluster.storage.models.PublishedFiles`); a file that
+    differs, is missing or is not listed is refused, and pickles are never loaded.
+
+    Returns
+    -------
+    files : PublishedFiles (its ``manifest`` and ``manifest_sha256``)
+    index : dict, ``models/index.json``
+    fits : dict path -> (depth, routing-only NodeFit)
+    """
     store = OutputStore(run)
-    manifest = store.published_manifest()
-    if manifest is None:
+    if store.published_manifest() is None:
         raise InputDataError(f"{run.url} is not a published recluster run (no manifest.json)")
-    fs, root = store.fs, store.root
+    files = modelstore.PublishedFiles(store, manifest_sha256)
+    models = files.read_all("models/")
+    if modelstore.INDEX not in models:
+        raise InputDataError(f"{run.url} has no models/ (its root node was never split)")
     try:
-        index = json.loads(fs.cat_file(f"{root}/models/index.json"))
-    except FileNotFoundError:
-        raise InputDataError(f"{run.url} has no models/ (its root node was never split)") from None
+        index = json.loads(models[modelstore.INDEX])
+        nodes = [(str(n["path"]), int(n["depth"])) for n in index["nodes"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{files.url}/{modelstore.INDEX} is not a model index: {exc}") from None
     fits = {}
-    for node in index["nodes"]:
-        folder = f"{root}/models/{node['path']}"
-        files = {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in fs.find(folder)
-                 if not p.rsplit("/", 1)[-1].startswith("child-")}
-        fits[node["path"]] = (node["depth"], modelstore.node_from_files(node["path"], files))
-    return manifest, index, fits
+    for path, depth in nodes:
+        folder = f"models/{path}/"
+        own = {rel[len(folder):]: data for rel, data in models.items()
+               if rel.startswith(folder) and "/" not in rel[len(folder):]
+               and not rel[len(folder):].startswith("child-")}
+        fits[path] = (depth, modelstore.node_from_files(path, own, where=files.url + "/" + folder[:-1]))
+    return files, index, fits
 
 
 def score(model_url: str, input_url: str, output_url: str, client: Client,
           echo: Callable[[str], None], overwrite: bool = False,
-          timeout_s: float = 60.0) -> dict[str, Any]:
-    """Label the rows under ``input_url`` with the run at ``model_url``; publish to ``output_url``."""
-    run_manifest, index, fits = load_models(Location.of(model_url, timeout_s=timeout_s))
+          timeout_s: float = 60.0, manifest_sha256: str | None = None) -> dict[str, Any]:
+    """Label the rows under ``input_url`` with the run at ``model_url``; publish to ``output_url``.
+
+    ``manifest_sha256`` pins the model run's ``manifest.json`` (see :func:`load_models`).
+    """
+    model_files, index, fits = load_models(Location.of(model_url, timeout_s=timeout_s),
+                                           manifest_sha256)
+    run_manifest = model_files.manifest
     loc = Location.of(input_url, timeout_s=timeout_s)
     files = inputs.list_parquet_files(loc)
     infos = inputs.read_footers(loc, files)
@@ -68,6 +92,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                                       f"pass --overwrite to replace it")
         out.unpublish()
     out.reset_staging()
+    echo(f"model files of {model_url} verified against its manifest.json "
+         f"(SHA-256 {model_files.manifest_sha256})")
     echo(f"scoring {sum(i.n_rows for i in infos)} rows from {len(files)} files with "
          f"{len(fits)} node models of {model_url}")
     feats = passes.input_frame(loc, pieces, ts)
@@ -88,6 +114,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         raise InputDataError(f"scoring wrote {rows_out} rows for {rows_in} input rows")
     manifest = {"recluster_manifest": 1, "kind": "score", "model_run": model_url,
                 "model_fingerprint": run_manifest.get("fingerprint"),
+                "model_manifest_sha256": model_files.manifest_sha256,
                 "input": {"path": input_url, "files": len(files)},
                 "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
                 "outputs": ["labels/"]}

@@ -10,25 +10,126 @@ unless ``verbose``, they start with Python warnings off (``PYTHONWARNINGS``) and
 at the null device, so that no UMAP, numba, scikit-learn or XGBoost line (XGBoost's collective
 prints "got rank" from C++) reaches the user. Task errors still reach the client as exceptions.
 Workers of an existing scheduler keep their output: it goes to their own logs.
+
+A ``tls://`` scheduler is reached with mutual TLS: the CA file, client certificate and key come
+from ``--tls-ca-file`` / ``--tls-cert`` / ``--tls-key`` (the flags ``dask scheduler`` and
+``dask worker`` take), else from Dask's own config (``distributed.comm.tls.ca-file``,
+``distributed.comm.tls.client.cert`` / ``.key``, e.g. the environment variables
+``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``, ``..._TLS__CLIENT__CERT``, ``..._TLS__CLIENT__KEY``),
+and the client then requires encryption on every connection. They are checked (present,
+readable, a key that matches the certificate) before connecting. A plain ``tcp://`` address
+is refused when TLS files are given or ``distributed.comm.require-encryption`` is set, instead
+of silently falling back to an unencrypted connection.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.security import Security
 
 from recluster.config import RuntimeConfig
+from recluster.errors import ConfigError, StageError
 from recluster.progress import silence_libraries
+
+#: How long the client tries to reach an existing scheduler.
+CONNECT_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """TLS files for the client, as given on the command line (``None``: take Dask's config).
+
+    Attributes
+    ----------
+    ca_file : PEM file of the CA that signed the scheduler's and workers' certificates
+    cert : PEM file of this client's certificate (may also hold its key)
+    key : PEM file of this client's private key
+    """
+
+    ca_file: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def given(self) -> bool:
+        return any((self.ca_file, self.cert, self.key))
 
 
 def scheduler_address(runtime: RuntimeConfig, cli_address: str | None) -> str | None:
     return cli_address or os.environ.get("DASK_SCHEDULER_ADDRESS") or runtime.scheduler
+
+
+def _scheme(address: str) -> str:
+    return address.split("://", 1)[0].lower() if "://" in address else "tcp"
+
+
+def _readable(path: str, flag: str, config_key: str) -> str:
+    p = Path(path).expanduser()
+    if not p.is_file() or not os.access(p, os.R_OK):
+        raise ConfigError(f"{flag} / {config_key}: {path} is not a readable file")
+    return str(p)
+
+
+def client_security(address: str | None, tls: TlsFiles | None = None) -> Security | None:
+    """The :class:`~distributed.security.Security` for reaching ``address``; ``None`` for plain TCP.
+
+    Raises
+    ------
+    ConfigError
+        TLS asked for but incomplete, unreadable or inconsistent files, or a ``tcp://``
+        address while TLS files are given or ``distributed.comm.require-encryption`` is set,
+        or TLS files without a scheduler (the local cluster is loopback only).
+    """
+    tls = tls or TlsFiles()
+    required = bool(dask.config.get("distributed.comm.require-encryption", None))
+    if address is None:
+        if tls.given():
+            raise ConfigError("--tls-ca-file/--tls-cert/--tls-key are for an existing scheduler: "
+                              "pass --scheduler tls://HOST:PORT (without it a LocalCluster on "
+                              "127.0.0.1 runs the job)")
+        if required:
+            raise ConfigError("distributed.comm.require-encryption is set, but no scheduler is "
+                              "named: pass --scheduler tls://HOST:PORT, or unset it for a "
+                              "LocalCluster on 127.0.0.1")
+        return None
+    scheme = _scheme(address)
+    if scheme != "tls":
+        if tls.given() or required:
+            why = "TLS files are given" if tls.given() else \
+                "distributed.comm.require-encryption is set"
+            raise ConfigError(f"--scheduler {address} is not encrypted, but {why}: use "
+                              f"tls://{address.split('://', 1)[-1]}")
+        return None
+    ca = tls.ca_file or dask.config.get("distributed.comm.tls.ca-file", None)
+    cert = tls.cert or dask.config.get("distributed.comm.tls.client.cert", None)
+    key = tls.key or dask.config.get("distributed.comm.tls.client.key", None)
+    if not ca or not cert:
+        missing = [f for f, v in (("--tls-ca-file (or distributed.comm.tls.ca-file)", ca),
+                                  ("--tls-cert (or distributed.comm.tls.client.cert)", cert)) if not v]
+        raise ConfigError(f"--scheduler {address} uses TLS; missing {' and '.join(missing)}")
+    ca = _readable(ca, "--tls-ca-file", "distributed.comm.tls.ca-file")
+    cert = _readable(cert, "--tls-cert", "distributed.comm.tls.client.cert")
+    key = key and _readable(key, "--tls-key", "distributed.comm.tls.client.key")
+    try:
+        ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"--tls-ca-file {ca} is not a PEM CA certificate: {exc}") from None
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key or '(in the certificate file)'}: "
+                          f"not a PEM certificate with its matching private key: {exc}") from None
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+                    require_encryption=True)
 
 
 def prepare_numba_cache(runtime: RuntimeConfig) -> str:
@@ -62,12 +163,29 @@ class QuietWorker(WorkerPlugin):
 
 @contextmanager
 def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
-                verbose: bool = False) -> Iterator[Client]:
+                tls: TlsFiles | None = None, verbose: bool = False) -> Iterator[Client]:
     """Yield a connected client; a local cluster started here is closed on exit (its workers
-    silenced unless ``verbose``)."""
+    silenced unless ``verbose``).
+
+    Raises
+    ------
+    ConfigError
+        see :func:`client_security`.
+    StageError
+        the scheduler cannot be reached (or refuses this client) within
+        :data:`CONNECT_TIMEOUT_S`.
+    """
     address = scheduler_address(runtime, cli_address)
+    security = client_security(address, tls)
     if address:
-        with Client(address, timeout="60s") as client:
+        try:
+            client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s", security=security)
+        except (OSError, TimeoutError) as exc:
+            hint = "" if security else (" (if it uses TLS: --scheduler tls://... with "
+                                        "--tls-ca-file, --tls-cert and --tls-key)")
+            raise StageError(f"stage 'connect' failed: cannot reach the Dask scheduler at "
+                             f"{address}{hint}: {type(exc).__name__}: {exc}") from None
+        with client:
             yield client
         return
     prepare_numba_cache(runtime)

@@ -3,7 +3,8 @@
 :class:`RunData` holds a run's outputs already loaded (tree records, SHAP summary, profiles, map
 sample, manifest). :func:`map_table` builds the map sample from the root node's fit (pure);
 :func:`load_run` reads a run's outputs through :mod:`recluster.storage` (published or staged),
-so the pipeline and ``recluster report`` build the page from the same files.
+so the pipeline and ``recluster report`` build the page from the same files; a published run's
+files are verified against the SHA-256 digests of its manifest first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 
 from recluster.compute.routing import ROOT
 from recluster.errors import InputDataError
+from recluster.storage.models import PublishedFiles
 from recluster.storage.outputs import OutputStore, frame_from_parquet_bytes
 
 #: At most this many points are plotted on the map (the root's sample, in hash order), and on
@@ -86,28 +88,30 @@ def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of:
     return frame[["node", id_column, "x", "y", "first", "leaf"]]
 
 
-def _frame(store: OutputStore, rel: str, staged: bool) -> pd.DataFrame | None:
-    data = store.read(rel, staged=staged)
-    return None if data is None else frame_from_parquet_bytes(data)
-
-
 def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,
-             staged: bool = False) -> RunData:
+             staged: bool = False, manifest_sha256: str | None = None) -> RunData:
     """Read what the report needs from a run's outputs.
 
     ``staged=True`` reads the staging area of a run being written (the pipeline passes its
-    manifest); otherwise the run must be published and complete.
+    manifest); otherwise the run must be published and complete, and every file read is
+    checked against the SHA-256 its manifest records (a changed, missing or unlisted file is
+    an :class:`~recluster.errors.IntegrityError`); ``manifest_sha256`` also pins the manifest.
     """
-    if not staged:
-        manifest = store.published_manifest()
-        if manifest is None:
+    if staged:
+        def read(rel: str) -> bytes | None:
+            return store.read(rel, staged=True)
+    else:
+        if store.published_manifest() is None:
             raise RunNotReadyError(f"{store.loc.url} holds no published run (no manifest.json): "
                                    "a report is built only from a finished run")
         if not store.is_complete():
             raise RunNotReadyError(f"{store.loc.url} is not completely published "
                                    "(manifest.json without _SUCCESS)")
+        published = PublishedFiles(store, manifest_sha256)
+        manifest = published.manifest
+        read = published.read
     assert manifest is not None
-    tree_bytes = store.read("tree.json", staged=staged)
+    tree_bytes = read("tree.json")
     if tree_bytes is None:
         raise RunNotReadyError(f"{store.loc.url} has no tree.json")
     outputs = set(manifest.get("outputs", []))
@@ -115,9 +119,9 @@ def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,
     for attr, rel in (("shap", "shap_summary.parquet"), ("profiles", "profiles.parquet"),
                       ("map", MAP_FILE)):
         if rel in outputs:
-            frame = _frame(store, rel, staged)
-            if frame is None:
+            raw = read(rel)
+            if raw is None:
                 raise RunNotReadyError(f"{store.loc.url}: {rel} is listed in the manifest "
                                        "but missing")
-            setattr(data, attr, frame)
+            setattr(data, attr, frame_from_parquet_bytes(raw))
     return data
