@@ -28,11 +28,15 @@ from recluster.storage.outputs import OutputStore, parquet_bytes
 
 
 def input_frame(loc: Location, pieces: Sequence[Piece], arrow_schema: pa.Schema,
-                columns: Sequence[str]) -> dd.DataFrame:
-    """A lazy frame with one partition per piece; re-reading it gives the same partitions."""
+                columns: Sequence[str], run_id: str) -> dd.DataFrame:
+    """A lazy frame with one partition per piece; re-reading it gives the same partitions.
+
+    Its keys (and so the keys of everything computed from it) carry ``run_id``: two runs on one
+    scheduler never share a task, even over the same paths.
+    """
     meta = arrow_schema.empty_table().select(list(columns)).to_pandas()
     return dd.from_map(read_piece, list(pieces), loc=loc, columns=list(columns),
-                       meta=meta, enforce_metadata=False, label="read-parquet")
+                       meta=meta, enforce_metadata=False, label=f"read-parquet-{run_id}")
 
 
 def initial_state(feats: dd.DataFrame, ts: TableSchema, cfg: JobConfig) -> dd.DataFrame:
@@ -95,20 +99,21 @@ def _resample_from_sample(sample: pd.DataFrame, path: str, i: int, ts: TableSche
 
 
 def submit_resamples(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
-                     cfg: JobConfig) -> dict[str, list[Future]]:
+                     cfg: JobConfig, run_id: str) -> dict[str, list[Future]]:
     """``stability.resamples`` independent refits per node, at a lower priority than the fits
     themselves, so they fill workers the fits leave idle instead of waiting for them."""
     return {p: [client.submit(_resample_from_sample, sample, p, i, ts, cfg, pure=False,
-                              priority=-1, key=f"resample-node-{p}-{i}-{cfg.seed}")
+                              priority=-1, key=f"resample-node-{p}-{i}-{cfg.seed}-{run_id}")
                 for i in range(cfg.stability.resamples)]
             for p in paths}
 
 
 def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
-                cfg: JobConfig) -> dict[str, Future]:
-    """One independent task per node; they run in parallel across workers."""
-    return {p: client.submit(_fit_from_sample, sample, p, ts, cfg, key=f"fit-node-{p}-{cfg.seed}",
-                             pure=False, priority=1)
+                cfg: JobConfig, run_id: str) -> dict[str, Future]:
+    """One independent task per node; they run in parallel across workers. Keys carry the run
+    id: a run sharing the scheduler with another never receives the other's fit."""
+    return {p: client.submit(_fit_from_sample, sample, p, ts, cfg,
+                             key=f"fit-node-{p}-{cfg.seed}-{run_id}", pure=False, priority=1)
             for p in paths}
 
 
@@ -130,16 +135,18 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int) -> pd.DataFra
     return out[[id_column, "cluster", *lv, "depth", "probability", *emb]]
 
 
-def _write_labels(state: pd.DataFrame, out: Location, rel: str, id_column: str, levels: int) -> int:
+def _write_labels(state: pd.DataFrame, store: OutputStore, rel: str, id_column: str,
+                  levels: int) -> int:
     table = labels_table(state, id_column, levels)
-    store = OutputStore(out)
     store.write_staged(rel, parquet_bytes(table, dictionary_columns=["cluster"]))
     return len(table)
 
 
-def write_labels(state: dd.DataFrame, out: Location, id_column: str, levels: int):
-    """Delayed writes of every partition's labels to staging; each returns its row count."""
-    return [dask.delayed(_write_labels)(part, out, f"labels/part-{i:05d}.parquet", id_column, levels)
+def write_labels(state: dd.DataFrame, store: OutputStore, id_column: str, levels: int):
+    """Delayed writes of every partition's labels to the run's staging area (``store``, which
+    tokenizes by run id); each returns its row count."""
+    return [dask.delayed(_write_labels)(part, store, f"labels/part-{i:05d}.parquet", id_column,
+                                        levels)
             for i, part in enumerate(state.to_delayed())]
 
 
