@@ -23,7 +23,7 @@ from test_output_runs import penguins, write_files
 
 pytestmark = pytest.mark.timeout(600)
 
-MAX_FULL_RUNS = 4
+MAX_FULL_RUNS = 3
 _full_runs = {"n": 0}
 
 # Where foreign files go, relative to the example's base folder.
@@ -71,7 +71,7 @@ def _config(path: Path, input_url: str, output_url: str, **output) -> Path:
     return path
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=24, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(files=foreign, output=st.sampled_from(OUTPUTS))
 def test_foreign_files_survive_any_run(files, output, tmp_path_factory, scheduler):

@@ -164,7 +164,7 @@ def test_score_never_touches_the_trained_run_or_the_inputs(tmp_path, scheduler, 
 def test_a_killed_runs_lock_expires_and_its_staging_is_cleared(tmp_path, scheduler):
     from recluster.demo import make_table
 
-    table, _ = make_table(40_000, seed=5)
+    table, _ = make_table(20_000, seed=5)
     from helpers import write_table
     write_table(table, str(tmp_path / "in"), n_files=4)
     out = tmp_path / "out"
