@@ -62,8 +62,8 @@ def test_transient_503_resets_and_delays_are_retried(data, s3_endpoint, schedule
     rules = [
         Rule("503", method="GET", path_contains="/faults/in/", times=3),  # footers and pieces
         Rule("reset", method="GET", path_contains="/faults/in/", skip=5, times=2),
-        Rule("503", method="PUT", path_contains="/_staging/labels/", times=2),  # worker writes
-        Rule("reset", method="PUT", path_contains="/_staging/", skip=1, times=2),
+        Rule("503", method="PUT", path_contains="/labels/part-", times=2),  # worker writes
+        Rule("reset", method="PUT", path_contains="/_recluster/staging/", skip=1, times=2),
         Rule("delay", delay_s=0.3, times=10),
     ]
     with FaultProxy(s3_endpoint, rules) as proxy:
@@ -122,7 +122,7 @@ def test_hanging_store_is_bounded_by_the_storage_timeout(data, s3_endpoint, sche
 def test_store_down_mid_run_on_workers_then_rerun_completes(data, s3_endpoint, scheduler,
                                                             tmp_path, capsys):
     out = "s3://faults/midrun"
-    down = Rule("503", method="PUT", path_contains="/_staging/labels/")
+    down = Rule("503", method="PUT", path_contains="/labels/part-")
     with FaultProxy(s3_endpoint, [down]) as proxy:
         cfg = _config(tmp_path, proxy.url, out, retries=2, timeout_s=2)
         code, err, seconds = _run(cfg, scheduler, capsys)

@@ -201,10 +201,12 @@ def render_daskjob(cfg: JobConfig, image: str, workers: int = 2, worker_cpu: int
         "metadata": {"labels": dict(labels)},
         "spec": {
             # OnFailure: a runner that dies (lost scheduler connection, OOM kill, a storage
-            # error) is restarted in place against the same cluster. Re-running is safe: the
-            # run stages under <output>/_staging/ and publishes by creating manifest.json
-            # exclusively, so a second attempt of the same config on the same input either
-            # redoes an unpublished run from scratch or finds it published and does nothing.
+            # error) is restarted in place against the same cluster. Re-running is safe: each
+            # attempt stages under <output>/_recluster/staging/<run-id>/ and publishes by
+            # creating manifest.json exclusively, so a second attempt of the same config on the
+            # same input either redoes an unpublished run or finds it published and does nothing
+            # (one that restarts within output.lock_lease_s of a killed attempt is refused by
+            # that attempt's lock until its lease runs out).
             # activeDeadlineSeconds bounds the retries of a failure that is not transient.
             "restartPolicy": "OnFailure",
             "activeDeadlineSeconds": RUNNER_DEADLINE_S,
