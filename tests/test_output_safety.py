@@ -301,11 +301,11 @@ def test_a_live_lock_refuses_and_says_how_to_clear_it(place):
 
 def test_the_lease_is_renewed_while_the_run_is_alive(place):
     loc, fs, root = place
-    holder = _lock(loc, fs, root, "alive", lease_s=1.0)
+    holder = _lock(loc, fs, root, "alive", lease_s=2.0)
     holder.acquire()
     holder.start()
     try:
-        time.sleep(2.5)  # more than two leases
+        time.sleep(5.0)  # more than two leases
         with pytest.raises(OutputLockedError):
             _lock(loc, fs, root, "second").acquire()
         holder.check()

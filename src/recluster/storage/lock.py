@@ -225,8 +225,8 @@ class OutputLock:
     def _renew(self) -> None:
         if self.lost:
             return
-        h = self.holder(self.generation)
-        if h is None or h.run_id != self.run_id:
+        rec = self._read_json(self._path(self.generation, "json"))
+        if rec is None or rec.get("run_id") != self.run_id:
             self.lost = "its lock record was removed"
             return
         self._write_lease()
