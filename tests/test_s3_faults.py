@@ -62,8 +62,8 @@ def test_transient_503_resets_and_delays_are_retried(data, s3_endpoint, schedule
     rules = [
         Rule("503", method="GET", path_contains="/faults/in/", times=3),  # footers and pieces
         Rule("reset", method="GET", path_contains="/faults/in/", skip=5, times=2),
-        Rule("503", method="PUT", path_contains="/_staging/labels/", times=2),  # worker writes
-        Rule("reset", method="PUT", path_contains="/_staging/", skip=1, times=2),
+        Rule("503", method="PUT", path_contains="/labels/part-", times=2),  # worker writes
+        Rule("reset", method="PUT", path_contains="/_recluster/staging/", skip=1, times=2),
         Rule("delay", delay_s=0.3, times=10),
     ]
     with FaultProxy(s3_endpoint, rules) as proxy:
@@ -86,8 +86,9 @@ def test_store_that_stays_down_fails_clearly_in_bounded_time(data, s3_endpoint, 
         cfg = _config(tmp_path, proxy.url, out, retries, timeout_s)
         code, err, seconds = _run(cfg, scheduler, capsys)
     assert code == 6, err[-2000:]
-    assert "stage 'plan' failed: storage failed while" in err
-    assert "s3://faults/in" in err and f"runtime.storage_retries={retries}" in err
+    # Refused before a cluster starts: the output folder is looked at first.
+    assert "storage failed while listing the output folder (s3://faults/down)" in err
+    assert f"runtime.storage_retries={retries}" in err
     assert proxy.injected("503") >= retries + 1
     assert seconds < 60, f"a store that stays down took {seconds:.1f}s to fail"
     assert not published(out)
@@ -102,7 +103,7 @@ def test_refused_connections_fail_clearly_in_bounded_time(data, scheduler, tmp_p
     cfg = _config(tmp_path, endpoint, out, retries=2, timeout_s=2)
     code, err, seconds = _run(cfg, scheduler, capsys)
     assert code == 6, err[-2000:]
-    assert "stage 'plan' failed: storage failed while" in err and endpoint in err
+    assert "storage failed while listing the output folder" in err and endpoint in err
     assert seconds < 60, f"refused connections took {seconds:.1f}s to fail"
     assert not published(out)
 
@@ -122,7 +123,7 @@ def test_hanging_store_is_bounded_by_the_storage_timeout(data, s3_endpoint, sche
 def test_store_down_mid_run_on_workers_then_rerun_completes(data, s3_endpoint, scheduler,
                                                             tmp_path, capsys):
     out = "s3://faults/midrun"
-    down = Rule("503", method="PUT", path_contains="/_staging/labels/")
+    down = Rule("503", method="PUT", path_contains="/labels/part-")
     with FaultProxy(s3_endpoint, [down]) as proxy:
         cfg = _config(tmp_path, proxy.url, out, retries=2, timeout_s=2)
         code, err, seconds = _run(cfg, scheduler, capsys)

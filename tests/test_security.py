@@ -115,3 +115,78 @@ def test_local_cluster_binds_scheduler_and_dashboard_to_loopback():
         assert urlsplit(client.dashboard_link).hostname == "127.0.0.1"
         workers = client.scheduler_info()["workers"]
         assert workers and all(a.startswith("tcp://127.0.0.1:") for a in workers)
+
+
+def test_seeded_secrets_in_options_and_environment_reach_no_file_or_output(
+        s3_endpoint, bucket, s3fs_fs, tmp_path, scheduler):
+    """Every storage option that is not on the allowlist and every credential variable the
+    job's storage layer reads gets a distinctive value in the ``recluster`` process (which
+    writes the manifest, tree, models and report; the session cluster's workers, which write
+    the labels, hold the fake credentials the test above searches for); a real run, a refused
+    run and ``render-k8s`` must not write any of them anywhere: output files (the reserved area
+    included), stdout, stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    seeds = {
+        "AWS_ACCESS_KEY_ID": "SEEDAKIDenv0000000001",
+        "AWS_SECRET_ACCESS_KEY": "seed-aws-secret-env-Qw7",
+        "AWS_SESSION_TOKEN": "seed-aws-session-token-env-Zx9",
+        "FSSPEC_S3_KEY": "SEEDAKIDfsspec000002",
+        "FSSPEC_S3_SECRET": "seed-fsspec-secret-Lp4",
+        "FSSPEC_S3_TOKEN": "seed-fsspec-token-Mn5",
+    }
+    option_seeds = {"in": "seed-option-input-ua-Rt6", "out": "seed-option-output-ua-Yu8"}
+    env = {**os.environ, **seeds}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    table, _ = make_table(2000, seed=4)
+    write_table(table, f"s3://{bucket}/in", 2)
+
+    def config(out: str, options: bool = True) -> Path:
+        data = yaml.safe_load(write_config(
+            tmp_path, f"s3://{bucket}/in", out, recursion={"max_depth": 1},
+            stability={"resamples": 1},
+            explain={"enabled": True, "n_estimators": 10, "shap_rows": 300}).read_text())
+        if options:
+            for section, key in (("input", "in"), ("output", "out")):
+                data[section]["storage_options"] = {
+                    "config_kwargs": {"user_agent_extra": option_seeds[key],
+                                      "connect_timeout": 30},
+                    "client_kwargs": {"region_name": "us-east-1"}}
+        path = tmp_path / f"seeded-{abs(hash((out, options)))}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    recluster = str(Path(sys.executable).parent / "recluster")
+    runs = [subprocess.run([recluster, *args], env=env, capture_output=True, text=True,
+                           timeout=240, stdin=subprocess.DEVNULL)
+            for args in (["run", str(config(f"s3://{bucket}/out")), "--scheduler", scheduler],
+                         ["render-k8s", str(config(f"s3://{bucket}/k8s")), "--image",
+                          "r.example/recluster:1.0"],
+                         ["render-k8s", str(config(f"s3://{bucket}/k8s", options=False)),
+                          "--image", "r.example/recluster:1.0"])]
+    assert runs[0].returncode == 0, runs[0].stderr[-3000:]
+    assert runs[1].returncode == 2 and "user_agent_extra" in runs[1].stderr
+    assert runs[2].returncode == 0 and "kind: DaskJob" in runs[2].stdout
+    s3fs_fs.pipe(f"{bucket}/foreign/x.txt", b"someone else's")
+    refused = subprocess.run([recluster, "run", str(config(f"s3://{bucket}/foreign"))], env=env,
+                             capture_output=True, text=True, timeout=120,
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode == 4
+    s3fs_fs.invalidate_cache()
+    files = s3fs_fs.find(f"{bucket}/out")
+    names = {f.rsplit("/", 1)[1] for f in files}
+    assert {"manifest.json", "report.html", "tree.json", "shap_summary.parquet"} <= names
+    manifest = s3fs_fs.cat_file(f"{bucket}/out/manifest.json").decode()
+    assert '"user_agent_extra": "***"' in manifest and '"region_name": "us-east-1"' in manifest
+    texts = {f: s3fs_fs.cat_file(f) for f in files}
+    for p in (*runs, refused):
+        texts[f"{p.args[1]} stdout"] = p.stdout.encode()
+        texts[f"{p.args[1]} stderr"] = p.stderr.encode()
+    for secret in [*seeds.values(), *option_seeds.values()]:
+        for where, data in texts.items():
+            assert secret.encode() not in data, f"{secret!r} found in {where}"

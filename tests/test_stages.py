@@ -449,7 +449,7 @@ def test_secret_looking_options_are_refused_and_masked():
     assert "client_secret_ref" in msg and "refresh_TOKEN_path" in msg
     assert "s3cr3t-ref" not in msg and "/var/tok" not in msg
     # Masking (defence in depth for manifests) reaches nested keys and keeps harmless ones.
-    from recluster.config import _mask
+    from recluster.config import redact_options as _mask
 
     masked = _mask({"endpoint_url": "http://minio:9000",
                     "client_kwargs": {"MySecretThing": "xyz", "region_name": "eu"}})

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,9 +48,10 @@ def _tls(args: argparse.Namespace):
 def _run(cfg: JobConfig, scheduler: str | None, quiet: bool, tls=None,
          verbose: bool = False) -> dict:
     from recluster.parallel.client import dask_client
-    from recluster.pipeline import run
+    from recluster.pipeline import check_output, run
     from recluster.progress import Progress
 
+    check_output(cfg)  # before a cluster starts
     progress = Progress(quiet=quiet)
     with dask_client(cfg.runtime, scheduler, tls, verbose) as client:
         progress.start(len(client.scheduler_info().get("workers", {})), client.dashboard_link)
@@ -69,9 +72,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from recluster.pipeline import describe_schema, plan
+    from recluster.pipeline import check_output, describe_schema, plan
 
     cfg = load_config(args.config, args.set)
+    check_output(cfg)
     _, infos, ts, pieces = plan(cfg)
     rows = sum(i.n_rows for i in infos)
     print(f"config OK; input: {len(infos)} files, {rows} rows, {len(pieces)} partitions; "
@@ -115,9 +119,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from recluster.config import RuntimeConfig
     from recluster.parallel.client import dask_client
-    from recluster.scoring import score
+    from recluster.scoring import check_output, score
 
     echo = _echo_factory(args.quiet)
+    check_output(args.model, args.input, args.output)  # before a cluster starts
     with dask_client(RuntimeConfig(), args.scheduler, _tls(args), args.verbose) as client:
         score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite,
               manifest_sha256=args.manifest_sha256)
@@ -273,11 +278,28 @@ def main(argv: list[str] | None = None) -> int:
 
         silence_libraries()
     _setup_logging()
+    previous = _exit_on_sigterm()
     try:
         return args.func(args)
     except ReclusterError as exc:
         print(f"recluster: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_sigterm():
+    """Turn SIGTERM (Kubernetes deleting the pod, ``kill``) into ``SystemExit``, so that a run
+    releases its output folder's lock and removes its staging area on the way out. Only in the
+    main thread (where Python delivers signals); returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
 
 
 if __name__ == "__main__":

@@ -17,36 +17,76 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recluster.errors import ConfigError
 
-#: Keys of ``storage_options`` that hold secrets; refused in config files, redacted in output.
-SECRET_KEYS = frozenset(
-    {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-     "password", "session_token"}
-)
+#: How long an output folder's lock stays held without renewal (``output.lock_lease_s``).
+DEFAULT_LEASE_S = 120.0
+#: A config file larger than this is refused unread (real configs are a few KiB).
+MAX_CONFIG_BYTES = 1 << 20
+#: YAML aliases (``*name``) beyond this many are refused: nested aliases expand exponentially
+#: (the "billion laughs"), and a config needs a handful at most.
+MAX_YAML_ALIASES = 32
+
+#: ``storage_options`` entries harmless enough to write down (manifest, report, logs, the
+#: Kubernetes ConfigMap), as dotted paths into nested options. Every other entry is treated as
+#: secret: accepted if it does not look like a credential, but always redacted.
+SAFE_STORAGE_OPTIONS = frozenset({
+    "anon", "requester_pays", "use_ssl", "endpoint_url", "region_name", "auto_mkdir",
+    "version_aware", "cache_regions", "default_block_size", "default_cache_type",
+    "default_fill_cache", "use_listings_cache", "listings_expiry_time", "skip_instance_cache",
+    "max_concurrency", "fixed_upload_size",
+    "client_kwargs.endpoint_url", "client_kwargs.region_name", "client_kwargs.use_ssl",
+    "client_kwargs.verify",
+    "config_kwargs.connect_timeout", "config_kwargs.read_timeout", "config_kwargs.region_name",
+    "config_kwargs.signature_version", "config_kwargs.max_pool_connections",
+    "config_kwargs.retries.max_attempts", "config_kwargs.retries.total_max_attempts",
+    "config_kwargs.retries.mode", "config_kwargs.s3.addressing_style",
+    "s3_additional_kwargs.ServerSideEncryption", "s3_additional_kwargs.StorageClass",
+    "s3_additional_kwargs.ACL", "s3_additional_kwargs.RequestPayer",
+})
+#: Name fragments of credentials (compared lower-case without ``_``, ``-`` or ``.``): such an
+#: entry is refused in a config file, wherever it is nested.
+CREDENTIAL_WORDS = ("secret", "token", "password", "passwd", "credential", "connectionstring",
+                    "accountkey", "sas", "auth", "cookie", "privatekey", "apikey")
+REDACTED = "***"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _secret_like(key: str) -> bool:
-    k = key.lower()
-    return k in SECRET_KEYS or "secret" in k or "token" in k or "password" in k
+def _credential_like(key: str) -> bool:
+    """Does this option name look like it holds a credential (``key``, ``account_key``,
+    ``aws_access_key_id``, ``sse_customer_key``, ``connection_string``, ``credential``, …)?"""
+    k = "".join(c for c in key.lower() if c not in "_-.")
+    return (k.endswith(("key", "keyid", "keys")) or k in ("pwd", "pass")
+            or any(w in k for w in CREDENTIAL_WORDS))
 
 
-def _secret_paths(options: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of secret-looking keys anywhere in nested options."""
+def _has_password(value: Any) -> bool:
+    """A URL with a password in it (``scheme://user:password@host``)."""
+    if not isinstance(value, str) or "://" not in value:
+        return False
+    netloc = value.split("://", 1)[1].split("/", 1)[0]
+    return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
+
+
+def _credential_paths(options: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of credential-like entries anywhere in nested options."""
     found = []
     if isinstance(options, dict):
         for k, v in options.items():
             path = f"{prefix}{k}"
-            if _secret_like(str(k)):
+            if _credential_like(str(k)) or _has_password(v):
                 found.append(path)
-            found += _secret_paths(v, path + ".")
+            found += _credential_paths(v, path + ".")
+    elif isinstance(options, list):
+        for i, v in enumerate(options):
+            found += _credential_paths(v, f"{prefix}{i}.") if isinstance(v, dict | list) else (
+                [f"{prefix}{i}"] if _has_password(v) else [])
     return found
 
 
-def _no_secrets(options: dict[str, Any], where: str) -> dict[str, Any]:
-    found = sorted(_secret_paths(options))
+def _no_credentials(options: dict[str, Any], where: str) -> dict[str, Any]:
+    found = sorted(_credential_paths(options))
     if found:
         raise ValueError(
             f"{where}.storage_options must not hold credentials ({', '.join(found)}); "
@@ -59,10 +99,42 @@ def _no_secrets(options: dict[str, Any], where: str) -> dict[str, Any]:
 OUTPUT_COLUMNS = re.compile(r"cluster|depth|probability|level_[0-9]+|umap_[0-9]+")
 
 
-def _mask(options: Any) -> Any:
-    if isinstance(options, dict):
-        return {k: "***" if _secret_like(str(k)) else _mask(v) for k, v in options.items()}
-    return options
+def redact_options(options: Any, prefix: str = "") -> Any:
+    """Storage options as they may be written down: entries not on
+    :data:`SAFE_STORAGE_OPTIONS` become ``"***"`` (their names stay, their values never)."""
+    if not isinstance(options, dict):
+        return options
+    out = {}
+    for k, v in options.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out[k] = redact_options(v, path + ".")
+        elif path in SAFE_STORAGE_OPTIONS and not _has_password(v):
+            out[k] = v
+        else:
+            out[k] = REDACTED
+    return out
+
+
+def redacted_paths(options: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the entries :func:`redact_options` hides."""
+    if not isinstance(options, dict):
+        return []
+    found = []
+    for k, v in options.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            found += redacted_paths(v, path + ".")
+        elif path not in SAFE_STORAGE_OPTIONS or _has_password(v):
+            found.append(path)
+    return found
+
+
+def _check_path(url: str, where: str) -> str:
+    if _has_password(url):
+        raise ValueError(f"{where}.path holds a password (user:password@...); credentials come "
+                         "from the environment, never from the config")
+    return url
 
 
 class InputConfig(_Strict):
@@ -82,7 +154,12 @@ class InputConfig(_Strict):
     @field_validator("storage_options")
     @classmethod
     def _check_options(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _no_secrets(v, "input")
+        return _no_credentials(v, "input")
+
+    @field_validator("path")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        return _check_path(v, "input")
 
     @model_validator(mode="after")
     def _check_columns(self) -> InputConfig:
@@ -112,13 +189,23 @@ class OutputConfig(_Strict):
     path: str
     storage_options: dict[str, Any] = Field(default_factory=dict)
     overwrite: bool = Field(
-        default=False, description="replace a different run already published at this path"
+        default=False, description="replace a different recluster run already published at this "
+        "path (only the files its manifest lists, and only once this run is fully staged)"
     )
+    lock_lease_s: float = Field(
+        default=DEFAULT_LEASE_S, ge=1.0, le=86_400.0,
+        description="the output folder's lock stays held this long without renewal (a running "
+        "job renews it every quarter lease): a killed run blocks the folder at most this long")
 
     @field_validator("storage_options")
     @classmethod
     def _check_options(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _no_secrets(v, "output")
+        return _no_credentials(v, "output")
+
+    @field_validator("path")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        return _check_path(v, "output")
 
 
 class SampleConfig(_Strict):
@@ -271,15 +358,39 @@ class JobConfig(_Strict):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The config as plain data with anything secret-looking masked (for manifests and logs)."""
+        """The config as plain data with every storage option not on
+        :data:`SAFE_STORAGE_OPTIONS` redacted (for manifests, reports and logs)."""
         data = self.model_dump(mode="json")
         for section in ("input", "output"):
-            data[section]["storage_options"] = _mask(data[section]["storage_options"])
+            data[section]["storage_options"] = redact_options(data[section]["storage_options"])
         return data
 
 
-def _coerce_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def safe_yaml(text: str, source: str) -> Any:
+    """Parse YAML, refusing more than :data:`MAX_YAML_ALIASES` aliases before building anything.
+
+    Errors name the source, the problem and the line and column, never the text around them
+    (a config line may hold something that should not be echoed).
+    """
+    try:
+        aliases = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(
+                        f"{source} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); "
+                        "nested aliases can expand to billions of entries: write the values out")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{source} is not valid YAML: {problem}{where}") from None
+
+
+def _coerce_scalar(text: str, source: str) -> Any:
+    return safe_yaml(text, source) if text != "" else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -296,7 +407,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {key}: '{p}' is not a section")
             node = nxt
-        node[parts[-1]] = _coerce_scalar(value)
+        node[parts[-1]] = _coerce_scalar(value, f"--set {key}")
     return out
 
 
@@ -317,10 +428,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
+    with open(p, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a recluster "
+                          "config (they are a few KiB)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text") from None
+    data = safe_yaml(text, str(p)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a mapping at the top level")
     return parse_config(apply_overrides(data, overrides or []), source=str(p))

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from recluster.config import JobConfig, parse_config
+from recluster.config import JobConfig, parse_config, redacted_paths
 from recluster.errors import ConfigError
 
 API_VERSION = "kubernetes.dask.org/v1"
@@ -166,7 +166,20 @@ def check_args(cfg: JobConfig, image: str, workers: int, worker_cpu: int,
 
 
 def config_for_cluster(cfg: JobConfig) -> dict[str, Any]:
-    """The config as the runner pod reads it: ``runtime.scheduler`` unset, nothing secret."""
+    """The config as the runner pod reads it: ``runtime.scheduler`` unset, nothing secret.
+
+    A ConfigMap is readable by anyone who may read the namespace, so a storage option that is
+    not on the allowlist of harmless ones (:data:`recluster.config.SAFE_STORAGE_OPTIONS`) is
+    refused rather than written (or redacted, which would hand the runner a wrong value).
+    """
+    hidden = [f"{section}.storage_options.{p}" for section in ("input", "output")
+              for p in redacted_paths(getattr(cfg, section).storage_options)]
+    if hidden:
+        raise ConfigError(
+            "cannot render the Kubernetes job: " + ", ".join(hidden) + " would be written into "
+            "the ConfigMap, and only harmless storage options may be (endpoint_url, region_name, "
+            "anon, ...; see README 'Config'): give the runner and workers such settings through "
+            "the Secret's environment variables instead")
     data = cfg.redacted()
     data["runtime"]["scheduler"] = None
     parse_config(data, source="rendered config")  # must load back as it is
@@ -298,10 +311,12 @@ def render_daskjob(cfg: JobConfig, image: str, workers: int = 2, worker_cpu: int
         "metadata": {"labels": dict(labels)},
         "spec": {
             # OnFailure: a runner that dies (lost scheduler connection, OOM kill, a storage
-            # error) is restarted in place against the same cluster. Re-running is safe: the
-            # run stages under <output>/_staging/ and publishes by creating manifest.json
-            # exclusively, so a second attempt of the same config on the same input either
-            # redoes an unpublished run from scratch or finds it published and does nothing.
+            # error) is restarted in place against the same cluster. Re-running is safe: each
+            # attempt stages under <output>/_recluster/staging/<run-id>/ and publishes by
+            # creating manifest.json exclusively, so a second attempt of the same config on the
+            # same input either redoes an unpublished run or finds it published and does nothing
+            # (one that restarts within output.lock_lease_s of a killed attempt is refused by
+            # that attempt's lock until its lease runs out).
             # activeDeadlineSeconds bounds the retries of a failure that is not transient.
             "restartPolicy": "OnFailure",
             "activeDeadlineSeconds": RUNNER_DEADLINE_S,

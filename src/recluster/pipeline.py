@@ -1,7 +1,7 @@
 """The orchestrator: sequences the stages of one run on a given Dask client and logs each step.
 
-plan (footers, schema) -> validate (one pass) -> per level: sample pass, node fits as parallel
-tasks, assignment pass -> write labels, tree.json -> publish (manifest last).
+plan (claim the output folder, footers, schema) -> validate (one pass) -> per level: sample pass,
+node fits as parallel tasks, assignment pass -> write labels, tree.json -> publish (manifest last).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import json
 import logging
 import platform
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -28,7 +29,7 @@ from recluster.compute.schema import TableSchema, check_stats, degraded_inputs, 
 from recluster.compute.stability import score_resample
 from recluster.compute.tree import TreeNode, accept_split, child_path, split_refusal
 from recluster.config import JobConfig
-from recluster.errors import InputDataError, OutputConflictError, StageError
+from recluster.errors import InputDataError, StageError
 from recluster.parallel import passes
 from recluster.parallel.explain import explain_nodes
 from recluster.progress import Progress, Timer, as_progress
@@ -36,8 +37,14 @@ from recluster.report import data as report_data
 from recluster.report import html as report_html
 from recluster.storage import inputs
 from recluster.storage import models as modelstore
-from recluster.storage.fs import Location
-from recluster.storage.outputs import OutputStore, parquet_bytes
+from recluster.storage.fs import Location, refuse_overlap
+from recluster.storage.outputs import (
+    MANIFEST_VERSION,
+    Decision,
+    OutputStore,
+    claim,
+    parquet_bytes,
+)
 
 log = logging.getLogger("recluster")
 
@@ -55,10 +62,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def input_fingerprint(infos) -> str:
+def input_fingerprint(infos, identities: Sequence[dict[str, Any]]) -> str:
+    """What the input is: each file's path, rows and schema (footers) and its identity (size and
+    ETag or modification time, :func:`recluster.storage.inputs.file_identities`), so that a file
+    rewritten in place with the same rows and schema still counts as new input."""
     h = hashlib.sha256()
-    for info in infos:
-        h.update(f"{info.path}\0{info.n_rows}\0{info.schema}\0".encode())
+    for info, ident in zip(infos, identities, strict=True):
+        h.update(f"{info.path}\0{info.n_rows}\0{info.schema}\0{ident['size']}\0"
+                 f"{ident['version']}\0".encode())
     return h.hexdigest()
 
 
@@ -118,27 +129,43 @@ class Growth:
     pending_stability: tuple | None = None  # the deepest level's resamples, scored last
 
 
-def _refuse_or_reuse(cfg: JobConfig, store: OutputStore, fp: str,
-                     echo: Callable[[str], None]) -> dict[str, Any] | None:
-    """The published manifest if this exact run is already there; refuse a different one."""
-    existing = store.published_manifest()
-    if existing is None:
-        return None
-    if existing.get("fingerprint") == fp:
+def output_location(cfg: JobConfig) -> Location:
+    return Location.of(cfg.output.path, cfg.output.storage_options,
+                       cfg.runtime.storage_timeout_s, cfg.runtime.storage_retries)
+
+
+def check_locations(cfg: JobConfig) -> None:
+    """Refuse (before any work) an output that is, lies inside, or contains the input."""
+    refuse_overlap(output_location(cfg), {"input.path": Location.of(
+        cfg.input.path, cfg.input.storage_options)})
+
+
+def check_output(cfg: JobConfig) -> None:
+    """Every refusal that needs no cluster, read-only: overlap with the input, an output that is
+    a file or holds foreign files, an output another run is writing."""
+    check_locations(cfg)
+    OutputStore(output_location(cfg)).preflight()
+
+
+def _decide(cfg: JobConfig, store: OutputStore, fp: str, echo: Callable[[str], None]) -> Decision:
+    """What to do about the run published at the output (see :meth:`OutputStore.prepare`)."""
+    decision = store.prepare(fp, cfg.output.overwrite, "set output.overwrite: true")
+    if decision.action == "reuse":
         echo(f"  {cfg.output.path} already holds this run (same config and input): nothing to do")
-        return existing
-    if not cfg.output.overwrite:
-        raise OutputConflictError(
-            f"{cfg.output.path} already holds a different published run; choose another "
-            f"output.path or set output.overwrite: true")
-    echo("  output.overwrite: removing the previously published run")
-    store.unpublish()
-    return None
+    elif decision.action == "repaired":
+        echo(f"  {cfg.output.path} already holds this run, but its publication had not finished: "
+             "every listed file is there with its size; wrote _SUCCESS")
+    elif decision.previous is not None:
+        same = decision.previous.get("fingerprint") == fp
+        echo(f"  {cfg.output.path}: " + (
+            "an unfinished publication of this run is there; running it again" if same else
+            "output.overwrite: the published run is replaced once this one is fully staged"))
+    return decision
 
 
 def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                nodes: dict[str, TreeNode], counts, ts: TableSchema, cfg: JobConfig, timer: Timer,
-               echo: Callable[[str], None]) -> dict[str, NodeFit]:
+               echo: Callable[[str], None], run_id: str) -> dict[str, NodeFit]:
     """Draw the samples of ``to_fit`` in one pass and fit each node as its own task."""
     thresholds = {}
     for path in to_fit:
@@ -152,9 +179,9 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
         sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
         wait(sample)  # so that this stage's time is the sample pass itself
     with timer.stage(f"level {level}: fit {len(to_fit)} node(s)", total=len(to_fit)) as st:
-        futs = passes.submit_fits(client, sample, to_fit, ts, cfg)
+        futs = passes.submit_fits(client, sample, to_fit, ts, cfg, run_id)
         # Stability refits need only the sample: they start now, on workers the fits leave idle.
-        resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg) \
+        resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg, run_id) \
             if cfg.stability.resamples else {}
         fits = {}
         for _, fit in as_completed(list(futs.values()), with_results=True):
@@ -210,7 +237,7 @@ def finish_stability(client: Client, g: Growth, cfg: JobConfig, timer: Timer) ->
 
 
 def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema, cfg: JobConfig,
-              timer: Timer, echo: Callable[[str], None]) -> Growth:
+              timer: Timer, echo: Callable[[str], None], run_id: str) -> Growth:
     """Level by level: fit the nodes that may split, keep the splits that hold, assign all rows."""
     g = Growth(state=state, nodes={ROOT: TreeNode(ROOT, 0, total, 1.0)})
     id_dtype = feats._meta[ts.id_key].dtype
@@ -226,7 +253,7 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
         if not to_fit:
             break
         fits, resamples = _fit_level(client, feats, g.state, level, to_fit, g.nodes, counts, ts,
-                                     cfg, timer, echo)
+                                     cfg, timer, echo, run_id)
         split = {}
         for path in to_fit:
             fit, node = fits[path], g.nodes[path]
@@ -335,7 +362,12 @@ def run(cfg: JobConfig, client: Client,
     """
     echo = as_progress(echo)
     timer = Timer(echo)
-    return _within(cfg.runtime.run_timeout_s, timer, lambda: _run(cfg, client, timer, echo))
+    check_locations(cfg)
+    # The output folder's claim (lock, staging) is released here, in the caller's thread, also
+    # when the run times out while its thread is still busy.
+    with ExitStack() as claims:
+        return _within(cfg.runtime.run_timeout_s, timer,
+                       lambda: _run(cfg, client, timer, echo, claims))
 
 
 def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -359,24 +391,22 @@ def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) ->
     return box["result"]
 
 
-def _run(cfg: JobConfig, client: Client, timer: Timer,
-         echo: Callable[[str], None]) -> dict[str, Any]:
-    out_loc = Location.of(cfg.output.path, cfg.output.storage_options, cfg.runtime.storage_timeout_s,
-                          cfg.runtime.storage_retries)
+def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], None],
+         claims: ExitStack) -> dict[str, Any]:
     with timer.stage("plan") as st:
+        store = claims.enter_context(claim(output_location(cfg), cfg.output.lock_lease_s, "run"))
         loc, infos, ts, pieces = plan(cfg)
         st.counts.update(files=len(infos), partitions=len(pieces),
                          rows=sum(i.n_rows for i in infos))
         echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
              f"{len(ts.numeric)} numeric + {len(ts.categorical)} categorical features")
-        fp = run_fingerprint(cfg, input_fingerprint(infos))
-        store = OutputStore(out_loc)
-        existing = _refuse_or_reuse(cfg, store, fp, echo)
-        if existing is not None:
-            return existing
-        store.reset_staging()
+        input_fp = input_fingerprint(infos, inputs.file_identities(loc, [i.path for i in infos]))
+        fp = run_fingerprint(cfg, input_fp)
+        decision = _decide(cfg, store, fp, echo)
+        if decision.action in ("reuse", "repaired"):
+            return decision.previous
 
-    feats = passes.input_frame(loc, pieces, ts)
+    feats = passes.input_frame(loc, pieces, ts, store.run_id)
     with timer.stage("validate") as st:
         state = passes.initial_state(feats, ts, cfg)  # lazy: cheap to derive in later passes
         stats, n_unique = passes.validation_frames(feats, state, pieces, ts)
@@ -392,13 +422,13 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
     strata = folded_strata(counts.get((ROOT, 0), {}), ts, cfg)
     if strata:
         echo(f"  {strata['what']}")
-    g = grow_tree(client, feats, state, counts, total, ts, cfg, timer, echo)
+    g = grow_tree(client, feats, state, counts, total, ts, cfg, timer, echo, store.run_id)
     outputs = ["labels/", "tree.json",
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
     finish_stability(client, g, cfg, timer)
 
     with timer.stage("write labels") as st:
-        writes = passes.write_labels(g.state, out_loc, ts, max(1, g.levels_done))
+        writes = passes.write_labels(g.state, store, ts, max(1, g.levels_done))
         rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
@@ -406,14 +436,15 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
         store.write_staged("tree.json", json.dumps(tree, indent=2).encode())
 
     manifest = {
-        "recluster_manifest": 1,
+        "recluster_manifest": MANIFEST_VERSION,
+        "run_id": store.run_id,
         "fingerprint": fp,
         "config": cfg.redacted(),
         "versions": versions(),
         "seed": cfg.seed,
         "input": {"files": len(infos), "partitions": len(pieces),
                   "empty_files": sum(1 for i in infos if i.n_rows == 0),
-                  "fingerprint": input_fingerprint(infos),
+                  "fingerprint": input_fp,
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),
                               "categorical": list(ts.categorical), "stratify_by": ts.stratify_by}},
         "rows": {"in": total, "out": rows_out},
@@ -434,7 +465,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer,
         st.counts["nodes"] = len(g.nodes)
     with timer.stage("publish"):
         manifest[modelstore.DIGESTS] = modelstore.staged_digests(store)  # score/report verify
-        store.publish(manifest)
+        manifest = store.publish(manifest, decision.previous)
     echo(f"published {cfg.output.path} ({rows_out} rows, {g.levels_done} level(s), "
          f"{len(g.nodes)} nodes)")
     echo.event("published", path=cfg.output.path, rows=rows_out, levels=g.levels_done,

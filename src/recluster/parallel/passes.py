@@ -33,11 +33,16 @@ def read_frame(piece: Piece, loc: Location, ts: TableSchema) -> pd.DataFrame:
     return schema.table_to_frame(table, ts)
 
 
-def input_frame(loc: Location, pieces: Sequence[Piece], ts: TableSchema) -> dd.DataFrame:
+def input_frame(loc: Location, pieces: Sequence[Piece], ts: TableSchema,
+                run_id: str) -> dd.DataFrame:
     """A lazy frame with one partition per piece, columns under internal keys; re-reading it
-    gives the same partitions."""
+    gives the same partitions.
+
+    Its keys (and so the keys of everything computed from it) carry ``run_id``: two runs on one
+    scheduler never share a task, even over the same paths.
+    """
     return dd.from_map(read_frame, list(pieces), loc=loc, ts=ts, meta=schema.empty_frame(ts),
-                       enforce_metadata=False, label="read-parquet")
+                       enforce_metadata=False, label=f"read-parquet-{run_id}")
 
 
 def initial_state(feats: dd.DataFrame, ts: TableSchema, cfg: JobConfig) -> dd.DataFrame:
@@ -100,20 +105,21 @@ def _resample_from_sample(sample: pd.DataFrame, path: str, i: int, ts: TableSche
 
 
 def submit_resamples(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
-                     cfg: JobConfig) -> dict[str, list[Future]]:
+                     cfg: JobConfig, run_id: str) -> dict[str, list[Future]]:
     """``stability.resamples`` independent refits per node, at a lower priority than the fits
     themselves, so they fill workers the fits leave idle instead of waiting for them."""
     return {p: [client.submit(_resample_from_sample, sample, p, i, ts, cfg, pure=False,
-                              priority=-1, key=f"resample-node-{p}-{i}-{cfg.seed}")
+                              priority=-1, key=f"resample-node-{p}-{i}-{cfg.seed}-{run_id}")
                 for i in range(cfg.stability.resamples)]
             for p in paths}
 
 
 def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
-                cfg: JobConfig) -> dict[str, Future]:
-    """One independent task per node; they run in parallel across workers."""
-    return {p: client.submit(_fit_from_sample, sample, p, ts, cfg, key=f"fit-node-{p}-{cfg.seed}",
-                             pure=False, priority=1)
+                cfg: JobConfig, run_id: str) -> dict[str, Future]:
+    """One independent task per node; they run in parallel across workers. Keys carry the run
+    id: a run sharing the scheduler with another never receives the other's fit."""
+    return {p: client.submit(_fit_from_sample, sample, p, ts, cfg,
+                             key=f"fit-node-{p}-{cfg.seed}-{run_id}", pure=False, priority=1)
             for p in paths}
 
 
@@ -140,17 +146,17 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int,
     return out[[id_column, "cluster", *lv, "depth", "probability", *emb]]
 
 
-def _write_labels(state: pd.DataFrame, out: Location, rel: str, id_column: str, levels: int,
-                  id_type: pa.DataType | None) -> int:
+def _write_labels(state: pd.DataFrame, store: OutputStore, rel: str, id_column: str,
+                  levels: int, id_type: pa.DataType | None) -> int:
     table = labels_table(state, id_column, levels, id_type)
-    store = OutputStore(out)
     store.write_staged(rel, parquet_bytes(table, dictionary_columns=["cluster"]))
     return len(table)
 
 
-def write_labels(state: dd.DataFrame, out: Location, ts: TableSchema, levels: int):
-    """Delayed writes of every partition's labels to staging; each returns its row count."""
-    return [dask.delayed(_write_labels)(part, out, f"labels/part-{i:05d}.parquet", ts.id_column,
+def write_labels(state: dd.DataFrame, store: OutputStore, ts: TableSchema, levels: int):
+    """Delayed writes of every partition's labels to the run's staging area (``store``, which
+    tokenizes by run id); each returns its row count."""
+    return [dask.delayed(_write_labels)(part, store, f"labels/part-{i:05d}.parquet", ts.id_column,
                                         levels, ts.id_type)
             for i, part in enumerate(state.to_delayed())]
 

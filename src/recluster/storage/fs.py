@@ -1,5 +1,6 @@
 """Reaching object storage: fsspec filesystems with bounded timeouts and retries, picklable
-locations, and the translation of the store's failures into :class:`StorageError`.
+locations, the one canonical spelling of a location (:func:`normalize_url`) that overlap checks
+compare, and the translation of the store's failures into :class:`StorageError`.
 
 Only the ``recluster.storage`` package opens files. Locations are fsspec URLs (``s3://…``,
 ``file://…`` or a local folder) plus explicit ``storage_options``; S3 credentials and the endpoint
@@ -9,14 +10,19 @@ which botocore reads itself, so they never pass through the config, a task or a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from recluster.errors import InputDataError, OutputConflictError, StorageError
+from recluster.errors import ConfigError, InputDataError, OutputConflictError, StorageError
+
+#: Spellings of the same protocol: compared as the first name.
+_PROTOCOL_ALIASES = {"s3a": "s3", "s3n": "s3", "local": "file", "gcs": "gs", "abfss": "abfs"}
 
 
 def _is_s3(url: str) -> bool:
@@ -105,3 +111,118 @@ class Location:
 
     def fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
         return filesystem(self.url, dict(self.storage_options), self.timeout_s, self.retries)
+
+
+def _protocol_of(url: str) -> str:
+    if "://" not in url:
+        return "file"
+    proto = url.split("://", 1)[0].lower()
+    return _PROTOCOL_ALIASES.get(proto, proto)
+
+
+def is_local(url: str) -> bool:
+    """Is ``url`` a path on this machine's disk (a plain path or ``file://``)?"""
+    return _protocol_of(url) == "file"
+
+
+def normalize_url(url: str) -> str:
+    """The one canonical spelling of a location, for telling whether two locations are the same.
+
+    Local paths (plain, ``./``, ``..``, ``~``, ``file://``) become ``file://`` + the absolute path
+    with symlinks resolved (``os.path.realpath``: also for a path that does not exist yet, whose
+    existing ancestors are resolved). Object-store URLs become ``protocol://bucket/key`` with the
+    protocol's aliases folded (``s3a://`` and ``s3n://`` are ``s3://``) and no trailing slash.
+    Object stores keep ``.`` and ``..`` in keys literally, so a URL that holds such a segment (or
+    an empty one, ``a//b``) names something other than it seems to: it is refused.
+
+    Parameters
+    ----------
+    url : str
+        A local path or an fsspec URL.
+
+    Returns
+    -------
+    str
+        e.g. ``file:///data/in``, ``s3://bucket/segments/run-1``.
+
+    Raises
+    ------
+    ConfigError
+        for an object-store URL with ``.``, ``..`` or empty segments, or without a bucket.
+    """
+    proto = _protocol_of(url)
+    if proto == "file":
+        path = url.split("://", 1)[1] if "://" in url else url
+        return "file://" + os.path.realpath(os.path.expanduser(path))
+    rest = url.split("://", 1)[1]
+    parts = rest.rstrip("/").split("/")
+    if not parts[0] or any(p in ("", ".", "..") for p in parts):
+        raise ConfigError(f"{url!r}: an object-store URL needs a bucket and no '.', '..' or empty "
+                          "segments (object stores keep them literally in key names)")
+    return f"{proto}://{'/'.join(parts)}"
+
+
+def _endpoint(options: Mapping[str, Any]) -> str | None:
+    url = options.get("endpoint_url") or dict(options.get("client_kwargs") or {}).get("endpoint_url")
+    return str(url).rstrip("/").lower() if url else None
+
+
+def overlap(a: Location, b: Location) -> str | None:
+    """How location ``a`` relates to ``b``: ``"is"``, ``"inside"``, ``"contains"``, or None.
+
+    Compared on :func:`normalize_url`; two object-store locations whose options name different
+    endpoints (``endpoint_url``) are different stores. Without an explicit endpoint on both sides
+    they are taken to be the same store (the environment's).
+    """
+    na, nb = normalize_url(a.url), normalize_url(b.url)
+    ea, eb = _endpoint(dict(a.storage_options)), _endpoint(dict(b.storage_options))
+    if ea and eb and ea != eb:
+        return None
+    if na == nb:
+        return "is"
+    if na.startswith(nb + "/"):
+        return "inside"
+    if nb.startswith(na + "/"):
+        return "contains"
+    return None
+
+
+def refuse_overlap(output: Location, others: Mapping[str, Location], what: str = "output.path"
+                   ) -> None:
+    """Refuse an output that is, lies inside, or contains any of ``others`` (before any work).
+
+    Parameters
+    ----------
+    output : the location a run will write to
+    others : name (e.g. ``"input.path"``) -> a location the run reads
+    what : how the output is named in the message (``output.path``, ``--output``)
+
+    Raises
+    ------
+    OutputConflictError
+        naming both settings and their canonical spellings.
+    """
+    words = {"is": "is the same location as", "inside": "lies inside",
+             "contains": "contains"}
+    for name, loc in others.items():
+        rel = overlap(output, loc)
+        if rel is not None:
+            raise OutputConflictError(
+                f"{what} {output.url} {words[rel]} {name} {loc.url} (compared as "
+                f"{normalize_url(output.url)} and {normalize_url(loc.url)}): a run must not "
+                f"write where it reads; choose an output folder outside {name}")
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` only if nothing is there: ``FileExistsError`` otherwise.
+
+    On a local disk: ``open(..., "xb")`` (``O_CREAT | O_EXCL``, atomic). On object stores:
+    ``pipe_file(mode="create")``, which s3fs sends as ``If-None-Match: *`` (AWS S3 and moto
+    honour it; a store that ignores it is caught by the callers' read-back).
+    """
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "xb") as f:
+            f.write(data)
+        return
+    fs.pipe_file(path, data, mode="create")

@@ -209,3 +209,40 @@ def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(f"cannot read {piece.path}: {exc}") from None
     return table.rename_columns([k for _, k in columns]).replace_schema_metadata(None)
+
+
+def file_identities(loc: Location, paths: Sequence[str]) -> list[dict[str, object]]:
+    """What each input file is right now, beyond its path: size and ETag (object stores) or
+    modification time (local disks), from fsspec ``info``. A file rewritten in place changes
+    its identity even when its row count and schema stay the same.
+
+    Parameters
+    ----------
+    loc : the input location
+    paths : (n,) file paths as listed under ``loc``
+
+    Returns
+    -------
+    list of n dicts ``{"path", "size", "version"}``, in the order of ``paths``; ``version`` is the
+    ETag (quotes stripped) or the modification time, whichever the store gives (ETag first).
+    """
+    fs, root = loc.fs()
+    with storage_errors(loc, "reading the input files' identities"):
+        fs.invalidate_cache(root)
+        try:
+            found = fs.find(root, detail=True) if not fs.isfile(root) else {}
+        except FileNotFoundError:
+            found = {}
+        missing = [p for p in paths if p not in found]
+        if missing:
+            with ThreadPoolExecutor(max_workers=max(1, min(16, len(missing)))) as pool:
+                found = {**found, **dict(zip(missing, pool.map(fs.info, missing), strict=True))}
+    out = []
+    for p in paths:
+        info = found[p]
+        version = info.get("ETag") or info.get("etag") or info.get("mtime") \
+            or info.get("LastModified") or info.get("last_modified")
+        if isinstance(version, str):
+            version = version.strip('"')
+        out.append({"path": p, "size": int(info.get("size") or 0), "version": str(version)})
+    return out

@@ -1,25 +1,73 @@
-"""Writing outputs: Parquet bytes, single files, and the output prefix of a run (staging and
-publication by manifest).
+"""Writing outputs: Parquet bytes, single files, and the output folder of a run: what a run
+owns there, its staging area, publication by manifest, and what a later run may remove.
+
+Layout of an output folder::
+
+    manifest.json        the published run; ``files`` lists every file it put in place, with its
+                         size: the proof of what that run wrote
+    _SUCCESS             written last; a manifest without it is an unfinished publication
+    labels/ tree.json …  the listed files
+    _recluster/          recluster's own working area (a reserved name):
+      lock/              the write lock with its lease (:mod:`recluster.storage.lock`)
+      staging/<run-id>/  one run attempt's files before publication
+      publishing/<run-id>.json   the files a publication in progress is putting in place
+
+A run deletes only: its own staging area; the files the published manifest lists, when it
+replaces that run (only after it is fully staged); files a publishing record lists (a run died
+while publishing); and, once it holds the lock, staging areas of other attempts (none of them
+can still be writing). Anything else in the folder is foreign: a folder holding anything
+foreign is refused before any work (:meth:`OutputStore.check_claimable`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
-from collections.abc import Sequence
+import re
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
+from recluster.config import DEFAULT_LEASE_S
 from recluster.errors import OutputConflictError
-from recluster.storage.fs import Location, filesystem, storage_errors
+from recluster.storage.fs import Location, create_exclusive, filesystem, storage_errors
+from recluster.storage.lock import LOCK_DIR, OutputLock
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
-STAGING = "_staging"
+RESERVED = "_recluster"
+STAGING = f"{RESERVED}/staging"
+PUBLISHING = f"{RESERVED}/publishing"
+#: Version 2 lists ``files`` (path and size); version 1 listed only ``outputs`` (names).
+MANIFEST_VERSION = 2
+
+_RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
+_OWN_LAYOUT = re.compile(rf"^{RESERVED}/(?:{LOCK_DIR.split('/', 1)[1]}/\d{{12}}\.(?:json|lease)"
+                         rf"|staging/{_RUN_ID}/.+|publishing/{_RUN_ID}\.json)$")
+# What version-1 code wrote under the folder names it listed in ``outputs``; any other name it
+# listed was one file. Nothing else under those folders is taken to be a v1 run's.
+_V1_FOLDERS = {
+    "labels/": re.compile(r"^labels/part-\d{5}\.parquet$"),
+    "models/": re.compile(r"^models/(?:index\.json|(?:root|\d+(?:\.\d+)*)/(?:preprocess\.json|"
+                          r"assigner\.json|assigner\.pkl|[A-Za-z0-9_.-]+\.ubj))$"),
+}
+_SHOWN = 5  # foreign entries named in a refusal
+
+
+def new_run_id() -> str:
+    """A fresh id for one run attempt: UTC start time and 32 random bits."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
 
 def parquet_bytes(df: pd.DataFrame, dictionary_columns: Sequence[str] = ()) -> bytes:
     """Serialize a frame to Parquet; dictionary encoding only where it pays (string columns)."""
@@ -44,32 +92,131 @@ def write_file(url: str, data: bytes, storage_options: dict[str, Any] | None = N
     return path
 
 
-class OutputStore:
-    """The output prefix of one run: a staging area, and publication by manifest.
+def _safe_rel(rel: Any) -> bool:
+    """A relative path a manifest may list: inside the folder, not a control or reserved file."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+        return False
+    parts = rel.split("/")
+    return (all(p not in ("", ".", "..") for p in parts) and parts[0] != RESERVED
+            and rel not in (MANIFEST, SUCCESS))
 
-    Everything is written under ``<root>/_staging/`` first. :meth:`publish` moves the staged
-    files into place, then creates ``manifest.json`` with a conditional create (it fails if a
-    manifest already exists), then writes ``_SUCCESS``. Readers trust only runs with a manifest.
+
+def manifest_files(manifest: dict[str, Any], listing: dict[str, int], where: str
+                   ) -> dict[str, int | None]:
+    """The files a published manifest proves its run wrote: relative path -> size.
+
+    Version 2 lists them. A version-1 manifest (older recluster) listed only names in
+    ``outputs``; its files are derived conservatively from ``listing``: exactly the files that
+    version wrote under those names (``labels/part-NNNNN.parquet``, ``models/<node>/…`` model
+    files, and the single files it listed by name), with sizes unknown (None).
+
+    Parameters
+    ----------
+    manifest : the parsed ``manifest.json``
+    listing : relative path -> size of every file now in the folder
+    where : the folder's URL, for messages
+
+    Raises
+    ------
+    OutputConflictError
+        if the manifest is not one recluster wrote, or lists a path outside the folder.
+    """
+    version = manifest.get("recluster_manifest")
+    if version == 1:
+        out: dict[str, int | None] = {}
+        for name in manifest.get("outputs", []):
+            pattern = _V1_FOLDERS.get(name)
+            if pattern is not None:
+                out.update({rel: None for rel in listing if pattern.match(rel)})
+            elif _safe_rel(name) and not name.endswith("/") and name in listing:
+                out[name] = None
+        return out
+    files = manifest.get("files")
+    if not isinstance(version, int) or version < 2 or not isinstance(files, list):
+        raise OutputConflictError(f"{where}/{MANIFEST} is not a manifest recluster wrote; "
+                                  "the folder belongs to something else: choose another output")
+    out = {}
+    for entry in files:
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        if not _safe_rel(rel) or not isinstance(entry.get("size"), int):
+            raise OutputConflictError(f"{where}/{MANIFEST} lists {rel!r}, which is not a file "
+                                      "inside the folder: it was not written by recluster")
+        out[rel] = entry["size"]
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :meth:`OutputStore.prepare` found at the output.
+
+    Attributes
+    ----------
+    action : ``new`` (run and publish), ``reuse`` (this exact run is published: nothing to do),
+        ``repaired`` (this exact run was published but its ``_SUCCESS`` was missing; the files
+        were verified and ``_SUCCESS`` written)
+    previous : the manifest of the run that is there (replaced by publication if ``new``)
     """
 
-    def __init__(self, loc: Location):
+    action: str
+    previous: dict[str, Any] | None = None
+
+
+class OutputStore:
+    """The output folder of one run attempt (``run_id``): ownership, staging and publication.
+
+    Picklable (the filesystem is opened lazily): Dask tasks write their staged files through it,
+    and it tokenizes by location and run id, so tasks of two runs never share a key.
+    """
+
+    def __init__(self, loc: Location, run_id: str | None = None):
         self.loc = loc
-        self.fs, self.root = loc.fs()
+        self.run_id = run_id
+        self.lock: OutputLock | None = None
+        self.closed = False
+        self._fs = None
+        self._root: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"loc": self.loc, "run_id": self.run_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["loc"], state["run_id"])
+
+    def __dask_tokenize__(self):
+        return ("OutputStore", self.loc, self.run_id)
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs, self._root = self.loc.fs()
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            self._fs, self._root = self.loc.fs()
+        return self._root
 
     def _p(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def staged(self, rel: str) -> str:
-        return self._p(STAGING, rel)
+    # -- reading what is there ---------------------------------------------------------------
 
     def published_manifest(self) -> dict[str, Any] | None:
         path = self._p(MANIFEST)
         try:
-            with storage_errors(self.loc, "reading the published manifest"), \
-                    self.fs.open(path, "rb") as f:
-                return json.loads(f.read())
+            with storage_errors(self.loc, "reading the published manifest"):
+                raw = self.fs.cat_file(path)
         except FileNotFoundError:
             return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise OutputConflictError(f"{self.loc.url}/{MANIFEST} is not a manifest recluster "
+                                      "wrote (not a JSON object): choose another output")
+        return data
 
     def read(self, rel: str, staged: bool = False) -> bytes | None:
         """A published (or staged) file's bytes, None if it is not there."""
@@ -83,63 +230,308 @@ class OutputStore:
         self.fs.invalidate_cache()
         return self.fs.exists(self._p(MANIFEST)) and self.fs.exists(self._p(SUCCESS))
 
-    def reset_staging(self) -> None:
-        """Forget whatever an earlier failed attempt left in staging."""
-        with storage_errors(self.loc, "clearing the staging area"):
-            if self.fs.exists(self._p(STAGING)):
-                self.fs.rm(self._p(STAGING), recursive=True)
+    def _find(self, folder: str) -> dict[str, int]:
+        """relative path (to ``folder``) -> size of every file under ``folder``."""
         self.fs.invalidate_cache()
-
-    def unpublish(self) -> None:
-        """Remove a published run: its manifest first, so that it stops being trusted at once."""
-        for name in (MANIFEST, SUCCESS):
-            if self.fs.exists(self._p(name)):
-                self.fs.rm(self._p(name))
-        for entry in self._published_entries():
-            self.fs.rm(entry, recursive=True)
-
-    def _published_entries(self) -> list[str]:
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            found = self.fs.find(folder, detail=True)
         except FileNotFoundError:
-            return []
-        keep = {self._p(STAGING), self._p(MANIFEST), self._p(SUCCESS)}
-        return [e.rstrip("/") for e in entries if e.rstrip("/") not in keep]
+            return {}
+        prefix = folder + "/"
+        return {p[len(prefix):]: int(info.get("size") or 0) for p, info in found.items()
+                if p.startswith(prefix) and info.get("type", "file") != "directory"}
+
+    def listing(self) -> dict[str, int]:
+        """relative path -> size of every file in the output folder (the reserved area too)."""
+        with storage_errors(self.loc, "listing the output folder"):
+            return self._find(self.root)
+
+    def publishing_records(self) -> dict[str, list[str]]:
+        """Publications that did not finish: run id -> the files each was putting in place."""
+        out = {}
+        for rel in self._find(self._p(PUBLISHING)):
+            if not rel.endswith(".json"):
+                continue
+            try:
+                files = json.loads(self.fs.cat_file(self._p(PUBLISHING, rel))).get("files", [])
+            except (FileNotFoundError, ValueError, AttributeError):
+                continue
+            out[rel[:-len(".json")]] = [f for f in files if _safe_rel(f)]
+        return out
+
+    def check_claimable(self) -> None:
+        """Refuse (before any work) an output that is a file, or a folder holding anything that
+        no recluster run here can be shown to have written."""
+        with storage_errors(self.loc, "looking at the output folder"):
+            self.fs.invalidate_cache()
+            if self.fs.isfile(self.root):
+                raise OutputConflictError(
+                    f"output path {self.loc.url} is an existing file, not a folder: recluster "
+                    "writes a folder of outputs there; choose a folder path")
+            if isinstance(self.fs, LocalFileSystem):
+                parent = os.path.dirname(self.root)
+                while parent and parent != os.path.dirname(parent):
+                    if os.path.isfile(parent):
+                        raise OutputConflictError(
+                            f"output path {self.loc.url} lies under {parent}, which is an "
+                            "existing file, not a folder; choose a folder path")
+                    parent = os.path.dirname(parent)
+        listing = self.listing()
+        if not listing:
+            return
+        owned: set[str] = {MANIFEST, SUCCESS}
+        manifest = self.published_manifest()
+        if manifest is not None:
+            owned |= set(manifest_files(manifest, listing, self.loc.url))
+        with storage_errors(self.loc, "reading unfinished publications"):
+            for files in self.publishing_records().values():
+                owned |= set(files)
+        foreign = sorted(rel for rel in listing if rel not in owned and not _OWN_LAYOUT.match(rel))
+        if not foreign:
+            return
+        shown = ", ".join(foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more"
+                                               if len(foreign) > _SHOWN else "")
+        legacy = any(rel.startswith("_staging/") for rel in foreign)
+        raise OutputConflictError(
+            f"output folder {self.loc.url} holds {len(foreign)} file(s) that no recluster run "
+            f"there wrote ({shown}); recluster deletes only what it wrote, so it writes only into "
+            "an empty folder or one holding a recluster run. Choose another output.path or move "
+            "those files" + ("; _staging/ is an earlier recluster version's staging area: delete "
+                             "it if no older run is writing there" if legacy else ""))
+
+    def preflight(self) -> None:
+        """Everything :func:`claim` refuses, read-only: a file, foreign files, a live lock. Cheap:
+        the command line runs it before it starts a cluster."""
+        self.check_claimable()
+        OutputLock(self.loc, self.fs, self.root, "", DEFAULT_LEASE_S, "").check_free()
+
+    # -- the lock ------------------------------------------------------------------------------
+
+    def take_lock(self, lease_s: float, command: str) -> None:
+        """Take the folder's write lock, renew it in the background, and clear staging areas
+        of attempts that are no longer running (none can be while this one holds the lock)."""
+        self.lock = OutputLock(self.loc, self.fs, self.root, self.run_id, lease_s, command)
+        self.lock.acquire()
+        self.lock.start()
+        with storage_errors(self.loc, "clearing staging areas of dead runs"):
+            others = {rel.split("/", 1)[0] for rel in self._find(self._p(STAGING))}
+            for run_id in sorted(others - {self.run_id}):
+                if re.fullmatch(_RUN_ID, run_id):
+                    self._remove_folder(self._p(STAGING, run_id))
+
+    # -- deciding what to do -----------------------------------------------------------------
+
+    def verify(self, manifest: dict[str, Any]) -> list[str]:
+        """Problems with a published run's files (missing, or a size other than listed)."""
+        listing = self.listing()
+        problems = []
+        for rel, size in manifest_files(manifest, listing, self.loc.url).items():
+            if rel not in listing:
+                problems.append(f"{rel} is missing")
+            elif size is not None and listing[rel] != size:
+                problems.append(f"{rel} has {listing[rel]} bytes, the manifest says {size}")
+        if manifest.get("recluster_manifest") == 1:
+            problems.append("a version-1 manifest does not list file sizes")
+        return problems
+
+    def prepare(self, fingerprint: str, overwrite: bool, overwrite_hint: str) -> Decision:
+        """Compare the run about to start with what is published at the output.
+
+        Parameters
+        ----------
+        fingerprint : the new run's fingerprint (config and input identity)
+        overwrite : may a different published run be replaced?
+        overwrite_hint : how the user allows that (``set output.overwrite: true``)
+        """
+        existing = self.published_manifest()
+        if existing is None:
+            return Decision("new")
+        self.fs.invalidate_cache()
+        if existing.get("fingerprint") == fingerprint:
+            if self.fs.exists(self._p(SUCCESS)):
+                with storage_errors(self.loc, "clearing unfinished publications"):
+                    self._clear_publications(keep=set(manifest_files(
+                        existing, self.listing(), self.loc.url)))
+                return Decision("reuse", existing)
+            if not self.verify(existing):
+                with storage_errors(self.loc, "repairing the publication"):
+                    self._clear_publications(keep=set(manifest_files(
+                        existing, self.listing(), self.loc.url)))
+                    self.lock.check()
+                    self.fs.pipe_file(self._p(SUCCESS), b"")
+                return Decision("repaired", existing)
+            return Decision("new", existing)  # an unfinished publication of this run: redo it
+        if not overwrite:
+            older = (" (written by an older recluster version)"
+                     if existing.get("recluster_manifest") == 1 else "")
+            raise OutputConflictError(
+                f"{self.loc.url} already holds a different published run{older}; choose another "
+                f"output folder or {overwrite_hint} to replace it")
+        return Decision("new", existing)
+
+    # -- staging -------------------------------------------------------------------------------
+
+    def _staging(self) -> str:
+        if self.run_id is None:
+            raise ValueError("an OutputStore without a run id has no staging area")
+        return self._p(STAGING, self.run_id)
+
+    def staged(self, rel: str) -> str:
+        return f"{self._staging()}/{rel}"
 
     def write_staged(self, rel: str, data: bytes) -> str:
+        if self.closed:
+            raise OutputConflictError(f"{self.loc.url}: run {self.run_id} has ended; "
+                                      f"not writing {rel}")
         path = self.staged(rel)
         with storage_errors(self.loc, f"writing {rel}"):
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             self.fs.pipe_file(path, data)
         return path
 
-    def publish(self, manifest: dict[str, Any]) -> None:
-        """Move staged files into place and create the manifest (exclusively), then ``_SUCCESS``."""
-        with storage_errors(self.loc, "publishing"):
-            self._publish(manifest)
-
-    def _publish(self, manifest: dict[str, Any]) -> None:
-        if self.published_manifest() is not None:
-            raise OutputConflictError(f"{self.loc.url} already holds a published run")
-        # Leftovers of a publication that died before its manifest: not trusted, replace them.
-        for entry in self._published_entries():
-            self.fs.rm(entry, recursive=True)
-        staging = self._p(STAGING)
+    def _remove_folder(self, folder: str) -> None:
+        """Delete every file under ``folder`` (a folder of this run's own making)."""
+        if isinstance(self.fs, LocalFileSystem):
+            if self.fs.exists(folder):
+                self.fs.rm(folder, recursive=True)
+        else:
+            files = [f"{folder}/{rel}" for rel in self._find(folder)]
+            if files:
+                self.fs.rm(files)
         self.fs.invalidate_cache()
-        sources = sorted(self.fs.find(staging))
-        targets = [self._p(src[len(staging) + 1:]) for src in sources]
-        for target in {posixpath.dirname(t) for t in targets}:
-            self.fs.makedirs(target, exist_ok=True)
-        if sources:
-            self.fs.copy(sources, targets)  # server-side on object stores
-        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+    def discard_staging(self) -> None:
+        """Remove this attempt's staging area (after a failure; best effort)."""
+        with storage_errors(self.loc, "removing the staging area"):
+            self._remove_folder(self._staging())
+
+    # -- publication ---------------------------------------------------------------------------
+
+    def _clear_publications(self, keep: set[str]) -> None:
+        """Remove what unfinished publications of dead runs put in place (except ``keep``),
+        then their records."""
+        records = self.publishing_records()
+        present = self._find(self.root)
+        doomed = sorted(({f for files in records.values() for f in files} - keep) & set(present))
+        if doomed:
+            self.fs.rm([self._p(rel) for rel in doomed])
+        for run_id in records:
+            if run_id != self.run_id:
+                try:
+                    self.fs.rm_file(self._p(PUBLISHING, f"{run_id}.json"))
+                except FileNotFoundError:
+                    pass
+
+    def publish(self, manifest: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+        """Put the staged files in place and publish them; returns the published manifest.
+
+        Order: a publishing record lists the files about to be put in place; the previous run
+        loses ``_SUCCESS``; its files (and those of dead publications) that this run does not
+        write again are removed; the staged files move into place; the manifest is replaced
+        (the new one created with a conditional create); ``_SUCCESS``; the record and the
+        staging area go. A crash at any step leaves every file listed by the manifest or a
+        record, so the next run can finish or redo the work.
+
+        Parameters
+        ----------
+        manifest : the run's manifest without ``files``
+        previous : the manifest :meth:`prepare` found (None if there was none)
+        """
+        if self.closed:
+            raise OutputConflictError(f"{self.loc.url}: run {self.run_id} has ended; not publishing")
+        self.lock.check()
+        with storage_errors(self.loc, "publishing"):
+            return self._publish(manifest, previous)
+
+    def _publish(self, manifest: dict[str, Any], previous: dict[str, Any] | None
+                 ) -> dict[str, Any]:
+        staging = self._staging()
+        staged = self._find(staging)
+        final = {**manifest, "recluster_manifest": MANIFEST_VERSION, "run_id": self.run_id,
+                 "files": [{"path": rel, "size": size} for rel, size in sorted(staged.items())]}
+        current = self.published_manifest()
+        if (current or {}).get("run_id", (current or {}).get("fingerprint")) != \
+                (previous or {}).get("run_id", (previous or {}).get("fingerprint")):
+            raise OutputConflictError(f"{self.loc.url}: the published run changed while this run "
+                                      "was running; nothing was published")
+        listing = self._find(self.root)
+        old = set(manifest_files(current, listing, self.loc.url)) if current else set()
+        for files in self.publishing_records().values():
+            old |= set(files)
+        record = self._p(PUBLISHING, f"{self.run_id}.json")
+        self.fs.makedirs(posixpath.dirname(record), exist_ok=True)
+        self.fs.pipe_file(record, json.dumps({"run_id": self.run_id,
+                                              "files": sorted(staged)}).encode())
+        if SUCCESS in listing:
+            self.fs.rm_file(self._p(SUCCESS))
+        stale = sorted((old - set(staged)) & set(listing))
+        if stale:
+            self.fs.rm([self._p(rel) for rel in stale])
+        self._move_into_place(staging, sorted(staged))
+        if current is not None:
+            self.fs.rm_file(self._p(MANIFEST))
+        body = json.dumps(final, indent=2, sort_keys=True).encode()
         try:
-            self.fs.pipe_file(self._p(MANIFEST), body, mode="create")
+            create_exclusive(self.fs, self._p(MANIFEST), body)
         except FileExistsError:
             raise OutputConflictError(
-                f"another run published {self.loc.url} while this one was running"
-            ) from None
+                f"another run published {self.loc.url} while this one was running") from None
         self.fs.pipe_file(self._p(SUCCESS), b"")
-        if self.fs.exists(staging):
-            self.fs.rm(staging, recursive=True)
-        self.fs.invalidate_cache()
+        self._clear_publications(keep=set(staged))
+        self.fs.rm_file(record)
+        self._remove_folder(staging)
+        return json.loads(body)
+
+    def _move_into_place(self, staging: str, rels: list[str]) -> None:
+        sources = [f"{staging}/{rel}" for rel in rels]
+        targets = [self._p(rel) for rel in rels]
+        for folder in sorted({posixpath.dirname(t) for t in targets}):
+            self.fs.makedirs(folder, exist_ok=True)
+        if isinstance(self.fs, LocalFileSystem):
+            for src, dst in zip(sources, targets, strict=True):
+                os.replace(src, dst)  # a rename: instant, whatever the size
+        elif sources:
+            self.fs.copy(sources, targets)  # server-side on object stores
+
+    def tidy(self, created_root: bool) -> None:
+        """On a local disk, remove the reserved area's empty folders (and the output folder if
+        this run created it and left nothing in it)."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return
+        for rel in (STAGING, PUBLISHING, LOCK_DIR, RESERVED):
+            try:
+                os.rmdir(self._p(rel))
+            except OSError:
+                pass
+        if created_root:
+            try:
+                os.rmdir(self.root)
+            except OSError:
+                pass
+
+
+@contextmanager
+def claim(loc: Location, lease_s: float, command: str) -> Iterator[OutputStore]:
+    """Claim an output folder for one run attempt; yields its :class:`OutputStore`.
+
+    Before anything is written: an output that is a file, or a folder holding foreign files, is
+    refused. Then the folder's lock is taken (refused if another run holds it) and renewed while
+    the attempt runs. On the way out, however it ends: the attempt's staging area is removed
+    (nothing of it is left if it did not publish) and the lock released.
+    """
+    store = OutputStore(loc, new_run_id())
+    store.check_claimable()
+    with storage_errors(loc, "looking at the output folder"):
+        created = not store.fs.exists(store.root)
+    try:
+        store.take_lock(lease_s, command)
+        yield store
+    finally:
+        store.closed = True
+        try:
+            if store.lock is not None and store.lock.generation is not None:
+                store.discard_staging()
+        finally:
+            if store.lock is not None:
+                store.lock.release()
+            store.tidy(created)

