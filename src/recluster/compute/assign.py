@@ -12,6 +12,10 @@ Three assigners share one interface (``predict(X) -> labels, probability, embedd
   ``hdbscan.approximate_predict``. Slower, and UMAP's SGD epochs depend on the batch size,
   so results shift with partition size.
 
+Each takes the node's scaled features; a node of a wide table also gives its assigner the
+:class:`~recluster.compute.reduce.Projection` its embedding was fitted through, and the assigner
+routes every row through it first (trained and applied on the reduced space).
+
 Pure compute: arrays in, arrays out.
 """
 
@@ -19,6 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
+
+from recluster.compute.reduce import Projection, project
+
+PROJECTION_FILE = "assigner-projection.npz"
 
 
 class KnnAssigner:
@@ -28,10 +36,13 @@ class KnnAssigner:
     ----------
     k : int
         Neighbours consulted per row.
+    projection : Projection, optional
+        Applied to every row before the neighbour search.
     """
 
-    def __init__(self, k: int = 10):
+    def __init__(self, k: int = 10, projection: Projection | None = None):
         self.k = k
+        self.projection = projection
 
     def fit(self, X: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
             embedding: np.ndarray) -> KnnAssigner:
@@ -45,7 +56,8 @@ class KnnAssigner:
         embedding : ndarray (n, c) embedding coordinates
         """
         self.k_ = int(min(self.k, len(X)))
-        self.index_ = NearestNeighbors(n_neighbors=self.k_).fit(np.asarray(X, dtype=np.float32))
+        X = project(self.projection, np.asarray(X, dtype=np.float32))
+        self.index_ = NearestNeighbors(n_neighbors=self.k_).fit(X)
         self.labels_ = np.asarray(labels, dtype=np.int64)
         self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
         self.embedding_ = np.asarray(embedding, dtype=np.float32)
@@ -69,7 +81,7 @@ class KnnAssigner:
         c = self.embedding_.shape[1]
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty((0, c), np.float32)
-        _, idx = self.index_.kneighbors(np.asarray(X, dtype=np.float32))
+        _, idx = self.index_.kneighbors(project(self.projection, np.asarray(X, dtype=np.float32)))
         neigh = self.labels_[idx] + 1  # shift so noise is column 0
         votes = np.zeros((m, self.n_labels_), dtype=np.int32)
         np.add.at(votes, (np.repeat(np.arange(m), self.k_), neigh.ravel()), 1)
@@ -95,12 +107,16 @@ class UmapAssigner:
     reducer : umap.UMAP fitted with its own nearest-neighbour index
     clusterer : hdbscan.HDBSCAN fitted with ``prediction_data=True``
     relabel : ndarray mapping HDBSCAN's labels (+1, so noise is 0) to the node's labels
+    projection : Projection, optional
+        What the reducer was fitted on the output of.
     """
 
-    def __init__(self, reducer, clusterer, relabel: np.ndarray):
+    def __init__(self, reducer, clusterer, relabel: np.ndarray,
+                 projection: Projection | None = None):
         self.reducer = reducer
         self.clusterer = clusterer
         self.relabel = relabel
+        self.projection = projection
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import hdbscan
@@ -108,7 +124,7 @@ class UmapAssigner:
         c = self.reducer.n_components
         if len(X) == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty((0, c), np.float32)
-        emb = self.reducer.transform(np.asarray(X, dtype=np.float32))
+        emb = self.reducer.transform(project(self.projection, np.asarray(X, dtype=np.float32)))
         raw, prob = hdbscan.approximate_predict(self.clusterer, emb)
         labels = self.relabel[np.asarray(raw) + 1]
         prob = np.where(labels < 0, 0.0, prob)
@@ -126,14 +142,17 @@ class ClassifierAssigner:
     ----------
     n_estimators, max_depth, learning_rate : XGBoost settings
     seed : int
+    projection : Projection, optional
+        Applied to every row first: the boosters see the reduced space.
     """
 
     def __init__(self, n_estimators: int = 60, max_depth: int = 6, learning_rate: float = 0.3,
-                 seed: int = 0):
+                 seed: int = 0, projection: Projection | None = None):
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.learning_rate = learning_rate
         self.seed = seed
+        self.projection = projection
 
     def _params(self) -> dict:
         return dict(n_estimators=self.n_estimators, max_depth=self.max_depth,
@@ -145,7 +164,7 @@ class ClassifierAssigner:
         """Fit on labelled rows: X (n, d), labels (n,), probabilities (n,), embedding (n, c)."""
         import xgboost as xgb
 
-        X = np.asarray(X, dtype=np.float32)
+        X = project(self.projection, np.asarray(X, dtype=np.float32))
         self.classes_ = np.unique(np.asarray(labels, dtype=np.int64))
         self.n_components_ = int(embedding.shape[1])
         self.label_booster_ = None
@@ -161,7 +180,7 @@ class ClassifierAssigner:
         m = len(X)
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty((0, self.n_components_), np.float32)
-        X = np.asarray(X, dtype=np.float32)
+        X = project(self.projection, np.asarray(X, dtype=np.float32))
         if self.label_booster_ is None:
             labels = np.full(m, self.classes_[0], dtype=np.int64)
             prob = np.ones(m)
@@ -177,7 +196,7 @@ class ClassifierAssigner:
         return labels, prob, emb
 
     def to_files(self) -> dict[str, bytes]:
-        """The assigner as files: JSON metadata and two ``.ubj`` boosters."""
+        """The assigner as files: JSON metadata, two ``.ubj`` boosters and any projection."""
         import json
 
         files = {"assigner.json": json.dumps({"kind": "classifier", "classes": self.classes_.tolist(),
@@ -185,6 +204,8 @@ class ClassifierAssigner:
                  "assigner-embedding.ubj": bytes(self.embed_booster_.save_raw("ubj"))}
         if self.label_booster_ is not None:
             files["assigner-labels.ubj"] = bytes(self.label_booster_.save_raw("ubj"))
+        if self.projection is not None:
+            files[PROJECTION_FILE] = self.projection.to_bytes()
         return files
 
     @classmethod
@@ -205,5 +226,7 @@ class ClassifierAssigner:
             return b
 
         self.label_booster_ = load("assigner-labels.ubj") if "assigner-labels.ubj" in files else None
+        if PROJECTION_FILE in files:
+            self.projection = Projection.from_bytes(files[PROJECTION_FILE])
         self.embed_booster_ = load("assigner-embedding.ubj")
         return self
