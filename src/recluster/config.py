@@ -221,9 +221,11 @@ class StabilityConfig(_Strict):
     stable: float = Field(default=0.75, ge=0.0, le=1.0, description="Hennig: >= 0.75 is stable")
     unstable: Literal["noise", "no_recurse", "flag"] = Field(
         default="noise",
-        description="what becomes of a cluster below `stable`: noise: its rows become noise of "
-        "the node (a split left with fewer than 2 stable clusters is dropped); no_recurse: kept "
-        "but not zoomed into; flag: record only")
+        description="a zoom (a node below the root) keeps the finest HDBSCAN setting whose "
+        "clusters all reach `stable`; failing that, noise: its unstable clusters become noise "
+        "(their rows stay in the parent's segment) and a zoom with fewer than 2 stable clusters "
+        "is not split; no_recurse: unstable clusters are kept but not zoomed into; flag: record "
+        "only. The root's unstable clusters are kept and not zoomed into (except with flag)")
 
 
 class ExplainConfig(_Strict):

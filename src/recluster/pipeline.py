@@ -182,7 +182,7 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
 def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
     """Record that ``child`` is not zoomed into because it is unstable; True if so."""
     if child.stability is None or child.stability >= cfg.stability.stable or \
-            cfg.stability.unstable != "no_recurse":
+            cfg.stability.unstable == "flag":
         return False
     child.stop_reason = (f"unstable: stability {child.stability:.3f} is below "
                          f"stability.stable={cfg.stability.stable}")

@@ -20,6 +20,7 @@ from recluster.compute.cluster import fit_clusters
 from recluster.compute.node import NodeFit, node_seed, refinish, sorted_sample
 from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import fit_projection, project
+from recluster.compute.routing import ROOT
 from recluster.compute.tree import stability_verdict
 from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig
 
@@ -145,10 +146,11 @@ def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: lis
 
     HDBSCAN is tried on the node's embedding at its ``min_cluster_size`` and at
     :data:`COARSER` multiples of it; the finest setting whose clusters all reach
-    ``stability.stable`` is kept. Failing that, ``stability.unstable: noise`` keeps the setting
-    with the most stable clusters (the finest of equals), makes its unstable clusters noise and
-    does not split a node left with fewer than two; the other policies keep the node's own
-    setting and only record (or do not zoom into) its unstable clusters.
+    ``stability.stable`` is kept. Failing that, in a zoom (below the root) with
+    ``stability.unstable: noise``, the setting with the most stable clusters is kept (the finest
+    of equals), its unstable clusters become noise (their rows stay in the parent's segment),
+    and a zoom left with fewer than two stable clusters is not split. The root, and the other
+    policies, keep the node's own setting and record (and do not zoom into) unstable clusters.
 
     Parameters
     ----------
@@ -166,6 +168,7 @@ def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: lis
     results = [r for r in results if r is not None]
     if not results:
         return fit, []
+    noise = cfg.stability.unstable == "noise" and fit.path != ROOT
     best = None
     for mult in COARSER:
         m = fit.min_cluster_size * mult
@@ -186,10 +189,10 @@ def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: lis
             break
         # Without a setting whose clusters all hold, "noise" keeps the one with the most stable
         # clusters (their rest becomes noise); the other policies keep the node's own setting.
-        if best is None or (cfg.stability.unstable == "noise" and n_stable > best[0]):
+        if best is None or (noise and n_stable > best[0]):
             best = (n_stable, m, labels, probs, pers, scores)
     _, m, labels, probs, pers, scores = best
-    drop, reason = stability_verdict(scores, cfg.stability)
+    drop, reason = stability_verdict(scores, cfg.stability, zoom=fit.path != ROOT)
     if reason:
         return replace(fit, stop_reason=reason, dropped={k: scores[k] for k in drop}), scores
     if m == fit.min_cluster_size and not drop:

@@ -94,6 +94,10 @@ def accept_split(fit: NodeFit, node_rows: int, cfg: RecursionConfig) -> str | No
     if fit.agreement is not None and fit.agreement < cfg.min_split_agreement:
         return (f"no reproducible sub-structure: held-out ARI {fit.agreement:.3f} is below "
                 f"recursion.min_split_agreement={cfg.min_split_agreement}")
+    if (cfg.artefact_splits == "no_recurse" and fit.path != ROOT and fit.artefacts
+            and all(fit.artefacts)):
+        return ("artefact split: every cluster is one level of a discrete column ("
+                + "; ".join(fit.artefacts) + "), which the other features do not separate")
     scale = node_rows / max(1, fit.n_sample)
     big = [s for s in fit.child_sample_sizes if s * scale >= cfg.min_child_rows]
     if len(big) < 2:
@@ -102,20 +106,27 @@ def accept_split(fit: NodeFit, node_rows: int, cfg: RecursionConfig) -> str | No
     return None
 
 
-def stability_verdict(stability: list[float], cfg: StabilityConfig) -> tuple[list[int], str | None]:
+def stability_verdict(stability: list[float], cfg: StabilityConfig,
+                      zoom: bool = True) -> tuple[list[int], str | None]:
     """Which fitted clusters to make noise for their stability, and why the split is dropped.
+
+    Only a zoom (a node below the root) is judged this way: its clusters made noise stay in
+    their parent's segment, and a zoom that finds no stable structure leaves the parent as it
+    was. The root's clusters are the segmentation itself; unstable ones are kept and flagged
+    (and not zoomed into), since as noise their rows would be in no segment at all.
 
     Parameters
     ----------
     stability : list of float, one score per fitted cluster (NaN counts as unstable)
     cfg : StabilityConfig
+    zoom : bool, False for the root
 
     Returns
     -------
     drop : list of int, clusters to turn into noise (empty unless ``unstable`` is ``noise``)
     reason : str or None, the stop reason when fewer than two clusters are stable
     """
-    if cfg.unstable != "noise":
+    if cfg.unstable != "noise" or not zoom:
         return [], None
     unstable = [k for k, v in enumerate(stability) if not v >= cfg.stable]
     if len(stability) - len(unstable) < 2:
