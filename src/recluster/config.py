@@ -190,9 +190,10 @@ class RecursionConfig(_Strict):
 
     max_depth: int = Field(default=3, ge=1, le=10)
     min_node_rows: int = Field(
-        default=100, ge=10,
-        description="the smallest node recluster segments: smaller nodes (the whole table "
-        "included) are not split, and say so")
+        default=50, ge=10,
+        description="the smallest node recluster segments (room for two clusters of "
+        "clustering.min_cluster_size_floor): smaller nodes, the whole table included, are not "
+        "split, and say so")
     min_node_share: float = Field(
         default=0.0, ge=0.0, lt=1.0,
         description="optionally, nor nodes under this share of all rows (0: sizes are relative "

@@ -144,9 +144,9 @@ def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: lis
                 cfg: JobConfig) -> tuple[NodeFit, list[float]]:
     """Choose the node's clustering on resampling evidence, and score its clusters.
 
-    HDBSCAN is tried on the node's embedding at its ``min_cluster_size`` and at
-    :data:`COARSER` multiples of it; the finest setting whose clusters all reach
-    ``stability.stable`` is kept. Failing that, in a zoom (below the root) with
+    In a zoom (below the root), HDBSCAN is tried on the node's embedding at its
+    ``min_cluster_size`` and at :data:`COARSER` multiples of it; the finest setting whose
+    clusters all reach ``stability.stable`` is kept. The root keeps its own setting. Failing that, in a zoom (below the root) with
     ``stability.unstable: noise``, the setting with the most stable clusters is kept (the finest
     of equals), its unstable clusters become noise (their rows stay in the parent's segment),
     and a zoom left with fewer than two stable clusters is not split. The root, and the other
@@ -170,7 +170,9 @@ def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: lis
         return fit, []
     noise = cfg.stability.unstable == "noise" and fit.path != ROOT
     best = None
-    for mult in COARSER:
+    # The root keeps its own setting: its clusters are the segmentation the zooms refine, and
+    # trading them for coarser ones would leave the zooms to find again what it already had.
+    for mult in COARSER if fit.path != ROOT else COARSER[:1]:
         m = fit.min_cluster_size * mult
         if mult == 1:
             labels, probs, pers = fit.sample_labels, fit.sample_probabilities, fit.persistence
