@@ -111,6 +111,10 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         res = out[path] = NodeExplanation()
         threshold = spec[path][1]
         rows = train_all[train_all["_node"] == path]
+        if not all(rows.map_partitions(len).compute()):
+            # A small node's rows can sit in one worker's partition only; xgboost.dask then gives
+            # the other worker an empty DMatrix, which categorical features make an error.
+            rows = rows.repartition(npartitions=1)
         prof = client.submit(_profiles_task, client.compute(rows), fit, path, children)
         raw_meta = explain.raw_frame(feats._meta, fit.preprocessor)
         X = rows.map_partitions(explain.raw_frame, fit.preprocessor, meta=raw_meta)
