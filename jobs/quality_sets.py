@@ -9,7 +9,8 @@ the table. None of them is one of scikit-learn's bundled toy sets.
 set         rows    features   labels scored against
 ==========  ======  =========  =====================================================================
 olive       572     8          ``area`` (9) for leaves, ``region`` (3) for level 1: nested
-penguins    342     4          ``species`` (3); the two birds with no measurement are dropped
+penguins    342     4          ``species`` x ``sex`` (8 with 'unknown') for leaves, ``species`` (3)
+                               for level 1: nested; the two birds with no measurement are dropped
 crabs       200     5          ``sp`` x ``sex`` (4) for leaves, ``sp`` (2) for level 1: nested
 tissue      189     500        ``tissue`` (7): the wide numeric table (gene expression)
 flavia      1,907   59         ``species`` (32); 51 numeric and 8 categorical leaf descriptors
@@ -83,7 +84,9 @@ def penguins() -> LabelledSet:
     d = _r("palmerpenguins", "penguins")
     num = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
     d = d[d[num].notna().any(axis=1)].reset_index(drop=True)
+    sex = d["sex"].fillna("unknown")
     return LabelledSet("penguins", _table(d, "penguin-" + d["rownames"].astype(str), num), num, [],
+                       (d["species"] + "-" + sex).to_numpy(str), "species x sex",
                        d["species"].to_numpy(str), "species")
 
 

@@ -143,7 +143,7 @@ class EmbeddingConfig(_Strict):
         description="a node whose scaled sample has more columns than this is projected on its "
         "own principal components (PCA fitted on the node's sample) before UMAP, and its assigner "
         "routes rows through the same projection; null turns the reduction off")
-    reduce_to: int = Field(default=30, ge=2, le=500,
+    reduce_to: int = Field(default=50, ge=2, le=500,
                            description="principal components kept by that reduction")
 
     @model_validator(mode="after")
@@ -161,7 +161,8 @@ class ClusteringConfig(_Strict):
         default=0.02, gt=0.0, lt=0.5, description="min_cluster_size = this share of the node's sample"
     )
     min_cluster_size_floor: int = Field(
-        default=10, ge=2, description="...but at least this many rows: the smallest segment")
+        default=25, ge=2, description="...but at least this many rows: the smallest segment "
+        "(about what an explanation model needs: explain.min_child_rows)")
     min_samples: int = Field(
         default=10, ge=1, description="HDBSCAN's min_samples (at most min_cluster_size)")
     cluster_selection_method: Literal["eom", "leaf"] = "eom"
