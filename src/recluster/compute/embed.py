@@ -47,8 +47,13 @@ def fit_embedding(X: np.ndarray, cfg: EmbeddingConfig, seed: int, keep_index: bo
     embedding : ndarray (n, cfg.n_components) float32
     """
     X = np.asarray(X, dtype=np.float32)
-    distinct, inverse = np.unique(X, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    # Distinct rows in the order they first appear (without duplicates: X itself, unchanged,
+    # so that UMAP's seeded optimisation sees the rows in the sample's order).
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    distinct, inverse = X[first[order]], rank[inverse.reshape(-1)]
     if len(distinct) < min(len(X), cfg.n_neighbors + 2):
         # Too few distinct rows for a neighbour graph: their leading principal axes place them.
         centred = distinct - distinct.mean(axis=0)
@@ -67,7 +72,7 @@ def _umap(X: np.ndarray, cfg: EmbeddingConfig, seed: int, keep_index: bool):
     n = len(X)
     k = int(min(cfg.n_neighbors, n - 1))
     kwargs = dict(n_components=cfg.n_components, n_neighbors=k, min_dist=cfg.min_dist,
-                  random_state=seed, n_epochs=umap_epochs(n, cfg), low_memory=True)
+                  random_state=seed, n_epochs=cfg.n_epochs, low_memory=True)
     if not keep_index:
         nn = NearestNeighbors(n_neighbors=k).fit(X)
         dist, idx = nn.kneighbors(X)
