@@ -189,7 +189,7 @@ class AssignConfig(_Strict):
 class RecursionConfig(_Strict):
     """When a node is zoomed into. Sizes are floors; the evidence decides (see the README)."""
 
-    max_depth: int = Field(default=3, ge=1, le=10)
+    max_depth: int = Field(default=2, ge=1, le=10)
     min_node_rows: int = Field(
         default=50, ge=10,
         description="the smallest node recluster segments (room for two clusters of "
