@@ -40,7 +40,7 @@ def test_node_size_rules_are_relative_to_the_node_not_the_table():
     rec = RecursionConfig()
     # A 1,500-row table and a 1,500-row child of a 10M-row table are treated alike.
     assert split_refusal(TreeNode("root", 0, 1_500, 1.0), 1_500, rec) is None
-    assert split_refusal(TreeNode("3.1", 2, 1_500, 1.5e-4), 10_000_000, rec) is None
+    assert split_refusal(TreeNode("3", 1, 1_500, 1.5e-4), 10_000_000, rec) is None
     # Below the smallest segmentable node, a reason that says so and names the setting.
     tiny = split_refusal(TreeNode("root", 0, rec.min_node_rows - 1, 1.0), rec.min_node_rows - 1,
                          rec)
