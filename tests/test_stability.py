@@ -42,11 +42,13 @@ def test_resample_runs_without_the_fit_and_is_checked_against_it():
     result = resample_node(shuffled, "root", 0, numeric, ["country"], "user_id", cfg)
     fit = fit_node(table, "root", numeric, ["country"], "user_id", cfg)
     assert fit.n_children >= 2
-    scores = score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, result)
+    scores = score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, result,
+                            fit.min_cluster_size, cfg.clustering)
     assert scores.shape == (fit.n_children,) and np.nanmin(scores) >= 0.75  # well separated groups
     other = resample_node(table.iloc[:2500], "root", 0, numeric, ["country"], "user_id", cfg)
     with pytest.raises(RuntimeError, match="other sample rows"):
-        score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, other)
+        score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, other,
+                       fit.min_cluster_size, cfg.clustering)
     # A resample keeps the epoch count of the fit it checks, not UMAP's small-data default.
     assert umap_epochs(50_000, cfg.embedding) == 200 and umap_epochs(8_000, cfg.embedding) == 500
 

@@ -237,10 +237,26 @@ class PreprocessConfig(_Strict):
 
 
 class EmbeddingConfig(_Strict):
+    """UMAP on each node's own scaled sample (every node gets a fresh embedding)."""
+
     n_components: int = Field(default=2, ge=2, le=16)
     n_neighbors: int = Field(default=15, ge=2, le=200)
     min_dist: float = Field(default=0.0, ge=0.0, le=1.0)
     n_epochs: int | None = Field(default=None, ge=10)
+    reduce_above: int | None = Field(
+        default=50, ge=2,
+        description="a node whose scaled sample has more columns than this is projected on its "
+        "own principal components (PCA fitted on the node's sample) before UMAP, and its assigner "
+        "routes rows through the same projection; null turns the reduction off")
+    reduce_to: int = Field(default=50, ge=2, le=500,
+                           description="principal components kept by that reduction")
+
+    @model_validator(mode="after")
+    def _check_reduction(self) -> EmbeddingConfig:
+        if self.reduce_above is not None and self.reduce_to > self.reduce_above:
+            raise ValueError(f"embedding.reduce_to={self.reduce_to} must not exceed "
+                             f"embedding.reduce_above={self.reduce_above}")
+        return self
 
 
 class ClusteringConfig(_Strict):
@@ -249,8 +265,11 @@ class ClusteringConfig(_Strict):
     min_cluster_fraction: float = Field(
         default=0.02, gt=0.0, lt=0.5, description="min_cluster_size = this share of the node's sample"
     )
-    min_cluster_size_floor: int = Field(default=25, ge=2)
-    min_samples: int = Field(default=10, ge=1)
+    min_cluster_size_floor: int = Field(
+        default=25, ge=2, description="...but at least this many rows: the smallest segment "
+        "(about what an explanation model needs: explain.min_child_rows)")
+    min_samples: int = Field(
+        default=10, ge=1, description="HDBSCAN's min_samples (at most min_cluster_size)")
     cluster_selection_method: Literal["eom", "leaf"] = "eom"
 
 
@@ -273,15 +292,31 @@ class AssignConfig(_Strict):
 
 
 class RecursionConfig(_Strict):
+    """When a node is zoomed into. Sizes are floors; the evidence decides (see the README)."""
+
     max_depth: int = Field(default=2, ge=1, le=10)
-    min_node_rows: int = Field(default=2_000, ge=10, description="nodes smaller than this are not split")
-    min_node_share: float = Field(default=0.01, ge=0.0, lt=1.0, description="...nor those under this share of all rows")
-    min_child_rows: int = Field(default=50, ge=1, description="a split whose children are all smaller is dropped")
+    min_node_rows: int = Field(
+        default=50, ge=10,
+        description="the smallest node recluster segments (room for two clusters of "
+        "clustering.min_cluster_size_floor): smaller nodes, the whole table included, are not "
+        "split, and say so")
+    min_node_share: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="optionally, nor nodes under this share of all rows (0: sizes are relative "
+        "to the node only, so a small child of a huge table is zoomed into like a small table)")
+    min_child_rows: int = Field(
+        default=10, ge=1,
+        description="a split needs two children estimated at this many rows or more")
     min_split_agreement: float = Field(
         default=0.5, ge=0.0, le=1.0,
         description="a split whose clusters the assigner cannot reproduce on held-out sample rows "
-        "(ARI below this) is an artefact of the embedding, not structure: it is dropped",
-    )
+        "(ARI below this) is an artefact of the embedding, not structure: it is dropped")
+    artefact_splits: Literal["no_recurse", "flag", "off"] = Field(
+        default="no_recurse",
+        description="a cluster that one discrete column separates on its own (all its rows share "
+        "one level, and the other features do not reproduce it) is an artefact of the embedding: "
+        "no_recurse: report it in tree.json and do not zoom into it; flag: report only; "
+        "off: do not look")
 
 
 class StabilityConfig(_Strict):
@@ -291,8 +326,13 @@ class StabilityConfig(_Strict):
     fraction: float = Field(default=0.8, gt=0.1, lt=1.0, description="subsample share of the node's sample")
     max_rows: int = Field(default=10_000, ge=100, description="cap on rows per resample fit")
     stable: float = Field(default=0.75, ge=0.0, le=1.0, description="Hennig: >= 0.75 is stable")
-    unstable: Literal["flag", "no_recurse"] = Field(
-        default="no_recurse", description="flag: record only; no_recurse: do not zoom into it")
+    unstable: Literal["noise", "no_recurse", "flag"] = Field(
+        default="noise",
+        description="a zoom (a node below the root) keeps the finest HDBSCAN setting whose "
+        "clusters all reach `stable`; failing that, noise: its unstable clusters become noise "
+        "(their rows stay in the parent's segment) and a zoom with fewer than 2 stable clusters "
+        "is not split; no_recurse: unstable clusters are kept but not zoomed into; flag: record "
+        "only. The root's unstable clusters are kept and not zoomed into (except with flag)")
 
 
 class ExplainConfig(_Strict):

@@ -26,8 +26,12 @@ from recluster.compute.node import NodeFit
 from recluster.compute.routing import ROOT, STRATUM
 from recluster.compute.sampling import FOLDED, allocate, fold_strata
 from recluster.compute.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
-from recluster.compute.stability import score_resample
-from recluster.compute.tree import TreeNode, accept_split, child_path, split_refusal
+from recluster.compute.tree import (
+    TreeNode,
+    accept_split,
+    child_path,
+    split_refusal,
+)
 from recluster.config import JobConfig
 from recluster.errors import InputDataError, StageError
 from recluster.parallel import passes
@@ -126,7 +130,6 @@ class Growth:
     degraded: list[dict[str, Any]] = field(default_factory=list)
     node_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     root_fit: NodeFit | None = None  # kept even when the root is not split: its sample is the map
-    pending_stability: tuple | None = None  # the deepest level's resamples, scored last
 
 
 def output_location(cfg: JobConfig) -> Location:
@@ -165,8 +168,12 @@ def _decide(cfg: JobConfig, store: OutputStore, fp: str, echo: Callable[[str], N
 
 def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                nodes: dict[str, TreeNode], counts, ts: TableSchema, cfg: JobConfig, timer: Timer,
-               echo: Callable[[str], None], run_id: str) -> dict[str, NodeFit]:
-    """Draw the samples of ``to_fit`` in one pass and fit each node as its own task."""
+               echo: Callable[[str], None], run_id: str):
+    """Draw the samples of ``to_fit`` in one pass and fit each node as its own task.
+
+    Returns the fits by path, their futures, the stability resamples of the splits worth
+    scoring (futures by path) and the sample (a future: what later tasks of this level use).
+    """
     thresholds = {}
     for path in to_fit:
         node_counts = counts.get((path, level - 1), {})
@@ -193,52 +200,88 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
             if accept_split(fit, nodes[fit.path].size, cfg.recursion) is not None:
                 client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
         st.counts["sample_rows"] = sum(f.n_sample for f in fits.values())
-    return fits, resamples
+    return fits, futs, resamples, sample
 
 
-def _gather_stability(client: Client, level: int, resamples: dict, fits: dict[str, NodeFit],
-                      cfg: JobConfig, timer: Timer) -> dict[str, list[float]]:
-    """Wait for a level's resamples and score each fitted cluster (mean best Jaccard)."""
+def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: dict, resamples: dict,
+                  sample, ts: TableSchema, cfg: JobConfig, timer: Timer,
+                  run_id: str) -> dict[str, list[float]]:
+    """Score each kept split's clusters on its resamples and settle its clustering on that
+    evidence (``stability.settle_node``); updates ``fits`` in place, returns the scores."""
     stability: dict[str, list[float]] = {}
     if not resamples:
         return stability
     with timer.stage(f"level {level}: stability of {len(resamples)} node(s), "
                      f"{cfg.stability.resamples} resamples each", total=len(resamples)) as st:
-        for path, rs in resamples.items():
-            fit = fits[path]
-            scores = np.vstack([score_resample(fit.sample_ids, fit.sample_labels,
-                                               fit.n_children, r) for r in client.gather(rs)])
-            stability[path] = [round(float(v), 6) for v in np.nanmean(scores, axis=0)]
-            st.step(f"node {path}: stability {stability[path]}")
+        todo = {p: (futs[p], rs) for p, rs in resamples.items()}
+        settled = passes.submit_settles(client, sample, todo, ts, cfg, run_id)
+        for _, (fit, scores) in as_completed(list(settled.values()), with_results=True):
+            before = fits[fit.path]
+            fits[fit.path], stability[fit.path] = fit, scores
+            st.step(f"node {fit.path}: stability {scores}"
+                    + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
+                       if fit.min_cluster_size != before.min_cluster_size else "")
+                    + (f"; clusters made noise: {fit.dropped}" if fit.dropped else "")
+                    + (f"; stops: {fit.stop_reason}" if fit.stop_reason else ""))
     return stability
 
 
 def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
     """Record that ``child`` is not zoomed into because it is unstable; True if so."""
     if child.stability is None or child.stability >= cfg.stability.stable or \
-            cfg.stability.unstable != "no_recurse":
+            cfg.stability.unstable == "flag":
         return False
     child.stop_reason = (f"unstable: stability {child.stability:.3f} is below "
                          f"stability.stable={cfg.stability.stable}")
     return True
 
 
-def finish_stability(client: Client, g: Growth, cfg: JobConfig, timer: Timer) -> None:
-    """Score the deepest level's clusters. Nothing waits on those scores but ``tree.json``, so
-    the resamples run on while the last assignment pass and the explanations do."""
-    if g.pending_stability is None:
-        return
-    level, resamples, fits = g.pending_stability
-    g.pending_stability = None
-    for path, scores in _gather_stability(client, level, resamples, fits, cfg, timer).items():
-        for k, cp in enumerate(g.nodes[path].children):
-            g.nodes[cp].stability = scores[k]
-            _mark_unstable(g.nodes[cp], cfg)
+def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: TableSchema,
+                   cfg: JobConfig) -> dict[str, NodeFit]:
+    """The splits of this level that hold; the others get their stop reason."""
+    split = {}
+    for path in to_fit:
+        fit, node = fits[path], g.nodes[path]
+        if path == ROOT:
+            g.root_fit = fit
+        g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
+        node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
+        if fit.preprocessor is not None:  # under the columns' own names
+            node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
+        reason = accept_split(fit, node.size, cfg.recursion)
+        if fit.preprocessor is None:
+            g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
+        if reason:
+            node.stop_reason = reason
+            continue
+        split[path] = g.split_nodes[path] = fit
+        g.agreements[path] = fit.agreement
+        if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
+            g.degraded.append({"node": path, "what": "assignment agreement below "
+                               f"assign.min_agreement ({fit.agreement:.3f})"})
+    return split
+
+
+def _child_stop(child: TreeNode, artefact: str | None, cfg: JobConfig) -> bool:
+    """Record why ``child`` is not zoomed into (unstable, or an artefact split); True if so."""
+    if _mark_unstable(child, cfg):
+        return True
+    if artefact and cfg.recursion.artefact_splits != "off":
+        child.artefact = artefact
+        if cfg.recursion.artefact_splits == "no_recurse":
+            child.stop_reason = (f"artefact split: {artefact} (the other features do not "
+                                 "separate it); not zoomed into")
+            return True
+    return False
 
 
 def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema, cfg: JobConfig,
               timer: Timer, echo: Callable[[str], None], run_id: str) -> Growth:
-    """Level by level: fit the nodes that may split, keep the splits that hold, assign all rows."""
+    """Level by level: fit the nodes that may split, keep the splits that hold, assign all rows.
+
+    A level's stability refits are scored before its assignment pass: which clusters survive
+    resampling decides which rows get a cluster and which children are zoomed into.
+    """
     g = Growth(state=state, nodes={ROOT: TreeNode(ROOT, 0, total, 1.0)})
     id_dtype = feats._meta[ts.id_key].dtype
     frontier = [ROOT]
@@ -252,28 +295,11 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                 to_fit.append(path)
         if not to_fit:
             break
-        fits, resamples = _fit_level(client, feats, g.state, level, to_fit, g.nodes, counts, ts,
-                                     cfg, timer, echo, run_id)
-        split = {}
-        for path in to_fit:
-            fit, node = fits[path], g.nodes[path]
-            if path == ROOT:
-                g.root_fit = fit
-            g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
-            node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
-            if fit.preprocessor is not None:  # under the columns' own names
-                node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
-            reason = accept_split(fit, node.size, cfg.recursion)
-            if fit.preprocessor is None:
-                g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
-            if reason:
-                node.stop_reason = reason
-                continue
-            split[path] = g.split_nodes[path] = fit
-            g.agreements[path] = fit.agreement
-            if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
-                g.degraded.append({"node": path, "what": "assignment agreement below "
-                                   f"assign.min_agreement ({fit.agreement:.3f})"})
+        fits, futs, resamples, sample = _fit_level(client, feats, g.state, level, to_fit,
+                                                   g.nodes, counts, ts, cfg, timer, echo, run_id)
+        stability = _settle_level(client, level, fits, futs, resamples, sample, ts, cfg, timer,
+                                  run_id)
+        split = _decide_splits(to_fit, fits, g, ts, cfg)
         if not split:
             break
         with timer.stage(f"level {level}: assign all rows") as st:
@@ -287,11 +313,6 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
             counts = _counts_by_node(passes.sum_counts(
                 client.compute(passes.count_nodes(g.state), sync=True)))
         g.levels_done = level
-        stability: dict[str, list[float]] = {}
-        if level < cfg.recursion.max_depth:  # the scores decide where the next level zooms
-            stability = _gather_stability(client, level, resamples, fits, cfg, timer)
-        elif resamples:
-            g.pending_stability = (level, resamples, fits)
         frontier = []
         for path, fit in split.items():
             for k in range(fit.n_children):
@@ -300,15 +321,17 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                 child = g.nodes[cp] = TreeNode(cp, level, size, size / total,
                                                persistence=round(fit.persistence[k], 6))
                 g.nodes[path].children.append(cp)
-                if path in stability:
+                if stability.get(path):
                     child.stability = stability[path][k]
-                    if _mark_unstable(child, cfg):
-                        continue
-                frontier.append(cp)
+                if not _child_stop(child, fit.artefacts[k] if fit.artefacts else None, cfg):
+                    frontier.append(cp)
     for path in frontier:
         node = g.nodes[path]
         if node.stop_reason is None:
             node.stop_reason = split_refusal(node, total, cfg.recursion) or "not reached"
+    root = g.nodes[ROOT]
+    if not root.children:
+        echo(f"  the table is not segmented: {root.stop_reason}; every row is labelled 'root'")
     return g
 
 
@@ -425,7 +448,6 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
     g = grow_tree(client, feats, state, counts, total, ts, cfg, timer, echo, store.run_id)
     outputs = ["labels/", "tree.json",
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
-    finish_stability(client, g, cfg, timer)
 
     with timer.stage("write labels") as st:
         writes = passes.write_labels(g.state, store, ts, max(1, g.levels_done))

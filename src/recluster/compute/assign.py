@@ -231,6 +231,14 @@ class UmapAssigner:
         self.reducer = None  # its pynndescent index is neither needed nor portable
         self._index = None
 
+    def with_clusters(self, clusterer, relabel: np.ndarray) -> UmapAssigner:
+        """The same embedding with other clusters: ``clusterer`` refitted on ``embedding_``
+        (e.g. with a coarser ``min_cluster_size``) and its ``relabel``."""
+        other = UmapAssigner(None, clusterer, relabel)
+        other.settings_, other.X_, other.embedding_ = self.settings_, self.X_, self.embedding_
+        other._index = None
+        return other
+
     def _neighbours(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._index is None:
             self._index = NearestNeighbors(n_neighbors=self.settings_["n_neighbors"]).fit(self.X_)

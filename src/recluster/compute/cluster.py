@@ -40,13 +40,17 @@ def min_cluster_size_for(n: int, cfg: ClusteringConfig) -> int:
     return int(max(cfg.min_cluster_size_floor, round(cfg.min_cluster_fraction * n)))
 
 
-def fit_clusters(embedding: np.ndarray, cfg: ClusteringConfig,
-                 prediction_data: bool = False) -> Clusters:
-    """Cluster an embedding (n, c) with HDBSCAN; ``min_samples`` kept small (memory ~ n x it)."""
+def fit_clusters(embedding: np.ndarray, cfg: ClusteringConfig, prediction_data: bool = False,
+                 min_cluster_size: int | None = None) -> Clusters:
+    """Cluster an embedding (n, c) with HDBSCAN; ``min_samples`` kept small (memory ~ n x it).
+
+    ``min_cluster_size`` overrides the size rule (:func:`min_cluster_size_for`): the stability
+    check tries coarser settings on the same embedding.
+    """
     import hdbscan
 
     n = len(embedding)
-    mcs = min(min_cluster_size_for(n, cfg), max(2, n))
+    mcs = min(min_cluster_size or min_cluster_size_for(n, cfg), max(2, n))
     model = hdbscan.HDBSCAN(
         min_cluster_size=mcs,
         min_samples=min(cfg.min_samples, mcs),

@@ -5,6 +5,12 @@ and handed to UMAP as ``precomputed_knn``: exact, deterministic, and it skips py
 whose numba kernels cannot be cached and cost ~45 s of compilation in every new process.
 The ``umap`` assignment method needs UMAP's own search index for ``transform``, so there
 UMAP builds its graph itself.
+
+Identical rows are embedded once: real tables hold many (whole-number measurements, capped
+values), UMAP's spectral initialisation crawls on the disconnected graph that exact duplicates
+make (a 20,000-row table with 2,195 distinct rows: 160 s instead of 5 s), and identical rows
+must land on the same point anyway. Each row gets the position of its distinct row, so HDBSCAN
+still sees how many rows sit there.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from recluster.config import EmbeddingConfig
 
 
 def umap_epochs(n: int, cfg: EmbeddingConfig) -> int:
-    """Optimisation epochs of a fit on ``n`` rows: the configured count, else UMAP's own default."""
+    """Optimisation epochs of a fit on ``n`` distinct rows: the configured count, else UMAP's
+    own default."""
     return cfg.n_epochs or (500 if n <= 10_000 else 200)
 
 
@@ -36,9 +43,30 @@ def fit_embedding(X: np.ndarray, cfg: EmbeddingConfig, seed: int, keep_index: bo
 
     Returns
     -------
-    reducer : umap.UMAP
+    reducer : umap.UMAP, fitted on the distinct rows of X (None if there are too few to embed)
     embedding : ndarray (n, cfg.n_components) float32
     """
+    X = np.asarray(X, dtype=np.float32)
+    # Distinct rows in the order they first appear (without duplicates: X itself, unchanged,
+    # so that UMAP's seeded optimisation sees the rows in the sample's order).
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    distinct, inverse = X[first[order]], rank[inverse.reshape(-1)]
+    if len(distinct) < min(len(X), cfg.n_neighbors + 2):
+        # Too few distinct rows for a neighbour graph: their leading principal axes place them.
+        centred = distinct - distinct.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        emb = np.zeros((len(distinct), cfg.n_components), dtype=np.float32)
+        k = min(cfg.n_components, vt.shape[0])
+        emb[:, :k] = centred @ vt[:k].T
+        return None, emb[inverse]
+    reducer, emb = _umap(distinct, cfg, seed, keep_index)
+    return reducer, emb[inverse]
+
+
+def _umap(X: np.ndarray, cfg: EmbeddingConfig, seed: int, keep_index: bool):
     import umap
 
     n = len(X)

@@ -1,4 +1,4 @@
-"""Fitting one node of the tree on its sample: preprocess -> UMAP -> HDBSCAN -> assigner.
+"""Fitting one node of the tree on its sample: preprocess -> (PCA) -> UMAP -> HDBSCAN -> assigner.
 
 A node is a set of rows (the root: all rows; ``3``: the rows of cluster 3; ``3.1``: the rows of
 sub-cluster 1 of 3). Fitting it finds its children. Pure compute: a pandas sample in, a
@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
+from recluster.compute.artefacts import find_artefacts
 from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
 from recluster.compute.cluster import fit_clusters
 from recluster.compute.embed import fit_embedding
 from recluster.compute.preprocess import Preprocessor
+from recluster.compute.reduce import Projection, fit_projection, project
 from recluster.compute.sampling import id_hashes
 from recluster.config import JobConfig
 
@@ -51,11 +53,16 @@ class NodeFit:
     sample_ids: np.ndarray | None = None
     sample_labels: np.ndarray | None = None
     sample_embedding: np.ndarray | None = None
+    sample_probabilities: np.ndarray | None = None
+    projection: Projection | None = None
+    artefacts: list[str | None] = field(default_factory=list)
+    dropped: dict[int, float] = field(default_factory=dict)  # unstable cluster -> its stability
 
     def routing_view(self) -> NodeFit:
         """Only what assigning rows needs (no sample arrays): the copy shipped to workers."""
         return NodeFit(path=self.path, n_sample=self.n_sample, preprocessor=self.preprocessor,
-                       assigner=self.assigner, n_children=self.n_children)
+                       assigner=self.assigner, n_children=self.n_children,
+                       projection=self.projection)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts about the fit for ``tree.json`` (deterministic: no timings)."""
@@ -69,6 +76,8 @@ class NodeFit:
             "assign_agreement_ari": None if self.agreement is None else round(self.agreement, 6),
             "n_holdout": self.n_holdout,
             "preprocess": self.preprocessor.summary() if self.preprocessor else None,
+            "reduction": self.projection.summary() if self.projection else None,
+            "unstable_clusters_made_noise": {str(k): v for k, v in self.dropped.items()},
         }
 
 
@@ -124,9 +133,18 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
         return fit
 
     keep_index = cfg.assign.method == "umap"
+    seed = node_seed(cfg.seed, path)
     t = time.perf_counter()
-    reducer, emb = fit_embedding(X, cfg.embedding, node_seed(cfg.seed, path), keep_index=keep_index)
+    fit.projection = fit_projection(X, cfg.embedding, seed)
+    Z = project(fit.projection, X)
+    fit.seconds["reduce"] = time.perf_counter() - t
+    t = time.perf_counter()
+    reducer, emb = fit_embedding(Z, cfg.embedding, seed, keep_index=keep_index)
     fit.seconds["umap"] = time.perf_counter() - t
+    if reducer is None and keep_index:
+        fit.stop_reason = ("no sub-structure: too few distinct rows for umap.transform "
+                           "(assign.method umap)")
+        return fit
 
     t = time.perf_counter()
     cl = fit_clusters(emb, cfg.clustering, prediction_data=keep_index)
@@ -136,38 +154,102 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     fit.noise_share_sample = float(np.mean(cl.labels < 0))
     fit.sample_ids = sample[id_column].to_numpy()
     fit.sample_labels = cl.labels
+    fit.sample_probabilities = cl.probabilities
     fit.sample_embedding = emb
     if cl.n_clusters < 2:
         fit.stop_reason = "no sub-structure: all noise" if cl.n_clusters == 0 else \
             "no sub-structure: a single cluster"
         return fit
+    if cfg.recursion.artefact_splits != "off":
+        t = time.perf_counter()
+        fit.artefacts = find_artefacts(sample, X, cl.labels, cl.n_clusters, pre,
+                                       cfg.recursion.min_split_agreement)
+        fit.seconds["artefacts"] = time.perf_counter() - t
+    umap_assigner = UmapAssigner(reducer, cl.clusterer, cl.relabel) if keep_index else None
+    _train_assigner(fit, Z, umap_assigner, cfg)
+    fit.seconds["total"] = time.perf_counter() - t0
+    return fit
 
+
+def _train_assigner(fit: NodeFit, X: np.ndarray, umap_assigner: UmapAssigner | None,
+                    cfg: JobConfig) -> None:
+    """Train the node's assigner on its labelled sample X (n, d), in the space the embedding was
+    fitted on (after the node's projection, if any), and measure its agreement on held-out rows;
+    sets ``assigner``, ``agreement``, ``n_children`` and the child sizes."""
     t = time.perf_counter()
-    hold = holdout_mask(n, cfg.sample.holdout_fraction)
-    if keep_index:
-        assigner = UmapAssigner(reducer, cl.clusterer, cl.relabel)
+    labels, probs, emb = fit.sample_labels, fit.sample_probabilities, fit.sample_embedding
+    n_clusters = int(labels.max()) + 1
+    hold = holdout_mask(len(X), cfg.sample.holdout_fraction)
+    if umap_assigner is not None:
+        assigner = umap_assigner
         pred, _, _ = assigner.predict(X[hold])
     else:
         def make():
             if cfg.assign.method == "knn":
                 return KnnAssigner(cfg.assign.k)
             return ClassifierAssigner(cfg.assign.n_estimators, cfg.assign.max_depth,
-                                      seed=node_seed(cfg.seed, path))
+                                      seed=node_seed(cfg.seed, fit.path))
 
-        probe = make().fit(X[~hold], cl.labels[~hold], cl.probabilities[~hold], emb[~hold])
+        probe = make().fit(X[~hold], labels[~hold], probs[~hold], emb[~hold])
         pred, _, _ = probe.predict(X[hold])
-        assigner = make().fit(X, cl.labels, cl.probabilities, emb)
-    fit.agreement = float(adjusted_rand_score(cl.labels[hold], pred))
+        assigner = make().fit(X, labels, probs, emb)
+    fit.agreement = float(adjusted_rand_score(labels[hold], pred))
     fit.n_holdout = int(hold.sum())
-    fit.seconds["assigner"] = time.perf_counter() - t
+    fit.seconds["assigner"] = fit.seconds.get("assigner", 0.0) + time.perf_counter() - t
     fit.assigner = assigner
-    fit.n_children = cl.n_clusters
-    fit.child_sample_sizes = np.bincount(cl.labels[cl.labels >= 0], minlength=cl.n_clusters).tolist()
-    fit.seconds["total"] = time.perf_counter() - t0
-    return fit
+    fit.n_children = n_clusters
+    fit.child_sample_sizes = np.bincount(labels[labels >= 0], minlength=n_clusters).tolist()
+
+
+def refinish(fit: NodeFit, sample: pd.DataFrame, id_column: str, labels: np.ndarray,
+             probabilities: np.ndarray, persistence: list[float], min_cluster_size: int,
+             dropped: dict[int, float], cfg: JobConfig) -> NodeFit:
+    """The node with other clusters on the same embedding (a coarser ``min_cluster_size``,
+    unstable clusters made noise): artefacts looked for again and the assigner retrained.
+
+    Parameters
+    ----------
+    fit : a fitted node (its preprocessing, projection and embedding are kept)
+    sample : DataFrame, the node's sample (any order; sorted as the fit sorted it)
+    id_column : str
+    labels, probabilities : ndarray (n,), the new clusters of the sorted sample, numbered by size
+    persistence : list of float, one per new cluster
+    min_cluster_size : int, the HDBSCAN setting that gave them
+    dropped : dict, unstable cluster (numbered as at that setting) -> its stability
+    cfg : JobConfig
+
+    Returns
+    -------
+    NodeFit, a new object
+    """
+    from dataclasses import replace
+
+    rows = sorted_sample(sample, id_column)
+    X = fit.preprocessor.transform(rows)
+    Z = project(fit.projection, X)
+    n_clusters = int(labels.max()) + 1 if labels.size else 0
+    out = replace(fit, sample_labels=labels, sample_probabilities=probabilities,
+                  persistence=list(persistence), min_cluster_size=min_cluster_size,
+                  dropped=dict(dropped), artefacts=[], n_children=0, child_sample_sizes=[],
+                  noise_share_sample=float(np.mean(labels < 0)), seconds=dict(fit.seconds))
+    if n_clusters < 2:
+        out.assigner, out.stop_reason = None, "no sub-structure: a single cluster"
+        return out
+    if cfg.recursion.artefact_splits != "off":
+        out.artefacts = find_artefacts(rows, X, labels, n_clusters, fit.preprocessor,
+                                       cfg.recursion.min_split_agreement)
+    umap_assigner = None
+    if isinstance(fit.assigner, UmapAssigner):  # same embedding; HDBSCAN refitted with its data
+        cl = fit_clusters(fit.sample_embedding, cfg.clustering, prediction_data=True,
+                          min_cluster_size=min_cluster_size)
+        keep = np.full(cl.n_clusters + 1, -1, dtype=np.int64)
+        kept = [k for k in range(cl.n_clusters) if k not in dropped]
+        keep[np.array(kept, dtype=np.int64) + 1] = np.arange(len(kept))
+        umap_assigner = fit.assigner.with_clusters(cl.clusterer, keep[cl.relabel + 1])
+    _train_assigner(out, Z, umap_assigner, cfg)
+    return out
 
 
 def assign_node_rows(fit: NodeFit, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Children of ``rows`` (all inside this node): labels, probability, embedding."""
-    X = fit.preprocessor.transform(rows)
-    return fit.assigner.predict(X)
+    return fit.assigner.predict(project(fit.projection, fit.preprocessor.transform(rows)))

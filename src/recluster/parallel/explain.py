@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-from distributed import Client
+from distributed import Client, wait
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from recluster.compute import explain
@@ -113,6 +113,14 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         res = out[path] = NodeExplanation()
         threshold = spec[path][1]
         rows = train_all[train_all["_node"] == path]
+        if not all(rows.map_partitions(len).compute()):
+            # A small node's rows can sit in one worker's partition only; xgboost.dask then gives
+            # the other worker an empty DMatrix, which categorical features make an error. The
+            # merged rows are persisted before anything is built on them: a Repartition inside
+            # the expressions below let this thread and the scheduler's graph-materialising
+            # thread deadlock on dask-expr's cached properties (Python 3.11 locks them per class).
+            rows = rows.repartition(npartitions=1).persist()
+            wait(rows)
         prof = client.submit(_profiles_task, client.compute(rows), fit, path, children, names)
         raw_meta = explain.raw_frame(feats._meta, fit.preprocessor)
         X = rows.map_partitions(explain.raw_frame, fit.preprocessor, meta=raw_meta)

@@ -123,6 +123,22 @@ def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableS
             for p in paths}
 
 
+def _settle_from_sample(sample: pd.DataFrame, fit: NodeFit, results: list, ts: TableSchema,
+                        cfg: JobConfig):
+    rows = sample[sample["_node"] == fit.path].drop(columns="_node")
+    return stability.settle_node(fit, rows, ts.id_column, list(results), cfg)
+
+
+def submit_settles(client: Client, sample: Future,
+                   todo: Mapping[str, tuple[Future, list[Future]]], ts: TableSchema,
+                   cfg: JobConfig, run_id: str) -> dict[str, Future]:
+    """One task per node that scores its clusters on its resamples and settles its clustering
+    (the fit and the resamples stay on the workers)."""
+    return {p: client.submit(_settle_from_sample, sample, fit, list(rs), ts, cfg, pure=False,
+                             priority=1, key=f"settle-node-{p}-{cfg.seed}-{run_id}")
+            for p, (fit, rs) in todo.items()}
+
+
 def assign_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
                  fits: Mapping[str, NodeFit] | Future | Delayed, id_dtype, n_components: int) -> dd.DataFrame:
     meta = routing.state_meta(id_dtype, level, n_components)

@@ -129,6 +129,8 @@ def headline(found: list[Finding], limit: int = 2) -> str:
 
 _STOPS = (("max_depth", "depth limit reached"), ("min_node_rows", "too small to split"),
           ("min_node_share", "too small to split"), ("unstable", "not stable enough to split"),
+          ("artefact split", "separated by one column only"),
+          ("no stable sub-structure", "sub-clusters not stable"),
           ("sub-structure", "no further structure"), ("min_child_rows", "no sub-cluster big enough"),
           ("embedding needs", "too small to split"), ("not reached", "depth limit reached"))
 

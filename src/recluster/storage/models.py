@@ -24,6 +24,7 @@ from typing import Any
 from recluster.compute.assign import assigner_from_files
 from recluster.compute.node import NodeFit
 from recluster.compute.preprocess import Preprocessor
+from recluster.compute.reduce import Projection
 from recluster.errors import IntegrityError
 from recluster.storage.outputs import MANIFEST, OutputStore
 
@@ -56,9 +57,17 @@ def preprocessor_from_json(raw: bytes) -> Preprocessor:
     return pre
 
 
+#: The node's linear reduction (wide tables), when it has one.
+PROJECTION_FILE = "projection.npz"
+
+
 def node_files(fit: NodeFit) -> dict[str, bytes]:
-    """The files that let ``recluster score`` route rows through this node."""
-    return {"preprocess.json": preprocessor_to_json(fit.preprocessor), **fit.assigner.to_files()}
+    """The files that let ``recluster score`` route rows through this node: preprocessing, the
+    projection of a wide node (if any) and the assigner."""
+    files = {"preprocess.json": preprocessor_to_json(fit.preprocessor), **fit.assigner.to_files()}
+    if fit.projection is not None:
+        files[PROJECTION_FILE] = fit.projection.to_bytes()
+    return files
 
 
 def node_from_files(path: str, files: dict[str, bytes], where: str = "models") -> NodeFit:
@@ -89,9 +98,12 @@ def node_from_files(path: str, files: dict[str, bytes], where: str = "models") -
         raise IntegrityError(f"{where}/preprocess.json is not valid: {exc}") from None
     try:
         assigner = assigner_from_files(files)
-    except ValueError as exc:
+        projection = (Projection.from_bytes(files[PROJECTION_FILE])
+                      if PROJECTION_FILE in files else None)
+    except (ValueError, KeyError) as exc:
         raise IntegrityError(f"{where}: the node's assigner cannot be loaded: {exc}") from None
-    return NodeFit(path=path, n_sample=0, preprocessor=pre, assigner=assigner)
+    return NodeFit(path=path, n_sample=0, preprocessor=pre, assigner=assigner,
+                   projection=projection)
 
 
 def sha256_hex(data: bytes) -> str:

