@@ -96,10 +96,11 @@ def test_olive_each_level_has_its_own_embedding(olive_nested):
     fs, root = fsspec.core.url_to_fs(out)
     with fs.open(f"{root}/report/map.parquet", "rb") as f:
         maps = pd.read_parquet(f)
-    top = maps[maps["node"] == "root"].set_index(ID)[["x", "y"]]
+    # The map names its id column "id", whatever the input calls it.
+    top = maps[maps["node"] == "root"].set_index("id")[["x", "y"]]
     fits = {}
     for p in split:
-        mine = maps[maps["node"] == p].set_index(ID)[["x", "y"]]
+        mine = maps[maps["node"] == p].set_index("id")[["x", "y"]]
         both = mine.index.intersection(top.index)
         assert len(both) >= 20
         A = np.column_stack([top.loc[both].to_numpy(), np.ones(len(both))])

@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from recluster.compute.artefacts import discrete_columns, find_artefacts
 from recluster.compute.assign import ClassifierAssigner
-from recluster.compute.node import U_COLUMN, fit_node
+from recluster.compute.node import U_COLUMN, assign_node_rows, fit_node
 from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import Projection, fit_projection
 from recluster.compute.stability import score_resample
@@ -23,6 +23,7 @@ from recluster.config import (
     parse_config,
 )
 from recluster.errors import ConfigError
+from recluster.storage.models import PROJECTION_FILE, node_files, node_from_files
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -126,13 +127,14 @@ def test_wide_node_is_reduced_and_its_assigner_routes_through_the_projection():
     members = fit.sample_labels >= 0
     order = pd.Index(table["id"]).get_indexer(fit.sample_ids)
     assert adjusted_rand_score(group[order][members], fit.sample_labels[members]) >= 0.9
-    # The saved assigner carries the projection: raw scaled rows in, the same labels out.
+    # The saved node carries the projection: raw rows in, the same labels out.
     assert isinstance(fit.assigner, ClassifierAssigner)
-    files = fit.assigner.to_files()
-    again = ClassifierAssigner.from_files(files)
-    X = fit.preprocessor.transform(table)
-    np.testing.assert_array_equal(again.predict(X)[0], fit.assigner.predict(X)[0])
+    files = node_files(fit)
+    assert PROJECTION_FILE in files
+    again = node_from_files("root", files)
     assert again.projection is not None
+    np.testing.assert_array_equal(assign_node_rows(again, table)[0],
+                                  assign_node_rows(fit, table)[0])
 
 
 # ------------------------------------------------------------------ artefact splits

@@ -262,7 +262,11 @@ def test_plain_tcp_and_foreign_certificates_are_refused(tls_cluster, capsys, mon
                      tls_client_key=str(pki["rogue_key"]), require_encryption=True)
     with pytest.raises((OSError, TimeoutError)) as rogue_err:
         Client(address, security=rogue, timeout="3s")
-    assert "unknown ca" in str(rogue_err.value).lower(), repr(rogue_err.value)
+    # With TLS 1.3 the client learns of the rejection either from the server's "unknown ca"
+    # alert or, when the server hangs up before the client reads the alert, as an SSL EOF;
+    # either way the SSL layer refused it.
+    msg = str(rogue_err.value).lower()
+    assert "unknown ca" in msg or "sslerror" in msg or "ssleoferror" in msg, repr(rogue_err.value)
     # Through the CLI: one clear error, with the way to connect.
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     assert run_cli("score", "--model", "s3://tls/run", "--input", "s3://tls/in", "--output",

@@ -126,7 +126,7 @@ def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableS
 def _settle_from_sample(sample: pd.DataFrame, fit: NodeFit, results: list, ts: TableSchema,
                         cfg: JobConfig):
     rows = sample[sample["_node"] == fit.path].drop(columns="_node")
-    return stability.settle_node(fit, rows, ts.id_column, list(results), cfg)
+    return stability.settle_node(fit, rows, ts.id_key, list(results), cfg)
 
 
 def submit_settles(client: Client, sample: Future,
