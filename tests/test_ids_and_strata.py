@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from tables import NASTY_TEXT
 
 from recluster.compute.node import ids_checksum
 from recluster.compute.sampling import FOLDED, allocate, fold_strata, hash_uniform, id_hashes
@@ -77,3 +78,19 @@ def test_many_strata_fold_and_floors_never_double_the_sample():
     small = {"a": 10_000, "b": 40, "c": 5}
     t = allocate(small, size=1_000, min_per_stratum=50, max_strata=100)
     assert t["c"] == 1.0 and t["b"] == 1.0 and t["a"] < 0.1
+
+
+def test_map_rows_are_found_for_every_text_id():
+    """The report's map looks its sample rows up by id; Dask's ``isin`` lost ids ending in NUL
+    characters (``"\\x00"``, ``"a\\x00"``), and the run failed in 'report' after all its work."""
+    import dask.dataframe as dd
+
+    from recluster.parallel.passes import clusters_of
+
+    ids = pd.Series(NASTY_TEXT + [f"r{i}" for i in range(50)], dtype="str")
+    state = pd.DataFrame({"__id__": ids, "cluster": [str(i % 3) for i in range(len(ids))]})
+    wanted = np.array(NASTY_TEXT, dtype=object)
+    got = clusters_of(dd.from_pandas(state, npartitions=3), wanted).compute(scheduler="sync")
+    assert sorted(got["__id__"]) == sorted(NASTY_TEXT)
+    assert dict(zip(got["__id__"], got["cluster"], strict=True)) == {
+        v: str(NASTY_TEXT.index(v) % 3) for v in NASTY_TEXT}

@@ -163,5 +163,5 @@ def write_labels(state: dd.DataFrame, store: OutputStore, ts: TableSchema, level
 
 def clusters_of(state: dd.DataFrame, ids: np.ndarray) -> dd.DataFrame:
     """The final ``cluster`` path of the rows with these ids (a few thousand: the map sample)."""
-    keep = state[state["__id__"].isin(list(ids))]
-    return keep[["__id__", "cluster"]]
+    return state.map_partitions(routing.rows_with_ids, dask.delayed(ids),
+                                meta=state._meta[["__id__", "cluster"]])
