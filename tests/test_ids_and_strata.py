@@ -94,3 +94,28 @@ def test_map_rows_are_found_for_every_text_id():
     assert sorted(got["__id__"]) == sorted(NASTY_TEXT)
     assert dict(zip(got["__id__"], got["cluster"], strict=True)) == {
         v: str(NASTY_TEXT.index(v) % 3) for v in NASTY_TEXT}
+
+
+def test_parquet_uuid_ids_are_read_and_written_back_as_uuids(tmp_path):
+    """pyarrow writes ``pa.uuid()`` as Parquet's UUID type and reads it back as the extension
+    type ``arrow.uuid`` (storage ``fixed_size_binary(16)``); such ids were refused as "not a
+    supported key type". From the footer to the labels' id column, they now keep their type."""
+    import pyarrow.parquet as pq
+
+    from recluster.compute.schema import resolve_schema
+    from recluster.config import InputConfig
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers, read_piece
+
+    values = [uuid.UUID(int=i * 0x9E3779B97F4A7C15 + 1).bytes for i in range(300)]
+    ids = pa.ExtensionArray.from_storage(pa.uuid(), pa.array(values, pa.binary(16)))
+    pq.write_table(pa.table({"id": ids, "x": np.arange(300.0)}), tmp_path / "a.parquet")
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    assert infos[0].schema.field("id").type == pa.uuid()
+    ts = resolve_schema(infos, InputConfig(path=str(tmp_path), id_column="id"), None)
+    [piece] = plan_pieces(infos, 1_000)
+    frame = table_to_frame(read_piece(piece, loc, ts.read_schema, list(ts.keys.items())), ts)
+    assert frame[ts.id_key].tolist() == [v.hex() for v in values]
+    back = id_arrow(frame[ts.id_key], ts.id_type)
+    assert back.type == pa.uuid() and back.equals(ids)

@@ -105,6 +105,10 @@ class TableSchema:
 
 
 def _decoded(t: pa.DataType) -> pa.DataType:
+    """The type of the values: a dictionary's value type, an extension type's storage (e.g.
+    ``arrow.uuid``, what a Parquet UUID column reads as, is ``fixed_size_binary(16)``)."""
+    if isinstance(t, pa.BaseExtensionType):
+        t = t.storage_type
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
@@ -154,7 +158,7 @@ def _check_id_type(name: str, t: pa.DataType, path: str) -> None:
     raise InputDataError(
         f"id column '{name}' has type {t} in {path}: {why}. Ids must be integers (int8..int64, "
         f"uint8..uint64), strings (string, large_string, dictionary<string>) or binary (binary, "
-        f"fixed_size_binary, e.g. UUIDs)")
+        f"fixed_size_binary, e.g. UUIDs, also as Parquet's UUID type)")
 
 
 def _check_names(info) -> None:
@@ -264,6 +268,8 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     cols = {}
     for name in table.column_names:
         col = table.column(name).combine_chunks()
+        if isinstance(col.type, pa.BaseExtensionType):
+            col = col.storage
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
         if name == ts.id_key and _kind(col.type) == "binary":
