@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-from helpers import read_json, read_labels, run_cli, write_config, write_table
+from helpers import published, read_json, read_labels, run_cli, write_config, write_table
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 from recluster.compute.explain import raw_frame
@@ -166,6 +166,22 @@ def test_score_reproduces_labels_and_recovers_truth_on_fresh_rows(run, scheduler
     assert adjusted_rand_score(labels["group"], labels["level_1"].astype(int)) >= 0.85
     leaf = pd.factorize(labels["cluster"])[0]
     assert adjusted_rand_score(labels["subgroup"], leaf) >= 0.85
+
+
+def test_score_refuses_rows_without_an_id(run, scheduler, capsys):
+    """``score`` has no validation pass: new rows with null ids (integer, text or binary) gave a
+    raw pyarrow/TypeError traceback (exit 1) when the labels were written; now exit 3 naming
+    the id column and the file, and nothing is published."""
+    fresh, _ = make_table(600, seed=31, row_seed=7, **SHAPE)
+    fresh["user_id"] = fresh["user_id"].astype("Int64")
+    fresh.loc[[0, 97, 194, 291], "user_id"] = pd.NA  # all in the first of the two files
+    write_table(fresh, "s3://explain/null-ids", n_files=2)
+    code = run_cli("score", "--model", run["out"], "--input", "s3://explain/null-ids",
+                   "--output", "s3://explain/score-null-ids", "--scheduler", scheduler)
+    err = capsys.readouterr().err
+    assert code == 3, err[-2000:]
+    assert "id column 'user_id' has 4 missing values in" in err and "part-000.parquet" in err, err
+    assert "Traceback" not in err and not published("s3://explain/score-null-ids")
 
 
 def test_training_with_categoricals_and_a_partition_without_rows(client):

@@ -330,6 +330,20 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
             "inf": inf, "missing": missing, "span": span, "levels": levels, "path": path}
 
 
+def _null_ids(schema: TableSchema, n: int, path: str) -> InputDataError:
+    return InputDataError(f"id column '{schema.id_column}' has {n} missing values in {path}")
+
+
+def refuse_null_ids(df: pd.DataFrame, schema: TableSchema, path: str) -> pd.DataFrame:
+    """``df`` (a partition under internal keys) unchanged, or an error naming the id column and
+    ``path`` if an id is missing: a row without an id cannot be labelled (used where there is
+    no validation pass, e.g. ``recluster score``)."""
+    n = int(df[schema.id_key].isna().sum())
+    if n:
+        raise _null_ids(schema, n, path)
+    return df
+
+
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
                 min_rows: int) -> dict:
     """Combine per-partition stats and raise on what makes the input unusable.
@@ -342,8 +356,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     rows = sum(s["rows"] for s in stats)
     for s in stats:
         if s["null_ids"]:
-            raise InputDataError(
-                f"id column '{schema.id_column}' has {s['null_ids']} missing values in {s['path']}")
+            raise _null_ids(schema, s["null_ids"], s["path"])
         bad = {c: n for c, n in s["inf"].items() if n}
         if bad:
             c, n = sorted(bad.items())[0]
