@@ -119,3 +119,35 @@ def test_parquet_uuid_ids_are_read_and_written_back_as_uuids(tmp_path):
     assert frame[ts.id_key].tolist() == [v.hex() for v in values]
     back = id_arrow(frame[ts.id_key], ts.id_type)
     assert back.type == pa.uuid() and back.equals(ids)
+
+
+def test_hive_folder_values_written_two_ways_stay_two_values(tmp_path):
+    """``code=01`` and ``code=1`` are two folders; pyarrow's discovery types both as the
+    integer 1, which merged two categorical levels (and strata) silently. Such a column is read
+    as text; ``month=01`` .. ``month=12`` (one spelling per number) stay integers."""
+    import pyarrow.parquet as pq
+
+    from recluster.compute.schema import resolve_schema
+    from recluster.config import InputConfig
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers, read_piece
+
+    folders = [("01", "01"), ("1", "02"), ("002", "12"), ("__HIVE_DEFAULT_PARTITION__", "12")]
+    for i, (code, month) in enumerate(folders):
+        d = tmp_path / f"code={code}" / f"month={month}"
+        d.mkdir(parents=True)
+        pq.write_table(pa.table({"id": [i], "x": [float(i)]}), d / "part-0.parquet")
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    ts = resolve_schema(infos, InputConfig(path=str(tmp_path), id_column="id",
+                                           categorical=["code"]), None)
+    assert ts.numeric == ("x", "month") and ts.categorical == ("code",)
+    read = dict(ts.read_types)
+    assert read["code"] == pa.string() and pa.types.is_integer(read["month"])
+    got = {}
+    for piece in plan_pieces(infos, 1_000):
+        frame = table_to_frame(read_piece(piece, loc, ts.read_schema, list(ts.keys.items())), ts)
+        got.update(zip(frame[ts.id_key], zip(frame[ts.key("code")], frame[ts.key("month")],
+                                             strict=True), strict=True))
+    codes = {i: (None if pd.isna(c) else c, int(m)) for i, (c, m) in got.items()}
+    assert codes == {0: ("01", 1), 1: ("1", 2), 2: ("002", 12), 3: (None, 12)}
