@@ -543,6 +543,43 @@ def test_resolve_schema_string_flavours_do_not_conflict():
     assert ts.numeric == ("spend",)
 
 
+def test_columns_without_values_in_some_files_take_the_other_files_type(tmp_path):
+    """pandas writes an all-None object column, and every object column of an empty frame, with
+    Arrow's null type; such files were refused ("has type null in part-001 but string in
+    part-000: the files' schemas disagree"). They fit any type; a column null in every file is
+    numeric, so that validation names it as having no values."""
+    from recluster.compute.schema import table_to_frame
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers, read_piece
+
+    full = pd.DataFrame({"user_id": ["a", "b"], "spend": [1.0, 2.0], "country": ["SE", "NO"],
+                         "note": [None, None]})
+    no_country = pd.DataFrame({"user_id": ["c"], "spend": [3.0], "country": [None],
+                               "note": [None]})
+    full.to_parquet(tmp_path / "part-000.parquet", index=False)
+    no_country.to_parquet(tmp_path / "part-001.parquet", index=False)
+    full.iloc[:0].astype(object).to_parquet(tmp_path / "part-002.parquet", index=False)
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    assert pa.types.is_null(infos[1].schema.field("country").type)
+    assert pa.types.is_null(infos[2].schema.field("user_id").type)
+    cfg = InputConfig(path=str(tmp_path), id_column="user_id", categorical=["country"])
+    ts = resolve_schema(infos, cfg, None)
+    read = dict(ts.read_types)
+    assert read["user_id"] == read["country"] == pa.string()
+    assert ts.id_type == infos[0].schema.field("user_id").type  # the labels keep it
+    assert ts.numeric == ("spend", "note") and pa.types.is_null(read["note"])
+    frames = [table_to_frame(read_piece(p, loc, ts.read_schema, list(ts.keys.items())), ts)
+              for p in plan_pieces(infos, 1_000)]
+    got = pd.concat(frames, ignore_index=True)
+    assert got[ts.id_key].tolist() == ["a", "b", "c"]
+    assert got[ts.key("country")].tolist()[:2] == ["SE", "NO"]
+    assert got[ts.key("country")].isna().tolist() == [False, False, True]
+    stats = [partition_stats(f, ts, "f") for f in frames]
+    with pytest.raises(InputDataError, match="feature column 'note' has no values at all"):
+        check_stats(stats, 3, ts, 2)
+
+
 def test_resolve_schema_undeclared_string_feature():
     cfg = InputConfig(path="/in", id_column="user_id")  # country not declared categorical
     with pytest.raises(InputDataError) as exc:

@@ -144,9 +144,16 @@ def _unify(types: Sequence[pa.DataType]) -> pa.DataType:
     return plain[0]
 
 
+def _typed(found: Sequence[tuple[str, pa.DataType]]) -> list[tuple[str, pa.DataType]]:
+    """``(path, type)`` pairs without Arrow's null type (a column with no values), unless
+    every file has it."""
+    return [(p, t) for p, t in found if not pa.types.is_null(t)] or list(found)
+
+
 def _is_numeric(t: pa.DataType) -> bool:
+    """Read as numbers; null (no value in any file) too, so validation names it as empty."""
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
-        or pa.types.is_decimal(t)
+        or pa.types.is_decimal(t) or pa.types.is_null(t)
 
 
 def _check_id_type(name: str, t: pa.DataType, path: str) -> None:
@@ -212,12 +219,16 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                     "stratify_by column" if col == stratify_by else "feature column")
                 raise InputDataError(f"{role} '{col}' is missing from {info.path}")
             t = info.schema.field(col).type
-            if col in seen and _kind(seen[col][0][1]) != _kind(t):
-                path0, t0 = seen[col][0]
+            typed = _typed(seen.get(col, []))
+            if typed and not pa.types.is_null(t) and _kind(typed[0][1]) != _kind(t):
+                path0, t0 = typed[0]
                 raise InputDataError(
                     f"column '{col}' has type {t} in {info.path} but {t0} in {path0}: the files' "
                     f"schemas disagree")
             seen.setdefault(col, []).append((info.path, t))
+    # A file whose column holds no value at all (pandas writes an all-None or empty object column
+    # with Arrow's null type) fits any type: the other files decide it.
+    seen = {c: _typed(v) for c, v in seen.items()}
     for path, t in seen[cfg.id_column]:
         _check_id_type(cfg.id_column, t, path)
     id_types = {t for _, t in seen[cfg.id_column]}
