@@ -16,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from recluster.compute.assign import KnnAssigner
 from recluster.compute.cluster import fit_clusters, min_cluster_size_for
 from recluster.compute.node import NodeFit
-from recluster.compute.preprocess import MISSING, OTHER, Preprocessor
+from recluster.compute.preprocess import MISSING, OTHER, Preprocessor, categorical_strings
 from recluster.compute.sampling import allocate, hash_uniform
 from recluster.compute.schema import check_stats, partition_stats, resolve_schema
 from recluster.compute.tree import TreeNode, accept_split, child_path, parent_of, split_refusal
@@ -336,6 +336,28 @@ def test_preprocess_integer_categorical_independent_of_nulls():
     rows = pd.DataFrame({"code": np.array([1, 2], dtype=np.int64)})
     out = pre.transform(rows)
     assert out[:, -1].sum() == 0.0  # neither known level falls into __other__
+
+
+def test_large_integer_levels_read_the_same_with_and_without_nulls():
+    """An int64 categorical (or stratify_by) column read from a piece with nulls came out as
+    pandas float64: 2**62 + 1 became the level '4611686018427387904' there and
+    '4611686018427387905' in a piece without nulls, one level split in two."""
+    from recluster.compute.schema import TableSchema, table_to_frame
+
+    big = 2**62 + 1
+    ts = TableSchema("id", ("x",), ("code",), "group", pa.int64(),
+                     (("id", pa.int64()), ("x", pa.int64()), ("code", pa.int64()),
+                      ("group", pa.uint64())))
+    levels = []
+    for code, group in (([big, None], [2**64 - 1, None]), ([big, 7], [2**64 - 1, 3])):
+        table = pa.table({ts.id_key: [1, 2], ts.key("x"): pa.array([big, None], pa.int64()),
+                          ts.key("code"): pa.array(code, pa.int64()),
+                          ts.key("group"): pa.array(group, pa.uint64())})
+        frame = table_to_frame(table, ts)
+        levels.append((categorical_strings(frame[ts.key("code")])[0],
+                       categorical_strings(frame[ts.key("group")])[0]))
+        assert pd.isna(frame[ts.key("x")][1])  # numeric features: missing as ever
+    assert levels == [(str(big), str(2**64 - 1))] * 2
 
 
 def test_preprocess_fit_rejects_empty():

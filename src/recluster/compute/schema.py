@@ -266,7 +266,9 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     """A piece read under internal keys, as the pandas frame the stages work on.
 
     The id becomes its canonical value (see the module docstring); booleans become 0/1 floats
-    (null as NaN); strings stay text.
+    (null as NaN); strings stay text. Integer levels (categorical or ``stratify_by`` columns)
+    stay exact integers where the piece holds nulls, instead of pandas' float64 (which rounds
+    values beyond 2**53, so that one level would read as two in pieces with and without nulls).
 
     Parameters
     ----------
@@ -277,6 +279,7 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     pandas.DataFrame (n, k)
     """
     cols = {}
+    levels = {*ts.categorical_keys, ts.stratum_key}
     for name in table.column_names:
         col = table.column(name).combine_chunks()
         if isinstance(col.type, pa.BaseExtensionType):
@@ -288,7 +291,8 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
             continue
         if pa.types.is_boolean(col.type):
             col = pc.cast(col, pa.float64())
-        cols[name] = col.to_pandas()
+        exact = name in levels and pa.types.is_integer(col.type) and col.null_count > 0
+        cols[name] = col.to_pandas(integer_object_nulls=exact)
     return pd.DataFrame(cols)
 
 
