@@ -540,6 +540,24 @@ def test_resolve_schema_missing_feature_names_column_and_file():
     assert "'visits'" in str(exc.value) and "one.parquet" in str(exc.value)
 
 
+def test_missing_column_names_the_file_columns_that_only_look_different():
+    """A config naming 'é' (one character) for a file column 'é' written as e + combining
+    accent, or 'Spend' for 'spend ', was told the column is missing, in a message where both
+    print the same; the message now names the near miss, escaped where it prints alike."""
+    fields = [("user_id", pa.int64()), ("e\u0301", pa.float64()), ("spend ", pa.float64())]
+    for wanted, hint in (("\u00e9", "'e\\u0301'"), ("Spend", "'spend '")):
+        cfg = InputConfig(path="/in", id_column="user_id", features=[wanted])
+        with pytest.raises(InputDataError) as exc:
+            resolve_schema([_info("one.parquet", fields)], cfg, None)
+        msg = str(exc.value)
+        assert f"feature column '{wanted}' is missing from one.parquet" in msg, msg
+        assert f"(it has {hint}: names must match exactly)" in msg, msg
+    cfg = InputConfig(path="/in", id_column="user_id", features=["visits"])
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("one.parquet", fields)], cfg, None)
+    assert "it has" not in str(exc.value)
+
+
 def test_resolve_schema_type_conflict_names_both_files():
     cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
     changed = [(n, pa.float64() if n == "visits" else t) for n, t in GOOD]

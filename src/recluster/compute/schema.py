@@ -21,6 +21,7 @@ the input's Arrow type for the labels.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -181,6 +182,22 @@ def _check_names(info) -> None:
             f"must be unique")
 
 
+def _looks(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold().strip()
+
+
+def _near_names(name: str, names: Sequence[str]) -> str:
+    """A hint naming the file's columns that differ from ``name`` only in case, surrounding
+    whitespace or Unicode normalisation (``'é'`` typed as one character or as ``e`` + accent
+    look the same in a message), or ``""``."""
+    def shown(n: str) -> str:  # escaped where it would print like the name asked for
+        return ascii(n) if unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", name) \
+            else repr(n)
+
+    near = [shown(n) for n in names if n != name and _looks(n) == _looks(name)]
+    return f" (it has {', '.join(near)}: names must match exactly)" if near else ""
+
+
 def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -> TableSchema:
     """Check footers against the config and decide each column's role and read type.
 
@@ -217,7 +234,8 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
             if col not in names:
                 role = "id column" if col == cfg.id_column else (
                     "stratify_by column" if col == stratify_by else "feature column")
-                raise InputDataError(f"{role} '{col}' is missing from {info.path}")
+                raise InputDataError(f"{role} '{col}' is missing from {info.path}"
+                                     + _near_names(col, info.schema.names))
             t = info.schema.field(col).type
             typed = _typed(seen.get(col, []))
             if typed and not pa.types.is_null(t) and _kind(typed[0][1]) != _kind(t):
