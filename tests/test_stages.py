@@ -670,6 +670,13 @@ def test_check_stats_duplicate_ids():
         check_stats(stats, n_unique_ids=90, schema=ts, min_rows=17)
     msg = str(exc.value)
     assert "'user_id'" in msg and "duplicate" in msg
+    found = pd.DataFrame({"__id__": [45, 45, 41, 41, 7],
+                          "path": ["p1.parquet", "p2.parquet", "p1.parquet", "p2.parquet",
+                                   "p1.parquet"]})
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=90, schema=ts, min_rows=17, duplicates=found)
+    assert str(exc.value).endswith("; e.g. 41 (2 rows: in p1.parquet, p2.parquet); "
+                                   "45 (2 rows: in p1.parquet, p2.parquet)"), str(exc.value)
 
 
 def test_check_stats_infinite_values_name_column_and_file():

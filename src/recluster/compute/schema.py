@@ -377,9 +377,31 @@ def refuse_null_ids(df: pd.DataFrame, schema: TableSchema, path: str) -> pd.Data
     return df
 
 
+def duplicate_examples(found: pd.DataFrame) -> str:
+    """Where some duplicated ids are, for the error message.
+
+    Parameters
+    ----------
+    found : DataFrame (n, 2) with ``__id__`` and ``path``: one row per input row that holds one
+        of the duplicated ids looked up
+
+    Returns
+    -------
+    str, e.g. ``"; e.g. 'a' (2 rows: in x.parquet, y.parquet)"``, or ``""``
+    """
+    out = []
+    for value, rows in found.groupby("__id__", sort=True):
+        if len(rows) > 1:
+            files = ", ".join(dict.fromkeys(rows["path"]))
+            out.append(f"{value!r} ({len(rows)} rows: in {files})")
+    return "; e.g. " + "; ".join(out) if out else ""
+
+
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
-                min_rows: int) -> dict:
+                min_rows: int, duplicates: pd.DataFrame | None = None) -> dict:
     """Combine per-partition stats and raise on what makes the input unusable.
+
+    ``duplicates`` (see :func:`duplicate_examples`) names where some duplicated ids are.
 
     Returns
     -------
@@ -399,7 +421,8 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     if n_unique_ids != rows:
         raise InputDataError(
             f"id column '{schema.id_column}' has duplicate values: {rows} rows but "
-            f"{n_unique_ids} distinct ids")
+            f"{n_unique_ids} distinct ids"
+            + ("" if duplicates is None else duplicate_examples(duplicates)))
     if rows < min_rows:
         raise InputDataError(
             f"input has {rows} rows; the embedding needs at least {min_rows} "

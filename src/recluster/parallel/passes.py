@@ -82,6 +82,24 @@ def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence
     return stats, state["__id__"].nunique()
 
 
+def most_repeated_ids(state: dd.DataFrame, k: int = 3) -> dd.Series:
+    """The ``k`` most frequent ids with their counts (to name duplicates; a failing run only)."""
+    return state["__id__"].value_counts().nlargest(k)
+
+
+def _ids_with_paths(state: pd.DataFrame, ids: np.ndarray, paths: Sequence[str],
+                    partition_info=None) -> pd.DataFrame:
+    rows = routing.rows_with_ids(state, ids)[["__id__"]]
+    return rows.assign(path=paths[partition_info["number"]] if partition_info else "?")
+
+
+def id_files(state: dd.DataFrame, ids: np.ndarray, pieces: Sequence[Piece]) -> dd.DataFrame:
+    """Every row whose id is one of ``ids``: ``__id__`` and the ``path`` of its file."""
+    meta = state._meta[["__id__"]].assign(path=pd.Series([], dtype=object))
+    return state.map_partitions(_ids_with_paths, dask.delayed(ids), [p.path for p in pieces],
+                                meta=meta)
+
+
 def parse_stats(frame: pd.DataFrame) -> list[dict]:
     return [json.loads(s) for s in frame["stats"]]
 
