@@ -330,6 +330,44 @@ def test_preprocess_categorical_dtypes_agree():
         np.testing.assert_array_equal(pre.transform(other), base)
 
 
+def test_a_level_spelt_like_the_rare_levels_bucket_is_that_bucket():
+    """A categorical value '__other__' (the name of the bucket of rare levels) was kept as a
+    level of its own: the explanation frame then had two categories '__other__' and the run
+    failed in 'explain' ("Categorical categories must be unique") after every fit."""
+    from recluster.compute.explain import raw_frame
+
+    df = pd.DataFrame({"kind": ["__other__"] * 30 + ["a"] * 20 + ["rare"] * 2})
+    pre = Preprocessor([], ["kind"], max_categories=2).fit(df)
+    assert pre.levels_["kind"] == ["a", "rare"]
+    frame = raw_frame(df, pre)
+    assert list(frame["kind"].cat.categories) == ["a", "rare", OTHER]
+    out = pre.transform(pd.DataFrame({"kind": ["__other__", "never seen"]}))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_explanation_frame_takes_any_text_level():
+    """XGBoost refuses category names with a NUL character (an AssertionError with no message
+    inside xgboost, after every fit: 'training the model of cluster 0 failed 3 times'). Levels
+    reach it escaped, and levels that differ stay different."""
+    import xgboost as xgb
+    from tables import NASTY_TEXT
+
+    from recluster.compute.explain import raw_frame
+
+    levels = [*NASTY_TEXT, "a\\0", "\\\\"]  # the escapes of "a\x00" and "\\", as text
+    df = pd.DataFrame({"kind": levels * 4, "x": np.arange(4 * len(levels), dtype=float)})
+    pre = Preprocessor(["x"], ["kind"], max_categories=len(levels)).fit(df)
+    frame = raw_frame(df, pre)
+    cats = list(frame["kind"].cat.categories)
+    assert len(set(cats)) == len(cats) == len(levels) + 1 and not any("\x00" in c for c in cats)
+    assert frame["kind"].cat.codes.nunique() == len(levels)  # every level its own category
+    y = (df["kind"] == "a\x00").astype(int)
+    booster = xgb.train({"tree_method": "hist", "max_cat_to_onehot": 1, "min_child_weight": 0},
+                        xgb.DMatrix(frame, y, enable_categorical=True), 5)
+    p = booster.predict(xgb.DMatrix(frame, enable_categorical=True))
+    assert p[y == 1].min() > p[y == 0].max()
+
+
 def test_preprocess_integer_categorical_independent_of_nulls():
     fit_df = pd.DataFrame({"code": pd.array([1, 2, 2, None] * 10, dtype="float64")})
     pre = Preprocessor([], ["code"]).fit(fit_df)
