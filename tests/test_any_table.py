@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import published, read_json, run_cli
 from sklearn.metrics import adjusted_rand_score
-from tables import check_published, labels, olive, run, write_arrow
+from tables import NASTY_TEXT, check_published, labels, olive, run, write_arrow
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,6 +40,7 @@ def _ids(kind: str, n: int) -> pa.Array:
         return pa.array(values, type=t)
     return {
         "string": lambda: pa.array(text, pa.string()),
+        "nasty_string": lambda: pa.array(NASTY_TEXT + text[len(NASTY_TEXT):], pa.string()),
         "large_string": lambda: pa.array(text, pa.large_string()),
         "dictionary": lambda: pa.array(text).dictionary_encode(),
         "uuid_string": lambda: pa.array([str(v) for v in u], pa.string()),
@@ -59,8 +60,8 @@ def _oil_table(ids: pa.Array, n: int, id_name: str = "oil id", names=None) -> tu
     return pa.table(cols), frame
 
 
-ID_KINDS = ["int8", "int16", "int32", "int64", "uint64", "string", "large_string", "dictionary",
-            "uuid_string", "uuid_fixed16", "binary"]
+ID_KINDS = ["int8", "int16", "int32", "int64", "uint64", "string", "nasty_string", "large_string",
+            "dictionary", "uuid_string", "uuid_fixed16", "binary"]
 
 
 @pytest.mark.parametrize("kind", ID_KINDS)

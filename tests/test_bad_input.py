@@ -41,6 +41,10 @@ def test_duplicate_ids(table, tmp_path, bucket, scheduler, capsys):
     write_table(dup, f"s3://{bucket}/in", 3)
     err = _run(tmp_path, bucket, scheduler, capsys)
     assert "'user_id' has duplicate values" in err
+    # which id, and where: the first row's id is repeated in the last file's last row
+    first = int(dup["user_id"].iloc[0])
+    assert f"e.g. {first!r} (2 rows: in " in err, err
+    assert "part-000.parquet, " in err and "part-002.parquet)" in err, err
 
 
 def test_non_numeric_feature_not_declared(table, tmp_path, bucket, scheduler, capsys):

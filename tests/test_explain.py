@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-from helpers import read_json, read_labels, run_cli, write_config, write_table
-from sklearn.metrics import adjusted_rand_score
+from helpers import published, read_json, read_labels, run_cli, write_config, write_table
+from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 from recluster.compute.explain import raw_frame
 from recluster.demo import make_table
@@ -166,6 +166,63 @@ def test_score_reproduces_labels_and_recovers_truth_on_fresh_rows(run, scheduler
     assert adjusted_rand_score(labels["group"], labels["level_1"].astype(int)) >= 0.85
     leaf = pd.factorize(labels["cluster"])[0]
     assert adjusted_rand_score(labels["subgroup"], leaf) >= 0.85
+
+
+def test_score_refuses_rows_without_an_id(run, scheduler, capsys):
+    """``score`` has no validation pass: new rows with null ids (integer, text or binary) gave a
+    raw pyarrow/TypeError traceback (exit 1) when the labels were written; now exit 3 naming
+    the id column and the file, and nothing is published."""
+    fresh, _ = make_table(600, seed=31, row_seed=7, **SHAPE)
+    fresh["user_id"] = fresh["user_id"].astype("Int64")
+    fresh.loc[[0, 97, 194, 291], "user_id"] = pd.NA  # all in the first of the two files
+    write_table(fresh, "s3://explain/null-ids", n_files=2)
+    code = run_cli("score", "--model", run["out"], "--input", "s3://explain/null-ids",
+                   "--output", "s3://explain/score-null-ids", "--scheduler", scheduler)
+    err = capsys.readouterr().err
+    assert code == 3, err[-2000:]
+    assert "id column 'user_id' has 4 missing values in" in err and "part-000.parquet" in err, err
+    assert "Traceback" not in err and not published("s3://explain/score-null-ids")
+
+
+def test_training_with_categoricals_and_a_partition_without_rows(client):
+    """A node whose training rows all lie in some of the partitions (a small table whose
+    clusters follow its files): xgboost.dask refuses categorical data on a worker with empty
+    input ("A worker cannot have empty input when a dataframe with categorical features is
+    used"), which failed the run in 'explain' after every fit."""
+    import dask.dataframe as dd
+
+    from recluster.parallel.explain import _train
+
+    rng = np.random.default_rng(0)
+    n = 400
+    X = pd.DataFrame({"a": rng.normal(size=n).astype("float32"),
+                      "k": pd.Categorical(rng.choice(["x", "y"], n), categories=["x", "y", "o"])})
+    y = pd.Series((X["a"] > 0).astype("int32"))
+    Xd, yd = dd.from_pandas(X, npartitions=2), dd.from_pandas(y, npartitions=2)
+    keep = Xd["a"] > -100  # every row
+    Xd, yd = Xd[keep & (Xd.index < n // 2)], yd[keep & (yd.index < n // 2)]  # partition 2 empty
+    assert list(client.compute(yd.map_partitions(len), sync=True)) == [n // 2, 0]
+    params = {"objective": "binary:logistic", "nthread": 1, "tree_method": "hist",
+              "max_cat_to_onehot": 1}
+    booster = _train(client, params, Xd, yd, rounds=5, retries=0, timeout_s=120,
+                     what="a test model")
+    p = booster.predict(xgb.DMatrix(X.iloc[: n // 2], enable_categorical=True))
+    assert roc_auc_score(y.iloc[: n // 2], p) >= 0.95
+
+
+def test_training_error_names_the_cause_without_xgboost_stack_trace(client):
+    """XGBoost appends a C++ stack trace ("[bt] (0) .../libxgboost.so(+0x...)") to its errors;
+    the run's error message keeps the cause and leaves the trace out."""
+    from recluster.errors import StageError
+    from recluster.parallel.explain import _train
+
+    X, y = _frame()
+    with pytest.raises(StageError) as exc:
+        _train(client, {"objective": "no-such-objective"}, X, y, rounds=2, retries=0,
+               timeout_s=120, what="a test model", collective_timeout_s=10)
+    msg = str(exc.value)
+    assert "Unknown objective function" in msg and "a test model" in msg, msg
+    assert "[bt]" not in msg and "Stack trace" not in msg and "libxgboost" not in msg, msg
 
 
 def _frame(n=400):

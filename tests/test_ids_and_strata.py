@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from tables import NASTY_TEXT
 
 from recluster.compute.node import ids_checksum
 from recluster.compute.sampling import FOLDED, allocate, fold_strata, hash_uniform, id_hashes
@@ -77,3 +78,76 @@ def test_many_strata_fold_and_floors_never_double_the_sample():
     small = {"a": 10_000, "b": 40, "c": 5}
     t = allocate(small, size=1_000, min_per_stratum=50, max_strata=100)
     assert t["c"] == 1.0 and t["b"] == 1.0 and t["a"] < 0.1
+
+
+def test_map_rows_are_found_for_every_text_id():
+    """The report's map looks its sample rows up by id; Dask's ``isin`` lost ids ending in NUL
+    characters (``"\\x00"``, ``"a\\x00"``), and the run failed in 'report' after all its work."""
+    import dask.dataframe as dd
+
+    from recluster.parallel.passes import clusters_of
+
+    ids = pd.Series(NASTY_TEXT + [f"r{i}" for i in range(50)], dtype="str")
+    state = pd.DataFrame({"__id__": ids, "cluster": [str(i % 3) for i in range(len(ids))]})
+    wanted = np.array(NASTY_TEXT, dtype=object)
+    got = clusters_of(dd.from_pandas(state, npartitions=3), wanted).compute(scheduler="sync")
+    assert sorted(got["__id__"]) == sorted(NASTY_TEXT)
+    assert dict(zip(got["__id__"], got["cluster"], strict=True)) == {
+        v: str(NASTY_TEXT.index(v) % 3) for v in NASTY_TEXT}
+
+
+def test_parquet_uuid_ids_are_read_and_written_back_as_uuids(tmp_path):
+    """pyarrow writes ``pa.uuid()`` as Parquet's UUID type and reads it back as the extension
+    type ``arrow.uuid`` (storage ``fixed_size_binary(16)``); such ids were refused as "not a
+    supported key type". From the footer to the labels' id column, they now keep their type."""
+    import pyarrow.parquet as pq
+
+    from recluster.compute.schema import resolve_schema
+    from recluster.config import InputConfig
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers, read_piece
+
+    values = [uuid.UUID(int=i * 0x9E3779B97F4A7C15 + 1).bytes for i in range(300)]
+    ids = pa.ExtensionArray.from_storage(pa.uuid(), pa.array(values, pa.binary(16)))
+    pq.write_table(pa.table({"id": ids, "x": np.arange(300.0)}), tmp_path / "a.parquet")
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    assert infos[0].schema.field("id").type == pa.uuid()
+    ts = resolve_schema(infos, InputConfig(path=str(tmp_path), id_column="id"), None)
+    [piece] = plan_pieces(infos, 1_000)
+    frame = table_to_frame(read_piece(piece, loc, ts.read_schema, list(ts.keys.items())), ts)
+    assert frame[ts.id_key].tolist() == [v.hex() for v in values]
+    back = id_arrow(frame[ts.id_key], ts.id_type)
+    assert back.type == pa.uuid() and back.equals(ids)
+
+
+def test_hive_folder_values_written_two_ways_stay_two_values(tmp_path):
+    """``code=01`` and ``code=1`` are two folders; pyarrow's discovery types both as the
+    integer 1, which merged two categorical levels (and strata) silently. Such a column is read
+    as text; ``month=01`` .. ``month=12`` (one spelling per number) stay integers."""
+    import pyarrow.parquet as pq
+
+    from recluster.compute.schema import resolve_schema
+    from recluster.config import InputConfig
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers, read_piece
+
+    folders = [("01", "01"), ("1", "02"), ("002", "12"), ("__HIVE_DEFAULT_PARTITION__", "12")]
+    for i, (code, month) in enumerate(folders):
+        d = tmp_path / f"code={code}" / f"month={month}"
+        d.mkdir(parents=True)
+        pq.write_table(pa.table({"id": [i], "x": [float(i)]}), d / "part-0.parquet")
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    ts = resolve_schema(infos, InputConfig(path=str(tmp_path), id_column="id",
+                                           categorical=["code"]), None)
+    assert ts.numeric == ("x", "month") and ts.categorical == ("code",)
+    read = dict(ts.read_types)
+    assert read["code"] == pa.string() and pa.types.is_integer(read["month"])
+    got = {}
+    for piece in plan_pieces(infos, 1_000):
+        frame = table_to_frame(read_piece(piece, loc, ts.read_schema, list(ts.keys.items())), ts)
+        got.update(zip(frame[ts.id_key], zip(frame[ts.key("code")], frame[ts.key("month")],
+                                             strict=True), strict=True))
+    codes = {i: (None if pd.isna(c) else c, int(m)) for i, (c, m) in got.items()}
+    assert codes == {0: ("01", 1), 1: ("1", 2), 2: ("002", 12), 3: (None, 12)}

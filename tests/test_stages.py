@@ -16,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from recluster.compute.assign import KnnAssigner
 from recluster.compute.cluster import fit_clusters, min_cluster_size_for
 from recluster.compute.node import NodeFit
-from recluster.compute.preprocess import MISSING, OTHER, Preprocessor
+from recluster.compute.preprocess import MISSING, OTHER, Preprocessor, categorical_strings
 from recluster.compute.sampling import allocate, hash_uniform
 from recluster.compute.schema import check_stats, partition_stats, resolve_schema
 from recluster.compute.tree import TreeNode, accept_split, child_path, parent_of, split_refusal
@@ -330,12 +330,72 @@ def test_preprocess_categorical_dtypes_agree():
         np.testing.assert_array_equal(pre.transform(other), base)
 
 
+def test_a_level_spelt_like_the_rare_levels_bucket_is_that_bucket():
+    """A categorical value '__other__' (the name of the bucket of rare levels) was kept as a
+    level of its own: the explanation frame then had two categories '__other__' and the run
+    failed in 'explain' ("Categorical categories must be unique") after every fit."""
+    from recluster.compute.explain import raw_frame
+
+    df = pd.DataFrame({"kind": ["__other__"] * 30 + ["a"] * 20 + ["rare"] * 2})
+    pre = Preprocessor([], ["kind"], max_categories=2).fit(df)
+    assert pre.levels_["kind"] == ["a", "rare"]
+    frame = raw_frame(df, pre)
+    assert list(frame["kind"].cat.categories) == ["a", "rare", OTHER]
+    out = pre.transform(pd.DataFrame({"kind": ["__other__", "never seen"]}))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_explanation_frame_takes_any_text_level():
+    """XGBoost refuses category names with a NUL character (an AssertionError with no message
+    inside xgboost, after every fit: 'training the model of cluster 0 failed 3 times'). Levels
+    reach it escaped, and levels that differ stay different."""
+    import xgboost as xgb
+    from tables import NASTY_TEXT
+
+    from recluster.compute.explain import raw_frame
+
+    levels = [*NASTY_TEXT, "a\\0", "\\\\"]  # the escapes of "a\x00" and "\\", as text
+    df = pd.DataFrame({"kind": levels * 4, "x": np.arange(4 * len(levels), dtype=float)})
+    pre = Preprocessor(["x"], ["kind"], max_categories=len(levels)).fit(df)
+    frame = raw_frame(df, pre)
+    cats = list(frame["kind"].cat.categories)
+    assert len(set(cats)) == len(cats) == len(levels) + 1 and not any("\x00" in c for c in cats)
+    assert frame["kind"].cat.codes.nunique() == len(levels)  # every level its own category
+    y = (df["kind"] == "a\x00").astype(int)
+    booster = xgb.train({"tree_method": "hist", "max_cat_to_onehot": 1, "min_child_weight": 0},
+                        xgb.DMatrix(frame, y, enable_categorical=True), 5)
+    p = booster.predict(xgb.DMatrix(frame, enable_categorical=True))
+    assert p[y == 1].min() > p[y == 0].max()
+
+
 def test_preprocess_integer_categorical_independent_of_nulls():
     fit_df = pd.DataFrame({"code": pd.array([1, 2, 2, None] * 10, dtype="float64")})
     pre = Preprocessor([], ["code"]).fit(fit_df)
     rows = pd.DataFrame({"code": np.array([1, 2], dtype=np.int64)})
     out = pre.transform(rows)
     assert out[:, -1].sum() == 0.0  # neither known level falls into __other__
+
+
+def test_large_integer_levels_read_the_same_with_and_without_nulls():
+    """An int64 categorical (or stratify_by) column read from a piece with nulls came out as
+    pandas float64: 2**62 + 1 became the level '4611686018427387904' there and
+    '4611686018427387905' in a piece without nulls, one level split in two."""
+    from recluster.compute.schema import TableSchema, table_to_frame
+
+    big = 2**62 + 1
+    ts = TableSchema("id", ("x",), ("code",), "group", pa.int64(),
+                     (("id", pa.int64()), ("x", pa.int64()), ("code", pa.int64()),
+                      ("group", pa.uint64())))
+    levels = []
+    for code, group in (([big, None], [2**64 - 1, None]), ([big, 7], [2**64 - 1, 3])):
+        table = pa.table({ts.id_key: [1, 2], ts.key("x"): pa.array([big, None], pa.int64()),
+                          ts.key("code"): pa.array(code, pa.int64()),
+                          ts.key("group"): pa.array(group, pa.uint64())})
+        frame = table_to_frame(table, ts)
+        levels.append((categorical_strings(frame[ts.key("code")])[0],
+                       categorical_strings(frame[ts.key("group")])[0]))
+        assert pd.isna(frame[ts.key("x")][1])  # numeric features: missing as ever
+    assert levels == [(str(big), str(2**64 - 1))] * 2
 
 
 def test_preprocess_fit_rejects_empty():
@@ -518,6 +578,24 @@ def test_resolve_schema_missing_feature_names_column_and_file():
     assert "'visits'" in str(exc.value) and "one.parquet" in str(exc.value)
 
 
+def test_missing_column_names_the_file_columns_that_only_look_different():
+    """A config naming 'é' (one character) for a file column 'é' written as e + combining
+    accent, or 'Spend' for 'spend ', was told the column is missing, in a message where both
+    print the same; the message now names the near miss, escaped where it prints alike."""
+    fields = [("user_id", pa.int64()), ("e\u0301", pa.float64()), ("spend ", pa.float64())]
+    for wanted, hint in (("\u00e9", "'e\\u0301'"), ("Spend", "'spend '")):
+        cfg = InputConfig(path="/in", id_column="user_id", features=[wanted])
+        with pytest.raises(InputDataError) as exc:
+            resolve_schema([_info("one.parquet", fields)], cfg, None)
+        msg = str(exc.value)
+        assert f"feature column '{wanted}' is missing from one.parquet" in msg, msg
+        assert f"(it has {hint}: names must match exactly)" in msg, msg
+    cfg = InputConfig(path="/in", id_column="user_id", features=["visits"])
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("one.parquet", fields)], cfg, None)
+    assert "it has" not in str(exc.value)
+
+
 def test_resolve_schema_type_conflict_names_both_files():
     cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
     changed = [(n, pa.float64() if n == "visits" else t) for n, t in GOOD]
@@ -541,6 +619,43 @@ def test_resolve_schema_string_flavours_do_not_conflict():
                         cfg, None)
     assert ts.categorical == ("country",)
     assert ts.numeric == ("spend",)
+
+
+def test_columns_without_values_in_some_files_take_the_other_files_type(tmp_path):
+    """pandas writes an all-None object column, and every object column of an empty frame, with
+    Arrow's null type; such files were refused ("has type null in part-001 but string in
+    part-000: the files' schemas disagree"). They fit any type; a column null in every file is
+    numeric, so that validation names it as having no values."""
+    from recluster.compute.schema import table_to_frame
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers, read_piece
+
+    full = pd.DataFrame({"user_id": ["a", "b"], "spend": [1.0, 2.0], "country": ["SE", "NO"],
+                         "note": [None, None]})
+    no_country = pd.DataFrame({"user_id": ["c"], "spend": [3.0], "country": [None],
+                               "note": [None]})
+    full.to_parquet(tmp_path / "part-000.parquet", index=False)
+    no_country.to_parquet(tmp_path / "part-001.parquet", index=False)
+    full.iloc[:0].astype(object).to_parquet(tmp_path / "part-002.parquet", index=False)
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    assert pa.types.is_null(infos[1].schema.field("country").type)
+    assert pa.types.is_null(infos[2].schema.field("user_id").type)
+    cfg = InputConfig(path=str(tmp_path), id_column="user_id", categorical=["country"])
+    ts = resolve_schema(infos, cfg, None)
+    read = dict(ts.read_types)
+    assert read["user_id"] == read["country"] == pa.string()
+    assert ts.id_type == infos[0].schema.field("user_id").type  # the labels keep it
+    assert ts.numeric == ("spend", "note") and pa.types.is_null(read["note"])
+    frames = [table_to_frame(read_piece(p, loc, ts.read_schema, list(ts.keys.items())), ts)
+              for p in plan_pieces(infos, 1_000)]
+    got = pd.concat(frames, ignore_index=True)
+    assert got[ts.id_key].tolist() == ["a", "b", "c"]
+    assert got[ts.key("country")].tolist()[:2] == ["SE", "NO"]
+    assert got[ts.key("country")].isna().tolist() == [False, False, True]
+    stats = [partition_stats(f, ts, "f") for f in frames]
+    with pytest.raises(InputDataError, match="feature column 'note' has no values at all"):
+        check_stats(stats, 3, ts, 2)
 
 
 def test_resolve_schema_undeclared_string_feature():
@@ -593,6 +708,13 @@ def test_check_stats_duplicate_ids():
         check_stats(stats, n_unique_ids=90, schema=ts, min_rows=17)
     msg = str(exc.value)
     assert "'user_id'" in msg and "duplicate" in msg
+    found = pd.DataFrame({"__id__": [45, 45, 41, 41, 7],
+                          "path": ["p1.parquet", "p2.parquet", "p1.parquet", "p2.parquet",
+                                   "p1.parquet"]})
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=90, schema=ts, min_rows=17, duplicates=found)
+    assert str(exc.value).endswith("; e.g. 41 (2 rows: in p1.parquet, p2.parquet); "
+                                   "45 (2 rows: in p1.parquet, p2.parquet)"), str(exc.value)
 
 
 def test_check_stats_infinite_values_name_column_and_file():

@@ -435,8 +435,15 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         stats, n_unique = passes.validation_frames(feats, state, pieces, ts)
         stats, n_unique, counts = client.compute([stats, n_unique, passes.count_nodes(state)],
                                                  sync=True)
-        summary = check_stats(passes.parse_stats(stats), int(n_unique), ts,
-                              cfg.embedding.n_neighbors + 2)
+        stats = passes.parse_stats(stats)
+        duplicates = None
+        if int(n_unique) < sum(s["rows"] for s in stats) and not any(s["null_ids"] for s in stats):
+            # Failing anyway: two more passes say which ids repeat, and in which files.
+            top = client.compute(passes.most_repeated_ids(state), sync=True)
+            duplicates = client.compute(passes.id_files(state, top.index.to_numpy(), pieces),
+                                        sync=True)
+        summary = check_stats(stats, int(n_unique), ts, cfg.embedding.n_neighbors + 2,
+                              duplicates)
         total = st.counts["rows"] = summary["rows"]
         echo(f"  {total} rows, ids unique, no infinite values; missing values: "
              f"{summary['missing'] or 'none'}")

@@ -43,8 +43,15 @@ def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
         vals = categorical_strings(df[c])
         known = set(levels)
         vals = np.array([v if v in known else OTHER for v in vals], dtype=object)
-        out[c] = pd.Categorical(vals, categories=levels)
+        codes = pd.Categorical(vals, categories=levels).codes
+        out[c] = pd.Categorical.from_codes(codes, categories=[category_name(v) for v in levels])
     return pd.DataFrame(out, index=df.index)
+
+
+def category_name(level: str) -> str:
+    """A categorical level as XGBoost holds it: its category names may not contain NUL, so NUL
+    is written ``\\0`` and a backslash ``\\\\`` (distinct levels stay distinct)."""
+    return level.replace("\\", "\\\\").replace("\x00", "\\0")
 
 
 def in_node(cluster: np.ndarray, depth: np.ndarray, path: str, node_depth: int) -> np.ndarray:

@@ -104,7 +104,9 @@ class Preprocessor:
             vals = pd.Series(categorical_strings(df[c]))
             counts = vals.value_counts()
             ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-            self.levels_[c] = [k for k, _ in ordered[: self.max_categories]]
+            # A value spelt like the bucket of rare levels is in that bucket: kept as a level of
+            # its own it would make two categories of one name (and two equal one-hot names).
+            self.levels_[c] = [k for k, _ in ordered if k != OTHER][: self.max_categories]
         self.feature_names_out_ = self._names()
         return self
 

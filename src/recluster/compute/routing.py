@@ -75,6 +75,25 @@ def node_counts(state: pd.DataFrame) -> pd.DataFrame:
     return g.rename("rows").reset_index()
 
 
+def rows_with_ids(state: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
+    """The ``__id__`` and ``cluster`` of this partition's rows whose id is one of ``ids``.
+
+    Matched by pandas on the values as they are (Dask's own ``isin`` turns a list of strings
+    into a fixed-width numpy array, which drops trailing NUL characters: ``"a\\x00"`` then
+    never matched).
+
+    Parameters
+    ----------
+    state : state of one partition (n, ...)
+    ids : ndarray (m,) canonical id values
+
+    Returns
+    -------
+    DataFrame (k, 2), k <= n
+    """
+    return state.loc[state["__id__"].isin(ids), ["__id__", "cluster"]]
+
+
 def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
                   thresholds: Mapping[tuple[str, str], float], columns: list[str]) -> pd.DataFrame:
     """Rows of this partition drawn into the samples of the nodes fitted at ``level``.

@@ -21,6 +21,7 @@ the input's Arrow type for the labels.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,6 +106,10 @@ class TableSchema:
 
 
 def _decoded(t: pa.DataType) -> pa.DataType:
+    """The type of the values: a dictionary's value type, an extension type's storage (e.g.
+    ``arrow.uuid``, what a Parquet UUID column reads as, is ``fixed_size_binary(16)``)."""
+    if isinstance(t, pa.BaseExtensionType):
+        t = t.storage_type
     return t.value_type if pa.types.is_dictionary(t) else t
 
 
@@ -140,9 +145,16 @@ def _unify(types: Sequence[pa.DataType]) -> pa.DataType:
     return plain[0]
 
 
+def _typed(found: Sequence[tuple[str, pa.DataType]]) -> list[tuple[str, pa.DataType]]:
+    """``(path, type)`` pairs without Arrow's null type (a column with no values), unless
+    every file has it."""
+    return [(p, t) for p, t in found if not pa.types.is_null(t)] or list(found)
+
+
 def _is_numeric(t: pa.DataType) -> bool:
+    """Read as numbers; null (no value in any file) too, so validation names it as empty."""
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
-        or pa.types.is_decimal(t)
+        or pa.types.is_decimal(t) or pa.types.is_null(t)
 
 
 def _check_id_type(name: str, t: pa.DataType, path: str) -> None:
@@ -154,7 +166,7 @@ def _check_id_type(name: str, t: pa.DataType, path: str) -> None:
     raise InputDataError(
         f"id column '{name}' has type {t} in {path}: {why}. Ids must be integers (int8..int64, "
         f"uint8..uint64), strings (string, large_string, dictionary<string>) or binary (binary, "
-        f"fixed_size_binary, e.g. UUIDs)")
+        f"fixed_size_binary, e.g. UUIDs, also as Parquet's UUID type)")
 
 
 def _check_names(info) -> None:
@@ -168,6 +180,22 @@ def _check_names(info) -> None:
         raise InputDataError(
             f"column '{dup[0]}' appears {seen[dup[0]]} times in {info.path}{where}; column names "
             f"must be unique")
+
+
+def _looks(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold().strip()
+
+
+def _near_names(name: str, names: Sequence[str]) -> str:
+    """A hint naming the file's columns that differ from ``name`` only in case, surrounding
+    whitespace or Unicode normalisation (``'é'`` typed as one character or as ``e`` + accent
+    look the same in a message), or ``""``."""
+    def shown(n: str) -> str:  # escaped where it would print like the name asked for
+        return ascii(n) if unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", name) \
+            else repr(n)
+
+    near = [shown(n) for n in names if n != name and _looks(n) == _looks(name)]
+    return f" (it has {', '.join(near)}: names must match exactly)" if near else ""
 
 
 def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -> TableSchema:
@@ -206,14 +234,19 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
             if col not in names:
                 role = "id column" if col == cfg.id_column else (
                     "stratify_by column" if col == stratify_by else "feature column")
-                raise InputDataError(f"{role} '{col}' is missing from {info.path}")
+                raise InputDataError(f"{role} '{col}' is missing from {info.path}"
+                                     + _near_names(col, info.schema.names))
             t = info.schema.field(col).type
-            if col in seen and _kind(seen[col][0][1]) != _kind(t):
-                path0, t0 = seen[col][0]
+            typed = _typed(seen.get(col, []))
+            if typed and not pa.types.is_null(t) and _kind(typed[0][1]) != _kind(t):
+                path0, t0 = typed[0]
                 raise InputDataError(
                     f"column '{col}' has type {t} in {info.path} but {t0} in {path0}: the files' "
                     f"schemas disagree")
             seen.setdefault(col, []).append((info.path, t))
+    # A file whose column holds no value at all (pandas writes an all-None or empty object column
+    # with Arrow's null type) fits any type: the other files decide it.
+    seen = {c: _typed(v) for c, v in seen.items()}
     for path, t in seen[cfg.id_column]:
         _check_id_type(cfg.id_column, t, path)
     id_types = {t for _, t in seen[cfg.id_column]}
@@ -251,7 +284,9 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     """A piece read under internal keys, as the pandas frame the stages work on.
 
     The id becomes its canonical value (see the module docstring); booleans become 0/1 floats
-    (null as NaN); strings stay text.
+    (null as NaN); strings stay text. Integer levels (categorical or ``stratify_by`` columns)
+    stay exact integers where the piece holds nulls, instead of pandas' float64 (which rounds
+    values beyond 2**53, so that one level would read as two in pieces with and without nulls).
 
     Parameters
     ----------
@@ -262,8 +297,11 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     pandas.DataFrame (n, k)
     """
     cols = {}
+    levels = {*ts.categorical_keys, ts.stratum_key}
     for name in table.column_names:
         col = table.column(name).combine_chunks()
+        if isinstance(col.type, pa.BaseExtensionType):
+            col = col.storage
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
         if name == ts.id_key and _kind(col.type) == "binary":
@@ -271,7 +309,8 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
             continue
         if pa.types.is_boolean(col.type):
             col = pc.cast(col, pa.float64())
-        cols[name] = col.to_pandas()
+        exact = name in levels and pa.types.is_integer(col.type) and col.null_count > 0
+        cols[name] = col.to_pandas(integer_object_nulls=exact)
     return pd.DataFrame(cols)
 
 
@@ -324,9 +363,45 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
             "inf": inf, "missing": missing, "span": span, "levels": levels, "path": path}
 
 
+def _null_ids(schema: TableSchema, n: int, path: str) -> InputDataError:
+    return InputDataError(f"id column '{schema.id_column}' has {n} missing values in {path}")
+
+
+def refuse_null_ids(df: pd.DataFrame, schema: TableSchema, path: str) -> pd.DataFrame:
+    """``df`` (a partition under internal keys) unchanged, or an error naming the id column and
+    ``path`` if an id is missing: a row without an id cannot be labelled (used where there is
+    no validation pass, e.g. ``recluster score``)."""
+    n = int(df[schema.id_key].isna().sum())
+    if n:
+        raise _null_ids(schema, n, path)
+    return df
+
+
+def duplicate_examples(found: pd.DataFrame) -> str:
+    """Where some duplicated ids are, for the error message.
+
+    Parameters
+    ----------
+    found : DataFrame (n, 2) with ``__id__`` and ``path``: one row per input row that holds one
+        of the duplicated ids looked up
+
+    Returns
+    -------
+    str, e.g. ``"; e.g. 'a' (2 rows: in x.parquet, y.parquet)"``, or ``""``
+    """
+    out = []
+    for value, rows in found.groupby("__id__", sort=True):
+        if len(rows) > 1:
+            files = ", ".join(dict.fromkeys(rows["path"]))
+            out.append(f"{value!r} ({len(rows)} rows: in {files})")
+    return "; e.g. " + "; ".join(out) if out else ""
+
+
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
-                min_rows: int) -> dict:
+                min_rows: int, duplicates: pd.DataFrame | None = None) -> dict:
     """Combine per-partition stats and raise on what makes the input unusable.
+
+    ``duplicates`` (see :func:`duplicate_examples`) names where some duplicated ids are.
 
     Returns
     -------
@@ -336,8 +411,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     rows = sum(s["rows"] for s in stats)
     for s in stats:
         if s["null_ids"]:
-            raise InputDataError(
-                f"id column '{schema.id_column}' has {s['null_ids']} missing values in {s['path']}")
+            raise _null_ids(schema, s["null_ids"], s["path"])
         bad = {c: n for c, n in s["inf"].items() if n}
         if bad:
             c, n = sorted(bad.items())[0]
@@ -347,7 +421,8 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     if n_unique_ids != rows:
         raise InputDataError(
             f"id column '{schema.id_column}' has duplicate values: {rows} rows but "
-            f"{n_unique_ids} distinct ids")
+            f"{n_unique_ids} distinct ids"
+            + ("" if duplicates is None else duplicate_examples(duplicates)))
     if rows < min_rows:
         raise InputDataError(
             f"input has {rows} rows; the embedding needs at least {min_rows} "

@@ -46,6 +46,11 @@ def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[s
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _message(exc: BaseException) -> str:
+    """An exception's message without the C++ stack trace XGBoost appends to its errors."""
+    return str(exc).split("\nStack trace:", 1)[0].rstrip()
+
+
 def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: int,
            retries: int, timeout_s: float, what: str, collective_timeout_s: int = 120):
     """Train with ``xgboost.dask``: bounded retries with fresh data handles, bounded time.
@@ -61,7 +66,13 @@ def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: 
     coll = Config(timeout=collective_timeout_s, tracker_timeout=collective_timeout_s)
 
     def attempt():
-        dtrain = xgb.dask.DaskDMatrix(client, X, y, enable_categorical=True)
+        # A node's rows may all lie in some partitions (a small table, clusters that follow
+        # the files): xgboost.dask refuses categorical data on a worker with empty input, so
+        # only partitions that hold rows are trained on.
+        sizes = client.compute(y.map_partitions(len), sync=True)
+        keep = [i for i, n in enumerate(sizes) if n] or [0]
+        dtrain = xgb.dask.DaskDMatrix(client, X.partitions[keep], y.partitions[keep],
+                                      enable_categorical=True)
         return xgb.dask.train(client, params, dtrain, num_boost_round=rounds,
                               verbose_eval=False, coll_cfg=coll)["booster"]
 
@@ -78,8 +89,8 @@ def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: 
         finally:
             pool.shutdown(wait=False)
     cause = last.__cause__ or last.__context__ if last is not None else None
-    detail = f"{type(last).__name__}: {last}" + (f" (from {type(cause).__name__}: {cause})"
-                                                 if cause is not None else "")
+    detail = f"{type(last).__name__}: {_message(last)}" + (
+        f" (from {type(cause).__name__}: {_message(cause)})" if cause is not None else "")
     raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {detail}")
 
 

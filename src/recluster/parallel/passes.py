@@ -45,6 +45,19 @@ def input_frame(loc: Location, pieces: Sequence[Piece], ts: TableSchema,
                        enforce_metadata=False, label=f"read-parquet-{run_id}")
 
 
+def _ids_present(df: pd.DataFrame, ts: TableSchema, paths: Sequence[str],
+                 partition_info=None) -> pd.DataFrame:
+    return schema.refuse_null_ids(df, ts, paths[partition_info["number"]] if partition_info
+                                  else "?")
+
+
+def with_ids_checked(feats: dd.DataFrame, pieces: Sequence[Piece], ts: TableSchema
+                     ) -> dd.DataFrame:
+    """``feats`` whose partitions raise :class:`~recluster.errors.InputDataError` (naming the
+    id column and the piece's file) when an id is missing, as they are read."""
+    return feats.map_partitions(_ids_present, ts, [p.path for p in pieces], meta=feats._meta)
+
+
 def initial_state(feats: dd.DataFrame, ts: TableSchema, cfg: JobConfig) -> dd.DataFrame:
     id_dtype = feats._meta[ts.id_key].dtype
     return feats.map_partitions(
@@ -67,6 +80,24 @@ def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence
     stats = feats.map_partitions(_stats_frame, ts, [p.path for p in pieces],
                                  meta=pd.DataFrame({"stats": pd.Series([], dtype=object)}))
     return stats, state["__id__"].nunique()
+
+
+def most_repeated_ids(state: dd.DataFrame, k: int = 3) -> dd.Series:
+    """The ``k`` most frequent ids with their counts (to name duplicates; a failing run only)."""
+    return state["__id__"].value_counts().nlargest(k)
+
+
+def _ids_with_paths(state: pd.DataFrame, ids: np.ndarray, paths: Sequence[str],
+                    partition_info=None) -> pd.DataFrame:
+    rows = routing.rows_with_ids(state, ids)[["__id__"]]
+    return rows.assign(path=paths[partition_info["number"]] if partition_info else "?")
+
+
+def id_files(state: dd.DataFrame, ids: np.ndarray, pieces: Sequence[Piece]) -> dd.DataFrame:
+    """Every row whose id is one of ``ids``: ``__id__`` and the ``path`` of its file."""
+    meta = state._meta[["__id__"]].assign(path=pd.Series([], dtype=object))
+    return state.map_partitions(_ids_with_paths, dask.delayed(ids), [p.path for p in pieces],
+                                meta=meta)
 
 
 def parse_stats(frame: pd.DataFrame) -> list[dict]:
@@ -179,5 +210,5 @@ def write_labels(state: dd.DataFrame, store: OutputStore, ts: TableSchema, level
 
 def clusters_of(state: dd.DataFrame, ids: np.ndarray) -> dd.DataFrame:
     """The final ``cluster`` path of the rows with these ids (a few thousand: the map sample)."""
-    keep = state[state["__id__"].isin(list(ids))]
-    return keep[["__id__", "cluster"]]
+    return state.map_partitions(routing.rows_with_ids, dask.delayed(ids),
+                                meta=state._meta[["__id__", "cluster"]])

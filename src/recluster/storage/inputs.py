@@ -93,17 +93,41 @@ def _arrow_fs(loc: Location) -> pafs.FileSystem:
 
 
 def _partitions(loc: Location, files: Sequence[str]) -> tuple[pa.Schema, list[dict[str, Any]]]:
-    """Hive partition columns (typed by pyarrow's discovery over all paths) and each file's values."""
+    """Hive partition columns and each file's values, by pyarrow's discovery over all paths.
+
+    A column is an integer where pyarrow infers one (``month=01`` .. ``month=12`` are 1..12)
+    unless two folders write one number differently: then it is text, so that ``code=01`` and
+    ``code=1`` stay two values.
+    """
     _, root = loc.fs()
     base = root if len(files) != 1 or files[0] != root else posixpath.dirname(root)
-    opts = ds.FileSystemFactoryOptions(partition_base_dir=base)
-    opts.partitioning_factory = ds.HivePartitioning.discover(infer_dictionary=False)
-    factory = ds.FileSystemDatasetFactory(_arrow_fs(loc), list(files), ds.ParquetFileFormat(), opts)
-    schema = factory.inspect(fragments=0)  # paths only: the files' own columns come from footers
-    dataset = factory.finish(schema)
-    by_path = {f.path: ds.get_partition_keys(f.partition_expression)
-               for f in dataset.get_fragments()}
-    return schema, [by_path.get(p, {}) for p in files]
+
+    def discover(partitioning: ds.Partitioning | None):
+        opts = ds.FileSystemFactoryOptions(partition_base_dir=base)
+        if partitioning is None:
+            opts.partitioning_factory = ds.HivePartitioning.discover(infer_dictionary=False)
+        else:
+            opts.partitioning = partitioning
+        factory = ds.FileSystemDatasetFactory(_arrow_fs(loc), list(files),
+                                              ds.ParquetFileFormat(), opts)
+        schema = factory.inspect(fragments=0)  # paths only: the files' columns come from footers
+        by_path = {f.path: ds.get_partition_keys(f.partition_expression)
+                   for f in factory.finish(schema).get_fragments()}
+        return schema, [by_path.get(p, {}) for p in files]
+
+    inferred, _ = discover(None)
+    if not len(inferred):
+        return inferred, [{} for _ in files]
+    _, texts = discover(ds.HivePartitioning(pa.schema([(n, pa.string()) for n in inferred.names])))
+    fields = []
+    for f in inferred:
+        raw = {v[f.name] for v in texts if v.get(f.name) is not None}
+        integer = pa.types.is_integer(f.type) and len({int(v) for v in raw}) == len(raw)
+        fields.append(f if integer else pa.field(f.name, pa.string()))
+    schema = pa.schema(fields)
+    values = [{k: (None if v is None else int(v) if pa.types.is_integer(schema.field(k).type)
+                   else v) for k, v in t.items()} for t in texts]
+    return schema, values
 
 
 def _index_columns(schema: pa.Schema) -> tuple[str, ...]:
