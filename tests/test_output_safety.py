@@ -361,6 +361,46 @@ def test_failed_attempt_leaves_nothing_but_what_was_there(tmp_path):
     assert not (tmp_path / "new" / "out").exists()  # the run created it; it is gone again
 
 
+def test_a_staged_write_landing_after_the_attempt_ended_removes_itself(place):
+    """A worker's task still writing when the run failed (or timed out, or was interrupted)
+    writes after the attempt released its lock and cleared its staging area: its file must not
+    stay behind. Before, ``_recluster/staging/<run-id>/labels/part-*.parquet`` of a failed run
+    on S3 was left after the run exited (one label write failed, the others were in flight)."""
+    import pickle
+
+    loc, fs, root = place
+    with pytest.raises(RuntimeError, match="stage failed"), claim(loc, 30, "run") as store:
+        on_worker = pickle.loads(pickle.dumps(store))  # as Dask ships it to a worker
+        on_worker.write_staged("labels/part-00000.parquet", b"in time")
+        assert fs.cat_file(store.staged("labels/part-00000.parquet")) == b"in time"
+        raise RuntimeError("stage failed")
+    with pytest.raises(OutputConflictError, match="no longer holds the output folder's lock"):
+        on_worker.write_staged("labels/part-00001.parquet", b"too late")
+    assert _tree(fs, root) == {}
+    if not loc.url.startswith("s3://"):  # not even an empty folder of the reserved area
+        assert not os.path.exists(f"{root}/_recluster")
+
+
+@pytest.mark.parametrize("record, live", [
+    ("[1]", False), ('"x"', False), ("null", False), ('{"acquired_at": "abc"}', False),
+    ('{"acquired_at": 1e400}', False), ('{"pid": "x", "acquired_at": 1e30}', True),
+    ('{"lease_s": 1e308, "acquired_at": 5}', True)])
+def test_a_damaged_lock_record_is_named_or_taken_over_never_a_traceback(place, record, live):
+    """Lock records are read back from storage, where anything can be: a damaged or planted
+    record gave raw AttributeError / ValueError / OverflowError tracebacks, and a ``null`` one
+    made every run retry until 'other runs keep taking it'."""
+    loc, fs, root = place
+    _put(fs, f"{root}/_recluster/lock/000000000000.json", record.encode())
+    if not live:  # a damaged record keeps nothing live: it is taken over
+        with claim(loc, 30, "run") as store:
+            assert store.generation == 1
+        return
+    with pytest.raises(OutputLockedError) as err:  # it says "held for ages": named, clearable
+        with claim(loc, 30, "run"):
+            pass
+    assert "_recluster/lock/" in str(err.value) and "delete" in str(err.value)
+
+
 # -- config input ------------------------------------------------------------------------------
 
 BILLION_LAUGHS = """\

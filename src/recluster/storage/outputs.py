@@ -41,7 +41,7 @@ from fsspec.implementations.local import LocalFileSystem
 from recluster.config import DEFAULT_LEASE_S
 from recluster.errors import OutputConflictError
 from recluster.storage.fs import Location, create_exclusive, filesystem, storage_errors
-from recluster.storage.lock import LOCK_DIR, OutputLock
+from recluster.storage.lock import LOCK_DIR, OutputLock, holds
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
@@ -168,19 +168,26 @@ class OutputStore:
     and it tokenizes by location and run id, so tasks of two runs never share a key.
     """
 
-    def __init__(self, loc: Location, run_id: str | None = None):
+    def __init__(self, loc: Location, run_id: str | None = None,
+                 generation: int | None = None):
         self.loc = loc
         self.run_id = run_id
         self.lock: OutputLock | None = None
         self.closed = False
+        self._generation = generation  # of the lock, in a copy sent to a worker
         self._fs = None
         self._root: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"loc": self.loc, "run_id": self.run_id}
+        return {"loc": self.loc, "run_id": self.run_id, "generation": self.generation}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["loc"], state["run_id"])
+        self.__init__(state["loc"], state["run_id"], state.get("generation"))
+
+    @property
+    def generation(self) -> int | None:
+        """The generation of the folder's lock this attempt holds (None: it holds none)."""
+        return self.lock.generation if self.lock is not None else self._generation
 
     def __dask_tokenize__(self):
         return ("OutputStore", self.loc, self.run_id)
@@ -380,6 +387,14 @@ class OutputStore:
         return f"{self._staging()}/{rel}"
 
     def write_staged(self, rel: str, data: bytes) -> str:
+        """Write ``rel`` into this attempt's staging area (from the client or a worker).
+
+        A staged file stands only while the attempt holds the folder's lock: the lock is read
+        back after the write, and a file written after the attempt ended (a task still running
+        when the run failed, timed out or was interrupted, or after it lost the lock) is removed
+        again, since the attempt's own clean-up, which runs after it releases the lock, may
+        already be over.
+        """
         if self.closed:
             raise OutputConflictError(f"{self.loc.url}: run {self.run_id} has ended; "
                                       f"not writing {rel}")
@@ -387,13 +402,37 @@ class OutputStore:
         with storage_errors(self.loc, f"writing {rel}"):
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             self.fs.pipe_file(path, data)
-        return path
+            if holds(self.fs, self.root, self.generation, self.run_id):
+                return path
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+            self._prune(posixpath.dirname(path))
+        raise OutputConflictError(f"{self.loc.url}: run {self.run_id} no longer holds the output "
+                                  f"folder's lock (it has ended); not writing {rel}")
+
+    def _prune(self, folder: str) -> None:
+        """On a local disk, remove ``folder`` and its parents up to the reserved area (itself
+        included) while they are empty (object stores have no folders)."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return
+        top = self._p(RESERVED)
+        while folder == top or folder.startswith(top + "/"):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return
+            folder = posixpath.dirname(folder)
 
     def _remove_folder(self, folder: str) -> None:
         """Delete every file under ``folder`` (a folder of this run's own making)."""
         if isinstance(self.fs, LocalFileSystem):
-            if self.fs.exists(folder):
-                self.fs.rm(folder, recursive=True)
+            try:
+                if self.fs.exists(folder):
+                    self.fs.rm(folder, recursive=True)
+            except FileNotFoundError:  # removed at the same time by the lock's next holder
+                pass
         else:
             files = [f"{folder}/{rel}" for rel in self._find(folder)]
             if files:
@@ -516,8 +555,9 @@ def claim(loc: Location, lease_s: float, command: str) -> Iterator[OutputStore]:
 
     Before anything is written: an output that is a file, or a folder holding foreign files, is
     refused. Then the folder's lock is taken (refused if another run holds it) and renewed while
-    the attempt runs. On the way out, however it ends: the attempt's staging area is removed
-    (nothing of it is left if it did not publish) and the lock released.
+    the attempt runs. On the way out, however it ends: the lock is released, then the attempt's
+    staging area is removed (nothing of it is left if it did not publish; a worker's write that
+    lands later removes itself, see :meth:`OutputStore.write_staged`).
     """
     store = OutputStore(loc, new_run_id())
     store.check_claimable()
@@ -528,10 +568,13 @@ def claim(loc: Location, lease_s: float, command: str) -> Iterator[OutputStore]:
         yield store
     finally:
         store.closed = True
+        held = store.generation is not None
         try:
-            if store.lock is not None and store.lock.generation is not None:
-                store.discard_staging()
-        finally:
             if store.lock is not None:
+                # First: a staged write still under way on a worker sees the lock gone and
+                # removes its own file; whatever was written before is removed below.
                 store.lock.release()
+        finally:
+            if held:
+                store.discard_staging()
             store.tidy(created)
