@@ -132,15 +132,34 @@ def test_failed_overwrite_leaves_the_previous_run_and_nothing_else(
     assert snapshot(out) == before
 
 
-def test_score_never_touches_the_trained_run_or_the_inputs(tmp_path, scheduler, capsys):
+def test_score_and_report_never_touch_the_trained_run_or_the_inputs(tmp_path, scheduler, capsys,
+                                                                    monkeypatch):
     table = penguins()
     write_files(table, str(tmp_path / "in"))
     out = str(tmp_path / "run")
-    assert run_cli("run", config(tmp_path, str(tmp_path / "in"), out), "--scheduler",
-                   scheduler) == 0
+    monkeypatch.chdir(tmp_path)  # the run is given its input as a relative path ...
+    assert run_cli("run", config(tmp_path, "in", out), "--scheduler", scheduler) == 0
     assert (Path(out) / "models" / "index.json").exists(), "the root should split"
+    assert read_json(out, "manifest.json")["input"]["location"] == \
+        f"file://{os.path.realpath(tmp_path / 'in')}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # ... and score and report run from elsewhere:
+    # before, 'in' was resolved here, and score published into the trained run's input.
     write_files(table.sample(frac=0.5, random_state=1), str(tmp_path / "new"))
     trained, new_in = snapshot(out), snapshot(str(tmp_path / "new"))
+    inputs = snapshot(str(tmp_path / "in"))
+    # report --out into the run destroyed it (manifest.json overwritten by the page, exit 0),
+    # or left a foreign file there; into the run's input it became input; a folder: traceback.
+    for target, culprit in ((f"{out}/manifest.json", "the run"),
+                            (f"{out}/report.html", "the run"),
+                            (f"file://{out}/sub/page.html", "the run"),
+                            (str(tmp_path / "in" / "page.parquet"), "the run's input.path"),
+                            (str(tmp_path / "elsewhere"), "existing folder")):
+        assert run_cli("report", out, "--out", target) == 4, target
+        assert culprit in capsys.readouterr().err, target
+    assert snapshot(out) == trained and snapshot(str(tmp_path / "in")) == inputs
+    assert run_cli("report", out, "--out", str(tmp_path / "page.html")) == 0
+    assert (tmp_path / "page.html").read_bytes() == trained["/report.html"]
     for target, culprit in ((out, "--model"), (f"{out}/", "--model"), (f"{out}/scored", "--model"),
                             (str(tmp_path / "new"), "--input"),
                             (str(tmp_path / "in" / "scored"), "the model run's input.path"),
@@ -150,6 +169,7 @@ def test_score_never_touches_the_trained_run_or_the_inputs(tmp_path, scheduler, 
         err = capsys.readouterr().err
         assert code == 4 and culprit in err, (target, err)
     assert snapshot(out) == trained and snapshot(str(tmp_path / "new")) == new_in
+    assert snapshot(str(tmp_path / "in")) == inputs
     scored = str(tmp_path / "scored")
     args = ("score", "--model", out, "--input", str(tmp_path / "new"), "--output", scored,
             "--scheduler", scheduler)

@@ -64,8 +64,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from recluster.storage import fs as storage_fs
     from recluster.storage.outputs import OutputStore, write_file
 
-    store = OutputStore(storage_fs.Location.of(args.run_path))
-    page = report_html.render(report_data.load_run(store, manifest_sha256=args.manifest_sha256))
+    run = storage_fs.Location.of(args.run_path)
+    report_data.check_target(run, storage_fs.Location.of(args.out))
+    page = report_html.render(report_data.load_run(OutputStore(run),
+                                                   manifest_sha256=args.manifest_sha256))
     target = write_file(args.out, page.encode())
     print(f"report of {args.run_path} written to {target}")
     return 0

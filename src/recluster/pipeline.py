@@ -37,7 +37,7 @@ from recluster.report import data as report_data
 from recluster.report import html as report_html
 from recluster.storage import inputs
 from recluster.storage import models as modelstore
-from recluster.storage.fs import Location, refuse_overlap
+from recluster.storage.fs import Location, normalize_url, refuse_overlap
 from recluster.storage.outputs import (
     MANIFEST_VERSION,
     Decision,
@@ -442,7 +442,10 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         "config": cfg.redacted(),
         "versions": versions(),
         "seed": cfg.seed,
-        "input": {"files": len(infos), "partitions": len(pieces),
+        # Resolved here (a relative local path means this run's working folder): what
+        # ``score`` and ``report`` compare their targets with, from wherever they run.
+        "input": {"location": normalize_url(cfg.input.path),
+                  "files": len(infos), "partitions": len(pieces),
                   "empty_files": sum(1 for i in infos if i.n_rows == 0),
                   "fingerprint": input_fp,
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),

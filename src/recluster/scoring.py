@@ -25,7 +25,7 @@ from recluster.pipeline import input_fingerprint
 from recluster.storage import inputs
 from recluster.storage import models as modelstore
 from recluster.storage.fs import Location, refuse_overlap
-from recluster.storage.outputs import OutputStore, claim
+from recluster.storage.outputs import OutputStore, claim, run_input_location
 
 
 def load_models(run: Location, manifest_sha256: str | None = None):
@@ -77,11 +77,9 @@ def check_output(model_url: str, input_url: str, output_url: str, timeout_s: flo
     in_loc = Location.of(input_url, timeout_s=timeout_s)
     out_loc = Location.of(output_url, timeout_s=timeout_s)
     refuse_overlap(out_loc, {"--model": model_loc, "--input": in_loc}, what="--output")
-    trained = OutputStore(model_loc).published_manifest()
-    trained_on = ((trained or {}).get("config") or {}).get("input", {}).get("path")
-    if trained_on:
-        refuse_overlap(out_loc, {"the model run's input.path": Location.of(trained_on)},
-                       what="--output")
+    trained_on = run_input_location(OutputStore(model_loc).published_manifest())
+    if trained_on is not None:
+        refuse_overlap(out_loc, {"the model run's input.path": trained_on}, what="--output")
     OutputStore(out_loc).preflight()
     return model_loc, in_loc, out_loc
 

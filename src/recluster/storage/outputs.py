@@ -145,6 +145,21 @@ def manifest_files(manifest: dict[str, Any], listing: dict[str, int], where: str
     return out
 
 
+def run_input_location(manifest: Any) -> Location | None:
+    """Where the published run of ``manifest`` read its input: the canonical location it
+    recorded (``input.location``, a local path resolved where the run ran), or, for runs that
+    did not record it, its config's ``input.path``. None if the manifest names neither."""
+    if not isinstance(manifest, dict):
+        return None
+    recorded = manifest.get("input")
+    if isinstance(recorded, dict) and isinstance(recorded.get("location"), str):
+        return Location.of(recorded["location"])
+    config = manifest.get("config")
+    section = config.get("input") if isinstance(config, dict) else None
+    path = section.get("path") if isinstance(section, dict) else None
+    return Location.of(path) if isinstance(path, str) and path else None
+
+
 @dataclass(frozen=True)
 class Decision:
     """What :meth:`OutputStore.prepare` found at the output.
