@@ -89,6 +89,15 @@ def test_rewrite_in_place_reruns_repeat_is_a_noop_and_missing_success_is_repaire
     assert "nothing to do" in capsys.readouterr().out
     assert read_json(out, "manifest.json")["run_id"] == first["run_id"]
 
+    # A labels part lost after publication: "nothing to do" left those rows missing for good.
+    os.remove(Path(out) / "labels" / "part-00000.parquet")
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    said = capsys.readouterr().out
+    assert "nothing to do" not in said and "labels/part-00000.parquet is missing" in said
+    relabelled = read_labels(out)
+    assert len(relabelled) == len(table) and relabelled["penguin"].is_unique
+    first = read_json(out, "manifest.json")
+
     # A crash between manifest.json and _SUCCESS: the next run checks the files and finishes.
     os.remove(Path(out) / "_SUCCESS")
     assert run_cli("run", cfg, "--scheduler", scheduler) == 0

@@ -225,6 +225,40 @@ def test_manifest_without_success_is_repaired_or_redone(place):
         f"{root}/{SUCCESS}")
 
 
+def test_a_published_run_is_reused_only_if_its_files_are_intact(place):
+    """Same config and input, ``_SUCCESS`` there: "nothing to do" used to be said without a
+    look at the files, so a deleted labels part stayed missing for good (rows lost, exit 0)."""
+    from recluster.storage.outputs import DIGESTS, OutputStore, sha256_hex
+
+    loc, fs, root = place
+    files = {"labels/part-00000.parquet": b"x" * 50, "labels/part-00001.parquet": b"y" * 40,
+             "tree.json": b'{"a": 1}'}
+
+    def publish(previous):
+        with claim(loc, 30, "run") as store:
+            for rel, data in files.items():
+                store.write_staged(rel, data)
+            return store.publish({"fingerprint": "fp1", DIGESTS: {"tree.json": sha256_hex(
+                files["tree.json"])}}, previous)
+
+    first = publish(None)
+    with claim(loc, 30, "run") as store:
+        assert store.prepare("fp1", False, "").action == "reuse"
+    for damage, problem in (("labels/part-00001.parquet", "is missing"),
+                            ("tree.json", "SHA-256")):  # same size, other bytes
+        if damage.startswith("labels/"):
+            fs.rm_file(f"{root}/{damage}")
+        else:
+            _put(fs, f"{root}/{damage}", b'{"a": 2}')
+        with claim(loc, 30, "run") as store:
+            decision = store.prepare("fp1", False, "")  # no overwrite needed: the same run
+        assert decision.action == "new" and decision.previous["run_id"] == first["run_id"]
+        assert damage in decision.problems[0] and problem in decision.problems[0]
+        first = publish(decision.previous)
+        assert OutputStore(loc).verify(first) == []
+        assert fs.cat_file(f"{root}/{damage}") == files[damage]
+
+
 def test_a_publication_that_died_midway_is_owned_and_cleaned(place):
     """Crash after the staged files moved into place, before the manifest: the publishing
     record still proves whose they are; the next run removes them, nothing else."""

@@ -156,9 +156,11 @@ def _decide(cfg: JobConfig, store: OutputStore, fp: str, echo: Callable[[str], N
         echo(f"  {cfg.output.path} already holds this run, but its publication had not finished: "
              "every listed file is there with its size; wrote _SUCCESS")
     elif decision.previous is not None:
-        same = decision.previous.get("fingerprint") == fp
+        problems = decision.problems
         echo(f"  {cfg.output.path}: " + (
-            "an unfinished publication of this run is there; running it again" if same else
+            f"this run is there, but {problems[0]}" + (
+                f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+            + "; running it again" if problems else
             "output.overwrite: the published run is replaced once this one is fully staged"))
     return decision
 

@@ -16,7 +16,6 @@ any file whose bytes do not match, that the manifest does not list, or that is m
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from typing import Any
@@ -25,10 +24,8 @@ from recluster.compute.assign import assigner_from_files
 from recluster.compute.node import NodeFit
 from recluster.compute.preprocess import Preprocessor
 from recluster.errors import IntegrityError
-from recluster.storage.outputs import MANIFEST, OutputStore
+from recluster.storage.outputs import DIGESTS, MANIFEST, OutputStore, sha256_hex
 
-#: Manifest key: ``{relative path: SHA-256 hex}`` of every published file except ``labels/``.
-DIGESTS = "sha256"
 #: Not digested: written by the workers in parallel and read by no recluster command; hashing
 #: them would mean reading every label back.
 UNDIGESTED_PREFIX = "labels/"
@@ -92,10 +89,6 @@ def node_from_files(path: str, files: dict[str, bytes], where: str = "models") -
     except ValueError as exc:
         raise IntegrityError(f"{where}: the node's assigner cannot be loaded: {exc}") from None
     return NodeFit(path=path, n_sample=0, preprocessor=pre, assigner=assigner)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def staged_digests(store: OutputStore) -> dict[str, str]:

@@ -21,6 +21,7 @@ foreign is refused before any work (:meth:`OutputStore.check_claimable`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -50,6 +51,9 @@ STAGING = f"{RESERVED}/staging"
 PUBLISHING = f"{RESERVED}/publishing"
 #: Version 2 lists ``files`` (path and size); version 1 listed only ``outputs`` (names).
 MANIFEST_VERSION = 2
+#: Manifest key: ``{relative path: SHA-256 hex}`` of every published file except ``labels/``
+#: (written by :func:`recluster.storage.models.staged_digests`).
+DIGESTS = "sha256"
 
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
 _OWN_LAYOUT = re.compile(rf"^{RESERVED}/(?:{LOCK_DIR.split('/', 1)[1]}/\d{{12}}\.(?:json|lease)"
@@ -62,6 +66,10 @@ _V1_FOLDERS = {
                           r"assigner\.json|assigner\.pkl|[A-Za-z0-9_.-]+\.ubj))$"),
 }
 _SHOWN = 5  # foreign entries named in a refusal
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def new_run_id() -> str:
@@ -166,14 +174,16 @@ class Decision:
 
     Attributes
     ----------
-    action : ``new`` (run and publish), ``reuse`` (this exact run is published: nothing to do),
-        ``repaired`` (this exact run was published but its ``_SUCCESS`` was missing; the files
-        were verified and ``_SUCCESS`` written)
+    action : ``new`` (run and publish), ``reuse`` (this exact run is published and its files
+        verified: nothing to do), ``repaired`` (this exact run was published but its
+        ``_SUCCESS`` was missing; the files were verified and ``_SUCCESS`` written)
     previous : the manifest of the run that is there (replaced by publication if ``new``)
+    problems : why this exact run, found published, is done again (:meth:`OutputStore.verify`)
     """
 
     action: str
     previous: dict[str, Any] | None = None
+    problems: tuple[str, ...] = ()
 
 
 class OutputStore:
@@ -344,14 +354,20 @@ class OutputStore:
     # -- deciding what to do -----------------------------------------------------------------
 
     def verify(self, manifest: dict[str, Any]) -> list[str]:
-        """Problems with a published run's files (missing, or a size other than listed)."""
+        """Problems with a published run's files: missing, a size other than listed, or (for
+        the files whose SHA-256 the manifest records: all but ``labels/``) other bytes."""
         listing = self.listing()
+        digests = manifest.get(DIGESTS)
+        digests = digests if isinstance(digests, dict) else {}
         problems = []
         for rel, size in manifest_files(manifest, listing, self.loc.url).items():
             if rel not in listing:
                 problems.append(f"{rel} is missing")
             elif size is not None and listing[rel] != size:
                 problems.append(f"{rel} has {listing[rel]} bytes, the manifest says {size}")
+            elif isinstance(digests.get(rel), str) and sha256_hex(
+                    self.fs.cat_file(self._p(rel))) != digests[rel]:
+                problems.append(f"{rel} does not have the SHA-256 the manifest records")
         if manifest.get("recluster_manifest") == 1:
             problems.append("a version-1 manifest does not list file sizes")
         return problems
@@ -370,19 +386,23 @@ class OutputStore:
             return Decision("new")
         self.fs.invalidate_cache()
         if existing.get("fingerprint") == fingerprint:
+            # This exact run is there: it is reused (or its publication finished) only if its
+            # files are; else it is done again, which needs no overwrite (it is the same run).
+            with storage_errors(self.loc, "verifying the published run"):
+                problems = tuple(self.verify(existing))
+            if problems:
+                return Decision("new", existing, problems)
             if self.fs.exists(self._p(SUCCESS)):
                 with storage_errors(self.loc, "clearing unfinished publications"):
                     self._clear_publications(keep=set(manifest_files(
                         existing, self.listing(), self.loc.url)))
                 return Decision("reuse", existing)
-            if not self.verify(existing):
-                with storage_errors(self.loc, "repairing the publication"):
-                    self._clear_publications(keep=set(manifest_files(
-                        existing, self.listing(), self.loc.url)))
-                    self.lock.check()
-                    self.fs.pipe_file(self._p(SUCCESS), b"")
-                return Decision("repaired", existing)
-            return Decision("new", existing)  # an unfinished publication of this run: redo it
+            with storage_errors(self.loc, "repairing the publication"):
+                self._clear_publications(keep=set(manifest_files(
+                    existing, self.listing(), self.loc.url)))
+                self.lock.check()
+                self.fs.pipe_file(self._p(SUCCESS), b"")
+            return Decision("repaired", existing)
         if not overwrite:
             older = (" (written by an older recluster version)"
                      if existing.get("recluster_manifest") == 1 else "")
