@@ -22,7 +22,7 @@ from recluster.errors import ConfigError, OutputConflictError
 from recluster.pipeline import check_output
 from recluster.storage.fs import Location, create_exclusive, normalize_url, overlap
 from recluster.storage.lock import OutputLock, OutputLockedError
-from recluster.storage.outputs import MANIFEST, SUCCESS, claim
+from recluster.storage.outputs import MANIFEST, SUCCESS, OutputStore, claim
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -515,6 +515,68 @@ def test_password_in_a_url_is_refused(tmp_path, capsys):
         assert run_cli("validate", cfg) == 2
         err = capsys.readouterr().err
         assert "pw-VALUE-55" not in err and ("password" in err or "credentials" in err)
+
+
+SIGNED = "SEEDsig-VALUE-901"
+
+
+@pytest.mark.parametrize("url", [
+    f"http://127.0.0.1:9/b/in/part-0.parquet?AWSAccessKeyId=AKIA1&Signature={SIGNED}&Expires=9",
+    f"https://b.s3.amazonaws.com/in.parquet?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="
+    f"AKIA%2F1&X-Amz-Signature={SIGNED}",
+    f"https://acct.blob.core.windows.net/c/in.parquet?sv=2022-11-02&sp=r&sig={SIGNED}",
+    f"https://{SIGNED}@files.example.com/in.parquet",
+    f"https://files.example.com/in.parquet?token={SIGNED}"])
+def test_signed_and_token_urls_are_refused_without_echoing_them(tmp_path, capsys, url):
+    """A presigned URL read fine as input.path, and its signature and key id were written into
+    manifest.json and report.html (and a render-k8s ConfigMap); score's --input likewise."""
+    for section in ("input", "output"):
+        data = {"input": {"path": "s3://b/in", "id_column": "id"},
+                "output": {"path": "s3://b/out"}}
+        data[section]["path"] = url
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        assert run_cli("validate", cfg) == 2
+        err = capsys.readouterr().err
+        assert f"{section}.path carries a credential" in err and SIGNED not in err
+    data["output"]["path"] = "s3://b/out"
+    data["output"]["storage_options"] = {"endpoint_url": url}
+    cfg.write_text(yaml.safe_dump(data))
+    assert run_cli("validate", cfg) == 2
+    err = capsys.readouterr().err
+    assert "must not hold credentials (endpoint_url)" in err and SIGNED not in err
+    assert run_cli("score", "--model", "s3://b/run", "--input", url, "--output", "s3://b/s") == 2
+    err = capsys.readouterr().err
+    assert "--input carries a credential" in err and SIGNED not in err
+
+
+def test_plain_urls_with_a_user_or_a_version_are_still_fine():
+    from recluster.config import has_url_credentials
+
+    for url in ("abfs://container@account.dfs.core.windows.net/in", "s3://b/in?versionId=3",
+                "https://minio.example.com:9000", "s3://b/in", "/data/in?x=1"):
+        assert not has_url_credentials(url), url
+
+
+def test_option_values_stay_out_of_the_stores_messages(bucket):
+    """botocore quotes a refused parameter's value: a non-allowlisted option (redacted in the
+    manifest) came back in the error message, as a storage outage 'after 5 retries' (exit 6).
+    It is a config error (exit 2) naming the storage_options, the value replaced by ***."""
+    from recluster.storage.fs import filesystem
+
+    secret = "seed-metadata-VALUE-77"
+    loc = Location.of(f"s3://{bucket}/out", {"s3_additional_kwargs": {"Metadata": secret}})
+    with pytest.raises(ConfigError) as err, claim(loc, 30, "run"):
+        pass
+    msg = str(err.value)
+    assert "storage_options" in msg and "Metadata" in msg and secret not in msg and "***" in msg
+    loc = Location.of(f"s3://{bucket}/out", {"no_such_option": secret})
+    with pytest.raises(ConfigError, match="no_such_option") as err:
+        OutputStore(loc).preflight()
+    assert secret not in str(err.value)
+    for url, reason in (("s4://b/x", "Protocol not known"), ("gs://b/x", "gcsfs")):
+        with pytest.raises(ConfigError, match=reason):  # were raw ValueError / ImportError
+            filesystem(url)
 
 
 def test_only_allowlisted_options_are_written_down():

@@ -11,6 +11,7 @@ import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -47,6 +48,9 @@ SAFE_STORAGE_OPTIONS = frozenset({
 CREDENTIAL_WORDS = ("secret", "token", "password", "passwd", "credential", "connectionstring",
                     "accountkey", "sas", "auth", "cookie", "privatekey", "apikey")
 REDACTED = "***"
+#: What :func:`has_url_credentials` refuses, in words (for messages).
+URL_CREDENTIALS = ("a password, a token as an HTTP user name, or a signature, token or key in "
+                   "the query string, as in a presigned or SAS URL")
 
 
 class _Strict(BaseModel):
@@ -61,12 +65,49 @@ def _credential_like(key: str) -> bool:
             or any(w in k for w in CREDENTIAL_WORDS))
 
 
-def _has_password(value: Any) -> bool:
-    """A URL with a password in it (``scheme://user:password@host``)."""
+def _credential_param(name: str) -> bool:
+    """A URL query parameter that carries a credential: a presigned S3 URL's ``Signature``,
+    ``X-Amz-Signature``, ``X-Amz-Credential``, ``X-Amz-Security-Token`` or ``AWSAccessKeyId``,
+    an Azure SAS's ``sig``, a signed GCS URL's ``X-Goog-Signature``, any ``token`` or key."""
+    k = "".join(c for c in name.lower() if c not in "_-.")
+    return _credential_like(name) or "signature" in k or k == "sig"
+
+
+def has_url_credentials(value: Any) -> bool:
+    """A URL that carries a credential: a password (``scheme://user:password@host``), a user
+    name on an HTTP(S) URL (where a token goes), or a credential in its query string (a
+    presigned or SAS URL)."""
     if not isinstance(value, str) or "://" not in value:
         return False
-    netloc = value.split("://", 1)[1].split("/", 1)[0]
-    return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
+    scheme, rest = value.split("://", 1)
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        if ":" in userinfo or scheme.lower() in ("http", "https"):
+            return True
+    query = rest.split("?", 1)[1].split("#", 1)[0] if "?" in rest else ""
+    return any(_credential_param(k) for k, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def secret_values(options: Any, prefix: str = "") -> list[str]:
+    """The values :func:`redact_options` hides (as text), those long enough to recognise (4 or
+    more characters): e.g. to keep them out of an error message a library wrote."""
+    found: list[str] = []
+    for k, v in (options.items() if isinstance(options, dict) else ()):
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            found += secret_values(v, path + ".")
+        elif path not in SAFE_STORAGE_OPTIONS or has_url_credentials(v):
+            found += [text for text in _texts(v) if len(text) >= 4]
+    return found
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _texts(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _texts(v)]
+    return [str(value)]
 
 
 def _credential_paths(options: Any, prefix: str = "") -> list[str]:
@@ -75,13 +116,13 @@ def _credential_paths(options: Any, prefix: str = "") -> list[str]:
     if isinstance(options, dict):
         for k, v in options.items():
             path = f"{prefix}{k}"
-            if _credential_like(str(k)) or _has_password(v):
+            if _credential_like(str(k)) or has_url_credentials(v):
                 found.append(path)
             found += _credential_paths(v, path + ".")
     elif isinstance(options, list):
         for i, v in enumerate(options):
             found += _credential_paths(v, f"{prefix}{i}.") if isinstance(v, dict | list) else (
-                [f"{prefix}{i}"] if _has_password(v) else [])
+                [f"{prefix}{i}"] if has_url_credentials(v) else [])
     return found
 
 
@@ -109,7 +150,7 @@ def redact_options(options: Any, prefix: str = "") -> Any:
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             out[k] = redact_options(v, path + ".")
-        elif path in SAFE_STORAGE_OPTIONS and not _has_password(v):
+        elif path in SAFE_STORAGE_OPTIONS and not has_url_credentials(v):
             out[k] = v
         else:
             out[k] = REDACTED
@@ -125,15 +166,15 @@ def redacted_paths(options: Any, prefix: str = "") -> list[str]:
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             found += redacted_paths(v, path + ".")
-        elif path not in SAFE_STORAGE_OPTIONS or _has_password(v):
+        elif path not in SAFE_STORAGE_OPTIONS or has_url_credentials(v):
             found.append(path)
     return found
 
 
 def _check_path(url: str, where: str) -> str:
-    if _has_password(url):
-        raise ValueError(f"{where}.path holds a password (user:password@...); credentials come "
-                         "from the environment, never from the config")
+    if has_url_credentials(url):
+        raise ValueError(f"{where}.path carries a credential ({URL_CREDENTIALS}); credentials "
+                         "come from the environment, never from the config")
     return url
 
 
