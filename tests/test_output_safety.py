@@ -475,6 +475,36 @@ def test_a_few_aliases_are_fine_and_oversized_files_are_refused(tmp_path, capsys
     assert "larger than 1024 KiB" in capsys.readouterr().err
 
 
+@pytest.mark.timeout(30)
+def test_deep_nesting_duplicate_keys_and_endless_timeouts_are_config_errors(tmp_path, capsys):
+    """Thousands of '[' (a 10 KiB file) were a RecursionError traceback; a key written twice
+    silently meant its last value (here: overwrite on); ``.inf`` as run_timeout_s overflowed
+    the thread wait with a traceback while the run went on in the background."""
+    cases = {
+        "deep": ("input: " + "[" * 5000 + "]" * 5000 + "\n", "more than 32 levels deep"),
+        "deepmap": ("input: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "levels deep"),
+        "twice": ("input: {path: s3://b/in, id_column: id}\noutput:\n  path: s3://b/out\n"
+                  "  overwrite: false\n  overwrite: true\n",
+                  "found the key 'overwrite' twice at line 5"),
+    }
+    for name, (text, expected) in cases.items():
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(text)
+        assert run_cli("validate", cfg) == 2, name
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (name, err[-500:])
+    # a merge may override what it brings in: that is not a key written twice
+    from recluster.config import safe_yaml
+    assert safe_yaml("b: &b {x: 1, y: 2}\nc: {<<: *b, x: 3}\n", "m") == {
+        "b": {"x": 1, "y": 2}, "c": {"x": 3, "y": 2}}
+    base = {"input": {"path": "s3://b/in", "id_column": "id"}, "output": {"path": "s3://b/o"}}
+    for key, value, expected in (("run_timeout_s", float("inf"), "finite number"),
+                                 ("run_timeout_s", 1e300, "less than or equal"),
+                                 ("storage_timeout_s", float("nan"), "finite number")):
+        with pytest.raises(ConfigError, match=f"runtime.{key}: Input should be (a )?{expected}"):
+            parse_config({**base, "runtime": {key: value}})
+
+
 def test_yaml_errors_do_not_echo_the_line(tmp_path, capsys):
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("input:\n  path: s3://b/in\n  id_column: [unclosed s3cr3t-VALUE-123\n")
