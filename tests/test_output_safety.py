@@ -7,6 +7,7 @@ Runs through the whole job are in ``test_output_runs.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -112,6 +113,38 @@ def test_output_that_is_a_file_is_refused_saying_so(tmp_path, bucket, s3fs_fs):
     s3fs_fs.pipe(f"{bucket}/out", b"x")
     with pytest.raises(OutputConflictError, match="existing file, not a folder"):
         check_output(_cfg(f"s3://{bucket}/in", f"s3://{bucket}/out"))
+    # Not a regular file either: these were a storage outage 'after 5 retries' (exit 6).
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out in ("/dev/null", "/dev/null/sub", str(tmp_path / "fifo"), str(tmp_path / "dangling")):
+        with pytest.raises(OutputConflictError, match="existing file, not a folder"):
+            check_output(_cfg(str(tmp_path / "in"), out))
+
+
+def test_s3_console_folder_markers_are_folders_not_files(s3_endpoint, bucket, s3fs_fs):
+    """An S3 console's "Create folder" leaves an empty object ``key/``: the output folder was
+    refused as holding a foreign file named '' (and ``sub/``), and an input folder made so
+    failed with "cannot read Parquet file <bucket>/in/"."""
+    import boto3
+    import pandas as pd
+
+    from recluster.storage.inputs import list_parquet_files
+    from recluster.storage.models import PublishedFiles
+    from recluster.storage.outputs import DIGESTS
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key in ("out/", "out/sub/", "in/", "in/country=SE/", "run/models/", "run/models/root/"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    s3fs_fs.pipe(f"{bucket}/in/part-0.parquet", pd.DataFrame({"id": [1]}).to_parquet())
+    check_output(_cfg(f"s3://{bucket}/in", f"s3://{bucket}/out"))  # does not raise
+    assert list_parquet_files(Location.of(f"s3://{bucket}/in")) == [f"{bucket}/in/part-0.parquet"]
+    index = b'{"nodes": []}'
+    s3fs_fs.pipe(f"{bucket}/run/models/index.json", index)
+    s3fs_fs.pipe(f"{bucket}/run/{MANIFEST}", json.dumps(
+        {DIGESTS: {"models/index.json": hashlib.sha256(index).hexdigest()}}).encode())
+    s3fs_fs.invalidate_cache()
+    published = PublishedFiles(OutputStore(Location.of(f"s3://{bucket}/run")))
+    assert published.read_all("models/") == {"models/index.json": index}
 
 
 def test_exit_code_and_message_name_the_folder_and_foreign_entries(tmp_path, capsys):

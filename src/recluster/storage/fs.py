@@ -143,6 +143,13 @@ class Location:
         return filesystem(self.url, dict(self.storage_options), self.timeout_s, self.retries)
 
 
+def is_folder_entry(path: str, info: Mapping[str, Any]) -> bool:
+    """Is this entry of a listing (``fs.find(..., detail=True)``) a folder rather than a file?
+    A directory, or an object store's folder marker: an empty object whose key ends in ``/``,
+    which S3 consoles create for "Create folder" (s3fs lists it as a file)."""
+    return info.get("type") == "directory" or (path.endswith("/") and not info.get("size"))
+
+
 def _protocol_of(url: str) -> str:
     if "://" not in url:
         return "file"

@@ -24,6 +24,7 @@ from recluster.compute.assign import assigner_from_files
 from recluster.compute.node import NodeFit
 from recluster.compute.preprocess import Preprocessor
 from recluster.errors import IntegrityError
+from recluster.storage.fs import is_folder_entry
 from recluster.storage.outputs import DIGESTS, MANIFEST, OutputStore, sha256_hex
 
 #: Not digested: written by the workers in parallel and read by no recluster command; hashing
@@ -174,7 +175,8 @@ class PublishedFiles:
         """
         fs, root = self.store.fs, self.store.root
         fs.invalidate_cache()
-        present = {p[len(root) + 1:] for p in fs.find(f"{root}/{prefix}")}
+        present = {p[len(root) + 1:] for p, info in fs.find(f"{root}/{prefix}", detail=True).items()
+                   if not is_folder_entry(p, info)}
         listed = {rel for rel in self.digests if rel.startswith(prefix)}
         extra, missing = sorted(present - listed), sorted(listed - present)
         if extra:

@@ -41,7 +41,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from recluster.config import DEFAULT_LEASE_S
 from recluster.errors import OutputConflictError
-from recluster.storage.fs import Location, create_exclusive, filesystem, storage_errors
+from recluster.storage.fs import (
+    Location,
+    create_exclusive,
+    filesystem,
+    is_folder_entry,
+    storage_errors,
+)
 from recluster.storage.lock import LOCK_DIR, OutputLock, holds
 
 MANIFEST = "manifest.json"
@@ -75,6 +81,12 @@ def sha256_hex(data: bytes) -> str:
 def new_run_id() -> str:
     """A fresh id for one run attempt: UTC start time and 32 random bits."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def _not_a_folder(path: str) -> bool:
+    """On a local disk: something is at ``path`` that is not a folder (a file, a device such as
+    ``/dev/null``, a socket, a dangling symlink)."""
+    return os.path.lexists(path) and not os.path.isdir(path)
 
 
 def parquet_bytes(df: pd.DataFrame, dictionary_columns: Sequence[str] = ()) -> bytes:
@@ -271,7 +283,7 @@ class OutputStore:
             return {}
         prefix = folder + "/"
         return {p[len(prefix):]: int(info.get("size") or 0) for p, info in found.items()
-                if p.startswith(prefix) and info.get("type", "file") != "directory"}
+                if p.startswith(prefix) and not is_folder_entry(p, info)}
 
     def listing(self) -> dict[str, int]:
         """relative path -> size of every file in the output folder (the reserved area too)."""
@@ -296,14 +308,15 @@ class OutputStore:
         no recluster run here can be shown to have written."""
         with storage_errors(self.loc, "looking at the output folder"):
             self.fs.invalidate_cache()
-            if self.fs.isfile(self.root):
+            local = isinstance(self.fs, LocalFileSystem)
+            if self.fs.isfile(self.root) or (local and _not_a_folder(self.root)):
                 raise OutputConflictError(
                     f"output path {self.loc.url} is an existing file, not a folder: recluster "
                     "writes a folder of outputs there; choose a folder path")
-            if isinstance(self.fs, LocalFileSystem):
+            if local:
                 parent = os.path.dirname(self.root)
                 while parent and parent != os.path.dirname(parent):
-                    if os.path.isfile(parent):
+                    if _not_a_folder(parent):
                         raise OutputConflictError(
                             f"output path {self.loc.url} lies under {parent}, which is an "
                             "existing file, not a folder; choose a folder path")
