@@ -234,3 +234,37 @@ def test_a_killed_runs_lock_expires_and_its_staging_is_cleared(tmp_path, schedul
     assert left == sorted([f["path"] for f in manifest["files"]] + ["_SUCCESS", "manifest.json"])
     assert not (out / "_recluster").exists()
     assert manifest["rows"]["out"] == len(table)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_says_so_and_leaves_the_folder_free(tmp_path, scheduler, signum):
+    """SIGTERM (Kubernetes deleting the runner pod) and Ctrl-C: the run unwinds, releases the
+    lock and removes what it staged. Ctrl-C printed a 23-line traceback, SIGTERM nothing."""
+    table = penguins()
+    write_files(table, str(tmp_path / "in"))
+    out = tmp_path / "out"
+    cfg = config(tmp_path, str(tmp_path / "in"), str(out))
+    proc = subprocess.Popen([str(BIN / "recluster"), "run", str(cfg), "--scheduler", scheduler],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        lock_dir = out / "_recluster" / "lock"
+        while not (lock_dir.exists() and any(lock_dir.glob("*.lease"))):
+            assert proc.poll() is None, "the run ended before it could be stopped"
+            assert time.monotonic() < deadline, "the run never took the lock"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines() == [f"recluster: stopped by {name}: nothing unfinished was "
+                                        "published"], err[-2000:]
+    assert not out.exists(), sorted(str(p) for p in out.rglob("*"))  # the run had created it
+    check_output(load_config(cfg))  # free at once: no lease to wait for
