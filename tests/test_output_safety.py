@@ -292,6 +292,24 @@ def test_a_published_run_is_reused_only_if_its_files_are_intact(place):
         assert fs.cat_file(f"{root}/{damage}") == files[damage]
 
 
+def test_an_output_inside_another_runs_folder_is_refused(place):
+    """A run into ``<run>/sub`` (while that run was being written, or after) published inside
+    it: the outer run's folder then held files it did not write, and its next run was refused
+    for good. Refused before any work now, naming the enclosing run; siblings are fine."""
+    loc, fs, root = place
+    inner = Location.of(f"{loc.url}/labels/more")
+    with claim(loc, 30, "run"):  # being written: only its working area is there
+        with pytest.raises(OutputConflictError, match=f"lies inside {loc.url}, the folder of"):
+            OutputStore(inner).preflight()
+    _stage_and_publish(loc, {"labels/part-00000.parquet": b"x"}, "fp")
+    before = _tree(fs, root)
+    for url in (f"{loc.url}/sub", f"{loc.url}/labels/more"):
+        with pytest.raises(OutputConflictError, match="the folder of another recluster run"):
+            _stage_and_publish(Location.of(url), {"tree.json": b"y"}, "fp2")
+    assert _tree(fs, root) == before
+    _stage_and_publish(Location.of(f"{loc.url}-sibling/x"), {"tree.json": b"y"}, "fp2")
+
+
 def test_a_publication_that_died_midway_is_owned_and_cleaned(place):
     """Crash after the staged files moved into place, before the manifest: the publishing
     record still proves whose they are; the next run removes them, nothing else."""

@@ -321,6 +321,12 @@ class OutputStore:
                             f"output path {self.loc.url} lies under {parent}, which is an "
                             "existing file, not a folder; choose a folder path")
                     parent = os.path.dirname(parent)
+            holder = self._enclosing_run()
+        if holder is not None:
+            raise OutputConflictError(
+                f"output path {self.loc.url} lies inside {holder}, the folder of another "
+                "recluster run: that run's folder would hold files it did not write, and its "
+                "next run would refuse it; choose an output folder outside it")
         listing = self.listing()
         if not listing:
             return
@@ -343,6 +349,28 @@ class OutputStore:
             "an empty folder or one holding a recluster run. Choose another output.path or move "
             "those files" + ("; _staging/ is an earlier recluster version's staging area: delete "
                              "it if no older run is writing there" if legacy else ""))
+
+    def _enclosing_run(self) -> str | None:
+        """The nearest folder above the output that holds a recluster run (its working area
+        ``_recluster/``, or a manifest recluster wrote), as a URL; None if there is none. Folders
+        this process may not read are passed over."""
+        path = self.root
+        while (parent := posixpath.dirname(path)) and parent != path:
+            path = parent
+            try:
+                if self.fs.exists(f"{parent}/{RESERVED}"):
+                    return self._url(parent)
+                manifest = json.loads(self.fs.cat_file(f"{parent}/{MANIFEST}"))
+            except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    ValueError):
+                continue
+            if isinstance(manifest, dict) and "recluster_manifest" in manifest:
+                return self._url(parent)
+        return None
+
+    def _url(self, path: str) -> str:
+        """``path`` (as this store's filesystem names it) spelt like the output's URL."""
+        return f"{self.loc.url.split('://', 1)[0]}://{path}" if "://" in self.loc.url else path
 
     def preflight(self) -> None:
         """Everything :func:`claim` refuses, read-only: a file, foreign files, a live lock. Cheap:
