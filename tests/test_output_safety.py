@@ -74,6 +74,22 @@ def test_local_spellings_resolve_to_one_path(tmp_path, monkeypatch):
     assert normalize_url("link/in/new/out") == canonical + "/new/out"  # not there yet: fine
 
 
+def test_a_link_to_a_folder_inside_the_input_is_named_not_read(tmp_path):
+    """Links to folders inside the input are not followed (one could lead into the output);
+    the listing took such a link for a Parquet file: "cannot read Parquet file <p>: <p>"."""
+    import pandas as pd
+
+    from recluster.errors import InputDataError
+    from recluster.storage.inputs import list_parquet_files
+
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"id": [1, 2]}).to_parquet(tmp_path / "in" / "part-0.parquet")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "in" / "more").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputDataError, match=f"link to the folder {tmp_path}/elsewhere"):
+        list_parquet_files(Location.of(str(tmp_path / "in")))
+
+
 @pytest.mark.parametrize("output", [
     "{in}", "{in}/", "file://{in}", "{in}/../in", "{in}/out", "{root}", "{link}", "{link}/sub",
     "{root}/./in/", "{root}/x/../in/sub",

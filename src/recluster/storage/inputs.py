@@ -82,6 +82,13 @@ def list_parquet_files(loc: Location) -> list[str]:
         rel = p[len(root):].lstrip("/")
         if any(part.startswith(("_", ".")) for part in rel.split("/")):
             continue
+        if info.get("type") == "other":  # fsspec's word for a link to a folder, a FIFO, ...
+            raise InputDataError(
+                f"{p} under input.path is not a file" + (
+                    f" but a link to the folder {info['destination']}" if info.get("islink") and
+                    "destination" in info else "") + ": links to folders inside the input are "
+                "not followed (one could lead into the output); give that folder as input.path "
+                "of its own, or copy its files in")
         if p.endswith((".parquet", ".parq", ".pq")) or "." not in posixpath.basename(p):
             files.append(p)
     if not files:
