@@ -73,6 +73,16 @@ def snapshot(url: str) -> dict[str, bytes]:
     return {p[len(root):]: fs.cat_file(p) for p in fs.find(root)}
 
 
+def wait_for_the_lock(proc: subprocess.Popen, out: Path, timeout_s: float = 120) -> None:
+    """Wait until the run in ``proc`` holds the lock of ``out`` (its lease file is there)."""
+    deadline = time.monotonic() + timeout_s
+    lock_dir = out / "_recluster" / "lock"
+    while not (lock_dir.exists() and any(lock_dir.glob("*.lease"))):
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < deadline, "the run never took the lock"
+        time.sleep(0.05)
+
+
 def test_rewrite_in_place_reruns_repeat_is_a_noop_and_missing_success_is_repaired(
         tmp_path, scheduler, capsys):
     table = penguins()
@@ -210,12 +220,7 @@ def test_a_killed_runs_lock_expires_and_its_staging_is_cleared(tmp_path, schedul
                              "--quiet"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        lock_dir = out / "_recluster" / "lock"
-        while not (lock_dir.exists() and any(lock_dir.glob("*.lease"))):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run never took the lock"
-            time.sleep(0.05)
+        wait_for_the_lock(proc, out)
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -239,21 +244,22 @@ def test_a_killed_runs_lock_expires_and_its_staging_is_cleared(tmp_path, schedul
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_run_says_so_and_leaves_the_folder_free(tmp_path, scheduler, signum):
     """SIGTERM (Kubernetes deleting the runner pod) and Ctrl-C: the run unwinds, releases the
-    lock and removes what it staged. Ctrl-C printed a 23-line traceback, SIGTERM nothing."""
-    table = penguins()
-    write_files(table, str(tmp_path / "in"))
+    lock and removes what it staged. Ctrl-C printed a 23-line traceback, SIGTERM nothing.
+    ggplot2's diamonds (53,940 rows), so that the run is still going a second after it took
+    the lock, even on a warm cluster (penguins could publish within that second)."""
+    from tables import diamonds
+
+    write_files(diamonds(), str(tmp_path / "in"), n_files=4)
     out = tmp_path / "out"
-    cfg = config(tmp_path, str(tmp_path / "in"), str(out))
+    cfg = config(tmp_path, str(tmp_path / "in"), str(out), input={
+        "id_column": "stone", "categorical": ["cut", "color", "clarity"], "features": [
+            "carat", "depth", "table", "price", "x", "y", "z", "cut", "color", "clarity"]},
+        sample={"size": 4000})
     proc = subprocess.Popen([str(BIN / "recluster"), "run", str(cfg), "--scheduler", scheduler],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        lock_dir = out / "_recluster" / "lock"
-        while not (lock_dir.exists() and any(lock_dir.glob("*.lease"))):
-            assert proc.poll() is None, "the run ended before it could be stopped"
-            assert time.monotonic() < deadline, "the run never took the lock"
-            time.sleep(0.05)
+        wait_for_the_lock(proc, out)
         time.sleep(1.0)
         assert proc.poll() is None, "the run ended before it could be stopped"
         proc.send_signal(signum)
