@@ -73,6 +73,16 @@ def snapshot(url: str) -> dict[str, bytes]:
     return {p[len(root):]: fs.cat_file(p) for p in fs.find(root)}
 
 
+def wait_for_the_lock(proc: subprocess.Popen, out: Path, timeout_s: float = 120) -> None:
+    """Wait until the run in ``proc`` holds the lock of ``out`` (its lease file is there)."""
+    deadline = time.monotonic() + timeout_s
+    lock_dir = out / "_recluster" / "lock"
+    while not (lock_dir.exists() and any(lock_dir.glob("*.lease"))):
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < deadline, "the run never took the lock"
+        time.sleep(0.05)
+
+
 def test_rewrite_in_place_reruns_repeat_is_a_noop_and_missing_success_is_repaired(
         tmp_path, scheduler, capsys):
     table = penguins()
@@ -88,6 +98,15 @@ def test_rewrite_in_place_reruns_repeat_is_a_noop_and_missing_success_is_repaire
     assert run_cli("run", cfg, "--scheduler", scheduler) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert read_json(out, "manifest.json")["run_id"] == first["run_id"]
+
+    # A labels part lost after publication: "nothing to do" left those rows missing for good.
+    os.remove(Path(out) / "labels" / "part-00000.parquet")
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 0
+    said = capsys.readouterr().out
+    assert "nothing to do" not in said and "labels/part-00000.parquet is missing" in said
+    relabelled = read_labels(out)
+    assert len(relabelled) == len(table) and relabelled["penguin"].is_unique
+    first = read_json(out, "manifest.json")
 
     # A crash between manifest.json and _SUCCESS: the next run checks the files and finishes.
     os.remove(Path(out) / "_SUCCESS")
@@ -132,15 +151,34 @@ def test_failed_overwrite_leaves_the_previous_run_and_nothing_else(
     assert snapshot(out) == before
 
 
-def test_score_never_touches_the_trained_run_or_the_inputs(tmp_path, scheduler, capsys):
+def test_score_and_report_never_touch_the_trained_run_or_the_inputs(tmp_path, scheduler, capsys,
+                                                                    monkeypatch):
     table = penguins()
     write_files(table, str(tmp_path / "in"))
     out = str(tmp_path / "run")
-    assert run_cli("run", config(tmp_path, str(tmp_path / "in"), out), "--scheduler",
-                   scheduler) == 0
+    monkeypatch.chdir(tmp_path)  # the run is given its input as a relative path ...
+    assert run_cli("run", config(tmp_path, "in", out), "--scheduler", scheduler) == 0
     assert (Path(out) / "models" / "index.json").exists(), "the root should split"
+    assert read_json(out, "manifest.json")["input"]["location"] == \
+        f"file://{os.path.realpath(tmp_path / 'in')}"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # ... and score and report run from elsewhere:
+    # before, 'in' was resolved here, and score published into the trained run's input.
     write_files(table.sample(frac=0.5, random_state=1), str(tmp_path / "new"))
     trained, new_in = snapshot(out), snapshot(str(tmp_path / "new"))
+    inputs = snapshot(str(tmp_path / "in"))
+    # report --out into the run destroyed it (manifest.json overwritten by the page, exit 0),
+    # or left a foreign file there; into the run's input it became input; a folder: traceback.
+    for target, culprit in ((f"{out}/manifest.json", "the run"),
+                            (f"{out}/report.html", "the run"),
+                            (f"file://{out}/sub/page.html", "the run"),
+                            (str(tmp_path / "in" / "page.parquet"), "the run's input.path"),
+                            (str(tmp_path / "elsewhere"), "existing folder")):
+        assert run_cli("report", out, "--out", target) == 4, target
+        assert culprit in capsys.readouterr().err, target
+    assert snapshot(out) == trained and snapshot(str(tmp_path / "in")) == inputs
+    assert run_cli("report", out, "--out", str(tmp_path / "page.html")) == 0
+    assert (tmp_path / "page.html").read_bytes() == trained["/report.html"]
     for target, culprit in ((out, "--model"), (f"{out}/", "--model"), (f"{out}/scored", "--model"),
                             (str(tmp_path / "new"), "--input"),
                             (str(tmp_path / "in" / "scored"), "the model run's input.path"),
@@ -150,6 +188,7 @@ def test_score_never_touches_the_trained_run_or_the_inputs(tmp_path, scheduler, 
         err = capsys.readouterr().err
         assert code == 4 and culprit in err, (target, err)
     assert snapshot(out) == trained and snapshot(str(tmp_path / "new")) == new_in
+    assert snapshot(str(tmp_path / "in")) == inputs
     scored = str(tmp_path / "scored")
     args = ("score", "--model", out, "--input", str(tmp_path / "new"), "--output", scored,
             "--scheduler", scheduler)
@@ -181,12 +220,7 @@ def test_a_killed_runs_lock_expires_and_its_staging_is_cleared(tmp_path, schedul
                              "--quiet"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        lock_dir = out / "_recluster" / "lock"
-        while not (lock_dir.exists() and any(lock_dir.glob("*.lease"))):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run never took the lock"
-            time.sleep(0.05)
+        wait_for_the_lock(proc, out)
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -205,3 +239,38 @@ def test_a_killed_runs_lock_expires_and_its_staging_is_cleared(tmp_path, schedul
     assert left == sorted([f["path"] for f in manifest["files"]] + ["_SUCCESS", "manifest.json"])
     assert not (out / "_recluster").exists()
     assert manifest["rows"]["out"] == len(table)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_says_so_and_leaves_the_folder_free(tmp_path, scheduler, signum):
+    """SIGTERM (Kubernetes deleting the runner pod) and Ctrl-C: the run unwinds, releases the
+    lock and removes what it staged. Ctrl-C printed a 23-line traceback, SIGTERM nothing.
+    ggplot2's diamonds (53,940 rows), so that the run is still going a second after it took
+    the lock, even on a warm cluster (penguins could publish within that second)."""
+    from tables import diamonds
+
+    write_files(diamonds(), str(tmp_path / "in"), n_files=4)
+    out = tmp_path / "out"
+    cfg = config(tmp_path, str(tmp_path / "in"), str(out), input={
+        "id_column": "stone", "categorical": ["cut", "color", "clarity"], "features": [
+            "carat", "depth", "table", "price", "x", "y", "z", "cut", "color", "clarity"]},
+        sample={"size": 4000})
+    proc = subprocess.Popen([str(BIN / "recluster"), "run", str(cfg), "--scheduler", scheduler],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        wait_for_the_lock(proc, out)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines() == [f"recluster: stopped by {name}: nothing unfinished was "
+                                        "published"], err[-2000:]
+    assert not out.exists(), sorted(str(p) for p in out.rglob("*"))  # the run had created it
+    check_output(load_config(cfg))  # free at once: no lease to wait for

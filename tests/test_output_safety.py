@@ -7,6 +7,7 @@ Runs through the whole job are in ``test_output_runs.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -22,7 +23,7 @@ from recluster.errors import ConfigError, OutputConflictError
 from recluster.pipeline import check_output
 from recluster.storage.fs import Location, create_exclusive, normalize_url, overlap
 from recluster.storage.lock import OutputLock, OutputLockedError
-from recluster.storage.outputs import MANIFEST, SUCCESS, claim
+from recluster.storage.outputs import MANIFEST, SUCCESS, OutputStore, claim
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,6 +74,22 @@ def test_local_spellings_resolve_to_one_path(tmp_path, monkeypatch):
     assert normalize_url("link/in/new/out") == canonical + "/new/out"  # not there yet: fine
 
 
+def test_a_link_to_a_folder_inside_the_input_is_named_not_read(tmp_path):
+    """Links to folders inside the input are not followed (one could lead into the output);
+    the listing took such a link for a Parquet file: "cannot read Parquet file <p>: <p>"."""
+    import pandas as pd
+
+    from recluster.errors import InputDataError
+    from recluster.storage.inputs import list_parquet_files
+
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"id": [1, 2]}).to_parquet(tmp_path / "in" / "part-0.parquet")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "in" / "more").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputDataError, match=f"link to the folder {tmp_path}/elsewhere"):
+        list_parquet_files(Location.of(str(tmp_path / "in")))
+
+
 @pytest.mark.parametrize("output", [
     "{in}", "{in}/", "file://{in}", "{in}/../in", "{in}/out", "{root}", "{link}", "{link}/sub",
     "{root}/./in/", "{root}/x/../in/sub",
@@ -112,6 +129,38 @@ def test_output_that_is_a_file_is_refused_saying_so(tmp_path, bucket, s3fs_fs):
     s3fs_fs.pipe(f"{bucket}/out", b"x")
     with pytest.raises(OutputConflictError, match="existing file, not a folder"):
         check_output(_cfg(f"s3://{bucket}/in", f"s3://{bucket}/out"))
+    # Not a regular file either: these were a storage outage 'after 5 retries' (exit 6).
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out in ("/dev/null", "/dev/null/sub", str(tmp_path / "fifo"), str(tmp_path / "dangling")):
+        with pytest.raises(OutputConflictError, match="existing file, not a folder"):
+            check_output(_cfg(str(tmp_path / "in"), out))
+
+
+def test_s3_console_folder_markers_are_folders_not_files(s3_endpoint, bucket, s3fs_fs):
+    """An S3 console's "Create folder" leaves an empty object ``key/``: the output folder was
+    refused as holding a foreign file named '' (and ``sub/``), and an input folder made so
+    failed with "cannot read Parquet file <bucket>/in/"."""
+    import boto3
+    import pandas as pd
+
+    from recluster.storage.inputs import list_parquet_files
+    from recluster.storage.models import PublishedFiles
+    from recluster.storage.outputs import DIGESTS
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key in ("out/", "out/sub/", "in/", "in/country=SE/", "run/models/", "run/models/root/"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    s3fs_fs.pipe(f"{bucket}/in/part-0.parquet", pd.DataFrame({"id": [1]}).to_parquet())
+    check_output(_cfg(f"s3://{bucket}/in", f"s3://{bucket}/out"))  # does not raise
+    assert list_parquet_files(Location.of(f"s3://{bucket}/in")) == [f"{bucket}/in/part-0.parquet"]
+    index = b'{"nodes": []}'
+    s3fs_fs.pipe(f"{bucket}/run/models/index.json", index)
+    s3fs_fs.pipe(f"{bucket}/run/{MANIFEST}", json.dumps(
+        {DIGESTS: {"models/index.json": hashlib.sha256(index).hexdigest()}}).encode())
+    s3fs_fs.invalidate_cache()
+    published = PublishedFiles(OutputStore(Location.of(f"s3://{bucket}/run")))
+    assert published.read_all("models/") == {"models/index.json": index}
 
 
 def test_exit_code_and_message_name_the_folder_and_foreign_entries(tmp_path, capsys):
@@ -223,6 +272,58 @@ def test_manifest_without_success_is_repaired_or_redone(place):
     assert second["run_id"] != first["run_id"]
     assert _tree(fs, root)["labels/part-00000.parquet"] == b"x" * 50 and fs.exists(
         f"{root}/{SUCCESS}")
+
+
+def test_a_published_run_is_reused_only_if_its_files_are_intact(place):
+    """Same config and input, ``_SUCCESS`` there: "nothing to do" used to be said without a
+    look at the files, so a deleted labels part stayed missing for good (rows lost, exit 0)."""
+    from recluster.storage.outputs import DIGESTS, OutputStore, sha256_hex
+
+    loc, fs, root = place
+    files = {"labels/part-00000.parquet": b"x" * 50, "labels/part-00001.parquet": b"y" * 40,
+             "tree.json": b'{"a": 1}'}
+
+    def publish(previous):
+        with claim(loc, 30, "run") as store:
+            for rel, data in files.items():
+                store.write_staged(rel, data)
+            return store.publish({"fingerprint": "fp1", DIGESTS: {"tree.json": sha256_hex(
+                files["tree.json"])}}, previous)
+
+    first = publish(None)
+    with claim(loc, 30, "run") as store:
+        assert store.prepare("fp1", False, "").action == "reuse"
+    for damage, problem in (("labels/part-00001.parquet", "is missing"),
+                            ("tree.json", "SHA-256")):  # same size, other bytes
+        if damage.startswith("labels/"):
+            fs.rm_file(f"{root}/{damage}")
+        else:
+            _put(fs, f"{root}/{damage}", b'{"a": 2}')
+        with claim(loc, 30, "run") as store:
+            decision = store.prepare("fp1", False, "")  # no overwrite needed: the same run
+        assert decision.action == "new" and decision.previous["run_id"] == first["run_id"]
+        assert damage in decision.problems[0] and problem in decision.problems[0]
+        first = publish(decision.previous)
+        assert OutputStore(loc).verify(first) == []
+        assert fs.cat_file(f"{root}/{damage}") == files[damage]
+
+
+def test_an_output_inside_another_runs_folder_is_refused(place):
+    """A run into ``<run>/sub`` (while that run was being written, or after) published inside
+    it: the outer run's folder then held files it did not write, and its next run was refused
+    for good. Refused before any work now, naming the enclosing run; siblings are fine."""
+    loc, fs, root = place
+    inner = Location.of(f"{loc.url}/labels/more")
+    with claim(loc, 30, "run"):  # being written: only its working area is there
+        with pytest.raises(OutputConflictError, match=f"lies inside {loc.url}, the folder of"):
+            OutputStore(inner).preflight()
+    _stage_and_publish(loc, {"labels/part-00000.parquet": b"x"}, "fp")
+    before = _tree(fs, root)
+    for url in (f"{loc.url}/sub", f"{loc.url}/labels/more"):
+        with pytest.raises(OutputConflictError, match="the folder of another recluster run"):
+            _stage_and_publish(Location.of(url), {"tree.json": b"y"}, "fp2")
+    assert _tree(fs, root) == before
+    _stage_and_publish(Location.of(f"{loc.url}-sibling/x"), {"tree.json": b"y"}, "fp2")
 
 
 def test_a_publication_that_died_midway_is_owned_and_cleaned(place):
@@ -361,6 +462,46 @@ def test_failed_attempt_leaves_nothing_but_what_was_there(tmp_path):
     assert not (tmp_path / "new" / "out").exists()  # the run created it; it is gone again
 
 
+def test_a_staged_write_landing_after_the_attempt_ended_removes_itself(place):
+    """A worker's task still writing when the run failed (or timed out, or was interrupted)
+    writes after the attempt released its lock and cleared its staging area: its file must not
+    stay behind. Before, ``_recluster/staging/<run-id>/labels/part-*.parquet`` of a failed run
+    on S3 was left after the run exited (one label write failed, the others were in flight)."""
+    import pickle
+
+    loc, fs, root = place
+    with pytest.raises(RuntimeError, match="stage failed"), claim(loc, 30, "run") as store:
+        on_worker = pickle.loads(pickle.dumps(store))  # as Dask ships it to a worker
+        on_worker.write_staged("labels/part-00000.parquet", b"in time")
+        assert fs.cat_file(store.staged("labels/part-00000.parquet")) == b"in time"
+        raise RuntimeError("stage failed")
+    with pytest.raises(OutputConflictError, match="no longer holds the output folder's lock"):
+        on_worker.write_staged("labels/part-00001.parquet", b"too late")
+    assert _tree(fs, root) == {}
+    if not loc.url.startswith("s3://"):  # not even an empty folder of the reserved area
+        assert not os.path.exists(f"{root}/_recluster")
+
+
+@pytest.mark.parametrize("record, live", [
+    ("[1]", False), ('"x"', False), ("null", False), ('{"acquired_at": "abc"}', False),
+    ('{"acquired_at": 1e400}', False), ('{"pid": "x", "acquired_at": 1e30}', True),
+    ('{"lease_s": 1e308, "acquired_at": 5}', True)])
+def test_a_damaged_lock_record_is_named_or_taken_over_never_a_traceback(place, record, live):
+    """Lock records are read back from storage, where anything can be: a damaged or planted
+    record gave raw AttributeError / ValueError / OverflowError tracebacks, and a ``null`` one
+    made every run retry until 'other runs keep taking it'."""
+    loc, fs, root = place
+    _put(fs, f"{root}/_recluster/lock/000000000000.json", record.encode())
+    if not live:  # a damaged record keeps nothing live: it is taken over
+        with claim(loc, 30, "run") as store:
+            assert store.generation == 1
+        return
+    with pytest.raises(OutputLockedError) as err:  # it says "held for ages": named, clearable
+        with claim(loc, 30, "run"):
+            pass
+    assert "_recluster/lock/" in str(err.value) and "delete" in str(err.value)
+
+
 # -- config input ------------------------------------------------------------------------------
 
 BILLION_LAUGHS = """\
@@ -399,6 +540,36 @@ def test_a_few_aliases_are_fine_and_oversized_files_are_refused(tmp_path, capsys
     big.write_text("# " + "x" * (2 << 20) + "\ninput: {path: /in, id_column: id}\n")
     assert run_cli("validate", big) == 2
     assert "larger than 1024 KiB" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(30)
+def test_deep_nesting_duplicate_keys_and_endless_timeouts_are_config_errors(tmp_path, capsys):
+    """Thousands of '[' (a 10 KiB file) were a RecursionError traceback; a key written twice
+    silently meant its last value (here: overwrite on); ``.inf`` as run_timeout_s overflowed
+    the thread wait with a traceback while the run went on in the background."""
+    cases = {
+        "deep": ("input: " + "[" * 5000 + "]" * 5000 + "\n", "more than 32 levels deep"),
+        "deepmap": ("input: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "levels deep"),
+        "twice": ("input: {path: s3://b/in, id_column: id}\noutput:\n  path: s3://b/out\n"
+                  "  overwrite: false\n  overwrite: true\n",
+                  "found the key 'overwrite' twice at line 5"),
+    }
+    for name, (text, expected) in cases.items():
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(text)
+        assert run_cli("validate", cfg) == 2, name
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (name, err[-500:])
+    # a merge may override what it brings in: that is not a key written twice
+    from recluster.config import safe_yaml
+    assert safe_yaml("b: &b {x: 1, y: 2}\nc: {<<: *b, x: 3}\n", "m") == {
+        "b": {"x": 1, "y": 2}, "c": {"x": 3, "y": 2}}
+    base = {"input": {"path": "s3://b/in", "id_column": "id"}, "output": {"path": "s3://b/o"}}
+    for key, value, expected in (("run_timeout_s", float("inf"), "finite number"),
+                                 ("run_timeout_s", 1e300, "less than or equal"),
+                                 ("storage_timeout_s", float("nan"), "finite number")):
+        with pytest.raises(ConfigError, match=f"runtime.{key}: Input should be (a )?{expected}"):
+            parse_config({**base, "runtime": {key: value}})
 
 
 def test_yaml_errors_do_not_echo_the_line(tmp_path, capsys):
@@ -441,6 +612,68 @@ def test_password_in_a_url_is_refused(tmp_path, capsys):
         assert run_cli("validate", cfg) == 2
         err = capsys.readouterr().err
         assert "pw-VALUE-55" not in err and ("password" in err or "credentials" in err)
+
+
+SIGNED = "SEEDsig-VALUE-901"
+
+
+@pytest.mark.parametrize("url", [
+    f"http://127.0.0.1:9/b/in/part-0.parquet?AWSAccessKeyId=AKIA1&Signature={SIGNED}&Expires=9",
+    f"https://b.s3.amazonaws.com/in.parquet?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="
+    f"AKIA%2F1&X-Amz-Signature={SIGNED}",
+    f"https://acct.blob.core.windows.net/c/in.parquet?sv=2022-11-02&sp=r&sig={SIGNED}",
+    f"https://{SIGNED}@files.example.com/in.parquet",
+    f"https://files.example.com/in.parquet?token={SIGNED}"])
+def test_signed_and_token_urls_are_refused_without_echoing_them(tmp_path, capsys, url):
+    """A presigned URL read fine as input.path, and its signature and key id were written into
+    manifest.json and report.html (and a render-k8s ConfigMap); score's --input likewise."""
+    for section in ("input", "output"):
+        data = {"input": {"path": "s3://b/in", "id_column": "id"},
+                "output": {"path": "s3://b/out"}}
+        data[section]["path"] = url
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        assert run_cli("validate", cfg) == 2
+        err = capsys.readouterr().err
+        assert f"{section}.path carries a credential" in err and SIGNED not in err
+    data["output"]["path"] = "s3://b/out"
+    data["output"]["storage_options"] = {"endpoint_url": url}
+    cfg.write_text(yaml.safe_dump(data))
+    assert run_cli("validate", cfg) == 2
+    err = capsys.readouterr().err
+    assert "must not hold credentials (endpoint_url)" in err and SIGNED not in err
+    assert run_cli("score", "--model", "s3://b/run", "--input", url, "--output", "s3://b/s") == 2
+    err = capsys.readouterr().err
+    assert "--input carries a credential" in err and SIGNED not in err
+
+
+def test_plain_urls_with_a_user_or_a_version_are_still_fine():
+    from recluster.config import has_url_credentials
+
+    for url in ("abfs://container@account.dfs.core.windows.net/in", "s3://b/in?versionId=3",
+                "https://minio.example.com:9000", "s3://b/in", "/data/in?x=1"):
+        assert not has_url_credentials(url), url
+
+
+def test_option_values_stay_out_of_the_stores_messages(bucket):
+    """botocore quotes a refused parameter's value: a non-allowlisted option (redacted in the
+    manifest) came back in the error message, as a storage outage 'after 5 retries' (exit 6).
+    It is a config error (exit 2) naming the storage_options, the value replaced by ***."""
+    from recluster.storage.fs import filesystem
+
+    secret = "seed-metadata-VALUE-77"
+    loc = Location.of(f"s3://{bucket}/out", {"s3_additional_kwargs": {"Metadata": secret}})
+    with pytest.raises(ConfigError) as err, claim(loc, 30, "run"):
+        pass
+    msg = str(err.value)
+    assert "storage_options" in msg and "Metadata" in msg and secret not in msg and "***" in msg
+    loc = Location.of(f"s3://{bucket}/out", {"no_such_option": secret})
+    with pytest.raises(ConfigError, match="no_such_option") as err:
+        OutputStore(loc).preflight()
+    assert secret not in str(err.value)
+    for url, reason in (("s4://b/x", "Protocol not known"), ("gs://b/x", "gcsfs")):
+        with pytest.raises(ConfigError, match=reason):  # were raw ValueError / ImportError
+            filesystem(url)
 
 
 def test_only_allowlisted_options_are_written_down():

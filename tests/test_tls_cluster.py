@@ -114,8 +114,15 @@ def make_pki(root: Path) -> dict[str, Path]:
     rogue_crt, rogue_pem = _write(root / "rogue", "client",
                                   _cert("intruder", rogue_key, rogue_ca.subject, rogue_ca_key,
                                         False), rogue_key)
+    from cryptography.hazmat.primitives import serialization
+
+    encrypted = root / "client" / "client-encrypted.key"
+    encrypted.write_bytes(client_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
     return {"secret": secret, "ca": secret / "ca.crt", "client_cert": client_crt,
-            "client_key": client_pem, "rogue_cert": rogue_crt, "rogue_key": rogue_pem,
+            "client_key": client_pem, "client_key_encrypted": encrypted,
+            "rogue_cert": rogue_crt, "rogue_key": rogue_pem,
             "cluster_cert": secret / "tls.crt", "cluster_key": secret / "tls.key"}
 
 
@@ -296,7 +303,11 @@ def pki(tmp_path_factory):
     (["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", "{secret}/missing.crt",
       "--tls-cert", "{client_cert}"], "missing.crt is not a readable file"),
     (["--tls-ca-file", "{ca}", "--tls-cert", "{client_cert}"], "pass --scheduler tls://"),
-], ids=["tcp-with-tls-files", "no-files", "wrong-key", "unreadable", "no-scheduler"])
+    # OpenSSL asked "Enter PEM pass phrase:" on the terminal (a hang), else a raw OSError
+    (["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", "{ca}", "--tls-cert", "{client_cert}",
+      "--tls-key", "{client_key_encrypted}"], "is encrypted with a passphrase"),
+], ids=["tcp-with-tls-files", "no-files", "wrong-key", "unreadable", "no-scheduler",
+        "encrypted-key"])
 def test_cli_refuses_misconfigured_tls_before_connecting(pki, tmp_path, capsys, monkeypatch,
                                                          args, message):
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)

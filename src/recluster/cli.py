@@ -64,8 +64,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from recluster.storage import fs as storage_fs
     from recluster.storage.outputs import OutputStore, write_file
 
-    store = OutputStore(storage_fs.Location.of(args.run_path))
-    page = report_html.render(report_data.load_run(store, manifest_sha256=args.manifest_sha256))
+    run = storage_fs.Location.of(args.run_path)
+    report_data.check_target(run, storage_fs.Location.of(args.out))
+    page = report_html.render(report_data.load_run(OutputStore(run),
+                                                   manifest_sha256=args.manifest_sha256))
     target = write_file(args.out, page.encode())
     print(f"report of {args.run_path} written to {target}")
     return 0
@@ -284,19 +286,33 @@ def main(argv: list[str] | None = None) -> int:
     except ReclusterError as exc:
         print(f"recluster: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (KeyboardInterrupt, Stopped) as exc:  # the run's clean-up has run on the way here
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"recluster: stopped by {signal.Signals(signum).name}: nothing unfinished was "
+              "published", file=sys.stderr)
+        return 128 + signum
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
+class Stopped(BaseException):
+    """SIGTERM arrived (Kubernetes deleting the pod, ``kill``). Like ``KeyboardInterrupt`` for
+    Ctrl-C it is no ``Exception``, so it unwinds the whole run: the output folder's lock is
+    released and the staging area removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _terminated(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    raise Stopped(signum)
 
 
 def _exit_on_sigterm():
-    """Turn SIGTERM (Kubernetes deleting the pod, ``kill``) into ``SystemExit``, so that a run
-    releases its output folder's lock and removes its staging area on the way out. Only in the
-    main thread (where Python delivers signals); returns the handler it replaced."""
+    """Turn SIGTERM into :class:`Stopped`. Only in the main thread (where Python delivers
+    signals); returns the handler it replaced."""
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _terminated)

@@ -11,6 +11,7 @@ import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,11 +20,16 @@ from recluster.errors import ConfigError
 
 #: How long an output folder's lock stays held without renewal (``output.lock_lease_s``).
 DEFAULT_LEASE_S = 120.0
+#: The longest any timeout of the config may be (a year; waits beyond ~292 years overflow).
+MAX_TIMEOUT_S = 365 * 86_400.0
 #: A config file larger than this is refused unread (real configs are a few KiB).
 MAX_CONFIG_BYTES = 1 << 20
 #: YAML aliases (``*name``) beyond this many are refused: nested aliases expand exponentially
 #: (the "billion laughs"), and a config needs a handful at most.
 MAX_YAML_ALIASES = 32
+#: Lists and mappings nested deeper than this are refused (a config needs about 4 levels;
+#: thousands of ``[`` exhausted the loader's recursion with a traceback).
+MAX_YAML_DEPTH = 32
 
 #: ``storage_options`` entries harmless enough to write down (manifest, report, logs, the
 #: Kubernetes ConfigMap), as dotted paths into nested options. Every other entry is treated as
@@ -47,10 +53,15 @@ SAFE_STORAGE_OPTIONS = frozenset({
 CREDENTIAL_WORDS = ("secret", "token", "password", "passwd", "credential", "connectionstring",
                     "accountkey", "sas", "auth", "cookie", "privatekey", "apikey")
 REDACTED = "***"
+#: What :func:`has_url_credentials` refuses, in words (for messages).
+URL_CREDENTIALS = ("a password, a token as an HTTP user name, or a signature, token or key in "
+                   "the query string, as in a presigned or SAS URL")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No ``.inf`` or ``.nan``: an infinite timeout overflowed the thread wait (a traceback, and
+    # a run left running in the background while the command exited).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _credential_like(key: str) -> bool:
@@ -61,12 +72,49 @@ def _credential_like(key: str) -> bool:
             or any(w in k for w in CREDENTIAL_WORDS))
 
 
-def _has_password(value: Any) -> bool:
-    """A URL with a password in it (``scheme://user:password@host``)."""
+def _credential_param(name: str) -> bool:
+    """A URL query parameter that carries a credential: a presigned S3 URL's ``Signature``,
+    ``X-Amz-Signature``, ``X-Amz-Credential``, ``X-Amz-Security-Token`` or ``AWSAccessKeyId``,
+    an Azure SAS's ``sig``, a signed GCS URL's ``X-Goog-Signature``, any ``token`` or key."""
+    k = "".join(c for c in name.lower() if c not in "_-.")
+    return _credential_like(name) or "signature" in k or k == "sig"
+
+
+def has_url_credentials(value: Any) -> bool:
+    """A URL that carries a credential: a password (``scheme://user:password@host``), a user
+    name on an HTTP(S) URL (where a token goes), or a credential in its query string (a
+    presigned or SAS URL)."""
     if not isinstance(value, str) or "://" not in value:
         return False
-    netloc = value.split("://", 1)[1].split("/", 1)[0]
-    return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
+    scheme, rest = value.split("://", 1)
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        if ":" in userinfo or scheme.lower() in ("http", "https"):
+            return True
+    query = rest.split("?", 1)[1].split("#", 1)[0] if "?" in rest else ""
+    return any(_credential_param(k) for k, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def secret_values(options: Any, prefix: str = "") -> list[str]:
+    """The values :func:`redact_options` hides (as text), those long enough to recognise (4 or
+    more characters): e.g. to keep them out of an error message a library wrote."""
+    found: list[str] = []
+    for k, v in (options.items() if isinstance(options, dict) else ()):
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            found += secret_values(v, path + ".")
+        elif path not in SAFE_STORAGE_OPTIONS or has_url_credentials(v):
+            found += [text for text in _texts(v) if len(text) >= 4]
+    return found
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _texts(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _texts(v)]
+    return [str(value)]
 
 
 def _credential_paths(options: Any, prefix: str = "") -> list[str]:
@@ -75,13 +123,13 @@ def _credential_paths(options: Any, prefix: str = "") -> list[str]:
     if isinstance(options, dict):
         for k, v in options.items():
             path = f"{prefix}{k}"
-            if _credential_like(str(k)) or _has_password(v):
+            if _credential_like(str(k)) or has_url_credentials(v):
                 found.append(path)
             found += _credential_paths(v, path + ".")
     elif isinstance(options, list):
         for i, v in enumerate(options):
             found += _credential_paths(v, f"{prefix}{i}.") if isinstance(v, dict | list) else (
-                [f"{prefix}{i}"] if _has_password(v) else [])
+                [f"{prefix}{i}"] if has_url_credentials(v) else [])
     return found
 
 
@@ -109,7 +157,7 @@ def redact_options(options: Any, prefix: str = "") -> Any:
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             out[k] = redact_options(v, path + ".")
-        elif path in SAFE_STORAGE_OPTIONS and not _has_password(v):
+        elif path in SAFE_STORAGE_OPTIONS and not has_url_credentials(v):
             out[k] = v
         else:
             out[k] = REDACTED
@@ -125,15 +173,15 @@ def redacted_paths(options: Any, prefix: str = "") -> list[str]:
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             found += redacted_paths(v, path + ".")
-        elif path not in SAFE_STORAGE_OPTIONS or _has_password(v):
+        elif path not in SAFE_STORAGE_OPTIONS or has_url_credentials(v):
             found.append(path)
     return found
 
 
 def _check_path(url: str, where: str) -> str:
-    if _has_password(url):
-        raise ValueError(f"{where}.path holds a password (user:password@...); credentials come "
-                         "from the environment, never from the config")
+    if has_url_credentials(url):
+        raise ValueError(f"{where}.path carries a credential ({URL_CREDENTIALS}); credentials "
+                         "come from the environment, never from the config")
     return url
 
 
@@ -350,9 +398,10 @@ class ExplainConfig(_Strict):
                          "keeps separable clusters from spending trees (and SHAP) on noise")
     min_child_weight: float = Field(default=5.0, ge=0.0)
     retries: int = Field(default=2, ge=0, le=10, description="fresh attempts after a failed training")
-    train_timeout_s: float = Field(default=1800.0, gt=0.0, description="one training may take this long")
+    train_timeout_s: float = Field(default=1800.0, gt=0.0, le=MAX_TIMEOUT_S,
+                                   description="one training may take this long")
     collective_timeout_s: int = Field(
-        default=120, ge=1, description="one XGBoost collective operation (or its group start) may "
+        default=120, ge=1, le=86_400, description="one XGBoost collective operation (or its group start) may "
         "take this long: a worker whose peer died stops waiting, fails its task and frees its thread")
 
 
@@ -363,13 +412,14 @@ class RuntimeConfig(_Strict):
     memory_limit: str = "auto"
     numba_cache_dir: str | None = None
     storage_timeout_s: float = Field(
-        default=60.0, gt=0.0, description="connect and read timeout of one storage request")
+        default=60.0, gt=0.0, le=3_600.0,
+        description="connect and read timeout of one storage request")
     storage_retries: int = Field(
         default=5, ge=0, le=20,
         description="retries of a failed storage request (503 SlowDown, reset, timeout) with "
         "exponential backoff; a store that stays down fails the run after them")
     run_timeout_s: float = Field(
-        default=86_400.0, gt=0.0,
+        default=86_400.0, gt=0.0, le=MAX_TIMEOUT_S,
         description="the whole run must finish within this; else it stops naming the stage in progress")
 
 
@@ -406,14 +456,34 @@ class JobConfig(_Strict):
         return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (the loader keeps the
+    last silently: ``overwrite: false`` ... ``overwrite: true`` would mean ``true``). Keys that
+    come in through a merge (``<<: *base``) may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if (key.tag, key.value) in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found the key '{key.value}' twice", key.start_mark)
+                seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep=deep)
+
+
 def safe_yaml(text: str, source: str) -> Any:
-    """Parse YAML, refusing more than :data:`MAX_YAML_ALIASES` aliases before building anything.
+    """Parse YAML, refusing more than :data:`MAX_YAML_ALIASES` aliases and nesting deeper than
+    :data:`MAX_YAML_DEPTH` before building anything, and a key written twice in a mapping.
 
     Errors name the source, the problem and the line and column, never the text around them
     (a config line may hold something that should not be echoed).
     """
     try:
-        aliases = 0
+        aliases = depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 aliases += 1
@@ -421,7 +491,17 @@ def safe_yaml(text: str, source: str) -> Any:
                     raise ConfigError(
                         f"{source} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); "
                         "nested aliases can expand to billions of entries: write the values out")
-        return yaml.safe_load(text)
+            elif isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    mark = event.start_mark
+                    raise ConfigError(
+                        f"{source} nests lists and mappings more than {MAX_YAML_DEPTH} levels "
+                        f"deep (at line {mark.line + 1}, column {mark.column + 1}): not a "
+                        "recluster config")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no tags that run code
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -41,7 +41,7 @@ from recluster.report import data as report_data
 from recluster.report import html as report_html
 from recluster.storage import inputs
 from recluster.storage import models as modelstore
-from recluster.storage.fs import Location, refuse_overlap
+from recluster.storage.fs import Location, normalize_url, refuse_overlap
 from recluster.storage.outputs import (
     MANIFEST_VERSION,
     Decision,
@@ -159,9 +159,11 @@ def _decide(cfg: JobConfig, store: OutputStore, fp: str, echo: Callable[[str], N
         echo(f"  {cfg.output.path} already holds this run, but its publication had not finished: "
              "every listed file is there with its size; wrote _SUCCESS")
     elif decision.previous is not None:
-        same = decision.previous.get("fingerprint") == fp
+        problems = decision.problems
         echo(f"  {cfg.output.path}: " + (
-            "an unfinished publication of this run is there; running it again" if same else
+            f"this run is there, but {problems[0]}" + (
+                f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+            + "; running it again" if problems else
             "output.overwrite: the published run is replaced once this one is fully staged"))
     return decision
 
@@ -471,7 +473,10 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         "config": cfg.redacted(),
         "versions": versions(),
         "seed": cfg.seed,
-        "input": {"files": len(infos), "partitions": len(pieces),
+        # Resolved here (a relative local path means this run's working folder): what
+        # ``score`` and ``report`` compare their targets with, from wherever they run.
+        "input": {"location": normalize_url(cfg.input.path),
+                  "files": len(infos), "partitions": len(pieces),
                   "empty_files": sum(1 for i in infos if i.n_rows == 0),
                   "fingerprint": input_fp,
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),

@@ -18,14 +18,14 @@ from typing import Any
 from distributed import Client
 
 from recluster.compute.schema import resolve_schema
-from recluster.config import DEFAULT_LEASE_S, InputConfig
-from recluster.errors import InputDataError, IntegrityError
+from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
+from recluster.errors import ConfigError, InputDataError, IntegrityError
 from recluster.parallel import passes
 from recluster.pipeline import input_fingerprint
 from recluster.storage import inputs
 from recluster.storage import models as modelstore
 from recluster.storage.fs import Location, refuse_overlap
-from recluster.storage.outputs import OutputStore, claim
+from recluster.storage.outputs import OutputStore, claim, run_input_location
 
 
 def load_models(run: Location, manifest_sha256: str | None = None):
@@ -66,22 +66,25 @@ def load_models(run: Location, manifest_sha256: str | None = None):
 
 def check_output(model_url: str, input_url: str, output_url: str, timeout_s: float = 60.0
                  ) -> tuple[Location, Location, Location]:
-    """Refuse, before any work, an output that is, lies inside or contains the model run, the
-    model run's own input or the new input, or that holds foreign files or is being written.
+    """Refuse, before any work, a location that carries a credential, and an output that is,
+    lies inside or contains the model run, the model run's own input or the new input, or that
+    holds foreign files or is being written.
 
     Returns
     -------
     (model, input, output) locations
     """
+    for flag, url in (("--model", model_url), ("--input", input_url), ("--output", output_url)):
+        if has_url_credentials(url):  # the manifest and the messages would carry it
+            raise ConfigError(f"{flag} carries a credential ({URL_CREDENTIALS}); credentials come "
+                              "from the environment, never from a location")
     model_loc = Location.of(model_url, timeout_s=timeout_s)
     in_loc = Location.of(input_url, timeout_s=timeout_s)
     out_loc = Location.of(output_url, timeout_s=timeout_s)
     refuse_overlap(out_loc, {"--model": model_loc, "--input": in_loc}, what="--output")
-    trained = OutputStore(model_loc).published_manifest()
-    trained_on = ((trained or {}).get("config") or {}).get("input", {}).get("path")
-    if trained_on:
-        refuse_overlap(out_loc, {"the model run's input.path": Location.of(trained_on)},
-                       what="--output")
+    trained_on = run_input_location(OutputStore(model_loc).published_manifest())
+    if trained_on is not None:
+        refuse_overlap(out_loc, {"the model run's input.path": trained_on}, what="--output")
     OutputStore(out_loc).preflight()
     return model_loc, in_loc, out_loc
 

@@ -79,6 +79,17 @@ def _readable(path: str, flag: str, config_key: str) -> str:
     return str(p)
 
 
+def _no_passphrase(path: str):
+    """A ``password`` callback for :meth:`ssl.SSLContext.load_cert_chain`: without one, OpenSSL
+    asks for a key's passphrase on the terminal ("Enter PEM pass phrase:", a hang in a batch
+    job). Dask loads keys without a passphrase, so an encrypted key is a config error."""
+    def refuse() -> bytes:
+        raise ConfigError(f"--tls-key / distributed.comm.tls.client.key: {path} is encrypted "
+                          "with a passphrase; Dask needs an unencrypted key (e.g. openssl pkey "
+                          "-in encrypted.key -out tls.key), kept readable only by you")
+    return refuse
+
+
 def client_security(address: str | None, tls: TlsFiles | None = None) -> Security | None:
     """The :class:`~distributed.security.Security` for reaching ``address``; ``None`` for plain TCP.
 
@@ -124,7 +135,8 @@ def client_security(address: str | None, tls: TlsFiles | None = None) -> Securit
     except ssl.SSLError as exc:
         raise ConfigError(f"--tls-ca-file {ca} is not a PEM CA certificate: {exc}") from None
     try:
-        ssl.create_default_context().load_cert_chain(cert, key)
+        ssl.create_default_context().load_cert_chain(cert, key, password=_no_passphrase(
+            key or cert))
     except ssl.SSLError as exc:
         raise ConfigError(f"--tls-cert {cert} / --tls-key {key or '(in the certificate file)'}: "
                           f"not a PEM certificate with its matching private key: {exc}") from None

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from recluster.compute.routing import ROOT
-from recluster.errors import InputDataError
+from recluster.errors import InputDataError, OutputConflictError
+from recluster.storage.fs import Location, refuse_overlap, storage_errors
 from recluster.storage.models import PublishedFiles
-from recluster.storage.outputs import OutputStore, frame_from_parquet_bytes
+from recluster.storage.outputs import OutputStore, frame_from_parquet_bytes, run_input_location
 
 #: At most this many points are plotted on the map (the root's sample, in hash order), and on
 #: the zoomed-in map of each split cluster (its own sample on its own embedding).
@@ -86,6 +87,31 @@ def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of:
         raise ValueError("map sample rows without a final label")
     frame["first"] = [first_level(p) for p in frame["leaf"]]
     return frame[["node", id_column, "x", "y", "first", "leaf"]]
+
+
+def check_target(run: Location, out: Location) -> None:
+    """Refuse, before anything is read, where ``recluster report --out`` must not write the page.
+
+    Not into the run (any spelling): its files are listed in its manifest and digested, so a
+    page there breaks the run's integrity, makes its folder refuse the next run as foreign, or,
+    written as ``manifest.json``, destroys the run. Not into the input the run read: the next
+    run would read the page as input. And not onto an existing folder.
+
+    Raises
+    ------
+    OutputConflictError
+        naming ``--out`` and the location it collides with (exit code 4).
+    """
+    others = {"the run": run}
+    trained_on = run_input_location(OutputStore(run).published_manifest())
+    if trained_on is not None:
+        others["the run's input.path"] = trained_on
+    refuse_overlap(out, others, what="--out")
+    fs, path = out.fs()
+    with storage_errors(out, "looking at the report's target"):
+        if fs.isdir(path):
+            raise OutputConflictError(f"--out {out.url} is an existing folder: give the page a "
+                                      "file name, e.g. report.html")
 
 
 def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,

@@ -19,7 +19,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from recluster.errors import ConfigError, InputDataError, OutputConflictError, StorageError
+from recluster.config import REDACTED, secret_values
+from recluster.errors import ConfigError, OutputConflictError, ReclusterError, StorageError
 
 #: Spellings of the same protocol: compared as the first name.
 _PROTOCOL_ALIASES = {"s3a": "s3", "s3n": "s3", "local": "file", "gcs": "gs", "abfss": "abfs"}
@@ -54,8 +55,13 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None,
     On S3 a request is attempted at most ``S3FS_ATTEMPTS * (retries + 1)`` times, each bounded
     by ``timeout_s`` to connect and to read, so a store that stays down fails in bounded time.
     """
-    fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options or {}, timeout_s,
-                                                     retries))
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **_options(url, storage_options or {}, timeout_s,
+                                                         retries))
+    except (ImportError, ValueError, TypeError) as exc:  # unknown protocol, package, option
+        detail = _scrub(f"{type(exc).__name__}: {exc}", storage_options)
+        raise ConfigError(f"cannot open {url}: {detail} -- check the location's protocol and "
+                          "its storage_options") from None
     if _is_s3(url):
         fs.retries = S3FS_ATTEMPTS  # s3fs's own loop (default 5) multiplies botocore's
     return fs, root.rstrip("/")
@@ -76,21 +82,45 @@ def _is_transport(exc: BaseException) -> bool:
     return False
 
 
+def _refused_parameters(exc: BaseException) -> bool:
+    """Did the client refuse the request's parameters before sending it (an option of the wrong
+    type or name, e.g. ``s3_additional_kwargs``)? That is the config, not the store."""
+    if type(exc).__name__ == "ParamValidationError" and type(exc).__module__.startswith(
+            "botocore"):
+        return True
+    return isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc)
+
+
+def _scrub(text: str, storage_options: Mapping[str, Any] | None) -> str:
+    """``text`` (a library's message) without the values of storage options that are treated
+    as secret (:func:`recluster.config.secret_values`): botocore, for one, quotes a parameter's
+    value when it refuses it."""
+    for value in sorted(secret_values(dict(storage_options or {})), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
 @contextmanager
 def storage_errors(loc: Location, doing: str) -> Iterator[None]:
-    """Turn what the store raised after its retries into a :class:`StorageError` naming the URL.
+    """Turn what the store raised after its retries into a :class:`StorageError` naming the URL,
+    and parameters the client refused to send into a :class:`ConfigError`. Values of storage
+    options off the allowlist never appear in either message.
 
     ``FileNotFoundError`` passes through: callers decide what a missing file means.
     """
     try:
         yield
-    except (FileNotFoundError, FileExistsError, InputDataError, OutputConflictError):
+    except (FileNotFoundError, FileExistsError, ReclusterError):
         raise
     except Exception as exc:
+        detail = _scrub(f"{type(exc).__name__}: {exc}", dict(loc.storage_options))
+        if _refused_parameters(exc):
+            raise ConfigError(f"the storage client refused a request while {doing} ({loc.url}): "
+                              f"{detail} -- check that location's storage_options") from None
         if not _is_transport(exc):
             raise
         raise StorageError(
-            f"storage failed while {doing} ({loc.url}): {type(exc).__name__}: {exc} -- after "
+            f"storage failed while {doing} ({loc.url}): {detail} -- after "
             f"runtime.storage_retries={loc.retries} retries with runtime.storage_timeout_s="
             f"{loc.timeout_s:g}") from None
 
@@ -111,6 +141,13 @@ class Location:
 
     def fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
         return filesystem(self.url, dict(self.storage_options), self.timeout_s, self.retries)
+
+
+def is_folder_entry(path: str, info: Mapping[str, Any]) -> bool:
+    """Is this entry of a listing (``fs.find(..., detail=True)``) a folder rather than a file?
+    A directory, or an object store's folder marker: an empty object whose key ends in ``/``,
+    which S3 consoles create for "Create folder" (s3fs lists it as a file)."""
+    return info.get("type") == "directory" or (path.endswith("/") and not info.get("size"))
 
 
 def _protocol_of(url: str) -> str:

@@ -26,7 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from recluster.errors import InputDataError
-from recluster.storage.fs import Location, storage_errors
+from recluster.storage.fs import Location, is_folder_entry, storage_errors
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,23 @@ def list_parquet_files(loc: Location) -> list[str]:
         with storage_errors(loc, "listing the input"):
             if fs.isfile(root):
                 return [root]
-            found = fs.find(root)
+            found = fs.find(root, detail=True)
     except FileNotFoundError:
         raise InputDataError(f"input path does not exist: {loc.url}") from None
     files = []
-    for p in found:
+    for p, info in found.items():
+        if is_folder_entry(p, info):  # e.g. the marker an S3 console's "Create folder" leaves
+            continue
         rel = p[len(root):].lstrip("/")
         if any(part.startswith(("_", ".")) for part in rel.split("/")):
             continue
+        if info.get("type") == "other":  # fsspec's word for a link to a folder, a FIFO, ...
+            raise InputDataError(
+                f"{p} under input.path is not a file" + (
+                    f" but a link to the folder {info['destination']}" if info.get("islink") and
+                    "destination" in info else "") + ": links to folders inside the input are "
+                "not followed (one could lead into the output); give that folder as input.path "
+                "of its own, or copy its files in")
         if p.endswith((".parquet", ".parq", ".pq")) or "." not in posixpath.basename(p):
             files.append(p)
     if not files:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -45,7 +46,10 @@ class OutputLockedError(OutputConflictError):
 
 
 def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):  # a record from a clock far off, or planted
+        return f"unix time {ts:.0f}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,47 @@ class Holder:
 
     def live(self, now: float) -> bool:
         return self.expires_at > now
+
+
+def record_path(root: str, generation: int, kind: str = "json") -> str:
+    """Where generation ``generation`` of the lock of the output folder ``root`` keeps its
+    record (``json``) or its lease (``lease``)."""
+    return f"{root}/{LOCK_DIR}/{generation:012d}.{kind}"
+
+
+def read_record(fs, path: str) -> dict[str, Any] | None:
+    """A lock record or lease as a dict; None if it is not there. A record that is not a JSON
+    object (damaged, half-written on a local disk, or planted) is read as ``{}``: it names no
+    holder and keeps nothing live."""
+    for attempt in range(2):
+        try:
+            data = json.loads(fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # being written (local disks) or damaged: read again once
+            if attempt == 0:
+                time.sleep(0.2)
+            continue
+        return data if isinstance(data, dict) else {}
+    return {}
+
+
+def holds(fs, root: str, generation: int | None, run_id: str | None) -> bool:
+    """Does run ``run_id`` still hold lock generation ``generation`` of the folder ``root``
+    (its record is there and names it)? One read; usable from any process."""
+    if generation is None or run_id is None:
+        return False
+    rec = read_record(fs, record_path(root, generation))
+    return rec is not None and rec.get("run_id") == run_id
+
+
+def _number(value: Any, default: float) -> float:
+    """A finite number from a record field, else ``default`` (damaged or planted records)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return number if math.isfinite(number) else default
 
 
 class OutputLock:
@@ -88,7 +133,7 @@ class OutputLock:
     # -- reading -----------------------------------------------------------------------------
 
     def _path(self, generation: int, kind: str) -> str:
-        return f"{self.dir}/{generation:012d}.{kind}"
+        return record_path(self.root, generation, kind)
 
     def _names(self) -> list[str]:
         self.fs.invalidate_cache(self.dir)
@@ -101,32 +146,19 @@ class OutputLock:
         return sorted({int(m.group(1)) for n in self._names() if (m := _NAME.match(n))
                        and m.group(2) == "json"})
 
-    def _read_json(self, path: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.fs.cat_file(path))
-        except FileNotFoundError:
-            return None
-        except ValueError:  # being written (local disks) or damaged: read again once
-            time.sleep(0.2)
-            try:
-                return json.loads(self.fs.cat_file(path))
-            except FileNotFoundError:
-                return None
-            except ValueError:
-                return {}
-
     def holder(self, generation: int) -> Holder | None:
         """The holder recorded for ``generation``; None if that generation is gone."""
-        rec = self._read_json(self._path(generation, "json"))
+        rec = read_record(self.fs, self._path(generation, "json"))
         if rec is None:
             return None
-        lease = self._read_json(self._path(generation, "lease")) or {}
-        acquired = float(rec.get("acquired_at", 0.0))
+        lease = read_record(self.fs, self._path(generation, "lease")) or {}
         # A damaged record counts from the epoch: only a lease file can keep it live.
-        expires = max(float(lease.get("expires_at", 0.0)),
-                      acquired + float(rec.get("lease_s", self.lease_s)))
+        acquired = _number(rec.get("acquired_at"), 0.0)
+        expires = max(_number(lease.get("expires_at"), 0.0),
+                      acquired + _number(rec.get("lease_s"), self.lease_s))
         return Holder(generation, str(rec.get("run_id", "?")), str(rec.get("command", "?")),
-                      str(rec.get("host", "?")), int(rec.get("pid", -1)), acquired, expires)
+                      str(rec.get("host", "?")), int(_number(rec.get("pid"), -1)), acquired,
+                      expires)
 
     # -- taking and keeping it ---------------------------------------------------------------
 
@@ -225,8 +257,7 @@ class OutputLock:
     def _renew(self) -> None:
         if self.lost:
             return
-        rec = self._read_json(self._path(self.generation, "json"))
-        if rec is None or rec.get("run_id") != self.run_id:
+        if not holds(self.fs, self.root, self.generation, self.run_id):
             self.lost = "its lock record was removed"
             return
         self._write_lease()

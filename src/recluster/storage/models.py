@@ -16,7 +16,6 @@ any file whose bytes do not match, that the manifest does not list, or that is m
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from typing import Any
@@ -26,10 +25,9 @@ from recluster.compute.node import NodeFit
 from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import Projection
 from recluster.errors import IntegrityError
-from recluster.storage.outputs import MANIFEST, OutputStore
+from recluster.storage.fs import is_folder_entry
+from recluster.storage.outputs import DIGESTS, MANIFEST, OutputStore, sha256_hex
 
-#: Manifest key: ``{relative path: SHA-256 hex}`` of every published file except ``labels/``.
-DIGESTS = "sha256"
 #: Not digested: written by the workers in parallel and read by no recluster command; hashing
 #: them would mean reading every label back.
 UNDIGESTED_PREFIX = "labels/"
@@ -104,10 +102,6 @@ def node_from_files(path: str, files: dict[str, bytes], where: str = "models") -
         raise IntegrityError(f"{where}: the node's assigner cannot be loaded: {exc}") from None
     return NodeFit(path=path, n_sample=0, preprocessor=pre, assigner=assigner,
                    projection=projection)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def staged_digests(store: OutputStore) -> dict[str, str]:
@@ -193,7 +187,8 @@ class PublishedFiles:
         """
         fs, root = self.store.fs, self.store.root
         fs.invalidate_cache()
-        present = {p[len(root) + 1:] for p in fs.find(f"{root}/{prefix}")}
+        present = {p[len(root) + 1:] for p, info in fs.find(f"{root}/{prefix}", detail=True).items()
+                   if not is_folder_entry(p, info)}
         listed = {rel for rel in self.digests if rel.startswith(prefix)}
         extra, missing = sorted(present - listed), sorted(listed - present)
         if extra:

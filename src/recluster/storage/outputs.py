@@ -21,6 +21,7 @@ foreign is refused before any work (:meth:`OutputStore.check_claimable`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -40,8 +41,14 @@ from fsspec.implementations.local import LocalFileSystem
 
 from recluster.config import DEFAULT_LEASE_S
 from recluster.errors import OutputConflictError
-from recluster.storage.fs import Location, create_exclusive, filesystem, storage_errors
-from recluster.storage.lock import LOCK_DIR, OutputLock
+from recluster.storage.fs import (
+    Location,
+    create_exclusive,
+    filesystem,
+    is_folder_entry,
+    storage_errors,
+)
+from recluster.storage.lock import LOCK_DIR, OutputLock, holds
 
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
@@ -50,6 +57,9 @@ STAGING = f"{RESERVED}/staging"
 PUBLISHING = f"{RESERVED}/publishing"
 #: Version 2 lists ``files`` (path and size); version 1 listed only ``outputs`` (names).
 MANIFEST_VERSION = 2
+#: Manifest key: ``{relative path: SHA-256 hex}`` of every published file except ``labels/``
+#: (written by :func:`recluster.storage.models.staged_digests`).
+DIGESTS = "sha256"
 
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
 _OWN_LAYOUT = re.compile(rf"^{RESERVED}/(?:{LOCK_DIR.split('/', 1)[1]}/\d{{12}}\.(?:json|lease)"
@@ -64,9 +74,19 @@ _V1_FOLDERS = {
 _SHOWN = 5  # foreign entries named in a refusal
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def new_run_id() -> str:
     """A fresh id for one run attempt: UTC start time and 32 random bits."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def _not_a_folder(path: str) -> bool:
+    """On a local disk: something is at ``path`` that is not a folder (a file, a device such as
+    ``/dev/null``, a socket, a dangling symlink)."""
+    return os.path.lexists(path) and not os.path.isdir(path)
 
 
 def parquet_bytes(df: pd.DataFrame, dictionary_columns: Sequence[str] = ()) -> bytes:
@@ -145,20 +165,37 @@ def manifest_files(manifest: dict[str, Any], listing: dict[str, int], where: str
     return out
 
 
+def run_input_location(manifest: Any) -> Location | None:
+    """Where the published run of ``manifest`` read its input: the canonical location it
+    recorded (``input.location``, a local path resolved where the run ran), or, for runs that
+    did not record it, its config's ``input.path``. None if the manifest names neither."""
+    if not isinstance(manifest, dict):
+        return None
+    recorded = manifest.get("input")
+    if isinstance(recorded, dict) and isinstance(recorded.get("location"), str):
+        return Location.of(recorded["location"])
+    config = manifest.get("config")
+    section = config.get("input") if isinstance(config, dict) else None
+    path = section.get("path") if isinstance(section, dict) else None
+    return Location.of(path) if isinstance(path, str) and path else None
+
+
 @dataclass(frozen=True)
 class Decision:
     """What :meth:`OutputStore.prepare` found at the output.
 
     Attributes
     ----------
-    action : ``new`` (run and publish), ``reuse`` (this exact run is published: nothing to do),
-        ``repaired`` (this exact run was published but its ``_SUCCESS`` was missing; the files
-        were verified and ``_SUCCESS`` written)
+    action : ``new`` (run and publish), ``reuse`` (this exact run is published and its files
+        verified: nothing to do), ``repaired`` (this exact run was published but its
+        ``_SUCCESS`` was missing; the files were verified and ``_SUCCESS`` written)
     previous : the manifest of the run that is there (replaced by publication if ``new``)
+    problems : why this exact run, found published, is done again (:meth:`OutputStore.verify`)
     """
 
     action: str
     previous: dict[str, Any] | None = None
+    problems: tuple[str, ...] = ()
 
 
 class OutputStore:
@@ -168,19 +205,26 @@ class OutputStore:
     and it tokenizes by location and run id, so tasks of two runs never share a key.
     """
 
-    def __init__(self, loc: Location, run_id: str | None = None):
+    def __init__(self, loc: Location, run_id: str | None = None,
+                 generation: int | None = None):
         self.loc = loc
         self.run_id = run_id
         self.lock: OutputLock | None = None
         self.closed = False
+        self._generation = generation  # of the lock, in a copy sent to a worker
         self._fs = None
         self._root: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"loc": self.loc, "run_id": self.run_id}
+        return {"loc": self.loc, "run_id": self.run_id, "generation": self.generation}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["loc"], state["run_id"])
+        self.__init__(state["loc"], state["run_id"], state.get("generation"))
+
+    @property
+    def generation(self) -> int | None:
+        """The generation of the folder's lock this attempt holds (None: it holds none)."""
+        return self.lock.generation if self.lock is not None else self._generation
 
     def __dask_tokenize__(self):
         return ("OutputStore", self.loc, self.run_id)
@@ -239,7 +283,7 @@ class OutputStore:
             return {}
         prefix = folder + "/"
         return {p[len(prefix):]: int(info.get("size") or 0) for p, info in found.items()
-                if p.startswith(prefix) and info.get("type", "file") != "directory"}
+                if p.startswith(prefix) and not is_folder_entry(p, info)}
 
     def listing(self) -> dict[str, int]:
         """relative path -> size of every file in the output folder (the reserved area too)."""
@@ -264,18 +308,25 @@ class OutputStore:
         no recluster run here can be shown to have written."""
         with storage_errors(self.loc, "looking at the output folder"):
             self.fs.invalidate_cache()
-            if self.fs.isfile(self.root):
+            local = isinstance(self.fs, LocalFileSystem)
+            if self.fs.isfile(self.root) or (local and _not_a_folder(self.root)):
                 raise OutputConflictError(
                     f"output path {self.loc.url} is an existing file, not a folder: recluster "
                     "writes a folder of outputs there; choose a folder path")
-            if isinstance(self.fs, LocalFileSystem):
+            if local:
                 parent = os.path.dirname(self.root)
                 while parent and parent != os.path.dirname(parent):
-                    if os.path.isfile(parent):
+                    if _not_a_folder(parent):
                         raise OutputConflictError(
                             f"output path {self.loc.url} lies under {parent}, which is an "
                             "existing file, not a folder; choose a folder path")
                     parent = os.path.dirname(parent)
+            holder = self._enclosing_run()
+        if holder is not None:
+            raise OutputConflictError(
+                f"output path {self.loc.url} lies inside {holder}, the folder of another "
+                "recluster run: that run's folder would hold files it did not write, and its "
+                "next run would refuse it; choose an output folder outside it")
         listing = self.listing()
         if not listing:
             return
@@ -298,6 +349,28 @@ class OutputStore:
             "an empty folder or one holding a recluster run. Choose another output.path or move "
             "those files" + ("; _staging/ is an earlier recluster version's staging area: delete "
                              "it if no older run is writing there" if legacy else ""))
+
+    def _enclosing_run(self) -> str | None:
+        """The nearest folder above the output that holds a recluster run (its working area
+        ``_recluster/``, or a manifest recluster wrote), as a URL; None if there is none. Folders
+        this process may not read are passed over."""
+        path = self.root
+        while (parent := posixpath.dirname(path)) and parent != path:
+            path = parent
+            try:
+                if self.fs.exists(f"{parent}/{RESERVED}"):
+                    return self._url(parent)
+                manifest = json.loads(self.fs.cat_file(f"{parent}/{MANIFEST}"))
+            except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    ValueError):
+                continue
+            if isinstance(manifest, dict) and "recluster_manifest" in manifest:
+                return self._url(parent)
+        return None
+
+    def _url(self, path: str) -> str:
+        """``path`` (as this store's filesystem names it) spelt like the output's URL."""
+        return f"{self.loc.url.split('://', 1)[0]}://{path}" if "://" in self.loc.url else path
 
     def preflight(self) -> None:
         """Everything :func:`claim` refuses, read-only: a file, foreign files, a live lock. Cheap:
@@ -322,14 +395,20 @@ class OutputStore:
     # -- deciding what to do -----------------------------------------------------------------
 
     def verify(self, manifest: dict[str, Any]) -> list[str]:
-        """Problems with a published run's files (missing, or a size other than listed)."""
+        """Problems with a published run's files: missing, a size other than listed, or (for
+        the files whose SHA-256 the manifest records: all but ``labels/``) other bytes."""
         listing = self.listing()
+        digests = manifest.get(DIGESTS)
+        digests = digests if isinstance(digests, dict) else {}
         problems = []
         for rel, size in manifest_files(manifest, listing, self.loc.url).items():
             if rel not in listing:
                 problems.append(f"{rel} is missing")
             elif size is not None and listing[rel] != size:
                 problems.append(f"{rel} has {listing[rel]} bytes, the manifest says {size}")
+            elif isinstance(digests.get(rel), str) and sha256_hex(
+                    self.fs.cat_file(self._p(rel))) != digests[rel]:
+                problems.append(f"{rel} does not have the SHA-256 the manifest records")
         if manifest.get("recluster_manifest") == 1:
             problems.append("a version-1 manifest does not list file sizes")
         return problems
@@ -348,19 +427,23 @@ class OutputStore:
             return Decision("new")
         self.fs.invalidate_cache()
         if existing.get("fingerprint") == fingerprint:
+            # This exact run is there: it is reused (or its publication finished) only if its
+            # files are; else it is done again, which needs no overwrite (it is the same run).
+            with storage_errors(self.loc, "verifying the published run"):
+                problems = tuple(self.verify(existing))
+            if problems:
+                return Decision("new", existing, problems)
             if self.fs.exists(self._p(SUCCESS)):
                 with storage_errors(self.loc, "clearing unfinished publications"):
                     self._clear_publications(keep=set(manifest_files(
                         existing, self.listing(), self.loc.url)))
                 return Decision("reuse", existing)
-            if not self.verify(existing):
-                with storage_errors(self.loc, "repairing the publication"):
-                    self._clear_publications(keep=set(manifest_files(
-                        existing, self.listing(), self.loc.url)))
-                    self.lock.check()
-                    self.fs.pipe_file(self._p(SUCCESS), b"")
-                return Decision("repaired", existing)
-            return Decision("new", existing)  # an unfinished publication of this run: redo it
+            with storage_errors(self.loc, "repairing the publication"):
+                self._clear_publications(keep=set(manifest_files(
+                    existing, self.listing(), self.loc.url)))
+                self.lock.check()
+                self.fs.pipe_file(self._p(SUCCESS), b"")
+            return Decision("repaired", existing)
         if not overwrite:
             older = (" (written by an older recluster version)"
                      if existing.get("recluster_manifest") == 1 else "")
@@ -380,6 +463,14 @@ class OutputStore:
         return f"{self._staging()}/{rel}"
 
     def write_staged(self, rel: str, data: bytes) -> str:
+        """Write ``rel`` into this attempt's staging area (from the client or a worker).
+
+        A staged file stands only while the attempt holds the folder's lock: the lock is read
+        back after the write, and a file written after the attempt ended (a task still running
+        when the run failed, timed out or was interrupted, or after it lost the lock) is removed
+        again, since the attempt's own clean-up, which runs after it releases the lock, may
+        already be over.
+        """
         if self.closed:
             raise OutputConflictError(f"{self.loc.url}: run {self.run_id} has ended; "
                                       f"not writing {rel}")
@@ -387,13 +478,37 @@ class OutputStore:
         with storage_errors(self.loc, f"writing {rel}"):
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             self.fs.pipe_file(path, data)
-        return path
+            if holds(self.fs, self.root, self.generation, self.run_id):
+                return path
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+            self._prune(posixpath.dirname(path))
+        raise OutputConflictError(f"{self.loc.url}: run {self.run_id} no longer holds the output "
+                                  f"folder's lock (it has ended); not writing {rel}")
+
+    def _prune(self, folder: str) -> None:
+        """On a local disk, remove ``folder`` and its parents up to the reserved area (itself
+        included) while they are empty (object stores have no folders)."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return
+        top = self._p(RESERVED)
+        while folder == top or folder.startswith(top + "/"):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return
+            folder = posixpath.dirname(folder)
 
     def _remove_folder(self, folder: str) -> None:
         """Delete every file under ``folder`` (a folder of this run's own making)."""
         if isinstance(self.fs, LocalFileSystem):
-            if self.fs.exists(folder):
-                self.fs.rm(folder, recursive=True)
+            try:
+                if self.fs.exists(folder):
+                    self.fs.rm(folder, recursive=True)
+            except FileNotFoundError:  # removed at the same time by the lock's next holder
+                pass
         else:
             files = [f"{folder}/{rel}" for rel in self._find(folder)]
             if files:
@@ -516,8 +631,9 @@ def claim(loc: Location, lease_s: float, command: str) -> Iterator[OutputStore]:
 
     Before anything is written: an output that is a file, or a folder holding foreign files, is
     refused. Then the folder's lock is taken (refused if another run holds it) and renewed while
-    the attempt runs. On the way out, however it ends: the attempt's staging area is removed
-    (nothing of it is left if it did not publish) and the lock released.
+    the attempt runs. On the way out, however it ends: the lock is released, then the attempt's
+    staging area is removed (nothing of it is left if it did not publish; a worker's write that
+    lands later removes itself, see :meth:`OutputStore.write_staged`).
     """
     store = OutputStore(loc, new_run_id())
     store.check_claimable()
@@ -528,10 +644,13 @@ def claim(loc: Location, lease_s: float, command: str) -> Iterator[OutputStore]:
         yield store
     finally:
         store.closed = True
+        held = store.generation is not None
         try:
-            if store.lock is not None and store.lock.generation is not None:
-                store.discard_staging()
-        finally:
             if store.lock is not None:
+                # First: a staged write still under way on a worker sees the lock gone and
+                # removes its own file; whatever was written before is removed below.
                 store.lock.release()
+        finally:
+            if held:
+                store.discard_staging()
             store.tidy(created)
