@@ -46,7 +46,9 @@ from recluster.storage.outputs import (
     MANIFEST_VERSION,
     Decision,
     OutputStore,
+    check_delta_labels,
     claim,
+    commit_labels_table,
     parquet_bytes,
 )
 
@@ -101,6 +103,8 @@ def plan_input(cfg: JobConfig):
                       cfg.runtime.storage_retries)
     scan = tables.scan(cfg.input, loc)
     ts = resolve_schema(scan.infos, cfg.input, cfg.sample.stratify_by)
+    if cfg.output.format == "delta":
+        check_delta_labels(ts.id_column, ts.id_type)
     pieces = scan.plan(cfg.input.rows_per_partition)
     if not pieces:
         raise InputDataError(f"every Parquet file under {cfg.input.path} is empty"
@@ -494,6 +498,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
+        if cfg.output.format == "delta":
+            commit_labels_table(store)
         tree = [g.nodes[p].record() for p in sorted(g.nodes, key=_path_key)]
         store.write_staged("tree.json", json.dumps(tree, indent=2).encode())
 

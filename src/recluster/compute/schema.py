@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from recluster.compute.preprocess import categorical_strings
 from recluster.config import InputConfig
-from recluster.errors import InputDataError
+from recluster.errors import ConfigError, InputDataError
 
 #: Columns pandas writes for an unnamed index (a RangeIndex is metadata only, no column).
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
@@ -541,7 +541,7 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
         ok = isinstance(value, str | datetime.date) and not isinstance(value, bool)
         want = "a date or time (e.g. 2024-01-01 or 2024-01-01T12:00:00)"
     else:
-        raise InputDataError(f"input.filters: column '{col}' has type {t}, which a filter "
+        raise ConfigError(f"input.filters: column '{col}' has type {t}, which a filter "
                              f"cannot compare")
     if ok:
         try:
@@ -552,7 +552,7 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
             return pa.scalar(value, plain) if kind in ("string", "binary") else pa.scalar(value)
         except (pa.ArrowException, ValueError, TypeError, OverflowError):
             pass
-    raise InputDataError(f"input.filters: value {value!r} ({type(value).__name__}) cannot be "
+    raise ConfigError(f"input.filters: value {value!r} ({type(value).__name__}) cannot be "
                          f"compared with column '{col}' of type {t}; give {want}")
 
 
@@ -571,7 +571,7 @@ def resolve_filters(dnf: Sequence[Sequence[Sequence[Any]]], types: dict[str, pa.
 
     Raises
     ------
-    InputDataError
+    ConfigError
         naming the column: unknown (with near names), or a value its type cannot be compared
         with (naming value and type).
     """
@@ -583,7 +583,7 @@ def resolve_filters(dnf: Sequence[Sequence[Sequence[Any]]], types: dict[str, pa.
                 continue
             if col not in types:
                 near = _near_names(col, list(types)) or _similar(col, list(types))
-                raise InputDataError(f"input.filters names column '{col}', which {where} does "
+                raise ConfigError(f"input.filters names column '{col}', which {where} does "
                                      f"not have{near}")
             t = types[col]
             typed = [_filter_value(col, t, v) for v in value] if isinstance(value, list) \

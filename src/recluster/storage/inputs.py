@@ -46,6 +46,9 @@ class FileInfo:
     index_columns: tuple[str, ...] = ()
     #: The row groups a filter may select (by their statistics); None: all of them.
     row_groups: tuple[int, ...] | None = None
+    #: ``(table name, name in the file)`` of columns the file names otherwise (Iceberg: by
+    #: field id); ``schema`` holds the table's names.
+    renamed: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_rows(self) -> int:
@@ -71,6 +74,7 @@ class Piece:
     partition: tuple[tuple[str, Any], ...] = ()
     filter: Any = None
     filter_fields: tuple[tuple[str, pa.DataType], ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
 
 
 def list_parquet_files(loc: Location) -> list[str]:
@@ -159,8 +163,20 @@ def _index_columns(schema: pa.Schema) -> tuple[str, ...]:
     return tuple(c for c in index if isinstance(c, str))  # a RangeIndex is a dict: no column
 
 
+def _by_field_id(physical: pa.Schema, names: dict[int, str]) -> tuple[tuple[str, str], ...]:
+    """``(table name, file name)`` of the file's columns whose Parquet field id names another
+    column of the table (Iceberg writers sanitise names such as ``flight id``)."""
+    out = []
+    for f in physical:
+        fid = (f.metadata or {}).get(b"PARQUET:field_id")
+        if fid is not None and int(fid) in names and names[int(fid)] != f.name:
+            out.append((names[int(fid)], f.name))
+    return tuple(out)
+
+
 def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa.Schema,
-                 values: dict[str, Any], fragments: dict[str, Any] | None = None) -> FileInfo:
+                 values: dict[str, Any], fragments: dict[str, Any] | None = None,
+                 field_names: dict[int, str] | None = None) -> FileInfo:
     piece = Piece(0, path, (), 0, tuple((k, values[k]) for k in part_schema.names if k in values))
     try:
         with storage_errors(loc, f"reading the footer of {path}"):
@@ -172,13 +188,16 @@ def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa
     except (OSError, pa.ArrowException) as exc:  # not the store's fault: the bytes
         raise InputDataError(f"cannot read Parquet file {path}: {exc}") from None
     rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    if fragments is not None:  # its footer, kept for prune_row_groups
+    renamed = _by_field_id(physical, field_names) if field_names else ()
+    if fragments is not None and not renamed:  # its footer, kept for prune_row_groups
         fragments[path] = frag
-    fields = list(physical) + [part_schema.field(k) for k in part_schema.names if k in values]
+    table_name = {f: t for t, f in renamed}
+    fields = [f.with_name(table_name.get(f.name, f.name)) for f in physical] + [
+        part_schema.field(k) for k in part_schema.names if k in values]
     return FileInfo(path=path, schema=pa.schema(fields, metadata=physical.metadata),
                     row_group_rows=rows,
                     partition=tuple((k, values[k]) for k in part_schema.names if k in values),
-                    index_columns=_index_columns(physical))
+                    index_columns=_index_columns(physical), renamed=renamed)
 
 
 def hive_partitions(loc: Location, files: Sequence[str]
@@ -194,19 +213,22 @@ def hive_partitions(loc: Location, files: Sequence[str]
 
 def read_footers(loc: Location, files: Sequence[str], threads: int = 16,
                  partitions: tuple[pa.Schema, Sequence[dict[str, Any]]] | None = None,
-                 fragments: dict[str, Any] | None = None) -> list[FileInfo]:
+                 fragments: dict[str, Any] | None = None,
+                 field_names: dict[int, str] | None = None) -> list[FileInfo]:
     """Every file's footer (physical schema, row groups) and partition values, in file order.
 
     ``partitions`` (the partition columns and each file's values) is what a table format's log
     says; by default the Hive folder names are parsed (:func:`hive_partitions`). ``fragments``,
     if given, receives each file's fragment (path -> fragment, its footer read) for
-    :func:`prune_row_groups`.
+    :func:`prune_row_groups` (files with renamed columns are left out: all their row groups
+    are read). ``field_names`` (Parquet field id -> the table's column name) names columns as
+    the table does where a file names them otherwise.
     """
     part_schema, values = partitions or hive_partitions(loc, files)
     afs = _arrow_fs(loc)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
         return list(pool.map(lambda pv: _read_footer(loc, afs, pv[0], part_schema, pv[1],
-                                                     fragments),
+                                                     fragments, field_names),
                              zip(files, values, strict=True)))
 
 
@@ -242,6 +264,9 @@ def prune_row_groups(infos: Sequence[FileInfo], fragments: dict[str, Any], expre
     """
     out = []
     for info in infos:
+        if info.path not in fragments:
+            out.append(info)
+            continue
         try:
             kept = fragments[info.path].subset(filter=expression, schema=schema).row_groups
         except pa.ArrowException as exc:
@@ -261,8 +286,9 @@ def plan_pieces(infos: Sequence[FileInfo], rows_per_piece: int, row_filter: Any 
     same order.
     """
     pieces: list[Piece] = []
-    extra = {"filter": row_filter, "filter_fields": tuple(filter_fields)}
     for info in infos:
+        extra = {"filter": row_filter, "filter_fields": tuple(filter_fields),
+                 "renamed": info.renamed}
         group: list[int] = []
         n = 0
         kept = set(range(len(info.row_group_rows)) if info.row_groups is None
@@ -313,14 +339,25 @@ def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
     if piece.filter is not None:  # the columns it tests are read too (and then dropped)
         schema = pa.schema([*schema, *(pa.field(c, t) for c, t in piece.filter_fields
                                        if c not in schema.names)])
+    in_file = dict(piece.renamed)
     try:
         with storage_errors(loc, f"reading {piece.path}"):
             frag = ds.ParquetFileFormat().make_fragment(
                 piece.path, filesystem=_arrow_fs(loc),
                 partition_expression=_partition_expression(piece, schema),
                 row_groups=list(piece.row_groups))
-            table = frag.to_table(schema=schema, columns=names, filter=piece.filter,
-                                  use_threads=False)
+            if not in_file:
+                table = frag.to_table(schema=schema, columns=names, filter=piece.filter,
+                                      use_threads=False)
+            else:  # read under the file's names, filtered under the table's
+                needed = [*names, *(c for c, _ in piece.filter_fields if c not in names)]
+                table = frag.to_table(
+                    schema=pa.schema([f.with_name(in_file.get(f.name, f.name)) for f in schema]),
+                    columns=[in_file.get(c, c) for c in needed], use_threads=False
+                ).rename_columns(needed)
+                if piece.filter is not None:
+                    table = table.filter(piece.filter)
+                table = table.select(names)
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(f"cannot read {piece.path}: {exc}") from None
     return table.rename_columns([k for _, k in columns]).replace_schema_metadata(None)

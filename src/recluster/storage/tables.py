@@ -61,6 +61,7 @@ class _Files:
     partitions: list[dict[str, Any]]
     table: dict[str, Any]
     types: dict[str, pa.DataType] | None = None  # the table's own schema, where it has one
+    field_names: dict[int, str] | None = None  # Parquet field id -> column name (Iceberg)
 
 
 # ---------------------------------------------------------------------------- S3 options
@@ -216,6 +217,7 @@ def _iceberg_files(cfg: InputConfig, loc: Location) -> _Files:
                                                     if cfg.snapshot_id is not None
                                                     else "no snapshot (no data written yet)"))
     types = {f.name: f.type for f in table.schema().as_arrow()}
+    field_names = {f.field_id: f.name for f in table.schema().fields}
     row_filter = (resolve_filters(cfg.filters, types, f"Iceberg table '{cfg.table}'")
                   if cfg.filters else None)
     scan = table.scan(snapshot_id=snapshot.snapshot_id,
@@ -232,7 +234,7 @@ def _iceberg_files(cfg: InputConfig, loc: Location) -> _Files:
     total = int((snapshot.summary or {}).get("total-data-files", len(paths)))
     return _Files(paths, pa.schema([]), [{} for _ in paths],
                   {"format": "iceberg", "table": cfg.table, "snapshot_id": snapshot.snapshot_id,
-                   "data_files": total}, types)
+                   "data_files": total}, types, field_names)
 
 
 # ---------------------------------------------------------------------------- the slice
@@ -256,7 +258,8 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
     where = f"the table at {loc.url}"
     if not cfg.filters:
         return TableScan(inputs.read_footers(loc, found.paths, partitions=(
-            found.partition_schema, found.partitions)), None, found.table, total)
+            found.partition_schema, found.partitions), field_names=found.field_names), None,
+            found.table, total)
     if found.types is not None:  # refused before any data file is opened
         resolve_filters(cfg.filters, found.types, where)
     parts = {f.name: f.type for f in found.partition_schema}
@@ -267,7 +270,7 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
     fragments: dict[str, Any] = {}
     infos = inputs.read_footers(loc, paths, partitions=(
         found.partition_schema, [found.partitions[i] for i in keep] or found.partitions[:1]),
-        fragments=fragments)
+        fragments=fragments, field_names=found.field_names)
     row_filter = resolve_filters(cfg.filters, found.types or column_types(infos),
                                  where if found.types else infos[0].path)
     if not keep:
