@@ -76,7 +76,8 @@ _SHOWN = 5  # foreign entries named in a refusal
 DELTA_LOG = "_delta_log"
 #: Id types a Delta table holds (no unsigned integers, dictionaries or fixed-size binary).
 _DELTA_ID_TYPES = (pa.types.is_signed_integer, pa.types.is_string, pa.types.is_large_string,
-                   pa.types.is_binary, pa.types.is_large_binary)
+                   pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary,
+                   pa.types.is_binary_view)
 
 
 def sha256_hex(data: bytes) -> str:
