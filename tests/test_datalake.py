@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from helpers import run_cli, write_config
+from helpers import read_json, run_cli, write_config
 from tables import check_published, flights, labels
 
 from recluster.config import load_config
@@ -114,6 +114,18 @@ def test_filter_prunes_partitions_and_row_groups_and_reruns_when_changed(
     assert table["format"] == "parquet" and table["data_files"] == 12
     assert table["files_read"] == 2
     assert table["filters"] == [FILTER]
+
+    # score labels a slice too, with the run's models: every row of it, once.
+    scored = str(tmp_path / "scored")
+    code = run_cli("score", "--model", out, "--input", inp, "--output", scored, "--scheduler",
+                   scheduler, "--filter", '[[month, "=", 3], [carrier, "=", DL]]')
+    assert code == 0, capsys.readouterr().err[-2000:]
+    slice3 = df[(df["month"] == 3) & (df["carrier"] == "DL")]
+    assert read_json(scored, "manifest.json")["rows"] == {"in": len(slice3), "out": len(slice3)}
+    assert sorted(labels(scored).column("flight id").to_pylist()) == sorted(slice3["flight id"])
+    assert run_cli("score", "--model", out, "--input", inp, "--output", scored + "2",
+                   "--scheduler", scheduler, "--filter", '[[carier, "=", DL]]') == 2
+    assert "'carier'" in capsys.readouterr().err
 
     # The same slice again: nothing to do. Another slice: another input (a run is there).
     code, text = segment(tmp_path, inp, out, scheduler, capsys, {"filters": FILTER})

@@ -328,6 +328,16 @@ def filter_dnf(filters: list[Any]) -> list[list[list[Any]]]:
     return out
 
 
+def parse_filters(text: str | None, source: str) -> list[list[list[Any]]] | None:
+    """Filters given as YAML text (``recluster score --filter``), in canonical form."""
+    if text is None:
+        return None
+    try:
+        return filter_dnf(safe_yaml(text, source))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {str(exc).replace('input.filters', 'the filter')}") from None
+
+
 class OutputConfig(_Strict):
     path: str
     storage_options: dict[str, Any] = Field(default_factory=dict)
