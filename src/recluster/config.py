@@ -243,6 +243,12 @@ class InputConfig(_Strict):
                              "PYICEBERG_CATALOG__<NAME>__...)")
         return v
 
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp_text(cls, v: Any) -> Any:
+        # YAML reads an unquoted 2024-06-01T00:00:00Z as a datetime: the same time as text.
+        return v.isoformat() if hasattr(v, "isoformat") else v
+
     @field_validator("filters")
     @classmethod
     def _check_filters(cls, v: list[Any] | None) -> list[list[list[Any]]] | None:

@@ -172,9 +172,9 @@ def _iceberg_catalog(cfg: InputConfig, loc: Location):
         props.setdefault("s3.region", _s3_region(loc))
     try:
         return load_catalog(name, **props)
-    except (ValueError, ImportError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- a catalog's client raises its own kinds
         raise ConfigError(f"input.catalog: cannot open the Iceberg catalog '{name}': "
-                          f"{str(exc).splitlines()[0]}") from None
+                          f"{type(exc).__name__}: {(str(exc) or '?').splitlines()[0]}") from None
 
 
 def _iceberg_expression(row_filter: RowFilter):
@@ -197,13 +197,18 @@ def _iceberg_expression(row_filter: RowFilter):
 
 
 def _iceberg_files(cfg: InputConfig, loc: Location) -> _Files:
-    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
     catalog = _iceberg_catalog(cfg, loc)
     try:
         table = catalog.load_table(cfg.table)
-    except NoSuchTableError:
-        raise InputDataError(f"input.table '{cfg.table}' is not in the Iceberg catalog") from None
+    except (NoSuchTableError, NoSuchNamespaceError, ValueError):
+        raise InputDataError(f"input.table '{cfg.table}' is not in the Iceberg catalog "
+                             f"'{cfg.catalog.get('name', 'default')}'") from None
+    except Exception as exc:  # noqa: BLE001 -- the catalog's database or service failed
+        raise ConfigError(f"input.catalog: cannot read table '{cfg.table}' from the Iceberg "
+                          f"catalog: {type(exc).__name__}: "
+                          f"{(str(exc) or '?').splitlines()[0]}") from None
     if normalize_url(table.location()) != normalize_url(loc.url):
         raise InputDataError(
             f"input.path {loc.url} is not the location of Iceberg table '{cfg.table}' "
