@@ -406,3 +406,39 @@ def test_filter_expression_matches_pandas_on_flights():
     # Only partition columns: terms on others hold, so the filter keeps a superset.
     parts = resolve_filters(dnf, types, "t", only=["carrier"]).expression(only=["carrier"])
     assert parts is None  # the first conjunction does not test carrier: every file may match
+
+
+def test_table_settings_are_checked_and_catalog_secrets_never_written():
+    from recluster.config import parse_config
+    from recluster.errors import ConfigError
+    from recluster.k8s import config_for_cluster
+
+    def cfg(**input):
+        return parse_config({"input": {"path": "s3://lake/wh/nyc/flights", "id_column": "id",
+                                       **input}, "output": {"path": "s3://lake/out"}})
+
+    catalog = {"name": "lake", "type": "sql", "uri": "sqlite:////data/c.db",
+               "warehouse": "s3://lake/wh", "client.max-workers": "4"}
+    ok = cfg(format="iceberg", table="nyc.flights", catalog=catalog)
+    shown = ok.redacted()["input"]["catalog"]
+    assert shown["uri"] == "sqlite:////data/c.db" and shown["client.max-workers"] == "***"
+    with pytest.raises(ConfigError, match="input.catalog.client.max-workers"):
+        config_for_cluster(ok)  # a redacted value would reach the runner as '***'
+    refusals = [
+        ({"format": "iceberg", "table": "nyc.flights",
+          "catalog": {**catalog, "s3.secret-access-key": "x"}}, "s3.secret-access-key"),
+        ({"format": "iceberg", "table": "t", "catalog": {"uri": "postgresql://u:pw@db/c"}},
+         r"credentials \(uri\)"),
+        ({"format": "iceberg"}, "input.table"),
+        ({"format": "delta", "snapshot_id": 3}, "input.snapshot_id is for input.format: iceberg"),
+        ({"format": "delta", "version": 1, "timestamp": "2024-01-01"}, "give one"),
+        ({"version": 1}, "input.version is for input.format: delta"),
+        ({"filters": []}, "input.filters is empty"),
+        ({"filters": [["a", "=", [1, 2]]]}, "use 'in' for a list"),
+        ({"filters": ["a", "=", 1]}, r"input.filters\[0\]"),
+    ]
+    for settings, words in refusals:
+        with pytest.raises(ConfigError, match=words):
+            cfg(**settings)
+    dnf = cfg(filters=[["a", "==", 1], ["b", "IN", [1]]]).input.filters
+    assert dnf == [[["a", "=", 1], ["b", "in", [1]]]]

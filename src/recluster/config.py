@@ -172,7 +172,8 @@ def redact_options(options: Any, prefix: str = "",
     return out
 
 
-def redacted_paths(options: Any, prefix: str = "") -> list[str]:
+def redacted_paths(options: Any, prefix: str = "",
+                   safe: frozenset[str] = SAFE_STORAGE_OPTIONS) -> list[str]:
     """Dotted paths of the entries :func:`redact_options` hides."""
     if not isinstance(options, dict):
         return []
@@ -180,8 +181,8 @@ def redacted_paths(options: Any, prefix: str = "") -> list[str]:
     for k, v in options.items():
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            found += redacted_paths(v, path + ".")
-        elif path not in SAFE_STORAGE_OPTIONS or has_url_credentials(v):
+            found += redacted_paths(v, path + ".", safe)
+        elif path not in safe or has_url_credentials(v):
             found.append(path)
     return found
 
