@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from recluster.config import JobConfig, load_config, parse_config
+from recluster.config import JobConfig, load_config, parse_config, parse_filters
 from recluster.errors import ReclusterError
 
 
@@ -127,7 +127,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_output(args.model, args.input, args.output)  # before a cluster starts
     with dask_client(RuntimeConfig(), args.scheduler, _tls(args), args.verbose) as client:
         score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite,
-              manifest_sha256=args.manifest_sha256)
+              manifest_sha256=args.manifest_sha256,
+              filters=parse_filters(args.filter, "--filter"))
     return 0
 
 
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="Parquet files to label (same columns)")
     s.add_argument("--output", required=True, help="where to publish their labels")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--filter", help="label only this slice of --input, as input.filters "
+                   "(YAML), e.g. '[[month, \"=\", 2]]'")
     scheduler(s)
     pin(s)
     s.add_argument("--quiet", action="store_true")

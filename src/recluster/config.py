@@ -147,24 +147,33 @@ def _no_credentials(options: dict[str, Any], where: str) -> dict[str, Any]:
 OUTPUT_COLUMNS = re.compile(r"cluster|depth|probability|level_[0-9]+|umap_[0-9]+")
 
 
-def redact_options(options: Any, prefix: str = "") -> Any:
-    """Storage options as they may be written down: entries not on
-    :data:`SAFE_STORAGE_OPTIONS` become ``"***"`` (their names stay, their values never)."""
+#: ``input.catalog`` (pyiceberg catalog properties) entries harmless enough to write down.
+SAFE_CATALOG_OPTIONS = frozenset({
+    "name", "type", "uri", "warehouse", "s3.endpoint", "s3.region", "client.region",
+    "py-io-impl", "init_catalog_tables",
+})
+
+
+def redact_options(options: Any, prefix: str = "",
+                   safe: frozenset[str] = SAFE_STORAGE_OPTIONS) -> Any:
+    """Storage options as they may be written down: entries not on ``safe`` (by default
+    :data:`SAFE_STORAGE_OPTIONS`) become ``"***"`` (their names stay, their values never)."""
     if not isinstance(options, dict):
         return options
     out = {}
     for k, v in options.items():
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out[k] = redact_options(v, path + ".")
-        elif path in SAFE_STORAGE_OPTIONS and not has_url_credentials(v):
+            out[k] = redact_options(v, path + ".", safe)
+        elif path in safe and not has_url_credentials(v):
             out[k] = v
         else:
             out[k] = REDACTED
     return out
 
 
-def redacted_paths(options: Any, prefix: str = "") -> list[str]:
+def redacted_paths(options: Any, prefix: str = "",
+                   safe: frozenset[str] = SAFE_STORAGE_OPTIONS) -> list[str]:
     """Dotted paths of the entries :func:`redact_options` hides."""
     if not isinstance(options, dict):
         return []
@@ -172,8 +181,8 @@ def redacted_paths(options: Any, prefix: str = "") -> list[str]:
     for k, v in options.items():
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            found += redacted_paths(v, path + ".")
-        elif path not in SAFE_STORAGE_OPTIONS or has_url_credentials(v):
+            found += redacted_paths(v, path + ".", safe)
+        elif path not in safe or has_url_credentials(v):
             found.append(path)
     return found
 
@@ -198,6 +207,22 @@ class InputConfig(_Strict):
     rows_per_partition: int = Field(
         default=250_000, ge=1_000, description="row groups are grouped into pieces of about this many rows"
     )
+    format: Literal["parquet", "delta", "iceberg"] = Field(
+        default="parquet", description="parquet: a folder of Parquet files (Hive partitions "
+        "too); delta: a Delta Lake table at input.path; iceberg: input.table of input.catalog, "
+        "whose location is input.path")
+    filters: list[Any] | None = Field(
+        default=None, description="the slice to read, as pyarrow and dask accept it: a list of "
+        "[column, op, value] (all must hold) or a list of such lists (any of them); op is one of "
+        "= == != < <= > >= in 'not in'. Partitions and row groups outside it are never read")
+    version: int | None = Field(default=None, ge=0, description="delta: the table version to read")
+    timestamp: str | None = Field(
+        default=None, description="delta: read the table as of this ISO-8601 time")
+    table: str | None = Field(default=None, description="iceberg: the table, 'namespace.name'")
+    catalog: dict[str, Any] = Field(
+        default_factory=dict, description="iceberg: pyiceberg catalog properties (name, type, "
+        "uri, warehouse, s3.endpoint, ...); credentials come from the environment")
+    snapshot_id: int | None = Field(default=None, description="iceberg: the snapshot to read")
 
     @field_validator("storage_options")
     @classmethod
@@ -208,6 +233,41 @@ class InputConfig(_Strict):
     @classmethod
     def _check_url(cls, v: str) -> str:
         return _check_path(v, "input")
+
+    @field_validator("catalog")
+    @classmethod
+    def _check_catalog(cls, v: dict[str, Any]) -> dict[str, Any]:
+        found = sorted(_credential_paths(v))
+        if found:
+            raise ValueError(f"input.catalog must not hold credentials ({', '.join(found)}); "
+                             "pyiceberg reads them from the environment (AWS_*, "
+                             "PYICEBERG_CATALOG__<NAME>__...)")
+        return v
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp_text(cls, v: Any) -> Any:
+        # YAML reads an unquoted 2024-06-01T00:00:00Z as a datetime: the same time as text.
+        return v.isoformat() if hasattr(v, "isoformat") else v
+
+    @field_validator("filters")
+    @classmethod
+    def _check_filters(cls, v: list[Any] | None) -> list[list[list[Any]]] | None:
+        return None if v is None else filter_dnf(v)
+
+    @model_validator(mode="after")
+    def _check_format(self) -> InputConfig:
+        own = {"delta": ("version", "timestamp"), "iceberg": ("table", "catalog", "snapshot_id")}
+        for fmt, keys in own.items():
+            for key in keys:
+                if fmt != self.format and getattr(self, key) not in (None, {}):
+                    raise ValueError(f"input.{key} is for input.format: {fmt} (this input is "
+                                     f"{self.format})")
+        if self.version is not None and self.timestamp is not None:
+            raise ValueError("input.version and input.timestamp name two versions: give one")
+        if self.format == "iceberg" and not self.table:
+            raise ValueError("input.format: iceberg needs input.table ('namespace.name')")
+        return self
 
     @model_validator(mode="after")
     def _check_columns(self) -> InputConfig:
@@ -233,6 +293,58 @@ class InputConfig(_Strict):
         return self
 
 
+#: Comparison operators of ``input.filters`` (as ``pyarrow.parquet.filters_to_expression``).
+FILTER_OPS = ("=", "==", "!=", "<", "<=", ">", ">=", "in", "not in")
+
+
+def filter_dnf(filters: list[Any]) -> list[list[list[Any]]]:
+    """``input.filters`` in its one canonical shape: a list of conjunctions (any may hold), each a
+    list of ``[column, op, value]`` terms (all must hold). One flat list of terms is one
+    conjunction. Checks the shape and the operators only; the columns and value types are
+    checked against the table (:func:`recluster.compute.schema.resolve_filters`).
+    """
+    def is_term(t: Any) -> bool:
+        return isinstance(t, list | tuple) and len(t) == 3 and isinstance(t[0], str)
+
+    if not filters:
+        raise ValueError("input.filters is empty; omit it to read the whole table")
+    groups = [filters] if all(is_term(t) for t in filters) else filters
+    out = []
+    for i, group in enumerate(groups):
+        if not isinstance(group, list | tuple) or not group or not all(is_term(t) for t in group):
+            raise ValueError(
+                f"input.filters[{i}] is not a [column, op, value] term nor a non-empty list of "
+                "them; write e.g. [[country, '=', SE], [day, '>=', 2024-01-01]] (all hold), or a "
+                "list of such lists (any holds)")
+        terms = []
+        for col, op, value in group:
+            op = str(op).strip().lower()
+            if op not in FILTER_OPS:
+                raise ValueError(f"input.filters: operator {op!r} on column '{col}' is not one "
+                                 f"of {', '.join(FILTER_OPS)}")
+            if op in ("in", "not in") and (not isinstance(value, list | tuple) or not value):
+                raise ValueError(f"input.filters: '{op}' on column '{col}' needs a non-empty "
+                                 "list of values")
+            if op not in ("in", "not in") and (value is None or isinstance(value, list | tuple
+                                                                           | dict)):
+                raise ValueError(f"input.filters: '{op}' on column '{col}' needs one value "
+                                 f"(not {value!r}); use 'in' for a list")
+            terms.append([col, "=" if op == "==" else op, list(value) if op in (
+                "in", "not in") else value])
+        out.append(terms)
+    return out
+
+
+def parse_filters(text: str | None, source: str) -> list[list[list[Any]]] | None:
+    """Filters given as YAML text (``recluster score --filter``), in canonical form."""
+    if text is None:
+        return None
+    try:
+        return filter_dnf(safe_yaml(text, source))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {str(exc).replace('input.filters', 'the filter')}") from None
+
+
 class OutputConfig(_Strict):
     path: str
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -240,6 +352,9 @@ class OutputConfig(_Strict):
         default=False, description="replace a different recluster run already published at this "
         "path (only the files its manifest lists, and only once this run is fully staged)"
     )
+    format: Literal["parquet", "delta"] = Field(
+        default="parquet", description="parquet: labels/ as Parquet files; delta: labels/ as a "
+        "Delta Lake table (one atomic commit; the rest of the output is the same)")
     lock_lease_s: float = Field(
         default=DEFAULT_LEASE_S, ge=1.0, le=86_400.0,
         description="the output folder's lock stays held this long without renewal (a running "
@@ -453,6 +568,8 @@ class JobConfig(_Strict):
         data = self.model_dump(mode="json")
         for section in ("input", "output"):
             data[section]["storage_options"] = redact_options(data[section]["storage_options"])
+        data["input"]["catalog"] = redact_options(data["input"]["catalog"],
+                                                  safe=SAFE_CATALOG_OPTIONS)
         return data
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from recluster.config import JobConfig, parse_config, redacted_paths
+from recluster.config import SAFE_CATALOG_OPTIONS, JobConfig, parse_config, redacted_paths
 from recluster.errors import ConfigError
 
 API_VERSION = "kubernetes.dask.org/v1"
@@ -174,6 +174,8 @@ def config_for_cluster(cfg: JobConfig) -> dict[str, Any]:
     """
     hidden = [f"{section}.storage_options.{p}" for section in ("input", "output")
               for p in redacted_paths(getattr(cfg, section).storage_options)]
+    hidden += [f"input.catalog.{p}" for p in redacted_paths(cfg.input.catalog,
+                                                              safe=SAFE_CATALOG_OPTIONS)]
     if hidden:
         raise ConfigError(
             "cannot render the Kubernetes job: " + ", ".join(hidden) + " would be written into "

@@ -39,14 +39,16 @@ from recluster.parallel.explain import explain_nodes
 from recluster.progress import Progress, Timer, as_progress
 from recluster.report import data as report_data
 from recluster.report import html as report_html
-from recluster.storage import inputs
+from recluster.storage import inputs, tables
 from recluster.storage import models as modelstore
 from recluster.storage.fs import Location, normalize_url, refuse_overlap
 from recluster.storage.outputs import (
     MANIFEST_VERSION,
     Decision,
     OutputStore,
+    check_delta_labels,
     claim,
+    commit_labels_table,
     parquet_bytes,
 )
 
@@ -66,11 +68,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def input_fingerprint(infos, identities: Sequence[dict[str, Any]]) -> str:
+def input_fingerprint(infos, identities: Sequence[dict[str, Any]],
+                      table: dict[str, Any] | None = None) -> str:
     """What the input is: each file's path, rows and schema (footers) and its identity (size and
     ETag or modification time, :func:`recluster.storage.inputs.file_identities`), so that a file
-    rewritten in place with the same rows and schema still counts as new input."""
+    rewritten in place with the same rows and schema still counts as new input; and ``table``
+    (the manifest's ``input.table``: format, Delta version or Iceberg snapshot, filters), so that
+    another version or slice of a table is another input."""
     h = hashlib.sha256()
+    if table:
+        h.update(json.dumps(table, sort_keys=True, default=str).encode() + b"\0")
     for info, ident in zip(infos, identities, strict=True):
         h.update(f"{info.path}\0{info.n_rows}\0{info.schema}\0{ident['size']}\0"
                  f"{ident['version']}\0".encode())
@@ -84,15 +91,37 @@ def run_fingerprint(cfg: JobConfig, input_fp: str) -> str:
 
 def plan(cfg: JobConfig):
     """Footers only: files, schema roles, pieces. Cheap; used by ``validate`` too."""
+    loc, scan, ts, pieces = plan_input(cfg)
+    return loc, scan.infos, ts, pieces
+
+
+def plan_input(cfg: JobConfig):
+    """:func:`plan`, with the :class:`~recluster.storage.tables.TableScan` in place of the
+    footers: the table's format and version and the filter (``input.format``,
+    ``input.filters``)."""
     loc = Location.of(cfg.input.path, cfg.input.storage_options, cfg.runtime.storage_timeout_s,
                       cfg.runtime.storage_retries)
-    files = inputs.list_parquet_files(loc)
-    infos = inputs.read_footers(loc, files)
-    ts = resolve_schema(infos, cfg.input, cfg.sample.stratify_by)
-    pieces = inputs.plan_pieces(infos, cfg.input.rows_per_partition)
+    scan = tables.scan(cfg.input, loc)
+    ts = resolve_schema(scan.infos, cfg.input, cfg.sample.stratify_by)
+    if cfg.output.format == "delta":
+        check_delta_labels(ts.id_column, ts.id_type)
+    pieces = scan.plan(cfg.input.rows_per_partition)
     if not pieces:
-        raise InputDataError(f"every Parquet file under {cfg.input.path} is empty")
-    return loc, infos, ts, pieces
+        raise InputDataError(f"every Parquet file under {cfg.input.path} is empty"
+                             if scan.row_filter is None else
+                             f"input.filters select no row group of {cfg.input.path}: nothing "
+                             "to segment")
+    return loc, scan, ts, pieces
+
+
+def input_record(scan, pieces) -> dict[str, Any]:
+    """The manifest's ``input.table`` (format, Delta ``version`` / Iceberg ``snapshot_id``,
+    ``filters``, data files of the table and files read): part of the input fingerprint."""
+    record = dict(scan.table)
+    record["filters"] = scan.row_filter.record() if scan.row_filter else None
+    record["data_files"] = scan.files_total
+    record["files_read"] = len({p.path for p in pieces})
+    return record
 
 
 def folded_strata(root_counts: dict[str, int], ts: TableSchema,
@@ -420,12 +449,18 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
          claims: ExitStack) -> dict[str, Any]:
     with timer.stage("plan") as st:
         store = claims.enter_context(claim(output_location(cfg), cfg.output.lock_lease_s, "run"))
-        loc, infos, ts, pieces = plan(cfg)
+        loc, scan, ts, pieces = plan_input(cfg)
+        infos = scan.infos
         st.counts.update(files=len(infos), partitions=len(pieces),
                          rows=sum(i.n_rows for i in infos))
         echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
              f"{len(ts.numeric)} numeric + {len(ts.categorical)} categorical features")
-        input_fp = input_fingerprint(infos, inputs.file_identities(loc, [i.path for i in infos]))
+        table = input_record(scan, pieces)
+        if scan.row_filter is not None:
+            echo(f"  input.filters: {table['files_read']} of {scan.files_total} data files "
+                 f"read, {sum(p.n_rows for p in pieces)} rows in the row groups selected")
+        input_fp = input_fingerprint(infos, inputs.file_identities(loc, [i.path for i in infos]),
+                                     table)
         fp = run_fingerprint(cfg, input_fp)
         decision = _decide(cfg, store, fp, echo)
         if decision.action in ("reuse", "repaired"):
@@ -463,6 +498,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
+        if cfg.output.format == "delta":
+            commit_labels_table(store)
         tree = [g.nodes[p].record() for p in sorted(g.nodes, key=_path_key)]
         store.write_staged("tree.json", json.dumps(tree, indent=2).encode())
 
@@ -478,7 +515,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         "input": {"location": normalize_url(cfg.input.path),
                   "files": len(infos), "partitions": len(pieces),
                   "empty_files": sum(1 for i in infos if i.n_rows == 0),
-                  "fingerprint": input_fp,
+                  "fingerprint": input_fp, "table": table,
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),
                               "categorical": list(ts.categorical), "stratify_by": ts.stratify_by}},
         "rows": {"in": total, "out": rows_out},

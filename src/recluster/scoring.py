@@ -22,7 +22,7 @@ from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_
 from recluster.errors import ConfigError, InputDataError, IntegrityError
 from recluster.parallel import passes
 from recluster.pipeline import input_fingerprint
-from recluster.storage import inputs
+from recluster.storage import inputs, tables
 from recluster.storage import models as modelstore
 from recluster.storage.fs import Location, refuse_overlap
 from recluster.storage.outputs import OutputStore, claim, run_input_location
@@ -99,8 +99,12 @@ def score_fingerprint(run_manifest: dict[str, Any], input_fp: str) -> str:
 def score(model_url: str, input_url: str, output_url: str, client: Client,
           echo: Callable[[str], None], overwrite: bool = False,
           timeout_s: float = 60.0, lease_s: float = DEFAULT_LEASE_S,
-          manifest_sha256: str | None = None) -> dict[str, Any]:
+          manifest_sha256: str | None = None,
+          filters: list | None = None) -> dict[str, Any]:
     """Label the rows under ``input_url`` with the run at ``model_url``; publish to ``output_url``.
+
+    ``filters`` (canonical ``input.filters``) labels only that slice of the input, read as a
+    run reads it (:mod:`recluster.storage.tables`).
 
     The model files are verified against the run's manifest (pinned by ``manifest_sha256`` if
     given, see :func:`load_models`) before any is used. The output is claimed like a run's (no
@@ -112,20 +116,22 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     model_files, index, fits = load_models(model_loc, manifest_sha256)
     run_manifest = model_files.manifest
     with claim(out_loc, lease_s, "score") as out:
-        files = inputs.list_parquet_files(in_loc)
-        infos = inputs.read_footers(in_loc, files)
         cfg_in = InputConfig(path=input_url, id_column=index["id_column"],
                              features=[*index["numeric"], *index["categorical"]],
-                             categorical=index["categorical"])
+                             categorical=index["categorical"], filters=filters)
+        scan = tables.scan(cfg_in, in_loc)
+        infos = scan.infos
+        files = [i.path for i in infos]
         ts = resolve_schema(infos, cfg_in, None)
         if index.get("keys") != ts.keys:  # same columns give the same keys; older runs had none
             raise InputDataError(f"models/index.json of {model_url} does not name its columns' "
                                  f"keys as this recluster does; re-run the job to score with its "
                                  f"models")
-        pieces = inputs.plan_pieces(infos, cfg_in.rows_per_partition)
+        pieces = scan.plan(cfg_in.rows_per_partition)
         if not pieces:
             raise InputDataError(f"every Parquet file under {input_url} is empty")
-        input_fp = input_fingerprint(infos, inputs.file_identities(in_loc, files))
+        input_fp = input_fingerprint(infos, inputs.file_identities(in_loc, files),
+                                     {"filters": filters} if filters else None)
         fp = score_fingerprint(run_manifest, input_fp)
         decision = out.prepare(fp, overwrite, "pass --overwrite")
         if decision.action in ("reuse", "repaired"):
@@ -151,12 +157,15 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, levels),
                                           sync=True)))
         rows_in = sum(i.n_rows for i in infos)
+        if scan.row_filter is not None:  # the slice's rows, counted apart from the labels
+            rows_in = int(client.compute(feats.map_partitions(len).sum(), sync=True))
         if rows_out != rows_in:
             raise InputDataError(f"scoring wrote {rows_out} rows for {rows_in} input rows")
         manifest = {"kind": "score", "model_run": model_url, "fingerprint": fp,
                     "model_fingerprint": run_manifest.get("fingerprint"),
                     "model_manifest_sha256": model_files.manifest_sha256,
-                    "input": {"path": input_url, "files": len(files), "fingerprint": input_fp},
+                    "input": {"path": input_url, "files": len(files), "fingerprint": input_fp,
+                              "filters": filters},
                     "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
                     "outputs": ["labels/"]}
         manifest = out.publish(manifest, decision.previous)

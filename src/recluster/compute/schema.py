@@ -20,10 +20,15 @@ the input's Arrow type for the labels.
 
 from __future__ import annotations
 
+import datetime
+import difflib
+import functools
+import operator
 import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +37,7 @@ import pyarrow.compute as pc
 
 from recluster.compute.preprocess import categorical_strings
 from recluster.config import InputConfig
-from recluster.errors import InputDataError
+from recluster.errors import ConfigError, InputDataError
 
 #: Columns pandas writes for an unnamed index (a RangeIndex is metadata only, no column).
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
@@ -463,3 +468,148 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
         out.append({"column": c, "what": what})
     return out
 
+
+
+# ---------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """``input.filters`` checked against the table: terms with values typed for their column.
+
+    ``dnf`` holds conjunctions (any may hold) of ``(column, op, value)`` terms (all must hold);
+    ``value`` is a ``pyarrow.Scalar`` of the column's type (a list of them for ``in`` and
+    ``not in``). ``types`` is each filtered column's Arrow type, as the table is read.
+    """
+
+    dnf: tuple[tuple[tuple[str, str, Any], ...], ...]
+    types: tuple[tuple[str, pa.DataType], ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c, _ in self.types]
+
+    def expression(self, only: Sequence[str] | None = None) -> pc.Expression | None:
+        """The filter as a ``pyarrow.compute.Expression``; with ``only``, terms on other columns
+        are left out (taken as holding), which gives a filter on those columns alone that keeps
+        everything the whole filter keeps (None: nothing to test)."""
+        ors = []
+        for group in self.dnf:
+            ands = [_term(c, op, v) for c, op, v in group if only is None or c in only]
+            if not ands:  # this conjunction may hold whatever those columns are
+                return None
+            ors.append(functools.reduce(operator.and_, ands))
+        return functools.reduce(operator.or_, ors)
+
+    def record(self) -> list[list[list[Any]]]:
+        """The filter as plain data (the manifest's ``input.filters``)."""
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, list) else _plain(v.as_py())
+        return [[[c, op, plain(v)] for c, op, v in group] for group in self.dnf]
+
+
+def _plain(v: Any) -> Any:
+    return v.isoformat() if hasattr(v, "isoformat") else v.hex() if isinstance(v, bytes) else v
+
+
+def _term(col: str, op: str, value: Any) -> pc.Expression:
+    f = pc.field(col)
+    if op == "in":
+        return f.isin(pa.array([v.as_py() for v in value], type=value[0].type))
+    if op == "not in":
+        return ~f.isin(pa.array([v.as_py() for v in value], type=value[0].type)) & f.is_valid()
+    return {"=": f.__eq__, "!=": f.__ne__, "<": f.__lt__, "<=": f.__le__, ">": f.__gt__,
+            ">=": f.__ge__}[op](value)
+
+
+def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
+    """``value`` as a scalar to compare column ``col`` (type ``t``) with, or an error naming
+    the column, the value and the type."""
+    plain = _decoded(t)
+    kind = _kind(plain)
+    if kind in ("signed integer", "unsigned integer", "floating point") \
+            or pa.types.is_decimal(plain):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        want = "a number"
+    elif pa.types.is_boolean(plain):
+        ok, want = isinstance(value, bool), "true or false"
+    elif kind == "string":
+        ok, want = isinstance(value, str), "text (quote it in YAML)"
+    elif kind == "binary":
+        ok, want = isinstance(value, bytes | str), "bytes or text"
+    elif pa.types.is_temporal(plain):
+        ok = isinstance(value, str | datetime.date) and not isinstance(value, bool)
+        want = "a date or time (e.g. 2024-01-01 or 2024-01-01T12:00:00)"
+    else:
+        raise ConfigError(f"input.filters: column '{col}' has type {t}, which a filter "
+                             f"cannot compare")
+    if ok:
+        try:
+            if kind == "binary" and isinstance(value, str):
+                value = value.encode()
+            if pa.types.is_temporal(plain):
+                return pa.scalar(value).cast(plain)
+            return pa.scalar(value, plain) if kind in ("string", "binary") else pa.scalar(value)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            pass
+    raise ConfigError(f"input.filters: value {value!r} ({type(value).__name__}) cannot be "
+                         f"compared with column '{col}' of type {t}; give {want}")
+
+
+def resolve_filters(dnf: Sequence[Sequence[Sequence[Any]]], types: dict[str, pa.DataType],
+                    where: str, only: Sequence[str] | None = None) -> RowFilter:
+    """Check ``input.filters`` (canonical DNF, :func:`recluster.config.filter_dnf`) against the
+    table's columns and type each value.
+
+    Parameters
+    ----------
+    dnf : conjunctions of ``[column, op, value]``
+    types : every column of the table (partition columns included) -> its Arrow type
+    where : what the columns were read from (named in messages)
+    only : check and keep only the terms on these columns (None: all, and every column must
+        exist)
+
+    Raises
+    ------
+    ConfigError
+        naming the column: unknown (with near names), or a value its type cannot be compared
+        with (naming value and type).
+    """
+    groups = []
+    for group in dnf:
+        terms = []
+        for col, op, value in group:
+            if only is not None and col not in only:
+                continue
+            if col not in types:
+                near = _near_names(col, list(types)) or _similar(col, list(types))
+                raise ConfigError(f"input.filters names column '{col}', which {where} does "
+                                     f"not have{near}")
+            t = types[col]
+            typed = [_filter_value(col, t, v) for v in value] if isinstance(value, list) \
+                else _filter_value(col, t, value)
+            terms.append((col, op, typed))
+        groups.append(tuple(terms))
+    used = dict.fromkeys(c for g in groups for c, _, _ in g)
+    return RowFilter(tuple(groups), tuple((c, types[c]) for c in used))
+
+
+def _similar(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def column_types(infos: Sequence) -> dict[str, pa.DataType]:
+    """Every column of the files (partition columns included) -> the one type it is read as
+    (flavours unified as :func:`resolve_schema` does; the first file's kind where kinds differ).
+    """
+    found: dict[str, list[pa.DataType]] = {}
+    for info in infos:
+        for f in info.schema:
+            found.setdefault(f.name, []).append(f.type)
+    out = {}
+    for name, types in found.items():
+        typed = [t for _, t in _typed([("", t) for t in types])]
+        same = [t for t in typed if _kind(t) == _kind(typed[0])]
+        out[name] = _unify(same)
+    return out

@@ -12,6 +12,7 @@ there, reads the same everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import operator
@@ -43,6 +44,11 @@ class FileInfo:
     row_group_rows: tuple[int, ...]
     partition: tuple[tuple[str, Any], ...] = ()
     index_columns: tuple[str, ...] = ()
+    #: The row groups a filter may select (by their statistics); None: all of them.
+    row_groups: tuple[int, ...] | None = None
+    #: ``(table name, name in the file)`` of columns the file names otherwise (Iceberg: by
+    #: field id); ``schema`` holds the table's names.
+    renamed: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_rows(self) -> int:
@@ -55,13 +61,20 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class Piece:
-    """A unit of parallel work: some row groups of one file (and its partition values)."""
+    """A unit of parallel work: some row groups of one file (and its partition values).
+
+    With a filter (``input.filters``), ``filter`` is its expression, ``filter_fields`` the
+    types of the columns it tests, and ``n_rows`` counts the row groups' rows before filtering.
+    """
 
     index: int
     path: str
     row_groups: tuple[int, ...]
     n_rows: int
     partition: tuple[tuple[str, Any], ...] = ()
+    filter: Any = None
+    filter_fields: tuple[tuple[str, pa.DataType], ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()
 
 
 def list_parquet_files(loc: Location) -> list[str]:
@@ -150,57 +163,148 @@ def _index_columns(schema: pa.Schema) -> tuple[str, ...]:
     return tuple(c for c in index if isinstance(c, str))  # a RangeIndex is a dict: no column
 
 
+def _by_field_id(physical: pa.Schema, names: dict[int, str]) -> tuple[tuple[str, str], ...]:
+    """``(table name, file name)`` of the file's columns whose Parquet field id names another
+    column of the table (Iceberg writers sanitise names such as ``flight id``)."""
+    out = []
+    for f in physical:
+        fid = (f.metadata or {}).get(b"PARQUET:field_id")
+        if fid is not None and int(fid) in names and names[int(fid)] != f.name:
+            out.append((names[int(fid)], f.name))
+    return tuple(out)
+
+
 def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa.Schema,
-                 values: dict[str, Any]) -> FileInfo:
+                 values: dict[str, Any], fragments: dict[str, Any] | None = None,
+                 field_names: dict[int, str] | None = None) -> FileInfo:
+    piece = Piece(0, path, (), 0, tuple((k, values[k]) for k in part_schema.names if k in values))
     try:
         with storage_errors(loc, f"reading the footer of {path}"):
-            frag = ds.ParquetFileFormat().make_fragment(path, filesystem=afs)
+            frag = ds.ParquetFileFormat().make_fragment(
+                path, filesystem=afs, partition_expression=_partition_expression(piece,
+                                                                                 part_schema))
             meta = frag.metadata
             physical = frag.physical_schema
     except (OSError, pa.ArrowException) as exc:  # not the store's fault: the bytes
         raise InputDataError(f"cannot read Parquet file {path}: {exc}") from None
     rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    fields = list(physical) + [part_schema.field(k) for k in part_schema.names if k in values]
+    renamed = _by_field_id(physical, field_names) if field_names else ()
+    if fragments is not None and not renamed:  # its footer, kept for prune_row_groups
+        fragments[path] = frag
+    table_name = {f: t for t, f in renamed}
+    fields = [f.with_name(table_name.get(f.name, f.name)) for f in physical] + [
+        part_schema.field(k) for k in part_schema.names if k in values]
     return FileInfo(path=path, schema=pa.schema(fields, metadata=physical.metadata),
                     row_group_rows=rows,
                     partition=tuple((k, values[k]) for k in part_schema.names if k in values),
-                    index_columns=_index_columns(physical))
+                    index_columns=_index_columns(physical), renamed=renamed)
 
 
-def read_footers(loc: Location, files: Sequence[str], threads: int = 16) -> list[FileInfo]:
-    """Every file's footer (physical schema, row groups) and partition values, in file order."""
+def hive_partitions(loc: Location, files: Sequence[str]
+                    ) -> tuple[pa.Schema, list[dict[str, Any]]]:
+    """The Hive partition columns of ``files`` (folder names only) and each file's values."""
     try:
         with storage_errors(loc, "reading the partition folders"):
-            part_schema, values = _partitions(loc, files)
+            return _partitions(loc, files)
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(f"cannot read the Hive partition folders under {loc.url}: "
                              f"{exc}") from None
+
+
+def read_footers(loc: Location, files: Sequence[str], threads: int = 16,
+                 partitions: tuple[pa.Schema, Sequence[dict[str, Any]]] | None = None,
+                 fragments: dict[str, Any] | None = None,
+                 field_names: dict[int, str] | None = None) -> list[FileInfo]:
+    """Every file's footer (physical schema, row groups) and partition values, in file order.
+
+    ``partitions`` (the partition columns and each file's values) is what a table format's log
+    says; by default the Hive folder names are parsed (:func:`hive_partitions`). ``fragments``,
+    if given, receives each file's fragment (path -> fragment, its footer read) for
+    :func:`prune_row_groups` (files with renamed columns are left out: all their row groups
+    are read). ``field_names`` (Parquet field id -> the table's column name) names columns as
+    the table does where a file names them otherwise.
+    """
+    part_schema, values = partitions or hive_partitions(loc, files)
     afs = _arrow_fs(loc)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
-        return list(pool.map(lambda pv: _read_footer(loc, afs, pv[0], part_schema, pv[1]),
+        return list(pool.map(lambda pv: _read_footer(loc, afs, pv[0], part_schema, pv[1],
+                                                     fragments, field_names),
                              zip(files, values, strict=True)))
 
 
-def plan_pieces(infos: Sequence[FileInfo], rows_per_piece: int) -> list[Piece]:
+def prune_files(partition_schema: pa.Schema, values: Sequence[dict[str, Any]],
+                expression: Any) -> list[int]:
+    """The indices of the files whose partition values ``expression`` (on partition columns
+    only) may select: the others are never opened.
+
+    Parameters
+    ----------
+    partition_schema : the partition columns
+    values : (n,) each file's partition values
+    expression : pyarrow.compute.Expression on partition columns, or None (keep all)
+    """
+    if expression is None:
+        return list(range(len(values)))
+    table = pa.table({f.name: pa.array([v.get(f.name) for v in values], type=f.type)
+                      for f in partition_schema}).append_column(
+        "__file__", pa.array(range(len(values)), pa.int64()))
+    return table.filter(expression).column("__file__").to_pylist()
+
+
+def prune_row_groups(infos: Sequence[FileInfo], fragments: dict[str, Any], expression: Any,
+                     schema: pa.Schema) -> list[FileInfo]:
+    """``infos`` with the row groups ``expression`` may select by their statistics (min, max,
+    null count in the footer); rows of those row groups are filtered as they are read.
+
+    Parameters
+    ----------
+    fragments : path -> fragment, as :func:`read_footers` kept them (footers read: no I/O here)
+    expression : pyarrow.compute.Expression on the table's columns
+    schema : the type of every column ``expression`` tests (partition columns included)
+    """
+    out = []
+    for info in infos:
+        if info.path not in fragments:
+            out.append(info)
+            continue
+        try:
+            kept = fragments[info.path].subset(filter=expression, schema=schema).row_groups
+        except pa.ArrowException as exc:
+            raise InputDataError(f"cannot apply input.filters to {info.path}: {exc}") from None
+        out.append(dataclasses.replace(info, row_groups=tuple(rg.id for rg in kept)))
+    return out
+
+
+def plan_pieces(infos: Sequence[FileInfo], rows_per_piece: int, row_filter: Any = None,
+                filter_fields: Sequence[tuple[str, pa.DataType]] = ()) -> list[Piece]:
     """Group consecutive row groups of each file into pieces of about ``rows_per_piece`` rows.
 
-    Files with no rows give no piece. The plan depends only on the files, so every pass over
-    the data sees the same pieces in the same order.
+    Files with no rows give no piece, and only the row groups a filter may select
+    (:attr:`FileInfo.row_groups`) are planned; each piece carries ``row_filter`` (a
+    ``pyarrow.compute.Expression``) and the types of the columns it tests. The plan depends
+    only on the files and the filter, so every pass over the data sees the same pieces in the
+    same order.
     """
     pieces: list[Piece] = []
     for info in infos:
+        extra = {"filter": row_filter, "filter_fields": tuple(filter_fields),
+                 "renamed": info.renamed}
         group: list[int] = []
         n = 0
+        kept = set(range(len(info.row_group_rows)) if info.row_groups is None
+                   else info.row_groups)
         for rg, rows in enumerate(info.row_group_rows):
-            if rows == 0:
+            if rows == 0 or rg not in kept:
                 continue
             if group and n + rows > rows_per_piece:
-                pieces.append(Piece(len(pieces), info.path, tuple(group), n, info.partition))
+                pieces.append(Piece(len(pieces), info.path, tuple(group), n, info.partition,
+                                    **extra))
                 group, n = [], 0
             group.append(rg)
             n += rows
         if group:
-            pieces.append(Piece(len(pieces), info.path, tuple(group), n, info.partition))
+            pieces.append(Piece(len(pieces), info.path, tuple(group), n, info.partition,
+                                **extra))
     return pieces
 
 
@@ -232,13 +336,28 @@ def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
     pyarrow.Table, shape (piece.n_rows, len(columns)), no schema metadata
     """
     names = [c for c, _ in columns]
+    if piece.filter is not None:  # the columns it tests are read too (and then dropped)
+        schema = pa.schema([*schema, *(pa.field(c, t) for c, t in piece.filter_fields
+                                       if c not in schema.names)])
+    in_file = dict(piece.renamed)
     try:
         with storage_errors(loc, f"reading {piece.path}"):
             frag = ds.ParquetFileFormat().make_fragment(
                 piece.path, filesystem=_arrow_fs(loc),
                 partition_expression=_partition_expression(piece, schema),
                 row_groups=list(piece.row_groups))
-            table = frag.to_table(schema=schema, columns=names, use_threads=False)
+            if not in_file:
+                table = frag.to_table(schema=schema, columns=names, filter=piece.filter,
+                                      use_threads=False)
+            else:  # read under the file's names, filtered under the table's
+                needed = [*names, *(c for c, _ in piece.filter_fields if c not in names)]
+                table = frag.to_table(
+                    schema=pa.schema([f.with_name(in_file.get(f.name, f.name)) for f in schema]),
+                    columns=[in_file.get(c, c) for c in needed], use_threads=False
+                ).rename_columns(needed)
+                if piece.filter is not None:
+                    table = table.filter(piece.filter)
+                table = table.select(names)
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(f"cannot read {piece.path}: {exc}") from None
     return table.rename_columns([k for _, k in columns]).replace_schema_metadata(None)

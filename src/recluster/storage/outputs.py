@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from recluster.config import DEFAULT_LEASE_S
-from recluster.errors import OutputConflictError
+from recluster.errors import ConfigError, OutputConflictError
 from recluster.storage.fs import (
     Location,
     create_exclusive,
@@ -72,6 +72,12 @@ _V1_FOLDERS = {
                           r"assigner\.json|assigner\.pkl|[A-Za-z0-9_.-]+\.ubj))$"),
 }
 _SHOWN = 5  # foreign entries named in a refusal
+#: The commit log folder of a Delta Lake table (``labels/`` with ``output.format: delta``).
+DELTA_LOG = "_delta_log"
+#: Id types a Delta table holds (no unsigned integers, dictionaries or fixed-size binary).
+_DELTA_ID_TYPES = (pa.types.is_signed_integer, pa.types.is_string, pa.types.is_large_string,
+                   pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary,
+                   pa.types.is_binary_view)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -582,7 +588,9 @@ class OutputStore:
         stale = sorted((old - set(staged)) & set(listing))
         if stale:
             self.fs.rm([self._p(rel) for rel in stale])
-        self._move_into_place(staging, sorted(staged))
+        # A table's commit log last: a Delta reader sees the labels table only once its data
+        # files are all in place (output.format: delta).
+        self._move_into_place(staging, sorted(staged, key=lambda r: (f"/{DELTA_LOG}/" in r, r)))
         if current is not None:
             self.fs.rm_file(self._p(MANIFEST))
         body = json.dumps(final, indent=2, sort_keys=True).encode()
@@ -654,3 +662,44 @@ def claim(loc: Location, lease_s: float, command: str) -> Iterator[OutputStore]:
             if held:
                 store.discard_staging()
             store.tidy(created)
+
+
+def check_delta_labels(id_column: str, id_type: pa.DataType) -> None:
+    """Refuse (before any work) an id the labels' Delta table cannot hold as the input has it.
+
+    Raises
+    ------
+    ConfigError
+        naming the id column and its type.
+    """
+    if not any(ok(id_type) for ok in _DELTA_ID_TYPES):
+        raise ConfigError(
+            f"output.format: delta cannot hold the id column '{id_column}' as the input has it "
+            f"({id_type}): Delta Lake has no unsigned, dictionary or fixed-size binary types, and "
+            "the labels keep the input's id type; use output.format: parquet")
+
+
+def commit_labels_table(store: OutputStore) -> str:
+    """``output.format: delta``: commit the staged ``labels/part-*.parquet`` files as version 0
+    of a Delta Lake table (``labels/_delta_log/``, written by ``deltalake`` into the staging
+    area, so it is published, listed in the manifest and owned like every staged file;
+    :meth:`OutputStore.publish` puts the log in place after the data files, so the table
+    appears whole). Returns the table's URI as staged.
+    """
+    from deltalake import convert_to_deltalake
+    from deltalake.exceptions import DeltaError
+
+    from recluster.storage.tables import delta_storage_options, delta_uri
+
+    store.lock.check()
+    loc = Location.of(store._url(store.staged("labels")), dict(store.loc.storage_options),
+                      store.loc.timeout_s, store.loc.retries)
+    uri = delta_uri(loc)
+    try:
+        with storage_errors(store.loc, "committing labels/ as a Delta table"):
+            convert_to_deltalake(uri, storage_options=delta_storage_options(loc))
+    except DeltaError as exc:
+        raise OutputConflictError(f"{store.loc.url}: cannot commit labels/ as a Delta table: "
+                                  f"{str(exc).splitlines()[0]}") from None
+    store.fs.invalidate_cache()
+    return uri
