@@ -55,7 +55,7 @@ def test_labels_follow_the_documented_representation(nested_run):
                 break
             members.append(str(int(lv)))
         assert row.depth == len(members)
-        assert row.cluster == (".".join(members) if members else "root")
+        assert row.cluster == ".".join(["root", *members])  # root, root.2, root.2.1
 
 
 def test_tree_sizes_add_up_to_labels(nested_run):

@@ -19,7 +19,7 @@ from recluster.compute.node import NodeFit
 from recluster.compute.preprocess import MISSING, OTHER, Preprocessor, categorical_strings
 from recluster.compute.sampling import allocate, hash_uniform
 from recluster.compute.schema import check_stats, partition_stats, resolve_schema
-from recluster.compute.tree import TreeNode, accept_split, child_path, parent_of, split_refusal
+from recluster.compute.tree import TreeNode, accept_split, split_refusal
 from recluster.config import (
     ClusteringConfig,
     InputConfig,
@@ -946,15 +946,6 @@ def test_accept_split():
                    child_sample_sizes=[900, 4])
     reason = accept_split(tiny, node_rows=10_000, cfg=REC)
     assert reason is not None and "min_child_rows" in reason
-
-
-def test_tree_paths_round_trip():
-    assert parent_of("root") is None
-    for parent in ["root", "0", "3.1", "2.0.7"]:
-        for k in [0, 1, 12]:
-            child = child_path(parent, k)
-            assert parent_of(child) == parent
-            assert child.rsplit(".", 1)[-1] == str(k)
 
 
 def test_example_config_is_valid_and_complete():

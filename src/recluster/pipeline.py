@@ -23,13 +23,13 @@ import pandas as pd
 from distributed import Client, as_completed, wait
 
 from recluster.compute.node import NodeFit
-from recluster.compute.routing import ROOT, STRATUM
+from recluster.compute.paths import ROOT, NodePath, sorted_paths
+from recluster.compute.routing import LABELS_SCHEMA_VERSION, STRATUM
 from recluster.compute.sampling import FOLDED, allocate, fold_strata
 from recluster.compute.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
 from recluster.compute.tree import (
     TreeNode,
     accept_split,
-    child_path,
     split_refusal,
 )
 from recluster.config import JobConfig
@@ -318,7 +318,7 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
         frontier = []
         for path, fit in split.items():
             for k in range(fit.n_children):
-                cp = child_path(path, k)
+                cp = str(NodePath.parse(path).child(k))
                 size = sum(counts.get((cp, level), {}).values())
                 child = g.nodes[cp] = TreeNode(cp, level, size, size / total,
                                                persistence=round(fit.persistence[k], 6))
@@ -363,7 +363,7 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
                     g.degraded.append({"node": cp,
                                        "what": f"no explanation model: {q['skip_reason']}"})
             for cp, data in res.models.items():
-                store.write_staged(f"models/{path}/child-{cp.rsplit('.', 1)[-1]}.ubj", data)
+                store.write_staged(f"models/{path}/child-{NodePath.parse(cp).index}.ubj", data)
             shap_frames += res.shap
             if res.profiles is not None and len(res.profiles):
                 profile_frames.append(res.profiles)
@@ -463,11 +463,12 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
-        tree = [g.nodes[p].record() for p in sorted(g.nodes, key=_path_key)]
+        tree = [g.nodes[p].record() for p in sorted_paths(g.nodes)]
         store.write_staged("tree.json", json.dumps(tree, indent=2).encode())
 
     manifest = {
         "recluster_manifest": MANIFEST_VERSION,
+        "labels_schema_version": LABELS_SCHEMA_VERSION,
         "run_id": store.run_id,
         "fingerprint": fp,
         "config": cfg.redacted(),
@@ -544,12 +545,8 @@ def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts:
         "keys": ts.keys,
         "n_components": cfg.embedding.n_components, "seed": cfg.seed,
         "nodes": [{"path": p, "depth": nodes[p].depth, "children": nodes[p].children}
-                  for p in sorted(split_nodes, key=_path_key)],
+                  for p in sorted_paths(split_nodes)],
     }
-
-
-def _path_key(path: str) -> tuple:
-    return () if path == ROOT else tuple(int(p) for p in path.split("."))
 
 
 def describe_schema(ts: TableSchema) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 from distributed import Client
 
+from recluster.compute.paths import NodePath
+from recluster.compute.routing import LABELS_SCHEMA_VERSION, older_labels_schema
 from recluster.compute.schema import resolve_schema
 from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
 from recluster.errors import ConfigError, InputDataError, IntegrityError
@@ -46,12 +48,15 @@ def load_models(run: Location, manifest_sha256: str | None = None):
     if store.published_manifest() is None:
         raise InputDataError(f"{run.url} is not a published recluster run (no manifest.json)")
     files = modelstore.PublishedFiles(store, manifest_sha256)
+    older = older_labels_schema(files.manifest, run.url)
+    if older:
+        raise InputDataError(older)
     models = files.read_all("models/")
     if modelstore.INDEX not in models:
         raise InputDataError(f"{run.url} has no models/ (its root node was never split)")
     try:
         index = json.loads(models[modelstore.INDEX])
-        nodes = [(str(n["path"]), int(n["depth"])) for n in index["nodes"]]
+        nodes = [(str(NodePath.parse(n["path"])), int(n["depth"])) for n in index["nodes"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{files.url}/{modelstore.INDEX} is not a model index: {exc}") from None
     fits = {}
@@ -158,6 +163,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                     "model_manifest_sha256": model_files.manifest_sha256,
                     "input": {"path": input_url, "files": len(files), "fingerprint": input_fp},
                     "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
+                    "labels_schema_version": LABELS_SCHEMA_VERSION,
                     "outputs": ["labels/"]}
         manifest = out.publish(manifest, decision.previous)
     echo(f"published {output_url} ({rows_out} rows)")

@@ -20,6 +20,7 @@ from recluster.compute.artefacts import find_artefacts
 from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
 from recluster.compute.cluster import fit_clusters
 from recluster.compute.embed import fit_embedding
+from recluster.compute.paths import NodePath
 from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import Projection, fit_projection, project
 from recluster.compute.sampling import id_hashes
@@ -29,8 +30,13 @@ U_COLUMN = "_u"  # the row's hash draw, carried with samples
 
 
 def node_seed(seed: int, path: str) -> int:
-    """A per-node seed: reproducible, different for every node."""
-    return int((seed * 1_000_003 + zlib.crc32(path.encode())) % (2**31 - 1))
+    """A per-node seed: reproducible, different for every node.
+
+    Hashes the path's :attr:`~recluster.compute.paths.NodePath.label` (``2.10``), the text form
+    paths had before labels schema version 2, so that seeds (and so every fit) stay as they were.
+    """
+    label = NodePath.parse(path).label
+    return int((seed * 1_000_003 + zlib.crc32(label.encode())) % (2**31 - 1))
 
 
 @dataclass

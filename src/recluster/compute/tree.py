@@ -23,18 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recluster.compute.node import NodeFit
-from recluster.compute.routing import ROOT
+from recluster.compute.paths import ROOT, NodePath
 from recluster.config import RecursionConfig, StabilityConfig
-
-
-def parent_of(path: str) -> str | None:
-    if path == ROOT:
-        return None
-    return ROOT if "." not in path else path.rsplit(".", 1)[0]
-
-
-def child_path(parent: str, k: int) -> str:
-    return str(k) if parent == ROOT else f"{parent}.{k}"
 
 
 @dataclass
@@ -56,7 +46,7 @@ class TreeNode:
     def record(self) -> dict[str, Any]:
         return {
             "path": self.path,
-            "parent": parent_of(self.path),
+            "parent": _text(NodePath.parse(self.path).parent),
             "depth": self.depth,
             "size": self.size,
             "share": round(self.share, 8),
@@ -69,6 +59,10 @@ class TreeNode:
             "fit": self.fit,
             "classifier": self.classifier,
         }
+
+
+def _text(path: NodePath | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def split_refusal(node: TreeNode, total_rows: int, cfg: RecursionConfig) -> str | None:
