@@ -15,15 +15,12 @@ from sklearn.metrics import adjusted_rand_score
 
 from recluster.compute.assign import KnnAssigner
 from recluster.compute.cluster import fit_clusters, min_cluster_size_for
-from recluster.compute.node import NodeFit
 from recluster.compute.preprocess import MISSING, OTHER, Preprocessor, categorical_strings
 from recluster.compute.sampling import allocate, hash_uniform
 from recluster.compute.schema import check_stats, partition_stats, resolve_schema
-from recluster.compute.tree import TreeNode, accept_split, split_refusal
 from recluster.config import (
     ClusteringConfig,
     InputConfig,
-    RecursionConfig,
     apply_overrides,
     load_config,
     parse_config,
@@ -902,50 +899,6 @@ def test_plan_pieces_empty_input():
     schema = pa.schema([("id", pa.int64())])
     assert plan_pieces([FileInfo("e.parquet", schema, (0,))], 100) == []
     assert plan_pieces([], 100) == []
-
-
-# ---------------------------------------------------------------------------- tree
-
-
-REC = RecursionConfig(max_depth=3, min_node_rows=1_000, min_node_share=0.05, min_child_rows=50,
-                      min_split_agreement=0.6)
-
-
-def test_split_refusal_reasons():
-    total = 100_000
-    assert split_refusal(TreeNode("root", 0, total, 1.0), total, REC) is None
-    assert split_refusal(TreeNode("2", 1, 20_000, 0.2), total, REC) is None
-    deep = split_refusal(TreeNode("1.0.2", 3, 50_000, 0.5), total, REC)
-    assert deep is not None and "max_depth" in deep
-    small = split_refusal(TreeNode("1", 1, 999, 0.00999), 999 * 2, REC)
-    assert small is not None and "min_node_rows" in small
-    rare = split_refusal(TreeNode("4", 1, 4_000, 0.04), total, REC)
-    assert rare is not None and "min_node_share" in rare
-    # The share rule does not apply to the root.
-    assert split_refusal(TreeNode("root", 0, 1_000, 1.0), 10**9, REC) is None
-
-
-def test_accept_split():
-    ok = NodeFit(path="root", n_sample=1_000, agreement=0.9, n_children=2,
-                 child_sample_sizes=[600, 300])
-    assert accept_split(ok, node_rows=100_000, cfg=REC) is None
-
-    low = NodeFit(path="root", n_sample=1_000, agreement=0.3, n_children=2,
-                  child_sample_sizes=[600, 300])
-    reason = accept_split(low, node_rows=100_000, cfg=REC)
-    assert reason is not None and "min_split_agreement" in reason
-
-    stopped = NodeFit(path="3", n_sample=10, stop_reason="sample too small")
-    assert accept_split(stopped, node_rows=100, cfg=REC) == "sample too small"
-
-    # Child sizes are scaled from the sample to the node: 5 sample rows x 10 = 50 rows.
-    edge = NodeFit(path="1", n_sample=1_000, agreement=None, n_children=2,
-                   child_sample_sizes=[900, 5])
-    assert accept_split(edge, node_rows=10_000, cfg=REC) is None
-    tiny = NodeFit(path="1", n_sample=1_000, agreement=None, n_children=2,
-                   child_sample_sizes=[900, 4])
-    reason = accept_split(tiny, node_rows=10_000, cfg=REC)
-    assert reason is not None and "min_child_rows" in reason
 
 
 def test_example_config_is_valid_and_complete():

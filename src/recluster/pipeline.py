@@ -28,6 +28,7 @@ from recluster.compute.routing import LABELS_SCHEMA_VERSION, STRATUM
 from recluster.compute.sampling import FOLDED, allocate, fold_strata
 from recluster.compute.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
 from recluster.compute.tree import (
+    StopReason,
     TreeNode,
     accept_split,
     split_refusal,
@@ -120,16 +121,29 @@ def _counts_by_node(counts: pd.DataFrame) -> dict[tuple[str, int], dict[str, int
 
 @dataclass
 class Growth:
-    """The tree as the level-synchronous recursion left it."""
+    """The tree as the level-synchronous recursion left it: the rows' state and one
+    :class:`TreeNode` record per node (in the order the nodes were made: level by level)."""
 
     state: Any  # dask DataFrame of per-row state after the last level
     nodes: dict[str, TreeNode]
-    split_nodes: dict[str, NodeFit] = field(default_factory=dict)
     levels_done: int = 0
-    agreements: dict[str, float] = field(default_factory=dict)
     degraded: list[dict[str, Any]] = field(default_factory=list)
-    node_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     root_fit: NodeFit | None = None  # kept even when the root is not split: its sample is the map
+
+    @property
+    def split_nodes(self) -> dict[str, NodeFit]:
+        """The kept fit of every split node."""
+        return {p: n.split for p, n in self.nodes.items() if n.split is not None}
+
+    @property
+    def agreements(self) -> dict[str, float | None]:
+        """Held-out ARI of every split node's assigner."""
+        return {p: n.agreement for p, n in self.nodes.items() if n.split is not None}
+
+    @property
+    def node_seconds(self) -> dict[str, dict[str, float]]:
+        """Timings of every fitted node."""
+        return {p: n.seconds for p, n in self.nodes.items() if n.seconds is not None}
 
 
 def output_location(cfg: JobConfig) -> Location:
@@ -199,7 +213,7 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                     f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
                     + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
                     + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
-            if accept_split(fit, nodes[fit.path].size, cfg.recursion) is not None:
+            if not accept_split(fit, nodes[fit.path].size, cfg.recursion):
                 client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
         st.counts["sample_rows"] = sum(f.n_sample for f in fits.values())
     return fits, futs, resamples, sample
@@ -233,8 +247,8 @@ def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
     if child.stability is None or child.stability >= cfg.stability.stable or \
             cfg.stability.unstable == "flag":
         return False
-    child.stop_reason = (f"unstable: stability {child.stability:.3f} is below "
-                         f"stability.stable={cfg.stability.stable}")
+    child.stop_reason = StopReason.UNSTABLE.stop(stability=child.stability,
+                                                 stable=cfg.stability.stable)
     return True
 
 
@@ -246,18 +260,18 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
         fit, node = fits[path], g.nodes[path]
         if path == ROOT:
             g.root_fit = fit
-        g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
+        node.seconds = {k: round(v, 3) for k, v in fit.seconds.items()}
         node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
         if fit.preprocessor is not None:  # under the columns' own names
             node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
-        reason = accept_split(fit, node.size, cfg.recursion)
+        decision = accept_split(fit, node.size, cfg.recursion)
         if fit.preprocessor is None:
             g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
-        if reason:
-            node.stop_reason = reason
+        if not decision:
+            node.stop_reason = decision.stop
             continue
-        split[path] = g.split_nodes[path] = fit
-        g.agreements[path] = fit.agreement
+        split[path] = node.split = fit
+        node.agreement = fit.agreement
         if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
             g.degraded.append({"node": path, "what": "assignment agreement below "
                                f"assign.min_agreement ({fit.agreement:.3f})"})
@@ -271,8 +285,7 @@ def _child_stop(child: TreeNode, artefact: str | None, cfg: JobConfig) -> bool:
     if artefact and cfg.recursion.artefact_splits != "off":
         child.artefact = artefact
         if cfg.recursion.artefact_splits == "no_recurse":
-            child.stop_reason = (f"artefact split: {artefact} (the other features do not "
-                                 "separate it); not zoomed into")
+            child.stop_reason = StopReason.ARTEFACT.stop(artefact=artefact)
             return True
     return False
 
@@ -330,7 +343,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
     for path in frontier:
         node = g.nodes[path]
         if node.stop_reason is None:
-            node.stop_reason = split_refusal(node, total, cfg.recursion) or "not reached"
+            node.stop_reason = split_refusal(node, total, cfg.recursion) or \
+                StopReason.NOT_REACHED.stop()
     root = g.nodes[ROOT]
     if not root.children:
         echo(f"  the table is not segmented: {root.stop_reason}; every row is labelled 'root'")
