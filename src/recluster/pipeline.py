@@ -473,7 +473,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
 
     with timer.stage("write labels") as st:
-        writes = passes.write_labels(g.state, store, ts, max(1, g.levels_done))
+        # Every level column of the contract, however deep the tree grew.
+        writes = passes.write_labels(g.state, store, ts, cfg.recursion.max_depth)
         rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
@@ -558,6 +559,7 @@ def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts:
         # The models' own files (preprocess.json, child-*.ubj) name columns by these keys.
         "keys": ts.keys,
         "n_components": cfg.embedding.n_components, "seed": cfg.seed,
+        "max_depth": cfg.recursion.max_depth,  # scored labels have the run's level columns
         "nodes": [{"path": p, "depth": nodes[p].depth, "children": nodes[p].children}
                   for p in sorted_paths(split_nodes)],
     }

@@ -153,7 +153,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             at_level = {p: f for p, (d, f) in fits.items() if d == level - 1}
             [shared] = client.scatter([at_level], broadcast=True)
             state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp)
-        rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, levels),
+        # The run's labels contract: level_1 .. level_<its recursion.max_depth>.
+        rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, index["max_depth"]),
                                           sync=True)))
         rows_in = sum(i.n_rows for i in infos)
         if rows_out != rows_in:

@@ -14,6 +14,10 @@ Representation (also in the README):
   was noise in that split, and null if its node was not split at that level (or it was noise
   higher up).
 * ``depth`` is the number of levels at which the row is a member (0 for first-level noise).
+
+The published labels are this state without its internal columns, in a fixed contract
+(:func:`label_columns`, version :data:`LABELS_SCHEMA_VERSION` in the manifest): the same
+columns whatever depth the tree reached.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from recluster.compute.paths import ROOT, NodePath
 from recluster.compute.preprocess import categorical_strings
 from recluster.compute.sampling import hash_uniform
 
-# Version 2: paths written ``root.2.10`` (was ``2.10``, which CSV readers take for a number).
+# Version 2: paths written ``root.2.10`` (was ``2.10``, which CSV readers take for a number),
+# and ``level_1 .. level_<recursion.max_depth>`` always present (were: as deep as the tree grew).
 LABELS_SCHEMA_VERSION = 2
 STRATUM = "_stratum"
 NO_STRATUM = "__all__"
@@ -36,6 +41,14 @@ NO_STRATUM = "__all__"
 
 def embedding_columns(n_components: int) -> list[str]:
     return [f"umap_{i}" for i in range(n_components)]
+
+
+def label_columns(id_column: str, max_depth: int, n_components: int) -> list[str]:
+    """The published labels' columns, in order: the id, ``cluster`` (the row's path),
+    ``level_1 .. level_<max_depth>`` (null below the row's deepest split), ``depth``,
+    ``probability`` and the first-level embedding ``umap_0 ..``."""
+    return [id_column, "cluster", *(f"level_{i}" for i in range(1, max_depth + 1)), "depth",
+            "probability", *embedding_columns(n_components)]
 
 
 def older_labels_schema(manifest: Mapping, url: str) -> str | None:
