@@ -57,6 +57,7 @@ def load_models(run: Location, manifest_sha256: str | None = None):
     try:
         index = json.loads(models[modelstore.INDEX])
         nodes = [(str(NodePath.parse(n["path"])), int(n["depth"])) for n in index["nodes"]]
+        index["max_depth"] = int(index["max_depth"])  # the labels contract's level columns
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{files.url}/{modelstore.INDEX} is not a model index: {exc}") from None
     fits = {}
