@@ -23,9 +23,10 @@ from helpers import published, read_json, read_labels, run_cli, write_config, wr
 
 from recluster.compute.assign import ASSIGNER_NPZ, assigner_from_files
 from recluster.compute.node import U_COLUMN, fit_node
+from recluster.compute.routing import LABELS_SCHEMA_VERSION, label_columns
 from recluster.compute.sampling import hash_uniform
 from recluster.config import parse_config
-from recluster.errors import IntegrityError
+from recluster.errors import InputDataError, IntegrityError
 from recluster.storage.models import DIGESTS, node_from_files, preprocessor_to_json
 
 pytestmark = pytest.mark.timeout(300)
@@ -111,6 +112,27 @@ def test_pristine_run_scores_and_pins(run, scheduler):
     assert len(scored) == len(olive())
     assert (scored["cluster"] == scored["cluster_run"]).all()  # kNN from files = the run's kNN
     assert read_json(out, "manifest.json")["model_manifest_sha256"] == manifest_sha
+    # score writes the run's labels contract: the same columns, in the same order
+    contract = label_columns(ID, 2, 2)  # recursion.max_depth and embedding.n_components
+    assert list(read_labels(out).columns) == list(run["labels"].columns) == contract
+    assert read_json(out, "manifest.json")["labels_schema_version"] == LABELS_SCHEMA_VERSION
+    assert run["manifest"]["labels_schema_version"] == LABELS_SCHEMA_VERSION
+
+
+def test_runs_of_an_older_labels_schema_are_refused(run, scheduler, capsys, tmp_path):
+    """Runs published before paths were written root.2.10 cannot be read: a clear refusal."""
+    model = _copy(run, "schema-1")
+    manifest = read_json(model, "manifest.json")
+    del manifest["labels_schema_version"]
+    run["fs"].pipe_file(f"{model.removeprefix('s3://')}/manifest.json", json.dumps(manifest).encode())
+    out = "s3://integrity/out-schema-1"
+    assert _score(run, model, out, scheduler) == InputDataError.exit_code
+    err = capsys.readouterr().err
+    assert "labels schema version 1" in err and "re-run the job" in err and model in err
+    assert not published(out)
+    assert run_cli("report", model, "--out", tmp_path / "r.html") == InputDataError.exit_code
+    assert "labels schema version 1" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_a_wrong_manifest_pin_is_refused(run, scheduler, capsys, tmp_path):

@@ -14,7 +14,7 @@ from recluster.compute.node import U_COLUMN, assign_node_rows, fit_node
 from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import Projection, fit_projection
 from recluster.compute.stability import score_resample
-from recluster.compute.tree import TreeNode, split_refusal, stability_verdict
+from recluster.compute.tree import StopReason, TreeNode, split_refusal, stability_verdict
 from recluster.config import (
     ClusteringConfig,
     EmbeddingConfig,
@@ -41,15 +41,17 @@ def test_node_size_rules_are_relative_to_the_node_not_the_table():
     rec = RecursionConfig()
     # A 1,500-row table and a 1,500-row child of a 10M-row table are treated alike.
     assert split_refusal(TreeNode("root", 0, 1_500, 1.0), 1_500, rec) is None
-    assert split_refusal(TreeNode("3", 1, 1_500, 1.5e-4), 10_000_000, rec) is None
+    assert split_refusal(TreeNode("root.3", 1, 1_500, 1.5e-4), 10_000_000, rec) is None
     # Below the smallest segmentable node, a reason that says so and names the setting.
     tiny = split_refusal(TreeNode("root", 0, rec.min_node_rows - 1, 1.0), rec.min_node_rows - 1,
                          rec)
-    assert tiny is not None and "too small to segment" in tiny
-    assert f"recursion.min_node_rows={rec.min_node_rows}" in tiny
+    assert tiny is not None and tiny.code == StopReason.TOO_SMALL
+    assert "too small to segment" in tiny.text
+    assert f"recursion.min_node_rows={rec.min_node_rows}" in tiny.text
     # The share of all rows is an opt-in rule.
     opt = RecursionConfig(min_node_share=0.01)
-    assert "min_node_share" in split_refusal(TreeNode("2", 1, 5_000, 5e-4), 10_000_000, opt)
+    share = split_refusal(TreeNode("root.2", 1, 5_000, 5e-4), 10_000_000, opt)
+    assert share.code == StopReason.SMALL_SHARE and "min_node_share" in share.text
 
 
 def test_stability_verdict_drops_unstable_clusters_and_weak_splits():
@@ -58,7 +60,8 @@ def test_stability_verdict_drops_unstable_clusters_and_weak_splits():
     drop, reason = stability_verdict([0.95, 0.4, 0.9], cfg)
     assert drop == [1] and reason is None
     drop, reason = stability_verdict([0.95, 0.4, float("nan")], cfg)
-    assert drop == [1, 2] and "no stable sub-structure" in reason and "0.40" in reason
+    assert drop == [1, 2] and reason.code == StopReason.NO_STABLE_STRUCTURE
+    assert "no stable sub-structure" in reason.text and "0.40" in reason.text
     # The other policies keep every cluster.
     assert stability_verdict([0.1, 0.2], StabilityConfig(unstable="no_recurse")) == ([], None)
 

@@ -55,7 +55,7 @@ def test_labels_follow_the_documented_representation(nested_run):
                 break
             members.append(str(int(lv)))
         assert row.depth == len(members)
-        assert row.cluster == (".".join(members) if members else "root")
+        assert row.cluster == ".".join(["root", *members])  # root, root.2, root.2.1
 
 
 def test_tree_sizes_add_up_to_labels(nested_run):
@@ -101,4 +101,7 @@ def test_max_depth_one_gives_one_level_and_small_nodes_are_not_split(tmp_path, s
     children = [n for n in tree if n["depth"] == 1]
     assert children and all(n["size"] < 2000 for n in children)
     assert all("min_node_rows" in n["stop_reason"] for n in children)
-    assert [c for c in labels.columns if c.startswith("level_")] == ["level_1"]
+    # The labels contract: a column per level of recursion.max_depth (2), however deep the tree
+    # grew, null below the deepest split.
+    assert [c for c in labels.columns if c.startswith("level_")] == ["level_1", "level_2"]
+    assert labels["level_1"].notna().any() and labels["level_2"].isna().all()

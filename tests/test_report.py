@@ -102,7 +102,7 @@ def test_report_and_its_map_are_published_outputs(explained):
     assert len(root) == min(MAP_CAP, tree[0]["fit"]["n_sample"])
     labels = read_labels(url).set_index("user_id")["cluster"]
     assert (m["leaf"].to_numpy() == labels.loc[m["id"]].to_numpy()).all()  # the map's id: "id"
-    assert (root["first"] == [p.split(".")[0] for p in root["leaf"]]).all()
+    assert (root["first"] == [".".join(p.split(".")[:2]) for p in root["leaf"]]).all()
     split = {n["path"] for n in tree if n["children"]}
     assert set(m["node"]) == split  # the root's map and one zoomed map per split cluster
     for node, part in m[m["node"] != "root"].groupby("node"):

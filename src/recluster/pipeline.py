@@ -23,13 +23,14 @@ import pandas as pd
 from distributed import Client, as_completed, wait
 
 from recluster.compute.node import NodeFit
-from recluster.compute.routing import ROOT, STRATUM
+from recluster.compute.paths import ROOT, NodePath, sorted_paths
+from recluster.compute.routing import LABELS_SCHEMA_VERSION, STRATUM
 from recluster.compute.sampling import FOLDED, allocate, fold_strata
 from recluster.compute.schema import TableSchema, check_stats, degraded_inputs, resolve_schema
 from recluster.compute.tree import (
+    StopReason,
     TreeNode,
     accept_split,
-    child_path,
     split_refusal,
 )
 from recluster.config import JobConfig
@@ -149,16 +150,29 @@ def _counts_by_node(counts: pd.DataFrame) -> dict[tuple[str, int], dict[str, int
 
 @dataclass
 class Growth:
-    """The tree as the level-synchronous recursion left it."""
+    """The tree as the level-synchronous recursion left it: the rows' state and one
+    :class:`TreeNode` record per node (in the order the nodes were made: level by level)."""
 
     state: Any  # dask DataFrame of per-row state after the last level
     nodes: dict[str, TreeNode]
-    split_nodes: dict[str, NodeFit] = field(default_factory=dict)
     levels_done: int = 0
-    agreements: dict[str, float] = field(default_factory=dict)
     degraded: list[dict[str, Any]] = field(default_factory=list)
-    node_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     root_fit: NodeFit | None = None  # kept even when the root is not split: its sample is the map
+
+    @property
+    def split_nodes(self) -> dict[str, NodeFit]:
+        """The kept fit of every split node."""
+        return {p: n.split for p, n in self.nodes.items() if n.split is not None}
+
+    @property
+    def agreements(self) -> dict[str, float | None]:
+        """Held-out ARI of every split node's assigner."""
+        return {p: n.agreement for p, n in self.nodes.items() if n.split is not None}
+
+    @property
+    def node_seconds(self) -> dict[str, dict[str, float]]:
+        """Timings of every fitted node."""
+        return {p: n.seconds for p, n in self.nodes.items() if n.seconds is not None}
 
 
 def output_location(cfg: JobConfig) -> Location:
@@ -228,7 +242,7 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                     f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
                     + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
                     + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
-            if accept_split(fit, nodes[fit.path].size, cfg.recursion) is not None:
+            if not accept_split(fit, nodes[fit.path].size, cfg.recursion):
                 client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
         st.counts["sample_rows"] = sum(f.n_sample for f in fits.values())
     return fits, futs, resamples, sample
@@ -262,8 +276,8 @@ def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
     if child.stability is None or child.stability >= cfg.stability.stable or \
             cfg.stability.unstable == "flag":
         return False
-    child.stop_reason = (f"unstable: stability {child.stability:.3f} is below "
-                         f"stability.stable={cfg.stability.stable}")
+    child.stop_reason = StopReason.UNSTABLE.stop(stability=child.stability,
+                                                 stable=cfg.stability.stable)
     return True
 
 
@@ -275,18 +289,18 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
         fit, node = fits[path], g.nodes[path]
         if path == ROOT:
             g.root_fit = fit
-        g.node_seconds[path] = {k: round(v, 3) for k, v in fit.seconds.items()}
+        node.seconds = {k: round(v, 3) for k, v in fit.seconds.items()}
         node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
         if fit.preprocessor is not None:  # under the columns' own names
             node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
-        reason = accept_split(fit, node.size, cfg.recursion)
+        decision = accept_split(fit, node.size, cfg.recursion)
         if fit.preprocessor is None:
             g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
-        if reason:
-            node.stop_reason = reason
+        if not decision:
+            node.stop_reason = decision.stop
             continue
-        split[path] = g.split_nodes[path] = fit
-        g.agreements[path] = fit.agreement
+        split[path] = node.split = fit
+        node.agreement = fit.agreement
         if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
             g.degraded.append({"node": path, "what": "assignment agreement below "
                                f"assign.min_agreement ({fit.agreement:.3f})"})
@@ -300,8 +314,7 @@ def _child_stop(child: TreeNode, artefact: str | None, cfg: JobConfig) -> bool:
     if artefact and cfg.recursion.artefact_splits != "off":
         child.artefact = artefact
         if cfg.recursion.artefact_splits == "no_recurse":
-            child.stop_reason = (f"artefact split: {artefact} (the other features do not "
-                                 "separate it); not zoomed into")
+            child.stop_reason = StopReason.ARTEFACT.stop(artefact=artefact)
             return True
     return False
 
@@ -347,7 +360,7 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
         frontier = []
         for path, fit in split.items():
             for k in range(fit.n_children):
-                cp = child_path(path, k)
+                cp = str(NodePath.parse(path).child(k))
                 size = sum(counts.get((cp, level), {}).values())
                 child = g.nodes[cp] = TreeNode(cp, level, size, size / total,
                                                persistence=round(fit.persistence[k], 6))
@@ -359,7 +372,8 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
     for path in frontier:
         node = g.nodes[path]
         if node.stop_reason is None:
-            node.stop_reason = split_refusal(node, total, cfg.recursion) or "not reached"
+            node.stop_reason = split_refusal(node, total, cfg.recursion) or \
+                StopReason.NOT_REACHED.stop()
     root = g.nodes[ROOT]
     if not root.children:
         echo(f"  the table is not segmented: {root.stop_reason}; every row is labelled 'root'")
@@ -392,7 +406,7 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
                     g.degraded.append({"node": cp,
                                        "what": f"no explanation model: {q['skip_reason']}"})
             for cp, data in res.models.items():
-                store.write_staged(f"models/{path}/child-{cp.rsplit('.', 1)[-1]}.ubj", data)
+                store.write_staged(f"models/{path}/child-{NodePath.parse(cp).index}.ubj", data)
             shap_frames += res.shap
             if res.profiles is not None and len(res.profiles):
                 profile_frames.append(res.profiles)
@@ -494,17 +508,19 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
 
     with timer.stage("write labels") as st:
-        writes = passes.write_labels(g.state, store, ts, max(1, g.levels_done))
+        # Every level column of the contract, however deep the tree grew.
+        writes = passes.write_labels(g.state, store, ts, cfg.recursion.max_depth)
         rows_out = st.counts["rows"] = int(sum(client.compute(writes, sync=True)))
         if rows_out != total:
             raise StageError(f"stage 'write labels' wrote {rows_out} rows for {total} input rows")
         if cfg.output.format == "delta":
             commit_labels_table(store)
-        tree = [g.nodes[p].record() for p in sorted(g.nodes, key=_path_key)]
+        tree = [g.nodes[p].record() for p in sorted_paths(g.nodes)]
         store.write_staged("tree.json", json.dumps(tree, indent=2).encode())
 
     manifest = {
         "recluster_manifest": MANIFEST_VERSION,
+        "labels_schema_version": LABELS_SCHEMA_VERSION,
         "run_id": store.run_id,
         "fingerprint": fp,
         "config": cfg.redacted(),
@@ -580,13 +596,10 @@ def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts:
         # The models' own files (preprocess.json, child-*.ubj) name columns by these keys.
         "keys": ts.keys,
         "n_components": cfg.embedding.n_components, "seed": cfg.seed,
+        "max_depth": cfg.recursion.max_depth,  # scored labels have the run's level columns
         "nodes": [{"path": p, "depth": nodes[p].depth, "children": nodes[p].children}
-                  for p in sorted(split_nodes, key=_path_key)],
+                  for p in sorted_paths(split_nodes)],
     }
-
-
-def _path_key(path: str) -> tuple:
-    return () if path == ROOT else tuple(int(p) for p in path.split("."))
 
 
 def describe_schema(ts: TableSchema) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 from distributed import Client
 
+from recluster.compute.paths import NodePath
+from recluster.compute.routing import LABELS_SCHEMA_VERSION, older_labels_schema
 from recluster.compute.schema import resolve_schema
 from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
 from recluster.errors import ConfigError, InputDataError, IntegrityError
@@ -46,12 +48,16 @@ def load_models(run: Location, manifest_sha256: str | None = None):
     if store.published_manifest() is None:
         raise InputDataError(f"{run.url} is not a published recluster run (no manifest.json)")
     files = modelstore.PublishedFiles(store, manifest_sha256)
+    older = older_labels_schema(files.manifest, run.url)
+    if older:
+        raise InputDataError(older)
     models = files.read_all("models/")
     if modelstore.INDEX not in models:
         raise InputDataError(f"{run.url} has no models/ (its root node was never split)")
     try:
         index = json.loads(models[modelstore.INDEX])
-        nodes = [(str(n["path"]), int(n["depth"])) for n in index["nodes"]]
+        nodes = [(str(NodePath.parse(n["path"])), int(n["depth"])) for n in index["nodes"]]
+        index["max_depth"] = int(index["max_depth"])  # the labels contract's level columns
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{files.url}/{modelstore.INDEX} is not a model index: {exc}") from None
     fits = {}
@@ -154,7 +160,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             at_level = {p: f for p, (d, f) in fits.items() if d == level - 1}
             [shared] = client.scatter([at_level], broadcast=True)
             state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp)
-        rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, levels),
+        # The run's labels contract: level_1 .. level_<its recursion.max_depth>.
+        rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, index["max_depth"]),
                                           sync=True)))
         rows_in = sum(i.n_rows for i in infos)
         if scan.row_filter is not None:  # the slice's rows, counted apart from the labels
@@ -167,6 +174,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                     "input": {"path": input_url, "files": len(files), "fingerprint": input_fp,
                               "filters": filters},
                     "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
+                    "labels_schema_version": LABELS_SCHEMA_VERSION,
                     "outputs": ["labels/"]}
         manifest = out.publish(manifest, decision.previous)
     echo(f"published {output_url} ({rows_out} rows)")

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from recluster.compute.node import U_COLUMN
+from recluster.compute.paths import NodePath
 from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings
-from recluster.compute.routing import ROOT
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -56,11 +56,7 @@ def category_name(level: str) -> str:
 
 def in_node(cluster: np.ndarray, depth: np.ndarray, path: str, node_depth: int) -> np.ndarray:
     """Rows that belong to node ``path`` (at depth ``node_depth``) given final labels."""
-    if path == ROOT:
-        return np.ones(len(cluster), dtype=bool)
-    prefix = path + "."
-    return (depth >= node_depth) & np.array(
-        [c == path or c.startswith(prefix) for c in cluster], dtype=bool)
+    return (depth >= node_depth) & NodePath.parse(path).covers(cluster)
 
 
 def select_training_rows(df: pd.DataFrame, state: pd.DataFrame,

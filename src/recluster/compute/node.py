@@ -20,17 +20,24 @@ from recluster.compute.artefacts import find_artefacts
 from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
 from recluster.compute.cluster import fit_clusters
 from recluster.compute.embed import fit_embedding
+from recluster.compute.paths import NodePath
 from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import Projection, fit_projection, project
 from recluster.compute.sampling import id_hashes
+from recluster.compute.stops import Stop, StopReason
 from recluster.config import JobConfig
 
 U_COLUMN = "_u"  # the row's hash draw, carried with samples
 
 
 def node_seed(seed: int, path: str) -> int:
-    """A per-node seed: reproducible, different for every node."""
-    return int((seed * 1_000_003 + zlib.crc32(path.encode())) % (2**31 - 1))
+    """A per-node seed: reproducible, different for every node.
+
+    Hashes the path's :attr:`~recluster.compute.paths.NodePath.label` (``2.10``), the text form
+    paths had before labels schema version 2, so that seeds (and so every fit) stay as they were.
+    """
+    label = NodePath.parse(path).label
+    return int((seed * 1_000_003 + zlib.crc32(label.encode())) % (2**31 - 1))
 
 
 @dataclass
@@ -39,7 +46,7 @@ class NodeFit:
 
     path: str
     n_sample: int
-    stop_reason: str | None = None
+    stop_reason: Stop | None = None
     preprocessor: Preprocessor | None = None
     assigner: Any = None
     n_children: int = 0
@@ -68,7 +75,7 @@ class NodeFit:
         """JSON-ready facts about the fit for ``tree.json`` (deterministic: no timings)."""
         return {
             "n_sample": self.n_sample,
-            "stop_reason": self.stop_reason,
+            "stop_reason": None if self.stop_reason is None else str(self.stop_reason),
             "n_children": self.n_children,
             "min_cluster_size": self.min_cluster_size,
             "persistence": [round(p, 6) for p in self.persistence],
@@ -121,7 +128,7 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     fit = NodeFit(path=path, n_sample=n)
     need = cfg.embedding.n_neighbors + 2
     if n < need:
-        fit.stop_reason = f"sample of {n} rows is below the {need} the embedding needs"
+        fit.stop_reason = StopReason.SMALL_SAMPLE.stop(rows=n, need=need)
         return fit
     pre = Preprocessor(numeric, categorical, cfg.preprocess.skew_threshold,
                        cfg.preprocess.max_categories).fit(sample)
@@ -129,7 +136,8 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     fit.preprocessor = pre
     fit.seconds["preprocess"] = time.perf_counter() - t0
     if not np.ptp(X, axis=0).any():
-        fit.stop_reason = "no sub-structure: every sample row has the same features"
+        fit.stop_reason = StopReason.NO_STRUCTURE.stop(
+            what="every sample row has the same features")
         return fit
 
     keep_index = cfg.assign.method == "umap"
@@ -142,8 +150,8 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     reducer, emb = fit_embedding(Z, cfg.embedding, seed, keep_index=keep_index)
     fit.seconds["umap"] = time.perf_counter() - t
     if reducer is None and keep_index:
-        fit.stop_reason = ("no sub-structure: too few distinct rows for umap.transform "
-                           "(assign.method umap)")
+        fit.stop_reason = StopReason.NO_STRUCTURE.stop(
+            what="too few distinct rows for umap.transform (assign.method umap)")
         return fit
 
     t = time.perf_counter()
@@ -157,8 +165,8 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     fit.sample_probabilities = cl.probabilities
     fit.sample_embedding = emb
     if cl.n_clusters < 2:
-        fit.stop_reason = "no sub-structure: all noise" if cl.n_clusters == 0 else \
-            "no sub-structure: a single cluster"
+        fit.stop_reason = StopReason.NO_STRUCTURE.stop(
+            what="all noise" if cl.n_clusters == 0 else "a single cluster")
         return fit
     if cfg.recursion.artefact_splits != "off":
         t = time.perf_counter()
@@ -233,7 +241,8 @@ def refinish(fit: NodeFit, sample: pd.DataFrame, id_column: str, labels: np.ndar
                   dropped=dict(dropped), artefacts=[], n_children=0, child_sample_sizes=[],
                   noise_share_sample=float(np.mean(labels < 0)), seconds=dict(fit.seconds))
     if n_clusters < 2:
-        out.assigner, out.stop_reason = None, "no sub-structure: a single cluster"
+        out.assigner = None
+        out.stop_reason = StopReason.NO_STRUCTURE.stop(what="a single cluster")
         return out
     if cfg.recursion.artefact_splits != "off":
         out.artefacts = find_artefacts(rows, X, labels, n_clusters, fit.preprocessor,

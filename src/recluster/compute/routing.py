@@ -7,13 +7,17 @@ partition into the next one; the Dask layer maps these functions over partitions
 
 Representation (also in the README):
 
-* ``cluster`` is a path: ``3`` is cluster 3 of the whole table, ``3.1`` sub-cluster 1 of it.
-  A row that is noise inside a node keeps the node's path; rows that are noise at the first
-  level have ``cluster == "root"``.
+* ``cluster`` is a path (:mod:`recluster.compute.paths`): ``root.3`` is cluster 3 of the whole
+  table, ``root.3.1`` sub-cluster 1 of it. A row that is noise inside a node keeps the node's
+  path; rows that are noise at the first level have ``cluster == "root"``.
 * ``level_L`` is the row's cluster number among its node's children at level ``L``, ``-1`` if it
   was noise in that split, and null if its node was not split at that level (or it was noise
   higher up).
 * ``depth`` is the number of levels at which the row is a member (0 for first-level noise).
+
+The published labels are this state without its internal columns, in a fixed contract
+(:func:`label_columns`, version :data:`LABELS_SCHEMA_VERSION` in the manifest): the same
+columns whatever depth the tree reached.
 """
 
 from __future__ import annotations
@@ -24,16 +28,38 @@ import numpy as np
 import pandas as pd
 
 from recluster.compute.node import U_COLUMN, NodeFit, assign_node_rows
+from recluster.compute.paths import ROOT, NodePath
 from recluster.compute.preprocess import categorical_strings
 from recluster.compute.sampling import hash_uniform
 
-ROOT = "root"
+# Version 2: paths written ``root.2.10`` (was ``2.10``, which CSV readers take for a number),
+# and ``level_1 .. level_<recursion.max_depth>`` always present (were: as deep as the tree grew).
+LABELS_SCHEMA_VERSION = 2
 STRATUM = "_stratum"
 NO_STRATUM = "__all__"
 
 
 def embedding_columns(n_components: int) -> list[str]:
     return [f"umap_{i}" for i in range(n_components)]
+
+
+def label_columns(id_column: str, max_depth: int, n_components: int) -> list[str]:
+    """The published labels' columns, in order: the id, ``cluster`` (the row's path),
+    ``level_1 .. level_<max_depth>`` (null below the row's deepest split), ``depth``,
+    ``probability`` and the first-level embedding ``umap_0 ..``."""
+    return [id_column, "cluster", *(f"level_{i}" for i in range(1, max_depth + 1)), "depth",
+            "probability", *embedding_columns(n_components)]
+
+
+def older_labels_schema(manifest: Mapping, url: str) -> str | None:
+    """Why a published run's outputs cannot be read by this recluster (an older labels schema,
+    whose paths :class:`~recluster.compute.paths.NodePath` does not parse), or None."""
+    version = manifest.get("labels_schema_version")
+    if version == LABELS_SCHEMA_VERSION:
+        return None
+    return (f"{url} was published with labels schema version {version or 1} (paths written like "
+            f"'2.1'); this recluster reads version {LABELS_SCHEMA_VERSION} (paths like 'root.2.1')"
+            ": re-run the job")
 
 
 def state_meta(id_dtype, level: int, n_components: int) -> pd.DataFrame:
@@ -137,8 +163,7 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
         idx = np.flatnonzero(mask)
         new.loc[idx, col] = labels
         member = labels >= 0
-        prefix = "" if path == ROOT else f"{path}."
-        child_paths = np.array([f"{prefix}{c}" for c in labels], dtype=object)
+        child_paths = NodePath.parse(path).child_texts(labels)
         cluster = new["cluster"].to_numpy(copy=True)
         cluster[idx[member]] = child_paths[member]
         new["cluster"] = cluster

@@ -2,7 +2,15 @@
 
 Pure bookkeeping over counts and fitted nodes; no data, no Dask.
 
-Stopping rules, in the order they apply (each recorded as the node's ``stop_reason``):
+:class:`TreeNode` is the record of one node: everything known about it (size, sample
+thresholds, stability, fit summary, held-out agreement, explanation quality, the split kept,
+why it stops), from which ``tree.json`` is written. Decisions return values, not free text:
+:func:`split_refusal` and :func:`stability_verdict` a :class:`~recluster.compute.stops.Stop`
+(a :class:`~recluster.compute.stops.StopReason` code with its sentence) or None,
+:func:`accept_split` a :class:`SplitDecision`.
+
+Stopping rules, in the order they apply (each recorded as the node's ``stop_reason`` and
+``stop_code``):
 
 * before fitting (:func:`split_refusal`): ``recursion.max_depth``; fewer rows than
   ``recursion.min_node_rows``, the smallest node that is segmented (the whole table included);
@@ -23,22 +31,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recluster.compute.node import NodeFit
-from recluster.compute.routing import ROOT
+from recluster.compute.paths import ROOT, NodePath
+from recluster.compute.stops import Stop, StopReason
 from recluster.config import RecursionConfig, StabilityConfig
 
-
-def parent_of(path: str) -> str | None:
-    if path == ROOT:
-        return None
-    return ROOT if "." not in path else path.rsplit(".", 1)[0]
-
-
-def child_path(parent: str, k: int) -> str:
-    return str(k) if parent == ROOT else f"{parent}.{k}"
+__all__ = ["SplitDecision", "Stop", "StopReason", "TreeNode", "accept_split", "split_refusal",
+           "stability_verdict"]
 
 
 @dataclass
 class TreeNode:
+    """One node of the tree and what is known about it (``path`` in the text form of
+    :mod:`recluster.compute.paths`; ``children`` likewise).
+
+    ``split`` is the fit kept for the node when it was split (None for a leaf), ``agreement``
+    that fit's held-out ARI, ``seconds`` the fit's timings (for any fitted node) and
+    ``classifier`` the quality of the one-vs-rest explanation model of this node as a child.
+    """
+
     path: str
     depth: int
     size: int
@@ -46,17 +56,21 @@ class TreeNode:
     persistence: float | None = None
     stability: float | None = None
     probability_mean: float | None = None
-    stop_reason: str | None = None
+    stop_reason: Stop | None = None
     children: list[str] = field(default_factory=list)
     fit: dict[str, Any] | None = None
     classifier: dict[str, Any] | None = None
     sample_threshold: dict[str, float] | None = None
     artefact: str | None = None
+    split: NodeFit | None = None
+    agreement: float | None = None
+    seconds: dict[str, float] | None = None
 
     def record(self) -> dict[str, Any]:
+        """The node's ``tree.json`` entry (JSON-ready)."""
         return {
             "path": self.path,
-            "parent": parent_of(self.path),
+            "parent": _text(NodePath.parse(self.path).parent),
             "depth": self.depth,
             "size": self.size,
             "share": round(self.share, 8),
@@ -64,50 +78,72 @@ class TreeNode:
             "stability": self.stability,
             "n_children": len(self.children),
             "children": list(self.children),
-            "stop_reason": self.stop_reason,
+            "stop_reason": None if self.stop_reason is None else self.stop_reason.text,
+            "stop_code": None if self.stop_reason is None else self.stop_reason.code.value,
             "artefact": self.artefact,
             "fit": self.fit,
             "classifier": self.classifier,
         }
 
 
-def split_refusal(node: TreeNode, total_rows: int, cfg: RecursionConfig) -> str | None:
+def _text(path: NodePath | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def split_refusal(node: TreeNode, total_rows: int, cfg: RecursionConfig) -> Stop | None:
     """Why ``node`` must not be fitted for children, or None if it may be."""
     if node.depth >= cfg.max_depth:
-        return f"max_depth {cfg.max_depth} reached"
+        return StopReason.MAX_DEPTH.stop(max_depth=cfg.max_depth)
     if node.size < cfg.min_node_rows:
-        return (f"too small to segment: {node.size} rows is below recursion.min_node_rows="
-                f"{cfg.min_node_rows}, the smallest node recluster splits")
+        return StopReason.TOO_SMALL.stop(rows=node.size, min_node_rows=cfg.min_node_rows)
     if node.depth > 0 and cfg.min_node_share and node.size < cfg.min_node_share * total_rows:
-        return (f"share {node.size / total_rows:.4f} is below "
-                f"recursion.min_node_share={cfg.min_node_share}")
+        return StopReason.SMALL_SHARE.stop(share=node.size / total_rows,
+                                           min_node_share=cfg.min_node_share)
     return None
 
 
-def accept_split(fit: NodeFit, node_rows: int, cfg: RecursionConfig) -> str | None:
-    """Check a fitted split against the minimum child size (estimated from the sample).
+@dataclass(frozen=True)
+class SplitDecision:
+    """Whether a fitted split is kept: true (``accepted``) when it is, else false with the
+    :class:`Stop` that refuses it."""
 
-    Returns the stop reason if the split is dropped, else None.
+    stop: Stop | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.stop is None
+
+    def __bool__(self) -> bool:
+        return self.accepted
+
+
+def accept_split(fit: NodeFit, node_rows: int, cfg: RecursionConfig) -> SplitDecision:
+    """Whether a fitted split is kept: it has sub-structure, reproducible on held-out rows, not
+    only artefact clusters (in a zoom), and at least two children of ``recursion.min_child_rows``
+    (estimated from the sample).
+
+    Returns
+    -------
+    SplitDecision, true when the split is kept; otherwise its ``stop`` says why not.
     """
     if fit.stop_reason:
-        return fit.stop_reason
+        return SplitDecision(fit.stop_reason)
     if fit.agreement is not None and fit.agreement < cfg.min_split_agreement:
-        return (f"no reproducible sub-structure: held-out ARI {fit.agreement:.3f} is below "
-                f"recursion.min_split_agreement={cfg.min_split_agreement}")
+        return SplitDecision(StopReason.NOT_REPRODUCIBLE.stop(
+            ari=fit.agreement, min_split_agreement=cfg.min_split_agreement))
     if (cfg.artefact_splits == "no_recurse" and fit.path != ROOT and fit.artefacts
             and all(fit.artefacts)):
-        return ("artefact split: every cluster is one level of a discrete column ("
-                + "; ".join(fit.artefacts) + "), which the other features do not separate")
+        return SplitDecision(StopReason.ARTEFACT_SPLIT.stop(artefacts="; ".join(fit.artefacts)))
     scale = node_rows / max(1, fit.n_sample)
     big = [s for s in fit.child_sample_sizes if s * scale >= cfg.min_child_rows]
     if len(big) < 2:
-        return (f"fewer than 2 children would reach recursion.min_child_rows={cfg.min_child_rows}"
-                f" (sample sizes {fit.child_sample_sizes})")
-    return None
+        return SplitDecision(StopReason.SMALL_CHILDREN.stop(
+            min_child_rows=cfg.min_child_rows, sizes=fit.child_sample_sizes))
+    return SplitDecision()
 
 
 def stability_verdict(stability: list[float], cfg: StabilityConfig,
-                      zoom: bool = True) -> tuple[list[int], str | None]:
+                      zoom: bool = True) -> tuple[list[int], Stop | None]:
     """Which fitted clusters to make noise for their stability, and why the split is dropped.
 
     Only a zoom (a node below the root) is judged this way: its clusters made noise stay in
@@ -124,13 +160,12 @@ def stability_verdict(stability: list[float], cfg: StabilityConfig,
     Returns
     -------
     drop : list of int, clusters to turn into noise (empty unless ``unstable`` is ``noise``)
-    reason : str or None, the stop reason when fewer than two clusters are stable
+    reason : Stop or None, why the split is dropped when fewer than two clusters are stable
     """
     if cfg.unstable != "noise" or not zoom:
         return [], None
     unstable = [k for k, v in enumerate(stability) if not v >= cfg.stable]
     if len(stability) - len(unstable) < 2:
         shown = ", ".join(f"{v:.2f}" for v in stability)
-        return unstable, (f"no stable sub-structure: fewer than 2 of the clusters reach "
-                          f"stability.stable={cfg.stable} under resampling ({shown})")
+        return unstable, StopReason.NO_STABLE_STRUCTURE.stop(stable=cfg.stable, scores=shown)
     return unstable, None

@@ -180,7 +180,9 @@ def assign_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
 def labels_table(state: pd.DataFrame, id_column: str, levels: int,
                  id_type: pa.DataType | None = None) -> pd.DataFrame:
     """The published labels of one partition: the state minus internal columns, the id under
-    its own name and (given ``id_type``) as an Arrow-typed column of the input's id type."""
+    its own name and (given ``id_type``) as an Arrow-typed column of the input's id type, in
+    the labels contract (:func:`recluster.compute.routing.label_columns`); ``levels`` is the
+    run's ``recursion.max_depth``, so that ``level_1 .. level_<levels>`` are always there."""
     out = state.drop(columns=[U_COLUMN, routing.STRATUM]).rename(columns={"__id__": id_column})
     if id_type is not None:
         out[id_column] = pd.arrays.ArrowExtensionArray(
@@ -188,9 +190,8 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int,
     for lvl in range(1, levels + 1):
         if f"level_{lvl}" not in out:
             out[f"level_{lvl}"] = pd.array([pd.NA] * len(out), dtype="Int64")
-    emb = [c for c in out.columns if c.startswith("umap_")]
-    lv = [f"level_{i}" for i in range(1, levels + 1)]
-    return out[[id_column, "cluster", *lv, "depth", "probability", *emb]]
+    n_emb = sum(1 for c in out.columns if c.startswith("umap_"))
+    return out[routing.label_columns(id_column, levels, n_emb)]
 
 
 def _write_labels(state: pd.DataFrame, store: OutputStore, rel: str, id_column: str,

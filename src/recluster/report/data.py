@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recluster.compute.routing import ROOT
+from recluster.compute.paths import NodePath
+from recluster.compute.routing import older_labels_schema
 from recluster.errors import InputDataError, OutputConflictError
 from recluster.storage.fs import Location, refuse_overlap, storage_errors
 from recluster.storage.models import PublishedFiles
@@ -57,7 +58,8 @@ class RunData:
 
 def first_level(path: str) -> str:
     """The first-level cluster a path lies in (``root`` for first-level noise)."""
-    return ROOT if path == ROOT else path.split(".", 1)[0]
+    p = NodePath.parse(path)
+    return str(p.ancestor(min(1, p.depth)))
 
 
 def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of: pd.DataFrame,
@@ -137,6 +139,9 @@ def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,
         manifest = published.manifest
         read = published.read
     assert manifest is not None
+    older = older_labels_schema(manifest, store.loc.url)
+    if older:
+        raise RunNotReadyError(older)
     tree_bytes = read("tree.json")
     if tree_bytes is None:
         raise RunNotReadyError(f"{store.loc.url} has no tree.json")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recluster.compute.routing import ROOT
+from recluster.compute.paths import ROOT, NodePath, path_key
 from recluster.report import facts
 from recluster.report.data import RunData
 
@@ -31,10 +31,6 @@ CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline
 
 def e(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _path_key(path: str) -> tuple:
-    return () if path == ROOT else tuple(int(p) for p in path.split("."))
 
 
 def anchor(path: str) -> str:
@@ -228,7 +224,7 @@ def _overview(data: RunData, ov: dict[str, Any]) -> str:
 def _tree(tree: list[dict[str, Any]], cols: dict[str, str]) -> str:
     by_path = {n["path"]: n for n in tree}
     rows = []
-    for n in sorted(tree, key=lambda n: _path_key(n["path"])):
+    for n in sorted(tree, key=lambda n: path_key(n["path"])):
         p = n["path"]
         parent = by_path.get(n["parent"]) if n["parent"] else None
         of_parent = "" if not parent or not parent["size"] or parent["path"] == ROOT else \
@@ -265,7 +261,7 @@ def _canvas_payload(frame: pd.DataFrame, key: str, cols: dict[str, str],
     span = max(np.ptp(x), np.ptp(y)) or 1.0
     qx = np.round((x - (x.min() + x.max()) / 2) / span * 1000 + 500).astype(int)
     qy = 1000 - np.round((y - (y.min() + y.max()) / 2) / span * 1000 + 500).astype(int)
-    labels = sorted(frame[key].unique(), key=_path_key)
+    labels = sorted(frame[key].unique(), key=path_key)
     codes = frame[key].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
     noise = [lab in noise_labels for lab in labels]
     sizes = np.bincount(codes, minlength=len(labels))
@@ -279,12 +275,8 @@ def _canvas_payload(frame: pd.DataFrame, key: str, cols: dict[str, str],
 
 def _child_of(node: str, leaf: str) -> str:
     """The child of ``node`` a leaf path lies in (``node`` itself for its noise)."""
-    if node == ROOT:
-        return leaf.split(".", 1)[0] if leaf != ROOT else ROOT
-    if leaf == node:
-        return node
-    depth = node.count(".") + 2
-    return ".".join(leaf.split(".")[:depth])
+    inner, below = NodePath.parse(node), NodePath.parse(leaf)
+    return leaf if below == inner else str(below.ancestor(inner.depth + 1))
 
 
 def _safe_json(obj: Any) -> str:
@@ -343,7 +335,7 @@ MAP_JS = """
 
 def _legend(frame: pd.DataFrame, key: str, cols: dict[str, str], noise_labels: set[str]) -> str:
     items = []
-    for lab in sorted(frame[key].unique(), key=_path_key):
+    for lab in sorted(frame[key].unique(), key=path_key):
         is_noise = lab in noise_labels
         name = ("unclustered" if lab == ROOT else f"{e(lab)} unclustered") if is_noise else e(lab)
         items.append(f'<span class="li">{swatch(NOISE if is_noise else cols.get(lab, NOISE))}'
@@ -375,7 +367,7 @@ def _map(data: RunData, cols: dict[str, str]) -> str:
     payload = {"map-first": _canvas_payload(frame, "first", cols, {ROOT}),
                "map-leaf": _canvas_payload(frame, "leaf", cols, split, greedy=False)}
     zooms = []
-    for node in sorted((p for p in frames if p != ROOT), key=_path_key):
+    for node in sorted((p for p in frames if p != ROOT), key=path_key):
         z = frames[node].assign(child=[_child_of(node, lf) for lf in frames[node]["leaf"]])
         cid = "map-" + anchor(node)
         payload[cid] = _canvas_payload(z, "child", cols, {node})
@@ -525,7 +517,7 @@ details { margin: 8px 0; } summary { cursor: pointer; color: #2a5db0; }
 
 def render(data: RunData) -> str:
     """The whole page as one HTML string."""
-    tree = sorted(data.tree, key=lambda n: _path_key(n["path"]))
+    tree = sorted(data.tree, key=lambda n: path_key(n["path"]))
     cols = colours(tree)
     ov = facts.overview(tree)
     cfg = data.manifest.get("config", {})
