@@ -157,6 +157,17 @@ def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of:
     return frame[["node", id_column, "x", "y", "first", "leaf"]]
 
 
+def run_segments(files: PublishedFiles, loc: Location) -> pd.DataFrame | None:
+    """A published run's ``segments.parquet`` (verified against its manifest) with the names of
+    a ``names.yaml`` in its folder applied; None for runs published before segments had names.
+    """
+    if SEGMENTS_FILE not in files.digests:
+        return None
+    segments = frame_from_parquet_bytes(files.read(SEGMENTS_FILE))
+    chosen = read_names(inside(loc, NAMES_FILE), missing_ok=True)
+    return with_names(segments, chosen) if chosen else segments
+
+
 def check_target(run: Location, out: Location) -> None:
     """Refuse, before anything is read, where ``recluster report --out`` must not write the page.
 
