@@ -251,6 +251,25 @@ def test_segments_names_and_exemplars(penguins):
             assert f'data-refused="{n["path"]}"' in page
 
 
+def test_a_one_column_split_is_flagged_not_celebrated(penguins):
+    from recluster.report.data import load_run
+    from recluster.report.html import render
+    from recluster.storage.fs import Location
+    from recluster.storage.outputs import OutputStore
+
+    data = load_run(OutputStore(Location.of(penguins["url"])))
+    leaf = next(n for n in data.tree if n["path"] != "root" and not n["children"])
+    leaf["artefact"] = "splits on plan = pro only"
+    leaf["stop_reason"] = ("artefact split: splits on plan = pro only (the other features do not "
+                           "separate it); not zoomed into")
+    page = render(data)
+    section = page.split(f'data-cluster="{leaf["path"]}" style', 1)[1].split("</section>", 1)[0]
+    assert "Caution: this segment is one value of a single column (plan = pro)" in section
+    assert "one column splits it: plan = pro" in section
+    refused = page.split('id="refused"', 1)[1].split("</section>", 1)[0]
+    assert "one column splits it: plan = pro" in refused
+
+
 def test_a_names_file_in_the_run_is_honoured_by_report_and_score(penguins, tmp_path):
     url = penguins["url"]
     (Path(url) / "names.yaml").write_text("'1': Renamed by a person\n", encoding="utf-8")

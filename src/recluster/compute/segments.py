@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recluster.compute.explain import OTHER_LEVELS
+from recluster.compute.preprocess import MISSING, OTHER
 from recluster.compute.routing import ROOT
 
 #: Facts below this absolute effect size (d or h) are not facts.
@@ -38,7 +40,7 @@ MIN_SUPPORT = 0.05
 #: A name is built from facts that at least this share of the members stand behind, if any.
 NAME_SUPPORT = 0.5
 #: Levels that are not values of the column (folded levels), never facts.
-NOT_LEVELS = frozenset({"__other__", "(other levels)"})
+NOT_LEVELS = frozenset({OTHER, OTHER_LEVELS})
 
 FACT_COLUMNS = ["path", "parent", "column", "level", "kind", "role", "direction", "effect",
                 "lift", "member_value", "rest_value", "member_share", "rank", "text", "short"]
@@ -107,7 +109,7 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     if abs(h) < MIN_EFFECT:
         return None
     col = r["feature"]
-    shown = "missing" if lvl == "__missing__" else lvl
+    shown = "missing" if lvl == MISSING else lvl
     if h > 0:
         if p1 < MIN_SUPPORT or (p2 > 0 and p1 / p2 < MIN_LIFT):
             return None
@@ -194,15 +196,14 @@ def generated_names(tree: Sequence[Mapping[str, Any]], facts: pd.DataFrame,
             shorts[path] = seq
     paths = sorted((n["path"] for n in tree if n["path"] != ROOT), key=path_key)
     names = {p: " · ".join(shorts.get(p, [])[:limit]) or f"Segment {p}" for p in paths}
-    for extra in (1, 2):
-        seen: dict[str, list[str]] = {}
-        for p, n in names.items():
-            seen.setdefault(n, []).append(p)
-        for group in seen.values():
-            if len(group) > 1:
-                for p in group:
-                    if len(shorts.get(p, [])) > limit + extra - 1:
-                        names[p] = " · ".join(shorts[p][:limit + extra])
+    seen: dict[str, list[str]] = {}
+    for p, n in names.items():
+        seen.setdefault(n, []).append(p)
+    for group in seen.values():  # one more fact, no more: long names stop being names
+        if len(group) > 1:
+            for p in group:
+                if len(shorts.get(p, [])) > limit:
+                    names[p] = " · ".join(shorts[p][:limit + 1])
     names = _unique(names)
     return {ROOT: "All rows", **names}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from recluster.compute.preprocess import MISSING
 from recluster.compute.routing import ROOT
 
 
@@ -43,7 +44,7 @@ def _finding(r: dict[str, Any]) -> Finding:
     if r["kind"] == "numeric":
         return Finding(col, "higher" if up else "lower", col, r["direction"], r["text"])
     lvl = r["level"]
-    item = f"{col} = {'missing' if lvl == '__missing__' else lvl}"
+    item = f"{col} = {'missing' if lvl == MISSING else lvl}"
     if up:
         word = "only" if r["rest_value"] == 0 else "more often"
     else:

@@ -354,7 +354,7 @@ MAP_JS = r"""
   var S = {node: 'root', hover: -1, px: null, py: null, grid: null, keys: null, codes: null};
   var CELL = 10;
   function seg(p) { return D.seg[p] || {name: p, rows: 0, share: 0, color: D.noise, facts: []}; }
-  function isNoise(p) { return p === S.node || (byLeaf.checked && !!D.maps[p] && seg(p).split); }
+  function isNoise(p) { return p === S.node || (byLeaf.checked && seg(p).split); }
   function colour(p) { return isNoise(p) ? D.noise : seg(p).color; }
   function esc(t) {
     return String(t).replace(/[&<>"]/g, function (c) {
@@ -458,8 +458,10 @@ MAP_JS = r"""
       '<i>' + esc(drill ? 'Click to open its sub-segments' : (q.stop ? 'Final segment: ' + q.stop : 'Final segment') + ' (click for details)') + '</i>';
     tip.dataset.path = p; tip.hidden = false;
     var b = cv.getBoundingClientRect(), host = cv.parentNode.getBoundingClientRect();
-    tip.style.left = (b.left - host.left + xy[0] + 14) + 'px';
-    tip.style.top = (b.top - host.top + xy[1] + 14) + 'px';
+    var left = b.left - host.left + xy[0] + 14, top = b.top - host.top + xy[1] + 14;
+    if (left + tip.offsetWidth > host.width) left = Math.max(0, left - tip.offsetWidth - 28);
+    if (top + tip.offsetHeight > host.height) top = Math.max(0, top - tip.offsetHeight - 28);
+    tip.style.left = left + 'px'; tip.style.top = top + 'px';
     cv.style.cursor = 'pointer';
   });
   cv.addEventListener('mouseleave', function () { tip.hidden = true; if (S.hover >= 0) { S.hover = -1; draw(); } });
@@ -501,7 +503,7 @@ def _seg_payload(data: RunData, cols: dict[str, str], names: dict[str, str]) -> 
         found = facts.findings(facts_by.get(p))
         out[p] = {"name": names[p], "short": _label(names[p], 24), "rows": n["size"],
                   "share": n["share"], "color": cols.get(p, NOISE),
-                  "facts": [f.text for f in found], "split": bool(n["children"]),
+                  "facts": [f.text.split(";", 1)[0] for f in found], "split": bool(n["children"]),
                   "stop": stop_words(n.get("stop_reason")), "anchor": anchor(p)}
     return out
 
@@ -744,7 +746,8 @@ td { padding: 5px 8px; border-bottom: 1px solid #eef0f3; vertical-align: middle;
 td.n, th.n { text-align: right; white-space: nowrap; }
 table.plain { width: auto; }
 .barcell { width: 180px; } .bar { height: 12px; border-radius: 3px; min-width: 2px; }
-.tree td.name, .tree td.muted { white-space: nowrap; } .tree td:last-child { min-width: 220px; }
+.tree td.muted { white-space: nowrap; } .tree td.name { min-width: 240px; }
+.tree td:last-child { min-width: 180px; } main { overflow-x: auto; }
 .tree a { color: inherit; text-decoration: none; font-weight: 600; }
 .tree a:hover { text-decoration: underline; }
 .maps { display: flex; gap: 18px; flex-wrap: wrap; }
@@ -762,7 +765,7 @@ canvas { width: 640px; height: 640px; max-width: 100%; background: #fbfbfc;
   border-radius: 6px; padding: 2px 8px; cursor: pointer; color: #2a5db0; }
 #map-crumbs button:disabled { color: #1d232b; font-weight: 600; cursor: default;
   background: #eef1f5; }
-.tip { position: absolute; z-index: 2; max-width: 320px; background: rgba(255,255,255,.97);
+.tip { position: absolute; z-index: 2; width: 300px; background: rgba(255,255,255,.97);
   border: 1px solid #cfd5dc; border-radius: 8px; padding: 8px 10px; font-size: 12.5px;
   box-shadow: 0 2px 8px rgba(0,0,0,.15); pointer-events: none; }
 .tip ul { margin: 4px 0; padding-left: 16px; } .tip i { color: #5d6673; }
