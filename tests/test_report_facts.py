@@ -89,13 +89,17 @@ def test_facts_rank_by_effect_and_word_undefined_ratios():
 
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "0"}, {"path": "1"}, {"path": "2"}]
+    def fact(path, rank, column, short, share, kind="categorical", effect=1.0):
+        return {"path": path, "rank": rank, "column": column, "short": short, "kind": kind,
+                "member_share": share, "effect": effect, "direction": 1 if effect > 0 else -1}
+
     f = pd.DataFrame([
-        {"path": "0", "rank": 1, "column": "spend", "short": "High spend", "member_share": 0.9},
-        {"path": "0", "rank": 2, "column": "country", "short": "SE country", "member_share": 0.2},
-        {"path": "0", "rank": 3, "column": "plan", "short": "pro plan", "member_share": 0.8},
-        {"path": "1", "rank": 1, "column": "spend", "short": "High spend", "member_share": 0.9},
-        {"path": "1", "rank": 2, "column": "plan", "short": "pro plan", "member_share": 0.7},
-        {"path": "1", "rank": 3, "column": "age", "short": "Low age", "member_share": 0.6},
+        fact("0", 1, "spend", "High spend", 0.9, "numeric"),
+        fact("0", 2, "country", "SE country", 0.2),
+        fact("0", 3, "plan", "pro plan", 0.8),
+        fact("1", 1, "spend", "High spend", 0.9, "numeric"),
+        fact("1", 2, "plan", "pro plan", 0.7),
+        fact("1", 3, "age", "Low age", 0.6, "numeric", -1.0),
     ])
     names = segments.generated_names(tree, f)
     assert names["root"] == "All rows" and names["2"] == "Segment 2"
@@ -103,6 +107,16 @@ def test_names_are_short_unique_and_a_persons_names_win():
     assert names["0"] == "High spend · pro plan · SE country"
     assert names["1"] == "High spend · pro plan · Low age"
     assert len(set(names.values())) == len(names)
+    # columns that move together across segments (carat, x: a diamond's size) name once
+    sizes = pd.DataFrame([fact(p, r, c, f"{'High' if e > 0 else 'Low'} {c}", 0.9, "numeric", e)
+                          for p, es in (("0", (2.0, 1.9)), ("1", (-1.0, -1.1)),
+                                        ("2", (0.5, 0.6)), ("3", (-2.0, -1.8)))
+                          for r, (c, e) in enumerate(zip(("carat", "x"), es, strict=True), 1)]
+                         + [fact("0", 3, "cut", "Ideal cut", 0.8)])
+    assert segments.synonyms(sizes) == {"carat": "carat", "x": "carat"}
+    sized = segments.generated_names([{"path": p} for p in ("root", "0", "1", "2", "3")], sizes)
+    assert sized["0"] == "High carat · Ideal cut"  # not "High carat · High x"
+    assert (sized["1"], sized["3"]) == ("Low carat (1)", "Low carat (3)")  # unique
     chosen, unknown = segments.apply_names(names, {"1": "Segment 2", "7": "gone"})
     assert chosen["1"] == "Segment 2" and chosen["2"] == "Segment 2 (2)" and unknown == ["7"]
     for bad, why in (({"x": "a"}, "not a segment path"), ({"0": "a", "1": "a"}, "unique"),

@@ -185,14 +185,19 @@ def generated_names(tree: Sequence[Mapping[str, Any]], facts: pd.DataFrame,
     """
     shorts: dict[str, list[str]] = {}
     if not facts.empty:
+        group = synonyms(facts)
         for path, part in facts.groupby("path", sort=False):
             part = part.sort_values("rank")
             broad = part[part["member_share"].fillna(0) >= NAME_SUPPORT]
-            seq, columns = [], set()
+            seq, taken = [], set()
             for r in [*broad.to_dict("records"), *part.to_dict("records")]:
-                if r["column"] not in columns:  # one fragment per column ("female sex", not
-                    columns.add(r["column"])     # also "few male sex")
-                    seq.append(r["short"])
+                # One fragment per column ("female sex", not also "few male sex"), and per
+                # group of columns that move together ("Low carat", not also "Low x · Low y").
+                g = group.get(r["column"], r["column"])
+                if g not in taken:
+                    taken.add(g)
+                    same = part[(part["column"] == g) & (part["direction"] == r["direction"])]
+                    seq.append(same["short"].iloc[0] if len(same) else r["short"])
             shorts[path] = seq
     paths = sorted((n["path"] for n in tree if n["path"] != ROOT), key=path_key)
     names = {p: " · ".join(shorts.get(p, [])[:limit]) or f"Segment {p}" for p in paths}
@@ -206,6 +211,30 @@ def generated_names(tree: Sequence[Mapping[str, Any]], facts: pd.DataFrame,
                     names[p] = " · ".join(shorts[p][:limit + 1])
     names = _unique(names)
     return {ROOT: "All rows", **names}
+
+
+def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) -> dict[str, str]:
+    """Numeric columns whose effects move together across segments (|correlation| of their
+    signed effect sizes at least ``min_corr`` over at least ``min_segments`` segments, e.g. a
+    diamond's carat, x, y and z): column -> the group's first column. A name says one of them.
+    """
+    num = facts[facts["kind"] == "numeric"]
+    if num.empty:
+        return {}
+    wide = num.pivot_table(index="path", columns="column", values="effect", aggfunc="first")
+    if len(wide) < min_segments:
+        return {}
+    wide = wide.fillna(0.0)
+    wide = wide.loc[:, wide.std() > 0]
+    corr = wide.corr().abs()
+    out: dict[str, str] = {}
+    for c in corr.columns:
+        if c in out:
+            continue
+        for d in corr.columns:
+            if d not in out and corr.loc[c, d] >= min_corr:
+                out[d] = c
+    return out
 
 
 def _unique(names: dict[str, str], keep: frozenset[str] = frozenset()) -> dict[str, str]:
