@@ -210,6 +210,7 @@ def test_describe_columns_leave_labels_identical(penguins):
     index = read_json(penguins["url"], "models/index.json")
     assert not set(DESCRIBE) & set(index["keys"]) and index["numeric"] == FEATURES
     manifest = read_json(penguins["url"], "manifest.json")
+    assert manifest["input"]["columns"]["describe"] == DESCRIBE
     for rel in ("facts.parquet", "segments.parquet", "exemplars.parquet"):
         assert rel in manifest["outputs"] and rel in manifest["sha256"]
 

@@ -483,7 +483,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
                   "empty_files": sum(1 for i in infos if i.n_rows == 0),
                   "fingerprint": input_fp,
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),
-                              "categorical": list(ts.categorical), "stratify_by": ts.stratify_by}},
+                              "categorical": list(ts.categorical), "stratify_by": ts.stratify_by,
+                              "describe": list(ts.describe)}},
         "rows": {"in": total, "out": rows_out},
         "missing_values": summary["missing"],
         "levels": g.levels_done,
@@ -604,4 +605,5 @@ def _path_key(path: str) -> tuple:
 
 def describe_schema(ts: TableSchema) -> str:
     return (f"id '{ts.id_column}', numeric {list(ts.numeric)}, categorical {list(ts.categorical)}"
-            + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else ""))
+            + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else "")
+            + (f", descriptive {list(ts.describe)}" if ts.describe else ""))
