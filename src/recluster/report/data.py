@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recluster.compute import segments
 from recluster.compute.routing import ROOT
-from recluster.compute.segments import apply_names
 from recluster.config import MAX_CONFIG_BYTES, check_names, safe_yaml
 from recluster.errors import ConfigError, InputDataError, OutputConflictError
 from recluster.storage.fs import Location, refuse_overlap, storage_errors
@@ -119,7 +119,7 @@ def read_names(loc: Location, missing_ok: bool = False) -> dict[str, str] | None
 
 def with_names(segments: pd.DataFrame, chosen: dict[str, str]) -> pd.DataFrame:
     """``segments`` with a person's names applied (unique; unknown paths ignored)."""
-    names, _ = apply_names(dict(zip(segments["path"], segments["name"], strict=True)), chosen)
+    names, _ = segments.apply_names(dict(zip(segments["path"], segments["name"], strict=True)), chosen)
     return segments.assign(name=segments["path"].map(names))
 
 
@@ -230,7 +230,13 @@ def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,
                 raise RunNotReadyError(f"{store.loc.url}: {rel} is listed in the manifest "
                                        "but missing")
             setattr(data, attr, frame_from_parquet_bytes(raw))
-    if not staged and data.segments is not None:
+    if data.facts is None and data.profiles is not None:  # a run published before facts
+        data.facts = segments.facts_table(data.profiles)
+    if data.segments is None:
+        names = segments.generated_names(data.tree, data.facts if data.facts is not None
+                                         else segments.facts_table(None))
+        data.segments = segments.segments_table(data.tree, names)
+    if not staged:
         # A person's names.yaml placed in the run's folder after publication: their text only
         # (escaped on the page), so it needs no digest, and it overrides the run's names.
         chosen = read_names(inside(store.loc, NAMES_FILE), missing_ok=True)
