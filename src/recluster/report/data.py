@@ -117,10 +117,11 @@ def read_names(loc: Location, missing_ok: bool = False) -> dict[str, str] | None
     return parse_names(text, f"names file {loc.url}")
 
 
-def with_names(segments: pd.DataFrame, chosen: dict[str, str]) -> pd.DataFrame:
-    """``segments`` with a person's names applied (unique; unknown paths ignored)."""
-    names, _ = segments.apply_names(dict(zip(segments["path"], segments["name"], strict=True)), chosen)
-    return segments.assign(name=segments["path"].map(names))
+def with_names(table: pd.DataFrame, chosen: dict[str, str]) -> pd.DataFrame:
+    """``segments.parquet``'s rows with a person's names applied (unique; unknown paths
+    ignored)."""
+    names, _ = segments.apply_names(dict(zip(table["path"], table["name"], strict=True)), chosen)
+    return table.assign(name=table["path"].map(names))
 
 
 def first_level(path: str) -> str:
@@ -163,9 +164,9 @@ def run_segments(files: PublishedFiles, loc: Location) -> pd.DataFrame | None:
     """
     if SEGMENTS_FILE not in files.digests:
         return None
-    segments = frame_from_parquet_bytes(files.read(SEGMENTS_FILE))
+    table = frame_from_parquet_bytes(files.read(SEGMENTS_FILE))
     chosen = read_names(inside(loc, NAMES_FILE), missing_ok=True)
-    return with_names(segments, chosen) if chosen else segments
+    return with_names(table, chosen) if chosen else table
 
 
 def check_target(run: Location, out: Location) -> None:
