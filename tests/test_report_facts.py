@@ -155,6 +155,23 @@ def test_describe_is_checked_like_features():
             parse_config({**base, "input": {**base["input"], "describe": describe}})
 
 
+def test_output_names_may_be_a_file_read_before_any_work(tmp_path):
+    from recluster.errors import ConfigError
+    from recluster.pipeline import segment_names
+
+    names = tmp_path / "names.yaml"
+    names.write_text("'0': Big spenders\n'2.1': Weekend browsers\n", encoding="utf-8")
+    base = {"input": {"path": "/x", "id_column": "id"}, "output": {"path": "/y"}}
+    cfg = parse_config({**base, "output": {"path": "/y", "names": str(names)}})
+    assert segment_names(cfg) == {"0": "Big spenders", "2.1": "Weekend browsers"}
+    names.write_text("'0': Big spenders\n'1': Big spenders\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="names.yaml: segments 0 and 1 are both named"):
+        segment_names(cfg)
+    missing = parse_config({**base, "output": {"path": "/y", "names": str(tmp_path / "no.yaml")}})
+    with pytest.raises(ConfigError, match="no.yaml does not exist"):
+        segment_names(missing)
+
+
 # ---------------------------------------------------------------------------- a real table
 
 
