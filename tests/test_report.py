@@ -73,7 +73,10 @@ def _run_data(run) -> RunData:
     return RunData(manifest=run["manifest"], tree=run["tree"],
                    shap=_frame(run["url"], "shap_summary.parquet"),
                    profiles=_frame(run["url"], "profiles.parquet"),
-                   map=_frame(run["url"], "report/map.parquet"))
+                   map=_frame(run["url"], "report/map.parquet"),
+                   facts=_frame(run["url"], "facts.parquet"),
+                   segments=_frame(run["url"], "segments.parquet"),
+                   exemplars=_frame(run["url"], "exemplars.parquet"))
 
 
 def test_quiet_mode_prints_one_json_line_per_stage(explained):
@@ -123,11 +126,9 @@ def test_page_loads_offline_in_chromium_and_shows_every_cluster(explained, brows
         sections = page.evaluate("Array.from(document.querySelectorAll('section.cluster'))"
                                  ".map(function (e) { return e.dataset.cluster; })")
         assert sorted(sections) == sorted(paths - {"root"})
-        drawn = page.evaluate("Array.from(document.querySelectorAll('canvas[data-map]'))"
-                              ".map(function (c) { return [c.id, +c.dataset.drawn]; })")
         m = _frame(explained["url"], "report/map.parquet")
-        assert dict(drawn)["map-first"] == dict(drawn)["map-leaf"] == int((m["node"] == "root").sum())
-        assert len(drawn) == 2 + m["node"].nunique() - 1 and all(n > 0 for _, n in drawn)
+        assert page.evaluate("+document.getElementById('map-main').dataset.drawn") == \
+            int((m["node"] == "root").sum())
         shot = ARTIFACTS / "report.png"
         width, height = page.screenshot(shot)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and height > 3000
@@ -135,26 +136,28 @@ def test_page_loads_offline_in_chromium_and_shows_every_cluster(explained, brows
         page.close()
 
 
-def test_sentences_follow_shap_and_profiles(explained):
+def test_sentences_follow_the_facts_by_effect_size(explained):
     data = _run_data(explained)
     by_path = {n["path"]: n for n in data.tree}
     described = 0
     for path, node in by_path.items():
         if path == "root":
             continue
-        shap = data.shap[data.shap["cluster"] == path]
-        prof = data.profiles[data.profiles["cluster"] == path]
-        found = facts.findings(shap, prof)
+        rows = data.facts[data.facts["path"] == path]
+        found = facts.findings(rows)
+        effects = [abs(rows.loc[rows["column"] == f.feature, "effect"]).max() for f in found]
+        assert effects == sorted(effects, reverse=True), (path, found)  # by effect, not SHAP
         for f in found:
-            rows = prof[prof["feature"] == f.feature]
-            assert shap.loc[shap["feature"] == f.feature, "mean_shap"].iloc[0] > 0
-            if rows.iloc[0]["kind"] == "numeric":
-                d = rows.iloc[0]["effect_size"]
-                assert abs(d) >= facts.MIN_EFFECT and (d > 0) == (f.direction > 0), (path, f)
+            best = rows[rows["column"] == f.feature].sort_values("rank").iloc[0]
+            assert (best["direction"] > 0) == (f.direction > 0)
+            prof = data.profiles[(data.profiles["cluster"] == path)
+                                 & (data.profiles["feature"] == f.feature)]
+            if best["kind"] == "numeric":
+                d = prof["effect_size"].iloc[0]
+                assert abs(d) >= 0.2 and (d > 0) == (f.direction > 0), (path, f)
             else:
-                level = f.phrase.rsplit(" = ", 1)[1]
-                lift = rows.loc[rows["level"] == level, "lift"].iloc[0]
-                assert (lift > 1) == (f.direction > 0), (path, f)
+                lvl = prof[prof["level"] == best["level"]].iloc[0]
+                assert (lvl["member_share"] > lvl["rest_share"]) == (f.direction > 0), (path, f)
         sentence = facts.sentence(path, node["parent"], found)
         assert html.escape(sentence) in explained["page"]
         if found:
@@ -162,6 +165,7 @@ def test_sentences_follow_shap_and_profiles(explained):
             if node["depth"] == 1:
                 assert found[0].feature in INFORMATIVE, (path, found)
     assert described >= 0.8 * (len(by_path) - 1)
+    assert "100% vs 0%" not in explained["page"]
 
 
 def test_report_command_rebuilds_the_same_page(explained, tmp_path, capsys):
@@ -195,10 +199,13 @@ def test_page_without_explanations_and_with_hostile_strings(explained):
            "embedding": {**data.manifest["config"]["embedding"], "n_components": 3}}
     shap = data.shap.replace({"feature": {"f0": evil}})
     prof = data.profiles.replace({"feature": {"f0": evil}})
+    fct = data.facts.replace({"column": {"f0": evil}})
+    segs = data.segments.assign(name=data.segments["name"] + evil)
     page = render(RunData(manifest={**data.manifest, "config": cfg}, tree=data.tree, shap=shap,
-                          profiles=prof, map=data.map))
+                          profiles=prof, map=data.map, facts=fct, segments=segs))
     assert "<script>alert" not in page and html.escape(evil) in page
     assert page.count("<script") == 2  # the map data and the map script, nothing else
+    assert "<script>alert" not in page.split('id="map-data">', 1)[1]  # JSON escapes "<"
     assert "the maps show the first two" in page
 
 
@@ -221,7 +228,7 @@ def test_unsplit_root_in_terminal_mode(s3_endpoint, scheduler, tmp_path, browser
         assert page.evaluate("Array.from(document.querySelectorAll('[data-cluster]'))"
                              ".map(function (e) { return e.dataset.cluster; })") == ["root", "root"]
         text = page.evaluate("document.body.innerText")
-        assert "The whole table is one cluster" in text
-        assert page.evaluate("+document.getElementById('map-first').dataset.drawn") > 1000
+        assert "The whole table is one segment" in text
+        assert page.evaluate("+document.getElementById('map-main').dataset.drawn") > 1000
     finally:
         page.close()

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recluster.compute.paths import NodePath
 from recluster.errors import ConfigError
 
 #: How long an output folder's lock stays held without renewal (``output.lock_lease_s``).
@@ -223,6 +224,10 @@ class InputConfig(_Strict):
         default_factory=dict, description="iceberg: pyiceberg catalog properties (name, type, "
         "uri, warehouse, s3.endpoint, ...); credentials come from the environment")
     snapshot_id: int | None = Field(default=None, description="iceberg: the snapshot to read")
+    describe: list[str] = Field(
+        default_factory=list, description="descriptive columns: read and profiled per segment "
+        "(facts.parquet, the report), never used for the embedding, clustering or classifiers"
+    )
 
     @field_validator("storage_options")
     @classmethod
@@ -284,6 +289,7 @@ class InputConfig(_Strict):
                 raise ValueError(f"input.categorical names {stray}, which are not in input.features")
         if self.id_column in self.categorical:
             raise ValueError(f"input.categorical lists the id column '{self.id_column}'")
+        self._check_describe()
         if OUTPUT_COLUMNS.fullmatch(self.id_column):
             raise ValueError(
                 f"input.id_column '{self.id_column}' is also the name of a column recluster writes "
@@ -291,6 +297,20 @@ class InputConfig(_Strict):
                 f"could not hold both; rename the id column in the input (a feature may keep "
                 f"such a name)")
         return self
+
+    def _check_describe(self) -> None:
+        """``describe`` columns: no repeats, never the id, never a feature or categorical."""
+        dup = sorted({c for c in self.describe if self.describe.count(c) > 1})
+        if dup:
+            raise ValueError(f"input.describe lists {dup} more than once")
+        if self.id_column in self.describe:
+            raise ValueError(f"input.describe lists the id column '{self.id_column}'")
+        for other, cols in (("input.features", self.features or []),
+                            ("input.categorical", self.categorical)):
+            both = sorted(set(self.describe) & set(cols))
+            if both:
+                raise ValueError(f"input.describe names {both}, which {other} lists too: a "
+                                 "descriptive column is never a feature")
 
 
 #: Comparison operators of ``input.filters`` (as ``pyarrow.parquet.filters_to_expression``).
@@ -345,6 +365,36 @@ def parse_filters(text: str | None, source: str) -> list[list[list[Any]]] | None
         raise ConfigError(f"{source}: {str(exc).replace('input.filters', 'the filter')}") from None
 
 
+def check_names(names: Any, where: str) -> dict[str, str]:
+    """A names mapping (segment path -> name) as given by the user, checked.
+
+    Raises
+    ------
+    ValueError
+        naming ``where`` and the offending key or name.
+    """
+    if not isinstance(names, dict):
+        raise ValueError(f"{where} must map segment paths (root.0, root.2.1, ...) to names")
+    out: dict[str, str] = {}
+    for key, name in names.items():
+        try:  # the labels' own text form (compute/paths.py), which YAML reads as text
+            path = str(NodePath.parse(key))
+        except ValueError:
+            raise ValueError(f"{where}: {key!r} is not a segment path (root.0, root.2.1, ...: "
+                             "as in the labels' cluster column)") from None
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ValueError(f"{where}: the name of segment {path} must be text of 1-200 "
+                             "characters")
+        out[path] = name.strip()
+    taken: dict[str, str] = {}
+    for path, name in out.items():
+        if name in taken:
+            raise ValueError(f"{where}: segments {taken[name]} and {path} are both named "
+                             f"{name!r}; names must be unique")
+        taken[name] = path
+    return out
+
+
 class OutputConfig(_Strict):
     path: str
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -359,6 +409,20 @@ class OutputConfig(_Strict):
         default=DEFAULT_LEASE_S, ge=1.0, le=86_400.0,
         description="the output folder's lock stays held this long without renewal (a running "
         "job renews it every quarter lease): a killed run blocks the folder at most this long")
+    names: dict[str, str] | str | None = Field(
+        default=None, description="segment names chosen by a person, overriding the generated "
+        "ones: a mapping (segment path -> name) or the location of a YAML file holding one "
+        "(e.g. a names.yaml edited from a run's segments.parquet)")
+
+    @field_validator("names")
+    @classmethod
+    def _check_names(cls, v: dict[str, str] | str | None) -> dict[str, str] | str | None:
+        if isinstance(v, dict):
+            return check_names(v, "output.names")
+        if isinstance(v, str):
+            if has_url_credentials(v):
+                raise ValueError(f"output.names carries a credential ({URL_CREDENTIALS})")
+        return v
 
     @field_validator("storage_options")
     @classmethod

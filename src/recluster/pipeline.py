@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from distributed import Client, as_completed, wait
 
+from recluster.compute import segments
 from recluster.compute.node import NodeFit
 from recluster.compute.paths import ROOT, NodePath, sorted_paths
 from recluster.compute.routing import LABELS_SCHEMA_VERSION, STRATUM
@@ -50,6 +51,7 @@ from recluster.storage.outputs import (
     check_delta_labels,
     claim,
     commit_labels_table,
+    frame_from_parquet_bytes,
     parquet_bytes,
 )
 
@@ -465,6 +467,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         store = claims.enter_context(claim(output_location(cfg), cfg.output.lock_lease_s, "run"))
         loc, scan, ts, pieces = plan_input(cfg)
         infos = scan.infos
+        chosen_names = segment_names(cfg)  # a bad names file stops the run before any work
         st.counts.update(files=len(infos), partitions=len(pieces),
                          rows=sum(i.n_rows for i in infos))
         echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
@@ -533,7 +536,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
                   "empty_files": sum(1 for i in infos if i.n_rows == 0),
                   "fingerprint": input_fp, "table": table,
                   "columns": {"id": ts.id_column, "numeric": list(ts.numeric),
-                              "categorical": list(ts.categorical), "stratify_by": ts.stratify_by}},
+                              "categorical": list(ts.categorical), "stratify_by": ts.stratify_by,
+                              "describe": list(ts.describe)}},
         "rows": {"in": total, "out": rows_out},
         "missing_values": summary["missing"],
         "levels": g.levels_done,
@@ -548,6 +552,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         "outputs": outputs,
     }
     with timer.stage("report") as st:
+        manifest["outputs"] += write_segments(client, store, g, ts, cfg, manifest, chosen_names)
         manifest["outputs"] += write_report(client, store, g, ts, manifest)
         st.counts["nodes"] = len(g.nodes)
     with timer.stage("publish"):
@@ -558,6 +563,51 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
     echo.event("published", path=cfg.output.path, rows=rows_out, levels=g.levels_done,
                nodes=len(g.nodes), seconds=round(echo.elapsed(), 3))
     return manifest
+
+
+def segment_names(cfg: JobConfig) -> dict[str, str]:
+    """The names a person chose (``output.names``: a mapping, or a YAML file's location)."""
+    if isinstance(cfg.output.names, str):
+        return report_data.read_names(Location.of(
+            cfg.output.names, cfg.output.storage_options, cfg.runtime.storage_timeout_s,
+            cfg.runtime.storage_retries)) or {}
+    return dict(cfg.output.names or {})
+
+
+def write_segments(client: Client, store: OutputStore, g: Growth, ts: TableSchema,
+                   cfg: JobConfig, manifest: dict[str, Any],
+                   chosen: dict[str, str]) -> list[str]:
+    """Stage ``facts.parquet`` (from the staged profiles), ``segments.parquet`` (one row per
+    node, named) and ``exemplars.parquet`` (ids nearest each segment's centre on its parent's
+    map, checked against the final labels in one pass over the row state)."""
+    raw = store.read("profiles.parquet", staged=True)
+    facts = segments.facts_table(None if raw is None else frame_from_parquet_bytes(raw))
+    tree = [g.nodes[p].record() for p in sorted_paths(g.nodes)]
+    names, unknown = segments.apply_names(segments.generated_names(tree, facts), chosen)
+    for p in unknown:
+        manifest["degraded"].append({"what": f"output.names names segment {p}, which this run "
+                                             "does not have: ignored"})
+    store.write_staged(report_data.FACTS_FILE, parquet_bytes(facts))
+    store.write_staged(report_data.SEGMENTS_FILE, parquet_bytes(
+        segments.segments_table(tree, names)))
+    candidates: dict[str, list] = {}
+    for path, fit in g.split_nodes.items():
+        if fit.sample_embedding is None or fit.sample_labels is None:
+            continue
+        near = segments.exemplar_candidates(fit.sample_ids, fit.sample_embedding,
+                                            fit.sample_labels, fit.n_children)
+        candidates.update({str(NodePath.parse(path).child(k)): ids for k, ids in near.items()})
+    rows = []
+    if candidates:
+        ids = np.unique(np.concatenate([np.asarray(c) for c in candidates.values()]))
+        found = client.compute(passes.clusters_of(g.state, ids), sync=True)
+        final = dict(zip(found["__id__"], found["cluster"], strict=True))
+        for path in sorted_paths(candidates):
+            picked = segments.pick_exemplars(candidates[path], final, path)
+            rows += [{"path": path, "rank": i + 1, "id": v} for i, v in enumerate(picked)]
+    frame = pd.DataFrame(rows, columns=["path", "rank", "id"])
+    store.write_staged(report_data.EXEMPLARS_FILE, parquet_bytes(frame))
+    return [report_data.FACTS_FILE, report_data.SEGMENTS_FILE, report_data.EXEMPLARS_FILE]
 
 
 def write_report(client: Client, store: OutputStore, g: Growth, ts: TableSchema,
@@ -594,7 +644,8 @@ def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts:
     return {
         "id_column": ts.id_column, "numeric": list(ts.numeric), "categorical": list(ts.categorical),
         # The models' own files (preprocess.json, child-*.ubj) name columns by these keys.
-        "keys": ts.keys,
+        # Descriptive columns (keys after all others) are no model's input: score never reads them.
+        "keys": {c: k for c, k in ts.keys.items() if c not in ts.describe or c == ts.stratify_by},
         "n_components": cfg.embedding.n_components, "seed": cfg.seed,
         "max_depth": cfg.recursion.max_depth,  # scored labels have the run's level columns
         "nodes": [{"path": p, "depth": nodes[p].depth, "children": nodes[p].children}
@@ -604,4 +655,5 @@ def model_index(nodes: dict[str, TreeNode], split_nodes: dict[str, NodeFit], ts:
 
 def describe_schema(ts: TableSchema) -> str:
     return (f"id '{ts.id_column}', numeric {list(ts.numeric)}, categorical {list(ts.categorical)}"
-            + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else ""))
+            + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else "")
+            + (f", descriptive {list(ts.describe)}" if ts.describe else ""))

@@ -5,7 +5,8 @@ same functions the job used to label every row) send rows to children, level by 
 single pass over the new data. (With ``assign.method: umap`` the node's HDBSCAN is rebuilt from
 its saved sample embedding, which reproduces the fitted clusterer exactly.) The model files are
 verified against the run's manifest before any is parsed, and none is a pickle. Output:
-``labels/`` in the run's schema, published like a run.
+``labels/`` in the run's schema and ``segments.parquet`` (each segment's path and name, with
+a ``names.yaml`` in the model run's folder applied), published like a run.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_
 from recluster.errors import ConfigError, InputDataError, IntegrityError
 from recluster.parallel import passes
 from recluster.pipeline import input_fingerprint
+from recluster.report import data as report_data
 from recluster.storage import inputs, tables
 from recluster.storage import models as modelstore
 from recluster.storage.fs import Location, refuse_overlap
-from recluster.storage.outputs import OutputStore, claim, run_input_location
+from recluster.storage.outputs import OutputStore, claim, parquet_bytes, run_input_location
 
 
 def load_models(run: Location, manifest_sha256: str | None = None):
@@ -168,6 +170,12 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             rows_in = int(client.compute(feats.map_partitions(len).sum(), sync=True))
         if rows_out != rows_in:
             raise InputDataError(f"scoring wrote {rows_out} rows for {rows_in} input rows")
+        outputs = ["labels/"]
+        named = report_data.run_segments(model_files, model_loc)
+        if named is not None:  # the segments' names as the model run (and its names.yaml) give them
+            out.write_staged(report_data.SEGMENTS_FILE, parquet_bytes(
+                named[["path", "name", "parent", "depth"]]))
+            outputs.append(report_data.SEGMENTS_FILE)
         manifest = {"kind": "score", "model_run": model_url, "fingerprint": fp,
                     "model_fingerprint": run_manifest.get("fingerprint"),
                     "model_manifest_sha256": model_files.manifest_sha256,
@@ -175,7 +183,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                               "filters": filters},
                     "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
                     "labels_schema_version": LABELS_SCHEMA_VERSION,
-                    "outputs": ["labels/"]}
+                    "outputs": outputs}
         manifest = out.publish(manifest, decision.previous)
     echo(f"published {output_url} ({rows_out} rows)")
     return manifest

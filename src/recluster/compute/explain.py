@@ -7,7 +7,7 @@ summarises what comes out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -139,21 +139,33 @@ def _q(x: np.ndarray, q: float) -> float:
     return float(np.quantile(x, q)) if x.size else float("nan")
 
 
+#: A categorical column is profiled on at most this many levels (the most frequent in the
+#: node); the others are counted together as :data:`OTHER_LEVELS`.
+MAX_PROFILE_LEVELS = 50
+OTHER_LEVELS = "(other levels)"
+
+
 def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
              categorical: Sequence[str], node: str, cluster: str,
-             names: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Members of ``cluster`` against the rest of ``node``, feature by feature.
+             names: Mapping[str, str] | None = None,
+             describe: Collection[str] = ()) -> pd.DataFrame:
+    """Members of ``cluster`` against the rest of ``node``, column by column.
 
-    ``raw`` holds the features before imputation (n, ...). Numeric: mean, median, quartiles and
-    share missing on both sides, and ``effect_size`` (difference of means over the pooled standard
-    deviation). Categorical: per level, the share on both sides and the ``lift`` (member share /
-    rest share). ``names`` maps a column of ``raw`` to the ``feature`` name written (default:
-    the column itself).
+    ``raw`` holds the columns before imputation (n, ...). Numeric: mean, median, quartiles and
+    share missing on both sides, ``effect_size`` (difference of means over the pooled standard
+    deviation), and the shares of members above and below the rest's median
+    (``member_above_rest_median``, ``member_below_rest_median``: how many members a "higher" or
+    "lower" stands for). Categorical: per level (at most :data:`MAX_PROFILE_LEVELS`), the share
+    on both sides and the ``lift`` (member share / rest share; NaN where the rest has none).
+    ``names`` maps a column of ``raw`` to the ``feature`` name written (default: the column
+    itself); columns in ``describe`` get ``role`` "describe" (profiled only, never a feature),
+    the others "feature".
     """
     names = names or {}
     rows = []
     for c in numeric:
         x = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        x = np.where(np.isfinite(x), x, np.nan)
         stats = {}
         for side, m in (("member", member), ("rest", ~member)):
             v = x[m]
@@ -168,18 +180,27 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
         a, b = a[~np.isnan(a)], b[~np.isnan(b)]
         pooled = np.sqrt((a.var() + b.var()) / 2) if a.size and b.size else np.nan
         effect = (stats["member_mean"] - stats["rest_mean"]) / pooled if pooled > 0 else np.nan
+        mid = stats["rest_median"]
+        above = float((a > mid).mean()) if a.size and np.isfinite(mid) else np.nan
+        below = float((a < mid).mean()) if a.size and np.isfinite(mid) else np.nan
         rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c), "kind": "numeric",
+                     "role": "describe" if c in describe else "feature",
                      "level": None, **stats, "effect_size": float(effect),
+                     "member_above_rest_median": above, "member_below_rest_median": below,
                      "member_share": np.nan, "rest_share": np.nan, "lift": np.nan})
     for c in categorical:
         vals = categorical_strings(raw[c])
+        counts = pd.Series(vals).value_counts(sort=False)
+        if len(counts) > MAX_PROFILE_LEVELS:
+            top = counts.sort_values(ascending=False, kind="stable").index[:MAX_PROFILE_LEVELS]
+            vals = np.where(np.isin(vals, top), vals, OTHER_LEVELS).astype(object)
         levels = pd.unique(vals)
         n_m, n_r = max(1, int(member.sum())), max(1, int((~member).sum()))
         for lvl in sorted(levels):
             hit = vals == lvl
             ms, rs = hit[member].sum() / n_m, hit[~member].sum() / n_r
             rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c),
-                         "kind": "categorical",
+                         "kind": "categorical", "role": "describe" if c in describe else "feature",
                          "level": lvl, "member_share": float(ms), "rest_share": float(rs),
                          "lift": float(ms / rs) if rs > 0 else np.nan})
     return pd.DataFrame(rows)

@@ -57,6 +57,8 @@ class TableSchema:
     stratify_by: str | None
     id_type: pa.DataType = pa.int64()
     read_types: tuple[tuple[str, pa.DataType], ...] = ()
+    #: ``input.describe``: read and profiled, never a feature (keys after every other column)
+    describe: tuple[str, ...] = ()
 
     @property
     def features(self) -> list[str]:
@@ -67,7 +69,19 @@ class TableSchema:
         cols = [self.id_column, *self.features]
         if self.stratify_by and self.stratify_by not in cols:
             cols.append(self.stratify_by)
-        return cols
+        return cols + [c for c in self.describe if c not in cols]
+
+    @property
+    def describe_numeric(self) -> list[str]:
+        """Descriptive columns read as numbers (profiled by mean and effect size)."""
+        types = dict(self.read_types)
+        return [c for c in self.describe if c in types and _is_numeric(types[c])]
+
+    @property
+    def describe_categorical(self) -> list[str]:
+        """Descriptive columns read as text (profiled by level)."""
+        numeric = set(self.describe_numeric)
+        return [c for c in self.describe if c not in numeric]
 
     @property
     def keys(self) -> dict[str, str]:
@@ -219,6 +233,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
     index_cols = set(getattr(first, "index_columns", ()))
     if cfg.features is None:
         features = [n for n in first.schema.names if n != cfg.id_column
+                    and n not in cfg.describe
                     and not (n in index_cols and _PANDAS_INDEX.fullmatch(n))]
         if stratify_by in features and stratify_by not in cfg.categorical:
             features.remove(stratify_by)
@@ -231,14 +246,16 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
         raise InputDataError(
             f"input.categorical names column '{unknown[0]}', which is not a feature column of "
             f"{first.path}")
-    needed = [cfg.id_column, *features] + ([stratify_by] if stratify_by else [])
+    needed = [cfg.id_column, *features] + ([stratify_by] if stratify_by else []) \
+        + list(cfg.describe)
     seen: dict[str, list[tuple[str, pa.DataType]]] = {}
     for info in infos:
         names = set(info.schema.names)
         for col in needed:
             if col not in names:
                 role = "id column" if col == cfg.id_column else (
-                    "stratify_by column" if col == stratify_by else "feature column")
+                    "stratify_by column" if col == stratify_by else
+                    "describe column (input.describe)" if col in cfg.describe else "feature column")
                 raise InputDataError(f"{role} '{col}' is missing from {info.path}"
                                      + _near_names(col, info.schema.names))
             t = info.schema.field(col).type
@@ -262,6 +279,11 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
             f"id column '{cfg.id_column}' is signed in some files and unsigned in others; "
             f"write it with one integer type")
     id_type = id_types.pop() if len(id_types) == 1 else read[cfg.id_column]
+    for c in cfg.describe:
+        if pa.types.is_nested(read[c]):
+            path, t = seen[c][0]
+            raise InputDataError(f"describe column '{c}' has type {t} (in {path}): nested values "
+                                 "cannot be profiled; leave it out of input.describe")
     categorical = [c for c in features if c in cfg.categorical]
     numeric = []
     for c in features:
@@ -273,9 +295,10 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                 f"feature column '{c}' has type {t} (in {path}); declare it under "
                 f"input.categorical or leave it out of input.features")
         numeric.append(c)
-    ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type)
+    ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type,
+                     describe=tuple(cfg.describe))
     return TableSchema(ts.id_column, ts.numeric, ts.categorical, ts.stratify_by, id_type,
-                       tuple((c, read[c]) for c in ts.columns))
+                       tuple((c, read[c]) for c in ts.columns), ts.describe)
 
 
 # ---------------------------------------------------------------------------- values
@@ -302,7 +325,7 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     pandas.DataFrame (n, k)
     """
     cols = {}
-    levels = {*ts.categorical_keys, ts.stratum_key}
+    levels = {*ts.categorical_keys, ts.stratum_key, *(ts.key(c) for c in ts.describe_categorical)}
     for name in table.column_names:
         col = table.column(name).combine_chunks()
         if isinstance(col.type, pa.BaseExtensionType):

@@ -38,10 +38,15 @@ class NodeExplanation:
 
 
 def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str],
-                   names: dict[str, str]) -> pd.DataFrame:
+                   names: dict[str, str], describe: tuple[list[str], list[str]] = ([], [])
+                   ) -> pd.DataFrame:
+    """Profiles of each child against its siblings: the features, then the ``describe``
+    columns (numeric keys, categorical keys), which no model sees."""
     child = rows["_child"].to_numpy()
-    frames = [explain.profiles(rows, child == k, fit.preprocessor.numeric,
-                               fit.preprocessor.categorical, path, cp, names)
+    numeric = [*fit.preprocessor.numeric, *describe[0]]
+    categorical = [*fit.preprocessor.categorical, *describe[1]]
+    frames = [explain.profiles(rows, child == k, numeric, categorical, path, cp, names,
+                               {*describe[0], *describe[1]})
               for k, cp in enumerate(children)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -108,7 +113,12 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     import xgboost.dask  # noqa: F401  (registers xgb.dask)
 
     spec = {p: (d, min(1.0, cfg.train_rows / max(1, size))) for p, (d, size, _, _) in nodes.items()}
-    cols = ts.feature_keys
+    # Descriptive columns ride along in the training rows for the profiles only: raw_frame
+    # (what the models see) takes the node's features and nothing else.
+    describe = ([ts.key(c) for c in ts.describe_numeric],
+                [ts.key(c) for c in ts.describe_categorical])
+    cols = [*ts.feature_keys, *(k for k in describe[0] + describe[1]
+                                if k not in ts.feature_keys)]
     names = {k: c for c, k in ts.keys.items()}  # what people read: the columns' own names
     meta = explain.select_training_rows(feats._meta, state._meta, {}, cols)
     # One pass draws every node's rows; they are few (train_rows per node), so they are merged
@@ -132,7 +142,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
             # thread deadlock on dask-expr's cached properties (Python 3.11 locks them per class).
             rows = rows.repartition(npartitions=1).persist()
             wait(rows)
-        prof = client.submit(_profiles_task, client.compute(rows), fit, path, children, names)
+        prof = client.submit(_profiles_task, client.compute(rows), fit, path, children, names,
+                             describe)
         raw_meta = explain.raw_frame(feats._meta, fit.preprocessor)
         X = rows.map_partitions(explain.raw_frame, fit.preprocessor, meta=raw_meta)
         u = rows[U_COLUMN]

@@ -10,15 +10,17 @@ files are verified against the SHA-256 digests of its manifest first.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from recluster.compute import segments
 from recluster.compute.paths import NodePath
 from recluster.compute.routing import older_labels_schema
-from recluster.errors import InputDataError, OutputConflictError
+from recluster.config import MAX_CONFIG_BYTES, check_names, safe_yaml
+from recluster.errors import ConfigError, InputDataError, OutputConflictError
 from recluster.storage.fs import Location, refuse_overlap, storage_errors
 from recluster.storage.models import PublishedFiles
 from recluster.storage.outputs import OutputStore, frame_from_parquet_bytes, run_input_location
@@ -29,6 +31,13 @@ MAP_CAP = 20_000
 ZOOM_CAP = 4_000
 MAP_FILE = "report/map.parquet"
 REPORT_FILE = "report.html"
+#: At the output root: every segment's facts, one row per node, representative ids.
+FACTS_FILE = "facts.parquet"
+SEGMENTS_FILE = "segments.parquet"
+EXEMPLARS_FILE = "exemplars.parquet"
+#: A person's names for segments (path -> name), honoured by ``recluster report`` and
+#: ``recluster score`` when it lies in a run's folder.
+NAMES_FILE = "names.yaml"
 
 
 class RunNotReadyError(InputDataError):
@@ -47,6 +56,9 @@ class RunData:
     profiles : ``profiles.parquet`` or None
     map : DataFrame with ``node``, ``x``, ``y``, ``first`` and ``leaf`` paths, or None: the
         root's sample (at most MAP_CAP rows) and each split cluster's (at most ZOOM_CAP)
+    facts : ``facts.parquet`` or None (runs before facts, explanations disabled)
+    segments : ``segments.parquet`` (names, stop reasons in words) or None
+    exemplars : ``exemplars.parquet`` or None
     """
 
     manifest: dict[str, Any]
@@ -54,6 +66,63 @@ class RunData:
     shap: pd.DataFrame | None = None
     profiles: pd.DataFrame | None = None
     map: pd.DataFrame | None = None
+    facts: pd.DataFrame | None = None
+    segments: pd.DataFrame | None = None
+    exemplars: pd.DataFrame | None = None
+
+    def names(self) -> dict[str, str]:
+        """Segment path -> name (the generated names, or a person's where given)."""
+        if self.segments is None:
+            return {}
+        return dict(zip(self.segments["path"], self.segments["name"], strict=True))
+
+
+def inside(loc: Location, rel: str) -> Location:
+    """The location of ``rel`` inside the folder ``loc`` (same options)."""
+    return replace(loc, url=loc.url.rstrip("/") + "/" + rel)
+
+
+def parse_names(text: str, source: str) -> dict[str, str]:
+    """A names file's mapping (segment path -> name), checked like ``output.names``."""
+    data = safe_yaml(text, source)
+    try:
+        return check_names(data if data is not None else {}, source)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def read_names(loc: Location, missing_ok: bool = False) -> dict[str, str] | None:
+    """Read a names file (YAML, path -> name); None if it is absent and ``missing_ok``.
+
+    Raises
+    ------
+    ConfigError
+        naming the file when it is missing (unless ``missing_ok``), too big, not YAML or not a
+        mapping of segment paths to unique names.
+    """
+    fs, path = loc.fs()
+    with storage_errors(loc, "reading segment names"):
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise ConfigError(f"names file {loc.url} does not exist") from None
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"names file {loc.url} is larger than {MAX_CONFIG_BYTES} bytes")
+        raw = fs.cat_file(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"names file {loc.url} is not UTF-8 text") from None
+    return parse_names(text, f"names file {loc.url}")
+
+
+def with_names(table: pd.DataFrame, chosen: dict[str, str]) -> pd.DataFrame:
+    """``segments.parquet``'s rows with a person's names applied (unique; unknown paths
+    ignored)."""
+    names, _ = segments.apply_names(dict(zip(table["path"], table["name"], strict=True)), chosen)
+    return table.assign(name=table["path"].map(names))
 
 
 def first_level(path: str) -> str:
@@ -89,6 +158,17 @@ def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of:
         raise ValueError("map sample rows without a final label")
     frame["first"] = [first_level(p) for p in frame["leaf"]]
     return frame[["node", id_column, "x", "y", "first", "leaf"]]
+
+
+def run_segments(files: PublishedFiles, loc: Location) -> pd.DataFrame | None:
+    """A published run's ``segments.parquet`` (verified against its manifest) with the names of
+    a ``names.yaml`` in its folder applied; None for runs published before segments had names.
+    """
+    if SEGMENTS_FILE not in files.digests:
+        return None
+    table = frame_from_parquet_bytes(files.read(SEGMENTS_FILE))
+    chosen = read_names(inside(loc, NAMES_FILE), missing_ok=True)
+    return with_names(table, chosen) if chosen else table
 
 
 def check_target(run: Location, out: Location) -> None:
@@ -148,11 +228,24 @@ def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,
     outputs = set(manifest.get("outputs", []))
     data = RunData(manifest=manifest, tree=json.loads(tree_bytes))
     for attr, rel in (("shap", "shap_summary.parquet"), ("profiles", "profiles.parquet"),
-                      ("map", MAP_FILE)):
+                      ("map", MAP_FILE), ("facts", FACTS_FILE), ("segments", SEGMENTS_FILE),
+                      ("exemplars", EXEMPLARS_FILE)):
         if rel in outputs:
             raw = read(rel)
             if raw is None:
                 raise RunNotReadyError(f"{store.loc.url}: {rel} is listed in the manifest "
                                        "but missing")
             setattr(data, attr, frame_from_parquet_bytes(raw))
+    if data.facts is None and data.profiles is not None:  # a run published before facts
+        data.facts = segments.facts_table(data.profiles)
+    if data.segments is None:
+        names = segments.generated_names(data.tree, data.facts if data.facts is not None
+                                         else segments.facts_table(None))
+        data.segments = segments.segments_table(data.tree, names)
+    if not staged:
+        # A person's names.yaml placed in the run's folder after publication: their text only
+        # (escaped on the page), so it needs no digest, and it overrides the run's names.
+        chosen = read_names(inside(store.loc, NAMES_FILE), missing_ok=True)
+        if chosen:
+            data.segments = with_names(data.segments, chosen)
     return data

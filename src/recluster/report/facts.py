@@ -1,99 +1,73 @@
 """Numbers and sentences the report states, derived from a run's outputs (pure, no I/O).
 
-The per-cluster sentence comes from the data: features are taken in SHAP order (members' mean
-contribution must push towards membership), and the direction of each comes from the profile
-(member mean above or below the rest of the parent node; a category level over- or
-under-represented). Nothing notable gives a sentence that says so.
+The per-segment sentence comes from ``facts.parquet`` (:mod:`recluster.compute.segments`):
+the strongest facts by effect size, one per column, grouped by direction; a level the rest
+never has is worded as such. Nothing notable gives a sentence that says so.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from recluster.compute.preprocess import MISSING
 from recluster.compute.routing import ROOT
-
-#: A numeric difference is mentioned from this standardised effect size on.
-MIN_EFFECT = 0.3
-#: A category level is mentioned when its member share is this many times the rest's (or 1/x).
-MIN_LIFT = 1.5
-MIN_LEVEL_SHARE = 0.1
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One way members differ from the rest of their parent."""
+    """One way members differ from the rest of their parent (a row of ``facts.parquet``)."""
 
     feature: str
-    phrase: str  # e.g. "higher spend", "more often country = BR"
+    word: str  # "higher", "lower", "more often", "less often", "only", "never"
+    item: str  # "spend", "country = BR"
     direction: int  # +1 higher / more often, -1 lower / less often
+    text: str  # the fact with its numbers, as facts.parquet words it
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.word} {self.item}"
 
 
 def cluster_name(path: str) -> str:
-    return "the whole table" if path == ROOT else f"cluster {path}"
+    return "the whole table" if path == ROOT else f"segment {path}"
 
 
 def parent_phrase(parent: str | None) -> str:
-    return "the rest of the population" if parent in (None, ROOT) else f"the rest of cluster {parent}"
+    return "the rest of the population" if parent in (None, ROOT) else f"the rest of segment {parent}"
 
 
-def _numeric_finding(feature: str, row: pd.Series) -> Finding | None:
-    d = row.get("effect_size")
-    if d is None or not math.isfinite(d) or abs(d) < MIN_EFFECT:
-        return None
-    return Finding(feature, f"{'higher' if d > 0 else 'lower'} {feature}", 1 if d > 0 else -1)
+def _finding(r: dict[str, Any]) -> Finding:
+    col, up = r["column"], r["direction"] > 0
+    if r["kind"] == "numeric":
+        return Finding(col, "higher" if up else "lower", col, r["direction"], r["text"])
+    lvl = r["level"]
+    item = f"{col} = {'missing' if lvl == MISSING else lvl}"
+    if up:
+        word = "only" if r["rest_value"] == 0 else "more often"
+    else:
+        word = "never" if r["member_value"] == 0 else "less often"
+    return Finding(col, word, item, r["direction"], r["text"])
 
 
-def _categorical_finding(feature: str, rows: pd.DataFrame) -> Finding | None:
-    over = rows[(rows["lift"] >= MIN_LIFT) & (rows["member_share"] >= MIN_LEVEL_SHARE)]
-    if len(over):
-        lvl = over.sort_values(["lift", "level"], ascending=[False, True]).iloc[0]["level"]
-        return Finding(feature, f"more often {feature} = {lvl}", 1)
-    under = rows[(rows["lift"] <= 1 / MIN_LIFT) & (rows["rest_share"] >= MIN_LEVEL_SHARE)]
-    if len(under):
-        lvl = under.sort_values(["lift", "level"]).iloc[0]["level"]
-        return Finding(feature, f"less often {feature} = {lvl}", -1)
-    return None
-
-
-def _profile_strength(feature: str, prof: pd.DataFrame) -> float:
-    rows = prof[prof["feature"] == feature]
-    if rows.empty:
-        return 0.0
-    if rows.iloc[0]["kind"] == "numeric":
-        d = rows.iloc[0]["effect_size"]
-        return abs(float(d)) if pd.notna(d) else 0.0
-    return float((rows["member_share"] - rows["rest_share"]).abs().max() * 2)
-
-
-def findings(shap: pd.DataFrame | None, prof: pd.DataFrame | None, limit: int = 3) -> list[Finding]:
-    """The ``limit`` most important notable differences of one cluster.
+def findings(facts: pd.DataFrame | None, limit: int = 3) -> list[Finding]:
+    """The ``limit`` strongest facts of one segment, by effect size, one per column.
 
     Parameters
     ----------
-    shap : this cluster's rows of ``shap_summary.parquet`` (or None)
-    prof : this cluster's rows of ``profiles.parquet`` (or None)
+    facts : this segment's rows of ``facts.parquet`` (or None)
     """
-    if prof is None or prof.empty:
+    if facts is None or facts.empty:
         return []
-    features = list(dict.fromkeys(prof["feature"]))
-    if shap is not None and not shap.empty:
-        pushes = shap[(shap["mean_abs_shap"] > 0) & (shap["mean_shap"] > 0)]
-        order = list(pushes.sort_values("rank")["feature"])
-    else:
-        order = sorted(features, key=lambda f: (-_profile_strength(f, prof), f))
     out: list[Finding] = []
-    for feature in order:
-        rows = prof[prof["feature"] == feature]
-        if rows.empty:
+    seen: set[str] = set()
+    for r in facts.sort_values("rank").to_dict("records"):
+        if r["column"] in seen:
             continue
-        f = (_numeric_finding(feature, rows.iloc[0]) if rows.iloc[0]["kind"] == "numeric"
-             else _categorical_finding(feature, rows))
-        if f is not None:
-            out.append(f)
+        seen.add(r["column"])
+        out.append(_finding(r))
         if len(out) == limit:
             break
     return out
@@ -107,40 +81,23 @@ def _join(items: list[str]) -> str:
 
 def sentence(path: str, parent: str | None, found: list[Finding]) -> str:
     """E.g. "Members have higher f3 and f4, lower f0 and more often country = BR than the rest
-    of cluster 3." Grouped by direction, in order of importance."""
+    of segment 3." Grouped by direction, strongest first; a level the rest never has is said
+    so ("Only members have plan = pro."), never as a ratio."""
     if not found:
-        return (f"No single feature separates the members of {cluster_name(path)} clearly from "
+        return (f"No single column separates the members of {cluster_name(path)} clearly from "
                 f"{parent_phrase(parent)}.")
     groups: dict[str, list[str]] = {}
     for f in found:
-        word, _, rest = f.phrase.partition(" ")
-        if word in ("more", "less"):  # "more often X = a"
-            word, _, rest = f.phrase.partition(" often ")
-            word += " often"
-        groups.setdefault(word, []).append(rest)
-    parts = [f"{word} {_join(items)}" for word, items in groups.items()]
-    return f"Members have {_join(parts)} than {parent_phrase(parent)}."
-
-
-def headline(found: list[Finding], limit: int = 2) -> str:
-    """A short tag for the cluster's title, e.g. "higher f3, lower f0"."""
-    return ", ".join(f.phrase for f in found[:limit])
-
-
-_STOPS = (("max_depth", "depth limit reached"), ("min_node_rows", "too small to split"),
-          ("min_node_share", "too small to split"), ("unstable", "not stable enough to split"),
-          ("artefact split", "separated by one column only"),
-          ("no stable sub-structure", "sub-clusters not stable"),
-          ("sub-structure", "no further structure"), ("min_child_rows", "no sub-cluster big enough"),
-          ("embedding needs", "too small to split"), ("not reached", "depth limit reached"))
-
-
-def short_stop(reason: str) -> str:
-    """Why a cluster is final, in a few plain words (the full reason goes in a tooltip)."""
-    for key, words in _STOPS:
-        if key in reason:
-            return words
-    return reason
+        groups.setdefault(f.word, []).append(f.item)
+    parts = [f"{word} {_join(items)}" for word, items in groups.items()
+             if word not in ("only", "never")]
+    out = [f"Members have {_join(parts)} than {parent_phrase(parent)}."] if parts else []
+    if "only" in groups:
+        out.append(f"Only members have {_join(groups['only'])}"
+                   f" (no one in {parent_phrase(parent)} has it).")
+    if "never" in groups:
+        out.append(f"No member has {_join(groups['never'])}.")
+    return " ".join(out)
 
 
 def overview(tree: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,33 +147,57 @@ def population(tree: list[dict[str, Any]], profiles: pd.DataFrame | None) -> dic
     return out
 
 
-def profile_rows(shap: pd.DataFrame | None, prof: pd.DataFrame | None,
+def _profile_strength(feature: str, prof: pd.DataFrame) -> float:
+    rows = prof[prof["feature"] == feature]
+    if rows.empty:
+        return 0.0
+    if rows.iloc[0]["kind"] == "numeric":
+        d = rows.iloc[0]["effect_size"]
+        return abs(float(d)) if pd.notna(d) else 0.0
+    return float((rows["member_share"] - rows["rest_share"]).abs().max() * 2)
+
+
+def profile_rows(facts: pd.DataFrame | None, prof: pd.DataFrame | None,
                  pop: dict[tuple, float], limit: int = 8) -> list[dict[str, Any]]:
-    """Rows of a cluster's profile table, most important features first.
+    """Rows of a segment's profile table, strongest fact first (then the other columns by how
+    much they differ).
 
     Numeric: member mean, member quartiles, rest mean, population mean, effect size.
-    Categorical: the level that differs most (member share, rest share, population share, lift).
+    Categorical: the level of the strongest fact (else the one that differs most): member
+    share, rest share, population share, lift (None when the rest has none).
     """
     if prof is None or prof.empty:
         return []
-    features = list(dict.fromkeys(prof["feature"]))
-    if shap is not None and not shap.empty:
-        ranked = list(shap.sort_values("rank")["feature"])
-        features = [f for f in ranked if f in features] + [f for f in features if f not in ranked]
-    else:
-        features.sort(key=lambda f: (-_profile_strength(f, prof), f))
+    columns = list(dict.fromkeys(prof["feature"]))
+    top_level: dict[str, Any] = {}
+    ranked: list[str] = []
+    if facts is not None and not facts.empty:
+        for r in facts.sort_values("rank").to_dict("records"):
+            if r["column"] not in top_level:
+                ranked.append(r["column"])
+                top_level[r["column"]] = r["level"]
+    rest = sorted((c for c in columns if c not in top_level),
+                  key=lambda c: (-_profile_strength(c, prof), c))
     rows = []
-    for feature in features[:limit]:
+    for feature in [c for c in ranked if c in columns] + rest:
         part = prof[prof["feature"] == feature]
         r = part.iloc[0]
+        role = r["role"] if "role" in part.columns else "feature"
         if r["kind"] == "numeric":
-            rows.append({"feature": feature, "kind": "numeric", "member": r["member_mean"],
-                         "q25": r["member_q25"], "q75": r["member_q75"], "rest": r["rest_mean"],
+            rows.append({"feature": feature, "kind": "numeric", "role": role,
+                         "member": r["member_mean"], "q25": r["member_q25"],
+                         "q75": r["member_q75"], "rest": r["rest_mean"],
                          "population": pop.get((feature, None)), "effect": r["effect_size"]})
         else:
-            diff = (part["member_share"] - part["rest_share"]).abs()
-            lv = part.loc[diff.idxmax()]
-            rows.append({"feature": feature, "kind": "categorical", "level": lv["level"],
-                         "member": lv["member_share"], "rest": lv["rest_share"],
-                         "population": pop.get((feature, lv["level"])), "lift": lv["lift"]})
+            chosen = part[part["level"] == top_level.get(feature)]
+            if chosen.empty:
+                diff = (part["member_share"] - part["rest_share"]).abs()
+                chosen = part.loc[[diff.idxmax()]]
+            lv = chosen.iloc[0]
+            rows.append({"feature": feature, "kind": "categorical", "role": role,
+                         "level": lv["level"], "member": lv["member_share"],
+                         "rest": lv["rest_share"], "population": pop.get((feature, lv["level"])),
+                         "lift": lv["lift"] if lv["rest_share"] > 0 else None})
+        if len(rows) == limit:
+            break
     return rows

@@ -1,0 +1,384 @@
+"""What a stakeholder reads about each segment: facts ranked by effect size, a short unique
+name, representative rows (exemplars), and why a segment was not split further, in words.
+
+Pure (pandas/numpy in, pandas/dicts out; no Dask, no storage). The facts are derived from the
+per-node profiles the explanation pass aggregates on the workers
+(:func:`recluster.compute.explain.profiles`), never from all rows.
+
+**Effect sizes on one scale.** A numeric column's effect is the standardised mean difference
+(Cohen's *d*: members' mean minus the rest's, over the pooled standard deviation); a category
+level's is Cohen's *h* for two proportions, ``2·asin(√p_members) − 2·asin(√p_rest)``. Both read
+alike (0.2 small, 0.5 medium, 0.8 large), so numeric and categorical facts rank together.
+A level is a fact only with a minimum support (:data:`MIN_SUPPORT` of the members hold it, for
+an over-represented level; of the rest, for an under-represented one) and a lift (member share
+over rest share) of at least :data:`MIN_LIFT` (or at most its inverse). A ratio with a zero
+denominator is undefined, and worded so: "only in this segment", never "100% vs 0%".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recluster.compute.explain import OTHER_LEVELS
+from recluster.compute.paths import ROOT, NodePath, path_key
+from recluster.compute.preprocess import MISSING, OTHER
+
+#: Facts below this absolute effect size (d or h) are not facts.
+MIN_EFFECT = 0.2
+#: A category level is a fact when its member share is at least this many times the rest's
+#: (or at most the inverse) ...
+MIN_LIFT = 1.5
+#: ... and at least this share of the members (over-represented) or of the rest
+#: (under-represented) hold it.
+MIN_SUPPORT = 0.05
+#: A name is built from facts that at least this share of the members stand behind, if any.
+NAME_SUPPORT = 0.5
+#: Levels that are not values of the column (folded levels), never facts.
+NOT_LEVELS = frozenset({OTHER, OTHER_LEVELS})
+
+FACT_COLUMNS = ["path", "parent", "column", "level", "kind", "role", "direction", "effect",
+                "lift", "member_value", "rest_value", "member_share", "rank", "text", "short"]
+
+
+
+# ---------------------------------------------------------------------------- numbers as words
+
+
+def number(v: float) -> str:
+    """A value for a sentence: 3 significant digits, thousands separated."""
+    if v is None or not math.isfinite(v):
+        return "–"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def percent(v: float) -> str:
+    if v >= 0.995 or v == 0 or v >= 0.1:
+        return f"{100 * v:.0f}%"
+    return f"{100 * v:.1f}%"
+
+
+def _cohen_h(p1: float, p2: float) -> float:
+    return 2 * math.asin(math.sqrt(min(1.0, max(0.0, p1)))) - \
+        2 * math.asin(math.sqrt(min(1.0, max(0.0, p2))))
+
+
+# ---------------------------------------------------------------------------- facts
+
+
+def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
+    d = r.get("effect_size")
+    if d is None or not math.isfinite(d) or abs(d) < MIN_EFFECT:
+        return None
+    up = d > 0
+    share = r.get("member_above_rest_median" if up else "member_below_rest_median")
+    share = float(share) if share is not None and math.isfinite(share) else float("nan")
+    col = r["feature"]
+    word = "higher" if up else "lower"
+    behind = f"; {percent(share)} of members are {'above' if up else 'below'} the rest's median" \
+        if math.isfinite(share) else ""
+    return {"column": col, "level": None, "kind": "numeric", "direction": 1 if up else -1,
+            "effect": float(d), "lift": float("nan"), "member_value": float(r["member_mean"]),
+            "rest_value": float(r["rest_mean"]), "member_share": share,
+            "text": f"{word} {col}: mean {number(r['member_mean'])} vs {number(r['rest_mean'])} "
+                    f"({abs(d):.2f} sd){behind}",
+            "short": f"{'High' if up else 'Low'} {col}"}
+
+
+def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
+    lvl = str(r["level"])
+    if lvl in NOT_LEVELS:
+        return None
+    p1, p2 = float(r["member_share"]), float(r["rest_share"])
+    h = _cohen_h(p1, p2)
+    if abs(h) < MIN_EFFECT:
+        return None
+    col = r["feature"]
+    shown = "missing" if lvl == MISSING else lvl
+    if h > 0:
+        if p1 < MIN_SUPPORT or (p2 > 0 and p1 / p2 < MIN_LIFT):
+            return None
+        if p2 == 0:
+            how = f"only in this segment ({percent(p1)} of members, none of the rest)"
+        else:
+            how = f"{p1 / p2:.1f}× as common ({percent(p1)} of members vs {percent(p2)})"
+        short, share = f"{shown} {col}", p1
+    else:
+        if p2 < MIN_SUPPORT or (p1 > 0 and p2 / p1 < MIN_LIFT):
+            return None
+        if p1 == 0:
+            how = f"never in this segment (none of members vs {percent(p2)} of the rest)"
+            short = f"no {shown} {col}"
+        else:
+            how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
+            short = f"few {shown} {col}"
+        share = 1 - p1  # the members that do not hold the level stand behind "rarer"
+    return {"column": col, "level": lvl, "kind": "categorical", "direction": 1 if h > 0 else -1,
+            "effect": h, "lift": p1 / p2 if p2 > 0 else float("nan"), "member_value": p1,
+            "rest_value": p2, "member_share": share, "text": f"{col} = {shown}: {how}",
+            "short": short[:1].upper() + short[1:]}
+
+
+def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
+    """Every segment's facts, ranked by absolute effect size within the segment.
+
+    Parameters
+    ----------
+    profiles : ``profiles.parquet`` (rows per node × cluster × column [× level]), or None
+
+    Returns
+    -------
+    DataFrame (n_facts, len(FACT_COLUMNS)): ``path`` (the segment), ``parent`` (the node it is
+    compared within), ``column``, ``level`` (null for numeric), ``kind``, ``role`` (feature or
+    describe), ``direction`` (+1 higher / more often, -1 lower / rarer), ``effect`` (d or h),
+    ``lift`` (member share / rest share; null when undefined or numeric), ``member_value`` and
+    ``rest_value`` (means, or shares of the level), ``member_share`` (share of members behind
+    the fact), ``rank`` (1 = strongest in its segment), ``text`` (the fact in words),
+    ``short`` (a name fragment)
+    """
+    if profiles is None or profiles.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
+    out = []
+    has_role = "role" in profiles.columns
+    for r in profiles.to_dict("records"):
+        f = _numeric_fact(r) if r["kind"] == "numeric" else _level_fact(r)
+        if f is not None:
+            out.append({"path": r["cluster"], "parent": r["node"],
+                        "role": r["role"] if has_role else "feature", **f})
+    if not out:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
+    df = pd.DataFrame(out)
+    df["_abs"] = df["effect"].abs()
+    df = df.sort_values(["_abs", "column", "level"], ascending=[False, True, True],
+                        na_position="first", kind="stable")
+    df["rank"] = df.groupby("path", sort=False).cumcount() + 1
+    order = {p: i for i, p in enumerate(sorted(df["path"].unique(), key=path_key))}
+    df = df.assign(_order=df["path"].map(order)).sort_values(["_order", "rank"], kind="stable")
+    return df[FACT_COLUMNS].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def generated_names(tree: Sequence[Mapping[str, Any]], facts: pd.DataFrame,
+                    limit: int = 2) -> dict[str, str]:
+    """A short unique name per segment from its strongest facts ("High spend · SE country").
+
+    Facts that at least :data:`NAME_SUPPORT` of the members stand behind come first; a name
+    that two segments would share takes one more fact, then the path. A segment without facts
+    is "Segment <path>"; the root is "All rows".
+    """
+    shorts: dict[str, list[str]] = {}
+    if not facts.empty:
+        group = synonyms(facts)
+        for path, part in facts.groupby("path", sort=False):
+            part = part.sort_values("rank")
+            broad = part[part["member_share"].fillna(0) >= NAME_SUPPORT]
+            seq, taken = [], set()
+            for r in [*broad.to_dict("records"), *part.to_dict("records")]:
+                # One fragment per column ("female sex", not also "few male sex"), and per
+                # group of columns that move together ("Low carat", not also "Low x · Low y").
+                g = group.get(r["column"], r["column"])
+                if g not in taken:
+                    taken.add(g)
+                    same = part[(part["column"] == g) & (part["direction"] == r["direction"])]
+                    seq.append(same["short"].iloc[0] if len(same) else r["short"])
+            shorts[path] = seq
+    paths = sorted((n["path"] for n in tree if n["path"] != ROOT), key=path_key)
+    names = {p: " · ".join(shorts.get(p, [])[:limit]) or f"Segment {p}" for p in paths}
+    seen: dict[str, list[str]] = {}
+    for p, n in names.items():
+        seen.setdefault(n, []).append(p)
+    for group in seen.values():  # one more fact, no more: long names stop being names
+        if len(group) > 1:
+            for p in group:
+                if len(shorts.get(p, [])) > limit:
+                    names[p] = " · ".join(shorts[p][:limit + 1])
+    names = _unique(names)
+    return {ROOT: "All rows", **names}
+
+
+def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) -> dict[str, str]:
+    """Numeric columns whose effects move together across segments (|correlation| of their
+    signed effect sizes at least ``min_corr`` over at least ``min_segments`` segments, e.g. a
+    diamond's carat, x, y and z): column -> the group's first column. A name says one of them.
+    """
+    num = facts[facts["kind"] == "numeric"]
+    if num.empty:
+        return {}
+    wide = num.pivot_table(index="path", columns="column", values="effect", aggfunc="first")
+    if len(wide) < min_segments:
+        return {}
+    wide = wide.fillna(0.0)
+    wide = wide.loc[:, wide.std() > 0]
+    corr = wide.corr().abs()
+    out: dict[str, str] = {}
+    for c in corr.columns:
+        if c in out:
+            continue
+        for d in corr.columns:
+            if d not in out and corr.loc[c, d] >= min_corr:
+                out[d] = c
+    return out
+
+
+def _unique(names: dict[str, str], keep: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Names shared by several segments get their path appended (those in ``keep`` stay)."""
+    seen: dict[str, list[str]] = {}
+    for p, n in names.items():
+        seen.setdefault(n, []).append(p)
+    out = dict(names)
+    for n, group in seen.items():
+        if len(group) > 1:
+            for p in group:
+                if p not in keep:
+                    out[p] = f"{n} ({p})"
+    return out
+
+
+def apply_names(generated: Mapping[str, str], chosen: Mapping[str, str]) -> tuple[dict[str, str],
+                                                                              list[str]]:
+    """Names chosen by a person (``output.names`` / ``names.yaml``) over the generated ones.
+
+    Returns
+    -------
+    names : path -> name, unique (a generated name that equals a chosen one gets its path)
+    unknown : the chosen paths this tree has no segment for
+    """
+    unknown = sorted((p for p in chosen if p not in generated), key=path_key)
+    merged = {**generated, **{p: n for p, n in chosen.items() if p in generated}}
+    return _unique(merged, frozenset(chosen)), unknown
+
+
+# ---------------------------------------------------------------------------- stop reasons
+
+
+def _below(v: float, limit: float) -> str:
+    """``v`` with enough digits to show it is below ``limit`` (0.749, not 0.75)."""
+    for digits in (2, 3, 4):
+        if round(v, digits) < limit:
+            return f"{v:.{digits}f}"
+    return f"{v:.6f}"
+
+
+_WORDS: list[tuple[re.Pattern, Any]] = [
+    (re.compile(r"too small to segment: (\d+) rows is below recursion\.min_node_rows=(\d+)"),
+     lambda m: f"too small: {int(m[1]):,} rows < {int(m[2]):,}"),
+    (re.compile(r"share ([\d.]+) is below recursion\.min_node_share=([\d.eE-]+)"),
+     lambda m: f"too small: {percent(float(m[1]))} of all rows < {percent(float(m[2]))}"),
+    (re.compile(r"max_depth (\d+) reached"), lambda m: f"depth limit reached ({m[1]} levels)"),
+    (re.compile(r"unstable: stability ([\d.]+) is below stability\.stable=([\d.]+)"),
+     lambda m: f"unstable: {_below(float(m[1]), float(m[2]))} (stable from {float(m[2]):g})"),
+    (re.compile(r"artefact split: splits on (.*) only"),
+     lambda m: f"one column splits it: {m[1]}"),
+    (re.compile(r"artefact split: every cluster is one level"),
+     lambda m: "its sub-segments are each one value of a single column"),
+    (re.compile(r"no stable sub-structure.*stability\.stable=([\d.]+).*\(([^)]*)\)"),
+     lambda m: f"sub-segments unstable: {m[2]} (stable from {float(m[1]):.2f})"),
+    (re.compile(r"held-out ARI ([\d.-]+) is below recursion\.min_split_agreement=([\d.]+)"),
+     lambda m: f"sub-segments not reproducible: agreement {float(m[1]):.2f} < {float(m[2]):.2f}"),
+    (re.compile(r"fewer than 2 children would reach recursion\.min_child_rows=(\d+)"),
+     lambda m: f"sub-segments too small: fewer than 2 of {int(m[1]):,} rows or more"),
+    (re.compile(r"sample of (\d+) rows is below the (\d+) the embedding needs"),
+     lambda m: f"too small: {int(m[1]):,} sampled rows < {int(m[2]):,}"),
+    (re.compile(r"every sample row has the same features"), lambda m: "all rows alike"),
+    (re.compile(r"all noise"), lambda m: "no dense sub-groups"),
+    (re.compile(r"a single cluster|too few distinct rows"), lambda m: "no sub-segments found"),
+    (re.compile(r"^not reached$"), lambda m: "depth limit reached"),
+]
+
+
+def stop_words(reason: str | None) -> str:
+    """Why a segment was not split further, in words with its numbers ("too small: 180 rows
+    < 300", "unstable: 0.42 (stable from 0.75)", "one column splits it: plan = pro"); the
+    reason itself when no wording is known; "" for a split node."""
+    if not reason:
+        return ""
+    for pattern, words in _WORDS:
+        m = pattern.search(reason)
+        if m:
+            return words(m)
+    return reason
+
+
+# ---------------------------------------------------------------------------- exemplars
+
+
+def exemplar_candidates(ids: np.ndarray, embedding: np.ndarray, labels: np.ndarray,
+                        n_children: int, k: int = 20) -> dict[int, list[Any]]:
+    """Per child of a fitted node, its sample rows nearest its centre on the node's map.
+
+    Parameters
+    ----------
+    ids : ndarray (n,) the node's sample ids
+    embedding : ndarray (n, c) their coordinates on the node's embedding
+    labels : ndarray (n,) their cluster in the node's fit (-1 noise)
+    k : candidates per child, nearest first
+
+    Returns
+    -------
+    dict child index -> up to ``k`` ids; the centre is the members' coordinate-wise median
+    (robust to a few far-flung members)
+    """
+    out = {}
+    for c in range(n_children):
+        m = labels == c
+        if not m.any():
+            continue
+        pts = embedding[m]
+        centre = np.median(pts, axis=0)
+        order = np.argsort(((pts - centre) ** 2).sum(axis=1), kind="stable")[:k]
+        out[c] = list(ids[m][order])
+    return out
+
+
+def pick_exemplars(candidates: Sequence[Any], final: Mapping[Any, str], path: str,
+                   n: int = 5) -> list[Any]:
+    """The first ``n`` candidates whose final label lies in segment ``path`` (itself or below).
+    """
+    node = NodePath.parse(path)
+    inside = [c for c in candidates if (lab := final.get(c)) is not None
+              and node.is_ancestor_of(NodePath.parse(lab), strict=False)]
+    return inside[:n]
+
+
+# ---------------------------------------------------------------------------- segments
+
+
+def segments_table(tree: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> pd.DataFrame:
+    """One row per node of the tree (root included).
+
+    Returns
+    -------
+    DataFrame (n_nodes, 14): ``path``, ``name``, ``parent``, ``depth``, ``rows``, ``share`` (of
+    all rows), ``share_of_parent``, ``stability``, ``auc`` (the one-vs-rest classifier's
+    held-out ROC AUC: how faithfully the features tell members from the rest of the parent),
+    ``n_children``, ``final`` (not split further), ``stop`` (why, in words), ``stop_reason``
+    (as in ``tree.json``), ``artefact``
+    """
+    by_path = {n["path"]: n for n in tree}
+    rows = []
+    for n in sorted(tree, key=lambda n: path_key(n["path"])):
+        parent = by_path.get(n["parent"]) if n.get("parent") else None
+        auc = (n.get("classifier") or {}).get("auc")
+        rows.append({
+            "path": n["path"], "name": names.get(n["path"], n["path"]), "parent": n.get("parent"),
+            "depth": int(n["depth"]), "rows": int(n["size"]), "share": float(n["share"]),
+            "share_of_parent": (n["size"] / parent["size"]) if parent and parent["size"]
+            else None,
+            "stability": n.get("stability"), "auc": auc, "n_children": len(n["children"]),
+            "final": not n["children"], "stop": stop_words(n.get("stop_reason")),
+            "stop_reason": n.get("stop_reason"), "artefact": n.get("artefact")})
+    return pd.DataFrame(rows).astype({"share_of_parent": float, "stability": float,
+                                      "auc": float})

