@@ -282,6 +282,10 @@ class PreprocessConfig(_Strict):
         default=1.0, ge=0.0, description="non-negative columns with sample skewness above this get log1p"
     )
     max_categories: int = Field(default=20, ge=1, description="rarer levels fold into '__other__'")
+    categorical_scale: Literal["standard", "unit"] = Field(
+        default="standard",
+        description="standard: a one-hot level's column is standard-scaled like a numeric column "
+        "(1/std of the 0/1 column in the node's sample), as in the one-level recipe; unit: 0/1")
 
 
 class EmbeddingConfig(_Strict):
