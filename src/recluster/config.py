@@ -385,6 +385,11 @@ class StabilityConfig(_Strict):
         "(their rows stay in the parent's segment) and a zoom with fewer than 2 stable clusters "
         "is not split; no_recurse: unstable clusters are kept but not zoomed into; flag: record "
         "only. The root's unstable clusters are kept and not zoomed into (except with flag)")
+    zoom_unstable_root: bool = Field(
+        default=True,
+        description="with unstable: noise, the root's unstable clusters (kept as segments) are "
+        "zoomed into all the same: a cluster that resamples cut differently is often two groups "
+        "one level merges, and its zoom keeps only clusters that are stable themselves")
 
 
 class ExplainConfig(_Strict):

@@ -172,14 +172,21 @@ class Preprocessor:
             # Element for element the same arithmetic as a column at a time.
             m = len(self.numeric)
             medians, means, scales, logged = self._numeric_arrays()
-            block = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan)
-            block = np.where(np.isnan(block), medians, block)
+            # copy=True: the block is changed in place below, never the caller's frame.
+            block = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+            holes = np.isnan(block)
+            if holes.any():
+                np.copyto(block, np.broadcast_to(medians, block.shape), where=holes)
             if logged.size:
                 block[:, logged] = np.log1p(np.maximum(block[:, logged], 0.0))
             with np.errstate(over="ignore", invalid="ignore"):
                 block -= means
                 block /= scales
-            out[:, :m] = np.clip(np.nan_to_num(block, nan=0.0), -1e4, 1e4)
+            np.clip(block, -1e4, 1e4, out=block)  # +-inf -> +-1e4
+            holes = np.isnan(block)  # only from non-finite arithmetic
+            if holes.any():
+                block[holes] = 0.0
+            out[:, :m] = block
         j = len(self.numeric)
         for c in self.categorical:
             vals = categorical_strings(df[c])
