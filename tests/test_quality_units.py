@@ -216,6 +216,13 @@ def test_standard_categorical_scale_weights_levels_like_a_standardised_one_hot_t
     col = std.feature_names_out_.index("shape=lobed")
     assert b[table["shape"].eq("lobed").to_numpy(), col].max() == pytest.approx(
         1 / np.sqrt(p["lobed"] * (1 - p["lobed"])), rel=1e-6)
+    # "column": the same levels, divided by sqrt(levels that vary): the column's one-hot block
+    # has the variance of one standardised numeric column, whatever its number of levels.
+    col = Preprocessor(["x"], ["shape"], categorical_scale="column").fit(table)
+    c = col.transform(table)[:, 1:].astype(np.float64)
+    np.testing.assert_allclose(c[:, :3], b[:, 1:4] / np.sqrt(3), rtol=1e-6)
+    assert c.var(axis=0).sum() == pytest.approx(1.0, rel=1e-5)
+    assert b[:, 1:].astype(np.float64).var(axis=0).sum() == pytest.approx(3.0, rel=1e-5)
     with pytest.raises(ValueError, match="categorical_scale"):
         Preprocessor(["x"], ["shape"], categorical_scale="minmax")
 
@@ -226,7 +233,7 @@ def test_weighted_levels_survive_saving_and_old_files_read_as_unit():
     from recluster.storage.models import preprocessor_from_json, preprocessor_to_json
 
     table, _ = _plan_table(300, seed=2)
-    pre = Preprocessor(["spend", "visits"], ["plan"], categorical_scale="standard").fit(table)
+    pre = Preprocessor(["spend", "visits"], ["plan"], categorical_scale="column").fit(table)
     back = preprocessor_from_json(preprocessor_to_json(pre))
     np.testing.assert_array_equal(back.transform(table), pre.transform(table))
     # A preprocess.json written before levels could be weighted still loads: 0/1 columns.
@@ -240,7 +247,8 @@ def test_weighted_levels_survive_saving_and_old_files_read_as_unit():
 def test_node_preprocessing_follows_the_config():
     table, _ = _plan_table(600, seed=4)
     table[U_COLUMN] = np.linspace(0, 1, len(table), endpoint=False)
-    for scale in ("standard", "unit"):
+    assert _cfg().preprocess.categorical_scale == "column"
+    for scale in ("column", "unit"):
         fit = fit_node(table, "root", ["spend", "visits"], ["plan"], "id",
                        _cfg(preprocess={"categorical_scale": scale}))
         assert fit.preprocessor.categorical_scale == scale

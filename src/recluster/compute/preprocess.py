@@ -59,17 +59,19 @@ class Preprocessor:
         Non-negative columns whose sample skewness exceeds this are ``log1p``-transformed.
     max_categories : int
         Levels kept per categorical column (by frequency); the rest become ``__other__``.
-    categorical_scale : {"unit", "standard"}
-        The value of a present level: 1, or 1 / sqrt(p (1 - p)) with p the level's share of the
-        fitted rows (a one-hot column standard-scaled: distances as in a standardised table, so
-        a rare level weighs like a numeric column's extreme value; absent or constant levels 1).
+    categorical_scale : {"unit", "standard", "column"}
+        The value of a present level: 1; or 1 / sqrt(p (1 - p)) with p the level's share of the
+        fitted rows (each one-hot column standard-scaled, as in a standardised table: a column
+        of L levels weighs as much as L numeric columns); or that divided by sqrt(L) for the L
+        levels that vary ("column": the levels together have the variance of one standardised
+        numeric column, and rare levels still stand out). Absent or constant levels: 1.
     """
 
     def __init__(self, numeric: Sequence[str], categorical: Sequence[str],
                  skew_threshold: float = 1.0, max_categories: int = 20,
                  categorical_scale: str = "unit"):
-        if categorical_scale not in ("unit", "standard"):
-            raise ValueError(f"categorical_scale must be 'unit' or 'standard', not "
+        if categorical_scale not in ("unit", "standard", "column"):
+            raise ValueError(f"categorical_scale must be 'unit', 'standard' or 'column', not "
                              f"{categorical_scale!r}")
         self.numeric = list(numeric)
         self.categorical = list(categorical)
@@ -131,7 +133,10 @@ class Preprocessor:
         pos = [index.get(v, len(levels)) for v in categorical_strings(col)]
         p = np.bincount(np.asarray(pos, dtype=np.int64), minlength=len(levels) + 1) / max(1, len(pos))
         sd = np.sqrt(p * (1 - p))
-        return [float(1.0 / s) if s > 1e-12 else 1.0 for s in sd]
+        varying = sd > 1e-12
+        # "column": the column's levels together carry the variance of one standardised column.
+        block = np.sqrt(max(1, int(varying.sum()))) if self.categorical_scale == "column" else 1.0
+        return [float(1.0 / (s * block)) if v else 1.0 for s, v in zip(sd, varying, strict=True)]
 
     def _numeric_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Medians, means, scales (m,) of the numeric columns, and the positions of the log1p
