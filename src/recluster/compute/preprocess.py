@@ -2,9 +2,10 @@
 
 Numeric columns: median imputation, ``log1p`` for right-skewed non-negative columns, then
 standard scaling. Categorical columns: the most frequent levels one-hot encoded, rarer ones
-folded into ``__other__``, missing values into ``__missing__``; each level's column is 0/1, or
-(``categorical_scale="standard"``) 0 or 1/std of that 0/1 column in the fitted rows, as standard
-scaling of a one-hot table weights it. Pure compute: no storage, no Dask.
+folded into ``__other__``, missing values into ``__missing__``; a present level's value is 1, or
+1/std of its 0/1 column in the fitted rows (``categorical_scale="standard"``, as standard scaling
+of a one-hot table weights it), or that over sqrt(levels) (``"column"``: a categorical column
+weighs as one numeric column). Pure compute: no storage, no Dask.
 """
 
 from __future__ import annotations
