@@ -247,7 +247,7 @@ def test_weighted_levels_survive_saving_and_old_files_read_as_unit():
 def test_node_preprocessing_follows_the_config():
     table, _ = _plan_table(600, seed=4)
     table[U_COLUMN] = np.linspace(0, 1, len(table), endpoint=False)
-    assert _cfg().preprocess.categorical_scale == "column"
+    assert _cfg().preprocess.categorical_scale == "unit"
     for scale in ("column", "unit"):
         fit = fit_node(table, "root", ["spend", "visits"], ["plan"], "id",
                        _cfg(preprocess={"categorical_scale": scale}))
