@@ -194,15 +194,21 @@ def cost_comparison(rows: int, seed: int) -> list[dict]:
         fit = fit_node(table.iloc[:rows], "root", num, [], "user_id", cfg)
         fit_s = time.perf_counter() - t
         rest = table.iloc[rows:]
-        t = time.perf_counter()
-        assign_node_rows(fit.routing_view(), rest)
-        assign_s = time.perf_counter() - t
+        # CPU seconds of this process, the best of three: on a shared machine wall time
+        # measures the neighbours as much as the code (the boosters and numpy run one thread).
+        view, assign_s, wall_s = fit.routing_view(), np.inf, np.inf
+        for _ in range(3):
+            t, w = time.process_time(), time.perf_counter()
+            assign_node_rows(view, rest)
+            assign_s = min(assign_s, time.process_time() - t)
+            wall_s = min(wall_s, time.perf_counter() - w)
         if width == 16:
             continue
         out.append({"columns": len(num), "rows": rows, "fit_s": round(fit_s, 2),
                     "fit_ms_per_row": round(1000 * fit_s / rows, 3),
                     "stages": {k: round(v, 2) for k, v in fit.seconds.items()},
                     "assign_rows_per_s": int(len(rest) / assign_s),
+                    "assign_rows_per_wall_s": int(len(rest) / wall_s),
                     "children": fit.n_children})
     return out
 
@@ -306,11 +312,12 @@ def main() -> None:
             print(f"[{'ok' if ok else 'MISS'}] {text}")
     cost = cost_comparison(args.cost_rows, seeds[0]) if args.cost else []
     if cost:
-        print("\n| numeric columns | fit rows | node fit s | ms per row | stages s | assignment rows/s |")
+        print("\n| numeric columns | fit rows | node fit s | ms per row | stages s |"
+              " assignment rows per CPU s / per wall s |")
         print("|---|---|---|---|---|---|")
         for c in cost:
             print(f"| {c['columns']} | {c['rows']:,} | {c['fit_s']} | {c['fit_ms_per_row']} |"
-                  f" {c['stages']} | {c['assign_rows_per_s']:,} |")
+                  f" {c['stages']} | {c['assign_rows_per_s']:,} / {c['assign_rows_per_wall_s']:,} |")
         ratio_fit = cost[1]["fit_s"] / cost[0]["fit_s"]
         ratio_assign = cost[0]["assign_rows_per_s"] / cost[1]["assign_rows_per_s"]
         print(f"[{'ok' if max(ratio_fit, ratio_assign) <= 2 else 'MISS'}] {cost[1]['columns']} "

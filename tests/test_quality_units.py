@@ -191,3 +191,69 @@ def test_artefacts_in_a_fitted_node_and_the_switch():
     off = fit_node(table, "root", ["spend", "visits"], ["plan"], "id",
                    _cfg(recursion={"artefact_splits": "off"}))
     assert off.artefacts == []
+
+
+# ------------------------------------------------------------------ preprocessing
+
+
+def test_standard_categorical_scale_weights_levels_like_a_standardised_one_hot_table():
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(5)
+    n = 400
+    table = pd.DataFrame({"x": rng.normal(size=n),
+                          "shape": rng.choice(["round", "oval", "lobed"], size=n, p=[.8, .15, .05])})
+    unit = Preprocessor(["x"], ["shape"]).fit(table)
+    std = Preprocessor(["x"], ["shape"], categorical_scale="standard").fit(table)
+    assert std.feature_names_out_ == unit.feature_names_out_
+    a, b = unit.transform(table), std.transform(table)
+    np.testing.assert_array_equal(a[:, 0], b[:, 0])  # numeric columns untouched
+    assert set(np.unique(a[:, 1:])) == {0.0, 1.0}
+    # Pairwise distances equal those of scikit-learn's StandardScaler on the 0/1 columns (the
+    # empty '__other__' column is constant: weight 1, zero everywhere).
+    ref = StandardScaler().fit_transform(a[:, 1:].astype(np.float64))
+    d = lambda m: np.linalg.norm(m[:, None, :] - m[None, :, :], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(d(b[:40, 1:].astype(np.float64)), d(ref[:40]), rtol=1e-5, atol=1e-5)
+    # The rarest level weighs most: 1/sqrt(p(1-p)).
+    p = table["shape"].value_counts(normalize=True)
+    col = std.feature_names_out_.index("shape=lobed")
+    assert b[table["shape"].eq("lobed").to_numpy(), col].max() == pytest.approx(
+        1 / np.sqrt(p["lobed"] * (1 - p["lobed"])), rel=1e-6)
+    # "column": the same levels, divided by sqrt(levels that vary): the column's one-hot block
+    # has the variance of one standardised numeric column, whatever its number of levels.
+    col = Preprocessor(["x"], ["shape"], categorical_scale="column").fit(table)
+    c = col.transform(table)[:, 1:].astype(np.float64)
+    np.testing.assert_allclose(c[:, :3], b[:, 1:4] / np.sqrt(3), rtol=1e-6)
+    assert c.var(axis=0).sum() == pytest.approx(1.0, rel=1e-5)
+    assert b[:, 1:].astype(np.float64).var(axis=0).sum() == pytest.approx(3.0, rel=1e-5)
+    with pytest.raises(ValueError, match="categorical_scale"):
+        Preprocessor(["x"], ["shape"], categorical_scale="minmax")
+
+
+def test_weighted_levels_survive_saving_and_old_files_read_as_unit():
+    import json
+
+    from recluster.storage.models import preprocessor_from_json, preprocessor_to_json
+
+    table, _ = _plan_table(300, seed=2)
+    pre = Preprocessor(["spend", "visits"], ["plan"], categorical_scale="column").fit(table)
+    back = preprocessor_from_json(preprocessor_to_json(pre))
+    np.testing.assert_array_equal(back.transform(table), pre.transform(table))
+    # A preprocess.json written before levels could be weighted still loads: 0/1 columns.
+    old = json.loads(preprocessor_to_json(pre))
+    del old["categorical_scale"], old["level_weights_"]
+    legacy = preprocessor_from_json(json.dumps(old).encode())
+    unit = Preprocessor(["spend", "visits"], ["plan"]).fit(table)
+    np.testing.assert_array_equal(legacy.transform(table), unit.transform(table))
+
+
+def test_node_preprocessing_follows_the_config():
+    table, _ = _plan_table(600, seed=4)
+    table[U_COLUMN] = np.linspace(0, 1, len(table), endpoint=False)
+    assert _cfg().preprocess.categorical_scale == "unit"
+    for scale in ("column", "unit"):
+        fit = fit_node(table, "root", ["spend", "visits"], ["plan"], "id",
+                       _cfg(preprocess={"categorical_scale": scale}))
+        assert fit.preprocessor.categorical_scale == scale
+        values = set(np.unique(fit.preprocessor.transform(table)[:, 2:]))
+        assert (values == {0.0, 1.0}) == (scale == "unit"), values

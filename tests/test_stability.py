@@ -79,7 +79,10 @@ def test_clusters_carved_from_a_blob_score_low_and_are_not_zoomed_into(tmp_path,
     tree = _run(tmp_path, scheduler, table, "blob",
                 input={"categorical": []},
                 clustering={"cluster_selection_method": "leaf", "min_cluster_fraction": 0.02},
-                recursion={"max_depth": 2, "min_split_agreement": 0.0, "min_node_rows": 100})
+                recursion={"max_depth": 2, "min_split_agreement": 0.0, "min_node_rows": 100},
+                # The rule under test: unstable clusters are not zoomed into (by default the
+                # root's are, and their zooms judged; tests/test_quality_real.py checks that).
+                stability={"zoom_unstable_root": False})
     children = [tree[c] for c in tree["root"]["children"]]
     assert len(children) >= 3, "the setup should carve the blob"
     scores = [c["stability"] for c in children]

@@ -461,6 +461,13 @@ class PreprocessConfig(_Strict):
         default=1.0, ge=0.0, description="non-negative columns with sample skewness above this get log1p"
     )
     max_categories: int = Field(default=20, ge=1, description="rarer levels fold into '__other__'")
+    categorical_scale: Literal["unit", "column", "standard"] = Field(
+        default="unit",
+        description="unit: a one-hot level's column is 0/1; column: standard-scaled (1/std of the "
+        "0/1 column in the node's sample) and divided by sqrt(levels), so that a categorical "
+        "column weighs as one numeric column; standard: as the one-level recipe, a column of L "
+        "levels weighs as L numeric columns. Heavier weights won on flavia (whose categoricals "
+        "are the signal) and lost on penguins' island and the synthetic country: measure first")
 
 
 class EmbeddingConfig(_Strict):
@@ -560,6 +567,11 @@ class StabilityConfig(_Strict):
         "(their rows stay in the parent's segment) and a zoom with fewer than 2 stable clusters "
         "is not split; no_recurse: unstable clusters are kept but not zoomed into; flag: record "
         "only. The root's unstable clusters are kept and not zoomed into (except with flag)")
+    zoom_unstable_root: bool = Field(
+        default=True,
+        description="with unstable: noise, the root's unstable clusters (kept as segments) are "
+        "zoomed into all the same: a cluster that resamples cut differently is often two groups "
+        "one level merges, and its zoom keeps only clusters that are stable themselves")
 
 
 class ExplainConfig(_Strict):

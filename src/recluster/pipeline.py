@@ -278,6 +278,8 @@ def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
     if child.stability is None or child.stability >= cfg.stability.stable or \
             cfg.stability.unstable == "flag":
         return False
+    if child.depth == 1 and cfg.stability.unstable == "noise" and cfg.stability.zoom_unstable_root:
+        return False  # kept as a segment, and zoomed into: its zoom's clusters must be stable
     child.stop_reason = StopReason.UNSTABLE.stop(stability=child.stability,
                                                  stable=cfg.stability.stable)
     return True

@@ -88,6 +88,13 @@ class NodeFit:
         }
 
 
+def node_preprocessor(numeric: list[str], categorical: list[str], cfg: JobConfig) -> Preprocessor:
+    """The (unfitted) preprocessing of a node, as configured."""
+    p = cfg.preprocess
+    return Preprocessor(numeric, categorical, p.skew_threshold, p.max_categories,
+                        p.categorical_scale)
+
+
 def holdout_mask(n: int, fraction: float) -> np.ndarray:
     """Every ``round(1/fraction)``-th row of the (sorted) sample is held out."""
     step = max(2, int(round(1.0 / fraction)))
@@ -130,8 +137,7 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     if n < need:
         fit.stop_reason = StopReason.SMALL_SAMPLE.stop(rows=n, need=need)
         return fit
-    pre = Preprocessor(numeric, categorical, cfg.preprocess.skew_threshold,
-                       cfg.preprocess.max_categories).fit(sample)
+    pre = node_preprocessor(numeric, categorical, cfg).fit(sample)
     X = pre.transform(sample)
     fit.preprocessor = pre
     fit.seconds["preprocess"] = time.perf_counter() - t0

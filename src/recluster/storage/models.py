@@ -41,7 +41,9 @@ _FITTED = ("medians_", "log1p_", "means_", "scales_", "constant_", "missing_shar
 def preprocessor_to_json(pre: Preprocessor) -> bytes:
     data: dict[str, Any] = {"numeric": pre.numeric, "categorical": pre.categorical,
                             "skew_threshold": pre.skew_threshold,
-                            "max_categories": pre.max_categories}
+                            "max_categories": pre.max_categories,
+                            "categorical_scale": pre.categorical_scale,
+                            "level_weights_": pre.level_weights_}
     data.update({k: getattr(pre, k) for k in _FITTED})
     return json.dumps(data, indent=1).encode()
 
@@ -52,6 +54,10 @@ def preprocessor_from_json(raw: bytes) -> Preprocessor:
                        data["max_categories"])
     for k in _FITTED:
         setattr(pre, k, data[k])
+    # Saved before one-hot columns could be weighted: every level's column is 0/1.
+    pre.categorical_scale = data.get("categorical_scale", "unit")
+    pre.level_weights_ = data.get("level_weights_") or {
+        c: [1.0] * (len(pre.levels_[c]) + 1) for c in pre.categorical}
     return pre
 
 
