@@ -1,4 +1,4 @@
-"""Command line: ``recluster run | validate | score | report | demo | render-k8s``.
+"""Command line: ``recluster run | validate | score | compare | report | demo | render-k8s``.
 
 Errors we can explain exit non-zero with one message naming the column, file, setting or stage;
 credentials are never printed (they are not in the config to begin with).
@@ -34,7 +34,13 @@ def _echo_factory(quiet: bool):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
+    extra = [f"previous.path={args.previous}"] if args.previous else []
+    cfg = load_config(args.config, [*args.set, *extra])
+    if cfg.previous.path:  # before a cluster starts: a run that is not there is refused now
+        from recluster.comparing import PublishedRun
+        from recluster.storage.fs import Location
+
+        PublishedRun(Location.of(cfg.previous.path, cfg.output.storage_options), "previous run")
     _run(cfg, args.scheduler, args.quiet, _tls(args), args.verbose)
     return 0
 
@@ -131,6 +137,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from recluster.comparing import check_output, rule_of, run_compare
+    from recluster.config import RuntimeConfig
+    from recluster.parallel.client import dask_client
+
+    echo = _echo_factory(args.quiet)
+    rule = rule_of(args.main_share, args.same_jaccard, args.min_share)
+    check_output(args.old, args.new, args.output)  # before a cluster starts
+    with dask_client(RuntimeConfig(), args.scheduler, _tls(args), args.verbose) as client:
+        run_compare(args.old, args.new, args.output, client, echo, overwrite=args.overwrite,
+                    rule=rule)
+    return 0
+
+
 def cmd_render_k8s(args: argparse.Namespace) -> int:
     from recluster.k8s import dump_manifests, render_manifests
 
@@ -182,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler(r)
     r.add_argument("--quiet", action="store_true", help="one JSON line per stage (for batch logs) "
                    "instead of terminal progress")
+    r.add_argument("--previous", metavar="OLD", help="output path of an earlier published run: "
+                   "segments that match one of its segments keep its path (config: "
+                   "previous.path)")
     verbose(r)
     r.set_defaults(func=cmd_run)
 
@@ -199,6 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     verbose(s)
     s.set_defaults(func=cmd_score)
+
+    c = sub.add_parser("compare", help="compare two published runs: which segments are the "
+                       "same, split, merged, new or gone, and which rows moved")
+    c.add_argument("old", help="output path of the earlier published run")
+    c.add_argument("new", help="output path of the later published run")
+    c.add_argument("--output", required=True, help="where to publish matches.parquet, "
+                   "moves.parquet and compare.html")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace a different comparison published at --output")
+    c.add_argument("--main-share", type=float, default=0.5, metavar="X",
+                   help="'mostly': a flow holding at least this share of a segment's rows "
+                   "(default 0.5)")
+    c.add_argument("--same-jaccard", type=float, default=0.5, metavar="Y",
+                   help="least Jaccard of a 'same' pair (default 0.5)")
+    c.add_argument("--min-share", type=float, default=0.1, metavar="A",
+                   help="a flow is significant when it holds this share of both segments' rows "
+                   "(default 0.1)")
+    scheduler(c)
+    c.add_argument("--quiet", action="store_true")
+    verbose(c)
+    c.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="rebuild report.html from a published run's outputs")
     rp.add_argument("run_path", help="output path of a published run")

@@ -52,6 +52,9 @@ def load_models(run: Location, manifest_sha256: str | None = None):
     try:
         index = json.loads(models[modelstore.INDEX])
         nodes = [(str(n["path"]), int(n["depth"])) for n in index["nodes"]]
+        # children[k] is the path of the assigner's class k (renumbered by run --previous).
+        numbers = {str(n["path"]): [int(str(c).rsplit(".", 1)[-1]) for c in n.get("children", [])]
+                   for n in index["nodes"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{files.url}/{modelstore.INDEX} is not a model index: {exc}") from None
     fits = {}
@@ -60,7 +63,10 @@ def load_models(run: Location, manifest_sha256: str | None = None):
         own = {rel[len(folder):]: data for rel, data in models.items()
                if rel.startswith(folder) and "/" not in rel[len(folder):]
                and not rel[len(folder):].startswith("child-")}
-        fits[path] = (depth, modelstore.node_from_files(path, own, where=files.url + "/" + folder[:-1]))
+        fit = modelstore.node_from_files(path, own, where=files.url + "/" + folder[:-1])
+        if numbers.get(path) and numbers[path] != list(range(len(numbers[path]))):
+            fit.child_numbers = numbers[path]
+        fits[path] = (depth, fit)
     return files, index, fits
 
 

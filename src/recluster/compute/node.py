@@ -57,12 +57,15 @@ class NodeFit:
     projection: Projection | None = None
     artefacts: list[str | None] = field(default_factory=list)
     dropped: dict[int, float] = field(default_factory=dict)  # unstable cluster -> its stability
+    #: The published number of each child (the assigner's class k is child ``child_numbers[k]``);
+    #: None: k itself. Set when a run reuses an earlier run's paths (``run --previous``).
+    child_numbers: list[int] | None = None
 
     def routing_view(self) -> NodeFit:
         """Only what assigning rows needs (no sample arrays): the copy shipped to workers."""
         return NodeFit(path=self.path, n_sample=self.n_sample, preprocessor=self.preprocessor,
                        assigner=self.assigner, n_children=self.n_children,
-                       projection=self.projection)
+                       projection=self.projection, child_numbers=self.child_numbers)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts about the fit for ``tree.json`` (deterministic: no timings)."""

@@ -37,12 +37,17 @@ class NodeExplanation:
     profiles: pd.DataFrame | None = None
 
 
+def child_number(path: str) -> int:
+    """A child's number among its parent's children: its path's last component."""
+    return int(path.rsplit(".", 1)[-1])
+
+
 def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str],
                    names: dict[str, str]) -> pd.DataFrame:
     child = rows["_child"].to_numpy()
-    frames = [explain.profiles(rows, child == k, fit.preprocessor.numeric,
+    frames = [explain.profiles(rows, child == child_number(cp), fit.preprocessor.numeric,
                                fit.preprocessor.categorical, path, cp, names)
-              for k, cp in enumerate(children)]
+              for cp in children]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -144,7 +149,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         child_shap = rows["_child"][u < shap_cut].compute()
         counts = child_train.value_counts().compute()
         dshap = xgb.dask.DaskDMatrix(client, X_shap, enable_categorical=True)
-        for k, cp in enumerate(children):
+        for cp in children:
+            k = child_number(cp)  # its level value (children[i] need not be number i)
             n_pos = int(counts.get(k, 0))
             n_neg = int(counts.sum() - n_pos)
             n_pos_hold = int((child_hold == k).sum())
