@@ -125,15 +125,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from recluster.compute.drift import DriftRule
     from recluster.config import RuntimeConfig
+    from recluster.errors import ConfigError
     from recluster.parallel.client import dask_client
     from recluster.scoring import check_output, score
 
     echo = _echo_factory(args.quiet)
+    if not (0.0 <= args.drift_max_outside <= 1.0 and args.drift_max_psi >= 0.0
+            and args.drift_min_rows >= 0):
+        raise ConfigError("--drift-max-outside must be in [0, 1], --drift-max-psi and "
+                          "--drift-min-rows at least 0")
+    rule = DriftRule(args.drift_max_outside, args.drift_max_psi, args.drift_min_rows)
     check_output(args.model, args.input, args.output)  # before a cluster starts
     with dask_client(RuntimeConfig(), args.scheduler, _tls(args), args.verbose) as client:
         score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite,
-              manifest_sha256=args.manifest_sha256)
+              manifest_sha256=args.manifest_sha256, drift_rule=rule,
+              fail_on_drift=args.fail_on_drift)
     return 0
 
 
@@ -217,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="Parquet files to label (same columns)")
     s.add_argument("--output", required=True, help="where to publish their labels")
     s.add_argument("--overwrite", action="store_true")
+    g = s.add_argument_group("drift", "per node: the share of scored rows outside the training "
+                             "support and each feature's population stability index (PSI)")
+    g.add_argument("--fail-on-drift", action="store_true",
+                   help="exit with code 8 (after publishing the labels) when a node passes a "
+                   "threshold")
+    g.add_argument("--drift-max-outside", type=float, default=0.05, metavar="SHARE",
+                   help="a node drifts when more of its rows lie outside the training support "
+                   "(default 0.05; 0.01 is expected)")
+    g.add_argument("--drift-max-psi", type=float, default=0.25, metavar="PSI",
+                   help="a node drifts when a feature's PSI is above this (default 0.25)")
+    g.add_argument("--drift-min-rows", type=int, default=100, metavar="N",
+                   help="nodes with fewer scored rows are reported, never flagged (default 100)")
     scheduler(s)
     pin(s)
     s.add_argument("--quiet", action="store_true")

@@ -17,9 +17,12 @@ from typing import Any
 
 from distributed import Client
 
+from recluster.compute.drift import SUPPORT_QUANTILE, DriftRule, judge
+from recluster.compute.drift import summarise as drift_summary
 from recluster.compute.schema import resolve_schema
 from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
-from recluster.errors import ConfigError, InputDataError, IntegrityError
+from recluster.errors import ConfigError, DriftError, InputDataError, IntegrityError
+from recluster.parallel import drift as pdrift
 from recluster.parallel import passes
 from recluster.pipeline import input_fingerprint
 from recluster.storage import inputs
@@ -105,7 +108,8 @@ def score_fingerprint(run_manifest: dict[str, Any], input_fp: str) -> str:
 def score(model_url: str, input_url: str, output_url: str, client: Client,
           echo: Callable[[str], None], overwrite: bool = False,
           timeout_s: float = 60.0, lease_s: float = DEFAULT_LEASE_S,
-          manifest_sha256: str | None = None) -> dict[str, Any]:
+          manifest_sha256: str | None = None, drift_rule: DriftRule | None = None,
+          fail_on_drift: bool = False) -> dict[str, Any]:
     """Label the rows under ``input_url`` with the run at ``model_url``; publish to ``output_url``.
 
     The model files are verified against the run's manifest (pinned by ``manifest_sha256`` if
@@ -113,7 +117,13 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     overlap with the model run, its training input or the new input; no foreign files; a lock;
     staging; publication by manifest). Scoring the same input with the same model again is a
     no-op.
+
+    Drift (nodes whose models record a training reference): per node, the share of scored rows
+    outside the training support and each feature's PSI, in the manifest's ``drift`` and on the
+    terminal; with ``fail_on_drift`` a node past ``drift_rule`` raises :class:`DriftError` (exit
+    8) once the labels are published.
     """
+    drift_rule = drift_rule or DriftRule()
     model_loc, in_loc, out_loc = check_output(model_url, input_url, output_url, timeout_s)
     model_files, index, fits = load_models(model_loc, manifest_sha256)
     run_manifest = model_files.manifest
@@ -136,7 +146,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         decision = out.prepare(fp, overwrite, "pass --overwrite")
         if decision.action in ("reuse", "repaired"):
             echo(f"{output_url} already holds these labels (same model and input): nothing to do")
-            return decision.previous
+            return report_drift(decision.previous, drift_rule, fail_on_drift, echo)
         echo(f"model files of {model_url} verified against its manifest.json "
              f"(SHA-256 {model_files.manifest_sha256})")
         echo(f"scoring {sum(i.n_rows for i in infos)} rows from {len(files)} files with "
@@ -159,12 +169,64 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         rows_in = sum(i.n_rows for i in infos)
         if rows_out != rows_in:
             raise InputDataError(f"scoring wrote {rows_out} rows for {rows_in} input rows")
+        drift = drift_of(client, feats, state, fits, index, drift_rule)
         manifest = {"kind": "score", "model_run": model_url, "fingerprint": fp,
                     "model_fingerprint": run_manifest.get("fingerprint"),
                     "model_manifest_sha256": model_files.manifest_sha256,
                     "input": {"path": input_url, "files": len(files), "fingerprint": input_fp},
                     "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
                     "outputs": ["labels/"]}
+        if drift is not None:
+            manifest["drift"] = drift
         manifest = out.publish(manifest, decision.previous)
     echo(f"published {output_url} ({rows_out} rows)")
+    return report_drift(manifest, drift_rule, fail_on_drift, echo)
+
+
+def drift_of(client: Client, feats, state, fits: dict[str, tuple[int, Any]], index: dict,
+             rule: DriftRule) -> dict[str, Any] | None:
+    """The manifest's ``drift`` entry: per node with a training reference, rows, share outside
+    the support and PSI per feature (one more pass over the scored rows); None if no node of
+    the model records a reference (runs published before drift existed)."""
+    with_ref = {p: (d, f) for p, (d, f) in fits.items() if f.reference is not None}
+    if not with_ref:
+        return None
+    [shared] = client.scatter([with_ref], broadcast=True)
+    counts = pdrift.total_counts(client.compute(pdrift.counts_frame(feats, state, shared),
+                                                sync=True))
+    names = {key: name for name, key in (index.get("keys") or {}).items()}
+    nodes = {p: drift_summary(with_ref[p][1].reference, c, names, rule)
+             for p, c in sorted(counts.items())}
+    return {"rule": {"max_outside": rule.max_outside, "max_psi": rule.max_psi,
+                     "min_rows": rule.min_rows},
+            "support_quantile": SUPPORT_QUANTILE, "nodes": nodes}
+
+
+def report_drift(manifest: dict[str, Any], rule: DriftRule, fail: bool,
+                 echo: Callable[[str], None]) -> dict[str, Any]:
+    """Print the drift summary of a scoring manifest, judged by ``rule`` (the recorded numbers do
+    not depend on it); with ``fail``, raise :class:`DriftError` if a node drifted."""
+    drift = manifest.get("drift") if isinstance(manifest, dict) else None
+    if not isinstance(drift, dict) or not drift.get("nodes"):
+        echo("drift: not measured (the model's nodes record no training reference; re-run the "
+             "job with this recluster to get one)")
+        if fail:
+            raise DriftError("--fail-on-drift: the model records no training reference, so drift "
+                             "cannot be measured; re-run the job with this recluster")
+        return manifest
+    verdicts = {p: judge(e, rule) for p, e in drift["nodes"].items()}
+    drifted = [p for p, v in verdicts.items() if v["drifted"]]
+    nodes = drift["nodes"]
+    worst = max(nodes.items(), key=lambda kv: kv[1]["max_psi"]["psi"])
+    echo(f"drift: {len(drifted)} of {len(nodes)} node(s) past a threshold (rows outside the "
+         f"training support: up to {max(e['outside_share'] for e in nodes.values()):.1%}, "
+         f"{1 - SUPPORT_QUANTILE:.0%} expected; largest PSI {worst[1]['max_psi']['psi']:.3f} "
+         f"'{worst[1]['max_psi']['feature']}' in node {worst[0]})")
+    for p in drifted:
+        echo(f"  node {p} ({nodes[p]['rows']} rows): " + "; ".join(verdicts[p]["reasons"][:4])
+             + (f" and {len(verdicts[p]['reasons']) - 4} more" if len(verdicts[p]["reasons"]) > 4
+                else ""))
+    if fail and drifted:
+        raise DriftError(f"--fail-on-drift: {len(drifted)} node(s) drifted past the thresholds "
+                         f"({', '.join(drifted[:5])}); the labels were published")
     return manifest
