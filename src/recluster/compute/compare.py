@@ -11,22 +11,24 @@ are at any level); the *leaf* level is the final path itself. A *flow* is a pair
 path) with the number of rows (ids, matched by value) it holds; a row present in only one run
 flows from or to ``None``.
 
-Kinds of a flow (o, n) with ``shared`` rows, old segment size ``|o|`` (all its rows, those
-absent from the new run included), new size ``|n|`` and Jaccard ``shared / (|o| + |n| - shared)``;
-``main`` (X, default 0.5), ``same_jaccard`` (Y, 0.5) and ``min_share`` (a, 0.1) are
-:class:`CompareRule`. A flow is *significant* when it holds at least ``a`` of ``o``'s rows and
-at least ``a`` of ``n``'s. The first rule that holds gives the kind:
+Kinds of a flow (o, n) with ``shared`` rows. Sizes are counted on the rows present in both
+runs (``|o|``, ``|n|``; a segment's rows absent from the other run are reported apart, as flows
+from or to None), and the Jaccard is ``shared / (|o| + |n| - shared)``; ``main`` (X, default
+0.5), ``same_jaccard`` (Y, 0.5) and ``min_share`` (A, 0.1) are :class:`CompareRule`. A flow is
+*significant* when it holds at least A of ``|o|`` and at least A of ``|n|``. A segment *vanished*
+when fewer than A of all its rows are in the other run (it *appeared*, for a new segment). The
+first rule that holds gives the kind:
 
-1. ``same``: ``shared > X|o|`` and ``shared > X|n|`` (strictly) and Jaccard ``>= Y`` (the two
-   are mostly each other: at most one such flow per segment for X >= 0.5);
-2. ``split``: significant, ``o`` has at least two significant flows into new segments, and
-   ``n`` comes mostly from ``o`` (``shared >= X|n|``);
-3. ``merged``: significant, ``n`` has at least two significant flows from old segments, and
-   ``o`` goes mostly into ``n`` (``shared >= X|o|``);
-4. ``new``: the rows are not in the old run (``o`` is None), or ``n`` has no significant flow
-   from any old segment (a segment of rows that belonged nowhere in particular before);
-5. ``gone``: the rows are not in the new run (``n`` is None), or ``o`` has no significant flow
-   into any new segment;
+1. ``same``: ``shared > X|o|`` and ``shared > X|n|`` (strictly) and Jaccard ``>= Y``, neither
+   vanished nor appeared (the two are mostly each other: at most one such flow per segment);
+2. ``split``: significant, ``o`` has at least two significant flows into new segments, ``n``
+   comes mostly from ``o`` (``shared >= X|n|``), ``o`` did not vanish;
+3. ``merged``: significant, ``n`` has at least two significant flows from old segments, ``o``
+   goes mostly into ``n`` (``shared >= X|o|``), ``n`` did not appear;
+4. ``new``: the rows are not in the old run (``o`` is None), ``n`` appeared, or ``n`` has no
+   significant flow from any old segment;
+5. ``gone``: the rows are not in the new run (``n`` is None), ``o`` vanished, or ``o`` has no
+   significant flow into any new segment;
 6. ``moved``: any other flow (rows that changed segment without changing the structure).
 """
 
@@ -123,39 +125,42 @@ def classify(flows: pd.DataFrame, rule: CompareRule | None = None) -> pd.DataFra
 
     Returns
     -------
-    DataFrame (k, 8): ``old_path``, ``new_path`` (None for rows in one run only),
-    ``shared_rows``, ``old_rows``, ``new_rows``, ``jaccard``, ``kind``, ``significant``
+    DataFrame (k, 10): ``old_path``, ``new_path`` (None for rows in one run only),
+    ``shared_rows``, ``old_rows``, ``new_rows`` (the segments' sizes), ``old_rows_in_both``,
+    ``new_rows_in_both`` (their rows present in both runs), ``jaccard`` (on rows in both runs),
+    ``kind``, ``significant``
     """
     rule = rule or CompareRule()
     f = flows.groupby(["old", "new"], sort=True)["rows"].sum().reset_index()
-    old_size = f.groupby("old")["rows"].sum()
-    new_size = f.groupby("new")["rows"].sum()
-    s = f["rows"].to_numpy(dtype=np.float64)
-    o_rows = f["old"].map(old_size).to_numpy(dtype=np.float64)
-    n_rows = f["new"].map(new_size).to_numpy(dtype=np.float64)
     o_abs = (f["old"] == ABSENT).to_numpy()
     n_abs = (f["new"] == ABSENT).to_numpy()
-    # A side absent from one run has no size there: its Jaccard is 0.
-    o_rows[o_abs] = 0.0
-    n_rows[n_abs] = 0.0
-    jac = np.where(o_abs | n_abs, 0.0, s / np.maximum(o_rows + n_rows - s, 1.0))
     real = ~o_abs & ~n_abs
-    sig = real & (s >= rule.min_share * o_rows) & (s >= rule.min_share * n_rows)
-    sig_out = pd.Series(sig).groupby(f["old"].to_numpy()).sum()
-    sig_in = pd.Series(sig).groupby(f["new"].to_numpy()).sum()
-    n_out = f["old"].map(sig_out).to_numpy()
-    n_in = f["new"].map(sig_in).to_numpy()
-    most_of_o = s >= rule.main * o_rows
-    most_of_n = s >= rule.main * n_rows
-    same = real & (s > rule.main * o_rows) & (s > rule.main * n_rows) & (jac >= rule.same_jaccard)
+    s = f["rows"].to_numpy(dtype=np.float64)
+    both = pd.Series(np.where(real, s, 0.0))
+
+    def size(side: str, values: pd.Series) -> np.ndarray:
+        out = f[side].map(values.groupby(f[side].to_numpy()).sum()).to_numpy(dtype=np.float64,
+                                                                             copy=True)
+        out[(f[side] == ABSENT).to_numpy()] = 0.0  # a side absent from a run has no size there
+        return out
+
+    o_all, n_all = size("old", pd.Series(s)), size("new", pd.Series(s))
+    o_both, n_both = size("old", both), size("new", both)
+    jac = np.where(real, s / np.maximum(o_both + n_both - s, 1.0), 0.0)
+    sig = real & (s >= rule.min_share * o_both) & (s >= rule.min_share * n_both)
+    n_out = f["old"].map(pd.Series(sig).groupby(f["old"].to_numpy()).sum()).to_numpy()
+    n_in = f["new"].map(pd.Series(sig).groupby(f["new"].to_numpy()).sum()).to_numpy()
+    vanished = ~o_abs & (o_both < rule.min_share * o_all)  # o's rows are mostly not in NEW
+    appeared = ~n_abs & (n_both < rule.min_share * n_all)  # n's rows are mostly not in OLD
     kind = np.full(len(f), "moved", dtype=object)
     undecided = np.ones(len(f), dtype=bool)
     for name, cond in (
-            ("same", same),
-            ("split", sig & (n_out >= 2) & most_of_n),
-            ("merged", sig & (n_in >= 2) & most_of_o),
-            ("new", o_abs | (~n_abs & (n_in == 0))),
-            ("gone", n_abs | (~o_abs & (n_out == 0)))):
+            ("same", real & (s > rule.main * o_both) & (s > rule.main * n_both)
+             & (jac >= rule.same_jaccard) & ~vanished & ~appeared),
+            ("split", sig & (n_out >= 2) & (s >= rule.main * n_both) & ~vanished),
+            ("merged", sig & (n_in >= 2) & (s >= rule.main * o_both) & ~appeared),
+            ("new", o_abs | appeared | (real & (n_in == 0))),
+            ("gone", n_abs | vanished | (real & (n_out == 0)))):
         hit = undecided & cond
         kind[hit] = name
         undecided &= ~hit
@@ -163,8 +168,10 @@ def classify(flows: pd.DataFrame, rule: CompareRule | None = None) -> pd.DataFra
         "old_path": f["old"].where(~o_abs, None).astype(object),
         "new_path": f["new"].where(~n_abs, None).astype(object),
         "shared_rows": f["rows"].astype("int64"),
-        "old_rows": o_rows.astype(np.int64),
-        "new_rows": n_rows.astype(np.int64),
+        "old_rows": o_all.astype(np.int64),
+        "new_rows": n_all.astype(np.int64),
+        "old_rows_in_both": o_both.astype(np.int64),
+        "new_rows_in_both": n_both.astype(np.int64),
         "jaccard": np.round(jac, 6),
         "kind": kind,
         "significant": sig,
@@ -189,12 +196,14 @@ def level_order(name: str) -> int:
 
 def segment_fates(matches: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per level, how many old segments are same / split / merged / gone / moved and how many new
-    segments are new: each segment counted once, by its largest flow's kind (its rows' main
-    destination), ``split`` if any of its flows is a split, ``gone`` if none is significant.
+    segments are new. An old segment is ``split`` if any of its flows is a split, else ``same``
+    if one is, else ``merged`` if one is, else ``gone`` if all its flows are; else ``moved``. A
+    new segment is ``new`` when every flow into it is.
 
     Returns
     -------
-    dict level -> {"old segments", "new segments", "same", "split", "merged", "gone", "new"}
+    dict level -> {"old segments", "new segments", "same", "split", "merged", "gone", "moved",
+    "new", "rows only in old", "rows only in new"}
     """
     out = {}
     for level, m in matches.groupby("level", sort=False):
@@ -202,22 +211,13 @@ def segment_fates(matches: pd.DataFrame) -> dict[str, dict[str, int]]:
         real_n = m[m["new_path"].notna()]
         fates = {"old segments": int(real_o["old_path"].nunique()),
                  "new segments": int(real_n["new_path"].nunique())}
-        for k in KINDS:
-            fates[k] = 0
+        fates.update({k: 0 for k in KINDS})
         for _, g in real_o.groupby("old_path"):
             kinds = set(g["kind"])
-            if "split" in kinds:
-                fates["split"] += 1
-            elif "same" in kinds:
-                fates["same"] += 1
-            elif "merged" in kinds:
-                fates["merged"] += 1
-            elif not g["significant"].any():
-                fates["gone"] += 1
-            else:
-                fates["moved"] += 1
-        fates["new"] = int(sum(not g["significant"].any()
-                               for _, g in real_n.groupby("new_path")))
+            fate = next((k for k in ("split", "same", "merged") if k in kinds),
+                        "gone" if kinds == {"gone"} else "moved")
+            fates[fate] += 1
+        fates["new"] = int(sum(set(g["kind"]) == {"new"} for _, g in real_n.groupby("new_path")))
         fates["rows only in old"] = int(m.loc[m["new_path"].isna(), "shared_rows"].sum())
         fates["rows only in new"] = int(m.loc[m["old_path"].isna(), "shared_rows"].sum())
         out[level] = fates
