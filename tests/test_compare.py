@@ -144,7 +144,9 @@ def test_compare_finds_planted_split_merge_new_and_gone(planted, scheduler, caps
     assert "1 split" in leaf_line and "1 gone" in leaf_line and "1 new" in leaf_line
     fs, root = fsspec.core.url_to_fs(out)
     page = fs.cat_file(f"{root}/compare.html").decode()
-    assert "<svg" in page and "Content-Security-Policy" in page
+    assert "<svg" in page and "Content-Security-Policy" in page and "nan" not in page
+    assert page.count("<svg") == 2  # one flow diagram per level (leaf, level 1)
+    assert "(not in NEW) (300)" in page and "(not in OLD) (300)" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") \
         and "https://" not in page and "<script" not in page
     # The same comparison again is a no-op; a different one needs --overwrite (exit 4).

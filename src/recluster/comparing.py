@@ -133,7 +133,8 @@ def run_compare(old_url: str, new_url: str, output_url: str, client: Client,
             echo(f"{output_url} already holds this comparison: nothing to do")
             return decision.previous
         levels = [None, *range(1, max(old.levels, new.levels, 1) + 1)]
-        joined = pcompare.join(old.frame(dtype, "old"), new.frame(dtype, "new")).persist()
+        # One compute for both: the join's tasks run once and nothing is kept after.
+        joined = pcompare.join(old.frame(dtype, "old"), new.frame(dtype, "new"))
         parts, writes = client.compute([pcompare.flows(joined, levels),
                                         pcompare.write_moves(joined, out, MOVES)], sync=True)
         matches = compare.matches_table(pcompare.sum_flows(parts), rule)

@@ -164,6 +164,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             at_level = {p: f for p, (d, f) in fits.items() if d == level - 1}
             [shared] = client.scatter([at_level], broadcast=True)
             state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp)
+        if any(f.reference is not None for _, f in fits.values()):
+            state = state.persist()  # the drift pass reads the final labels again
         rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, levels),
                                           sync=True)))
         rows_in = sum(i.n_rows for i in infos)

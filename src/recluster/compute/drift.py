@@ -66,10 +66,10 @@ class Reference:
 
 def support_distance(ref_centroids: np.ndarray, scales: np.ndarray, Z: np.ndarray) -> np.ndarray:
     """``min_k |z - centroid_k| / s_k`` of every row of Z (m, d): (m,)."""
-    if not len(Z):
-        return np.zeros(0)
-    d = np.sqrt(((Z[:, None, :] - ref_centroids[None, :, :]) ** 2).sum(axis=2))
-    return (d / scales[None, :]).min(axis=1)
+    best = np.full(len(Z), np.inf)
+    for c, s in zip(ref_centroids, scales, strict=True):  # one centroid at a time: (m, d) memory
+        np.minimum(best, np.sqrt(((Z - c) ** 2).sum(axis=1)) / s, out=best)
+    return best
 
 
 def _bins(ref: Reference, key: str, values: pd.Series) -> np.ndarray:

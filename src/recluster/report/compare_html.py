@@ -99,8 +99,8 @@ def _table(m: pd.DataFrame) -> str:
     shown = m[m["significant"] | m["old_path"].isna() | m["new_path"].isna()]
     shown = shown.sort_values("shared_rows", ascending=False)
     body = "".join(
-        f"<tr><td>{_e(r.old_path if r.old_path is not None else ABSENT_OLD)}</td>"
-        f"<td>{_e(r.new_path if r.new_path is not None else ABSENT_NEW)}</td>"
+        f"<tr><td>{_e(ABSENT_OLD if pd.isna(r.old_path) else r.old_path)}</td>"
+        f"<td>{_e(ABSENT_NEW if pd.isna(r.new_path) else r.new_path)}</td>"
         f'<td class="n">{r.shared_rows}</td><td class="n">{r.old_rows}</td>'
         f'<td class="n">{r.new_rows}</td><td class="n">{r.jaccard:.3f}</td>'
         f'<td><span class="k" style="background:{KIND_COLOURS.get(r.kind, "#999")}"></span>'
