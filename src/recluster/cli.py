@@ -1,4 +1,4 @@
-"""Command line: ``recluster run | validate | score | report | demo | render-k8s``.
+"""Command line: ``recluster run | validate | score | compare | report | demo | render-k8s``.
 
 Errors we can explain exit non-zero with one message naming the column, file, setting or stage;
 credentials are never printed (they are not in the config to begin with).
@@ -34,7 +34,13 @@ def _echo_factory(quiet: bool):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
+    extra = [f"previous.path={args.previous}"] if args.previous else []
+    cfg = load_config(args.config, [*args.set, *extra])
+    if cfg.previous.path:  # before a cluster starts: a run that is not there is refused now
+        from recluster.comparing import PublishedRun
+        from recluster.storage.fs import Location
+
+        PublishedRun(Location.of(cfg.previous.path, cfg.output.storage_options), "previous run")
     _run(cfg, args.scheduler, args.quiet, _tls(args), args.verbose)
     return 0
 
@@ -119,16 +125,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from recluster.compute.drift import DriftRule
     from recluster.config import RuntimeConfig
+    from recluster.errors import ConfigError
     from recluster.parallel.client import dask_client
     from recluster.scoring import check_output, score
 
     echo = _echo_factory(args.quiet)
+    if not (0.0 <= args.drift_max_outside <= 1.0 and args.drift_max_psi >= 0.0
+            and args.drift_min_rows >= 0):
+        raise ConfigError("--drift-max-outside must be in [0, 1], --drift-max-psi and "
+                          "--drift-min-rows at least 0")
+    rule = DriftRule(args.drift_max_outside, args.drift_max_psi, args.drift_min_rows)
     check_output(args.model, args.input, args.output)  # before a cluster starts
     with dask_client(RuntimeConfig(), args.scheduler, _tls(args), args.verbose) as client:
         score(args.model, args.input, args.output, client, echo, overwrite=args.overwrite,
               manifest_sha256=args.manifest_sha256,
-              filters=parse_filters(args.filter, "--filter"))
+              filters=parse_filters(args.filter, "--filter"), drift_rule=rule,
+              fail_on_drift=args.fail_on_drift)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from recluster.comparing import check_output, rule_of, run_compare
+    from recluster.config import RuntimeConfig
+    from recluster.parallel.client import dask_client
+
+    echo = _echo_factory(args.quiet)
+    rule = rule_of(args.main_share, args.same_jaccard, args.min_share)
+    check_output(args.old, args.new, args.output)  # before a cluster starts
+    with dask_client(RuntimeConfig(), args.scheduler, _tls(args), args.verbose) as client:
+        run_compare(args.old, args.new, args.output, client, echo, overwrite=args.overwrite,
+                    rule=rule)
     return 0
 
 
@@ -183,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler(r)
     r.add_argument("--quiet", action="store_true", help="one JSON line per stage (for batch logs) "
                    "instead of terminal progress")
+    r.add_argument("--previous", metavar="OLD", help="output path of an earlier published run: "
+                   "segments that match one of its segments keep its path (config: "
+                   "previous.path)")
     verbose(r)
     r.set_defaults(func=cmd_run)
 
@@ -197,11 +228,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--filter", help="label only this slice of --input, as input.filters "
                    "(YAML), e.g. '[[month, \"=\", 2]]'")
+    g = s.add_argument_group("drift", "per node: the share of scored rows outside the training "
+                             "support and each feature's population stability index (PSI)")
+    g.add_argument("--fail-on-drift", action="store_true",
+                   help="exit with code 8 (after publishing the labels) when a node passes a "
+                   "threshold")
+    g.add_argument("--drift-max-outside", type=float, default=0.05, metavar="SHARE",
+                   help="a node drifts when more of its rows lie outside the training support "
+                   "(default 0.05; 0.01 is expected)")
+    g.add_argument("--drift-max-psi", type=float, default=0.25, metavar="PSI",
+                   help="a node drifts when a feature's PSI is above this (default 0.25)")
+    g.add_argument("--drift-min-rows", type=int, default=100, metavar="N",
+                   help="nodes with fewer scored rows are reported, never flagged (default 100)")
     scheduler(s)
     pin(s)
     s.add_argument("--quiet", action="store_true")
     verbose(s)
     s.set_defaults(func=cmd_score)
+
+    c = sub.add_parser("compare", help="compare two published runs: which segments are the "
+                       "same, split, merged, new or gone, and which rows moved")
+    c.add_argument("old", help="output path of the earlier published run")
+    c.add_argument("new", help="output path of the later published run")
+    c.add_argument("--output", required=True, help="where to publish matches.parquet, "
+                   "moves.parquet and compare.html")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace a different comparison published at --output")
+    c.add_argument("--main-share", type=float, default=0.5, metavar="X",
+                   help="'mostly': a flow holding at least this share of a segment's rows "
+                   "(default 0.5)")
+    c.add_argument("--same-jaccard", type=float, default=0.5, metavar="Y",
+                   help="least Jaccard of a 'same' pair (default 0.5)")
+    c.add_argument("--min-share", type=float, default=0.1, metavar="A",
+                   help="a flow is significant when it holds this share of both segments' rows "
+                   "(default 0.1)")
+    scheduler(c)
+    c.add_argument("--quiet", action="store_true")
+    verbose(c)
+    c.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="rebuild report.html from a published run's outputs")
     rp.add_argument("run_path", help="output path of a published run")

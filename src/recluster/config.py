@@ -614,6 +614,23 @@ class RuntimeConfig(_Strict):
         description="the whole run must finish within this; else it stops naming the stage in progress")
 
 
+class PreviousConfig(_Strict):
+    """``run --previous``: reuse an earlier published run's segment paths where segments match
+    (README "Runs over time")."""
+
+    path: str | None = Field(default=None, description="output path of an earlier published "
+                             "run of the same kind of table (ids compared by value)")
+    min_jaccard: float = Field(
+        default=0.3, gt=0.0, le=1.0,
+        description="a new node keeps the old path it is matched with when the two share at "
+        "least this Jaccard of their rows at that level")
+
+    @field_validator("path")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_path(v, "previous")
+
+
 class JobConfig(_Strict):
     """The whole job."""
 
@@ -628,6 +645,7 @@ class JobConfig(_Strict):
     stability: StabilityConfig = StabilityConfig()
     explain: ExplainConfig = ExplainConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    previous: PreviousConfig = PreviousConfig()
     seed: int = Field(default=0, ge=0, lt=2**31)
 
     @model_validator(mode="after")

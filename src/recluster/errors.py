@@ -42,3 +42,10 @@ class IntegrityError(ReclusterError):
     or a model file is not in a portable format (e.g. a pickle). Names the file."""
 
     exit_code = 7
+
+
+class DriftError(ReclusterError):
+    """``score --fail-on-drift``: the scored rows passed a drift threshold (the labels were
+    published; the message names the nodes and why)."""
+
+    exit_code = 8

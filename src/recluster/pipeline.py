@@ -509,6 +509,13 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
     if strata:
         echo(f"  {strata['what']}")
     g = grow_tree(client, feats, state, counts, total, ts, cfg, timer, echo, store.run_id)
+    previous = None
+    if cfg.previous.path:  # before anything is written: every output uses the final paths
+        from recluster.comparing import apply_previous
+
+        with timer.stage("previous run's paths"):
+            previous = apply_previous(client, g, ts, cfg.previous.path,
+                                      cfg.output.storage_options, cfg.previous.min_jaccard, echo)
     outputs = ["labels/", "tree.json",
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
 
@@ -553,6 +560,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         "timings_s": {**timer.seconds, "node_fits": g.node_seconds},
         "outputs": outputs,
     }
+    if previous is not None:
+        manifest["previous"] = previous
     with timer.stage("report") as st:
         manifest["outputs"] += write_segments(client, store, g, ts, cfg, manifest, chosen_names)
         manifest["outputs"] += write_report(client, store, g, ts, manifest)

@@ -18,11 +18,14 @@ from typing import Any
 
 from distributed import Client
 
+from recluster.compute.drift import SUPPORT_QUANTILE, DriftRule, judge
+from recluster.compute.drift import summarise as drift_summary
 from recluster.compute.paths import NodePath
 from recluster.compute.routing import LABELS_SCHEMA_VERSION, older_labels_schema
 from recluster.compute.schema import resolve_schema
 from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
-from recluster.errors import ConfigError, InputDataError, IntegrityError
+from recluster.errors import ConfigError, DriftError, InputDataError, IntegrityError
+from recluster.parallel import drift as pdrift
 from recluster.parallel import passes
 from recluster.pipeline import input_fingerprint
 from recluster.report import data as report_data
@@ -60,6 +63,10 @@ def load_models(run: Location, manifest_sha256: str | None = None):
         index = json.loads(models[modelstore.INDEX])
         nodes = [(str(NodePath.parse(n["path"])), int(n["depth"])) for n in index["nodes"]]
         index["max_depth"] = int(index["max_depth"])  # the labels contract's level columns
+        # children[k] is the path of the assigner's class k (renumbered by run --previous).
+        numbers = {str(NodePath.parse(n["path"])): [NodePath.parse(c).index
+                                                    for c in n.get("children", [])]
+                   for n in index["nodes"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{files.url}/{modelstore.INDEX} is not a model index: {exc}") from None
     fits = {}
@@ -68,7 +75,10 @@ def load_models(run: Location, manifest_sha256: str | None = None):
         own = {rel[len(folder):]: data for rel, data in models.items()
                if rel.startswith(folder) and "/" not in rel[len(folder):]
                and not rel[len(folder):].startswith("child-")}
-        fits[path] = (depth, modelstore.node_from_files(path, own, where=files.url + "/" + folder[:-1]))
+        fit = modelstore.node_from_files(path, own, where=files.url + "/" + folder[:-1])
+        if numbers.get(path) and numbers[path] != list(range(len(numbers[path]))):
+            fit.child_numbers = numbers[path]
+        fits[path] = (depth, fit)
     return files, index, fits
 
 
@@ -107,8 +117,8 @@ def score_fingerprint(run_manifest: dict[str, Any], input_fp: str) -> str:
 def score(model_url: str, input_url: str, output_url: str, client: Client,
           echo: Callable[[str], None], overwrite: bool = False,
           timeout_s: float = 60.0, lease_s: float = DEFAULT_LEASE_S,
-          manifest_sha256: str | None = None,
-          filters: list | None = None) -> dict[str, Any]:
+          manifest_sha256: str | None = None, filters: list | None = None,
+          drift_rule: DriftRule | None = None, fail_on_drift: bool = False) -> dict[str, Any]:
     """Label the rows under ``input_url`` with the run at ``model_url``; publish to ``output_url``.
 
     ``filters`` (canonical ``input.filters``) labels only that slice of the input, read as a
@@ -119,7 +129,13 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     overlap with the model run, its training input or the new input; no foreign files; a lock;
     staging; publication by manifest). Scoring the same input with the same model again is a
     no-op.
+
+    Drift (nodes whose models record a training reference): per node, the share of scored rows
+    outside the training support and each feature's PSI, in the manifest's ``drift`` and on the
+    terminal; with ``fail_on_drift`` a node past ``drift_rule`` raises :class:`DriftError` (exit
+    8) once the labels are published.
     """
+    drift_rule = drift_rule or DriftRule()
     model_loc, in_loc, out_loc = check_output(model_url, input_url, output_url, timeout_s)
     model_files, index, fits = load_models(model_loc, manifest_sha256)
     run_manifest = model_files.manifest
@@ -144,7 +160,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         decision = out.prepare(fp, overwrite, "pass --overwrite")
         if decision.action in ("reuse", "repaired"):
             echo(f"{output_url} already holds these labels (same model and input): nothing to do")
-            return decision.previous
+            return report_drift(decision.previous, drift_rule, fail_on_drift, echo)
         echo(f"model files of {model_url} verified against its manifest.json "
              f"(SHA-256 {model_files.manifest_sha256})")
         echo(f"scoring {sum(i.n_rows for i in infos)} rows from {len(files)} files with "
@@ -162,6 +178,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             at_level = {p: f for p, (d, f) in fits.items() if d == level - 1}
             [shared] = client.scatter([at_level], broadcast=True)
             state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp)
+        if any(f.reference is not None for _, f in fits.values()):
+            state = state.persist()  # the drift pass reads the final labels again
         # The run's labels contract: level_1 .. level_<its recursion.max_depth>.
         rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, index["max_depth"]),
                                           sync=True)))
@@ -176,6 +194,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             out.write_staged(report_data.SEGMENTS_FILE, parquet_bytes(
                 named[["path", "name", "parent", "depth"]]))
             outputs.append(report_data.SEGMENTS_FILE)
+        drift = drift_of(client, feats, state, fits, index, drift_rule)
         manifest = {"kind": "score", "model_run": model_url, "fingerprint": fp,
                     "model_fingerprint": run_manifest.get("fingerprint"),
                     "model_manifest_sha256": model_files.manifest_sha256,
@@ -184,6 +203,57 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                     "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
                     "labels_schema_version": LABELS_SCHEMA_VERSION,
                     "outputs": outputs}
+        if drift is not None:
+            manifest["drift"] = drift
         manifest = out.publish(manifest, decision.previous)
     echo(f"published {output_url} ({rows_out} rows)")
+    return report_drift(manifest, drift_rule, fail_on_drift, echo)
+
+
+def drift_of(client: Client, feats, state, fits: dict[str, tuple[int, Any]], index: dict,
+             rule: DriftRule) -> dict[str, Any] | None:
+    """The manifest's ``drift`` entry: per node with a training reference, rows, share outside
+    the support and PSI per feature (one more pass over the scored rows); None if no node of
+    the model records a reference (runs published before drift existed)."""
+    with_ref = {p: (d, f) for p, (d, f) in fits.items() if f.reference is not None}
+    if not with_ref:
+        return None
+    [shared] = client.scatter([with_ref], broadcast=True)
+    counts = pdrift.total_counts(client.compute(pdrift.counts_frame(feats, state, shared),
+                                                sync=True))
+    names = {key: name for name, key in (index.get("keys") or {}).items()}
+    nodes = {p: drift_summary(with_ref[p][1].reference, c, names, rule)
+             for p, c in sorted(counts.items())}
+    return {"rule": {"max_outside": rule.max_outside, "max_psi": rule.max_psi,
+                     "min_rows": rule.min_rows},
+            "support_quantile": SUPPORT_QUANTILE, "nodes": nodes}
+
+
+def report_drift(manifest: dict[str, Any], rule: DriftRule, fail: bool,
+                 echo: Callable[[str], None]) -> dict[str, Any]:
+    """Print the drift summary of a scoring manifest, judged by ``rule`` (the recorded numbers do
+    not depend on it); with ``fail``, raise :class:`DriftError` if a node drifted."""
+    drift = manifest.get("drift") if isinstance(manifest, dict) else None
+    if not isinstance(drift, dict) or not drift.get("nodes"):
+        echo("drift: not measured (the model's nodes record no training reference; re-run the "
+             "job with this recluster to get one)")
+        if fail:
+            raise DriftError("--fail-on-drift: the model records no training reference, so drift "
+                             "cannot be measured; re-run the job with this recluster")
+        return manifest
+    verdicts = {p: judge(e, rule) for p, e in drift["nodes"].items()}
+    drifted = [p for p, v in verdicts.items() if v["drifted"]]
+    nodes = drift["nodes"]
+    worst = max(nodes.items(), key=lambda kv: kv[1]["max_psi"]["psi"])
+    echo(f"drift: {len(drifted)} of {len(nodes)} node(s) past a threshold (rows outside the "
+         f"training support: up to {max(e['outside_share'] for e in nodes.values()):.1%}, "
+         f"{1 - SUPPORT_QUANTILE:.0%} expected; largest PSI {worst[1]['max_psi']['psi']:.3f} "
+         f"'{worst[1]['max_psi']['feature']}' in node {worst[0]})")
+    for p in drifted:
+        echo(f"  node {p} ({nodes[p]['rows']} rows): " + "; ".join(verdicts[p]["reasons"][:4])
+             + (f" and {len(verdicts[p]['reasons']) - 4} more" if len(verdicts[p]["reasons"]) > 4
+                else ""))
+    if fail and drifted:
+        raise DriftError(f"--fail-on-drift: {len(drifted)} node(s) drifted past the thresholds "
+                         f"({', '.join(drifted[:5])}); the labels were published")
     return manifest

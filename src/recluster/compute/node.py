@@ -19,6 +19,7 @@ from sklearn.metrics import adjusted_rand_score
 from recluster.compute.artefacts import find_artefacts
 from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
 from recluster.compute.cluster import fit_clusters
+from recluster.compute.drift import Reference, fit_reference
 from recluster.compute.embed import fit_embedding
 from recluster.compute.paths import NodePath
 from recluster.compute.preprocess import Preprocessor
@@ -64,12 +65,18 @@ class NodeFit:
     projection: Projection | None = None
     artefacts: list[str | None] = field(default_factory=list)
     dropped: dict[int, float] = field(default_factory=dict)  # unstable cluster -> its stability
+    #: The published number of each child (the assigner's class k is child ``child_numbers[k]``);
+    #: None: k itself. Set when a run reuses an earlier run's paths (``run --previous``).
+    child_numbers: list[int] | None = None
+    #: What the node was trained on, for drift in ``recluster score`` (:mod:`.drift`).
+    reference: Reference | None = None
 
     def routing_view(self) -> NodeFit:
         """Only what assigning rows needs (no sample arrays): the copy shipped to workers."""
         return NodeFit(path=self.path, n_sample=self.n_sample, preprocessor=self.preprocessor,
                        assigner=self.assigner, n_children=self.n_children,
-                       projection=self.projection)
+                       projection=self.projection, child_numbers=self.child_numbers,
+                       reference=self.reference)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts about the fit for ``tree.json`` (deterministic: no timings)."""
@@ -181,6 +188,7 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
         fit.seconds["artefacts"] = time.perf_counter() - t
     umap_assigner = UmapAssigner(reducer, cl.clusterer, cl.relabel) if keep_index else None
     _train_assigner(fit, Z, umap_assigner, cfg)
+    fit.reference = fit_reference(sample, pre, Z, fit.sample_labels)  # for drift in score
     fit.seconds["total"] = time.perf_counter() - t0
     return fit
 
@@ -262,6 +270,7 @@ def refinish(fit: NodeFit, sample: pd.DataFrame, id_column: str, labels: np.ndar
         keep[np.array(kept, dtype=np.int64) + 1] = np.arange(len(kept))
         umap_assigner = fit.assigner.with_clusters(cl.clusterer, keep[cl.relabel + 1])
     _train_assigner(out, Z, umap_assigner, cfg)
+    out.reference = fit_reference(rows, fit.preprocessor, Z, labels)
     return out
 
 

@@ -160,6 +160,9 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
         if not mask.any():
             continue
         labels, prob, emb = assign_node_rows(fit, df.loc[mask])
+        if fit.child_numbers is not None:  # published numbers (run --previous): k -> numbers[k]
+            numbers = np.asarray([-1, *fit.child_numbers], dtype=np.int64)
+            labels = numbers[np.asarray(labels, dtype=np.int64) + 1]
         idx = np.flatnonzero(mask)
         new.loc[idx, col] = labels
         member = labels >= 0

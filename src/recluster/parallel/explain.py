@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from recluster.compute import explain
 from recluster.compute.node import U_COLUMN, NodeFit, node_seed
+from recluster.compute.paths import NodePath
 from recluster.compute.schema import TableSchema
 from recluster.config import ExplainConfig
 from recluster.errors import StageError
@@ -37,6 +38,11 @@ class NodeExplanation:
     profiles: pd.DataFrame | None = None
 
 
+def child_number(path: str) -> int:
+    """A child's number among its parent's children: its path's last component."""
+    return NodePath.parse(path).index
+
+
 def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str],
                    names: dict[str, str], describe: tuple[list[str], list[str]] = ([], [])
                    ) -> pd.DataFrame:
@@ -45,9 +51,9 @@ def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[s
     child = rows["_child"].to_numpy()
     numeric = [*fit.preprocessor.numeric, *describe[0]]
     categorical = [*fit.preprocessor.categorical, *describe[1]]
-    frames = [explain.profiles(rows, child == k, numeric, categorical, path, cp, names,
-                               {*describe[0], *describe[1]})
-              for k, cp in enumerate(children)]
+    frames = [explain.profiles(rows, child == child_number(cp), numeric, categorical, path, cp,
+                               names, {*describe[0], *describe[1]})
+              for cp in children]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -155,7 +161,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         child_shap = rows["_child"][u < shap_cut].compute()
         counts = child_train.value_counts().compute()
         dshap = xgb.dask.DaskDMatrix(client, X_shap, enable_categorical=True)
-        for k, cp in enumerate(children):
+        for cp in children:
+            k = child_number(cp)  # its level value (children[i] need not be number i)
             n_pos = int(counts.get(k, 0))
             n_neg = int(counts.sum() - n_pos)
             n_pos_hold = int((child_hold == k).sum())

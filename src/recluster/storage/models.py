@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from recluster.compute.assign import assigner_from_files
+from recluster.compute.drift import Reference
 from recluster.compute.node import NodeFit
 from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import Projection
@@ -63,6 +64,8 @@ def preprocessor_from_json(raw: bytes) -> Preprocessor:
 
 #: The node's linear reduction (wide tables), when it has one.
 PROJECTION_FILE = "projection.npz"
+#: What the node was trained on, for drift in ``recluster score`` (runs before issue 20 lack it).
+DRIFT_FILE = "drift.json"
 
 
 def node_files(fit: NodeFit) -> dict[str, bytes]:
@@ -71,6 +74,8 @@ def node_files(fit: NodeFit) -> dict[str, bytes]:
     files = {"preprocess.json": preprocessor_to_json(fit.preprocessor), **fit.assigner.to_files()}
     if fit.projection is not None:
         files[PROJECTION_FILE] = fit.projection.to_bytes()
+    if fit.reference is not None:
+        files[DRIFT_FILE] = fit.reference.to_json()
     return files
 
 
@@ -104,10 +109,11 @@ def node_from_files(path: str, files: dict[str, bytes], where: str = "models") -
         assigner = assigner_from_files(files)
         projection = (Projection.from_bytes(files[PROJECTION_FILE])
                       if PROJECTION_FILE in files else None)
+        reference = Reference.from_json(files[DRIFT_FILE]) if DRIFT_FILE in files else None
     except (ValueError, KeyError) as exc:
         raise IntegrityError(f"{where}: the node's assigner cannot be loaded: {exc}") from None
     return NodeFit(path=path, n_sample=0, preprocessor=pre, assigner=assigner,
-                   projection=projection)
+                   projection=projection, reference=reference)
 
 
 def staged_digests(store: OutputStore) -> dict[str, str]:
