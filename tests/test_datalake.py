@@ -442,3 +442,89 @@ def test_table_settings_are_checked_and_catalog_secrets_never_written():
             cfg(**settings)
     dnf = cfg(filters=[["a", "==", 1], ["b", "IN", [1]]]).input.filters
     assert dnf == [[["a", "=", 1], ["b", "in", [1]]]]
+
+
+# ---------------------------------------------------------------------------- found by attack
+
+
+def test_filter_times_compare_as_times_not_cut_to_days():
+    """A time on a date column is refused (cast, it was cut to its day: ``< 2013-03-01 12:00``
+    silently left out March 1st); text without an offset on a zoned timestamp column is UTC,
+    as a YAML datetime is (it was refused, with a hint naming the very form given); NaN and
+    infinities are no filter values."""
+    import datetime
+
+    import yaml
+
+    from recluster.compute.schema import resolve_filters
+    from recluster.config import filter_dnf
+    from recluster.errors import ConfigError
+
+    df = frame()
+    day = [datetime.date(2013, m, 1 + i % 28) for i, m in enumerate(df["month"])]
+    when = [datetime.datetime(d.year, d.month, d.day, h % 24, tzinfo=datetime.UTC)
+            for d, h in zip(day, df["hour"], strict=True)]
+    table = arrow(df).append_column("day", pa.array(day, pa.date32())).append_column(
+        "at", pa.array(when, pa.timestamp("us", tz="UTC")))
+    types = {f.name: f.type for f in table.schema}
+
+    def kept(text: str) -> list[str]:
+        expr = resolve_filters(filter_dnf(yaml.safe_load(text)), types, "t").expression()
+        return sorted(table.filter(expr).column("flight id").to_pylist())
+
+    def ids(mask) -> list[str]:
+        return sorted(df.loc[mask, "flight id"])
+
+    days, ats = pd.Series(day, index=df.index), pd.Series(when, index=df.index)
+    with pytest.raises(ConfigError, match=r"'day'.*give a date"):
+        kept("[[day, '<', 2013-03-01 12:00:00]]")
+    with pytest.raises(ConfigError, match=r"'day'.*give a date"):
+        kept("[[day, '>=', '2013-03-01T00:00:00+02:00']]")
+    assert kept("[[day, '<', 2013-03-01 00:00:00]]") == ids(days < datetime.date(2013, 3, 1))
+    assert kept("[[day, '=', '2013-03-01']]") == ids(days == datetime.date(2013, 3, 1))
+    noon = datetime.datetime(2013, 3, 1, 12, tzinfo=datetime.UTC)
+    for text in ("[[at, '>=', '2013-03-01T12:00:00']]", "[[at, '>=', 2013-03-01 12:00:00]]",
+                 "[[at, '>=', '2013-03-01T14:00:00+02:00']]"):
+        assert kept(text) == ids(ats >= noon), text
+    assert kept("[[at, '<', '2013-02-01']]") == ids(ats < datetime.datetime(
+        2013, 2, 1, tzinfo=datetime.UTC))
+    for bad in ("[[dep_delay, '=', .nan]]", "[[dep_delay, in, [1, .inf]]]"):
+        with pytest.raises(ValueError, match="'dep_delay' is not a finite number"):
+            filter_dnf(yaml.safe_load(bad))
+
+
+def test_delta_timestamp_and_version_are_checked(tmp_path, capsys):
+    """``input.timestamp`` as the README spells it (a date, a time without an offset) reads
+    the version of that time (delta-rs refused all but RFC 3339 with an offset); a time before
+    the table's first commit is refused (delta-rs silently read version 0); a version past
+    the latest names the latest; text that is no time is a config error."""
+    import time
+
+    from deltalake import write_deltalake
+
+    df = frame().head(600)
+    inp, out = str(tmp_path / "delta"), str(tmp_path / "out")
+    write_deltalake(inp, arrow(df.head(400)))
+    time.sleep(1.1)
+    between = pd.Timestamp.now(tz="UTC")
+    time.sleep(1.1)
+    write_deltalake(inp, arrow(df.iloc[400:]), mode="append")
+
+    def plan(**input):
+        cfg = load_config(write_config(tmp_path, inp, out, input={**INPUT, "format": "delta",
+                                                                 **input}))
+        _, scan, _, pieces = plan_input(cfg)
+        return scan.table["version"], sum(p.n_rows for p in pieces)
+
+    assert plan(timestamp=between.isoformat()) == (0, 400)
+    assert plan(timestamp=between.tz_localize(None).isoformat()) == (0, 400)  # UTC
+    assert plan(timestamp="2999-01-01") == (1, 600)
+    for input, code, words in [
+        ({"timestamp": "2001-01-01"}, 3, ["input.timestamp 2001-01-01", "before", "oldest"]),
+        ({"version": 7}, 3, ["input.version 7", "versions up to 1"]),
+        ({"timestamp": "yesterday"}, 2, ["input.timestamp 'yesterday'", "ISO-8601"]),
+    ]:
+        cfg = write_config(tmp_path, inp, out, input={**INPUT, "format": "delta", **input})
+        assert run_cli("validate", cfg) == code, input
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err

@@ -522,6 +522,26 @@ def _term(col: str, op: str, value: Any) -> pc.Expression:
             ">=": f.__ge__}[op](value)
 
 
+def _time_scalar(value: str | datetime.date, t: pa.DataType) -> pa.Scalar:
+    """A date or time (ISO-8601 text, or as YAML reads it) as a scalar of the date or timestamp
+    type ``t``: a date is its midnight, a time without an offset is UTC. A time is no date:
+    a time of day other than midnight, or an offset, on a date column raises ValueError (cast,
+    it would be cut to its day and ``< 2024-01-01T12:00`` would leave out that day)."""
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value.strip())
+    if pa.types.is_date(t):
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is not None or value.time() != datetime.time():
+                raise ValueError("a time for a date")
+            value = value.date()
+        return pa.scalar(value, t)
+    if not isinstance(value, datetime.datetime):
+        value = datetime.datetime(value.year, value.month, value.day)
+    if t.tz is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return pa.scalar(value).cast(t)
+
+
 def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
     """``value`` as a scalar to compare column ``col`` (type ``t``) with, or an error naming
     the column, the value and the type."""
@@ -537,6 +557,9 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
         ok, want = isinstance(value, str), "text (quote it in YAML)"
     elif kind == "binary":
         ok, want = isinstance(value, bytes | str), "bytes or text"
+    elif pa.types.is_date(plain):
+        ok = isinstance(value, str | datetime.date) and not isinstance(value, bool)
+        want = "a date (e.g. 2024-01-01; the column holds dates, not times)"
     elif pa.types.is_temporal(plain):
         ok = isinstance(value, str | datetime.date) and not isinstance(value, bool)
         want = "a date or time (e.g. 2024-01-01 or 2024-01-01T12:00:00)"
@@ -547,6 +570,8 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
         try:
             if kind == "binary" and isinstance(value, str):
                 value = value.encode()
+            if pa.types.is_date(plain) or pa.types.is_timestamp(plain):
+                return _time_scalar(value, plain)
             if pa.types.is_temporal(plain):
                 return pa.scalar(value).cast(plain)
             return pa.scalar(value, plain) if kind in ("string", "binary") else pa.scalar(value)

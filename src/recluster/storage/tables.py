@@ -14,6 +14,7 @@ are read.
 
 from __future__ import annotations
 
+import datetime
 import os
 import posixpath
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from urllib.parse import unquote
 import pyarrow as pa
 
 from recluster.compute.schema import RowFilter, column_types, resolve_filters
-from recluster.config import InputConfig
+from recluster.config import InputConfig, iso_time
 from recluster.errors import ConfigError, InputDataError
 from recluster.storage import inputs
-from recluster.storage.fs import Location, is_local, normalize_url
+from recluster.storage.fs import Location, is_local, normalize_url, storage_errors
 
 
 @dataclass(frozen=True)
@@ -117,17 +118,31 @@ def _delta_files(cfg: InputConfig, loc: Location) -> _Files:
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
+    what = (f"input.version {cfg.version}" if cfg.version is not None else
+            f"input.timestamp {cfg.timestamp}" if cfg.timestamp is not None else "latest version")
+    uri, opts = delta_uri(loc), delta_storage_options(loc)
     try:
-        dt = DeltaTable(delta_uri(loc), version=cfg.version,
-                        storage_options=delta_storage_options(loc))
+        dt = DeltaTable(uri, storage_options=opts)
+        latest = dt.version()
+        if cfg.version is not None and cfg.version > latest:
+            raise InputDataError(f"input.version {cfg.version}: the Delta table at {loc.url} "
+                                 f"has versions up to {latest}")
+        if cfg.version is not None and cfg.version != latest:
+            dt.load_as_version(cfg.version)
         if cfg.timestamp is not None:
-            dt.load_as_version(cfg.timestamp)
+            when = iso_time(cfg.timestamp)
+            dt.load_as_version(when)
+            # delta-rs falls back to the oldest version it has for a time before it
+            committed = _delta_commit_time(loc, dt.version())
+            if committed is not None and committed > when:
+                raise InputDataError(
+                    f"input.timestamp {cfg.timestamp} is before the Delta table at {loc.url} "
+                    f"had a version (its oldest, {dt.version()}, was committed at "
+                    f"{committed.isoformat()})")
     except TableNotFoundError:
         raise InputDataError(f"input.path {loc.url} is not a Delta table (no _delta_log/ with a "
                              "commit there)") from None
     except (DeltaError, ValueError, OSError) as exc:
-        what = (f"version {cfg.version}" if cfg.version is not None else
-                f"timestamp {cfg.timestamp}" if cfg.timestamp is not None else "latest version")
         raise InputDataError(f"cannot read the Delta table at {loc.url} ({what}): "
                              f"{str(exc).splitlines()[0]}") from None
     features = set(dt.protocol().reader_features or ())
@@ -158,6 +173,21 @@ def _delta_files(cfg: InputConfig, loc: Location) -> _Files:
     return _Files([paths[i] for i in order], part_schema, [values[i] for i in order],
                   {"format": "delta", "version": dt.version()},
                   {f.name: f.type for f in schema})
+
+
+def _delta_commit_time(loc: Location, version: int) -> datetime.datetime | None:
+    """When ``version`` of the Delta table was committed, as delta-rs's time travel takes it
+    (its log entry's modification time); None if the store does not say."""
+    fs, root = loc.fs()
+    with storage_errors(loc, "reading the Delta table's log"):
+        try:
+            info = fs.info(posixpath.join(root, "_delta_log", f"{version:020d}.json"))
+        except FileNotFoundError:  # logs before a checkpoint may be cleaned up
+            return None
+    when = info.get("LastModified") or info.get("mtime")
+    if isinstance(when, int | float):
+        return datetime.datetime.fromtimestamp(when, datetime.UTC)
+    return when if isinstance(when, datetime.datetime) else None
 
 
 def _iceberg_catalog(cfg: InputConfig, loc: Location):
