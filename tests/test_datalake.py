@@ -528,3 +528,36 @@ def test_delta_timestamp_and_version_are_checked(tmp_path, capsys):
         assert run_cli("validate", cfg) == code, input
         err = capsys.readouterr().err
         assert all(w in err for w in words), err
+
+
+def test_delta_column_added_later_reads_as_nulls_in_older_files(tmp_path):
+    """Schema evolution: a column added by a later commit (``schema_mode: merge``) is a column
+    of the table; files written before it hold none of it and read as nulls (it was refused as
+    'missing from' the older file). At a version before it, it is unknown, named."""
+    from deltalake import write_deltalake
+
+    from recluster.errors import InputDataError
+    from recluster.storage.inputs import read_piece
+
+    df = frame().head(600)
+    inp, out = str(tmp_path / "delta"), str(tmp_path / "out")
+    write_deltalake(inp, arrow(df.head(400)), partition_by=["month"])
+    write_deltalake(inp, arrow(df.iloc[400:].assign(load=lambda d: d["distance"] / 100)),
+                    mode="append", schema_mode="merge", partition_by=["month"])
+    features = [*INPUT["features"], "load"]
+
+    def plan(**input):
+        cfg = load_config(write_config(tmp_path, inp, out, input={
+            **INPUT, "features": features, "format": "delta", **input}))
+        loc, scan, ts, pieces = plan_input(cfg)
+        return pa.concat_tables(read_piece(p, loc, ts.read_schema, [
+            ("flight id", "id"), ("load", "load")]) for p in pieces)
+
+    got = plan()
+    assert sorted(got.column("id").to_pylist()) == sorted(df["flight id"])
+    assert got.column("load").null_count == 400
+    later = plan(filters=[["load", ">=", 10]])
+    assert sorted(later.column("id").to_pylist()) == sorted(
+        df.iloc[400:].loc[lambda d: d["distance"] >= 1000, "flight id"])
+    with pytest.raises(InputDataError, match="'load'"):
+        plan(version=0)

@@ -14,6 +14,7 @@ are read.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import posixpath
@@ -275,6 +276,20 @@ def _iceberg_files(cfg: InputConfig, loc: Location) -> _Files:
 # ---------------------------------------------------------------------------- the slice
 
 
+def _with_table_columns(infos: list[inputs.FileInfo], types: dict[str, pa.DataType] | None
+                        ) -> list[inputs.FileInfo]:
+    """Each file's schema with the table's columns it does not hold (a Delta or Iceberg file
+    written before the column was added): they read as nulls, as the table format says."""
+    if not types:
+        return infos
+    out = []
+    for info in infos:
+        missing = [pa.field(c, t) for c, t in types.items() if c not in info.schema.names]
+        out.append(dataclasses.replace(info, schema=pa.schema(
+            [*info.schema, *missing], metadata=info.schema.metadata)) if missing else info)
+    return out
+
+
 def scan(cfg: InputConfig, loc: Location) -> TableScan:
     """The table's files as of the version asked for, pruned by ``input.filters``, footers read.
 
@@ -292,9 +307,9 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
     total = found.table.get("data_files", len(found.paths))
     where = f"the table at {loc.url}"
     if not cfg.filters:
-        return TableScan(inputs.read_footers(loc, found.paths, partitions=(
-            found.partition_schema, found.partitions), field_names=found.field_names), None,
-            found.table, total)
+        return TableScan(_with_table_columns(inputs.read_footers(
+            loc, found.paths, partitions=(found.partition_schema, found.partitions),
+            field_names=found.field_names), found.types), None, found.table, total)
     if found.types is not None:  # refused before any data file is opened
         resolve_filters(cfg.filters, found.types, where)
     parts = {f.name: f.type for f in found.partition_schema}
@@ -303,9 +318,9 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
                               on_parts.expression(only=list(parts)))
     paths = [found.paths[i] for i in keep] or found.paths[:1]  # one footer names the columns
     fragments: dict[str, Any] = {}
-    infos = inputs.read_footers(loc, paths, partitions=(
+    infos = _with_table_columns(inputs.read_footers(loc, paths, partitions=(
         found.partition_schema, [found.partitions[i] for i in keep] or found.partitions[:1]),
-        fragments=fragments, field_names=found.field_names)
+        fragments=fragments, field_names=found.field_names), found.types)
     row_filter = resolve_filters(cfg.filters, found.types or column_types(infos),
                                  where if found.types else infos[0].path)
     if not keep:
