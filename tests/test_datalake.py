@@ -561,3 +561,20 @@ def test_delta_column_added_later_reads_as_nulls_in_older_files(tmp_path):
         df.iloc[400:].loc[lambda d: d["distance"] >= 1000, "flight id"])
     with pytest.raises(InputDataError, match="'load'"):
         plan(version=0)
+
+
+def test_partition_column_named_like_the_pruning_index(tmp_path):
+    """A partition column named ``__file__`` (the name file pruning gave its row index) with
+    a filter on any partition column: the slice, not an Arrow 'multiple matches' error."""
+    from deltalake import write_deltalake
+
+    df = frame().head(500).assign(__file__=lambda d: d["month"] * 10)
+    inp = str(tmp_path / "delta")
+    write_deltalake(inp, arrow(df), partition_by=["__file__", "carrier"])
+    for filters, mask in [([["__file__", "=", 20]], df["__file__"] == 20),
+                          ([["carrier", "in", ["UA", "DL"]]], df["carrier"].isin(["UA", "DL"]))]:
+        cfg = load_config(write_config(tmp_path, inp, str(tmp_path / "out"), input={
+            **INPUT, "format": "delta", "filters": filters}))
+        _, scan, _, pieces = plan_input(cfg)
+        assert 0 < mask.sum() < len(df)
+        assert sum(p.n_rows for p in pieces) == mask.sum(), filters  # partition-pruned only

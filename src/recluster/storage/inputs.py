@@ -245,10 +245,13 @@ def prune_files(partition_schema: pa.Schema, values: Sequence[dict[str, Any]],
     """
     if expression is None:
         return list(range(len(values)))
+    index = "__file__"
+    while index in partition_schema.names:  # a partition column may be named so
+        index += "_"
     table = pa.table({f.name: pa.array([v.get(f.name) for v in values], type=f.type)
                       for f in partition_schema}).append_column(
-        "__file__", pa.array(range(len(values)), pa.int64()))
-    return table.filter(expression).column("__file__").to_pylist()
+        index, pa.array(range(len(values)), pa.int64()))
+    return table.filter(expression).column(index).to_pylist()
 
 
 def prune_row_groups(infos: Sequence[FileInfo], fragments: dict[str, Any], expression: Any,
