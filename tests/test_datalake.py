@@ -578,3 +578,25 @@ def test_partition_column_named_like_the_pruning_index(tmp_path):
         _, scan, _, pieces = plan_input(cfg)
         assert 0 < mask.sum() < len(df)
         assert sum(p.n_rows for p in pieces) == mask.sum(), filters  # partition-pruned only
+
+
+def test_filter_on_a_decimal_column_with_a_whole_number():
+    """A whole number on a ``decimal128`` column (``[price, '>', 45]``) compares (it failed as
+    Arrow's 'Precision is not great enough', exit 3, naming neither column nor setting), and
+    the manifest's record of it is JSON."""
+    import decimal
+
+    from recluster.compute.schema import resolve_filters
+    from recluster.config import filter_dnf
+
+    df = frame()
+    table = arrow(df).append_column("dist", pa.array(
+        [decimal.Decimal(d) / 10 for d in df["distance"]], pa.decimal128(7, 1)))
+    types = {f.name: f.type for f in table.schema}
+    for value in (94, 94.5):
+        rf = resolve_filters(filter_dnf([["dist", ">", value], ["dist", "<=", 200]]), types, "t")
+        got = sorted(table.filter(rf.expression()).column("flight id").to_pylist())
+        want = df[(df["distance"] > value * 10) & (df["distance"] <= 2000)]["flight id"]
+        assert 0 < len(want) < len(df) and got == sorted(want), value
+        assert json.loads(json.dumps(rf.record())) == [[["dist", ">", value],
+                                                        ["dist", "<=", 200]]]

@@ -21,6 +21,7 @@ the input's Arrow type for the labels.
 from __future__ import annotations
 
 import datetime
+import decimal
 import difflib
 import functools
 import operator
@@ -509,6 +510,9 @@ class RowFilter:
 
 
 def _plain(v: Any) -> Any:
+    if isinstance(v, decimal.Decimal):  # JSON for the manifest, exact
+        return int(v) if v == v.to_integral_value() else \
+            float(v) if decimal.Decimal(repr(float(v))) == v else str(v)
     return v.isoformat() if hasattr(v, "isoformat") else v.hex() if isinstance(v, bytes) else v
 
 
@@ -572,6 +576,8 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
                 value = value.encode()
             if pa.types.is_date(plain) or pa.types.is_timestamp(plain):
                 return _time_scalar(value, plain)
+            if pa.types.is_decimal(plain):  # exact, and of a precision Arrow can compare
+                return pa.scalar(decimal.Decimal(str(value)))
             if pa.types.is_temporal(plain):
                 return pa.scalar(value).cast(plain)
             return pa.scalar(value, plain) if kind in ("string", "binary") else pa.scalar(value)
