@@ -600,3 +600,21 @@ def test_filter_on_a_decimal_column_with_a_whole_number():
         assert 0 < len(want) < len(df) and got == sorted(want), value
         assert json.loads(json.dumps(rf.record())) == [[["dist", ">", value],
                                                         ["dist", "<=", 200]]]
+
+
+def test_a_delta_table_is_not_read_as_loose_parquet(tmp_path, capsys):
+    """A Delta table's folder given as Parquet (input.format left out, or ``recluster score
+    --input``) was read file by file, the files its log no longer lists included: JFK's deleted
+    flights came back. Refused, naming the format to give."""
+    df = frame().head(500)
+    inp = str(tmp_path / "delta")
+    write_delta(df, inp)  # version 1 deletes JFK's flights by rewriting files
+    for filters in (None, [["origin", "=", "JFK"]]):
+        cfg = write_config(tmp_path, inp, str(tmp_path / "out"), input={
+            **INPUT, **({"filters": filters} if filters else {})})
+        assert run_cli("validate", cfg) == 3
+        err = capsys.readouterr().err
+        assert "Delta Lake table" in err and "input.format: delta" in err, err
+    cfg = write_config(tmp_path, inp, str(tmp_path / "out"), input={**INPUT, "format": "delta"})
+    assert run_cli("validate", cfg) == 0
+    assert f"{(df['origin'] != 'JFK').sum()} rows" in capsys.readouterr().out
