@@ -135,7 +135,8 @@ def _delta_files(cfg: InputConfig, loc: Location) -> _Files:
             dt.load_as_version(when)
             # delta-rs falls back to the oldest version it has for a time before it
             committed = _delta_commit_time(loc, dt.version())
-            if committed is not None and committed > when:
+            if committed is not None and committed > when and (
+                    dt.version() == 0 or _delta_commit_time(loc, dt.version() - 1) is None):
                 raise InputDataError(
                     f"input.timestamp {cfg.timestamp} is before the Delta table at {loc.url} "
                     f"had a version (its oldest, {dt.version()}, was committed at "
