@@ -618,3 +618,17 @@ def test_a_delta_table_is_not_read_as_loose_parquet(tmp_path, capsys):
     cfg = write_config(tmp_path, inp, str(tmp_path / "out"), input={**INPUT, "format": "delta"})
     assert run_cli("validate", cfg) == 0
     assert f"{(df['origin'] != 'JFK').sum()} rows" in capsys.readouterr().out
+
+
+def test_an_unquoted_equals_sign_is_the_operator(tmp_path):
+    """``[month, =, 2]`` (``=`` unquoted, as one writes it) failed in YAML 1.1 as "could not
+    determine a constructor for the tag 'tag:yaml.org,2002:value'", in a config and in
+    ``score --filter``: it is the operator."""
+    from recluster.config import parse_filters
+
+    path = tmp_path / "c.yaml"
+    path.write_text("input: {path: /data/f, id_column: id, filters: [[month, =, 2], "
+                    "[carrier, ==, UA]]}\noutput: {path: /data/out}\n")
+    assert load_config(path).input.filters == [[["month", "=", 2], ["carrier", "=", "UA"]]]
+    assert parse_filters("[[[origin, =, JFK]], [[month, '>=', 3]]]", "--filter") == [
+        [["origin", "=", "JFK"]], [["month", ">=", 3]]]

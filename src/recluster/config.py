@@ -620,6 +620,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 types a plain ``=`` as a "value" key the safe loader cannot build, so a filter term
+# written [month, =, 2] failed as "could not determine a constructor": it is the text "=".
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:value",
+                                 lambda loader, node: loader.construct_scalar(node))
+
+
 def safe_yaml(text: str, source: str) -> Any:
     """Parse YAML, refusing more than :data:`MAX_YAML_ALIASES` aliases and nesting deeper than
     :data:`MAX_YAML_DEPTH` before building anything, and a key written twice in a mapping.
