@@ -516,12 +516,22 @@ def _plain(v: Any) -> Any:
     return v.isoformat() if hasattr(v, "isoformat") else v.hex() if isinstance(v, bytes) else v
 
 
+def _value_set(value: list[pa.Scalar]) -> pa.Array:
+    """The values of an ``in`` list as one array. Decimals of several scales get the finest
+    at full precision (``isin`` casts the column to the set's type: 94.55 alone would make it
+    decimal(4, 2), which a column value of 1089.0 does not fit)."""
+    kind = value[0].type
+    if pa.types.is_decimal(kind):
+        kind = pa.decimal128(38, max(v.type.scale for v in value))
+    return pa.array([v.as_py() for v in value], type=kind)
+
+
 def _term(col: str, op: str, value: Any) -> pc.Expression:
     f = pc.field(col)
     if op == "in":
-        return f.isin(pa.array([v.as_py() for v in value], type=value[0].type))
+        return f.isin(_value_set(value))
     if op == "not in":
-        return ~f.isin(pa.array([v.as_py() for v in value], type=value[0].type)) & f.is_valid()
+        return ~f.isin(_value_set(value)) & f.is_valid()
     return {"=": f.__eq__, "!=": f.__ne__, "<": f.__lt__, "<=": f.__le__, ">": f.__gt__,
             ">=": f.__ge__}[op](value)
 
@@ -576,8 +586,10 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
                 value = value.encode()
             if pa.types.is_date(plain) or pa.types.is_timestamp(plain):
                 return _time_scalar(value, plain)
-            if pa.types.is_decimal(plain):  # exact, and of a precision Arrow can compare
-                return pa.scalar(decimal.Decimal(str(value)))
+            if pa.types.is_decimal(plain):  # exact, at (at least) the column's scale
+                exact = decimal.Decimal(str(value))
+                return pa.scalar(exact, pa.decimal128(
+                    38, max(plain.scale, -int(exact.as_tuple().exponent))))
             if pa.types.is_temporal(plain):
                 return pa.scalar(value).cast(plain)
             return pa.scalar(value, plain) if kind in ("string", "binary") else pa.scalar(value)

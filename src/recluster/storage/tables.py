@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import decimal
 import os
 import posixpath
 from dataclasses import dataclass
@@ -216,14 +217,24 @@ def _iceberg_expression(row_filter: RowFilter):
     ops = {"=": ice.EqualTo, "!=": ice.NotEqualTo, "<": ice.LessThan, "<=": ice.LessThanOrEqual,
            ">": ice.GreaterThan, ">=": ice.GreaterThanOrEqual, "in": ice.In, "not in": ice.NotIn}
 
-    def value(v: pa.Scalar) -> Any:
+    types = dict(row_filter.types)
+
+    def value(col: str, v: pa.Scalar) -> Any:
         py = v.as_py()
+        if isinstance(py, decimal.Decimal):  # pyiceberg takes only the column's own scale
+            exact = py.quantize(decimal.Decimal(1).scaleb(-types[col].scale))
+            return exact if exact == py else None
         return py.isoformat() if hasattr(py, "isoformat") else py
 
     ors = []
     for group in row_filter.dnf:
-        ands = [ops[op](col, {value(x) for x in v} if isinstance(v, list) else value(v))
-                for col, op, v in group]
+        ands = []
+        for col, op, v in group:
+            vals = [value(col, x) for x in v] if isinstance(v, list) else [value(col, v)]
+            if None not in vals:  # else left to the rows' filter: planning keeps more files
+                ands.append(ops[op](col, set(vals) if isinstance(v, list) else vals[0]))
+        if not ands:
+            return ice.AlwaysTrue()
         ors.append(ands[0] if len(ands) == 1 else ice.And(*ands))
     return ors[0] if len(ors) == 1 else ice.Or(*ors)
 
