@@ -125,7 +125,8 @@ def test_filter_prunes_partitions_and_row_groups_and_reruns_when_changed(
     assert sorted(labels(scored).column("flight id").to_pylist()) == sorted(slice3["flight id"])
     assert run_cli("score", "--model", out, "--input", inp, "--output", scored + "2",
                    "--scheduler", scheduler, "--filter", '[[carier, "=", DL]]') == 2
-    assert "'carier'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--filter names column 'carier'" in err, err  # the setting score has
 
     # The same slice again: nothing to do. Another slice: another input (a run is there).
     code, text = segment(tmp_path, inp, out, scheduler, capsys, {"filters": FILTER})
