@@ -222,6 +222,14 @@ def test_bad_filters_are_refused_naming_the_column(tmp_path, scheduler, capsys):
     cfg = write_config(tmp_path, inp, out, input={**INPUT, "filters": [["month", "=", 7]]})
     assert run_cli("validate", cfg) == 3
     assert "select no partition" in capsys.readouterr().err
+    # A slice too small to segment says it is the slice (it said "input has 3 rows").
+    few = list(df["flight id"].iloc[[5, 500, 3000]])
+    cfg = write_config(tmp_path, inp, out, input={**INPUT, "filters": [
+        ["flight id", "in", few]]})
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 3
+    err = capsys.readouterr().err
+    assert "the slice input.filters keep has 3 rows" in err, err
+    assert not Path(out, "manifest.json").exists()
 
 
 # ---------------------------------------------------------------------------- Delta Lake

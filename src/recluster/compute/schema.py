@@ -404,10 +404,12 @@ def duplicate_examples(found: pd.DataFrame) -> str:
 
 
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
-                min_rows: int, duplicates: pd.DataFrame | None = None) -> dict:
+                min_rows: int, duplicates: pd.DataFrame | None = None,
+                what: str = "input") -> dict:
     """Combine per-partition stats and raise on what makes the input unusable.
 
-    ``duplicates`` (see :func:`duplicate_examples`) names where some duplicated ids are.
+    ``duplicates`` (see :func:`duplicate_examples`) names where some duplicated ids are;
+    ``what`` the rows read, in messages (e.g. the slice ``input.filters`` keeps).
 
     Returns
     -------
@@ -431,7 +433,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
             + ("" if duplicates is None else duplicate_examples(duplicates)))
     if rows < min_rows:
         raise InputDataError(
-            f"input has {rows} rows; the embedding needs at least {min_rows} "
+            f"{what} has {rows} rows; the embedding needs at least {min_rows} "
             f"(embedding.n_neighbors + 2)")
     missing: dict[str, int] = {}
     for s in stats:
