@@ -676,3 +676,11 @@ def test_iceberg_filter_on_a_decimal_column(tmp_path):
             p, loc, ts.read_schema, [("flight id", "id")]).column("id").to_pylist()]
         assert 0 < mask.sum() < len(df)
         assert sorted(got) == sorted(df.loc[mask, "flight id"]), filters
+    # A snapshot that is not there names the setting (and the one that is).
+    from recluster.errors import InputDataError
+    cfg = load_config(write_config(tmp_path, table.location(), str(tmp_path / "out"), input={
+        **INPUT, "format": "iceberg", "table": "nyc.flights", "catalog": catalog,
+        "snapshot_id": 12345}))
+    with pytest.raises(InputDataError, match=rf"input.snapshot_id 12345: .*its current one "
+                       rf"is {table.current_snapshot().snapshot_id}"):
+        plan_input(cfg)

@@ -260,10 +260,12 @@ def _iceberg_files(cfg: InputConfig, loc: Location) -> _Files:
     snapshot = table.snapshot_by_id(cfg.snapshot_id) if cfg.snapshot_id is not None \
         else table.current_snapshot()
     if snapshot is None:
+        current = table.current_snapshot()
         raise InputDataError(
-            f"Iceberg table '{cfg.table}' has " + (f"no snapshot {cfg.snapshot_id}"
-                                                    if cfg.snapshot_id is not None
-                                                    else "no snapshot (no data written yet)"))
+            f"input.snapshot_id {cfg.snapshot_id}: Iceberg table '{cfg.table}' has no such "
+            f"snapshot (its current one is {current.snapshot_id if current else 'none'})"
+            if cfg.snapshot_id is not None else
+            f"Iceberg table '{cfg.table}' has no snapshot (no data written yet)")
     types = {f.name: f.type for f in table.schema().as_arrow()}
     field_names = {f.field_id: f.name for f in table.schema().fields}
     row_filter = (resolve_filters(cfg.filters, types, f"Iceberg table '{cfg.table}'")
