@@ -125,7 +125,8 @@ def test_filter_prunes_partitions_and_row_groups_and_reruns_when_changed(
     assert sorted(labels(scored).column("flight id").to_pylist()) == sorted(slice3["flight id"])
     assert run_cli("score", "--model", out, "--input", inp, "--output", scored + "2",
                    "--scheduler", scheduler, "--filter", '[[carier, "=", DL]]') == 2
-    assert "'carier'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--filter names column 'carier'" in err, err  # the setting score has
 
     # The same slice again: nothing to do. Another slice: another input (a run is there).
     code, text = segment(tmp_path, inp, out, scheduler, capsys, {"filters": FILTER})
@@ -221,6 +222,14 @@ def test_bad_filters_are_refused_naming_the_column(tmp_path, scheduler, capsys):
     cfg = write_config(tmp_path, inp, out, input={**INPUT, "filters": [["month", "=", 7]]})
     assert run_cli("validate", cfg) == 3
     assert "select no partition" in capsys.readouterr().err
+    # A slice too small to segment says it is the slice (it said "input has 3 rows").
+    few = list(df["flight id"].iloc[[5, 500, 3000]])
+    cfg = write_config(tmp_path, inp, out, input={**INPUT, "filters": [
+        ["flight id", "in", few]]})
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 3
+    err = capsys.readouterr().err
+    assert "the slice input.filters keep has 3 rows" in err, err
+    assert not Path(out, "manifest.json").exists()
 
 
 # ---------------------------------------------------------------------------- Delta Lake
@@ -442,3 +451,236 @@ def test_table_settings_are_checked_and_catalog_secrets_never_written():
             cfg(**settings)
     dnf = cfg(filters=[["a", "==", 1], ["b", "IN", [1]]]).input.filters
     assert dnf == [[["a", "=", 1], ["b", "in", [1]]]]
+
+
+# ---------------------------------------------------------------------------- found by attack
+
+
+def test_filter_times_compare_as_times_not_cut_to_days():
+    """A time on a date column is refused (cast, it was cut to its day: ``< 2013-03-01 12:00``
+    silently left out March 1st); text without an offset on a zoned timestamp column is UTC,
+    as a YAML datetime is (it was refused, with a hint naming the very form given); NaN and
+    infinities are no filter values."""
+    import datetime
+
+    import yaml
+
+    from recluster.compute.schema import resolve_filters
+    from recluster.config import filter_dnf
+    from recluster.errors import ConfigError
+
+    df = frame()
+    day = [datetime.date(2013, m, 1 + i % 28) for i, m in enumerate(df["month"])]
+    when = [datetime.datetime(d.year, d.month, d.day, h % 24, tzinfo=datetime.UTC)
+            for d, h in zip(day, df["hour"], strict=True)]
+    table = arrow(df).append_column("day", pa.array(day, pa.date32())).append_column(
+        "at", pa.array(when, pa.timestamp("us", tz="UTC")))
+    types = {f.name: f.type for f in table.schema}
+
+    def kept(text: str) -> list[str]:
+        expr = resolve_filters(filter_dnf(yaml.safe_load(text)), types, "t").expression()
+        return sorted(table.filter(expr).column("flight id").to_pylist())
+
+    def ids(mask) -> list[str]:
+        return sorted(df.loc[mask, "flight id"])
+
+    days, ats = pd.Series(day, index=df.index), pd.Series(when, index=df.index)
+    with pytest.raises(ConfigError, match=r"'day'.*give a date"):
+        kept("[[day, '<', 2013-03-01 12:00:00]]")
+    with pytest.raises(ConfigError, match=r"'day'.*give a date"):
+        kept("[[day, '>=', '2013-03-01T00:00:00+02:00']]")
+    assert kept("[[day, '<', 2013-03-01 00:00:00]]") == ids(days < datetime.date(2013, 3, 1))
+    assert kept("[[day, '=', '2013-03-01']]") == ids(days == datetime.date(2013, 3, 1))
+    noon = datetime.datetime(2013, 3, 1, 12, tzinfo=datetime.UTC)
+    for text in ("[[at, '>=', '2013-03-01T12:00:00']]", "[[at, '>=', 2013-03-01 12:00:00]]",
+                 "[[at, '>=', '2013-03-01T14:00:00+02:00']]"):
+        assert kept(text) == ids(ats >= noon), text
+    assert kept("[[at, '<', '2013-02-01']]") == ids(ats < datetime.datetime(
+        2013, 2, 1, tzinfo=datetime.UTC))
+    for bad in ("[[dep_delay, '=', .nan]]", "[[dep_delay, in, [1, .inf]]]"):
+        with pytest.raises(ValueError, match="'dep_delay' is not a finite number"):
+            filter_dnf(yaml.safe_load(bad))
+
+
+def test_delta_timestamp_and_version_are_checked(tmp_path, capsys):
+    """``input.timestamp`` as the README spells it (a date, a time without an offset) reads
+    the version of that time (delta-rs refused all but RFC 3339 with an offset); a time before
+    the table's first commit is refused (delta-rs silently read version 0); a version past
+    the latest names the latest; text that is no time is a config error."""
+    import time
+
+    from deltalake import write_deltalake
+
+    df = frame().head(600)
+    inp, out = str(tmp_path / "delta"), str(tmp_path / "out")
+    write_deltalake(inp, arrow(df.head(400)))
+    time.sleep(1.1)
+    between = pd.Timestamp.now(tz="UTC")
+    time.sleep(1.1)
+    write_deltalake(inp, arrow(df.iloc[400:]), mode="append")
+
+    def plan(**input):
+        cfg = load_config(write_config(tmp_path, inp, out, input={**INPUT, "format": "delta",
+                                                                 **input}))
+        _, scan, _, pieces = plan_input(cfg)
+        return scan.table["version"], sum(p.n_rows for p in pieces)
+
+    assert plan(timestamp=between.isoformat()) == (0, 400)
+    assert plan(timestamp=between.tz_localize(None).isoformat()) == (0, 400)  # UTC
+    assert plan(timestamp="2999-01-01") == (1, 600)
+    for input, code, words in [
+        ({"timestamp": "2001-01-01"}, 3, ["input.timestamp 2001-01-01", "before", "oldest"]),
+        ({"version": 7}, 3, ["input.version 7", "versions up to 1"]),
+        ({"timestamp": "yesterday"}, 2, ["input.timestamp 'yesterday'", "ISO-8601"]),
+    ]:
+        cfg = write_config(tmp_path, inp, out, input={**INPUT, "format": "delta", **input})
+        assert run_cli("validate", cfg) == code, input
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err
+
+
+def test_delta_column_added_later_reads_as_nulls_in_older_files(tmp_path):
+    """Schema evolution: a column added by a later commit (``schema_mode: merge``) is a column
+    of the table; files written before it hold none of it and read as nulls (it was refused as
+    'missing from' the older file). At a version before it, it is unknown, named."""
+    from deltalake import write_deltalake
+
+    from recluster.errors import InputDataError
+    from recluster.storage.inputs import read_piece
+
+    df = frame().head(600)
+    inp, out = str(tmp_path / "delta"), str(tmp_path / "out")
+    write_deltalake(inp, arrow(df.head(400)), partition_by=["month"])
+    write_deltalake(inp, arrow(df.iloc[400:].assign(load=lambda d: d["distance"] / 100)),
+                    mode="append", schema_mode="merge", partition_by=["month"])
+    features = [*INPUT["features"], "load"]
+
+    def plan(**input):
+        cfg = load_config(write_config(tmp_path, inp, out, input={
+            **INPUT, "features": features, "format": "delta", **input}))
+        loc, scan, ts, pieces = plan_input(cfg)
+        return pa.concat_tables(read_piece(p, loc, ts.read_schema, [
+            ("flight id", "id"), ("load", "load")]) for p in pieces)
+
+    got = plan()
+    assert sorted(got.column("id").to_pylist()) == sorted(df["flight id"])
+    assert got.column("load").null_count == 400
+    later = plan(filters=[["load", ">=", 10]])
+    assert sorted(later.column("id").to_pylist()) == sorted(
+        df.iloc[400:].loc[lambda d: d["distance"] >= 1000, "flight id"])
+    with pytest.raises(InputDataError, match="'load'"):
+        plan(version=0)
+
+
+def test_partition_column_named_like_the_pruning_index(tmp_path):
+    """A partition column named ``__file__`` (the name file pruning gave its row index) with
+    a filter on any partition column: the slice, not an Arrow 'multiple matches' error."""
+    from deltalake import write_deltalake
+
+    df = frame().head(500).assign(__file__=lambda d: d["month"] * 10)
+    inp = str(tmp_path / "delta")
+    write_deltalake(inp, arrow(df), partition_by=["__file__", "carrier"])
+    for filters, mask in [([["__file__", "=", 20]], df["__file__"] == 20),
+                          ([["carrier", "in", ["UA", "DL"]]], df["carrier"].isin(["UA", "DL"]))]:
+        cfg = load_config(write_config(tmp_path, inp, str(tmp_path / "out"), input={
+            **INPUT, "format": "delta", "filters": filters}))
+        _, scan, _, pieces = plan_input(cfg)
+        assert 0 < mask.sum() < len(df)
+        assert sum(p.n_rows for p in pieces) == mask.sum(), filters  # partition-pruned only
+
+
+def test_filter_on_a_decimal_column_with_a_whole_number():
+    """A whole number on a ``decimal128`` column (``[price, '>', 45]``) compares (it failed as
+    Arrow's 'Precision is not great enough', exit 3, naming neither column nor setting), and
+    the manifest's record of it is JSON."""
+    import decimal
+
+    from recluster.compute.schema import resolve_filters
+    from recluster.config import filter_dnf
+
+    df = frame()
+    table = arrow(df).append_column("dist", pa.array(
+        [decimal.Decimal(d) / 10 for d in df["distance"]], pa.decimal128(7, 1)))
+    types = {f.name: f.type for f in table.schema}
+    for value in (94, 94.5, 94.55):
+        rf = resolve_filters(filter_dnf([["dist", ">", value], ["dist", "<=", 200]]), types, "t")
+        got = sorted(table.filter(rf.expression()).column("flight id").to_pylist())
+        want = df[(df["distance"] > value * 10) & (df["distance"] <= 2000)]["flight id"]
+        assert 0 < len(want) < len(df) and got == sorted(want), value
+        assert json.loads(json.dumps(rf.record())) == [[["dist", ">", value],
+                                                        ["dist", "<=", 200]]]
+
+
+def test_a_delta_table_is_not_read_as_loose_parquet(tmp_path, capsys):
+    """A Delta table's folder given as Parquet (input.format left out, or ``recluster score
+    --input``) was read file by file, the files its log no longer lists included: JFK's deleted
+    flights came back. Refused, naming the format to give."""
+    df = frame().head(500)
+    inp = str(tmp_path / "delta")
+    write_delta(df, inp)  # version 1 deletes JFK's flights by rewriting files
+    for filters in (None, [["origin", "=", "JFK"]]):
+        cfg = write_config(tmp_path, inp, str(tmp_path / "out"), input={
+            **INPUT, **({"filters": filters} if filters else {})})
+        assert run_cli("validate", cfg) == 3
+        err = capsys.readouterr().err
+        assert "Delta Lake table" in err and "input.format: delta" in err, err
+    cfg = write_config(tmp_path, inp, str(tmp_path / "out"), input={**INPUT, "format": "delta"})
+    assert run_cli("validate", cfg) == 0
+    assert f"{(df['origin'] != 'JFK').sum()} rows" in capsys.readouterr().out
+
+
+def test_an_unquoted_equals_sign_is_the_operator(tmp_path):
+    """``[month, =, 2]`` (``=`` unquoted, as one writes it) failed in YAML 1.1 as "could not
+    determine a constructor for the tag 'tag:yaml.org,2002:value'", in a config and in
+    ``score --filter``: it is the operator."""
+    from recluster.config import parse_filters
+
+    path = tmp_path / "c.yaml"
+    path.write_text("input: {path: /data/f, id_column: id, filters: [[month, =, 2], "
+                    "[carrier, ==, UA]]}\noutput: {path: /data/out}\n")
+    assert load_config(path).input.filters == [[["month", "=", 2], ["carrier", "=", "UA"]]]
+    assert parse_filters("[[[origin, =, JFK]], [[month, '>=', 3]]]", "--filter") == [
+        [["origin", "=", "JFK"]], [["month", ">=", 3]]]
+
+
+def test_iceberg_filter_on_a_decimal_column(tmp_path):
+    """pyiceberg takes a decimal literal only at the column's own scale ('Could not convert 94
+    into a decimal(7, 1)', a raw ValueError): whole numbers are planned at that scale, and a
+    value finer than it is left to the rows' filter (planning keeps more files, never fewer)."""
+    import decimal
+
+    from pyiceberg.catalog import load_catalog
+
+    df = frame().iloc[::5].reset_index(drop=True)
+    catalog = {"name": "dec", "type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
+               "warehouse": f"file://{tmp_path}/warehouse"}
+    cat = load_catalog("dec", **{k: v for k, v in catalog.items() if k != "name"})
+    cat.create_namespace("nyc")
+    data = arrow(df).append_column("dist", pa.array(
+        [decimal.Decimal(d) / 10 for d in df["distance"]], pa.decimal128(7, 1)))
+    table = cat.create_table("nyc.flights", schema=data.schema)
+    table.append(data)
+    for filters, mask in [
+            ([["dist", ">", 94]], df["distance"] > 940),
+            ([["dist", ">", 94.55], ["carrier", "=", "UA"]],
+             (df["distance"] > 945.5) & (df["carrier"] == "UA")),
+            ([[["dist", "in", [94.55, 76.2]]], [["origin", "=", "LGA"]]],
+             df["distance"].isin([762]) | (df["origin"] == "LGA")),
+            ([["dist", "not in", [94, 76.2]]], ~df["distance"].isin([940, 762]))]:
+        cfg = load_config(write_config(tmp_path, table.location(), str(tmp_path / "out"), input={
+            **INPUT, "format": "iceberg", "table": "nyc.flights", "catalog": catalog,
+            "filters": filters}))
+        loc, _, ts, pieces = plan_input(cfg)
+        from recluster.storage.inputs import read_piece
+        got = [i for p in pieces for i in read_piece(
+            p, loc, ts.read_schema, [("flight id", "id")]).column("id").to_pylist()]
+        assert 0 < mask.sum() < len(df)
+        assert sorted(got) == sorted(df.loc[mask, "flight id"]), filters
+    # A snapshot that is not there names the setting (and the one that is).
+    from recluster.errors import InputDataError
+    cfg = load_config(write_config(tmp_path, table.location(), str(tmp_path / "out"), input={
+        **INPUT, "format": "iceberg", "table": "nyc.flights", "catalog": catalog,
+        "snapshot_id": 12345}))
+    with pytest.raises(InputDataError, match=rf"input.snapshot_id 12345: .*its current one "
+                       rf"is {table.current_snapshot().snapshot_id}"):
+        plan_input(cfg)

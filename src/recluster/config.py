@@ -8,6 +8,8 @@ come from the environment (``AWS_*``, ``FSSPEC_S3_*``) and are read by the stora
 from __future__ import annotations
 
 import copy
+import datetime
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -252,8 +254,16 @@ class InputConfig(_Strict):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _timestamp_text(cls, v: Any) -> Any:
-        # YAML reads an unquoted 2024-06-01T00:00:00Z as a datetime: the same time as text.
-        return v.isoformat() if hasattr(v, "isoformat") else v
+        # YAML reads an unquoted 2024-06-01T00:00:00Z as a datetime (2024-06-01 as a date): the
+        # same time as text. One spelling for every ISO-8601 form (delta-rs parses only RFC 3339
+        # with an offset): a date is its midnight, a time without an offset is UTC.
+        if v is None or isinstance(v, bool) or not isinstance(v, str | datetime.date):
+            return v
+        when = iso_time(v)
+        if when is None:
+            raise ValueError(f"input.timestamp {v!r} is not an ISO-8601 date or time (e.g. "
+                             "2024-06-01 or 2024-06-01T12:00:00Z)")
+        return when.isoformat()
 
     @field_validator("filters")
     @classmethod
@@ -313,6 +323,19 @@ class InputConfig(_Strict):
                                  "descriptive column is never a feature")
 
 
+def iso_time(v: str | datetime.date) -> datetime.datetime | None:
+    """An ISO-8601 date or time (text, or as YAML reads it) as an aware datetime: a date is its
+    midnight, a time without an offset is UTC. None if ``v`` is not one."""
+    if isinstance(v, str):
+        try:
+            v = datetime.datetime.fromisoformat(v.strip())
+        except ValueError:
+            return None
+    if not isinstance(v, datetime.datetime):
+        v = datetime.datetime(v.year, v.month, v.day)
+    return v if v.tzinfo is not None else v.replace(tzinfo=datetime.UTC)
+
+
 #: Comparison operators of ``input.filters`` (as ``pyarrow.parquet.filters_to_expression``).
 FILTER_OPS = ("=", "==", "!=", "<", "<=", ">", ">=", "in", "not in")
 
@@ -349,6 +372,11 @@ def filter_dnf(filters: list[Any]) -> list[list[list[Any]]]:
                                                                            | dict)):
                 raise ValueError(f"input.filters: '{op}' on column '{col}' needs one value "
                                  f"(not {value!r}); use 'in' for a list")
+            bad = [x for x in (value if isinstance(value, list | tuple) else [value])
+                   if isinstance(x, float) and not math.isfinite(x)]
+            if bad:  # NaN equals nothing, not even NaN; numbers in a config are finite
+                raise ValueError(f"input.filters: value {bad[0]} on column '{col}' is not a "
+                                 "finite number")
             terms.append([col, "=" if op == "==" else op, list(value) if op in (
                 "in", "not in") else value])
         out.append(terms)
@@ -684,6 +712,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                         f"found the key '{key.value}' twice", key.start_mark)
                 seen.add((key.tag, key.value))
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 types a plain ``=`` as a "value" key the safe loader cannot build, so a filter term
+# written [month, =, 2] failed as "could not determine a constructor": it is the text "=".
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:value",
+                                 lambda loader, node: loader.construct_scalar(node))
 
 
 def safe_yaml(text: str, source: str) -> Any:

@@ -499,7 +499,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
             duplicates = client.compute(passes.id_files(state, top.index.to_numpy(), pieces),
                                         sync=True)
         summary = check_stats(stats, int(n_unique), ts, cfg.embedding.n_neighbors + 2,
-                              duplicates)
+                              duplicates, "the slice input.filters keep" if cfg.input.filters
+                              else "input")
         total = st.counts["rows"] = summary["rows"]
         echo(f"  {total} rows, ids unique, no infinite values; missing values: "
              f"{summary['missing'] or 'none'}")

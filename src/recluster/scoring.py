@@ -143,7 +143,10 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         cfg_in = InputConfig(path=input_url, id_column=index["id_column"],
                              features=[*index["numeric"], *index["categorical"]],
                              categorical=index["categorical"], filters=filters)
-        scan = tables.scan(cfg_in, in_loc)
+        try:
+            scan = tables.scan(cfg_in, in_loc)
+        except (ConfigError, InputDataError) as exc:  # the filter is --filter here
+            raise type(exc)(str(exc).replace("input.filters", "--filter")) from None
         infos = scan.infos
         files = [i.path for i in infos]
         ts = resolve_schema(infos, cfg_in, None)

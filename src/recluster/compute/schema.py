@@ -21,6 +21,7 @@ the input's Arrow type for the labels.
 from __future__ import annotations
 
 import datetime
+import decimal
 import difflib
 import functools
 import operator
@@ -426,10 +427,12 @@ def duplicate_examples(found: pd.DataFrame) -> str:
 
 
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
-                min_rows: int, duplicates: pd.DataFrame | None = None) -> dict:
+                min_rows: int, duplicates: pd.DataFrame | None = None,
+                what: str = "input") -> dict:
     """Combine per-partition stats and raise on what makes the input unusable.
 
-    ``duplicates`` (see :func:`duplicate_examples`) names where some duplicated ids are.
+    ``duplicates`` (see :func:`duplicate_examples`) names where some duplicated ids are;
+    ``what`` the rows read, in messages (e.g. the slice ``input.filters`` keeps).
 
     Returns
     -------
@@ -453,7 +456,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
             + ("" if duplicates is None else duplicate_examples(duplicates)))
     if rows < min_rows:
         raise InputDataError(
-            f"input has {rows} rows; the embedding needs at least {min_rows} "
+            f"{what} has {rows} rows; the embedding needs at least {min_rows} "
             f"(embedding.n_neighbors + 2)")
     missing: dict[str, int] = {}
     for s in stats:
@@ -532,17 +535,50 @@ class RowFilter:
 
 
 def _plain(v: Any) -> Any:
+    if isinstance(v, decimal.Decimal):  # JSON for the manifest, exact
+        return int(v) if v == v.to_integral_value() else \
+            float(v) if decimal.Decimal(repr(float(v))) == v else str(v)
     return v.isoformat() if hasattr(v, "isoformat") else v.hex() if isinstance(v, bytes) else v
+
+
+def _value_set(value: list[pa.Scalar]) -> pa.Array:
+    """The values of an ``in`` list as one array. Decimals of several scales get the finest
+    at full precision (``isin`` casts the column to the set's type: 94.55 alone would make it
+    decimal(4, 2), which a column value of 1089.0 does not fit)."""
+    kind = value[0].type
+    if pa.types.is_decimal(kind):
+        kind = pa.decimal128(38, max(v.type.scale for v in value))
+    return pa.array([v.as_py() for v in value], type=kind)
 
 
 def _term(col: str, op: str, value: Any) -> pc.Expression:
     f = pc.field(col)
     if op == "in":
-        return f.isin(pa.array([v.as_py() for v in value], type=value[0].type))
+        return f.isin(_value_set(value))
     if op == "not in":
-        return ~f.isin(pa.array([v.as_py() for v in value], type=value[0].type)) & f.is_valid()
+        return ~f.isin(_value_set(value)) & f.is_valid()
     return {"=": f.__eq__, "!=": f.__ne__, "<": f.__lt__, "<=": f.__le__, ">": f.__gt__,
             ">=": f.__ge__}[op](value)
+
+
+def _time_scalar(value: str | datetime.date, t: pa.DataType) -> pa.Scalar:
+    """A date or time (ISO-8601 text, or as YAML reads it) as a scalar of the date or timestamp
+    type ``t``: a date is its midnight, a time without an offset is UTC. A time is no date:
+    a time of day other than midnight, or an offset, on a date column raises ValueError (cast,
+    it would be cut to its day and ``< 2024-01-01T12:00`` would leave out that day)."""
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value.strip())
+    if pa.types.is_date(t):
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is not None or value.time() != datetime.time():
+                raise ValueError("a time for a date")
+            value = value.date()
+        return pa.scalar(value, t)
+    if not isinstance(value, datetime.datetime):
+        value = datetime.datetime(value.year, value.month, value.day)
+    if t.tz is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return pa.scalar(value).cast(t)
 
 
 def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
@@ -560,6 +596,9 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
         ok, want = isinstance(value, str), "text (quote it in YAML)"
     elif kind == "binary":
         ok, want = isinstance(value, bytes | str), "bytes or text"
+    elif pa.types.is_date(plain):
+        ok = isinstance(value, str | datetime.date) and not isinstance(value, bool)
+        want = "a date (e.g. 2024-01-01; the column holds dates, not times)"
     elif pa.types.is_temporal(plain):
         ok = isinstance(value, str | datetime.date) and not isinstance(value, bool)
         want = "a date or time (e.g. 2024-01-01 or 2024-01-01T12:00:00)"
@@ -570,6 +609,12 @@ def _filter_value(col: str, t: pa.DataType, value: Any) -> pa.Scalar:
         try:
             if kind == "binary" and isinstance(value, str):
                 value = value.encode()
+            if pa.types.is_date(plain) or pa.types.is_timestamp(plain):
+                return _time_scalar(value, plain)
+            if pa.types.is_decimal(plain):  # exact, at (at least) the column's scale
+                exact = decimal.Decimal(str(value))
+                return pa.scalar(exact, pa.decimal128(
+                    38, max(plain.scale, -int(exact.as_tuple().exponent))))
             if pa.types.is_temporal(plain):
                 return pa.scalar(value).cast(plain)
             return pa.scalar(value, plain) if kind in ("string", "binary") else pa.scalar(value)

@@ -93,6 +93,13 @@ def list_parquet_files(loc: Location) -> list[str]:
         if is_folder_entry(p, info):  # e.g. the marker an S3 console's "Create folder" leaves
             continue
         rel = p[len(root):].lstrip("/")
+        table = _table_format(rel)
+        if table:
+            raise InputDataError(
+                f"{loc.url} is {table[0]} table ({table[1]} is there): read as a folder of "
+                "Parquet files it would include the files its log no longer lists (deleted and "
+                f"rewritten rows); give input.format: {table[2]} (recluster score reads "
+                "Parquet folders only)")
         if any(part.startswith(("_", ".")) for part in rel.split("/")):
             continue
         if info.get("type") == "other":  # fsspec's word for a link to a folder, a FIFO, ...
@@ -107,6 +114,16 @@ def list_parquet_files(loc: Location) -> list[str]:
     if not files:
         raise InputDataError(f"no Parquet files found under {loc.url}")
     return sorted(files)
+
+
+def _table_format(rel: str) -> tuple[str, str, str] | None:
+    """(what, its log, input.format) if ``rel`` (a path under the input) is a Delta Lake or
+    Iceberg table's log at the input's top: the folder is a table, not loose Parquet files."""
+    if rel.startswith("_delta_log/") and rel.endswith(".json"):
+        return "a Delta Lake", "_delta_log/", "delta"
+    if rel.startswith("metadata/") and rel.endswith(".metadata.json"):
+        return "an Iceberg", "metadata/*.metadata.json", "iceberg"
+    return None
 
 
 def _arrow_fs(loc: Location) -> pafs.FileSystem:
@@ -245,10 +262,13 @@ def prune_files(partition_schema: pa.Schema, values: Sequence[dict[str, Any]],
     """
     if expression is None:
         return list(range(len(values)))
+    index = "__file__"
+    while index in partition_schema.names:  # a partition column may be named so
+        index += "_"
     table = pa.table({f.name: pa.array([v.get(f.name) for v in values], type=f.type)
                       for f in partition_schema}).append_column(
-        "__file__", pa.array(range(len(values)), pa.int64()))
-    return table.filter(expression).column("__file__").to_pylist()
+        index, pa.array(range(len(values)), pa.int64()))
+    return table.filter(expression).column(index).to_pylist()
 
 
 def prune_row_groups(infos: Sequence[FileInfo], fragments: dict[str, Any], expression: Any,

@@ -14,6 +14,9 @@ are read.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
 import os
 import posixpath
 from dataclasses import dataclass
@@ -23,10 +26,10 @@ from urllib.parse import unquote
 import pyarrow as pa
 
 from recluster.compute.schema import RowFilter, column_types, resolve_filters
-from recluster.config import InputConfig
+from recluster.config import InputConfig, iso_time
 from recluster.errors import ConfigError, InputDataError
 from recluster.storage import inputs
-from recluster.storage.fs import Location, is_local, normalize_url
+from recluster.storage.fs import Location, is_local, normalize_url, storage_errors
 
 
 @dataclass(frozen=True)
@@ -117,17 +120,32 @@ def _delta_files(cfg: InputConfig, loc: Location) -> _Files:
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
+    what = (f"input.version {cfg.version}" if cfg.version is not None else
+            f"input.timestamp {cfg.timestamp}" if cfg.timestamp is not None else "latest version")
+    uri, opts = delta_uri(loc), delta_storage_options(loc)
     try:
-        dt = DeltaTable(delta_uri(loc), version=cfg.version,
-                        storage_options=delta_storage_options(loc))
+        dt = DeltaTable(uri, storage_options=opts)
+        latest = dt.version()
+        if cfg.version is not None and cfg.version > latest:
+            raise InputDataError(f"input.version {cfg.version}: the Delta table at {loc.url} "
+                                 f"has versions up to {latest}")
+        if cfg.version is not None and cfg.version != latest:
+            dt.load_as_version(cfg.version)
         if cfg.timestamp is not None:
-            dt.load_as_version(cfg.timestamp)
+            when = iso_time(cfg.timestamp)
+            dt.load_as_version(when)
+            # delta-rs falls back to the oldest version it has for a time before it
+            committed = _delta_commit_time(loc, dt.version())
+            if committed is not None and committed > when and (
+                    dt.version() == 0 or _delta_commit_time(loc, dt.version() - 1) is None):
+                raise InputDataError(
+                    f"input.timestamp {cfg.timestamp} is before the Delta table at {loc.url} "
+                    f"had a version (its oldest, {dt.version()}, was committed at "
+                    f"{committed.isoformat()})")
     except TableNotFoundError:
         raise InputDataError(f"input.path {loc.url} is not a Delta table (no _delta_log/ with a "
                              "commit there)") from None
     except (DeltaError, ValueError, OSError) as exc:
-        what = (f"version {cfg.version}" if cfg.version is not None else
-                f"timestamp {cfg.timestamp}" if cfg.timestamp is not None else "latest version")
         raise InputDataError(f"cannot read the Delta table at {loc.url} ({what}): "
                              f"{str(exc).splitlines()[0]}") from None
     features = set(dt.protocol().reader_features or ())
@@ -160,6 +178,21 @@ def _delta_files(cfg: InputConfig, loc: Location) -> _Files:
                   {f.name: f.type for f in schema})
 
 
+def _delta_commit_time(loc: Location, version: int) -> datetime.datetime | None:
+    """When ``version`` of the Delta table was committed, as delta-rs's time travel takes it
+    (its log entry's modification time); None if the store does not say."""
+    fs, root = loc.fs()
+    with storage_errors(loc, "reading the Delta table's log"):
+        try:
+            info = fs.info(posixpath.join(root, "_delta_log", f"{version:020d}.json"))
+        except FileNotFoundError:  # logs before a checkpoint may be cleaned up
+            return None
+    when = info.get("LastModified") or info.get("mtime")
+    if isinstance(when, int | float):
+        return datetime.datetime.fromtimestamp(when, datetime.UTC)
+    return when if isinstance(when, datetime.datetime) else None
+
+
 def _iceberg_catalog(cfg: InputConfig, loc: Location):
     from pyiceberg.catalog import load_catalog
 
@@ -184,14 +217,24 @@ def _iceberg_expression(row_filter: RowFilter):
     ops = {"=": ice.EqualTo, "!=": ice.NotEqualTo, "<": ice.LessThan, "<=": ice.LessThanOrEqual,
            ">": ice.GreaterThan, ">=": ice.GreaterThanOrEqual, "in": ice.In, "not in": ice.NotIn}
 
-    def value(v: pa.Scalar) -> Any:
+    types = dict(row_filter.types)
+
+    def value(col: str, v: pa.Scalar) -> Any:
         py = v.as_py()
+        if isinstance(py, decimal.Decimal):  # pyiceberg takes only the column's own scale
+            exact = py.quantize(decimal.Decimal(1).scaleb(-types[col].scale))
+            return exact if exact == py else None
         return py.isoformat() if hasattr(py, "isoformat") else py
 
     ors = []
     for group in row_filter.dnf:
-        ands = [ops[op](col, {value(x) for x in v} if isinstance(v, list) else value(v))
-                for col, op, v in group]
+        ands = []
+        for col, op, v in group:
+            vals = [value(col, x) for x in v] if isinstance(v, list) else [value(col, v)]
+            if None not in vals:  # else left to the rows' filter: planning keeps more files
+                ands.append(ops[op](col, set(vals) if isinstance(v, list) else vals[0]))
+        if not ands:
+            return ice.AlwaysTrue()
         ors.append(ands[0] if len(ands) == 1 else ice.And(*ands))
     return ors[0] if len(ors) == 1 else ice.Or(*ors)
 
@@ -217,10 +260,12 @@ def _iceberg_files(cfg: InputConfig, loc: Location) -> _Files:
     snapshot = table.snapshot_by_id(cfg.snapshot_id) if cfg.snapshot_id is not None \
         else table.current_snapshot()
     if snapshot is None:
+        current = table.current_snapshot()
         raise InputDataError(
-            f"Iceberg table '{cfg.table}' has " + (f"no snapshot {cfg.snapshot_id}"
-                                                    if cfg.snapshot_id is not None
-                                                    else "no snapshot (no data written yet)"))
+            f"input.snapshot_id {cfg.snapshot_id}: Iceberg table '{cfg.table}' has no such "
+            f"snapshot (its current one is {current.snapshot_id if current else 'none'})"
+            if cfg.snapshot_id is not None else
+            f"Iceberg table '{cfg.table}' has no snapshot (no data written yet)")
     types = {f.name: f.type for f in table.schema().as_arrow()}
     field_names = {f.field_id: f.name for f in table.schema().fields}
     row_filter = (resolve_filters(cfg.filters, types, f"Iceberg table '{cfg.table}'")
@@ -245,6 +290,20 @@ def _iceberg_files(cfg: InputConfig, loc: Location) -> _Files:
 # ---------------------------------------------------------------------------- the slice
 
 
+def _with_table_columns(infos: list[inputs.FileInfo], types: dict[str, pa.DataType] | None
+                        ) -> list[inputs.FileInfo]:
+    """Each file's schema with the table's columns it does not hold (a Delta or Iceberg file
+    written before the column was added): they read as nulls, as the table format says."""
+    if not types:
+        return infos
+    out = []
+    for info in infos:
+        missing = [pa.field(c, t) for c, t in types.items() if c not in info.schema.names]
+        out.append(dataclasses.replace(info, schema=pa.schema(
+            [*info.schema, *missing], metadata=info.schema.metadata)) if missing else info)
+    return out
+
+
 def scan(cfg: InputConfig, loc: Location) -> TableScan:
     """The table's files as of the version asked for, pruned by ``input.filters``, footers read.
 
@@ -262,9 +321,9 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
     total = found.table.get("data_files", len(found.paths))
     where = f"the table at {loc.url}"
     if not cfg.filters:
-        return TableScan(inputs.read_footers(loc, found.paths, partitions=(
-            found.partition_schema, found.partitions), field_names=found.field_names), None,
-            found.table, total)
+        return TableScan(_with_table_columns(inputs.read_footers(
+            loc, found.paths, partitions=(found.partition_schema, found.partitions),
+            field_names=found.field_names), found.types), None, found.table, total)
     if found.types is not None:  # refused before any data file is opened
         resolve_filters(cfg.filters, found.types, where)
     parts = {f.name: f.type for f in found.partition_schema}
@@ -273,9 +332,9 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
                               on_parts.expression(only=list(parts)))
     paths = [found.paths[i] for i in keep] or found.paths[:1]  # one footer names the columns
     fragments: dict[str, Any] = {}
-    infos = inputs.read_footers(loc, paths, partitions=(
+    infos = _with_table_columns(inputs.read_footers(loc, paths, partitions=(
         found.partition_schema, [found.partitions[i] for i in keep] or found.partitions[:1]),
-        fragments=fragments, field_names=found.field_names)
+        fragments=fragments, field_names=found.field_names), found.types)
     row_filter = resolve_filters(cfg.filters, found.types or column_types(infos),
                                  where if found.types else infos[0].path)
     if not keep:
