@@ -137,7 +137,10 @@ def run_compare(old_url: str, new_url: str, output_url: str, client: Client,
         joined = pcompare.join(old.frame(dtype, "old"), new.frame(dtype, "new"))
         parts, writes = client.compute([pcompare.flows(joined, levels),
                                         pcompare.write_moves(joined, out, MOVES)], sync=True)
-        matches = compare.matches_table(pcompare.sum_flows(parts), rule)
+        flows = pcompare.sum_flows(parts)
+        for run, side in ((old, "old"), (new, "new")):
+            check_joined_rows(flows, side, run.rows, f"{run.what} {run.loc.url}")
+        matches = compare.matches_table(flows, rule)
         fates = compare.segment_fates(matches)
         matches_bytes = parquet_bytes(matches, dictionary_columns=["level", "kind"])
         page = compare_html.render(matches, fates, old_url, new_url).encode()
@@ -163,6 +166,28 @@ def run_compare(old_url: str, new_url: str, output_url: str, client: Client,
         echo(line)
     echo(f"published {output_url} ({', '.join(manifest['outputs'])})")
     return manifest
+
+
+def check_joined_rows(flows, side: str, expected: int, where: str) -> None:
+    """Refuse a join on the id that did not find every row of one side exactly once: duplicate
+    ids (the join multiplies them, here or on the other side) or label files holding other rows
+    than the run's manifest counts.
+
+    Parameters
+    ----------
+    flows : DataFrame of :func:`recluster.parallel.compare.sum_flows` (``level``, ``old``,
+        ``new``, ``rows``); every level counts every joined row once
+    side : ``old`` or ``new``
+    expected : that side's rows (0: unknown, not checked)
+    where : names that side in the message
+    """
+    first = flows["level"].iloc[0] if len(flows) else None
+    found = int(flows.loc[(flows["level"] == first) & (flows[side] != compare.ABSENT),
+                          "rows"].sum())
+    if expected and found != expected:
+        raise IntegrityError(f"{where}: joining the two runs on the id gave {found} rows for its "
+                             f"{expected}: an id occurs more than once in a run (or its label "
+                             "files were changed after publication)")
 
 
 def summary_lines(manifest: dict[str, Any]) -> list[str]:
@@ -203,6 +228,8 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
     levels = list(range(1, max(depth, previous.levels, 1) + 1))
     joined = pcompare.join(previous.frame(dtype, "old"), pcompare.state_frame(state, dtype))
     flows = pcompare.sum_flows(client.compute(pcompare.flows(joined, levels), sync=True))
+    check_joined_rows(flows, "old", previous.rows, f"{previous.what} {previous.loc.url}")
+    check_joined_rows(flows, "new", len(state), "this run's input")
     flows = flows[(flows["old"] != compare.ABSENT) & (flows["new"] != compare.ABSENT)]
     old_children: dict[str, list[str]] = {}
     for o in set(flows["old"]):
@@ -255,11 +282,11 @@ def rename_growth(g, final: dict[str, str]) -> None:
             entry["node"] = final.get(entry["node"], entry["node"])
 
 
-def apply_previous(client: Client, g, ts, previous_url: str, storage_options: dict[str, Any],
-                   min_jaccard: float, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Rename the grown tree ``g`` to the paths of the published run at ``previous_url`` where
-    its segments match; returns the manifest's ``previous`` entry."""
-    previous = PublishedRun(Location.of(previous_url, storage_options), "previous run")
+def apply_previous(client: Client, g, ts, previous: PublishedRun, min_jaccard: float,
+                   echo: Callable[[str], None]) -> dict[str, Any]:
+    """Rename the grown tree ``g`` to the paths of the published run ``previous`` where its
+    segments match; returns the manifest's ``previous`` entry."""
+    previous_url = previous.loc.url
     final = previous_paths(client, g.state, ts.id_type, g.nodes, previous, min_jaccard)
     rename_growth(g, final)
     old_paths = _old_paths(previous)

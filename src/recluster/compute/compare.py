@@ -34,6 +34,7 @@ first rule that holds gives the kind:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,27 @@ LEAF = "leaf"
 #: Stands for "not in this run" while counting (group keys cannot be None everywhere).
 ABSENT = "\x00absent"
 KINDS = ("same", "split", "merged", "new", "gone", "moved")
+#: What a published run's ``cluster`` value is: ``root`` or child numbers joined by dots.
+PATH = re.compile(r"root|(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+
+
+def bad_paths(paths: Sequence[object]) -> list[object]:
+    """The values of a labels ``cluster`` column that are not segment paths (null included),
+    each once, in order of appearance: what a run recluster wrote never has any.
+
+    Parameters
+    ----------
+    paths : sequence (n,) of the column's values
+
+    Returns
+    -------
+    list of the offending values (empty when every value is a path)
+    """
+    seen: dict[object, None] = {}
+    for p in paths:
+        if (not isinstance(p, str) or PATH.fullmatch(p) is None) and repr(p) not in seen:
+            seen[repr(p)] = p
+    return list(seen.values())
 
 
 @dataclass(frozen=True)
