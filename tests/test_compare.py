@@ -335,3 +335,22 @@ def test_previous_republished_is_not_reused(planted, scheduler, tmp_path, capsys
     assert "nothing to do" not in capsys.readouterr().out
     again = read_json(out, "manifest.json")["previous"]["manifest_sha256"]
     assert again != first
+
+
+def test_previous_of_another_id_type_refused_before_growing(planted, scheduler, tmp_path,
+                                                            capsys):
+    """Integer ids with ``--previous`` a run of text ids: refused at the plan (exit 3, both
+    named), before any level is fitted."""
+    table = planted["new_table"].iloc[:300].copy()
+    table["user_id"] = np.arange(len(table))
+    inp = f"s3://{planted['bucket']}/in-int-prev"
+    write_table(table, inp, n_files=1)
+    cfg = write_config(tmp_path, inp, f"s3://{planted['bucket']}/run-int-prev", **SECTIONS)
+    capsys.readouterr()
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet", "--previous",
+                   planted["old"]) == 3
+    printed = capsys.readouterr()
+    stages = [json.loads(line).get("stage", "") for line in printed.out.splitlines()
+              if line.startswith("{")]
+    assert "plan" in stages and not any(s.startswith("level") for s in stages), stages
+    assert "string ids" in printed.err and "integer ids" in printed.err

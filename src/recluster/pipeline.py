@@ -434,9 +434,12 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         prev_run = None
         if cfg.previous.path:  # read once: the run takes its paths from this very publication
             from recluster.comparing import PublishedRun
+            from recluster.parallel.compare import join_dtype
 
             prev_run = PublishedRun(Location.of(cfg.previous.path, cfg.output.storage_options),
                                     "previous run")
+            # ids of another family are refused now, not after the whole tree has grown
+            join_dtype(prev_run.id_type, ts.id_type, (cfg.previous.path, "this run's input"))
         fp = run_fingerprint(cfg, input_fp, prev_run and prev_run.manifest_sha256)
         decision = _decide(cfg, store, fp, echo)
         if decision.action in ("reuse", "repaired"):
