@@ -337,20 +337,36 @@ def test_previous_republished_is_not_reused(planted, scheduler, tmp_path, capsys
     assert again != first
 
 
-def test_previous_of_another_id_type_refused_before_growing(planted, scheduler, tmp_path,
-                                                            capsys):
-    """Integer ids with ``--previous`` a run of text ids: refused at the plan (exit 3, both
-    named), before any level is fitted."""
+def _stages(out: str) -> list[str]:
+    return [json.loads(line).get("stage", "") for line in out.splitlines() if line.startswith("{")]
+
+
+def test_previous_refused_before_growing(planted, scheduler, tmp_path, capsys):
+    """``--previous`` a run of text ids for integer ids, or a run whose tree.json is damaged:
+    refused at the plan (exit 3, both runs named; exit 7 naming tree.json), before any level is
+    fitted."""
+    fs = fsspec.filesystem("s3")
     table = planted["new_table"].iloc[:300].copy()
-    table["user_id"] = np.arange(len(table))
-    inp = f"s3://{planted['bucket']}/in-int-prev"
+    inp = f"s3://{planted['bucket']}/in-prev-early"
     write_table(table, inp, n_files=1)
-    cfg = write_config(tmp_path, inp, f"s3://{planted['bucket']}/run-int-prev", **SECTIONS)
+    cfg = write_config(tmp_path, inp, f"s3://{planted['bucket']}/run-prev-early", **SECTIONS)
+    damaged = f"{planted['bucket']}/prev-damaged-tree"
+    _copy_run(fs, planted["old"][len("s3://"):], damaged)
+    fs.pipe_file(f"{damaged}/tree.json", b"[]")
     capsys.readouterr()
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet", "--previous",
+                   f"s3://{damaged}") == 7
+    printed = capsys.readouterr()
+    stages = _stages(printed.out)
+    assert "plan" in stages and not any(s.startswith("level") for s in stages), stages
+    assert "tree.json" in printed.err
+    table["user_id"] = np.arange(len(table))
+    write_table(table, inp + "-int", n_files=1)
+    cfg = write_config(tmp_path, inp + "-int", f"s3://{planted['bucket']}/run-prev-int",
+                       **SECTIONS)
     assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet", "--previous",
                    planted["old"]) == 3
     printed = capsys.readouterr()
-    stages = [json.loads(line).get("stage", "") for line in printed.out.splitlines()
-              if line.startswith("{")]
+    stages = _stages(printed.out)
     assert "plan" in stages and not any(s.startswith("level") for s in stages), stages
     assert "string ids" in printed.err and "integer ids" in printed.err

@@ -83,9 +83,35 @@ class PublishedRun:
         self.id_type = pcompare.label_file_id_type(loc, self.labels[0], self.id_column)
         self.levels = int(self.manifest.get("levels") or 0)
         self.rows = int((self.manifest.get("rows") or {}).get("out") or 0)
+        self._tree: list[dict[str, Any]] | None = None
 
     def frame(self, dtype: str, side: str):
         return pcompare.labels_frame(self.loc, self.labels, self.id_column, dtype, side)
+
+    def tree(self) -> list[dict[str, Any]]:
+        """The run's ``tree.json`` records (read once), checked against its manifest's digest.
+
+        Raises
+        ------
+        IntegrityError
+            missing, not the recorded file, or not a list of nodes with a ``path``.
+        """
+        if self._tree is None:
+            with storage_errors(self.loc, f"reading {self.what}'s tree.json"):
+                raw = OutputStore(self.loc).read("tree.json")
+            digest = (self.manifest.get(DIGESTS) or {}).get("tree.json")
+            if raw is None or (isinstance(digest, str) and sha256_hex(raw) != digest):
+                raise IntegrityError(f"{self.loc.url}/tree.json is missing or not the file its "
+                                     "manifest.json records")
+            try:
+                records = json.loads(raw)
+                if not all(isinstance(r["path"], str) for r in records):
+                    raise TypeError("a node's path is not text")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IntegrityError(f"{self.loc.url}/tree.json is not a recluster tree: "
+                                     f"{exc}") from None
+            self._tree = records
+        return self._tree
 
 
 def rule_of(main: float, same_jaccard: float, min_share: float) -> compare.CompareRule:
@@ -240,20 +266,11 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
             if path not in kids:
                 kids.append(path)
             path = parent
-    for rec in _tree_records(previous):  # the old tree's own children, those no row of the new input reached too
+    for rec in previous.tree():  # the old tree's own children, those no row of the new input reached too
         kids = old_children.setdefault(rec["path"], [])
         kids += [c for c in rec.get("children") or [] if c not in kids]
     children = {p: list(n.children) for p, n in nodes.items()}
     return compare.stable_paths(children, flows, old_children, min_jaccard)
-
-
-def _tree_records(run: PublishedRun) -> list[dict[str, Any]]:
-    raw = OutputStore(run.loc).read("tree.json")
-    digest = (run.manifest.get(DIGESTS) or {}).get("tree.json")
-    if raw is None or (isinstance(digest, str) and sha256_hex(raw) != digest):
-        raise IntegrityError(f"{run.loc.url}/tree.json is missing or not the file its "
-                             "manifest.json records")
-    return json.loads(raw)
 
 
 def rename_growth(g, final: dict[str, str]) -> None:
@@ -300,5 +317,5 @@ def apply_previous(client: Client, g, ts, previous: PublishedRun, min_jaccard: f
 
 
 def _old_paths(run: PublishedRun) -> set[str]:
-    return {rec["path"] for rec in _tree_records(run)}
+    return {rec["path"] for rec in run.tree()}
 

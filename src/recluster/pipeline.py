@@ -440,6 +440,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
                                     "previous run")
             # ids of another family are refused now, not after the whole tree has grown
             join_dtype(prev_run.id_type, ts.id_type, (cfg.previous.path, "this run's input"))
+            prev_run.tree()  # a damaged tree.json too
         fp = run_fingerprint(cfg, input_fp, prev_run and prev_run.manifest_sha256)
         decision = _decide(cfg, store, fp, echo)
         if decision.action in ("reuse", "repaired"):
