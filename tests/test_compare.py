@@ -287,8 +287,9 @@ def _tamper_labels(fs, run: str, change) -> str:
 
 
 def test_compare_refuses_labels_that_are_not_paths_or_repeat_ids(planted, scheduler, capsys):
-    """A label file holding a value that is no segment path (markup, null) or ids twice must be
-    refused naming the file (exit 7), not crash the page or count rows twice."""
+    """A label file holding a value that is no segment path (markup, null) or ids twice, or a
+    truncated manifest.json, must be refused naming the file (exit 7), not crash the page (or
+    the JSON parser) or count rows twice."""
     fs = fsspec.filesystem("s3")
     src = planted["old"][len("s3://"):]
     odd, dup = f"{planted['bucket']}/odd-run", f"{planted['bucket']}/dup-run"
@@ -311,6 +312,11 @@ def test_compare_refuses_labels_that_are_not_paths_or_repeat_ids(planted, schedu
     assert run_cli("compare", f"s3://{dup}", planted["new"], "--output",
                    f"s3://{planted['bucket']}/cmp-dup", "--scheduler", scheduler) == 7
     assert "more than once" in capsys.readouterr().err
+    fs.pipe_file(f"{dup}/manifest.json", fs.cat_file(f"{dup}/manifest.json")[:-20])  # truncated
+    assert run_cli("compare", f"s3://{dup}", planted["new"], "--output",
+                   f"s3://{planted['bucket']}/cmp-dup", "--scheduler", scheduler) == 7
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and "Traceback" not in err
 
 
 def test_previous_republished_is_not_reused(planted, scheduler, tmp_path, capsys):

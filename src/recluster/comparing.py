@@ -50,7 +50,8 @@ class PublishedRun:
     InputDataError
         no ``manifest.json`` and ``_SUCCESS`` (not a finished run), or no labels.
     IntegrityError
-        a label file the manifest lists is missing or has another size.
+        ``manifest.json`` does not parse, or a label file it lists is missing or has another
+        size.
     """
 
     def __init__(self, loc: Location, what: str):
@@ -62,8 +63,16 @@ class PublishedRun:
                 raise InputDataError(f"{what} {loc.url} is not a published recluster run (no "
                                      "manifest.json and _SUCCESS)")
             self.manifest_sha256 = sha256_hex(raw)
-            self.manifest = json.loads(raw)
             listing = store.listing()
+        try:
+            self.manifest = json.loads(raw)
+            if not isinstance(self.manifest, dict):
+                raise TypeError("not a JSON object")
+            self.levels = int(self.manifest.get("levels") or 0)
+            self.rows = int((self.manifest.get("rows") or {}).get("out") or 0)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"{loc.url}/manifest.json is not a manifest recluster wrote: "
+                                 f"{exc}") from None
         files = manifest_files(self.manifest, listing, loc.url)
         self.labels = sorted(rel for rel in files if rel.startswith("labels/")
                              and rel.endswith(".parquet"))
@@ -81,8 +90,6 @@ class PublishedRun:
         if not isinstance(self.id_column, str):
             raise InputDataError(f"{what} {loc.url}: its manifest.json names no id column")
         self.id_type = pcompare.label_file_id_type(loc, self.labels[0], self.id_column)
-        self.levels = int(self.manifest.get("levels") or 0)
-        self.rows = int((self.manifest.get("rows") or {}).get("out") or 0)
         self._tree: list[dict[str, Any]] | None = None
 
     def frame(self, dtype: str, side: str):
