@@ -247,7 +247,7 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
     ----------
     state : dask DataFrame, the new run's row state (``__id__``, ``cluster``, internal paths)
     id_dtype_arrow : pyarrow type of the new run's id column
-    nodes : internal path -> TreeNode (``children``)
+    nodes : internal path -> TreeNode (``children``; the root's ``size`` counts every row)
     previous : the old run
     min_jaccard : a matched pair's least Jaccard at its level (``previous.min_jaccard``)
 
@@ -262,7 +262,7 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
     joined = pcompare.join(previous.frame(dtype, "old"), pcompare.state_frame(state, dtype))
     flows = pcompare.sum_flows(client.compute(pcompare.flows(joined, levels), sync=True))
     check_joined_rows(flows, "old", previous.rows, f"{previous.what} {previous.loc.url}")
-    check_joined_rows(flows, "new", len(state), "this run's input")
+    check_joined_rows(flows, "new", nodes[compare.ROOT].size, "this run's input")  # every row
     flows = flows[(flows["old"] != compare.ABSENT) & (flows["new"] != compare.ABSENT)]
     old_children: dict[str, list[str]] = {}
     for o in set(flows["old"]):
