@@ -317,6 +317,12 @@ def test_compare_refuses_labels_that_are_not_paths_or_repeat_ids(planted, schedu
                    f"s3://{planted['bucket']}/cmp-dup", "--scheduler", scheduler) == 7
     err = capsys.readouterr().err
     assert "manifest.json" in err and "Traceback" not in err
+    manifest = json.loads(fs.cat_file(f"{src}/manifest.json"))
+    manifest["input"] = "not an object"
+    fs.pipe_file(f"{dup}/manifest.json", json.dumps(manifest).encode())
+    assert run_cli("compare", f"s3://{dup}", planted["new"], "--output",
+                   f"s3://{planted['bucket']}/cmp-dup", "--scheduler", scheduler) == 7
+    assert "manifest.json" in capsys.readouterr().err
 
 
 def test_previous_republished_is_not_reused(planted, scheduler, tmp_path, capsys):

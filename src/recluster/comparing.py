@@ -70,6 +70,9 @@ class PublishedRun:
                 raise TypeError("not a JSON object")
             self.levels = int(self.manifest.get("levels") or 0)
             self.rows = int((self.manifest.get("rows") or {}).get("out") or 0)
+            columns = (self.manifest.get("input") or {}).get("columns") or {}
+            id_column = columns.get("id") or ((self.manifest.get("config") or {}).get("input")
+                                              or {}).get("id_column")
         except (ValueError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"{loc.url}/manifest.json is not a manifest recluster wrote: "
                                  f"{exc}") from None
@@ -84,9 +87,7 @@ class PublishedRun:
             if files[rel] is not None and listing[rel] != files[rel]:
                 raise IntegrityError(f"{loc.url}/{rel} has {listing[rel]} bytes, its manifest.json "
                                      f"says {files[rel]}: the run was changed after publication")
-        columns = (self.manifest.get("input") or {}).get("columns") or {}
-        self.id_column = columns.get("id") or ((self.manifest.get("config") or {}).get("input")
-                                               or {}).get("id_column")
+        self.id_column = id_column
         if not isinstance(self.id_column, str):
             raise InputDataError(f"{what} {loc.url}: its manifest.json names no id column")
         self.id_type = pcompare.label_file_id_type(loc, self.labels[0], self.id_column)
