@@ -262,3 +262,124 @@ def test_compare_real_table_with_itself_and_overlapping_periods(tmp_path, schedu
     best = lv1.groupby("old_path")["shared_rows"].max().sum() / lv1["shared_rows"].sum()
     assert best >= 0.7
     print(manifest["summary"], f"level-1 best-match share {best:.3f}")
+
+
+def _copy_run(fs, src: str, dst: str) -> None:
+    """A byte-for-byte copy of a published run (s3 keys without the scheme)."""
+    for path in fs.find(src):
+        fs.pipe_file(dst + path[len(src):], fs.cat_file(path))
+
+
+def _tamper_labels(fs, run: str, change) -> str:
+    """Rewrite the first label file of ``run`` with ``change(frame)`` and record its new size in
+    the manifest (as a hand-edited or foreign "run" would look); returns the file's path."""
+    label = sorted(fs.glob(f"{run}/labels/*.parquet"))[0]
+    t = change(pq.read_table(io.BytesIO(fs.cat_file(label))).to_pandas())
+    buf = io.BytesIO()
+    t.to_parquet(buf, index=False)
+    fs.pipe_file(label, buf.getvalue())
+    manifest = json.loads(fs.cat_file(f"{run}/manifest.json"))
+    rel = label[len(run) + 1:]
+    for f in manifest["files"]:
+        if f["path"] == rel:
+            f["size"] = len(buf.getvalue())
+    fs.pipe_file(f"{run}/manifest.json", json.dumps(manifest).encode())
+    return rel
+
+
+def test_compare_refuses_labels_that_are_not_paths_or_repeat_ids(planted, scheduler, capsys):
+    """A label file holding a value that is no segment path (markup, null) or ids twice, or a
+    truncated manifest.json, must be refused naming the file (exit 7), not crash the page (or
+    the JSON parser) or count rows twice."""
+    fs = fsspec.filesystem("s3")
+    src = planted["old"][len("s3://"):]
+    odd, dup = f"{planted['bucket']}/odd-run", f"{planted['bucket']}/dup-run"
+    _copy_run(fs, src, odd)
+    _copy_run(fs, src, dup)
+
+    def markup(t):
+        t.loc[t.index[:3], "cluster"] = "<script>alert(1)</script>"
+        return t
+
+    rel = _tamper_labels(fs, odd, markup)
+    _tamper_labels(fs, dup, lambda t: pd.concat([t, t.iloc[:5]], ignore_index=True))
+    capsys.readouterr()
+    out = f"s3://{planted['bucket']}/cmp-odd"
+    assert run_cli("compare", planted["new"], f"s3://{odd}", "--output", out,
+                   "--scheduler", scheduler) == 7
+    err = capsys.readouterr().err
+    assert rel in err and "'cluster'" in err and "Traceback" not in err
+    assert not fs.exists(f"{out[len('s3://'):]}/compare.html")
+    assert run_cli("compare", f"s3://{dup}", planted["new"], "--output",
+                   f"s3://{planted['bucket']}/cmp-dup", "--scheduler", scheduler) == 7
+    assert "more than once" in capsys.readouterr().err
+    fs.pipe_file(f"{dup}/manifest.json", fs.cat_file(f"{dup}/manifest.json")[:-20])  # truncated
+    assert run_cli("compare", f"s3://{dup}", planted["new"], "--output",
+                   f"s3://{planted['bucket']}/cmp-dup", "--scheduler", scheduler) == 7
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and "Traceback" not in err
+    manifest = json.loads(fs.cat_file(f"{src}/manifest.json"))
+    manifest["input"] = "not an object"
+    fs.pipe_file(f"{dup}/manifest.json", json.dumps(manifest).encode())
+    assert run_cli("compare", f"s3://{dup}", planted["new"], "--output",
+                   f"s3://{planted['bucket']}/cmp-dup", "--scheduler", scheduler) == 7
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_previous_republished_is_not_reused(planted, scheduler, tmp_path, capsys):
+    """The same config and input with ``--previous P`` after P was published again is another
+    run (its paths come from P): it is redone and records P's new manifest, not skipped."""
+    fs = fsspec.filesystem("s3")
+    prev = f"{planted['bucket']}/prev-copy"
+    _copy_run(fs, planted["old"][len("s3://"):], prev)
+    table = planted["new_table"].iloc[:600]
+    inp, out = f"s3://{planted['bucket']}/in-rep", f"s3://{planted['bucket']}/run-rep"
+    write_table(table, inp, n_files=1)
+    cfg = write_config(tmp_path, inp, out, **SECTIONS)
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet", "--previous",
+                   f"s3://{prev}") == 0
+    first = read_json(out, "manifest.json")["previous"]["manifest_sha256"]
+    manifest = json.loads(fs.cat_file(f"{prev}/manifest.json"))
+    manifest["republished"] = True  # stands for a new publication at the same place
+    fs.pipe_file(f"{prev}/manifest.json", json.dumps(manifest).encode())
+    capsys.readouterr()
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--previous", f"s3://{prev}",
+                   "--set", "output.overwrite=true") == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    again = read_json(out, "manifest.json")["previous"]["manifest_sha256"]
+    assert again != first
+
+
+def _stages(out: str) -> list[str]:
+    return [json.loads(line).get("stage", "") for line in out.splitlines() if line.startswith("{")]
+
+
+def test_previous_refused_before_growing(planted, scheduler, tmp_path, capsys):
+    """``--previous`` a run of text ids for integer ids, or a run whose tree.json is damaged:
+    refused at the plan (exit 3, both runs named; exit 7 naming tree.json), before any level is
+    fitted."""
+    fs = fsspec.filesystem("s3")
+    table = planted["new_table"].iloc[:300].copy()
+    inp = f"s3://{planted['bucket']}/in-prev-early"
+    write_table(table, inp, n_files=1)
+    cfg = write_config(tmp_path, inp, f"s3://{planted['bucket']}/run-prev-early", **SECTIONS)
+    damaged = f"{planted['bucket']}/prev-damaged-tree"
+    _copy_run(fs, planted["old"][len("s3://"):], damaged)
+    fs.pipe_file(f"{damaged}/tree.json", b"[]")
+    capsys.readouterr()
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet", "--previous",
+                   f"s3://{damaged}") == 7
+    printed = capsys.readouterr()
+    stages = _stages(printed.out)
+    assert "plan" in stages and not any(s.startswith("level") for s in stages), stages
+    assert "tree.json" in printed.err
+    table["user_id"] = np.arange(len(table))
+    write_table(table, inp + "-int", n_files=1)
+    cfg = write_config(tmp_path, inp + "-int", f"s3://{planted['bucket']}/run-prev-int",
+                       **SECTIONS)
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet", "--previous",
+                   planted["old"]) == 3
+    printed = capsys.readouterr()
+    stages = _stages(printed.out)
+    assert "plan" in stages and not any(s.startswith("level") for s in stages), stages
+    assert "string ids" in printed.err and "integer ids" in printed.err

@@ -51,7 +51,8 @@ class PublishedRun:
     InputDataError
         no ``manifest.json`` and ``_SUCCESS`` (not a finished run), or no labels.
     IntegrityError
-        a label file the manifest lists is missing or has another size.
+        ``manifest.json`` does not parse, or a label file it lists is missing or has another
+        size.
     """
 
     def __init__(self, loc: Location, what: str):
@@ -63,8 +64,19 @@ class PublishedRun:
                 raise InputDataError(f"{what} {loc.url} is not a published recluster run (no "
                                      "manifest.json and _SUCCESS)")
             self.manifest_sha256 = sha256_hex(raw)
-            self.manifest = json.loads(raw)
             listing = store.listing()
+        try:
+            self.manifest = json.loads(raw)
+            if not isinstance(self.manifest, dict):
+                raise TypeError("not a JSON object")
+            self.levels = int(self.manifest.get("levels") or 0)
+            self.rows = int((self.manifest.get("rows") or {}).get("out") or 0)
+            columns = (self.manifest.get("input") or {}).get("columns") or {}
+            id_column = columns.get("id") or ((self.manifest.get("config") or {}).get("input")
+                                              or {}).get("id_column")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"{loc.url}/manifest.json is not a manifest recluster wrote: "
+                                 f"{exc}") from None
         files = manifest_files(self.manifest, listing, loc.url)
         self.labels = sorted(rel for rel in files if rel.startswith("labels/")
                              and rel.endswith(".parquet"))
@@ -76,17 +88,39 @@ class PublishedRun:
             if files[rel] is not None and listing[rel] != files[rel]:
                 raise IntegrityError(f"{loc.url}/{rel} has {listing[rel]} bytes, its manifest.json "
                                      f"says {files[rel]}: the run was changed after publication")
-        columns = (self.manifest.get("input") or {}).get("columns") or {}
-        self.id_column = columns.get("id") or ((self.manifest.get("config") or {}).get("input")
-                                               or {}).get("id_column")
+        self.id_column = id_column
         if not isinstance(self.id_column, str):
             raise InputDataError(f"{what} {loc.url}: its manifest.json names no id column")
         self.id_type = pcompare.label_file_id_type(loc, self.labels[0], self.id_column)
-        self.levels = int(self.manifest.get("levels") or 0)
-        self.rows = int((self.manifest.get("rows") or {}).get("out") or 0)
+        self._tree: list[dict[str, Any]] | None = None
 
     def frame(self, dtype: str, side: str):
         return pcompare.labels_frame(self.loc, self.labels, self.id_column, dtype, side)
+
+    def tree(self) -> list[dict[str, Any]]:
+        """The run's ``tree.json`` records (read once), checked against its manifest's digest.
+
+        Raises
+        ------
+        IntegrityError
+            missing, not the recorded file, or not a list of nodes with a ``path``.
+        """
+        if self._tree is None:
+            with storage_errors(self.loc, f"reading {self.what}'s tree.json"):
+                raw = OutputStore(self.loc).read("tree.json")
+            digest = (self.manifest.get(DIGESTS) or {}).get("tree.json")
+            if raw is None or (isinstance(digest, str) and sha256_hex(raw) != digest):
+                raise IntegrityError(f"{self.loc.url}/tree.json is missing or not the file its "
+                                     "manifest.json records")
+            try:
+                records = json.loads(raw)
+                if not all(isinstance(r["path"], str) for r in records):
+                    raise TypeError("a node's path is not text")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IntegrityError(f"{self.loc.url}/tree.json is not a recluster tree: "
+                                     f"{exc}") from None
+            self._tree = records
+        return self._tree
 
 
 def rule_of(main: float, same_jaccard: float, min_share: float) -> compare.CompareRule:
@@ -138,7 +172,10 @@ def run_compare(old_url: str, new_url: str, output_url: str, client: Client,
         joined = pcompare.join(old.frame(dtype, "old"), new.frame(dtype, "new"))
         parts, writes = client.compute([pcompare.flows(joined, levels),
                                         pcompare.write_moves(joined, out, MOVES)], sync=True)
-        matches = compare.matches_table(pcompare.sum_flows(parts), rule)
+        flows = pcompare.sum_flows(parts)
+        for run, side in ((old, "old"), (new, "new")):
+            check_joined_rows(flows, side, run.rows, f"{run.what} {run.loc.url}")
+        matches = compare.matches_table(flows, rule)
         fates = compare.segment_fates(matches)
         matches_bytes = parquet_bytes(matches, dictionary_columns=["level", "kind"])
         page = compare_html.render(matches, fates, old_url, new_url).encode()
@@ -166,6 +203,28 @@ def run_compare(old_url: str, new_url: str, output_url: str, client: Client,
     return manifest
 
 
+def check_joined_rows(flows, side: str, expected: int, where: str) -> None:
+    """Refuse a join on the id that did not find every row of one side exactly once: duplicate
+    ids (the join multiplies them, here or on the other side) or label files holding other rows
+    than the run's manifest counts.
+
+    Parameters
+    ----------
+    flows : DataFrame of :func:`recluster.parallel.compare.sum_flows` (``level``, ``old``,
+        ``new``, ``rows``); every level counts every joined row once
+    side : ``old`` or ``new``
+    expected : that side's rows (0: unknown, not checked)
+    where : names that side in the message
+    """
+    first = flows["level"].iloc[0] if len(flows) else None
+    found = int(flows.loc[(flows["level"] == first) & (flows[side] != compare.ABSENT),
+                          "rows"].sum())
+    if expected and found != expected:
+        raise IntegrityError(f"{where}: joining the two runs on the id gave {found} rows for its "
+                             f"{expected}: an id occurs more than once in a run (or its label "
+                             "files were changed after publication)")
+
+
 def summary_lines(manifest: dict[str, Any]) -> list[str]:
     """The terminal summary of a published comparison."""
     rows = manifest["rows"]
@@ -190,7 +249,7 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
     ----------
     state : dask DataFrame, the new run's row state (``__id__``, ``cluster``, internal paths)
     id_dtype_arrow : pyarrow type of the new run's id column
-    nodes : internal path -> TreeNode (``children``)
+    nodes : internal path -> TreeNode (``children``; the root's ``size`` counts every row)
     previous : the old run
     min_jaccard : a matched pair's least Jaccard at its level (``previous.min_jaccard``)
 
@@ -204,6 +263,8 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
     levels = list(range(1, max(depth, previous.levels, 1) + 1))
     joined = pcompare.join(previous.frame(dtype, "old"), pcompare.state_frame(state, dtype))
     flows = pcompare.sum_flows(client.compute(pcompare.flows(joined, levels), sync=True))
+    check_joined_rows(flows, "old", previous.rows, f"{previous.what} {previous.loc.url}")
+    check_joined_rows(flows, "new", nodes[compare.ROOT].size, "this run's input")  # every row
     flows = flows[(flows["old"] != compare.ABSENT) & (flows["new"] != compare.ABSENT)]
     old_children: dict[str, list[str]] = {}
     for o in set(flows["old"]):
@@ -214,20 +275,11 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
             if path not in kids:
                 kids.append(path)
             path = parent
-    for rec in _tree_records(previous):  # the old tree's own children, those no row of the new input reached too
+    for rec in previous.tree():  # the old tree's own children, those no row of the new input reached too
         kids = old_children.setdefault(rec["path"], [])
         kids += [c for c in rec.get("children") or [] if c not in kids]
     children = {p: list(n.children) for p, n in nodes.items()}
     return compare.stable_paths(children, flows, old_children, min_jaccard)
-
-
-def _tree_records(run: PublishedRun) -> list[dict[str, Any]]:
-    raw = OutputStore(run.loc).read("tree.json")
-    digest = (run.manifest.get(DIGESTS) or {}).get("tree.json")
-    if raw is None or (isinstance(digest, str) and sha256_hex(raw) != digest):
-        raise IntegrityError(f"{run.loc.url}/tree.json is missing or not the file its "
-                             "manifest.json records")
-    return json.loads(raw)
 
 
 def rename_growth(g, final: dict[str, str]) -> None:
@@ -253,11 +305,11 @@ def rename_growth(g, final: dict[str, str]) -> None:
             entry["node"] = final.get(entry["node"], entry["node"])
 
 
-def apply_previous(client: Client, g, ts, previous_url: str, storage_options: dict[str, Any],
-                   min_jaccard: float, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Rename the grown tree ``g`` to the paths of the published run at ``previous_url`` where
-    its segments match; returns the manifest's ``previous`` entry."""
-    previous = PublishedRun(Location.of(previous_url, storage_options), "previous run")
+def apply_previous(client: Client, g, ts, previous: PublishedRun, min_jaccard: float,
+                   echo: Callable[[str], None]) -> dict[str, Any]:
+    """Rename the grown tree ``g`` to the paths of the published run ``previous`` where its
+    segments match; returns the manifest's ``previous`` entry."""
+    previous_url = previous.loc.url
     final = previous_paths(client, g.state, ts.id_type, g.nodes, previous, min_jaccard)
     rename_growth(g, final)
     old_paths = _old_paths(previous)
@@ -271,5 +323,5 @@ def apply_previous(client: Client, g, ts, previous_url: str, storage_options: di
 
 
 def _old_paths(run: PublishedRun) -> set[str]:
-    return {rec["path"] for rec in _tree_records(run)}
+    return {rec["path"] for rec in run.tree()}
 

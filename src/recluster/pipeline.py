@@ -87,8 +87,13 @@ def input_fingerprint(infos, identities: Sequence[dict[str, Any]],
     return h.hexdigest()
 
 
-def run_fingerprint(cfg: JobConfig, input_fp: str) -> str:
-    body = json.dumps({"config": cfg.redacted(), "input": input_fp}, sort_keys=True)
+def run_fingerprint(cfg: JobConfig, input_fp: str, previous_sha256: str | None = None) -> str:
+    """What a run is: its config, its input's identity and, with ``--previous``, the SHA-256 of
+    the earlier run's manifest (whose paths it takes: republished, it gives other paths)."""
+    what = {"config": cfg.redacted(), "input": input_fp}
+    if previous_sha256 is not None:
+        what["previous_manifest_sha256"] = previous_sha256
+    body = json.dumps(what, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -480,7 +485,17 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
                  f"read, {sum(p.n_rows for p in pieces)} rows in the row groups selected")
         input_fp = input_fingerprint(infos, inputs.file_identities(loc, [i.path for i in infos]),
                                      table)
-        fp = run_fingerprint(cfg, input_fp)
+        prev_run = None
+        if cfg.previous.path:  # read once: the run takes its paths from this very publication
+            from recluster.comparing import PublishedRun
+            from recluster.parallel.compare import join_dtype
+
+            prev_run = PublishedRun(Location.of(cfg.previous.path, cfg.output.storage_options),
+                                    "previous run")
+            # ids of another family are refused now, not after the whole tree has grown
+            join_dtype(prev_run.id_type, ts.id_type, (cfg.previous.path, "this run's input"))
+            prev_run.tree()  # a damaged tree.json too
+        fp = run_fingerprint(cfg, input_fp, prev_run and prev_run.manifest_sha256)
         decision = _decide(cfg, store, fp, echo)
         if decision.action in ("reuse", "repaired"):
             return decision.previous
@@ -511,12 +526,11 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Callable[[str], Non
         echo(f"  {strata['what']}")
     g = grow_tree(client, feats, state, counts, total, ts, cfg, timer, echo, store.run_id)
     previous = None
-    if cfg.previous.path:  # before anything is written: every output uses the final paths
+    if prev_run is not None:  # before anything is written: every output uses the final paths
         from recluster.comparing import apply_previous
 
         with timer.stage("previous run's paths"):
-            previous = apply_previous(client, g, ts, cfg.previous.path,
-                                      cfg.output.storage_options, cfg.previous.min_jaccard, echo)
+            previous = apply_previous(client, g, ts, prev_run, cfg.previous.min_jaccard, echo)
     outputs = ["labels/", "tree.json",
                *write_models_and_explanations(client, store, feats, g, ts, cfg, timer, echo)]
 

@@ -40,12 +40,32 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recluster.compute.paths import ROOT, NodePath
+from recluster.compute.paths import ROOT, NodePath, is_path_text
 
 LEAF = "leaf"
 #: Stands for "not in this run" while counting (group keys cannot be None everywhere).
 ABSENT = "\x00absent"
 KINDS = ("same", "split", "merged", "new", "gone", "moved")
+#: What a published run's ``cluster`` value is: ``root`` or child numbers joined by dots.
+
+
+def bad_paths(paths: Sequence[object]) -> list[object]:
+    """The values of a labels ``cluster`` column that are not segment paths (null included),
+    each once, in order of appearance: what a run recluster wrote never has any.
+
+    Parameters
+    ----------
+    paths : sequence (n,) of the column's values
+
+    Returns
+    -------
+    list of the offending values (empty when every value is a path)
+    """
+    seen: dict[object, None] = {}
+    for p in paths:
+        if (not isinstance(p, str) or not is_path_text(p)) and repr(p) not in seen:
+            seen[repr(p)] = p
+    return list(seen.values())
 
 
 @dataclass(frozen=True)

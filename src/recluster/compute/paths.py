@@ -162,6 +162,11 @@ class NodePath:
 ROOT_PATH = NodePath()
 
 
+def is_path_text(text: object) -> bool:
+    """Whether ``text`` is a node path in its text form (what :meth:`NodePath.parse` accepts)."""
+    return isinstance(text, str) and _TEXT.fullmatch(text) is not None
+
+
 def path_key(text: str) -> NodePath:
     """Sort key for path texts: ``sorted(paths, key=path_key)`` is the natural tree order."""
     return NodePath.parse(text)

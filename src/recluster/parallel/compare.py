@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from recluster.compute import compare
 from recluster.compute.schema import _hex, _kind
-from recluster.errors import InputDataError
+from recluster.errors import InputDataError, IntegrityError
 from recluster.storage.fs import Location, storage_errors
 from recluster.storage.outputs import OutputStore, parquet_bytes
 
@@ -93,8 +93,17 @@ def _read_labels(rel: str, loc: Location, id_column: str, dtype: str, side: str)
     fs, root = loc.fs()
     with storage_errors(loc, f"reading {rel}"), fs.open(f"{root}/{rel}", "rb") as f:
         table = pq.read_table(f, columns=[id_column, "cluster"])
-    return pd.DataFrame({ID: canonical_ids(table.column(id_column), dtype),
-                         side: table.column("cluster").to_pandas().astype(object)})
+    paths = table.column("cluster").to_pandas().astype(object)
+    bad = compare.bad_paths(paths.unique())
+    if bad:  # a null would read as "not in this run", a foreign value breaks the levels
+        raise IntegrityError(f"{loc.url}/{rel}: column 'cluster' holds {len(bad)} value(s) that "
+                             f"are not segment paths (e.g. {bad[0]!r}); recluster never writes "
+                             "such labels: the run was changed after publication")
+    if table.column(id_column).null_count:
+        raise IntegrityError(f"{loc.url}/{rel}: id column '{id_column}' holds "
+                             f"{table.column(id_column).null_count} null(s); a published run's "
+                             "ids are never null: the run was changed after publication")
+    return pd.DataFrame({ID: canonical_ids(table.column(id_column), dtype), side: paths})
 
 
 def labels_frame(loc: Location, files: Sequence[str], id_column: str, dtype: str,
