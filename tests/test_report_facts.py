@@ -87,6 +87,21 @@ def test_facts_rank_by_effect_and_word_undefined_ratios():
     assert "100%" not in text
 
 
+def test_a_level_keeps_its_case_in_name_fragments():
+    """Name fragments led with the level capitalised: "IOS platform" for level iOS, "Ff01 tag"
+    for a hex level. A level is data and is shown as given; only our own words are capitalised."""
+    prof = pd.DataFrame([
+        _profile(feature="platform", kind="categorical", level="iOS", member_share=0.6,
+                 rest_share=0.1),
+        _profile(feature="platform", kind="categorical", level="android", member_share=0.05,
+                 rest_share=0.5),
+        _profile(feature="plan", kind="categorical", level="pro", member_share=0.0,
+                 rest_share=0.4)])
+    short = segments.facts_table(prof).set_index("level")["short"]
+    assert short["iOS"] == "iOS platform"
+    assert short["android"] == "Few android platform" and short["pro"] == "No pro plan"
+
+
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "0"}, {"path": "1"}, {"path": "2"}]
     def fact(path, rank, column, short, share, kind="categorical", effect=1.0):

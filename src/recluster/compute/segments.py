@@ -123,15 +123,15 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
             return None
         if p1 == 0:
             how = f"never in this segment (none of members vs {percent(p2)} of the rest)"
-            short = f"no {shown} {col}"
+            short = f"No {shown} {col}"
         else:
             how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
-            short = f"few {shown} {col}"
+            short = f"Few {shown} {col}"
         share = 1 - p1  # the members that do not hold the level stand behind "rarer"
     return {"column": col, "level": lvl, "kind": "categorical", "direction": 1 if h > 0 else -1,
             "effect": h, "lift": p1 / p2 if p2 > 0 else float("nan"), "member_value": p1,
             "rest_value": p2, "member_share": share, "text": f"{col} = {shown}: {how}",
-            "short": short[:1].upper() + short[1:]}
+            "short": short}  # a level as given: "iOS platform", not "IOS"
 
 
 def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
