@@ -335,6 +335,22 @@ def test_a_names_file_in_the_run_is_honoured_by_report_and_score(penguins, tmp_p
         (Path(url) / "names.yaml").unlink()
 
 
+def test_score_refuses_a_bad_names_file_before_scoring(penguins, scheduler, tmp_path, capsys):
+    """A names.yaml in the model run's folder was read only after every row had been scored
+    and staged: a typo cost a whole scoring pass. It is checked before any row is read."""
+    url = penguins["url"]
+    (Path(url) / "names.yaml").write_text("'0': Same\n'1': Same\n", encoding="utf-8")
+    try:
+        scored = tmp_path / "scored"
+        assert run_cli("score", "--model", url, "--input", str(penguins["tmp"] / "in"),
+                       "--output", str(scored), "--scheduler", scheduler) == 2
+        captured = capsys.readouterr()
+        assert "names.yaml: segments 0 and 1 are both named 'Same'" in captured.err
+        assert "scoring" not in captured.out + captured.err and not scored.exists()
+    finally:
+        (Path(url) / "names.yaml").unlink()
+
+
 def test_a_missing_describe_column_is_named_before_any_work(penguins, capsys):
     cfg = _config(penguins["tmp"], "bad", describe=["island", "wingspan"])
     assert run_cli("validate", cfg) == 3
