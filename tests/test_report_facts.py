@@ -170,6 +170,19 @@ def test_describe_is_checked_like_features():
             parse_config({**base, "input": {**base["input"], "describe": describe}})
 
 
+def test_output_names_in_the_config_read_like_a_names_file():
+    """``output.names: {0: Big spenders}`` (YAML reads the path as a number) was refused with
+    pydantic's "dict[str,str].0.[key]: Input should be a valid string", and 1.10 never got
+    the advice to quote it; a names file took ``0:`` as it is. Both now read alike."""
+    base = {"input": {"path": "/x", "id_column": "id"}, "output": {"path": "/y"}}
+    cfg = parse_config({**base, "output": {**base["output"], "names": {0: "Big", "2.1": "W"}}})
+    assert cfg.output.names == {"0": "Big", "2.1": "W"}
+    with pytest.raises(Exception, match=r"write segment path 1\.1 in quotes"):
+        parse_config({**base, "output": {**base["output"], "names": {1.10: "x"}}})
+    with pytest.raises(Exception, match="output.names"):
+        parse_config({**base, "output": {**base["output"], "names": ["a"]}})
+
+
 def test_output_names_may_be_a_file_read_before_any_work(tmp_path):
     from recluster.errors import ConfigError
     from recluster.pipeline import segment_names
