@@ -100,6 +100,12 @@ def test_a_level_keeps_its_case_in_name_fragments():
     short = segments.facts_table(prof).set_index("level")["short"]
     assert short["iOS"] == "iOS platform"
     assert short["android"] == "Few android platform" and short["pro"] == "No pro plan"
+    # free text as a level: the fact keeps it whole, the name fragment does not carry 5,000 chars
+    long = "x" * 5000
+    f = segments.facts_table(pd.DataFrame([_profile(
+        feature="comment", kind="categorical", level=long, member_share=0.4, rest_share=0.0)]))
+    assert f["level"].iloc[0] == long and long in f["text"].iloc[0]
+    assert f["short"].iloc[0] == "x" * (segments.NAME_LEVEL_CHARS - 1) + "… comment"
 
 
 def test_names_are_short_unique_and_a_persons_names_win():
