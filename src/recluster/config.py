@@ -442,9 +442,11 @@ class OutputConfig(_Strict):
         "ones: a mapping (segment path -> name) or the location of a YAML file holding one "
         "(e.g. a names.yaml edited from a run's segments.parquet)")
 
-    @field_validator("names")
+    @field_validator("names", mode="before")
     @classmethod
-    def _check_names(cls, v: dict[str, str] | str | None) -> dict[str, str] | str | None:
+    def _check_names(cls, v: Any) -> Any:
+        # Before pydantic's types: an unquoted path (YAML's 0 or 1.10) gets check_names' words,
+        # as in a names file, not "dict[str,str].0.[key]: Input should be a valid string".
         if isinstance(v, dict):
             return check_names(v, "output.names")
         if isinstance(v, str):

@@ -23,6 +23,7 @@ import pandas as pd
 from distributed import Client, as_completed, wait
 
 from recluster.compute import segments
+from recluster.compute.artefacts import rename_artefact
 from recluster.compute.node import NodeFit
 from recluster.compute.paths import ROOT, NodePath, sorted_paths
 from recluster.compute.routing import LABELS_SCHEMA_VERSION, STRATUM
@@ -302,6 +303,9 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
         node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
         if fit.preprocessor is not None:  # under the columns' own names
             node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
+        # Artefacts are found on the workers under internal keys; tree.json, segments.parquet
+        # and the report name the column as the user does.
+        fit.artefacts = [rename_artefact(a, ts.name) for a in fit.artefacts]
         decision = accept_split(fit, node.size, cfg.recursion)
         if fit.preprocessor is None:
             g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})

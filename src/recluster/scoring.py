@@ -139,6 +139,9 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     model_loc, in_loc, out_loc = check_output(model_url, input_url, output_url, timeout_s)
     model_files, index, fits = load_models(model_loc, manifest_sha256)
     run_manifest = model_files.manifest
+    # The segments' names as the model run (and a names.yaml in its folder) give them: a bad
+    # names file is refused here, before any row is scored.
+    named = report_data.run_segments(model_files, model_loc)
     with claim(out_loc, lease_s, "score") as out:
         cfg_in = InputConfig(path=input_url, id_column=index["id_column"],
                              features=[*index["numeric"], *index["categorical"]],
@@ -192,8 +195,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         if rows_out != rows_in:
             raise InputDataError(f"scoring wrote {rows_out} rows for {rows_in} input rows")
         outputs = ["labels/"]
-        named = report_data.run_segments(model_files, model_loc)
-        if named is not None:  # the segments' names as the model run (and its names.yaml) give them
+        if named is not None:
             out.write_staged(report_data.SEGMENTS_FILE, parquet_bytes(
                 named[["path", "name", "parent", "depth"]]))
             outputs.append(report_data.SEGMENTS_FILE)

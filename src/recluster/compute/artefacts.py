@@ -18,6 +18,8 @@ description (or None) per cluster out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
@@ -99,5 +101,24 @@ def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_cl
                     votes[column] = _vote(rest, lab, NEIGHBOURS)
             score = adjusted_rand_score(lab == c, votes[column] == c)
             if score < min_agreement:
-                out[c] = f"splits on {column} = {levels[0]} only"
+                out[c] = describe_artefact(column, levels[0])
     return out
+
+
+def describe_artefact(column: str, level: str) -> str:
+    """The words for a cluster that ``column = level`` makes on its own."""
+    return f"splits on {column} = {level} only"
+
+
+def rename_artefact(text: str | None, name: Callable[[str], str]) -> str | None:
+    """An artefact description found under internal column keys, with the column's own name.
+
+    Parameters
+    ----------
+    text : ``"splits on <key> = <level> only"`` (or None), ``<key>`` an internal key (no spaces)
+    name : callable, internal key -> the column's original name
+    """
+    if text is None:
+        return None
+    key, level = text.removeprefix("splits on ").removesuffix(" only").split(" = ", 1)
+    return describe_artefact(name(key), level)

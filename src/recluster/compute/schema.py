@@ -15,7 +15,8 @@ tables, the report, the manifest) shows the original names: :meth:`TableSchema.n
 **Ids** are read as their canonical value: integers as integers, every string flavour
 (``string``, ``large_string``, ``dictionary<string>``) as text, binary ids (``binary``,
 ``fixed_size_binary(16)`` UUIDs) as lowercase hex text; :func:`id_arrow` turns them back into
-the input's Arrow type for the labels.
+the input's Arrow type for the labels. Other binary columns (levels of a categorical or
+``input.describe`` column) are read as hex text too.
 """
 
 from __future__ import annotations
@@ -313,9 +314,11 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     """A piece read under internal keys, as the pandas frame the stages work on.
 
     The id becomes its canonical value (see the module docstring); booleans become 0/1 floats
-    (null as NaN); strings stay text. Integer levels (categorical or ``stratify_by`` columns)
-    stay exact integers where the piece holds nulls, instead of pandas' float64 (which rounds
-    values beyond 2**53, so that one level would read as two in pieces with and without nulls).
+    (null as NaN); strings stay text; any binary column becomes lowercase hex text (its bytes
+    need not be UTF-8, and Dask would decode them as such). Integer levels (categorical or
+    ``stratify_by`` columns) stay exact integers where the piece holds nulls, instead of
+    pandas' float64 (which rounds values beyond 2**53, so that one level would read as two in
+    pieces with and without nulls).
 
     Parameters
     ----------
@@ -333,7 +336,7 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
             col = col.storage
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
-        if name == ts.id_key and _kind(col.type) == "binary":
+        if _kind(col.type) == "binary":  # bytes need not be UTF-8: hex text, like the id
             cols[name] = pd.Series(_hex(col), dtype="str")
             continue
         if pa.types.is_boolean(col.type):

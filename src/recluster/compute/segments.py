@@ -39,6 +39,9 @@ MIN_LIFT = 1.5
 MIN_SUPPORT = 0.05
 #: A name is built from facts that at least this share of the members stand behind, if any.
 NAME_SUPPORT = 0.5
+#: A level longer than this is cut (with "…") in a name fragment: names stay short when a
+#: level is free text (the fact's ``text`` and ``level`` keep it whole).
+NAME_LEVEL_CHARS = 40
 #: Levels that are not values of the column (folded levels), never facts.
 NOT_LEVELS = frozenset({OTHER, OTHER_LEVELS})
 
@@ -106,6 +109,7 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     col = r["feature"]
     shown = "missing" if lvl == MISSING else lvl
+    brief = shown if len(shown) <= NAME_LEVEL_CHARS else shown[:NAME_LEVEL_CHARS - 1] + "…"
     if h > 0:
         if p1 < MIN_SUPPORT or (p2 > 0 and p1 / p2 < MIN_LIFT):
             return None
@@ -113,21 +117,21 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
             how = f"only in this segment ({percent(p1)} of members, none of the rest)"
         else:
             how = f"{p1 / p2:.1f}× as common ({percent(p1)} of members vs {percent(p2)})"
-        short, share = f"{shown} {col}", p1
+        short, share = f"{brief} {col}", p1
     else:
         if p2 < MIN_SUPPORT or (p1 > 0 and p2 / p1 < MIN_LIFT):
             return None
         if p1 == 0:
             how = f"never in this segment (none of members vs {percent(p2)} of the rest)"
-            short = f"no {shown} {col}"
+            short = f"No {brief} {col}"
         else:
             how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
-            short = f"few {shown} {col}"
+            short = f"Few {brief} {col}"
         share = 1 - p1  # the members that do not hold the level stand behind "rarer"
     return {"column": col, "level": lvl, "kind": "categorical", "direction": 1 if h > 0 else -1,
             "effect": h, "lift": p1 / p2 if p2 > 0 else float("nan"), "member_value": p1,
             "rest_value": p2, "member_share": share, "text": f"{col} = {shown}: {how}",
-            "short": short[:1].upper() + short[1:]}
+            "short": short}  # a level as given: "iOS platform", not "IOS"
 
 
 def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
