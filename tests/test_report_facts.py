@@ -177,14 +177,16 @@ def test_describe_is_checked_like_features():
 
 
 def test_output_names_in_the_config_read_like_a_names_file():
-    """``output.names: {0: Big spenders}`` (YAML reads the path as a number) was refused with
-    pydantic's "dict[str,str].0.[key]: Input should be a valid string", and 1.10 never got
-    the advice to quote it; a names file took ``0:`` as it is. Both now read alike."""
+    """``output.names`` in the config was refused with pydantic's "dict[str,str].0.[key]: Input
+    should be a valid string" where a names file gave recluster's own message; both now read
+    alike, and a bare number (the path form before labels schema 2) is refused naming the form."""
     base = {"input": {"path": "/x", "id_column": "id"}, "output": {"path": "/y"}}
-    cfg = parse_config({**base, "output": {**base["output"], "names": {0: "Big", "2.1": "W"}}})
-    assert cfg.output.names == {"0": "Big", "2.1": "W"}
-    with pytest.raises(Exception, match=r"write segment path 1\.1 in quotes"):
-        parse_config({**base, "output": {**base["output"], "names": {1.10: "x"}}})
+    cfg = parse_config({**base, "output": {**base["output"],
+                                            "names": {"root.0": "Big", "root.2.1": "W"}}})
+    assert cfg.output.names == {"root.0": "Big", "root.2.1": "W"}
+    for bare in (0, 1.10, "2.1"):
+        with pytest.raises(Exception, match=r"is not a segment path \(root\.0, root\.2\.1"):
+            parse_config({**base, "output": {**base["output"], "names": {bare: "x"}}})
     with pytest.raises(Exception, match="output.names"):
         parse_config({**base, "output": {**base["output"], "names": ["a"]}})
 
@@ -359,13 +361,13 @@ def test_score_refuses_a_bad_names_file_before_scoring(penguins, scheduler, tmp_
     """A names.yaml in the model run's folder was read only after every row had been scored
     and staged: a typo cost a whole scoring pass. It is checked before any row is read."""
     url = penguins["url"]
-    (Path(url) / "names.yaml").write_text("'0': Same\n'1': Same\n", encoding="utf-8")
+    (Path(url) / "names.yaml").write_text("root.0: Same\nroot.1: Same\n", encoding="utf-8")
     try:
         scored = tmp_path / "scored"
         assert run_cli("score", "--model", url, "--input", str(penguins["tmp"] / "in"),
                        "--output", str(scored), "--scheduler", scheduler) == 2
         captured = capsys.readouterr()
-        assert "names.yaml: segments 0 and 1 are both named 'Same'" in captured.err
+        assert "names.yaml: segments root.0 and root.1 are both named 'Same'" in captured.err
         assert "scoring" not in captured.out + captured.err and not scored.exists()
     finally:
         (Path(url) / "names.yaml").unlink()
