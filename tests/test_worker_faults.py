@@ -163,7 +163,8 @@ def test_worker_killed_during_xgboost_training_completes_or_fails_in_bounded_tim
     out = "s3://kills/xgb"
     sections = {**SECTIONS, "runtime": {"run_timeout_s": 90}}
     explain = {"enabled": True, "n_estimators": 20, "shap_rows": 500, "train_timeout_s": 20,
-               "retries": 2, "collective_timeout_s": 5}
+               "retries": 2, "collective_timeout_s": 5,
+               "local_train_rows": 0}  # every model through xgboost.dask, the fragile path
     # xgboost.dask runs one training task per worker, named after its inner function ``fn``.
     with kill_in(cluster, "explain", prefix="fn") as plugin:
         cfg = write_config(data["tmp"], "s3://kills/in", out, **sections, explain=explain)

@@ -618,6 +618,10 @@ class ExplainConfig(_Strict):
     gamma: float = Field(default=1.0, ge=0.0, description="minimum loss reduction per split: "
                          "keeps separable clusters from spending trees (and SHAP) on noise")
     min_child_weight: float = Field(default=5.0, ge=0.0)
+    local_train_rows: int = Field(
+        default=200_000, ge=0, description="a node with at most this many training rows trains "
+        "each child's model as one ordinary Dask task (single-node XGBoost, one thread: side by "
+        "side, the same result on any number of workers); larger nodes use xgboost.dask")
     retries: int = Field(default=2, ge=0, le=10, description="fresh attempts after a failed training")
     train_timeout_s: float = Field(default=1800.0, gt=0.0, le=MAX_TIMEOUT_S,
                                    description="one training may take this long")

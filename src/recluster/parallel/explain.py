@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-from distributed import Client, wait
+from distributed import Client, Future, wait
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from recluster.compute import explain
@@ -105,6 +105,44 @@ def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: 
     raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {detail}")
 
 
+def _fit_booster(X: pd.DataFrame, child: pd.Series, k: int, params: dict,
+                 rounds: int) -> bytes:
+    """One single-node XGBoost model on one worker thread: ``child == k`` against the rest.
+
+    Parameters
+    ----------
+    X : DataFrame (n, features), the node's raw training rows
+    child : Series (n,), each row's child number
+    """
+    import xgboost as xgb
+
+    d = xgb.DMatrix(X, label=(child.to_numpy() == k).astype("int32"), enable_categorical=True,
+                    nthread=1)
+    booster = xgb.train({**params, "nthread": 1}, d, num_boost_round=rounds, verbose_eval=False)
+    return bytes(booster.save_raw("ubj"))
+
+
+def _train_local(client: Client, X: Future, child: Future, k: int, params: dict, rounds: int,
+                 retries: int, timeout_s: float, what: str):
+    """Train one model as an ordinary task (Dask retries it elsewhere if its worker dies): the
+    same result whatever the number of workers, no collective, models of a node side by side."""
+    import xgboost as xgb
+
+    fut = client.submit(_fit_booster, X, child, k, params, rounds, retries=retries, pure=False)
+    try:
+        raw = fut.result(timeout=timeout_s)
+    except (TimeoutError, FutureTimeout):
+        fut.cancel()
+        raise StageError(f"stage 'explain' failed: training {what} did not finish within "
+                         f"explain.train_timeout_s={timeout_s:g}s") from None
+    except Exception as exc:
+        raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: "
+                         f"{type(exc).__name__}: {_message(exc)}") from None
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    return booster
+
+
 def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                   nodes: Mapping[str, tuple[int, int, NodeFit, list[str]]], ts: TableSchema,
                   cfg: ExplainConfig, seed: int,
@@ -160,6 +198,11 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         X_shap = X[u < shap_cut].persist()
         child_shap = rows["_child"][u < shap_cut].compute()
         counts = child_train.value_counts().compute()
+        # A node's training rows are few (explain.train_rows): up to explain.local_train_rows
+        # each model is one ordinary task on rows held once per node; beyond, xgboost.dask.
+        local = int(counts.sum()) <= cfg.local_train_rows
+        if local:
+            X_train_f, child_train_f = client.compute([X_train, child_train])
         dshap = xgb.dask.DaskDMatrix(client, X_shap, enable_categorical=True)
         for cp in children:
             k = child_number(cp)  # its level value (children[i] need not be number i)
@@ -173,9 +216,14 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                                    f"{cfg.min_child_rows}"}
                 continue
             params = explain.classifier_params(n_pos, n_neg, cfg, node_seed(seed, cp))
-            booster = _train(client, params, X_train, (child_train == k).astype("int32"),
-                             cfg.n_estimators, cfg.retries, cfg.train_timeout_s,
-                             f"the model of cluster {cp}", cfg.collective_timeout_s)
+            what = f"the model of cluster {cp}"
+            if local:
+                booster = _train_local(client, X_train_f, child_train_f, k, params,
+                                       cfg.n_estimators, cfg.retries, cfg.train_timeout_s, what)
+            else:
+                booster = _train(client, params, X_train, (child_train == k).astype("int32"),
+                                 cfg.n_estimators, cfg.retries, cfg.train_timeout_s, what,
+                                 cfg.collective_timeout_s)
             booster.set_param({"nthread": 1})
             p_hold = booster.predict(xgb.DMatrix(X_hold, enable_categorical=True))
             y_hold = (child_hold.to_numpy() == k).astype(int)
@@ -189,7 +237,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                                                  [names[k] for k in raw_meta.columns], path, cp))
             res.models[cp] = bytes(booster.save_raw("ubj"))
             res.quality[cp] = {
-                "model": f"child-{k}.ubj",
+                "model": f"child-{k}.ubj", "trainer": "task" if local else "xgboost.dask",
                 "auc": round(float(roc_auc_score(y_hold, p_hold)), 6),
                 "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
                 "n_train": n_pos + n_neg, "n_train_members": n_pos, "n_holdout": len(y_hold),
