@@ -89,3 +89,15 @@ def client(dask_cluster):
 
     with Client(dask_cluster) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for the report tests (one per test module)."""
+    from chromium import CHROMIUM, Chromium
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    b = Chromium()
+    yield b
+    b.close()

@@ -14,7 +14,6 @@ from pathlib import Path
 import fsspec
 import pandas as pd
 import pytest
-from chromium import CHROMIUM, Chromium
 from helpers import read_json, read_labels, run_cli, write_config, write_table
 
 from recluster.demo import make_table
@@ -37,15 +36,6 @@ def _cat(url: str, rel: str) -> bytes:
 
 def _frame(url: str, rel: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(_cat(url, rel)))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
-    b = Chromium()
-    yield b
-    b.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from chromium import CHROMIUM, Chromium
 from helpers import read_json, read_labels, run_cli
 
 from recluster.compute import segments
@@ -381,15 +380,6 @@ def test_a_missing_describe_column_is_named_before_any_work(penguins, capsys):
 
 
 # ---------------------------------------------------------------------------- the browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
-    b = Chromium()
-    yield b
-    b.close()
 
 
 def _overlap(a, b) -> bool:
