@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from recluster.compute.paths import ROOT, NodePath, path_key
-from recluster.compute.segments import stop_words
+from recluster.compute.segments import number, stop_words
 from recluster.report import facts
 from recluster.report.data import RunData
 
@@ -82,19 +82,6 @@ def colours(tree: list[dict[str, Any]]) -> dict[str, str]:
 # ---------------------------------------------------------------------------- formatting
 
 
-def num(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    v = float(v)
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    if abs(v) >= 1:
-        return f"{v:.2f}"
-    return f"{v:.2g}"
-
-
 def pct(v: float, digits: int = 1) -> str:
     return f"{100 * v:.{digits}f}%"
 
@@ -149,7 +136,7 @@ def shap_bars(rows: pd.DataFrame, color: str) -> str:
     for t in ticks:
         parts.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{base}" y2="{base + 4}" '
                      f'class="axis"/><text x="{x(t):.1f}" y="{base + 15}" text-anchor="middle" '
-                     f'class="val">{e(num(t))}</text>')
+                     f'class="val">{e(number(t))}</text>')
     parts.append(f'<text x="{left + span / 2:.1f}" y="{base + 32}" text-anchor="middle" '
                  'class="axlab">mean |SHAP| per row (log-odds of membership)</text>')
     for i, (_, r) in enumerate(rows.iterrows()):
@@ -160,7 +147,7 @@ def shap_bars(rows: pd.DataFrame, color: str) -> str:
                      f'<rect x="{left}" y="{y + 4}" width="{bw:.1f}" height="{rh - 8}" rx="2" '
                      f'fill="{e(color)}"/>'
                      f'<text x="{left + bw + 5:.1f}" y="{y + 15}" class="val">'
-                     f'{e(num(r["mean_abs_shap"]))}</text>')
+                     f'{e(number(r["mean_abs_shap"]))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -196,7 +183,7 @@ def shap_direction(rows: pd.DataFrame, color: str) -> str:
     for t in sorted({-tick, 0.0, tick}):
         parts.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{base}" y2="{base + 4}" '
                      f'class="axis"/><text x="{x(t):.1f}" y="{base + 15}" text-anchor="middle" '
-                     f'class="val">{e(("+" if t > 0 else "") + num(t))}</text>')
+                     f'class="val">{e(("+" if t > 0 else "") + number(t))}</text>')
     parts.append(f'<text x="{mid:.1f}" y="{base + 32}" text-anchor="middle" class="axlab">'
                  'mean SHAP (log-odds); above 0: towards membership</text>')
     for i, (_, r) in enumerate(rows.iterrows()):
@@ -546,10 +533,10 @@ def _profile_table(rows: list[dict[str, Any]], parent: str | None) -> str:
         if r["kind"] == "numeric":
             d = r["effect"]
             arrow = "" if d is None or not math.isfinite(d) else ("▲" if d > 0 else "▼")
-            body.append(f"<tr><td>{e(r['feature'])}{tag}</td><td class='n'>{num(r['member'])}</td>"
-                        f"<td class='n muted'>{num(r['q25'])} – {num(r['q75'])}</td>"
-                        f"<td class='n'>{num(r['rest'])}</td><td class='n'>{num(r['population'])}"
-                        f"</td><td class='n'>{arrow} {num(d)} sd</td></tr>")
+            body.append(f"<tr><td>{e(r['feature'])}{tag}</td><td class='n'>{number(r['member'])}</td>"
+                        f"<td class='n muted'>{number(r['q25'])} – {number(r['q75'])}</td>"
+                        f"<td class='n'>{number(r['rest'])}</td><td class='n'>{number(r['population'])}"
+                        f"</td><td class='n'>{arrow} {number(d)} sd</td></tr>")
         else:
             lift = r["lift"]
             if r["rest"] == 0 and r["member"] > 0:
@@ -559,7 +546,7 @@ def _profile_table(rows: list[dict[str, Any]], parent: str | None) -> str:
             elif lift is None or not math.isfinite(lift):
                 diff = "–"
             else:
-                diff = f"{'▲' if lift > 1 else '▼'} ×{num(lift)}"
+                diff = f"{'▲' if lift > 1 else '▼'} ×{number(lift)}"
             pop = "–" if r["population"] is None else pct(r["population"])
             body.append(f"<tr><td>{e(r['feature'])} = {e(r['level'])}{tag}</td>"
                         f"<td class='n'>{pct(r['member'])}</td><td class='n muted'></td>"
