@@ -629,6 +629,28 @@ def test_a_delta_table_is_not_read_as_loose_parquet(tmp_path, capsys):
     assert f"{(df['origin'] != 'JFK').sum()} rows" in capsys.readouterr().out
 
 
+def test_a_partition_folder_of_a_delta_table_is_refused(tmp_path, capsys):
+    """A Delta table's partition folder (``table/month=1/``, or a file in it) given as the input
+    was read as loose Parquet: the rows the log had deleted came back. Refused, naming the table
+    and the filter that reads the same slice through the log."""
+    df = frame().head(500)
+    inp = tmp_path / "delta"
+    write_delta(df, str(inp))
+    part = inp / "month=1"
+    for path in (part, sorted(part.glob("*.parquet"))[0]):
+        cfg = write_config(tmp_path, str(path), str(tmp_path / "out"), input=INPUT)
+        assert run_cli("validate", cfg) == 3
+        err = capsys.readouterr().err
+        assert f"Delta Lake table at {inp.resolve()}" in err or f"Delta Lake table at {inp}" in err, err
+        assert "input.format: delta" in err and "[[month, ==, 1]]" in err, err
+    # a Hive-partitioned folder of plain Parquet files (no log above it) is still read
+    plain = tmp_path / "plain" / "month=1"
+    plain.mkdir(parents=True)
+    arrow(df).to_pandas().to_parquet(plain / "part-0.parquet", index=False)
+    cfg = write_config(tmp_path, str(plain), str(tmp_path / "out2"), input=INPUT)
+    assert run_cli("validate", cfg) == 0, capsys.readouterr().err
+
+
 def test_an_unquoted_equals_sign_is_the_operator(tmp_path):
     """``[month, =, 2]`` (``=`` unquoted, as one writes it) failed in YAML 1.1 as "could not
     determine a constructor for the tag 'tag:yaml.org,2002:value'", in a config and in

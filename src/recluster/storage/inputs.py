@@ -84,6 +84,7 @@ def list_parquet_files(loc: Location) -> list[str]:
     try:
         with storage_errors(loc, "listing the input"):
             if fs.isfile(root):
+                _refuse_inside_table(loc, fs, root)
                 return [root]
             found = fs.find(root, detail=True)
     except FileNotFoundError:
@@ -113,7 +114,39 @@ def list_parquet_files(loc: Location) -> list[str]:
             files.append(p)
     if not files:
         raise InputDataError(f"no Parquet files found under {loc.url}")
+    _refuse_inside_table(loc, fs, root)
     return sorted(files)
+
+
+def _refuse_inside_table(loc: Location, fs, root: str) -> None:
+    """Refuse an input that is a partition folder (or a file in one) of a Delta Lake table.
+
+    Read as loose Parquet, such a folder would include the files the table's log no longer lists.
+    The folders above ``root`` are walked up while they are Hive partitions (``name=value``);
+    the first folder above them that holds ``_delta_log/`` is the table (one existence check per
+    level: a handful of requests at most).
+    """
+    folder = root.rstrip("/")
+    if not fs.isdir(folder):
+        folder = posixpath.dirname(folder)
+    parts = []
+    while "=" in posixpath.basename(folder) and posixpath.dirname(folder) not in ("", folder):
+        parts.append(posixpath.basename(folder))
+        folder = posixpath.dirname(folder)
+    if not parts:
+        return
+    with storage_errors(loc, "looking for the table above the input"):
+        is_delta = fs.isdir(posixpath.join(folder, "_delta_log"))
+    if is_delta:
+        scheme = loc.url.split("://", 1)[0] if "://" in loc.url else "file"
+        table = folder if scheme == "file" else f"{scheme}://{folder}"
+        filters = ", ".join(f"[{p.split('=', 1)[0]}, ==, {p.split('=', 1)[1]}]"
+                            for p in reversed(parts))
+        raise InputDataError(
+            f"{loc.url} is a partition folder of the Delta Lake table at {table} (its "
+            "_delta_log/ is there): read as loose Parquet files it would include the files the "
+            "log no longer lists (deleted and rewritten rows); give that table as input.path with "
+            f"input.format: delta and input.filters: [{filters}]")
 
 
 def _table_format(rel: str) -> tuple[str, str, str] | None:
