@@ -119,12 +119,13 @@ def list_parquet_files(loc: Location) -> list[str]:
 
 
 def _refuse_inside_table(loc: Location, fs, root: str) -> None:
-    """Refuse an input that is a partition folder (or a file in one) of a Delta Lake table.
+    """Refuse an input that is a part of a Delta Lake or Iceberg table's folder: a partition
+    folder (``table/month=1/``, or a file in one) or an Iceberg table's ``data/`` folder.
 
     Read as loose Parquet, such a folder would include the files the table's log no longer lists.
     The folders above ``root`` are walked up while they are Hive partitions (``name=value``);
-    the first folder above them that holds ``_delta_log/`` is the table (one existence check per
-    level: a handful of requests at most).
+    the first folder above them that holds ``_delta_log/`` is a Delta table, a ``data/`` folder
+    beside ``metadata/`` an Iceberg table (one or two existence checks: a request each).
     """
     folder = root.rstrip("/")
     if not fs.isdir(folder):
@@ -133,20 +134,23 @@ def _refuse_inside_table(loc: Location, fs, root: str) -> None:
     while "=" in posixpath.basename(folder) and posixpath.dirname(folder) not in ("", folder):
         parts.append(posixpath.basename(folder))
         folder = posixpath.dirname(folder)
-    if not parts:
+    table, what, fmt = folder, None, None
+    with storage_errors(loc, "looking for a table above the input"):
+        if parts and fs.isdir(posixpath.join(folder, "_delta_log")):
+            what, fmt = "the Delta Lake table", "delta"
+        elif posixpath.basename(folder) == "data" and fs.isdir(
+                posixpath.join(posixpath.dirname(folder), "metadata")):
+            table, what, fmt = posixpath.dirname(folder), "the Iceberg table", "iceberg"
+    if what is None:
         return
-    with storage_errors(loc, "looking for the table above the input"):
-        is_delta = fs.isdir(posixpath.join(folder, "_delta_log"))
-    if is_delta:
-        scheme = loc.url.split("://", 1)[0] if "://" in loc.url else "file"
-        table = folder if scheme == "file" else f"{scheme}://{folder}"
-        filters = ", ".join(f"[{p.split('=', 1)[0]}, ==, {p.split('=', 1)[1]}]"
-                            for p in reversed(parts))
-        raise InputDataError(
-            f"{loc.url} is a partition folder of the Delta Lake table at {table} (its "
-            "_delta_log/ is there): read as loose Parquet files it would include the files the "
-            "log no longer lists (deleted and rewritten rows); give that table as input.path with "
-            f"input.format: delta and input.filters: [{filters}]")
+    scheme = loc.url.split("://", 1)[0] if "://" in loc.url else "file"
+    shown = table if scheme == "file" else f"{scheme}://{table}"
+    filters = ", ".join(f"[{p.split('=', 1)[0]}, ==, {p.split('=', 1)[1]}]" for p in reversed(parts))
+    raise InputDataError(
+        f"{loc.url} is inside {what} at {shown}: read as loose Parquet files it would include the "
+        "files the table's log no longer lists (deleted and rewritten rows); give that table as "
+        f"input.path with input.format: {fmt}"
+        + (f" and input.filters: [{filters}]" if filters else ""))
 
 
 def _table_format(rel: str) -> tuple[str, str, str] | None:
