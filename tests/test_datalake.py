@@ -653,8 +653,11 @@ def test_a_partition_folder_of_a_delta_table_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"the Iceberg table at {data.parent}" in err and "input.format: iceberg" in err, err
         assert ("input.filters: [[month, ==," in err) == filters, err
-    # a Hive-partitioned folder of plain Parquet files (no log above it) is still read
-    plain = tmp_path / "plain" / "month=1"
+    # a Hive-partitioned folder of plain Parquet files (no log above it) is still read, and so
+    # is a folder named data/ beside a metadata/ folder that is not an Iceberg table's
+    (tmp_path / "plain" / "metadata").mkdir(parents=True)
+    (tmp_path / "plain" / "metadata" / "notes.json").write_text("{}")
+    plain = tmp_path / "plain" / "data" / "month=1"
     plain.mkdir(parents=True)
     arrow(df).to_pandas().to_parquet(plain / "part-0.parquet", index=False)
     cfg = write_config(tmp_path, str(plain), str(tmp_path / "out2"), input=INPUT)

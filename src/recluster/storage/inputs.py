@@ -125,7 +125,7 @@ def _refuse_inside_table(loc: Location, fs, root: str) -> None:
     Read as loose Parquet, such a folder would include the files the table's log no longer lists.
     The folders above ``root`` are walked up while they are Hive partitions (``name=value``);
     the first folder above them that holds ``_delta_log/`` is a Delta table, a ``data/`` folder
-    beside ``metadata/`` an Iceberg table (one or two existence checks: a request each).
+    beside ``metadata/*.metadata.json`` an Iceberg table (a request or two).
     """
     folder = root.rstrip("/")
     if not fs.isdir(folder):
@@ -138,8 +138,8 @@ def _refuse_inside_table(loc: Location, fs, root: str) -> None:
     with storage_errors(loc, "looking for a table above the input"):
         if parts and fs.isdir(posixpath.join(folder, "_delta_log")):
             what, fmt = "the Delta Lake table", "delta"
-        elif posixpath.basename(folder) == "data" and fs.isdir(
-                posixpath.join(posixpath.dirname(folder), "metadata")):
+        elif posixpath.basename(folder) == "data" and fs.glob(
+                posixpath.join(posixpath.dirname(folder), "metadata", "*.metadata.json")):
             table, what, fmt = posixpath.dirname(folder), "the Iceberg table", "iceberg"
     if what is None:
         return
