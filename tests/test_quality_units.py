@@ -306,3 +306,24 @@ def test_auto_categorical_scale_is_standard_only_where_the_other_features_reprod
     pre = fit_node_preprocessor(table, numeric, ["country"], cfg)
     assert pre.categorical_scale == "unit"
     assert pre.summary()["categorical_scale_auto"]["column"] == "country"
+
+
+def test_level_check_on_a_large_node_judges_levels_by_their_share():
+    """The level vote runs on the first 3,000 rows of a node's sample; a level that is a quarter
+    of a 12,000-row node is cluster-sized (min_cluster_size 2,000) there too. Drawn at random,
+    the other columns cannot reproduce it; a level the numeric columns carry is reproduced."""
+    from recluster.compute.artefacts import unreproduced_level
+
+    rng = np.random.default_rng(11)
+    n = 12_000
+    carried = rng.random(n) < 0.3
+    table = pd.DataFrame({"x": rng.normal(size=n) + 8.0 * carried, "y": rng.normal(size=n),
+                          "plan": np.where(carried, "pro", "free"),
+                          "noise": rng.choice(["a", "b", "c", "d"], size=n)})
+    pre = Preprocessor(["x", "y"], ["plan", "noise"], categorical_scale="standard").fit(table)
+    X = pre.transform(table)
+    found = unreproduced_level(table, X, pre, min_rows=2_000, min_agreement=0.5)
+    assert found is not None and found["column"] == "noise" and found["ari"] < 0.1, found
+    assert 500 <= found["rows"] <= 1_000  # a quarter of the 3,000 rows checked
+    only_plan = Preprocessor(["x", "y"], ["plan"], categorical_scale="standard").fit(table)
+    assert unreproduced_level(table, only_plan.transform(table), only_plan, 2_000, 0.5) is None

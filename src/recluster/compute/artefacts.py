@@ -123,7 +123,8 @@ def unreproduced_level(sample: pd.DataFrame, X: np.ndarray, pre: Preprocessor, m
     sample : DataFrame (n, ...), the node's sample in the order of X
     X : ndarray (n, d), the sample as ``pre`` scaled it
     pre : a fitted preprocessor (its output columns are X's)
-    min_rows : int, the smallest level (and complement) that could be a cluster
+    min_rows : int, the smallest level (and complement) that could be a cluster, in rows of X
+        (the check runs on the first :data:`CHECK_ROWS` rows, with the same share)
     min_agreement : float, the ARI the other features must reach
 
     Returns
@@ -134,6 +135,7 @@ def unreproduced_level(sample: pd.DataFrame, X: np.ndarray, pre: Preprocessor, m
     rows = np.arange(min(len(X), CHECK_ROWS))  # hash order: a random subset
     n = len(rows)
     k = int(min(NEIGHBOURS, n - 1))
+    min_rows = min_rows * n / max(1, len(X))  # the same share of the rows checked
     for column in pre.categorical:
         vals = categorical_strings(sample[column].iloc[rows])
         levels, counts = np.unique(vals, return_counts=True)
