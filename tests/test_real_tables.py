@@ -53,6 +53,11 @@ def test_penguins_nulls_string_categoricals_and_explanations(tmp_path, bucket, s
     from helpers import read_json
 
     tree = {r["path"]: r for r in read_json(out, "tree.json")}
+    # categorical_scale auto: Adelies live on all three islands and look alike on each, so the
+    # other features cannot reproduce an island: 0/1 levels, and tree.json says why by name.
+    pre = tree["root"]["fit"]["preprocess"]
+    assert pre["categorical_scale"] == "unit", pre
+    assert pre["categorical_scale_auto"]["column"] in {"island", "sex"}, pre
     aucs = [tree[c]["classifier"]["auc"] for c in tree["root"]["children"]
             if (tree[c]["classifier"] or {}).get("model")]
     assert aucs and min(aucs) >= 0.8, aucs

@@ -491,13 +491,15 @@ class PreprocessConfig(_Strict):
         default=1.0, ge=0.0, description="non-negative columns with sample skewness above this get log1p"
     )
     max_categories: int = Field(default=20, ge=1, description="rarer levels fold into '__other__'")
-    categorical_scale: Literal["unit", "column", "standard"] = Field(
-        default="unit",
+    categorical_scale: Literal["auto", "unit", "column", "standard"] = Field(
+        default="auto",
         description="unit: a one-hot level's column is 0/1; column: standard-scaled (1/std of the "
         "0/1 column in the node's sample) and divided by sqrt(levels), so that a categorical "
         "column weighs as one numeric column; standard: as the one-level recipe, a column of L "
         "levels weighs as L numeric columns. Heavier weights won on flavia (whose categoricals "
-        "are the signal) and lost on penguins' island and the synthetic country: measure first")
+        "are the signal) and lost on penguins' island and the synthetic country. auto: per node, "
+        "standard unless a level large enough to be a cluster is one the other features do not "
+        "reproduce (neighbour vote ARI below recursion.min_split_agreement), then unit")
 
 
 class EmbeddingConfig(_Strict):

@@ -105,6 +105,60 @@ def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_cl
     return out
 
 
+def unreproduced_level(sample: pd.DataFrame, X: np.ndarray, pre: Preprocessor, min_rows: int,
+                       min_agreement: float) -> dict | None:
+    """The first categorical level that would be an artefact split if it became a cluster.
+
+    A level of at least ``min_rows`` rows (with at least as many rows outside it: it could be a
+    cluster of the node) is *reproduced* when a leave-one-out vote of each row's
+    :data:`NEIGHBOURS` nearest neighbours in the scaled space without the column's dimensions
+    tells its rows from the rest at ARI ``min_agreement`` or more. Weighting the one-hot levels
+    heavily (``categorical_scale: standard``) walls every level off in the embedding; that is
+    harmless where the other features agree with the levels (flavia's leaf descriptors), and
+    makes artefact clusters where they do not (penguins' islands, the demo's countries). The same
+    test as :func:`find_artefacts`, made before the embedding, on levels instead of clusters.
+
+    Parameters
+    ----------
+    sample : DataFrame (n, ...), the node's sample in the order of X
+    X : ndarray (n, d), the sample as ``pre`` scaled it
+    pre : a fitted preprocessor (its output columns are X's)
+    min_rows : int, the smallest level (and complement) that could be a cluster, in rows of X
+        (the check runs on the first :data:`CHECK_ROWS` rows, with the same share)
+    min_agreement : float, the ARI the other features must reach
+
+    Returns
+    -------
+    None when every such level is reproduced, else ``{"column", "level", "rows", "ari"}`` of the
+    first one that is not (columns in the preprocessor's order, levels by name).
+    """
+    rows = np.arange(min(len(X), CHECK_ROWS))  # hash order: a random subset
+    n = len(rows)
+    k = int(min(NEIGHBOURS, n - 1))
+    min_rows = min_rows * n / max(1, len(X))  # the same share of the rows checked
+    for column in pre.categorical:
+        vals = categorical_strings(sample[column].iloc[rows])
+        levels, counts = np.unique(vals, return_counts=True)
+        big = [lvl for lvl, c in zip(levels, counts, strict=True)
+               if c >= min_rows and n - c >= min_rows]
+        if not big or k < 1:
+            continue
+        rest = np.delete(X[rows], _columns_of(pre, column), axis=1)
+        if rest.shape[1] == 0 or not np.ptp(rest, axis=0).any():
+            return {"column": column, "level": str(big[0]), "rows": int(np.sum(vals == big[0])),
+                    "ari": 0.0}
+        _, idx = NearestNeighbors(n_neighbors=k + 1).fit(rest).kneighbors(rest)
+        neigh = vals[idx[:, 1:]]
+        for lvl in big:
+            member = vals == lvl
+            vote = np.sum(neigh == lvl, axis=1) * 2 > k  # majority of the neighbours
+            score = float(adjusted_rand_score(member, vote))
+            if score < min_agreement:
+                return {"column": column, "level": str(lvl), "rows": int(member.sum()),
+                        "ari": round(score, 4)}
+    return None
+
+
 def describe_artefact(column: str, level: str) -> str:
     """The words for a cluster that ``column = level`` makes on its own."""
     return f"splits on {column} = {level} only"

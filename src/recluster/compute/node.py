@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from recluster.compute.artefacts import find_artefacts
+from recluster.compute.artefacts import find_artefacts, unreproduced_level
 from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
-from recluster.compute.cluster import fit_clusters
+from recluster.compute.cluster import fit_clusters, min_cluster_size_for
 from recluster.compute.drift import Reference, fit_reference
 from recluster.compute.embed import fit_embedding
 from recluster.compute.paths import NodePath
@@ -95,11 +95,38 @@ class NodeFit:
         }
 
 
-def node_preprocessor(numeric: list[str], categorical: list[str], cfg: JobConfig) -> Preprocessor:
-    """The (unfitted) preprocessing of a node, as configured."""
+def node_preprocessor(numeric: list[str], categorical: list[str], cfg: JobConfig,
+                      categorical_scale: str | None = None) -> Preprocessor:
+    """The (unfitted) preprocessing of a node, as configured (``categorical_scale`` overrides
+    the configured weighting; ``auto`` is resolved by :func:`fit_node_preprocessor`)."""
     p = cfg.preprocess
+    scale = categorical_scale or p.categorical_scale
     return Preprocessor(numeric, categorical, p.skew_threshold, p.max_categories,
-                        p.categorical_scale)
+                        "standard" if scale == "auto" else scale)
+
+
+def fit_node_preprocessor(sample: pd.DataFrame, numeric: list[str], categorical: list[str],
+                          cfg: JobConfig) -> Preprocessor:
+    """The node's preprocessing fitted on its (sorted) sample (n, ...), with
+    ``preprocess.categorical_scale: auto`` resolved on that sample.
+
+    ``auto``: the recipe's ``standard`` weighting, unless a categorical level large enough to be
+    a cluster (``min_cluster_size`` of the node) is one the other features do not reproduce
+    (:func:`~recluster.compute.artefacts.unreproduced_level`, at
+    ``recursion.min_split_agreement``): then ``unit``. The choice and its reason are kept on the
+    preprocessor (``scale_choice_``, shown by its summary in ``tree.json``). A deterministic
+    function of the rows, so the stability resamples make the same choice as the fit.
+    """
+    pre = node_preprocessor(numeric, categorical, cfg).fit(sample)
+    if cfg.preprocess.categorical_scale != "auto" or not categorical:
+        return pre
+    blocker = unreproduced_level(sample, pre.transform(sample), pre,
+                                 min_cluster_size_for(len(sample), cfg.clustering),
+                                 cfg.recursion.min_split_agreement)
+    if blocker is not None:
+        pre = node_preprocessor(numeric, categorical, cfg, "unit").fit(sample)
+    pre.scale_choice_ = {"chosen": pre.categorical_scale, "unreproduced_level": blocker}
+    return pre
 
 
 def holdout_mask(n: int, fraction: float) -> np.ndarray:
@@ -144,7 +171,7 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     if n < need:
         fit.stop_reason = StopReason.SMALL_SAMPLE.stop(rows=n, need=need)
         return fit
-    pre = node_preprocessor(numeric, categorical, cfg).fit(sample)
+    pre = fit_node_preprocessor(sample, numeric, categorical, cfg)
     X = pre.transform(sample)
     fit.preprocessor = pre
     fit.seconds["preprocess"] = time.perf_counter() - t0

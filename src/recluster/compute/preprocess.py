@@ -212,4 +212,18 @@ class Preprocessor:
             "imputed": {name(c): s for c, s in self.missing_share_.items() if s > 0},
             "categories": {name(c): len(v) for c, v in self.levels_.items()},
             "n_dims": len(self.feature_names_out_),
+            **self._scale_summary(name),
         }
+
+    def _scale_summary(self, name: Callable[[str], str]) -> dict:
+        """The categorical weighting used and, where ``auto`` chose it, why (see
+        :func:`recluster.compute.node.fit_node_preprocessor`)."""
+        if not self.categorical:
+            return {}
+        out: dict = {"categorical_scale": self.categorical_scale}
+        choice = getattr(self, "scale_choice_", None)
+        if choice is not None:
+            blocker = choice["unreproduced_level"]
+            out["categorical_scale_auto"] = None if blocker is None else {
+                **blocker, "column": name(blocker["column"])}
+        return out

@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 
 from recluster.compute.cluster import fit_clusters
-from recluster.compute.node import NodeFit, node_preprocessor, node_seed, refinish, sorted_sample
+from recluster.compute.node import (
+    NodeFit,
+    fit_node_preprocessor,
+    node_seed,
+    refinish,
+    sorted_sample,
+)
 from recluster.compute.reduce import fit_projection, project
 from recluster.compute.routing import ROOT
 from recluster.compute.tree import stability_verdict
@@ -96,7 +102,7 @@ def resample_node(sample: pd.DataFrame, path: str, i: int, numeric: list[str],
     rows = sorted_sample(sample, id_column)
     if len(rows) < cfg.embedding.n_neighbors + 2:
         return None
-    pre = node_preprocessor(numeric, categorical, cfg).fit(rows)
+    pre = fit_node_preprocessor(rows, numeric, categorical, cfg)
     st = cfg.stability
     idx, emb = resample_embedding(pre.transform(rows), st.fraction, st.max_rows,
                                   node_seed(cfg.seed + 7919 * (i + 1), path), cfg.embedding)
