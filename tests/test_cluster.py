@@ -1,5 +1,5 @@
 """Unit tests of :mod:`recluster.compute.cluster`: HDBSCAN fits on small frames (blobs recovered,
-clusters numbered by size, determinism, errors) and ``min_cluster_size`` scaling. No cluster.
+clusters numbered by size, determinism, the size override) and ``min_cluster_size`` scaling. No cluster.
 """
 
 from __future__ import annotations
@@ -44,3 +44,47 @@ def test_min_cluster_size_scales_with_sample():
     assert min_cluster_size_for(100_000, cfg) == 1_000
     sizes = [min_cluster_size_for(n, cfg) for n in (10, 1_000, 5_000, 50_000)]
     assert sizes == sorted(sizes)
+
+
+def _three_blobs(seed: int = 0):
+    emb, truth = make_blobs(n_samples=[200, 400, 300], centers=[[0, 0], [15, 0], [0, 15]],
+                            cluster_std=1.0, random_state=seed)
+    return emb.astype(np.float32), truth
+
+
+def test_fit_clusters_is_deterministic():
+    emb, _ = _three_blobs()
+    a, b = fit_clusters(emb, ClusteringConfig()), fit_clusters(emb, ClusteringConfig())
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    assert a.persistence == b.persistence
+
+
+def test_min_cluster_size_override_and_cap():
+    emb, truth = _three_blobs()
+    cfg = ClusteringConfig()
+    # A size above the two smaller blobs merges or drops them: fewer clusters, never more.
+    coarse = fit_clusters(emb, cfg, min_cluster_size=350)
+    assert coarse.min_cluster_size == 350
+    assert coarse.n_clusters < 3
+    assert all(size >= 350 for size in np.bincount(coarse.labels[coarse.labels >= 0]))
+    # Never above the sample: a 10-row sample gets min_cluster_size 10 at most.
+    small = fit_clusters(emb[:10], cfg, min_cluster_size=500)
+    assert small.min_cluster_size == 10
+
+
+def test_prediction_data_lets_new_points_join_their_blob():
+    import hdbscan
+
+    emb, truth = _three_blobs()
+    cl = fit_clusters(emb, ClusteringConfig(), prediction_data=True)
+    new, new_truth = _three_blobs(seed=1)
+    pred, _ = hdbscan.approximate_predict(cl.clusterer, new)
+    assert adjusted_rand_score(new_truth, cl.relabel[np.asarray(pred) + 1]) >= 0.95
+
+
+def test_leaf_selection_finds_at_least_as_many_clusters_as_eom():
+    emb, _ = _three_blobs()
+    eom = fit_clusters(emb, ClusteringConfig(cluster_selection_method="eom"))
+    leaf = fit_clusters(emb, ClusteringConfig(cluster_selection_method="leaf"))
+    assert leaf.n_clusters >= eom.n_clusters >= 3
