@@ -18,8 +18,8 @@ import pandas as pd
 
 from recluster.compute.cluster import fit_clusters
 from recluster.compute.node import NodeFit, node_preprocessor, node_seed, refinish, sorted_sample
+from recluster.compute.paths import ROOT
 from recluster.compute.reduce import fit_projection, project
-from recluster.compute.routing import ROOT
 from recluster.compute.tree import stability_verdict
 from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig
 
