@@ -57,6 +57,9 @@ def run(cfg: JobConfig, client: Client,
 
 
 def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``body()`` in a thread of its own, waited for at most ``limit_s`` seconds; on expiry a
+    :class:`StageError` naming the stage in progress (the thread is not stopped; the caller
+    releases the output's claim)."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -75,7 +78,6 @@ def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) ->
     if "error" in box:
         raise box["error"]
     return box["result"]
-
 
 
 def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
