@@ -32,6 +32,7 @@ _VERSIONED = ("recluster", "numpy", "pandas", "pyarrow", "scikit-learn", "umap-l
 
 
 def versions() -> dict[str, str]:
+    """The manifest's ``versions``: Python's and each library's that shapes a result."""
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
@@ -126,6 +127,7 @@ def input_record(scan, pieces) -> dict[str, Any]:
 
 
 def output_location(cfg: JobConfig) -> Location:
+    """``output.path`` with its storage options, timeout and retries."""
     return Location.of(cfg.output.path, cfg.output.storage_options,
                        cfg.runtime.storage_timeout_s, cfg.runtime.storage_retries)
 
@@ -173,6 +175,7 @@ def segment_names(cfg: JobConfig) -> dict[str, str]:
 
 
 def describe_schema(ts: TableSchema) -> str:
+    """One line on the columns' roles, as ``recluster validate`` prints it."""
     return (f"id '{ts.id_column}', numeric {list(ts.numeric)}, categorical {list(ts.categorical)}"
             + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else "")
             + (f", descriptive {list(ts.describe)}" if ts.describe else ""))
@@ -240,6 +243,7 @@ class Validated:
 
     @property
     def rows(self) -> int:
+        """Rows validated: every row of the input (of its slice with ``input.filters``)."""
         return self.summary["rows"]
 
 
