@@ -26,7 +26,7 @@ from helpers import read_json, run_cli, write_config
 from tables import check_published, flights, labels
 
 from recluster.config import load_config
-from recluster.pipeline import plan_input
+from recluster.job.inputs import plan_input
 from recluster.storage.fs import Location
 from recluster.storage.tables import delta_storage_options
 

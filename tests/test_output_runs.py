@@ -25,7 +25,7 @@ import yaml
 from helpers import read_json, read_labels, run_cli
 
 from recluster.config import load_config
-from recluster.pipeline import check_output
+from recluster.job.inputs import check_output
 from recluster.storage.lock import OutputLockedError
 
 pytestmark = pytest.mark.timeout(300)

@@ -20,7 +20,7 @@ from helpers import run_cli
 
 from recluster.config import parse_config
 from recluster.errors import ConfigError, OutputConflictError
-from recluster.pipeline import check_output
+from recluster.job.inputs import check_output
 from recluster.storage.fs import Location, create_exclusive, normalize_url, overlap
 from recluster.storage.lock import OutputLock, OutputLockedError
 from recluster.storage.outputs import MANIFEST, SUCCESS, OutputStore, claim

@@ -192,7 +192,7 @@ def test_output_names_in_the_config_read_like_a_names_file():
 
 def test_output_names_may_be_a_file_read_before_any_work(tmp_path):
     from recluster.errors import ConfigError
-    from recluster.pipeline import segment_names
+    from recluster.job.inputs import segment_names
 
     names = tmp_path / "names.yaml"
     names.write_text("root.0: Big spenders\nroot.2.1: Weekend browsers\n", encoding="utf-8")

@@ -53,8 +53,9 @@ def _tls(args: argparse.Namespace):
 
 def _run(cfg: JobConfig, scheduler: str | None, quiet: bool, tls=None,
          verbose: bool = False) -> dict:
+    from recluster.job.inputs import check_output
     from recluster.parallel.client import dask_client
-    from recluster.pipeline import check_output, run
+    from recluster.pipeline import run
     from recluster.progress import Progress
 
     check_output(cfg)  # before a cluster starts
@@ -80,7 +81,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from recluster.pipeline import check_output, describe_schema, plan
+    from recluster.job.inputs import check_output, describe_schema, plan
 
     cfg = load_config(args.config, args.set)
     check_output(cfg)

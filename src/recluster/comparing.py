@@ -283,7 +283,7 @@ def previous_paths(client: Client, state, id_dtype_arrow, nodes: dict[str, Any],
 
 
 def rename_growth(g, final: dict[str, str]) -> None:
-    """Rename every path of a grown tree (``pipeline.Growth``) in place: the row state, the
+    """Rename every path of a grown tree (``recluster.job.growth.Growth``) in place: the row state, the
     nodes (``children[k]`` stays the path of the assigner's class ``k``), the fitted nodes (their
     ``child_numbers`` route rows to the final numbers) and everything keyed by path."""
     g.state = g.state.map_partitions(compare.rename_state, final, meta=g.state._meta).persist()

@@ -22,14 +22,14 @@ from recluster.compute.drift import SUPPORT_QUANTILE, DriftRule, judge
 from recluster.compute.drift import summarise as drift_summary
 from recluster.compute.paths import NodePath
 from recluster.compute.routing import LABELS_SCHEMA_VERSION, older_labels_schema
-from recluster.compute.schema import resolve_schema
 from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
 from recluster.errors import ConfigError, DriftError, InputDataError, IntegrityError
+from recluster.job.growth import graph_literal
+from recluster.job.inputs import input_fingerprint, scan_input
 from recluster.parallel import drift as pdrift
 from recluster.parallel import passes
-from recluster.pipeline import input_fingerprint
 from recluster.report import data as report_data
-from recluster.storage import inputs, tables
+from recluster.storage import inputs
 from recluster.storage import models as modelstore
 from recluster.storage.fs import Location, refuse_overlap
 from recluster.storage.outputs import OutputStore, claim, parquet_bytes, run_input_location
@@ -146,20 +146,14 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         cfg_in = InputConfig(path=input_url, id_column=index["id_column"],
                              features=[*index["numeric"], *index["categorical"]],
                              categorical=index["categorical"], filters=filters)
-        try:
-            scan = tables.scan(cfg_in, in_loc)
-        except (ConfigError, InputDataError) as exc:  # the filter is --filter here
-            raise type(exc)(str(exc).replace("input.filters", "--filter")) from None
+        # Read as a run reads its input; the filter is --filter here.
+        scan, ts, pieces = scan_input(cfg_in, in_loc, None, "--filter")
         infos = scan.infos
         files = [i.path for i in infos]
-        ts = resolve_schema(infos, cfg_in, None)
         if index.get("keys") != ts.keys:  # same columns give the same keys; older runs had none
             raise InputDataError(f"models/index.json of {model_url} does not name its columns' "
                                  f"keys as this recluster does; re-run the job to score with its "
                                  f"models")
-        pieces = scan.plan(cfg_in.rows_per_partition)
-        if not pieces:
-            raise InputDataError(f"every Parquet file under {input_url} is empty")
         input_fp = input_fingerprint(infos, inputs.file_identities(in_loc, files),
                                      {"filters": filters} if filters else None)
         fp = score_fingerprint(run_manifest, input_fp)
@@ -182,8 +176,9 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         levels = max(d for d, _ in fits.values()) + 1
         for level in range(1, levels + 1):
             at_level = {p: f for p, (d, f) in fits.items() if d == level - 1}
-            [shared] = client.scatter([at_level], broadcast=True)
-            state = passes.assign_frame(feats, state, level, shared, id_dtype, n_comp)
+            # Shipped as run ships a level's fits: a graph literal, not scattered data.
+            state = passes.assign_frame(feats, state, level, graph_literal(at_level), id_dtype,
+                                        n_comp)
         if any(f.reference is not None for _, f in fits.values()):
             state = state.persist()  # the drift pass reads the final labels again
         # The run's labels contract: level_1 .. level_<its recursion.max_depth>.
@@ -223,9 +218,8 @@ def drift_of(client: Client, feats, state, fits: dict[str, tuple[int, Any]], ind
     with_ref = {p: (d, f) for p, (d, f) in fits.items() if f.reference is not None}
     if not with_ref:
         return None
-    [shared] = client.scatter([with_ref], broadcast=True)
-    counts = pdrift.total_counts(client.compute(pdrift.counts_frame(feats, state, shared),
-                                                sync=True))
+    counts = pdrift.total_counts(client.compute(
+        pdrift.counts_frame(feats, state, graph_literal(with_ref)), sync=True))
     names = {key: name for name, key in (index.get("keys") or {}).items()}
     nodes = {p: drift_summary(with_ref[p][1].reference, c, names, rule)
              for p, c in sorted(counts.items())}

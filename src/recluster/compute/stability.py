@@ -24,8 +24,8 @@ from recluster.compute.node import (
     refinish,
     sorted_sample,
 )
+from recluster.compute.paths import ROOT
 from recluster.compute.reduce import fit_projection, project
-from recluster.compute.routing import ROOT
 from recluster.compute.tree import stability_verdict
 from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig
 

@@ -55,7 +55,6 @@ class TreeNode:
     share: float
     persistence: float | None = None
     stability: float | None = None
-    probability_mean: float | None = None
     stop_reason: Stop | None = None
     children: list[str] = field(default_factory=list)
     fit: dict[str, Any] | None = None

@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from recluster.compute.paths import ROOT
 from recluster.compute.preprocess import MISSING
-from recluster.compute.routing import ROOT
 
 
 @dataclass(frozen=True)

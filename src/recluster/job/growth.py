@@ -1,0 +1,266 @@
+"""Growing the tree: the level-synchronous recursion of a run.
+
+Per level: one sample pass draws every node's stratified sample, each node is fitted as its own
+task (embedding, clustering, assigner), stability resamples score the kept splits and settle
+their clusterings, the splits that hold are kept (the others get their stop reason), and one
+assignment pass routes every row one level down. :class:`Growth` is the result: the rows' state
+and one :class:`~recluster.compute.tree.TreeNode` per node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import pandas as pd
+from dask.delayed import Delayed
+from distributed import Client, as_completed, wait
+
+from recluster.compute.artefacts import rename_artefact
+from recluster.compute.node import NodeFit
+from recluster.compute.paths import ROOT, NodePath
+from recluster.compute.routing import STRATUM
+from recluster.compute.sampling import FOLDED, allocate, fold_strata
+from recluster.compute.schema import TableSchema
+from recluster.compute.tree import StopReason, TreeNode, accept_split, split_refusal
+from recluster.config import JobConfig
+from recluster.parallel import passes
+from recluster.progress import Timer
+
+
+def graph_literal(value: Any) -> Delayed:
+    """``value`` (fitted nodes, for instance) as a literal in the task graph, for the tasks of a
+    pass to share: how ``run`` and ``score`` ship models to the workers.
+
+    A graph literal rather than scattered data: scattered data has no lineage, so a worker lost
+    while holding the only copy would lose the pass for good. (An impure delayed gets a fresh
+    key, so runs sharing a scheduler never mix.)
+    """
+    return dask.delayed(value, traverse=False)
+
+
+def folded_strata(root_counts: dict[str, int], ts: TableSchema,
+                  cfg: JobConfig) -> dict[str, Any] | None:
+    """The manifest's ``degraded`` entry when ``stratify_by`` has more levels than
+    ``sample.max_strata`` (the smallest are sampled as one stratum), else None."""
+    folds = fold_strata(root_counts, cfg.sample.max_strata)
+    folded = [s for s, g in folds.items() if g == FOLDED]
+    if not folded:
+        return None
+    rows = sum(root_counts[s] for s in folded)
+    return {"column": ts.stratify_by, "levels": len(folds), "folded_levels": len(folded),
+            "folded_rows": rows,
+            "what": f"sample.stratify_by '{ts.stratify_by}' has {len(folds)} levels, more than "
+                    f"sample.max_strata={cfg.sample.max_strata}: its {len(folded)} smallest "
+                    f"({rows} rows) are sampled as one stratum"}
+
+
+def counts_by_node(counts: pd.DataFrame) -> dict[tuple[str, int], dict[str, int]]:
+    """Rows per stratum of each node, keyed by (node path, depth), from the summed counts of
+    :func:`recluster.parallel.passes.count_nodes`."""
+    out: dict[tuple[str, int], dict[str, int]] = {}
+    for cluster, depth, stratum, rows in counts[["cluster", "depth", STRATUM, "rows"]].to_numpy():
+        out.setdefault((cluster, int(depth)), {})[stratum] = int(rows)
+    return out
+
+
+@dataclass
+class Growth:
+    """The tree as the level-synchronous recursion left it: the rows' state and one
+    :class:`TreeNode` record per node (in the order the nodes were made: level by level)."""
+
+    state: Any  # dask DataFrame of per-row state after the last level
+    nodes: dict[str, TreeNode]
+    levels_done: int = 0
+    degraded: list[dict[str, Any]] = field(default_factory=list)
+    root_fit: NodeFit | None = None  # kept even when the root is not split: its sample is the map
+
+    @property
+    def split_nodes(self) -> dict[str, NodeFit]:
+        """The kept fit of every split node."""
+        return {p: n.split for p, n in self.nodes.items() if n.split is not None}
+
+    @property
+    def agreements(self) -> dict[str, float | None]:
+        """Held-out ARI of every split node's assigner."""
+        return {p: n.agreement for p, n in self.nodes.items() if n.split is not None}
+
+    @property
+    def node_seconds(self) -> dict[str, dict[str, float]]:
+        """Timings of every fitted node."""
+        return {p: n.seconds for p, n in self.nodes.items() if n.seconds is not None}
+
+
+
+def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
+               nodes: dict[str, TreeNode], counts, ts: TableSchema, cfg: JobConfig, timer: Timer,
+               echo: Callable[[str], None], run_id: str):
+    """Draw the samples of ``to_fit`` in one pass and fit each node as its own task.
+
+    Returns the fits by path, their futures, the stability resamples of the splits worth
+    scoring (futures by path) and the sample (a future: what later tasks of this level use).
+    """
+    thresholds = {}
+    for path in to_fit:
+        node_counts = counts.get((path, level - 1), {})
+        t = allocate(node_counts, cfg.sample.size, cfg.sample.min_per_stratum,
+                     cfg.sample.max_strata)
+        folds = fold_strata(node_counts, cfg.sample.max_strata)
+        nodes[path].sample_threshold = {folds[s]: v for s, v in t.items()}  # folded: one entry
+        thresholds.update({(path, s): v for s, v in t.items()})
+    with timer.stage(f"level {level}: sample {len(to_fit)} node(s)"):
+        sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
+        wait(sample)  # so that this stage's time is the sample pass itself
+    with timer.stage(f"level {level}: fit {len(to_fit)} node(s)", total=len(to_fit)) as st:
+        futs = passes.submit_fits(client, sample, to_fit, ts, cfg, run_id)
+        # Stability refits need only the sample: they start now, on workers the fits leave idle.
+        resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg, run_id) \
+            if cfg.stability.resamples else {}
+        fits = {}
+        for _, fit in as_completed(list(futs.values()), with_results=True):
+            fits[fit.path] = fit
+            st.step(f"node {fit.path}: {fit.n_sample} sample rows -> {fit.n_children} children"
+                    f" ({len(fits)}/{len(futs)} fitted, {fit.seconds.get('total', 0):.1f}s)"
+                    + (f"; stops: {fit.stop_reason}" if fit.stop_reason else "")
+                    + f"  [{', '.join(f'{k} {v:.1f}s' for k, v in fit.seconds.items())}]")
+            if not accept_split(fit, nodes[fit.path].size, cfg.recursion):
+                client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
+        st.counts["sample_rows"] = sum(f.n_sample for f in fits.values())
+    return fits, futs, resamples, sample
+
+
+def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: dict, resamples: dict,
+                  sample, ts: TableSchema, cfg: JobConfig, timer: Timer,
+                  run_id: str) -> dict[str, list[float]]:
+    """Score each kept split's clusters on its resamples and settle its clustering on that
+    evidence (``stability.settle_node``); updates ``fits`` in place, returns the scores."""
+    stability: dict[str, list[float]] = {}
+    if not resamples:
+        return stability
+    with timer.stage(f"level {level}: stability of {len(resamples)} node(s), "
+                     f"{cfg.stability.resamples} resamples each", total=len(resamples)) as st:
+        todo = {p: (futs[p], rs) for p, rs in resamples.items()}
+        settled = passes.submit_settles(client, sample, todo, ts, cfg, run_id)
+        for _, (fit, scores) in as_completed(list(settled.values()), with_results=True):
+            before = fits[fit.path]
+            fits[fit.path], stability[fit.path] = fit, scores
+            st.step(f"node {fit.path}: stability {scores}"
+                    + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
+                       if fit.min_cluster_size != before.min_cluster_size else "")
+                    + (f"; clusters made noise: {fit.dropped}" if fit.dropped else "")
+                    + (f"; stops: {fit.stop_reason}" if fit.stop_reason else ""))
+    return stability
+
+
+def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
+    """Record that ``child`` is not zoomed into because it is unstable; True if so."""
+    if child.stability is None or child.stability >= cfg.stability.stable or \
+            cfg.stability.unstable == "flag":
+        return False
+    if child.depth == 1 and cfg.stability.unstable == "noise" and cfg.stability.zoom_unstable_root:
+        return False  # kept as a segment, and zoomed into: its zoom's clusters must be stable
+    child.stop_reason = StopReason.UNSTABLE.stop(stability=child.stability,
+                                                 stable=cfg.stability.stable)
+    return True
+
+
+def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: TableSchema,
+                   cfg: JobConfig) -> dict[str, NodeFit]:
+    """The splits of this level that hold; the others get their stop reason."""
+    split = {}
+    for path in to_fit:
+        fit, node = fits[path], g.nodes[path]
+        if path == ROOT:
+            g.root_fit = fit
+        node.seconds = {k: round(v, 3) for k, v in fit.seconds.items()}
+        node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
+        if fit.preprocessor is not None:  # under the columns' own names
+            node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
+        # Artefacts are found on the workers under internal keys; tree.json, segments.parquet
+        # and the report name the column as the user does.
+        fit.artefacts = [rename_artefact(a, ts.name) for a in fit.artefacts]
+        decision = accept_split(fit, node.size, cfg.recursion)
+        if fit.preprocessor is None:
+            g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
+        if not decision:
+            node.stop_reason = decision.stop
+            continue
+        split[path] = node.split = fit
+        node.agreement = fit.agreement
+        if fit.agreement is not None and fit.agreement < cfg.assign.min_agreement:
+            g.degraded.append({"node": path, "what": "assignment agreement below "
+                               f"assign.min_agreement ({fit.agreement:.3f})"})
+    return split
+
+
+def _child_stop(child: TreeNode, artefact: str | None, cfg: JobConfig) -> bool:
+    """Record why ``child`` is not zoomed into (unstable, or an artefact split); True if so."""
+    if _mark_unstable(child, cfg):
+        return True
+    if artefact and cfg.recursion.artefact_splits != "off":
+        child.artefact = artefact
+        if cfg.recursion.artefact_splits == "no_recurse":
+            child.stop_reason = StopReason.ARTEFACT.stop(artefact=artefact)
+            return True
+    return False
+
+
+def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema, cfg: JobConfig,
+              timer: Timer, echo: Callable[[str], None], run_id: str) -> Growth:
+    """Level by level: fit the nodes that may split, keep the splits that hold, assign all rows.
+
+    A level's stability refits are scored before its assignment pass: which clusters survive
+    resampling decides which rows get a cluster and which children are zoomed into.
+    """
+    g = Growth(state=state, nodes={ROOT: TreeNode(ROOT, 0, total, 1.0)})
+    id_dtype = feats._meta[ts.id_key].dtype
+    frontier = [ROOT]
+    for level in range(1, cfg.recursion.max_depth + 1):
+        to_fit = []
+        for path in frontier:
+            reason = split_refusal(g.nodes[path], total, cfg.recursion)
+            if reason:
+                g.nodes[path].stop_reason = reason
+            else:
+                to_fit.append(path)
+        if not to_fit:
+            break
+        fits, futs, resamples, sample = _fit_level(client, feats, g.state, level, to_fit,
+                                                   g.nodes, counts, ts, cfg, timer, echo, run_id)
+        stability = _settle_level(client, level, fits, futs, resamples, sample, ts, cfg, timer,
+                                  run_id)
+        split = _decide_splits(to_fit, fits, g, ts, cfg)
+        if not split:
+            break
+        with timer.stage(f"level {level}: assign all rows") as st:
+            st.counts["nodes"] = len(split)
+            shared = graph_literal({p: f.routing_view() for p, f in split.items()})
+            g.state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
+                                          cfg.embedding.n_components).persist()
+            counts = counts_by_node(passes.sum_counts(
+                client.compute(passes.count_nodes(g.state), sync=True)))
+        g.levels_done = level
+        frontier = []
+        for path, fit in split.items():
+            for k in range(fit.n_children):
+                cp = str(NodePath.parse(path).child(k))
+                size = sum(counts.get((cp, level), {}).values())
+                child = g.nodes[cp] = TreeNode(cp, level, size, size / total,
+                                               persistence=round(fit.persistence[k], 6))
+                g.nodes[path].children.append(cp)
+                if stability.get(path):
+                    child.stability = stability[path][k]
+                if not _child_stop(child, fit.artefacts[k] if fit.artefacts else None, cfg):
+                    frontier.append(cp)
+    for path in frontier:
+        node = g.nodes[path]
+        if node.stop_reason is None:
+            node.stop_reason = split_refusal(node, total, cfg.recursion) or \
+                StopReason.NOT_REACHED.stop()
+    root = g.nodes[ROOT]
+    if not root.children:
+        echo(f"  the table is not segmented: {root.stop_reason}; every row is labelled 'root'")
+    return g
+

@@ -1,0 +1,274 @@
+"""A job's input side: plan the input from its footers, fingerprint the input and the run, check
+the output location, decide what to do about a run already published there, and validate every
+row in one pass before any fit.
+
+Used by ``run`` (:mod:`recluster.pipeline`), ``validate`` (the CLI) and ``score``
+(:mod:`recluster.scoring`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from distributed import Client
+
+from recluster.compute.schema import TableSchema, check_stats, resolve_schema
+from recluster.config import InputConfig, JobConfig
+from recluster.errors import ConfigError, InputDataError
+from recluster.parallel import passes
+from recluster.report import data as report_data
+from recluster.storage import inputs, tables
+from recluster.storage.fs import Location, refuse_overlap
+from recluster.storage.outputs import Decision, OutputStore, check_delta_labels
+
+_VERSIONED = ("recluster", "numpy", "pandas", "pyarrow", "scikit-learn", "umap-learn",
+              "pynndescent", "hdbscan", "numba", "dask", "distributed", "s3fs", "fsspec")
+
+
+def versions() -> dict[str, str]:
+    """The manifest's ``versions``: Python's and each library's that shapes a result."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def input_fingerprint(infos, identities: Sequence[dict[str, Any]],
+                      table: dict[str, Any] | None = None) -> str:
+    """What the input is: each file's path, rows and schema (footers) and its identity (size and
+    ETag or modification time, :func:`recluster.storage.inputs.file_identities`), so that a file
+    rewritten in place with the same rows and schema still counts as new input; and ``table``
+    (the manifest's ``input.table``: format, Delta version or Iceberg snapshot, filters), so that
+    another version or slice of a table is another input."""
+    h = hashlib.sha256()
+    if table:
+        h.update(json.dumps(table, sort_keys=True, default=str).encode() + b"\0")
+    for info, ident in zip(infos, identities, strict=True):
+        h.update(f"{info.path}\0{info.n_rows}\0{info.schema}\0{ident['size']}\0"
+                 f"{ident['version']}\0".encode())
+    return h.hexdigest()
+
+
+def run_fingerprint(cfg: JobConfig, input_fp: str, previous_sha256: str | None = None) -> str:
+    """What a run is: its config, its input's identity and, with ``--previous``, the SHA-256 of
+    the earlier run's manifest (whose paths it takes: republished, it gives other paths)."""
+    what = {"config": cfg.redacted(), "input": input_fp}
+    if previous_sha256 is not None:
+        what["previous_manifest_sha256"] = previous_sha256
+    body = json.dumps(what, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def plan(cfg: JobConfig):
+    """Footers only: files, schema roles, pieces. Cheap; used by ``validate`` too."""
+    loc, scan, ts, pieces = plan_input(cfg)
+    return loc, scan.infos, ts, pieces
+
+
+def plan_input(cfg: JobConfig):
+    """:func:`plan`, with the :class:`~recluster.storage.tables.TableScan` in place of the
+    footers: the table's format and version and the filter (``input.format``,
+    ``input.filters``)."""
+    loc = Location.of(cfg.input.path, cfg.input.storage_options, cfg.runtime.storage_timeout_s,
+                      cfg.runtime.storage_retries)
+    scan, ts, pieces = scan_input(cfg.input, loc, cfg.sample.stratify_by)
+    if cfg.output.format == "delta":
+        check_delta_labels(ts.id_column, ts.id_type)
+    return loc, scan, ts, pieces
+
+
+def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
+               filters_name: str = "input.filters"):
+    """Read the footers of the input at ``loc`` (a table's files, the slice ``cfg_in.filters``
+    keeps), resolve the schema's roles and cut the pieces; what ``run`` and ``score`` share.
+
+    ``filters_name`` is what messages call the filter (``--filter`` for ``score``).
+
+    Returns
+    -------
+    scan : TableScan
+    ts : TableSchema
+    pieces : list of pieces (about ``cfg_in.rows_per_partition`` rows each), not empty
+    """
+    try:
+        scan = tables.scan(cfg_in, loc)
+    except (ConfigError, InputDataError) as exc:
+        if filters_name == "input.filters":
+            raise
+        raise type(exc)(str(exc).replace("input.filters", filters_name)) from None
+    ts = resolve_schema(scan.infos, cfg_in, stratify_by)
+    pieces = scan.plan(cfg_in.rows_per_partition)
+    if not pieces:
+        raise InputDataError(f"every Parquet file under {cfg_in.path} is empty"
+                             if scan.row_filter is None else
+                             f"{filters_name} select no row group of {cfg_in.path}: nothing to "
+                             + ("segment" if filters_name == "input.filters" else "score"))
+    return scan, ts, pieces
+
+
+def input_record(scan, pieces) -> dict[str, Any]:
+    """The manifest's ``input.table`` (format, Delta ``version`` / Iceberg ``snapshot_id``,
+    ``filters``, data files of the table and files read): part of the input fingerprint."""
+    record = dict(scan.table)
+    record["filters"] = scan.row_filter.record() if scan.row_filter else None
+    record["data_files"] = scan.files_total
+    record["files_read"] = len({p.path for p in pieces})
+    return record
+
+
+
+def output_location(cfg: JobConfig) -> Location:
+    """``output.path`` with its storage options, timeout and retries."""
+    return Location.of(cfg.output.path, cfg.output.storage_options,
+                       cfg.runtime.storage_timeout_s, cfg.runtime.storage_retries)
+
+
+def check_locations(cfg: JobConfig) -> None:
+    """Refuse (before any work) an output that is, lies inside, or contains the input."""
+    refuse_overlap(output_location(cfg), {"input.path": Location.of(
+        cfg.input.path, cfg.input.storage_options)})
+
+
+def check_output(cfg: JobConfig) -> None:
+    """Every refusal that needs no cluster, read-only: overlap with the input, an output that is
+    a file or holds foreign files, an output another run is writing."""
+    check_locations(cfg)
+    OutputStore(output_location(cfg)).preflight()
+
+
+def decide(cfg: JobConfig, store: OutputStore, fp: str, echo: Callable[[str], None]) -> Decision:
+    """What to do about the run published at the output (see :meth:`OutputStore.prepare`)."""
+    decision = store.prepare(fp, cfg.output.overwrite, "set output.overwrite: true")
+    if decision.action == "reuse":
+        echo(f"  {cfg.output.path} already holds this run (same config and input): nothing to do")
+    elif decision.action == "repaired":
+        echo(f"  {cfg.output.path} already holds this run, but its publication had not finished: "
+             "every listed file is there with its size; wrote _SUCCESS")
+    elif decision.previous is not None:
+        problems = decision.problems
+        echo(f"  {cfg.output.path}: " + (
+            f"this run is there, but {problems[0]}" + (
+                f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+            + "; running it again" if problems else
+            "output.overwrite: the published run is replaced once this one is fully staged"))
+    return decision
+
+
+
+def segment_names(cfg: JobConfig) -> dict[str, str]:
+    """The names a person chose (``output.names``: a mapping, or a YAML file's location)."""
+    if isinstance(cfg.output.names, str):
+        return report_data.read_names(Location.of(
+            cfg.output.names, cfg.output.storage_options, cfg.runtime.storage_timeout_s,
+            cfg.runtime.storage_retries)) or {}
+    return dict(cfg.output.names or {})
+
+
+
+def describe_schema(ts: TableSchema) -> str:
+    """One line on the columns' roles, as ``recluster validate`` prints it."""
+    return (f"id '{ts.id_column}', numeric {list(ts.numeric)}, categorical {list(ts.categorical)}"
+            + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else "")
+            + (f", descriptive {list(ts.describe)}" if ts.describe else ""))
+
+
+@dataclass
+class RunPlan:
+    """What a run reads and what it is, known from footers alone (the ``plan`` stage)."""
+
+    location: Location
+    scan: tables.TableScan
+    schema: TableSchema
+    pieces: list  # of storage.inputs pieces: (file, row groups) of about input.rows_per_partition
+    table: dict[str, Any]  # the manifest's input.table (input_record)
+    input_fingerprint: str
+    fingerprint: str  # the run's: config, input and --previous
+    names: dict[str, str]  # output.names, read (a bad names file stops the run here)
+    previous: Any = None  # recluster.comparing.PublishedRun of previous.path, read once
+
+    @property
+    def infos(self) -> list:
+        """The footers of the files read (:class:`~recluster.storage.inputs.FileInfo`)."""
+        return self.scan.infos
+
+
+def plan_run(cfg: JobConfig, echo: Callable[[str], None], counts: dict[str, int]) -> RunPlan:
+    """The ``plan`` stage of a run after the output is claimed: input, schema, pieces, names,
+    the previous run (``--previous``, read and checked once) and the fingerprints.
+
+    ``counts`` (the stage's counters) gets the files, partitions and rows.
+    """
+    loc, scan, ts, pieces = plan_input(cfg)
+    infos = scan.infos
+    names = segment_names(cfg)  # a bad names file stops the run before any work
+    counts.update(files=len(infos), partitions=len(pieces), rows=sum(i.n_rows for i in infos))
+    echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
+         f"{len(ts.numeric)} numeric + {len(ts.categorical)} categorical features")
+    table = input_record(scan, pieces)
+    if scan.row_filter is not None:
+        echo(f"  input.filters: {table['files_read']} of {scan.files_total} data files "
+             f"read, {sum(p.n_rows for p in pieces)} rows in the row groups selected")
+    input_fp = input_fingerprint(infos, inputs.file_identities(loc, [i.path for i in infos]), table)
+    prev_run = None
+    if cfg.previous.path:  # read once: the run takes its paths from this very publication
+        from recluster.comparing import PublishedRun
+        from recluster.parallel.compare import join_dtype
+
+        prev_run = PublishedRun(Location.of(cfg.previous.path, cfg.output.storage_options),
+                                "previous run")
+        # ids of another family are refused now, not after the whole tree has grown
+        join_dtype(prev_run.id_type, ts.id_type, (cfg.previous.path, "this run's input"))
+        prev_run.tree()  # a damaged tree.json too
+    fp = run_fingerprint(cfg, input_fp, prev_run and prev_run.manifest_sha256)
+    return RunPlan(loc, scan, ts, pieces, table, input_fp, fp, names, prev_run)
+
+
+@dataclass
+class Validated:
+    """What the validation pass learnt: the rows' initial state and how many rows each stratum
+    of the root holds."""
+
+    state: Any  # dask DataFrame of per-row state (lazy)
+    counts: Any  # pandas DataFrame: rows per (cluster, depth, stratum), summed
+    summary: dict[str, Any]  # check_stats: rows, missing values per column
+
+    @property
+    def rows(self) -> int:
+        """Rows validated: every row of the input (of its slice with ``input.filters``)."""
+        return self.summary["rows"]
+
+
+def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
+             echo: Callable[[str], None]) -> Validated:
+    """The ``validate`` stage: one pass over every row (ids unique and present, no infinite
+    values, enough rows, missing values counted), two more only to name repeated ids.
+
+    Raises :class:`~recluster.errors.InputDataError` naming the column and the file.
+    """
+    ts, pieces = plan.schema, plan.pieces
+    state = passes.initial_state(feats, ts, cfg)  # lazy: cheap to derive in later passes
+    stats, n_unique = passes.validation_frames(feats, state, pieces, ts)
+    stats, n_unique, counts = client.compute([stats, n_unique, passes.count_nodes(state)],
+                                             sync=True)
+    stats = passes.parse_stats(stats)
+    duplicates = None
+    if int(n_unique) < sum(s["rows"] for s in stats) and not any(s["null_ids"] for s in stats):
+        # Failing anyway: two more passes say which ids repeat, and in which files.
+        top = client.compute(passes.most_repeated_ids(state), sync=True)
+        duplicates = client.compute(passes.id_files(state, top.index.to_numpy(), pieces),
+                                    sync=True)
+    summary = check_stats(stats, int(n_unique), ts, cfg.embedding.n_neighbors + 2,
+                          duplicates, "the slice input.filters keep" if cfg.input.filters
+                          else "input")
+    echo(f"  {summary['rows']} rows, ids unique, no infinite values; missing values: "
+         f"{summary['missing'] or 'none'}")
+    return Validated(state, passes.sum_counts(counts), summary)

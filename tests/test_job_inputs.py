@@ -1,0 +1,97 @@
+"""Unit tests of :mod:`recluster.job.inputs` on local Parquet files, no cluster: the input scan
+``run`` and ``score`` share (pieces, roles, the filter's name in messages, empty input), the
+fingerprints, and what is refused before any work.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import write_table
+from tables import penguins
+
+from recluster.config import InputConfig, parse_config
+from recluster.errors import ConfigError, InputDataError, OutputConflictError
+from recluster.job.inputs import (
+    check_locations,
+    describe_schema,
+    input_fingerprint,
+    plan_input,
+    run_fingerprint,
+    scan_input,
+)
+from recluster.storage.fs import Location
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _penguins_folder(tmp_path, n_files: int = 3, row_group_rows: int = 50):
+    url = str(tmp_path / "penguins")
+    write_table(penguins(), url, n_files, row_group_rows)
+    return url
+
+
+def _input(url: str, **more) -> InputConfig:
+    return InputConfig(path=url, id_column="penguin", categorical=["species", "island", "sex"],
+                       **more)
+
+
+def test_scan_input_plans_every_row_once_with_its_roles(tmp_path):
+    url = _penguins_folder(tmp_path)
+    scan, ts, pieces = scan_input(_input(url), Location.of(url), "island")
+    assert len(scan.infos) == 3
+    assert sum(p.n_rows for p in pieces) == sum(i.n_rows for i in scan.infos) == 344
+    assert ts.id_column == "penguin" and ts.stratify_by == "island"
+    assert set(ts.categorical) == {"species", "island", "sex"}
+    assert {"bill_length_mm", "body_mass_g", "year"} <= set(ts.numeric)
+    assert "stratified by 'island'" in describe_schema(ts) and "'penguin'" in describe_schema(ts)
+
+
+def test_the_filter_is_named_as_the_caller_names_it(tmp_path):
+    url = _penguins_folder(tmp_path)
+    bad = _input(url, filters=[["speceis", "=", "Adelie"]])
+    for name in ("input.filters", "--filter"):
+        with pytest.raises((ConfigError, InputDataError)) as err:
+            scan_input(bad, Location.of(url), None, name)
+        assert name in str(err.value) and "speceis" in str(err.value)
+        if name == "--filter":
+            assert "input.filters" not in str(err.value)
+
+
+def test_empty_input_is_refused_naming_the_folder(tmp_path):
+    url = str(tmp_path / "empty")
+    write_table(penguins().iloc[:0], url, 2)
+    with pytest.raises(InputDataError, match=r"every Parquet file under .*empty is empty"):
+        scan_input(_input(url), Location.of(url), None)
+
+
+def _cfg(tmp_path, url: str, **sections) -> object:
+    return parse_config({"input": {"path": url, "id_column": "penguin",
+                                   "categorical": ["species", "island", "sex"]},
+                         "output": {"path": str(tmp_path / "out")}, **sections})
+
+
+def test_input_and_run_fingerprints_change_with_what_they_cover(tmp_path):
+    url = _penguins_folder(tmp_path)
+    cfg = _cfg(tmp_path, url)
+    _, scan, _, _ = plan_input(cfg)
+    ids = [{"size": 100 + i, "version": f"v{i}"} for i in range(3)]
+    fp = input_fingerprint(scan.infos, ids)
+    assert fp == input_fingerprint(scan.infos, [dict(i) for i in ids])
+    rewritten = [*ids[:2], {**ids[2], "version": "v9"}]  # same rows and schema, rewritten
+    assert input_fingerprint(scan.infos, rewritten) != fp
+    assert input_fingerprint(scan.infos, ids, {"filters": [["year", "=", 2007]]}) != fp
+    run_fp = run_fingerprint(cfg, fp)
+    assert run_fp == run_fingerprint(_cfg(tmp_path, url), fp)
+    assert run_fingerprint(_cfg(tmp_path, url, seed=1), fp) != run_fp
+    assert run_fingerprint(cfg, fp, "ab" * 32) != run_fp
+
+
+def test_an_output_inside_the_input_is_refused_before_any_work(tmp_path):
+    url = _penguins_folder(tmp_path)
+    cfg = parse_config({"input": {"path": url, "id_column": "penguin"},
+                        "output": {"path": url + "/labels"}})
+    with pytest.raises(OutputConflictError, match="lies inside input.path"):
+        check_locations(cfg)
+    assert not os.path.exists(url + "/labels")

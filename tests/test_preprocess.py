@@ -1,0 +1,246 @@
+"""Unit tests of :mod:`recluster.compute.preprocess`: scaling, log1p, imputation, constant and
+extreme columns, categorical levels (top levels, the rare bucket, unseen and missing). No cluster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from recluster.compute.preprocess import MISSING, OTHER, Preprocessor, categorical_strings
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _numeric_frame(n: int = 5_000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "spend": rng.lognormal(mean=3.0, sigma=1.0, size=n),
+        "height": rng.normal(170.0, 10.0, size=n),
+        "delta": rng.normal(0.0, 5.0, size=n),
+    })
+
+
+def test_preprocess_log1p_only_for_skewed_non_negative():
+    df = _numeric_frame()
+    pre = Preprocessor(["spend", "height", "delta"], [], skew_threshold=1.0).fit(df)
+    assert pre.summary()["log1p"] == ["spend"]
+    # A lognormal column is no longer skewed after the transform.
+    z = pre.transform(df)[:, 0].astype(np.float64)
+    skew = np.mean((z - z.mean()) ** 3) / z.std() ** 3
+    assert abs(skew) < 0.5
+
+
+def test_preprocess_standardises_fit_data():
+    df = _numeric_frame()
+    pre = Preprocessor(list(df.columns), []).fit(df)
+    out = pre.transform(df)
+    assert out.dtype == np.float32
+    assert out.shape == (len(df), 3)
+    assert pre.feature_names_out_ == list(df.columns)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+
+
+def test_preprocess_transform_is_row_independent():
+    df = _numeric_frame(2_000)
+    df["kind"] = np.random.default_rng(0).choice(["p", "q", "r", None], size=len(df))
+    pre = Preprocessor(["spend", "height", "delta"], ["kind"]).fit(df)
+    whole = pre.transform(df)
+    parts = np.vstack([pre.transform(df.iloc[i:i + 333]) for i in range(0, len(df), 333)])
+    np.testing.assert_array_equal(parts, whole)
+
+
+def test_preprocess_imputes_missing_and_reports_it():
+    df = _numeric_frame()
+    rng = np.random.default_rng(1)
+    holes = rng.random(len(df)) < 0.1
+    df.loc[holes, "height"] = np.nan
+    df.loc[holes[::-1], "spend"] = np.nan  # a log1p column with holes too
+    pre = Preprocessor(list(df.columns), []).fit(df)
+    out = pre.transform(df)
+    assert np.isfinite(out).all()
+    imputed = pre.summary()["imputed"]
+    assert set(imputed) == {"height", "spend"}
+    assert imputed["height"] == pytest.approx(holes.mean())
+    assert imputed["spend"] == pytest.approx(holes.mean())
+    # Imputed rows sit at the median's position, and the fit data is still standardised.
+    j = pre.feature_names_out_.index("height")
+    assert np.ptp(out[holes, j]) == 0.0
+    median_z = (np.nanmedian(df["height"]) - pre.means_["height"]) / pre.scales_["height"]
+    assert out[holes, j][0] == pytest.approx(median_z, abs=1e-4)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+    # Missing values in rows never seen at fit time are imputed the same way.
+    new = pd.DataFrame({"spend": [np.nan], "height": [np.nan], "delta": [np.nan]})
+    assert np.isfinite(pre.transform(new)).all()
+
+
+def test_preprocess_constant_column_flagged_and_zero():
+    df = _numeric_frame(1_000)
+    df["flat"] = 42.0
+    df.loc[::7, "flat"] = np.nan  # missing values imputed to the same constant
+    pre = Preprocessor(["height", "flat"], []).fit(df)
+    assert pre.summary()["constant"] == ["flat"]
+    out = pre.transform(df)
+    assert np.isfinite(out).all()
+    assert np.all(out[:, 1] == 0.0)
+    # The other column is unaffected.
+    assert out[:, 0].std() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_preprocess_all_missing_numeric_column_is_finite():
+    df = pd.DataFrame({"x": np.arange(100.0), "gone": np.full(100, np.nan)})
+    pre = Preprocessor(["x", "gone"], []).fit(df)
+    assert pre.summary()["imputed"]["gone"] == 1.0
+    out = pre.transform(df)
+    assert np.isfinite(out).all()
+    assert np.all(out[:, 1] == 0.0)
+
+
+@pytest.mark.parametrize("extreme", [1e300, -1e300, 1.7e308])
+def test_preprocess_extreme_values_stay_finite(extreme):
+    df = _numeric_frame(500)
+    df.loc[3, "height"] = extreme
+    df.loc[5, "delta"] = -abs(extreme)
+    df.loc[7, "delta"] = abs(extreme)
+    pre = Preprocessor(list(df.columns), []).fit(df)
+    out = pre.transform(df)
+    assert np.isfinite(out).all()
+    # The ordinary rows still spread out (the outliers do not squash them onto one value).
+    ordinary = np.ones(len(df), dtype=bool)
+    ordinary[[3, 5, 7]] = False
+    assert np.all(out[ordinary].std(axis=0) > 0.1)
+    # Extremes unseen at fit time are finite as well.
+    probe = pd.DataFrame({c: [extreme, -extreme] for c in df.columns})
+    assert np.isfinite(pre.transform(probe)).all()
+
+
+def _categorical_frame() -> pd.DataFrame:
+    values = ["a"] * 50 + ["b"] * 40 + ["c"] * 30 + [None] * 20 + ["d"] * 5 + ["e"] * 3
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"kind": rng.permutation(np.array(values, dtype=object)),
+                         "x": rng.normal(size=len(values))})
+
+
+def test_preprocess_categorical_top_levels_and_other():
+    df = _categorical_frame()
+    pre = Preprocessor(["x"], ["kind"], max_categories=4).fit(df)
+    names = pre.feature_names_out_
+    assert names == ["x", "kind=a", "kind=b", "kind=c", f"kind={MISSING}", f"kind={OTHER}"]
+    assert pre.summary()["categories"] == {"kind": 4}
+    assert pre.summary()["n_dims"] == len(names)
+    out = pre.transform(df)
+    onehot = out[:, 1:]
+    assert set(np.unique(onehot)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(onehot.sum(axis=1), 1.0)
+    col = {n: i for i, n in enumerate(names)}
+    kind = df["kind"].to_numpy()
+    for level in ["a", "b", "c"]:
+        np.testing.assert_array_equal(out[:, col[f"kind={level}"]] == 1.0, kind == level)
+    np.testing.assert_array_equal(out[:, col[f"kind={MISSING}"]] == 1.0, pd.isna(kind))
+    np.testing.assert_array_equal(out[:, col[f"kind={OTHER}"]] == 1.0, np.isin(kind, ["d", "e"]))
+
+
+def test_preprocess_categorical_unseen_and_missing_at_transform():
+    pre = Preprocessor(["x"], ["kind"], max_categories=4).fit(_categorical_frame())
+    names = pre.feature_names_out_
+    new = pd.DataFrame({"kind": ["never-seen", None, "a", "e"], "x": [0.0, 1.0, 2.0, 3.0]})
+    out = pre.transform(new)
+    assert out.shape == (4, len(names))
+    hot = [names[i] for i in out[:, 1:].argmax(axis=1) + 1]
+    assert hot == [f"kind={OTHER}", f"kind={MISSING}", "kind=a", f"kind={OTHER}"]
+    np.testing.assert_array_equal(out[:, 1:].sum(axis=1), 1.0)
+
+
+def test_preprocess_missing_level_folds_into_other_when_rare():
+    df = pd.DataFrame({"kind": ["a"] * 10 + ["b"] * 8 + [None]})
+    pre = Preprocessor([], ["kind"], max_categories=2).fit(df)
+    assert pre.feature_names_out_ == ["kind=a", "kind=b", f"kind={OTHER}"]
+    out = pre.transform(pd.DataFrame({"kind": [None]}))
+    assert out[0, -1] == 1.0
+
+
+def test_preprocess_categorical_dtypes_agree():
+    """Object, pandas string and category columns of the same values encode identically."""
+    df = _categorical_frame()
+    pre = Preprocessor(["x"], ["kind"], max_categories=3).fit(df)
+    base = pre.transform(df)
+    for dtype in ["string", "category"]:
+        other = df.assign(kind=df["kind"].astype(dtype))
+        np.testing.assert_array_equal(pre.transform(other), base)
+
+
+def test_a_level_spelt_like_the_rare_levels_bucket_is_that_bucket():
+    """A categorical value '__other__' (the name of the bucket of rare levels) was kept as a
+    level of its own: the explanation frame then had two categories '__other__' and the run
+    failed in 'explain' ("Categorical categories must be unique") after every fit."""
+    from recluster.compute.explain import raw_frame
+
+    df = pd.DataFrame({"kind": ["__other__"] * 30 + ["a"] * 20 + ["rare"] * 2})
+    pre = Preprocessor([], ["kind"], max_categories=2).fit(df)
+    assert pre.levels_["kind"] == ["a", "rare"]
+    frame = raw_frame(df, pre)
+    assert list(frame["kind"].cat.categories) == ["a", "rare", OTHER]
+    out = pre.transform(pd.DataFrame({"kind": ["__other__", "never seen"]}))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_explanation_frame_takes_any_text_level():
+    """XGBoost refuses category names with a NUL character (an AssertionError with no message
+    inside xgboost, after every fit: 'training the model of cluster 0 failed 3 times'). Levels
+    reach it escaped, and levels that differ stay different."""
+    import xgboost as xgb
+    from tables import NASTY_TEXT
+
+    from recluster.compute.explain import raw_frame
+
+    levels = [*NASTY_TEXT, "a\\0", "\\\\"]  # the escapes of "a\x00" and "\\", as text
+    df = pd.DataFrame({"kind": levels * 4, "x": np.arange(4 * len(levels), dtype=float)})
+    pre = Preprocessor(["x"], ["kind"], max_categories=len(levels)).fit(df)
+    frame = raw_frame(df, pre)
+    cats = list(frame["kind"].cat.categories)
+    assert len(set(cats)) == len(cats) == len(levels) + 1 and not any("\x00" in c for c in cats)
+    assert frame["kind"].cat.codes.nunique() == len(levels)  # every level its own category
+    y = (df["kind"] == "a\x00").astype(int)
+    booster = xgb.train({"tree_method": "hist", "max_cat_to_onehot": 1, "min_child_weight": 0},
+                        xgb.DMatrix(frame, y, enable_categorical=True), 5)
+    p = booster.predict(xgb.DMatrix(frame, enable_categorical=True))
+    assert p[y == 1].min() > p[y == 0].max()
+
+
+def test_preprocess_integer_categorical_independent_of_nulls():
+    fit_df = pd.DataFrame({"code": pd.array([1, 2, 2, None] * 10, dtype="float64")})
+    pre = Preprocessor([], ["code"]).fit(fit_df)
+    rows = pd.DataFrame({"code": np.array([1, 2], dtype=np.int64)})
+    out = pre.transform(rows)
+    assert out[:, -1].sum() == 0.0  # neither known level falls into __other__
+
+
+def test_large_integer_levels_read_the_same_with_and_without_nulls():
+    """An int64 categorical (or stratify_by) column read from a piece with nulls came out as
+    pandas float64: 2**62 + 1 became the level '4611686018427387904' there and
+    '4611686018427387905' in a piece without nulls, one level split in two."""
+    from recluster.compute.schema import TableSchema, table_to_frame
+
+    big = 2**62 + 1
+    ts = TableSchema("id", ("x",), ("code",), "group", pa.int64(),
+                     (("id", pa.int64()), ("x", pa.int64()), ("code", pa.int64()),
+                      ("group", pa.uint64())))
+    levels = []
+    for code, group in (([big, None], [2**64 - 1, None]), ([big, 7], [2**64 - 1, 3])):
+        table = pa.table({ts.id_key: [1, 2], ts.key("x"): pa.array([big, None], pa.int64()),
+                          ts.key("code"): pa.array(code, pa.int64()),
+                          ts.key("group"): pa.array(group, pa.uint64())})
+        frame = table_to_frame(table, ts)
+        levels.append((categorical_strings(frame[ts.key("code")])[0],
+                       categorical_strings(frame[ts.key("group")])[0]))
+        assert pd.isna(frame[ts.key("x")][1])  # numeric features: missing as ever
+    assert levels == [(str(big), str(2**64 - 1))] * 2
+
+
+def test_preprocess_fit_rejects_empty():
+    with pytest.raises(ValueError):
+        Preprocessor(["x"], []).fit(pd.DataFrame({"x": pd.Series([], dtype=float)}))

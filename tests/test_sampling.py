@@ -1,0 +1,144 @@
+"""Unit tests of :mod:`recluster.compute.sampling`: hash draws (uniform, partition- and
+flavour-independent, seeded) and the stratified allocation. No cluster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recluster.compute.sampling import allocate, hash_uniform
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _ks_uniform(u: np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance between the sample ``u`` and Uniform[0, 1)."""
+    s = np.sort(u)
+    n = s.size
+    upper = np.arange(1, n + 1) / n - s
+    lower = s - np.arange(n) / n
+    return float(max(upper.max(), lower.max()))
+
+
+def _string_ids(n: int, seed: int = 0) -> pd.Series:
+    rng = np.random.default_rng(seed)
+    return pd.Series([f"user-{v:012x}" for v in rng.choice(2**40, size=n, replace=False)])
+
+
+ID_KINDS = {
+    "int64": lambda n: pd.Series(np.arange(n, dtype=np.int64) * 7 + 1_000_003),
+    "string": _string_ids,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ID_KINDS))
+def test_hash_uniform_in_unit_interval_and_uniform(kind):
+    n = 100_000
+    u = hash_uniform(ID_KINDS[kind](n), seed=3)
+    assert u.shape == (n,)
+    assert u.dtype == np.float64
+    assert np.all(u >= 0.0) and np.all(u < 1.0)
+    assert abs(u.mean() - 0.5) < 0.02
+    # KS critical value at alpha = 0.001 is about 1.95 / sqrt(n).
+    assert _ks_uniform(u) < 1.95 / np.sqrt(n)
+    # Deciles hold about a tenth each.
+    counts = np.bincount((u * 10).astype(int), minlength=10)
+    assert np.all(np.abs(counts / n - 0.1) < 0.01)
+
+
+@pytest.mark.parametrize("kind", sorted(ID_KINDS))
+def test_hash_uniform_is_partition_independent(kind):
+    ids = ID_KINDS[kind](20_000)
+    whole = pd.Series(hash_uniform(ids, seed=11), index=ids.to_numpy())
+
+    # Shuffle, give the series a non-default index, and split into uneven chunks.
+    rng = np.random.default_rng(1)
+    shuffled = ids.iloc[rng.permutation(len(ids))]
+    shuffled.index = rng.integers(0, 10**9, size=len(shuffled))
+    cuts = np.sort(rng.choice(np.arange(1, len(ids)), size=9, replace=False))
+    parts = []
+    for chunk in np.split(np.arange(len(shuffled)), cuts):
+        part = shuffled.iloc[chunk]
+        parts.append(pd.Series(hash_uniform(part, seed=11), index=part.to_numpy()))
+    pieced = pd.concat(parts)
+
+    assert len(pieced) == len(whole)
+    np.testing.assert_array_equal(pieced.loc[whole.index].to_numpy(), whole.to_numpy())
+    # And a single id hashed alone matches too.
+    one = ids.iloc[[123]]
+    assert hash_uniform(one, seed=11)[0] == whole.iloc[123]
+
+
+def test_hash_uniform_string_flavours_agree():
+    ids = _string_ids(1_000)
+    base = hash_uniform(ids, seed=5)
+    np.testing.assert_array_equal(hash_uniform(ids.astype("string"), seed=5), base)
+    np.testing.assert_array_equal(hash_uniform(ids.astype("category"), seed=5), base)
+
+
+def test_hash_uniform_seed_changes_draws_for_string_ids():
+    ids = _string_ids(10_000)
+    a, b = hash_uniform(ids, seed=0), hash_uniform(ids, seed=1)
+    assert np.mean(a == b) < 0.001
+    # Draws under two seeds are unrelated, not merely permuted or shifted.
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+    np.testing.assert_array_equal(hash_uniform(ids, seed=0), a)  # but reproducible
+
+
+def test_hash_uniform_seed_changes_draws_for_int_ids():
+    ids = ID_KINDS["int64"](10_000)
+    a, b = hash_uniform(ids, seed=0), hash_uniform(ids, seed=1)
+    assert np.mean(a == b) < 0.001
+
+
+def test_allocate_proportional_when_population_large():
+    counts = {"a": 600_000, "b": 300_000, "c": 100_000}
+    size = 10_000
+    t = allocate(counts, size, min_per_stratum=50)
+    assert set(t) == set(counts)
+    assert all(0.0 < v <= 1.0 for v in t.values())
+    expected = sum(t[s] * c for s, c in counts.items())
+    assert abs(expected - size) <= 0.01 * size
+    # Proportional: every stratum gets the same rate when no minimum binds.
+    assert max(t.values()) - min(t.values()) < 1e-12
+
+
+def test_allocate_raises_small_strata_to_minimum():
+    counts = {"big": 1_000_000, "mid": 2_000, "tiny": 10, "empty": 0}
+    size, mps = 5_000, 100
+    t = allocate(counts, size, mps)
+    assert all(0.0 < v <= 1.0 for v in t.values())
+    for s, c in counts.items():
+        if c > 0:
+            assert t[s] * c >= min(c, mps) - 1e-9, s
+    assert t["tiny"] == 1.0
+    assert "empty" not in t  # a stratum without rows gets no threshold (nothing to draw)
+    expected = sum(t[s] * c for s, c in counts.items() if s in t)
+    # The minimums only add rows: at most one minimum per stratum on top of ``size``.
+    assert size - 1e-6 <= expected <= size + mps * len(counts)
+
+
+def test_allocate_small_population_takes_everything():
+    counts = {"x": 30, "y": 50, None: 19}
+    t = allocate(counts, size=100, min_per_stratum=0)
+    assert t == {"x": 1.0, "y": 1.0, None: 1.0}
+
+
+def test_allocate_thresholds_draw_the_expected_sample():
+    """Thresholds applied to hash draws give about ``threshold * count`` rows per stratum."""
+    n = 200_000
+    ids = _string_ids(n, seed=7)
+    rng = np.random.default_rng(7)
+    strata = rng.choice(["a", "b", "c", "rare"], size=n, p=[0.6, 0.3, 0.0995, 0.0005])
+    counts = pd.Series(strata).value_counts().to_dict()
+    t = allocate(counts, size=4_000, min_per_stratum=60)
+    u = hash_uniform(ids, seed=2)
+    limit = pd.Series(strata).map(t).to_numpy()
+    kept = pd.Series(strata[u < limit]).value_counts()
+    for s, c in counts.items():
+        want = t[s] * c
+        # Binomial count: within 5 standard deviations (or exact when the threshold is 1).
+        sd = np.sqrt(c * t[s] * (1 - t[s]))
+        assert abs(kept.get(s, 0) - want) <= 5 * sd + 1e-9, (s, kept.get(s, 0), want)

@@ -1,0 +1,236 @@
+"""Unit tests of :mod:`recluster.compute.schema`: roles resolved from footers (errors naming
+the column and the file) and the validation pass's ``check_stats``. No cluster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from recluster.compute.schema import check_stats, partition_stats, resolve_schema
+from recluster.config import InputConfig
+from recluster.errors import InputDataError
+from recluster.storage.inputs import FileInfo, plan_pieces
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _info(path: str, fields: list[tuple[str, pa.DataType]], rows=(100,)) -> FileInfo:
+    return FileInfo(path, pa.schema(fields), tuple(rows))
+
+
+GOOD = [("user_id", pa.int64()), ("spend", pa.float64()), ("visits", pa.int32()),
+        ("country", pa.string())]
+
+
+def test_resolve_schema_roles():
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    ts = resolve_schema([_info("a.parquet", GOOD), _info("b.parquet", GOOD)], cfg, None)
+    assert ts.id_column == "user_id"
+    assert ts.numeric == ("spend", "visits")
+    assert ts.categorical == ("country",)
+    assert ts.columns == ["user_id", "spend", "visits", "country"]
+
+
+def test_resolve_schema_stratify_column_not_a_numeric_feature():
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    fields = [*GOOD, ("segment", pa.int8())]
+    ts = resolve_schema([_info("a.parquet", fields)], cfg, "segment")
+    assert "segment" not in ts.features
+    assert ts.stratify_by == "segment"
+    assert "segment" in ts.columns
+
+
+def test_resolve_schema_missing_id_names_column_and_file():
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    without_id = [f for f in GOOD if f[0] != "user_id"]
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("s3://b/part-000.parquet", GOOD),
+                        _info("s3://b/part-001.parquet", without_id)], cfg, None)
+    msg = str(exc.value)
+    assert "'user_id'" in msg
+    assert "part-001.parquet" in msg and "part-000.parquet" not in msg
+
+
+def test_resolve_schema_missing_feature_names_column_and_file():
+    cfg = InputConfig(path="/in", id_column="user_id", features=["spend", "visits"])
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("one.parquet", GOOD[:2])], cfg, None)
+    assert "'visits'" in str(exc.value) and "one.parquet" in str(exc.value)
+
+
+def test_missing_column_names_the_file_columns_that_only_look_different():
+    """A config naming 'é' (one character) for a file column 'é' written as e + combining
+    accent, or 'Spend' for 'spend ', was told the column is missing, in a message where both
+    print the same; the message now names the near miss, escaped where it prints alike."""
+    fields = [("user_id", pa.int64()), ("e\u0301", pa.float64()), ("spend ", pa.float64())]
+    for wanted, hint in (("\u00e9", "'e\\u0301'"), ("Spend", "'spend '")):
+        cfg = InputConfig(path="/in", id_column="user_id", features=[wanted])
+        with pytest.raises(InputDataError) as exc:
+            resolve_schema([_info("one.parquet", fields)], cfg, None)
+        msg = str(exc.value)
+        assert f"feature column '{wanted}' is missing from one.parquet" in msg, msg
+        assert f"(it has {hint}: names must match exactly)" in msg, msg
+    cfg = InputConfig(path="/in", id_column="user_id", features=["visits"])
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("one.parquet", fields)], cfg, None)
+    assert "it has" not in str(exc.value)
+
+
+def test_resolve_schema_type_conflict_names_both_files():
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    changed = [(n, pa.float64() if n == "visits" else t) for n, t in GOOD]
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("first.parquet", GOOD), _info("second.parquet", GOOD),
+                        _info("third.parquet", changed)], cfg, None)
+    msg = str(exc.value)
+    assert "'visits'" in msg
+    assert "third.parquet" in msg and "first.parquet" in msg
+    assert "int32" in msg and "double" in msg
+
+
+def test_resolve_schema_string_flavours_do_not_conflict():
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    a = [("user_id", pa.string()), ("spend", pa.float64()), ("country", pa.string())]
+    b = [("user_id", pa.large_string()), ("spend", pa.float64()),
+         ("country", pa.large_string())]
+    c = [("user_id", pa.string()), ("spend", pa.float64()),
+         ("country", pa.dictionary(pa.int32(), pa.string()))]
+    ts = resolve_schema([_info("a.parquet", a), _info("b.parquet", b), _info("c.parquet", c)],
+                        cfg, None)
+    assert ts.categorical == ("country",)
+    assert ts.numeric == ("spend",)
+
+
+def test_columns_without_values_in_some_files_take_the_other_files_type(tmp_path):
+    """pandas writes an all-None object column, and every object column of an empty frame, with
+    Arrow's null type; such files were refused ("has type null in part-001 but string in
+    part-000: the files' schemas disagree"). They fit any type; a column null in every file is
+    numeric, so that validation names it as having no values."""
+    from recluster.compute.schema import table_to_frame
+    from recluster.storage.fs import Location
+    from recluster.storage.inputs import list_parquet_files, read_footers, read_piece
+
+    full = pd.DataFrame({"user_id": ["a", "b"], "spend": [1.0, 2.0], "country": ["SE", "NO"],
+                         "note": [None, None]})
+    no_country = pd.DataFrame({"user_id": ["c"], "spend": [3.0], "country": [None],
+                               "note": [None]})
+    full.to_parquet(tmp_path / "part-000.parquet", index=False)
+    no_country.to_parquet(tmp_path / "part-001.parquet", index=False)
+    full.iloc[:0].astype(object).to_parquet(tmp_path / "part-002.parquet", index=False)
+    loc = Location.of(str(tmp_path))
+    infos = read_footers(loc, list_parquet_files(loc))
+    assert pa.types.is_null(infos[1].schema.field("country").type)
+    assert pa.types.is_null(infos[2].schema.field("user_id").type)
+    cfg = InputConfig(path=str(tmp_path), id_column="user_id", categorical=["country"])
+    ts = resolve_schema(infos, cfg, None)
+    read = dict(ts.read_types)
+    assert read["user_id"] == read["country"] == pa.string()
+    assert ts.id_type == infos[0].schema.field("user_id").type  # the labels keep it
+    assert ts.numeric == ("spend", "note") and pa.types.is_null(read["note"])
+    frames = [table_to_frame(read_piece(p, loc, ts.read_schema, list(ts.keys.items())), ts)
+              for p in plan_pieces(infos, 1_000)]
+    got = pd.concat(frames, ignore_index=True)
+    assert got[ts.id_key].tolist() == ["a", "b", "c"]
+    assert got[ts.key("country")].tolist()[:2] == ["SE", "NO"]
+    assert got[ts.key("country")].isna().tolist() == [False, False, True]
+    stats = [partition_stats(f, ts, "f") for f in frames]
+    with pytest.raises(InputDataError, match="feature column 'note' has no values at all"):
+        check_stats(stats, 3, ts, 2)
+
+
+def test_resolve_schema_undeclared_string_feature():
+    cfg = InputConfig(path="/in", id_column="user_id")  # country not declared categorical
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("a.parquet", GOOD)], cfg, None)
+    msg = str(exc.value)
+    assert "'country'" in msg and "categorical" in msg
+
+
+def test_resolve_schema_rejects_float_id():
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    fields = [("user_id", pa.float64()), *GOOD[1:]]
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("a.parquet", fields)], cfg, None)
+    assert "'user_id'" in str(exc.value)
+
+
+def _ts():
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    return resolve_schema([_info("a.parquet", GOOD)], cfg, None)
+
+
+def _part(ids, spend=None, country=None) -> pd.DataFrame:
+    """A partition as the passes hand it to the checks: columns under their internal keys."""
+    n = len(ids)
+    return pd.DataFrame({
+        "user_id": ids,
+        "spend": np.linspace(0, 1, n) if spend is None else spend,
+        "visits": np.arange(n, dtype=np.int32),
+        "country": ["fr"] * n if country is None else country,
+    }).rename(columns=_ts().keys)
+
+
+def test_check_stats_happy_path_sums_missing():
+    ts = _ts()
+    p1 = _part(np.arange(0, 50), spend=np.r_[np.nan, np.ones(49)])
+    p2 = _part(np.arange(50, 100), country=[None, None] + ["de"] * 48)
+    stats = [partition_stats(p1, ts, "p1.parquet"), partition_stats(p2, ts, "p2.parquet")]
+    out = check_stats(stats, n_unique_ids=100, schema=ts, min_rows=17)
+    assert out["rows"] == 100
+    assert out["missing"] == {"spend": 1, "country": 2}
+
+
+def test_check_stats_duplicate_ids():
+    ts = _ts()
+    stats = [partition_stats(_part(np.arange(50)), ts, "p1.parquet"),
+             partition_stats(_part(np.arange(40, 90)), ts, "p2.parquet")]
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=90, schema=ts, min_rows=17)
+    msg = str(exc.value)
+    assert "'user_id'" in msg and "duplicate" in msg
+    found = pd.DataFrame({"__id__": [45, 45, 41, 41, 7],
+                          "path": ["p1.parquet", "p2.parquet", "p1.parquet", "p2.parquet",
+                                   "p1.parquet"]})
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=90, schema=ts, min_rows=17, duplicates=found)
+    assert str(exc.value).endswith("; e.g. 41 (2 rows: in p1.parquet, p2.parquet); "
+                                   "45 (2 rows: in p1.parquet, p2.parquet)"), str(exc.value)
+
+
+def test_check_stats_infinite_values_name_column_and_file():
+    ts = _ts()
+    bad = np.ones(50)
+    bad[[3, 9]] = [np.inf, -np.inf]
+    stats = [partition_stats(_part(np.arange(50)), ts, "ok.parquet"),
+             partition_stats(_part(np.arange(50, 100), spend=bad), ts, "bad.parquet")]
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=100, schema=ts, min_rows=17)
+    msg = str(exc.value)
+    assert "'spend'" in msg and "bad.parquet" in msg and "ok.parquet" not in msg
+    assert "2 infinite" in msg
+
+
+def test_check_stats_too_few_rows():
+    ts = _ts()
+    stats = [partition_stats(_part(np.arange(10)), ts, "small.parquet")]
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=10, schema=ts, min_rows=17)
+    assert "10 rows" in str(exc.value) and "17" in str(exc.value)
+
+
+def test_check_stats_null_ids_and_empty_column():
+    ts = _ts()
+    ids = pd.array([1, 2, None, 4] * 10, dtype="Int64")
+    stats = [partition_stats(_part(ids), ts, "nullid.parquet")]
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=39, schema=ts, min_rows=17)
+    assert "'user_id'" in str(exc.value) and "nullid.parquet" in str(exc.value)
+
+    stats = [partition_stats(_part(np.arange(30), spend=np.full(30, np.nan)), ts, "a.parquet"),
+             partition_stats(_part(np.arange(30, 60), spend=np.full(30, np.nan)), ts, "b.parquet")]
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, n_unique_ids=60, schema=ts, min_rows=17)
+    assert "'spend'" in str(exc.value)
