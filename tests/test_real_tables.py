@@ -26,8 +26,10 @@ def _segment(tmp_path, bucket, scheduler, capsys, frame, id_column, input, n_fil
     inp, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
     table = pa.Table.from_pandas(frame, preserve_index=False)
     write_arrow(table, inp, n_files)
-    code, _, err = run(tmp_path, inp, out, scheduler, capsys, input, **{**SMALL, **sections})
+    code, printed, err = run(tmp_path, inp, out, scheduler, capsys, input,
+                             **{**SMALL, **sections})
     assert code == 0, err[-3000:]
+    _segment.printed = printed + err
     lab, manifest = check_published(out, table.column(id_column).combine_chunks(), id_column)
     joined = lab.to_pandas().merge(frame, on=id_column)
     assert len(joined) == len(frame)
@@ -58,6 +60,9 @@ def test_penguins_nulls_string_categoricals_and_explanations(tmp_path, bucket, s
     pre = tree["root"]["fit"]["preprocess"]
     assert pre["categorical_scale"] == "unit", pre
     assert pre["categorical_scale_auto"]["column"] in {"island", "sex"}, pre
+    # ... and the terminal says so, by the column's name
+    said = [line for line in _segment.printed.splitlines() if "weighed 0/1" in line]
+    assert len(said) >= 1 and pre["categorical_scale_auto"]["column"] in said[0], said
     aucs = [tree[c]["classifier"]["auc"] for c in tree["root"]["children"]
             if (tree[c]["classifier"] or {}).get("model")]
     assert aucs and min(aucs) >= 0.8, aucs

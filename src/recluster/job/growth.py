@@ -167,7 +167,7 @@ def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
 
 
 def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: TableSchema,
-                   cfg: JobConfig) -> dict[str, NodeFit]:
+                   cfg: JobConfig, echo: Callable[[str], None]) -> dict[str, NodeFit]:
     """The splits of this level that hold; the others get their stop reason."""
     split = {}
     for path in to_fit:
@@ -178,6 +178,11 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
         node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
         if fit.preprocessor is not None:  # under the columns' own names
             node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
+            blocker = node.fit["preprocess"].get("categorical_scale_auto")
+            if blocker:  # preprocess.categorical_scale: auto fell back to 0/1 columns
+                echo(f"  node {path}: categorical columns weighed 0/1, not as the recipe does: "
+                     f"{blocker['column']} = {blocker['level']} ({blocker['rows']} rows) is not "
+                     f"reproduced by the other features (ARI {blocker['ari']:.2f})")
         # Artefacts are found on the workers under internal keys; tree.json, segments.parquet
         # and the report name the column as the user does.
         fit.artefacts = [rename_artefact(a, ts.name) for a in fit.artefacts]
@@ -231,7 +236,7 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                                                    g.nodes, counts, ts, cfg, timer, echo, run_id)
         stability = _settle_level(client, level, fits, futs, resamples, sample, ts, cfg, timer,
                                   run_id)
-        split = _decide_splits(to_fit, fits, g, ts, cfg)
+        split = _decide_splits(to_fit, fits, g, ts, cfg, echo)
         if not split:
             break
         with timer.stage(f"level {level}: assign all rows") as st:
