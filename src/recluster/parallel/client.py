@@ -184,8 +184,8 @@ class QuietWorker(WorkerPlugin):
             os.close(devnull)
 
 
-#: Set in a worker process once its warm-up has started (repeat registrations do nothing).
-_WARM_STARTED = threading.Event()
+#: The warm-up thread of this (worker) process, once started: repeat registrations do nothing.
+_warm_thread: threading.Thread | None = None
 _log = logging.getLogger(__name__)
 
 
@@ -253,10 +253,11 @@ class WarmWorker(WorkerPlugin):
     name = "recluster-warm-worker"
 
     def setup(self, worker) -> None:
-        if _WARM_STARTED.is_set():
-            return
-        _WARM_STARTED.set()
-        threading.Thread(target=_warm_up_quietly, name="recluster-warm-up", daemon=True).start()
+        global _warm_thread
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm_up_quietly, name="recluster-warm-up",
+                                            daemon=True)
+            _warm_thread.start()
 
 
 @contextmanager
