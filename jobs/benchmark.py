@@ -204,7 +204,7 @@ def run_recluster(data: Path, out: Path, depth: int, seed: int, overrides: list[
         "runtime": {"n_workers": N_WORKERS, "threads_per_worker": 1},
         "seed": seed,
     }, overrides))
-    with dask_client(cfg.runtime) as client:
+    with dask_client(cfg.runtime, warm=True) as client:  # as `recluster run`
         warm = client.run(_worker_warmup)
         t = time.perf_counter()
         manifest = run(cfg, client, echo=lambda m: None)

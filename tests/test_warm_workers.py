@@ -36,14 +36,14 @@ def _warm_state(wait_s: float) -> dict:
 
 
 def test_every_worker_is_warmed_once_however_often_the_plugin_is_registered(scheduler):
-    with dask_client(RuntimeConfig(), cli_address=scheduler) as client:
+    with dask_client(RuntimeConfig(), cli_address=scheduler, warm=True) as client:
         first = client.run(_warm_state, 240)
     assert len(first) == 2
     for state in first.values():
         assert state["thread"] is not None and not state["alive"]
         assert state["cached"] and state["compiled"]
     # a second run on the same scheduler registers the plugin again: no second warm-up
-    with dask_client(RuntimeConfig(), cli_address=scheduler) as client:
+    with dask_client(RuntimeConfig(), cli_address=scheduler, warm=True) as client:
         again = client.run(_warm_state, 0)
     assert {w: s["thread"] for w, s in again.items()} == {w: s["thread"] for w, s in first.items()}
 

@@ -15,7 +15,7 @@ Workers of an existing scheduler keep their output: it goes to their own logs.
 are declared ``cache=True`` and load from numba's on-disk cache (:func:`prepare_numba_cache`);
 the few that are not (UMAP's parallel graph kernels, ~10-15 s of compilation per process) are
 given the same on-disk cache by :func:`cache_umap_kernels`. A worker plugin
-(:class:`WarmWorker`), registered as soon as the client is connected (local cluster or not),
+(:class:`WarmWorker`), registered as soon as a job's client is connected (local cluster or not),
 does that and then one tiny UMAP + HDBSCAN fit in a background thread of each worker, so that
 whatever is left to import, load or compile overlaps input listing, validation and planning
 instead of delaying the first node fits. It is idempotent (once per worker process, however
@@ -262,9 +262,11 @@ class WarmWorker(WorkerPlugin):
 
 @contextmanager
 def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
-                tls: TlsFiles | None = None, verbose: bool = False) -> Iterator[Client]:
+                tls: TlsFiles | None = None, verbose: bool = False,
+                warm: bool = False) -> Iterator[Client]:
     """Yield a connected client; a local cluster started here is closed on exit (its workers
-    silenced unless ``verbose``).
+    silenced unless ``verbose``). ``warm``: register :class:`WarmWorker` (for jobs that fit
+    nodes; scoring and comparing never run UMAP).
 
     Raises
     ------
@@ -285,7 +287,8 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
             raise StageError(f"stage 'connect' failed: cannot reach the Dask scheduler at "
                              f"{address}{hint}: {type(exc).__name__}: {exc}") from None
         with client:
-            client.register_plugin(WarmWorker())
+            if warm:
+                client.register_plugin(WarmWorker())
             yield client
         return
     prepare_numba_cache(runtime)
@@ -304,5 +307,6 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
     ) as cluster, Client(cluster) as client:
         if not verbose:
             client.register_plugin(QuietWorker())
-        client.register_plugin(WarmWorker())
+        if warm:
+            client.register_plugin(WarmWorker())
         yield client
