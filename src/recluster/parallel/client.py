@@ -11,6 +11,16 @@ at the null device, so that no UMAP, numba, scikit-learn or XGBoost line (XGBoos
 prints "got rank" from C++) reaches the user. Task errors still reach the client as exceptions.
 Workers of an existing scheduler keep their output: it goes to their own logs.
 
+**Warm workers.** Numba compiles UMAP's kernels in every fresh worker process on first use. Most
+are declared ``cache=True`` and load from numba's on-disk cache (:func:`prepare_numba_cache`);
+the few that are not (UMAP's parallel graph kernels, ~10-15 s of compilation per process) are
+given the same on-disk cache by :func:`cache_umap_kernels`. A worker plugin
+(:class:`WarmWorker`), registered as soon as a job's client is connected (local cluster or not),
+does that and then one tiny UMAP + HDBSCAN fit in a background thread of each worker, so that
+whatever is left to import, load or compile overlaps input listing, validation and planning
+instead of delaying the first node fits. It is idempotent (once per worker process, however
+many runs register it) and silent.
+
 A ``tls://`` scheduler is reached with mutual TLS: the CA file, client certificate and key come
 from ``--tls-ca-file`` / ``--tls-cert`` / ``--tls-key`` (the flags ``dask scheduler`` and
 ``dask worker`` take), else from Dask's own config (``distributed.comm.tls.ca-file``,
@@ -27,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,11 +184,89 @@ class QuietWorker(WorkerPlugin):
             os.close(devnull)
 
 
+#: The warm-up thread of this (worker) process, once started: repeat registrations do nothing.
+_warm_thread: threading.Thread | None = None
+_log = logging.getLogger(__name__)
+
+
+def cache_umap_kernels() -> list[str]:
+    """Give UMAP's numba kernels that are compiled without ``cache=True`` numba's on-disk cache
+    (``NUMBA_CACHE_DIR``) in this process, before their first call: their machine code is then
+    compiled once per machine, not once per worker process. Same code, same results.
+
+    Returns
+    -------
+    list of str : the kernels it turned caching on for (empty once done)
+    """
+    import umap.layouts
+    import umap.umap_
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    done = []
+    for module in (umap.umap_, umap.layouts):
+        for name, obj in vars(module).items():
+            if (isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__
+                    and isinstance(getattr(obj, "_cache", None), NullCache)):
+                obj.enable_caching()
+                done.append(f"{module.__name__}.{name}")
+    return done
+
+
+def warm_up() -> float:
+    """Compile (or load from the on-disk cache) the numba code of a node fit in this process:
+    :func:`cache_umap_kernels`, then UMAP and HDBSCAN on 300 rows of a fixed two-blob table,
+    with the default embedding and clustering settings.
+
+    Returns
+    -------
+    float : seconds it took
+    """
+    import time
+
+    import numpy as np
+
+    from recluster.compute.cluster import fit_clusters
+    from recluster.compute.embed import fit_embedding
+    from recluster.config import ClusteringConfig, EmbeddingConfig
+
+    t = time.perf_counter()
+    cache_umap_kernels()
+    X = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    X[:150] += 8.0
+    _, emb = fit_embedding(X, EmbeddingConfig(n_epochs=20), seed=0)
+    fit_clusters(emb, ClusteringConfig())
+    return time.perf_counter() - t
+
+
+def _warm_up_quietly() -> None:
+    try:
+        _log.debug("numba warm-up took %.1fs", warm_up())
+    except Exception:  # a failed warm-up only means the first fit compiles, as before
+        _log.debug("numba warm-up failed", exc_info=True)
+
+
+class WarmWorker(WorkerPlugin):
+    """Starts :func:`warm_up` in a background thread of each worker, once per process; the
+    worker takes tasks meanwhile (a fit that needs a kernel being compiled waits for it)."""
+
+    name = "recluster-warm-worker"
+
+    def setup(self, worker) -> None:
+        global _warm_thread
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm_up_quietly, name="recluster-warm-up",
+                                            daemon=True)
+            _warm_thread.start()
+
+
 @contextmanager
 def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
-                tls: TlsFiles | None = None, verbose: bool = False) -> Iterator[Client]:
+                tls: TlsFiles | None = None, verbose: bool = False,
+                warm: bool = False) -> Iterator[Client]:
     """Yield a connected client; a local cluster started here is closed on exit (its workers
-    silenced unless ``verbose``).
+    silenced unless ``verbose``). ``warm``: register :class:`WarmWorker` (for jobs that fit
+    nodes; scoring and comparing never run UMAP).
 
     Raises
     ------
@@ -198,6 +287,8 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
             raise StageError(f"stage 'connect' failed: cannot reach the Dask scheduler at "
                              f"{address}{hint}: {type(exc).__name__}: {exc}") from None
         with client:
+            if warm:
+                client.register_plugin(WarmWorker())
             yield client
         return
     prepare_numba_cache(runtime)
@@ -216,4 +307,6 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
     ) as cluster, Client(cluster) as client:
         if not verbose:
             client.register_plugin(QuietWorker())
+        if warm:
+            client.register_plugin(WarmWorker())
         yield client
