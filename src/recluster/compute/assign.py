@@ -105,18 +105,22 @@ class KnnAssigner:
         self.n_labels_ = int(self.labels_.max()) + 2 if len(self.labels_) else 1
         return self
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(self, X: np.ndarray, embedding: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Assign rows.
 
         Parameters
         ----------
         X : ndarray (m, d)
+        embedding : bool
+            whether to place the rows on the node's map (only the first level's map is kept:
+            below it the coordinates are not computed)
 
         Returns
         -------
         labels : ndarray (m,) int64
         probability : ndarray (m,) float64, 0 for noise
-        embedding : ndarray (m, c) float32
+        embedding : ndarray (m, c) float32, or None when ``embedding`` is false
         """
         m = len(X)
         c = self.embedding_.shape[1]
@@ -134,9 +138,11 @@ class KnnAssigner:
         agree = neigh == winner[:, None]
         n_agree = agree.sum(axis=1)
         prob = (self.probabilities_[idx] * agree).sum(axis=1) / self.k_
-        emb = (self.embedding_[idx] * agree[:, :, None]).sum(axis=1) / n_agree[:, None]
         labels = winner.astype(np.int64) - 1
         prob[labels < 0] = 0.0
+        if not embedding:
+            return labels, prob, None
+        emb = (self.embedding_[idx] * agree[:, :, None]).sum(axis=1) / n_agree[:, None]
         return labels, prob, emb.astype(np.float32)
 
     def to_files(self) -> dict[str, bytes]:
@@ -284,8 +290,10 @@ class UmapAssigner:
             parallel=False, verbose=False, tqdm_kwds={"disable": True})
         return np.asarray(emb, dtype=np.float32)
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Assign rows X (m, d): labels (m,), probability (m,), embedding (m, c)."""
+    def predict(self, X: np.ndarray, embedding: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Assign rows X (m, d): labels (m,), probability (m,), embedding (m, c) or None (see
+        :meth:`KnnAssigner.predict`; the transform is needed for the labels anyway)."""
         import hdbscan
 
         c = self.embedding_.shape[1]
@@ -295,7 +303,8 @@ class UmapAssigner:
         raw, prob = hdbscan.approximate_predict(self.clusterer, emb)
         labels = self.relabel[np.asarray(raw) + 1]
         prob = np.where(labels < 0, 0.0, prob)
-        return labels.astype(np.int64), prob.astype(np.float64), emb.astype(np.float32)
+        return (labels.astype(np.int64), prob.astype(np.float64),
+                emb.astype(np.float32) if embedding else None)
 
     def to_files(self) -> dict[str, bytes]:
         """``assigner.json`` (UMAP and HDBSCAN settings) and ``assigner.npz``: the scaled sample
@@ -381,8 +390,10 @@ class ClassifierAssigner:
             X, np.asarray(embedding)).get_booster()
         return self
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Assign rows X (m, d): labels (m,), probability (m,), embedding (m, c)."""
+    def predict(self, X: np.ndarray, embedding: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Assign rows X (m, d): labels (m,), probability (m,), embedding (m, c) or None (see
+        :meth:`KnnAssigner.predict`: below the first level the regressor is not evaluated)."""
         m = len(X)
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty((0, self.n_components_), np.float32)
@@ -398,6 +409,8 @@ class ClassifierAssigner:
             labels = self.classes_[best]
             prob = proba[np.arange(m), best]
         prob[labels < 0] = 0.0
+        if not embedding:
+            return labels, prob, None
         emb = np.asarray(self.embed_booster_.inplace_predict(X), dtype=np.float32).reshape(m, -1)
         return labels, prob, emb
 

@@ -301,6 +301,9 @@ def refinish(fit: NodeFit, sample: pd.DataFrame, id_column: str, labels: np.ndar
     return out
 
 
-def assign_node_rows(fit: NodeFit, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Children of ``rows`` (all inside this node): labels, probability, embedding."""
-    return fit.assigner.predict(project(fit.projection, fit.preprocessor.transform(rows)))
+def assign_node_rows(fit: NodeFit, rows: pd.DataFrame, embedding: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Children of ``rows`` (all inside this node): labels, probability, embedding (None
+    unless ``embedding``)."""
+    return fit.assigner.predict(project(fit.projection, fit.preprocessor.transform(rows)),
+                                embedding=embedding)
