@@ -217,15 +217,16 @@ def _train_on_cluster(client: Client, train_all: dd.DataFrame, node: _Node,
         booster = _train(client, params, X_train, (train["_child"] == k).astype("int32"),
                          cfg.n_estimators, cfg.retries, cfg.train_timeout_s, what,
                          cfg.collective_timeout_s)
-        fut = submit(_evaluate_raw, node.split, bytes(booster.save_raw("ubj")), k, node.features,
-                     node.path, cp, key=f"evaluate-{cp}")
+        raw = bytes(booster.save_raw("ubj"))
+        fut = submit(_evaluate_raw, node.split, raw, k, node.features, node.path, cp,
+                     key=f"evaluate-{cp}")
         try:
             metrics, shap = fut.result()
         except Exception as exc:
             raise StageError(f"stage 'explain' failed: judging {what} failed {cfg.retries + 1} "
                              f"times: {type(exc).__name__}: {_message(exc)}") from None
-        node.results[cp] = (bytes(booster.save_raw("ubj")),
-                            explain.quality_entry(k, "xgboost.dask", n_pos, n_neg, metrics), shap)
+        node.results[cp] = (raw, explain.quality_entry(k, "xgboost.dask", n_pos, n_neg, metrics),
+                            shap)
     node.seconds = time.perf_counter() - t0
     _finish(node, res, echo, "with xgboost.dask")
 
@@ -271,7 +272,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     # The persisted partitions, in partition order (keys ``(name, i)``): a node's rows are
     # gathered in that order, which the models' bytes depend on.
     parts = sorted(futures_of(train_all), key=lambda f: f.key[1])
-    assert [f.key[1] for f in parts] == list(range(train_all.npartitions))
+    if [f.key[1] for f in parts] != list(range(train_all.npartitions)):
+        raise RuntimeError(f"persisted explanation rows: unexpected keys {[f.key for f in parts]}")
 
     tracked: dict[str, tuple[Future, str, str, str | None, str]] = {}  # awaited results
 
