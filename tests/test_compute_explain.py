@@ -1,6 +1,8 @@
 """Unit tests of the explanation pass's per-partition pieces (:mod:`recluster.compute.explain`):
 which rows belong to a node given final labels, and which are drawn to train its models.
-Small frames, no cluster (the models themselves are tested end to end in test_explain.py)."""
+and the single-thread model task's pieces: the split into training, hold-out and SHAP rows, the
+skip rule and the training deadline. Small frames, no cluster (the fanned-out tasks are tested
+against a sequential reference in test_explain.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recluster.compute.explain import in_node, select_training_rows
+from recluster.compute.explain import (
+    explain_child,
+    fit_booster,
+    in_node,
+    select_training_rows,
+    skip_reason,
+    split_node_rows,
+)
 from recluster.compute.node import U_COLUMN
+from recluster.compute.preprocess import Preprocessor
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -61,3 +71,56 @@ def test_no_training_rows_gives_an_empty_frame_of_the_right_columns():
     rows = select_training_rows(df, state, {"root.7": (1, 1.0)}, ["c0", "c1"])
     assert rows.empty and list(rows.columns) == ["c0", "c1", U_COLUMN, "_node", "_child"]
     assert str(rows["_child"].dtype) == "int64"
+
+
+def _node_rows(n=600, seed=0) -> tuple[pd.DataFrame, Preprocessor]:
+    rng = np.random.default_rng(seed)
+    child = rng.integers(-1, 2, n)
+    rows = pd.DataFrame({"x": rng.normal(size=n) + 3 * child,
+                         "k": np.where(child == 1, "a", rng.choice(["a", "b", None], n)),
+                         U_COLUMN: rng.random(n) * 0.8, "_node": "root", "_child": child})
+    rows.loc[::17, "x"] = np.nan
+    return rows, Preprocessor(["x"], ["k"]).fit(rows[["x", "k"]])
+
+
+def test_split_keeps_row_order_and_uses_the_thresholds():
+    rows, pre = _node_rows()
+    nr = split_node_rows(rows, pre, threshold=0.8, holdout_fraction=0.25, shap_cut=0.3)
+    u = rows[U_COLUMN].to_numpy()
+    hold = u < 0.2
+    assert nr.X_hold.index.tolist() == np.flatnonzero(hold).tolist()
+    assert nr.X_train.index.tolist() == np.flatnonzero(~hold).tolist()
+    assert nr.X_shap.index.tolist() == np.flatnonzero(u < 0.3).tolist()
+    assert np.array_equal(nr.child_train, rows["_child"].to_numpy()[~hold])
+    assert not nr.X_train["x"].isna().any()  # imputed with the node's median
+    assert str(nr.X_train["k"].dtype) == "category"
+    counts = nr.counts()
+    assert sum(counts["train"].values()) == (~hold).sum()
+    assert counts["hold"] == {int(k): int(v) for k, v in
+                              pd.Series(nr.child_hold).value_counts().items()}
+    assert all(type(k) is int and type(v) is int for c in counts.values() for k, v in c.items())
+
+
+def test_skip_reason_names_the_setting_and_the_counts():
+    assert skip_reason(40, 400, 9, 30) is None
+    for args in ((29, 400, 9), (40, 29, 9), (40, 400, 4)):
+        reason = skip_reason(*args, 30)
+        assert "explain.min_child_rows=30" in reason and f"{args[0]} training" in reason
+
+
+def test_training_past_its_deadline_returns_no_model():
+    rows, pre = _node_rows()
+    nr = split_node_rows(rows, pre, 0.8, 0.25, 0.3)
+    params = {"objective": "binary:logistic", "tree_method": "hist", "max_cat_to_onehot": 1,
+              "seed": 1}
+    y = nr.child_train == 1
+    assert fit_booster(nr.X_train, y, params, rounds=500, timeout_s=0.0) is None
+    booster = fit_booster(nr.X_train, y, params, rounds=5)
+    assert booster.num_boosted_rounds() == 5
+    res = explain_child(nr, 1, params, 2000, 0.0, ["x", "k"], "root", "root.1")
+    assert res.timed_out and res.model is None
+    res = explain_child(nr, 1, params, 20, 60.0, ["x", "k"], "root", "root.1")
+    assert not res.timed_out and res.quality["auc"] >= 0.95, res.quality
+    assert res.quality["trainer"] == "task" and res.quality["n_holdout"] == len(nr.child_hold)
+    assert res.quality["shap_additivity_max_error"] < 1e-4
+    assert list(res.shap["feature"]) == ["x", "k"]

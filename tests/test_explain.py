@@ -260,3 +260,169 @@ def test_failed_training_is_retried_then_reported(client):
         _train(client, {"objective": "binary:logistic"}, bad, y, rounds=2, retries=2,
                timeout_s=120, what="a test model")
     assert "a test model" in str(exc.value)
+
+
+# ------------------------------------------------- fanned-out tasks against a sequential reference
+
+
+@pytest.fixture(scope="module")
+def penguin_tree():
+    """palmerpenguins as a fitted two-level tree: the root split by species; Adelie (root.0)
+    by island, with the rows without a sex as its noise; Chinstrap (root.2) by sex, too few
+    rows per child for a model. Returns what explain_nodes takes, as pandas."""
+    import pyarrow as pa
+    from tables import penguins
+
+    from recluster.compute.node import U_COLUMN, NodeFit
+    from recluster.compute.preprocess import Preprocessor
+    from recluster.compute.schema import TableSchema
+
+    t = penguins()
+    numeric = ("bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g")
+    categorical = ("island", "sex")
+    ts = TableSchema("penguin", numeric, categorical, None, pa.string(),
+                     tuple((c, pa.float64()) for c in numeric)
+                     + tuple((c, pa.string()) for c in ("penguin", *categorical)))
+    feats = t[list(ts.columns)].rename(columns=ts.keys)
+    species = pd.Categorical(t["species"], categories=["Adelie", "Gentoo", "Chinstrap"]).codes
+    island = pd.Categorical(t["island"], categories=["Biscoe", "Dream", "Torgersen"]).codes
+    sex = pd.Categorical(t["sex"], categories=["female", "male"]).codes  # -1: missing
+    level_2 = np.full(len(t), -2)
+    level_2[species == 0] = np.where(sex[species == 0] < 0, -1, island[species == 0])
+    level_2[species == 2] = np.where(sex[species == 2] < 0, -1, sex[species == 2])
+    cluster = np.array([f"root.{s}" + (f".{c}" if c >= 0 else "") if c > -2 else f"root.{s}"
+                        for s, c in zip(species, level_2, strict=True)], dtype=object)
+    state = pd.DataFrame({"cluster": cluster,
+                          "depth": np.array([p.count(".") for p in cluster]),
+                          "level_1": pd.array(species, dtype="Int64"),
+                          "level_2": pd.array(np.where(level_2 > -2, level_2, -9),
+                                              dtype="Int64"),
+                          U_COLUMN: np.random.default_rng(3).random(len(t))})
+    state.loc[state["level_2"] == -9, "level_2"] = pd.NA
+
+    def fit(path, members, children):
+        pre = Preprocessor(ts.numeric_keys, ts.categorical_keys).fit(feats[members])
+        return (path.count("."), int(members.sum()), NodeFit(path, int(members.sum()),
+                preprocessor=pre), children)
+
+    nodes = {"root": fit("root", np.ones(len(t), bool), ["root.0", "root.1", "root.2"]),
+             "root.0": fit("root.0", species == 0, ["root.0.0", "root.0.1", "root.0.2"]),
+             "root.2": fit("root.2", species == 2, ["root.2.0", "root.2.1"])}
+    return {"ts": ts, "feats": feats, "state": state, "nodes": nodes}
+
+
+def _explain_cfg(**kw):
+    from recluster.config import ExplainConfig
+
+    return ExplainConfig(**{"n_estimators": 30, "train_rows": 250, "shap_rows": 120,
+                            "min_child_rows": 30, **kw})
+
+
+def _fan_out(client, tree, cfg, run_id, echo=lambda line: None):
+    import dask.dataframe as dd
+
+    from recluster.parallel.explain import explain_nodes
+
+    feats = dd.from_pandas(tree["feats"], npartitions=3)
+    state = dd.from_pandas(tree["state"], npartitions=3)
+    return explain_nodes(client, feats, state, tree["nodes"], tree["ts"], cfg, 7, echo,
+                         run_id=run_id)
+
+
+def _sequential(tree, cfg, seed=7):
+    """The explanation as one loop in this process, node after node, child after child:
+    draw, hold out, train, judge, explain (what explain_nodes did before it fanned out)."""
+    from recluster.compute.explain import (
+        classifier_params,
+        select_training_rows,
+        shap_summary,
+    )
+    from recluster.compute.node import U_COLUMN, node_seed
+
+    ts, names = tree["ts"], {k: c for c, k in tree["ts"].keys.items()}
+    spec = {p: (d, min(1.0, cfg.train_rows / size)) for p, (d, size, _, _) in tree["nodes"].items()}
+    drawn = select_training_rows(tree["feats"], tree["state"], spec, ts.feature_keys)
+    out = {}
+    for path, (_, size, fit, children) in tree["nodes"].items():
+        rows = drawn[drawn["_node"] == path]
+        X = raw_frame(rows, fit.preprocessor)
+        u, child = rows[U_COLUMN].to_numpy(), rows["_child"].to_numpy()
+        hold = u < cfg.holdout_fraction * spec[path][1]
+        shap_rows = u < min(spec[path][1], cfg.shap_rows / size)
+        for cp in children:
+            k = int(cp.rsplit(".", 1)[1])
+            n_pos = int((child[~hold] == k).sum())
+            n_neg = int((~hold).sum()) - n_pos
+            if min(n_pos, n_neg) < cfg.min_child_rows or (child[hold] == k).sum() < 5:
+                out[cp] = None
+                continue
+            params = classifier_params(n_pos, n_neg, cfg, node_seed(seed, cp))
+            d = xgb.DMatrix(X[~hold], label=(child[~hold] == k).astype("int32"),
+                            enable_categorical=True, nthread=1)
+            booster = xgb.train(params, d, num_boost_round=cfg.n_estimators)
+            p = booster.predict(xgb.DMatrix(X[hold], enable_categorical=True))
+            contribs = booster.predict(xgb.DMatrix(X[shap_rows], enable_categorical=True),
+                                       pred_contribs=True)
+            out[cp] = (bytes(booster.save_raw("ubj")),
+                       round(float(roc_auc_score(child[hold] == k, p)), 6), n_pos,
+                       shap_summary(contribs, child[shap_rows] == k,
+                                    [names[c] for c in X.columns], path, cp))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_fanned_out_models_equal_a_sequential_reference(client, penguin_tree):
+    """Every (node, child) model is its own task and the tasks finish in any order on any
+    worker: the model bytes, held-out AUC and SHAP summaries are those of one sequential loop,
+    on every run; children without enough rows say why; one echo line per node."""
+    cfg = _explain_cfg()
+    want = _sequential(penguin_tree, cfg)
+    assert sum(v is not None for v in want.values()) >= 5 and None in want.values()
+    lines = []
+    runs = [_fan_out(client, penguin_tree, cfg, f"fan-{i}", lines.append) for i in range(2)]
+    assert sorted(line.split(":")[0] for line in lines) == sorted(
+        f"  explained node {p}" for p in penguin_tree["nodes"] for _ in runs)
+    for got in runs:
+        assert list(got) == list(penguin_tree["nodes"])
+        for path, res in got.items():
+            children = penguin_tree["nodes"][path][3]
+            assert list(res.quality) == children  # in the children's order
+            made = [cp for cp in children if want[cp] is not None]
+            assert list(res.models) == made
+            assert [s["cluster"].iloc[0] for s in res.shap] == made
+            for cp, shap in zip(made, res.shap, strict=True):
+                model, auc, n_pos, summary = want[cp]
+                q = res.quality[cp]
+                assert res.models[cp] == model, cp
+                assert (q["auc"], q["n_train_members"], q["trainer"]) == (auc, n_pos, "task")
+                assert q["shap_additivity_max_error"] < 1e-4
+                pd.testing.assert_frame_equal(shap.reset_index(drop=True), summary,
+                                              check_exact=False, rtol=1e-6)
+            for cp in set(children) - set(made):
+                assert "explain.min_child_rows=30" in res.quality[cp]["skip_reason"], cp
+            prof = res.profiles
+            assert set(prof["cluster"]) == set(children) and prof["member_share"].notna().any()
+    assert max(q["auc"] for q in runs[0]["root"].quality.values()) >= 0.95
+
+
+@pytest.mark.timeout(300)
+def test_fanned_out_task_failures_name_the_step(client, penguin_tree):
+    """A model task out of time fails the stage naming explain.train_timeout_s; a task that
+    fails on every attempt names what failed and its attempts."""
+    from recluster.compute.preprocess import Preprocessor
+    from recluster.errors import StageError
+
+    with pytest.raises(StageError, match=r"training the model of cluster root(\.\d)+ did not finish "
+                                         r"within explain.train_timeout_s=0.001s"):
+        _fan_out(client, penguin_tree, _explain_cfg(n_estimators=5000, train_timeout_s=0.001),
+                 "fan-timeout")
+    # A preprocessor that reads a text column as a number fails in every attempt.
+    ts = penguin_tree["ts"]
+    bad = Preprocessor([ts.key("island")], []).fit(pd.DataFrame({ts.key("island"): [1.0, 2.0]}))
+    nodes = dict(penguin_tree["nodes"])
+    depth, size, fit, children = nodes["root.2"]
+    nodes["root.2"] = (depth, size, type(fit)("root.2", size, preprocessor=bad), children)
+    with pytest.raises(StageError, match=r"selecting the rows of node root\.2 failed 2 times: "
+                                         r"ValueError") as exc:
+        _fan_out(client, {**penguin_tree, "nodes": nodes}, _explain_cfg(retries=1), "fan-bad")
+    assert "Traceback" not in str(exc.value)

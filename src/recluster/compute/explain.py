@@ -1,16 +1,20 @@
 """Why each cluster exists: raw-feature frames, one-vs-rest targets, SHAP aggregates, profiles.
 
-Pure compute (pandas/numpy in, pandas out). The models themselves are trained by
-:mod:`recluster.parallel.explain` with ``xgboost.dask``; this module prepares what goes in and
-summarises what comes out.
+Pure compute (pandas/numpy in, pandas out; single-node XGBoost, no Dask). This module prepares
+what goes into the one-vs-rest models, trains one model on one thread (:func:`explain_child`,
+the task :mod:`recluster.parallel.explain` fans out per child), and evaluates and summarises
+any model, whichever trainer made it (:func:`evaluate_child`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from recluster.compute.node import U_COLUMN
 from recluster.compute.paths import NodePath
@@ -104,6 +108,152 @@ def classifier_params(n_pos: int, n_neg: int, cfg, seed: int) -> dict:
         "seed": seed,
         "nthread": 1,
     }
+
+
+@dataclass
+class NodeRows:
+    """One node's explanation rows as the models see them (:func:`raw_frame`), split by ``_u``:
+    training rows, held-out rows (quality) and SHAP rows (aggregated contributions).
+
+    ``X_*`` are DataFrames (n_*, n_features); ``child_*`` ndarrays (n_*,) of each row's child
+    number (-1: noise).
+    """
+
+    X_train: pd.DataFrame
+    child_train: np.ndarray
+    X_hold: pd.DataFrame
+    child_hold: np.ndarray
+    X_shap: pd.DataFrame
+    child_shap: np.ndarray
+
+    def counts(self) -> dict[str, dict[int, int]]:
+        """Rows per child number among the training and the held-out rows (small: what the
+        client needs to decide which children get a model and how each is trained)."""
+        return {name: {int(k): int(n)
+                       for k, n in zip(*np.unique(c, return_counts=True), strict=True)}
+                for name, c in (("train", self.child_train), ("hold", self.child_hold))}
+
+
+def split_node_rows(rows: pd.DataFrame, pre: Preprocessor, threshold: float,
+                    holdout_fraction: float, shap_cut: float) -> NodeRows:
+    """Split a node's drawn rows (:func:`select_training_rows`, one node) into training,
+    hold-out and SHAP rows, in their given order.
+
+    Parameters
+    ----------
+    rows : DataFrame (n, ...) with the node's feature columns, ``_u`` and ``_child``
+    pre : the node's fitted Preprocessor
+    threshold : the node's draw threshold on ``_u`` (every row has ``_u < threshold``)
+    holdout_fraction : rows with ``_u < holdout_fraction * threshold`` are held out
+    shap_cut : rows with ``_u < shap_cut`` are the SHAP rows (they may also train)
+    """
+    X = raw_frame(rows, pre)
+    u = rows[U_COLUMN].to_numpy()
+    child = rows["_child"].to_numpy()
+    hold = u < holdout_fraction * threshold
+    shap = u < shap_cut
+    return NodeRows(X[~hold], child[~hold], X[hold], child[hold], X[shap], child[shap])
+
+
+def skip_reason(n_pos: int, n_neg: int, n_pos_hold: int, min_child_rows: int) -> str | None:
+    """Why a child gets no model (too few members or non-members to train or to judge it), or
+    None when it gets one."""
+    if n_pos < min_child_rows or n_neg < min_child_rows or n_pos_hold < 5:
+        return (f"{n_pos} training / {n_pos_hold} held-out members, {n_neg} non-members: below "
+                f"explain.min_child_rows={min_child_rows}")
+    return None
+
+
+@dataclass
+class ChildResult:
+    """What one child's model task returns (small: no rows)."""
+
+    model: bytes | None  # the booster (.ubj); None when training ran out of time
+    quality: dict | None
+    shap: pd.DataFrame | None
+    seconds: float  # training and evaluation, in the task
+    timed_out: bool = False
+
+
+def fit_booster(X: pd.DataFrame, label: np.ndarray, params: dict, rounds: int,
+                timeout_s: float = float("inf")):
+    """One single-node XGBoost model on one thread; ``None`` when it did not finish its
+    ``rounds`` within ``timeout_s`` seconds (checked after every round).
+
+    Parameters
+    ----------
+    X : DataFrame (n, n_features)
+    label : ndarray (n,) of 0/1
+    """
+    import xgboost as xgb
+
+    deadline = time.monotonic() + timeout_s
+
+    class Deadline(xgb.callback.TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            return time.monotonic() > deadline  # True stops the training
+
+    d = xgb.DMatrix(X, label=label.astype("int32"), enable_categorical=True, nthread=1)
+    booster = xgb.train({**params, "nthread": 1}, d, num_boost_round=rounds, verbose_eval=False,
+                        callbacks=[Deadline()])
+    return booster if booster.num_boosted_rounds() >= rounds else None
+
+
+def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], node: str,
+                   cluster: str) -> tuple[dict, pd.DataFrame]:
+    """A child's model judged on the node's held-out rows (AUC, average precision) and explained
+    on its SHAP rows (TreeSHAP ``pred_contribs``, checked to add up to the margin).
+
+    Parameters
+    ----------
+    booster : xgboost.Booster, ``child == k`` against the rest of the node
+    features : the feature names written, in the column order of ``rows.X_*``
+
+    Returns
+    -------
+    metrics : dict, ``auc``, ``average_precision``, ``n_holdout``, ``n_shap_rows``,
+        ``shap_additivity_max_error``
+    shap : DataFrame (n_features rows), :func:`shap_summary`
+    """
+    import xgboost as xgb
+
+    booster.set_param({"nthread": 1})
+    p_hold = booster.predict(xgb.DMatrix(rows.X_hold, enable_categorical=True, nthread=1))
+    y_hold = (rows.child_hold == k).astype(int)
+    d = xgb.DMatrix(rows.X_shap, enable_categorical=True, nthread=1)
+    contribs = np.asarray(booster.predict(d, pred_contribs=True))
+    margin = np.asarray(booster.predict(d, output_margin=True))
+    additivity = float(np.max(np.abs(contribs.sum(axis=1) - margin))) if len(margin) else 0.0
+    member = rows.child_shap == k
+    metrics = {"auc": round(float(roc_auc_score(y_hold, p_hold)), 6),
+               "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
+               "n_holdout": len(y_hold), "n_shap_rows": int(len(member)),
+               "shap_additivity_max_error": additivity}
+    return metrics, shap_summary(contribs, member, features, node, cluster)
+
+
+def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict) -> dict:
+    """A child's model as tree.json and the manifest record it."""
+    return {"model": f"child-{k}.ubj", "trainer": trainer,
+            "auc": metrics["auc"], "average_precision": metrics["average_precision"],
+            "n_train": n_pos + n_neg, "n_train_members": n_pos,
+            "n_holdout": metrics["n_holdout"], "n_shap_rows": metrics["n_shap_rows"],
+            "shap_additivity_max_error": metrics["shap_additivity_max_error"]}
+
+
+def explain_child(rows: NodeRows, k: int, params: dict, rounds: int, timeout_s: float,
+                  features: Sequence[str], node: str, cluster: str) -> ChildResult:
+    """Train, judge and explain one child's one-vs-rest model on one thread: the whole work of
+    one fanned-out task. The same rows, parameters and seed give the same model bytes wherever
+    and whenever it runs."""
+    t0 = time.perf_counter()
+    n_pos = int((rows.child_train == k).sum())
+    booster = fit_booster(rows.X_train, rows.child_train == k, params, rounds, timeout_s)
+    if booster is None:
+        return ChildResult(None, None, None, time.perf_counter() - t0, timed_out=True)
+    metrics, shap = evaluate_child(booster, rows, k, features, node, cluster)
+    quality = quality_entry(k, "task", n_pos, len(rows.child_train) - n_pos, metrics)
+    return ChildResult(bytes(booster.save_raw("ubj")), quality, shap, time.perf_counter() - t0)
 
 
 def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[str], node: str,

@@ -58,7 +58,8 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
     with timer.stage(f"explain {len(g.split_nodes)} node(s)", total=len(g.split_nodes)) as st:
         todo = {p: (g.nodes[p].depth, g.nodes[p].size, f, g.nodes[p].children)
                 for p, f in g.split_nodes.items()}
-        explained = explain_nodes(client, feats, g.state, todo, ts, cfg.explain, cfg.seed, st.step)
+        explained = explain_nodes(client, feats, g.state, todo, ts, cfg.explain, cfg.seed, st.step,
+                                  run_id=store.run_id)
         shap_frames, profile_frames = [], []
         for path, res in explained.items():
             for cp, q in res.quality.items():

@@ -1,28 +1,31 @@
-"""The Dask layer of the explanations: one-vs-rest XGBoost per child with ``xgboost.dask``,
-held-out quality, TreeSHAP aggregates (``pred_contribs``) and profiles per node.
+"""The Dask layer of the explanations: one-vs-rest XGBoost per child, held-out quality,
+TreeSHAP aggregates (``pred_contribs``) and profiles per node, fanned out as tasks.
 
 One pass over the data draws every explained node's training sample at once (labels are final
-by then); trainings run one after another (many concurrent ``xgboost.dask`` trainings can hang),
+by then); every node's rows, profiles and per-child models are then tasks submitted together
+(each model: single-node XGBoost on one thread, the same bytes on any number of workers).
+Nodes with more training rows than ``explain.local_train_rows`` train with ``xgboost.dask``
+after the tasks, one model at a time (many concurrent ``xgboost.dask`` trainings can hang),
 each retried a bounded number of times with a fresh ``DaskDMatrix`` if a worker is lost.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import dask.dataframe as dd
-import numpy as np
 import pandas as pd
-from distributed import Client, Future, wait
-from sklearn.metrics import average_precision_score, roc_auc_score
+from distributed import Client, Future, as_completed, futures_of, wait
 
 from recluster.compute import explain
 from recluster.compute.node import U_COLUMN, NodeFit, node_seed
 from recluster.compute.paths import NodePath
+from recluster.compute.preprocess import Preprocessor
 from recluster.compute.schema import TableSchema
 from recluster.config import ExplainConfig
 from recluster.errors import StageError
@@ -43,14 +46,15 @@ def child_number(path: str) -> int:
     return NodePath.parse(path).index
 
 
-def _profiles_task(rows: pd.DataFrame, fit: NodeFit, path: str, children: list[str],
-                   names: dict[str, str], describe: tuple[list[str], list[str]] = ([], [])
-                   ) -> pd.DataFrame:
-    """Profiles of each child against its siblings: the features, then the ``describe``
-    columns (numeric keys, categorical keys), which no model sees."""
+def _profiles_task(rows: pd.DataFrame, numeric: list[str], categorical: list[str], path: str,
+                   children: list[str], names: dict[str, str],
+                   describe: tuple[list[str], list[str]] = ([], [])) -> pd.DataFrame:
+    """Profiles of each child against its siblings: the node's features (``numeric``,
+    ``categorical`` keys), then the ``describe`` columns (numeric keys, categorical keys), which
+    no model sees."""
     child = rows["_child"].to_numpy()
-    numeric = [*fit.preprocessor.numeric, *describe[0]]
-    categorical = [*fit.preprocessor.categorical, *describe[1]]
+    numeric = [*numeric, *describe[0]]
+    categorical = [*categorical, *describe[1]]
     frames = [explain.profiles(rows, child == child_number(cp), numeric, categorical, path, cp,
                                names, {*describe[0], *describe[1]})
               for cp in children]
@@ -105,57 +109,150 @@ def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: 
     raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {detail}")
 
 
-def _fit_booster(X: pd.DataFrame, child: pd.Series, k: int, params: dict,
-                 rounds: int) -> bytes:
-    """One single-node XGBoost model on one worker thread: ``child == k`` against the rest.
+def _by_node(part: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One partition of the drawn rows, split by ``_node`` (kept in row order)."""
+    return {str(path): rows for path, rows in part.groupby("_node", sort=False)}
 
-    Parameters
-    ----------
-    X : DataFrame (n, features), the node's raw training rows
-    child : Series (n,), each row's child number
-    """
+
+def _pick(groups: dict[str, pd.DataFrame], path: str) -> pd.DataFrame | None:
+    return groups.get(path)
+
+
+def _concat(empty: pd.DataFrame, *pieces: pd.DataFrame | None) -> pd.DataFrame:
+    """A node's rows from every partition, in partition order (``empty``, the frame's meta,
+    when it has none)."""
+    frames = [p for p in pieces if p is not None and len(p)]
+    if not frames:
+        return empty
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _evaluate_raw(rows: explain.NodeRows, raw: bytes, k: int, features: list[str], node: str,
+                  cluster: str) -> tuple[dict, pd.DataFrame]:
+    """:func:`~recluster.compute.explain.evaluate_child` of a model trained elsewhere (given as
+    its .ubj bytes), on the worker that holds the node's rows."""
     import xgboost as xgb
 
-    d = xgb.DMatrix(X, label=(child.to_numpy() == k).astype("int32"), enable_categorical=True,
-                    nthread=1)
-    booster = xgb.train({**params, "nthread": 1}, d, num_boost_round=rounds, verbose_eval=False)
-    return bytes(booster.save_raw("ubj"))
-
-
-def _train_local(client: Client, X: Future, child: Future, k: int, params: dict, rounds: int,
-                 retries: int, timeout_s: float, what: str):
-    """Train one model as an ordinary task (Dask retries it elsewhere if its worker dies): the
-    same result whatever the number of workers, no collective, models of a node side by side."""
-    import xgboost as xgb
-
-    fut = client.submit(_fit_booster, X, child, k, params, rounds, retries=retries, pure=False)
-    try:
-        raw = fut.result(timeout=timeout_s)
-    except (TimeoutError, FutureTimeout):
-        fut.cancel()
-        raise StageError(f"stage 'explain' failed: training {what} did not finish within "
-                         f"explain.train_timeout_s={timeout_s:g}s") from None
-    except Exception as exc:
-        raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: "
-                         f"{type(exc).__name__}: {_message(exc)}") from None
     booster = xgb.Booster()
     booster.load_model(bytearray(raw))
-    return booster
+    return explain.evaluate_child(booster, rows, k, features, node, cluster)
+
+
+@dataclass
+class _Node:
+    """The client's book-keeping of one node while its tasks run."""
+
+    path: str
+    children: list[str]
+    preprocessor: Preprocessor
+    features: list[str]  # the names written for the models' columns
+    rows: Future | None  # the node's drawn rows, on a worker
+    split: Future | None  # its NodeRows, on a worker
+    counts: dict | None = None  # NodeRows.counts, once back
+    local: bool = True  # its models train as tasks (else xgboost.dask)
+    waiting: int = 0  # model tasks submitted and not yet back
+    profiled: bool = False
+    on_cluster: list[tuple] = field(default_factory=list)  # (cp, k, params, n_pos, n_neg)
+    results: dict[str, tuple[bytes, dict, pd.DataFrame]] = field(default_factory=dict)
+    seconds: float = 0.0  # spent training and evaluating its models
+
+
+def _plan_models(node: _Node, res: NodeExplanation, cfg: ExplainConfig, seed: int):
+    """From a node's child counts: record each child without a model and its reason, decide
+    the trainer (a node's training rows are few, explain.train_rows: up to
+    explain.local_train_rows each model is one ordinary task, beyond that xgboost.dask), and
+    yield ``(child path, child number, XGBoost parameters, members, non-members)`` of the
+    children that get a model."""
+    train, hold = node.counts["train"], node.counts["hold"]
+    n_train = sum(train.values())
+    node.local = n_train <= cfg.local_train_rows
+    for cp in node.children:
+        k = child_number(cp)  # its level value (children[i] need not be number i)
+        n_pos = train.get(k, 0)
+        n_neg = n_train - n_pos
+        reason = explain.skip_reason(n_pos, n_neg, hold.get(k, 0), cfg.min_child_rows)
+        if reason is not None:
+            res.quality[cp] = {"model": None, "skip_reason": reason}
+            continue
+        yield cp, k, explain.classifier_params(n_pos, n_neg, cfg, node_seed(seed, cp)), n_pos, n_neg
+
+
+def _finish(node: _Node, res: NodeExplanation, echo: Callable[[str], None], how: str) -> None:
+    """Put a node's results in its children's order (not the order they came back in), let
+    its rows go and echo its line."""
+    for cp in node.children:
+        if cp in node.results:
+            model, quality, shap = node.results[cp]
+            res.models[cp], res.quality[cp] = model, quality
+            res.shap.append(shap)
+    res.quality = {cp: res.quality[cp] for cp in node.children if cp in res.quality}
+    node.rows = node.split = None
+    aucs = [q["auc"] for q in res.quality.values() if q.get("model")]
+    echo(f"  explained node {node.path}: {len(aucs)}/{len(node.children)} models"
+         + (f", AUC {min(aucs):.3f}-{max(aucs):.3f}" if aucs else "")
+         + f" ({node.seconds:.1f}s {how})")
+
+
+def _train_on_cluster(client: Client, train_all: dd.DataFrame, node: _Node,
+                      res: NodeExplanation, threshold: float, cfg: ExplainConfig,
+                      echo: Callable[[str], None], submit: Callable[..., Future]) -> None:
+    """A node too large for one task (more than explain.local_train_rows training rows): each
+    child's model trains with xgboost.dask, one at a time, then is judged and explained by one
+    task on the node's rows (the same evaluation as the task path)."""
+    t0 = time.perf_counter()
+    rows = train_all[train_all["_node"] == node.path]
+    if not all(rows.map_partitions(len).compute()):
+        # A small node's rows can sit in one worker's partition only; xgboost.dask then gives
+        # the other worker an empty DMatrix, which categorical features make an error. The
+        # merged rows are persisted before anything is built on them: a Repartition inside
+        # the expressions below let this thread and the scheduler's graph-materialising
+        # thread deadlock on dask-expr's cached properties (Python 3.11 locks them per class).
+        rows = rows.repartition(npartitions=1).persist()
+        wait(rows)
+    for cp, k, params, n_pos, n_neg in node.on_cluster:
+        train = rows[~(rows[U_COLUMN] < cfg.holdout_fraction * threshold)]
+        X_train = train.map_partitions(explain.raw_frame, node.preprocessor,
+                                       meta=explain.raw_frame(train._meta, node.preprocessor))
+        what = f"the model of cluster {cp}"
+        booster = _train(client, params, X_train, (train["_child"] == k).astype("int32"),
+                         cfg.n_estimators, cfg.retries, cfg.train_timeout_s, what,
+                         cfg.collective_timeout_s)
+        raw = bytes(booster.save_raw("ubj"))
+        fut = submit(_evaluate_raw, node.split, raw, k, node.features, node.path, cp,
+                     key=f"evaluate-{cp}")
+        try:
+            metrics, shap = fut.result()
+        except Exception as exc:
+            raise StageError(f"stage 'explain' failed: judging {what} failed {cfg.retries + 1} "
+                             f"times: {type(exc).__name__}: {_message(exc)}") from None
+        node.results[cp] = (raw, explain.quality_entry(k, "xgboost.dask", n_pos, n_neg, metrics),
+                            shap)
+    node.seconds = time.perf_counter() - t0
+    _finish(node, res, echo, "with xgboost.dask")
 
 
 def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                   nodes: Mapping[str, tuple[int, int, NodeFit, list[str]]], ts: TableSchema,
-                  cfg: ExplainConfig, seed: int,
-                  echo: Callable[[str], None]) -> dict[str, NodeExplanation]:
-    """Explain every split node.
+                  cfg: ExplainConfig, seed: int, echo: Callable[[str], None],
+                  run_id: str | None = None) -> dict[str, NodeExplanation]:
+    """Explain every split node: every (node, child) model is one task, all submitted at once.
+
+    One pass draws every node's rows (:func:`~recluster.compute.explain.select_training_rows`);
+    per node, tasks gather its rows from the partitions, split them into training, hold-out and
+    SHAP rows (:func:`~recluster.compute.explain.split_node_rows`) and profile its children;
+    these stay on the workers. As soon as a node's child counts are back, one task per child
+    with enough members trains, judges and explains its model
+    (:func:`~recluster.compute.explain.explain_child`) and returns only the model bytes, its
+    quality and its SHAP summary. Nodes with more than ``explain.local_train_rows`` training
+    rows train with ``xgboost.dask`` instead, one model at a time, after the tasks. Results do
+    not depend on the number of workers or the order of completion.
 
     Parameters
     ----------
     nodes : path -> (node depth, node rows, fitted node, child paths)
+    run_id : names every task's key (concurrent runs never share keys); a fresh one if None
     """
-    import xgboost as xgb
-    import xgboost.dask  # noqa: F401  (registers xgb.dask)
-
+    run_id = run_id or uuid.uuid4().hex
     spec = {p: (d, min(1.0, cfg.train_rows / max(1, size))) for p, (d, size, _, _) in nodes.items()}
     # Descriptive columns ride along in the training rows for the profiles only: raw_frame
     # (what the models see) takes the node's features and nothing else.
@@ -166,88 +263,96 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     names = {k: c for c, k in ts.keys.items()}  # what people read: the columns' own names
     meta = explain.select_training_rows(feats._meta, state._meta, {}, cols)
     # One pass draws every node's rows; they are few (train_rows per node), so they are merged
-    # into one partition per worker: every DaskDMatrix and query below then costs a handful of
-    # tasks instead of a few per input partition (at 4M rows in 80 files that was most of it).
+    # into one partition per worker: the per-node tasks and the xgboost.dask queries below
+    # then cost a handful of tasks instead of a few per input partition.
     n_parts = max(1, len(client.scheduler_info().get("workers", {})))
     train_all = dd.map_partitions(explain.select_training_rows, feats, state, spec, cols,
                                   meta=meta, align_dataframes=False)
     train_all = train_all.repartition(npartitions=min(n_parts, train_all.npartitions)).persist()
-    out: dict[str, NodeExplanation] = {}
+    # The persisted partitions, in partition order (keys ``(name, i)``): a node's rows are
+    # gathered in that order, which the models' bytes depend on.
+    parts = sorted(futures_of(train_all), key=lambda f: f.key[1])
+    if [f.key[1] for f in parts] != list(range(train_all.npartitions)):
+        raise RuntimeError(f"persisted explanation rows: unexpected keys {[f.key for f in parts]}")
+
+    tracked: dict[str, tuple[Future, str, str, str | None, str]] = {}  # awaited results
+
+    def submit(fn, *args, key: str, track: tuple | None = None) -> Future:
+        """A task named by the run id, retried ``explain.retries`` times; ``track``:
+        (kind, node, child, what) of a result the loop below waits for."""
+        fut = client.submit(fn, *args, key=f"explain-{key}-{run_id}", retries=cfg.retries,
+                            pure=False)
+        if track is not None:
+            tracked[fut.key] = (fut, *track)
+        return fut
+
+    groups = [submit(_by_node, part, key=f"groups-{i}") for i, part in enumerate(parts)]
+    nodes_ = {}
+    out = {p: NodeExplanation() for p in nodes}
+    done = as_completed()
+    rows = split = None
     for path, (_, size, fit, children) in nodes.items():
-        t0 = time.perf_counter()
-        res = out[path] = NodeExplanation()
+        rows = submit(_concat, meta,
+                      *(submit(_pick, g, path, key=f"pick-{path}-{i}") for i, g in enumerate(groups)),
+                      key=f"rows-{path}")
         threshold = spec[path][1]
-        rows = train_all[train_all["_node"] == path]
-        if not all(rows.map_partitions(len).compute()):
-            # A small node's rows can sit in one worker's partition only; xgboost.dask then gives
-            # the other worker an empty DMatrix, which categorical features make an error. The
-            # merged rows are persisted before anything is built on them: a Repartition inside
-            # the expressions below let this thread and the scheduler's graph-materialising
-            # thread deadlock on dask-expr's cached properties (Python 3.11 locks them per class).
-            rows = rows.repartition(npartitions=1).persist()
-            wait(rows)
-        prof = client.submit(_profiles_task, client.compute(rows), fit, path, children, names,
-                             describe)
-        raw_meta = explain.raw_frame(feats._meta, fit.preprocessor)
-        X = rows.map_partitions(explain.raw_frame, fit.preprocessor, meta=raw_meta)
-        u = rows[U_COLUMN]
-        hold = u < cfg.holdout_fraction * threshold
-        shap_cut = min(threshold, cfg.shap_rows / max(1, size))
-        X_train, child_train = X[~hold], rows["_child"][~hold]
-        X_hold, child_hold = client.compute([X[hold], rows["_child"][hold]], sync=True)
-        X_shap = X[u < shap_cut].persist()
-        child_shap = rows["_child"][u < shap_cut].compute()
-        counts = child_train.value_counts().compute()
-        # A node's training rows are few (explain.train_rows): up to explain.local_train_rows
-        # each model is one ordinary task on rows held once per node; beyond, xgboost.dask.
-        local = int(counts.sum()) <= cfg.local_train_rows
-        if local:
-            X_train_f, child_train_f = client.compute([X_train, child_train])
-        dshap = xgb.dask.DaskDMatrix(client, X_shap, enable_categorical=True)
-        for cp in children:
-            k = child_number(cp)  # its level value (children[i] need not be number i)
-            n_pos = int(counts.get(k, 0))
-            n_neg = int(counts.sum() - n_pos)
-            n_pos_hold = int((child_hold == k).sum())
-            if n_pos < cfg.min_child_rows or n_neg < cfg.min_child_rows or n_pos_hold < 5:
-                res.quality[cp] = {"model": None, "skip_reason":
-                                   f"{n_pos} training / {n_pos_hold} held-out members, "
-                                   f"{n_neg} non-members: below explain.min_child_rows="
-                                   f"{cfg.min_child_rows}"}
-                continue
-            params = explain.classifier_params(n_pos, n_neg, cfg, node_seed(seed, cp))
-            what = f"the model of cluster {cp}"
-            if local:
-                booster = _train_local(client, X_train_f, child_train_f, k, params,
-                                       cfg.n_estimators, cfg.retries, cfg.train_timeout_s, what)
+        split = submit(explain.split_node_rows, rows, fit.preprocessor, threshold,
+                       cfg.holdout_fraction, min(threshold, cfg.shap_rows / max(1, size)),
+                       key=f"split-{path}")
+        raw_columns = explain.raw_frame(feats._meta, fit.preprocessor).columns
+        nodes_[path] = _Node(path, list(children), fit.preprocessor,
+                             [names[c] for c in raw_columns], rows, split)
+        done.add(submit(explain.NodeRows.counts, split, key=f"counts-{path}",
+                        track=("counts", path, None, f"selecting the rows of node {path}")))
+        done.add(submit(_profiles_task, rows, fit.preprocessor.numeric,
+                        fit.preprocessor.categorical, path, list(children), names, describe,
+                        key=f"profiles-{path}",
+                        track=("profiles", path, None, f"profiling node {path}")))
+    del groups, parts, rows, split  # the tasks hold what they need; the rest may be released
+    counts_left = len(nodes_)
+
+    try:
+        for fut in done:
+            _, kind, path, cp, what = tracked.pop(fut.key)
+            node, res = nodes_[path], out[path]
+            if fut.status == "error":
+                exc = fut.exception()
+                raise StageError(f"stage 'explain' failed: {what} failed {cfg.retries + 1} "
+                                 f"times: {type(exc).__name__}: {_message(exc)}")
+            if fut.status != "finished":
+                raise StageError(f"stage 'explain' failed: {what}: its task was {fut.status}")
+            if kind == "counts":
+                node.counts = fut.result()
+                counts_left -= 1
+                for cp_, k, params, n_pos, n_neg in _plan_models(node, res, cfg, seed):
+                    if node.local:
+                        node.waiting += 1
+                        done.add(submit(explain.explain_child, node.split, k, params,
+                                        cfg.n_estimators, cfg.train_timeout_s, node.features,
+                                        path, cp_, key=f"model-{cp_}",
+                                        track=("model", path, cp_,
+                                               f"training the model of cluster {cp_}")))
+                    else:
+                        node.on_cluster.append((cp_, k, params, n_pos, n_neg))
+                if not counts_left and all(n.local for n in nodes_.values()):
+                    train_all = None  # only xgboost.dask reads the merged rows: let them go
+            elif kind == "profiles":
+                node.profiled, res.profiles = True, fut.result()
             else:
-                booster = _train(client, params, X_train, (child_train == k).astype("int32"),
-                                 cfg.n_estimators, cfg.retries, cfg.train_timeout_s, what,
-                                 cfg.collective_timeout_s)
-            booster.set_param({"nthread": 1})
-            p_hold = booster.predict(xgb.DMatrix(X_hold, enable_categorical=True))
-            y_hold = (child_hold.to_numpy() == k).astype(int)
-            contribs = np.asarray(xgb.dask.predict(client, booster, dshap, pred_contribs=True)
-                                  .compute())
-            margin = np.asarray(xgb.dask.predict(client, booster, dshap, output_margin=True)
-                                .compute())
-            additivity = float(np.max(np.abs(contribs.sum(axis=1) - margin))) if len(margin) else 0.0
-            member = child_shap.to_numpy() == k
-            res.shap.append(explain.shap_summary(contribs, member,
-                                                 [names[k] for k in raw_meta.columns], path, cp))
-            res.models[cp] = bytes(booster.save_raw("ubj"))
-            res.quality[cp] = {
-                "model": f"child-{k}.ubj", "trainer": "task" if local else "xgboost.dask",
-                "auc": round(float(roc_auc_score(y_hold, p_hold)), 6),
-                "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
-                "n_train": n_pos + n_neg, "n_train_members": n_pos, "n_holdout": len(y_hold),
-                "n_shap_rows": int(len(member)), "shap_additivity_max_error": additivity,
-            }
-        res.profiles = prof.result()
-        aucs = [q["auc"] for q in res.quality.values() if q.get("model")]
-        echo(f"  explained node {path}: {len(aucs)}/{len(children)} models"
-             + (f", AUC {min(aucs):.3f}-{max(aucs):.3f}" if aucs else "")
-             + f" ({time.perf_counter() - t0:.1f}s)")
-        del dshap, X_shap
-    del train_all
+                node.waiting -= 1
+                child = fut.result()
+                if child.timed_out:
+                    raise StageError(f"stage 'explain' failed: {what} did not finish within "
+                                     f"explain.train_timeout_s={cfg.train_timeout_s:g}s")
+                node.results[cp] = child.model, child.quality, child.shap
+                node.seconds += child.seconds
+            if node.counts is not None and node.profiled and not node.waiting and node.local:
+                _finish(node, res, echo, "in tasks")
+    except BaseException:
+        client.cancel([f for f, *_ in tracked.values()])
+        raise
+    for path, node in nodes_.items():
+        if not node.local:
+            _train_on_cluster(client, train_all, node, out[path], spec[path][1], cfg, echo,
+                              submit)
     return out
