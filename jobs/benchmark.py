@@ -316,11 +316,17 @@ def _pass_tree(table, n_nodes: int, seed: int):
 
 
 def run_passes(rows: int, n_features: int, node_counts: list[int], seed: int,
-               partition_rows: int = 50_000) -> dict:
+               partition_rows: int | None = None) -> dict:
     """Time one full-data level-2 assignment pass and one sample pass, in this process on one
-    core, over ``rows`` rows in partitions of ``partition_rows``, for trees of each of
-    ``node_counts`` split nodes: :mod:`recluster.compute.routing` against the pass it replaced
-    (``jobs/routing_reference.py``), whose labels must come out identical."""
+    core, over ``rows`` rows in partitions of ``partition_rows`` (default: the job's own
+    ``input.rows_per_partition``), for trees of each of ``node_counts`` split nodes:
+    :mod:`recluster.compute.routing` against the pass it replaced
+    (``jobs/routing_reference.py``), whose labels must come out identical. Times are the
+    process's CPU seconds (one thread), so that other load on the machine does not count."""
+    from recluster.config import InputConfig
+
+    if partition_rows is None:
+        partition_rows = InputConfig.model_fields["rows_per_partition"].default
     import pandas as pd
     import routing_reference
 
@@ -340,13 +346,13 @@ def run_passes(rows: int, n_features: int, node_counts: list[int], seed: int,
         res = {"split_nodes": len(fits), "build_s": built, "rows_per_node": rows / n_nodes}
         labels = {}
         for name, mod in (("new", routing), ("old", routing_reference)):
-            t = time.perf_counter()
+            t = time.process_time()
             labels[name] = [mod.assign_level(df, st, 2, fits) for df, st in parts]
-            res[f"assign_{name}_s"] = time.perf_counter() - t
-            t = time.perf_counter()
+            res[f"assign_{name}_s"] = time.process_time() - t
+            t = time.process_time()
             for (df, _), st in zip(parts, labels[name], strict=True):
                 mod.select_sample(df, st, 3, thresholds, ["user_id", *df.columns[1:4]])
-            res[f"sample_{name}_s"] = time.perf_counter() - t
+            res[f"sample_{name}_s"] = time.process_time() - t
         for a, b in zip(labels["new"], labels["old"], strict=True):
             pd.testing.assert_frame_equal(a, b, check_exact=True)
         res["members"] = float(np.mean(pd.concat(labels["new"])["level_2"].to_numpy() >= 0))
@@ -356,7 +362,7 @@ def run_passes(rows: int, n_features: int, node_counts: list[int], seed: int,
 
 def print_passes(r: dict) -> None:
     rows = r["rows"]
-    print(f"\nfull-data passes, one process on one core: {rows:,} rows in partitions of "
+    print(f"\nfull-data passes, one process on one core (CPU seconds): {rows:,} rows in partitions of "
           f"{r['partition_rows']:,}; level-2 pass over a tree of N first-level split nodes "
           "(same labels from both)")
     head = (f"{'split nodes':>11} {'rows/node':>9} {'assign rows/s/core':>19} {'(before)':>10}"
@@ -492,6 +498,9 @@ def main() -> None:
                     help="only the full-data pass section (--rows rows, trees of --pass-nodes)")
     ap.add_argument("--pass-nodes", default="50,400",
                     help="split nodes of the trees the pass section times ('' to skip it)")
+    ap.add_argument("--pass-partition-rows", type=int, default=None,
+                    help="rows per partition in the pass section (default: the job's "
+                         "input.rows_per_partition)")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "recluster" / "numba"))
     root = Path(args.dir)
@@ -502,7 +511,9 @@ def main() -> None:
         one_core = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                   "NUMBA_NUM_THREADS"), "1")
         passes = _child(["passes", str(args.rows), str(args.features), args.pass_nodes,
-                         "--seed", str(args.seed)], args.timeout, env=one_core)
+                         "--seed", str(args.seed),
+                         *(["--partition-rows", str(args.pass_partition_rows)]
+                           if args.pass_partition_rows else [])], args.timeout, env=one_core)
     if args.passes:
         if passes:
             print_passes(passes)
@@ -562,9 +573,10 @@ def child_main(argv: list[str]) -> None:
         ap.add_argument("features", type=int)
         ap.add_argument("nodes")
         ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--partition-rows", type=int, default=None)
         a = ap.parse_args(argv)
         print(json.dumps(run_passes(a.rows, a.features, [int(x) for x in a.nodes.split(",")],
-                                    a.seed), default=float))
+                                    a.seed, a.partition_rows), default=float))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["recipe", "recluster"])

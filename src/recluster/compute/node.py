@@ -22,7 +22,7 @@ from recluster.compute.cluster import fit_clusters, min_cluster_size_for
 from recluster.compute.drift import Reference, fit_reference
 from recluster.compute.embed import fit_embedding
 from recluster.compute.paths import NodePath
-from recluster.compute.preprocess import Preprocessor
+from recluster.compute.preprocess import Columns, Preprocessor
 from recluster.compute.reduce import Projection, fit_projection, project
 from recluster.compute.sampling import id_hashes
 from recluster.compute.stops import Stop, StopReason
@@ -301,9 +301,9 @@ def refinish(fit: NodeFit, sample: pd.DataFrame, id_column: str, labels: np.ndar
     return out
 
 
-def assign_node_rows(fit: NodeFit, rows: pd.DataFrame, embedding: bool = True
+def assign_node_rows(fit: NodeFit, rows: pd.DataFrame | Columns, embedding: bool = True
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Children of ``rows`` (all inside this node): labels, probability, embedding (None
-    unless ``embedding``)."""
+    """Children of ``rows`` (all inside this node; a frame or its :class:`Columns`): labels,
+    probability, embedding (None unless ``embedding``)."""
     return fit.assigner.predict(project(fit.projection, fit.preprocessor.transform(rows)),
                                 embedding=embedding)

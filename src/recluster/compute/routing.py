@@ -22,14 +22,14 @@ columns whatever depth the tree reached.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from recluster.compute.node import U_COLUMN, NodeFit, assign_node_rows
 from recluster.compute.paths import ROOT, NodePath
-from recluster.compute.preprocess import categorical_strings
+from recluster.compute.preprocess import Columns, categorical_strings
 from recluster.compute.sampling import hash_uniform
 
 # Version 2: paths written ``root.2.10`` (was ``2.10``, which CSV readers take for a number),
@@ -180,6 +180,14 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
     return out
 
 
+def _node_columns(df: pd.DataFrame, fits: Sequence[NodeFit]) -> Columns:
+    """The features the ``fits`` read, out of the partition's frame once (see :class:`Columns`)."""
+    numeric = [c for f in fits if f.preprocessor is not None for c in f.preprocessor.numeric]
+    categorical = [c for f in fits if f.preprocessor is not None
+                   for c in f.preprocessor.categorical]
+    return Columns.of(df, numeric, categorical)
+
+
 def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
                  fits: Mapping[str, NodeFit]) -> pd.DataFrame:
     """Next state: rows of every split node at ``level`` get their child (or noise).
@@ -211,13 +219,14 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
         probability = state["probability"].to_numpy(dtype=np.float64, copy=True)
         embedding: dict[str, np.ndarray] = {}
         paths, order, bounds = _frontier_blocks(cluster[front])
+        columns = _node_columns(df, [fits[p] for p in paths if p in fits])
         for j, path in enumerate(paths):
             fit = fits.get(path)
             if fit is None:
                 continue
             idx = front[order[bounds[j]:bounds[j + 1]]]
             # only the first level's map is kept: deeper nodes skip their coordinates
-            labels, prob, emb = assign_node_rows(fit, df.iloc[idx], embedding=path == ROOT)
+            labels, prob, emb = assign_node_rows(fit, columns.take(idx), embedding=path == ROOT)
             labels = np.asarray(labels, dtype=np.int64)
             if fit.child_numbers is not None:  # published numbers (run --previous): k -> numbers[k]
                 numbers = np.asarray([-1, *fit.child_numbers], dtype=np.int64)
