@@ -115,3 +115,21 @@ def test_a_cache_dir_the_user_names_must_be_writable(tmp_path, monkeypatch, via_
         runtime, setting = RuntimeConfig(), "NUMBA_CACHE_DIR"
     with pytest.raises(ConfigError, match=rf"{setting}={re.escape(bad)}: .*writable directory"):
         prepare_numba_cache(runtime)
+
+
+def test_a_damaged_cache_file_is_named_before_any_worker_starts(tmp_path, monkeypatch):
+    """numba unpickles its cache files unguarded: one damaged file failed the first node fit with
+    "module 'umap' has no attribute 'UMAP'", which names neither the cache nor the file."""
+    import pickle
+
+    kernels = tmp_path / "umap_0123"
+    kernels.mkdir()
+    whole = pickle.dumps("0.61.0", protocol=-1) + pickle.dumps((1.5, {"sig": "f.nbc"}), protocol=-1)
+    (kernels / "umap_.smooth_knn_dist-183.py311.nbi").write_bytes(whole)
+    (kernels / "umap_.smooth_knn_dist-183.py311.1.nbc").write_bytes(pickle.dumps(b"\0" * 99))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert prepare_numba_cache(RuntimeConfig()) == str(tmp_path)  # whole files pass
+    damaged = kernels / "umap_.compute_membership_strengths-263.py311.nbi"
+    damaged.write_bytes(whole[:-5])  # cut short, as by a full disk
+    with pytest.raises(ConfigError, match=re.escape(str(damaged)) + ".*delete the file"):
+        prepare_numba_cache(RuntimeConfig())

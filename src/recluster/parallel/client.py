@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickletools
 import ssl
 import stat
 import tempfile
@@ -182,6 +183,27 @@ def _private_dir_problem(path: Path) -> str | None:
     return _cache_dir_problem(path)
 
 
+def _damaged_cache_file(path: Path) -> str | None:
+    """The first of numba's cache files under ``path`` that is not a whole pickle stream
+    (an index ``.nbi`` holds two, a data file ``.nbc`` one), with what is wrong, or None.
+
+    numba unpickles them without a guard: a damaged one failed every worker's first UMAP with
+    an error that does not name it ("module 'umap' has no attribute 'UMAP'"). The streams are
+    walked opcode by opcode (:func:`pickletools.genops`), nothing is unpickled.
+    """
+    for f in sorted([*path.rglob("*.nbi"), *path.rglob("*.nbc")]):
+        try:
+            data = f.read_bytes()
+            for _ in range(2 if f.suffix == ".nbi" else 1):
+                end = 0
+                for _op, _arg, pos in pickletools.genops(data):
+                    end = pos + 1
+                data = data[end:]
+        except (OSError, ValueError, IndexError, KeyError) as exc:
+            return f"{f}: {type(exc).__name__}: {exc}"
+    return None
+
+
 def prepare_numba_cache(runtime: RuntimeConfig) -> str | None:
     """Point numba's on-disk cache somewhere persistent before any worker process starts.
 
@@ -190,7 +212,8 @@ def prepare_numba_cache(runtime: RuntimeConfig) -> str | None:
     ``NUMBA_CACHE_DIR``, else ``~/.cache/recluster/numba``; a home that cannot hold it (read-only,
     missing, as in many containers) falls back to a private ``recluster-numba-<uid>`` in the
     temporary directory, and if that fails too, numba keeps its own defaults (the run is only
-    slower). The cache is an optimisation: only a directory named by the user is an error.
+    slower). The cache is an optimisation: only a directory named by the user, or a damaged
+    cache file (:func:`_damaged_cache_file`), is an error.
 
     Returns
     -------
@@ -200,8 +223,18 @@ def prepare_numba_cache(runtime: RuntimeConfig) -> str | None:
     ------
     ConfigError
         ``runtime.numba_cache_dir`` or ``NUMBA_CACHE_DIR`` names a directory that cannot be
-        created or written.
+        created or written; a cache file in the directory is damaged.
     """
+    path = _choose_numba_cache(runtime)
+    damaged = path and _damaged_cache_file(Path(path))
+    if damaged:
+        raise ConfigError(f"numba's on-disk cache (NUMBA_CACHE_DIR={path}) has a damaged file "
+                          f"{damaged}; delete the file (numba compiles its kernels again)")
+    return path
+
+
+def _choose_numba_cache(runtime: RuntimeConfig) -> str | None:
+    """The directory of :func:`prepare_numba_cache`, put in ``NUMBA_CACHE_DIR`` (or None)."""
     for setting, named in (("runtime.numba_cache_dir", runtime.numba_cache_dir),
                            ("NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR"))):
         if named:
