@@ -133,3 +133,16 @@ def test_a_damaged_cache_file_is_named_before_any_worker_starts(tmp_path, monkey
     damaged.write_bytes(whole[:-5])  # cut short, as by a full disk
     with pytest.raises(ConfigError, match=re.escape(str(damaged)) + ".*delete the file"):
         prepare_numba_cache(RuntimeConfig())
+
+
+def test_without_a_chosen_cache_dir_nothing_is_cached_inside_the_package(tmp_path):
+    """A worker of an external cluster started without NUMBA_CACHE_DIR: numba's default for the
+    kernels the plugin makes cacheable is UMAP's own ``__pycache__`` in site-packages."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    code = ("import umap.umap_; from numba.core.caching import NullCache;"
+            "from recluster.parallel.client import cache_umap_kernels;"
+            "print(cache_umap_kernels(), isinstance(umap.umap_.smooth_knn_dist._cache, NullCache))")
+    r = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONWARNINGS": "ignore"},
+                       capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["[]", "True"]

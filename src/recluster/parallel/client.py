@@ -286,10 +286,19 @@ def cache_umap_kernels() -> list[str]:
     (``NUMBA_CACHE_DIR``) in this process, before their first call: their machine code is then
     compiled once per machine, not once per worker process. Same code, same results.
 
+    Only into a cache directory someone chose (``NUMBA_CACHE_DIR``, which a local cluster's
+    workers get from :func:`prepare_numba_cache`): without one numba would write next to UMAP's
+    installed sources, inside the package (a worker of an external cluster started without it
+    then compiles these kernels in each process, as it always did).
+
     Returns
     -------
-    list of str : the kernels it turned caching on for (empty once done)
+    list of str : the kernels it turned caching on for (empty once done, or without a directory)
     """
+    from numba.core import config
+
+    if not config.CACHE_DIR:
+        return []
     import umap.layouts
     import umap.umap_
     from numba.core.caching import NullCache
