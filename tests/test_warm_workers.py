@@ -5,14 +5,18 @@ whoever registers it and however often."""
 from __future__ import annotations
 
 import os
+import re
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from recluster.config import RuntimeConfig
-from recluster.parallel.client import dask_client
+from recluster.errors import ConfigError
+from recluster.parallel.client import dask_client, prepare_numba_cache
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,3 +69,80 @@ def test_umap_kernels_compile_once_per_machine_not_once_per_process(tmp_path):
         assert any(f"umap_.{kernel}" in name for name in cached), (kernel, cached)
     # loading is far cheaper than compiling (12.6 s against 0.2 s unloaded)
     assert seconds[1][0] < 0.5 * seconds[0][0], seconds
+
+
+def _home_that_cannot_hold_a_cache(tmp_path, monkeypatch):
+    """HOME is a regular file (as unwritable as a read-only home, even for root); no
+    NUMBA_CACHE_DIR; the temporary directory is a fresh one under ``tmp_path``."""
+    home = tmp_path / "home"
+    home.write_text("not a directory")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def test_a_home_that_cannot_hold_the_cache_falls_back_to_a_private_temp_dir(tmp_path, monkeypatch):
+    """A read-only or missing home (containers) made every local run fail with a raw
+    FileNotFoundError traceback from mkdir: the cache is an optimisation, not a requirement."""
+    tmp = _home_that_cannot_hold_a_cache(tmp_path, monkeypatch)
+    path = prepare_numba_cache(RuntimeConfig())
+    assert path == str(tmp / f"recluster-numba-{os.getuid()}")
+    assert os.environ["NUMBA_CACHE_DIR"] == path
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+def test_a_temp_cache_dir_others_can_write_is_not_used(tmp_path, monkeypatch):
+    """numba's cache files are pickles: a directory another user can write is never loaded."""
+    tmp = _home_that_cannot_hold_a_cache(tmp_path, monkeypatch)
+    planted = tmp / f"recluster-numba-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    assert prepare_numba_cache(RuntimeConfig()) is None
+    assert "NUMBA_CACHE_DIR" not in os.environ
+
+
+@pytest.mark.parametrize("via_config", [True, False])
+def test_a_cache_dir_the_user_names_must_be_writable(tmp_path, monkeypatch, via_config):
+    bad = str(tmp_path / "a-file" / "numba")
+    (tmp_path / "a-file").write_text("")
+    if via_config:
+        runtime, setting = RuntimeConfig(numba_cache_dir=bad), "runtime.numba_cache_dir"
+    else:
+        monkeypatch.setenv("NUMBA_CACHE_DIR", bad)
+        runtime, setting = RuntimeConfig(), "NUMBA_CACHE_DIR"
+    with pytest.raises(ConfigError, match=rf"{setting}={re.escape(bad)}: .*writable directory"):
+        prepare_numba_cache(runtime)
+
+
+def test_a_damaged_cache_file_is_named_before_any_worker_starts(tmp_path, monkeypatch):
+    """numba unpickles its cache files unguarded: one damaged file failed the first node fit with
+    "module 'umap' has no attribute 'UMAP'", which names neither the cache nor the file."""
+    import pickle
+
+    kernels = tmp_path / "umap_0123"
+    kernels.mkdir()
+    whole = pickle.dumps("0.61.0", protocol=-1) + pickle.dumps((1.5, {"sig": "f.nbc"}), protocol=-1)
+    (kernels / "umap_.smooth_knn_dist-183.py311.nbi").write_bytes(whole)
+    (kernels / "umap_.smooth_knn_dist-183.py311.1.nbc").write_bytes(pickle.dumps(b"\0" * 99))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert prepare_numba_cache(RuntimeConfig()) == str(tmp_path)  # whole files pass
+    damaged = kernels / "umap_.compute_membership_strengths-263.py311.nbi"
+    damaged.write_bytes(whole[:-5])  # cut short, as by a full disk
+    with pytest.raises(ConfigError, match=re.escape(str(damaged)) + ".*delete the file"):
+        prepare_numba_cache(RuntimeConfig())
+
+
+def test_without_a_chosen_cache_dir_nothing_is_cached_inside_the_package(tmp_path):
+    """A worker of an external cluster started without NUMBA_CACHE_DIR: numba's default for the
+    kernels the plugin makes cacheable is UMAP's own ``__pycache__`` in site-packages."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    code = ("import umap.umap_; from numba.core.caching import NullCache;"
+            "from recluster.parallel.client import cache_umap_kernels;"
+            "print(cache_umap_kernels(), isinstance(umap.umap_.smooth_knn_dist._cache, NullCache))")
+    r = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONWARNINGS": "ignore"},
+                       capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["[]", "True"]

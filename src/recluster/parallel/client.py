@@ -36,7 +36,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickletools
 import ssl
+import stat
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,15 +158,104 @@ def client_security(address: str | None, tls: TlsFiles | None = None) -> Securit
                     require_encryption=True)
 
 
-def prepare_numba_cache(runtime: RuntimeConfig) -> str:
+def _cache_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot hold numba's on-disk cache (created if missing), or None."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".recluster-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
+
+
+def _private_dir_problem(path: Path) -> str | None:
+    """Why ``path`` (in a directory other users can write to) is not this user's own private
+    directory, or None. numba's cache files are pickles: another user's would run their code."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return "not a private directory of this user"
+    return _cache_dir_problem(path)
+
+
+def _damaged_cache_file(path: Path) -> str | None:
+    """The first of numba's cache files under ``path`` that is not a whole pickle stream
+    (an index ``.nbi`` holds two, a data file ``.nbc`` one), with what is wrong, or None.
+
+    numba unpickles them without a guard: a damaged one failed every worker's first UMAP with
+    an error that does not name it ("module 'umap' has no attribute 'UMAP'"). The streams are
+    walked opcode by opcode (:func:`pickletools.genops`), nothing is unpickled.
+    """
+    for f in sorted([*path.rglob("*.nbi"), *path.rglob("*.nbc")]):
+        try:
+            data = f.read_bytes()
+            for _ in range(2 if f.suffix == ".nbi" else 1):
+                end = 0
+                for _op, _arg, pos in pickletools.genops(data):
+                    end = pos + 1
+                data = data[end:]
+        except (OSError, ValueError, IndexError, KeyError) as exc:
+            return f"{f}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def prepare_numba_cache(runtime: RuntimeConfig) -> str | None:
     """Point numba's on-disk cache somewhere persistent before any worker process starts.
 
     Local workers inherit the environment, so UMAP's cacheable kernels compile once per
-    machine instead of once per process.
+    machine instead of once per process. Where: ``runtime.numba_cache_dir``, else
+    ``NUMBA_CACHE_DIR``, else ``~/.cache/recluster/numba``; a home that cannot hold it (read-only,
+    missing, as in many containers) falls back to a private ``recluster-numba-<uid>`` in the
+    temporary directory, and if that fails too, numba keeps its own defaults (the run is only
+    slower). The cache is an optimisation: only a directory named by the user, or a damaged
+    cache file (:func:`_damaged_cache_file`), is an error.
+
+    Returns
+    -------
+    str or None : the directory now in ``NUMBA_CACHE_DIR`` (None: left to numba)
+
+    Raises
+    ------
+    ConfigError
+        ``runtime.numba_cache_dir`` or ``NUMBA_CACHE_DIR`` names a directory that cannot be
+        created or written; a cache file in the directory is damaged.
     """
-    path = runtime.numba_cache_dir or os.environ.get("NUMBA_CACHE_DIR") or str(
-        Path.home() / ".cache" / "recluster" / "numba")
-    Path(path).mkdir(parents=True, exist_ok=True)
+    path = _choose_numba_cache(runtime)
+    damaged = path and _damaged_cache_file(Path(path))
+    if damaged:
+        raise ConfigError(f"numba's on-disk cache (NUMBA_CACHE_DIR={path}) has a damaged file "
+                          f"{damaged}; delete the file (numba compiles its kernels again)")
+    return path
+
+
+def _choose_numba_cache(runtime: RuntimeConfig) -> str | None:
+    """The directory of :func:`prepare_numba_cache`, put in ``NUMBA_CACHE_DIR`` (or None)."""
+    for setting, named in (("runtime.numba_cache_dir", runtime.numba_cache_dir),
+                           ("NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR"))):
+        if named:
+            path = str(Path(named).expanduser())
+            problem = _cache_dir_problem(Path(path))
+            if problem:
+                raise ConfigError(f"{setting}={named}: numba's on-disk cache cannot be kept "
+                                  f"there ({problem}); name a writable directory")
+            os.environ["NUMBA_CACHE_DIR"] = path
+            return path
+    try:
+        home = Path.home() / ".cache" / "recluster" / "numba"
+    except (RuntimeError, KeyError):  # no HOME and no password entry
+        home = None
+    if home is not None and _cache_dir_problem(home) is None:
+        path = str(home)
+    else:
+        private = Path(tempfile.gettempdir()) / f"recluster-numba-{os.getuid()}"
+        if _private_dir_problem(private) is not None:
+            return None
+        path = str(private)
     os.environ["NUMBA_CACHE_DIR"] = path
     return path
 
@@ -194,10 +286,19 @@ def cache_umap_kernels() -> list[str]:
     (``NUMBA_CACHE_DIR``) in this process, before their first call: their machine code is then
     compiled once per machine, not once per worker process. Same code, same results.
 
+    Only into a cache directory someone chose (``NUMBA_CACHE_DIR``, which a local cluster's
+    workers get from :func:`prepare_numba_cache`): without one numba would write next to UMAP's
+    installed sources, inside the package (a worker of an external cluster started without it
+    then compiles these kernels in each process, as it always did).
+
     Returns
     -------
-    list of str : the kernels it turned caching on for (empty once done)
+    list of str : the kernels it turned caching on for (empty once done, or without a directory)
     """
+    from numba.core import config
+
+    if not config.CACHE_DIR:
+        return []
     import umap.layouts
     import umap.umap_
     from numba.core.caching import NullCache
