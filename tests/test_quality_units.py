@@ -327,3 +327,55 @@ def test_level_check_on_a_large_node_judges_levels_by_their_share():
     assert 500 <= found["rows"] <= 1_000  # a quarter of the 3,000 rows checked
     only_plan = Preprocessor(["x", "y"], ["plan"], categorical_scale="standard").fit(table)
     assert unreproduced_level(table, only_plan.transform(table), only_plan, 2_000, 0.5) is None
+
+
+def test_level_check_on_many_reproduced_categoricals_computes_distances_once():
+    """Where the other columns reproduce every level, every categorical is asked in turn. A
+    neighbour query per column over all the other dimensions made a 3,000-row node with 300
+    five-level categoricals spend 524 s in the level check; the distances are now computed once
+    and each column's share subtracted. The neighbours must be those of the columns left over:
+    the same vote as a direct query, and a row is never its own neighbour, also among copies."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from recluster.compute import artefacts
+
+    rng = np.random.default_rng(5)
+    n = 600
+    group = rng.integers(0, 4, n)
+    table = pd.DataFrame({"x": group + rng.normal(scale=0.2, size=n)})
+    cats = [f"q{j}" for j in range(12)]
+    for j, c in enumerate(cats):  # each answer follows the group, with some rows flipped
+        flip = rng.random(n) < 0.05 * (j % 3)
+        table[c] = np.where(flip, "other", np.array(["a", "b", "c", "d"])[group])
+    pre = Preprocessor(["x"], cats, categorical_scale="standard").fit(table)
+    X = pre.transform(table).astype(np.float64)
+    calls = []
+    original = artefacts._squared_distances
+    neighbours = artefacts._NeighboursWithout(X)
+    for c in cats:
+        drop = artefacts._columns_of(pre, c)
+        rest = np.delete(X, drop, axis=1)
+        _, idx = NearestNeighbors(n_neighbors=artefacts.NEIGHBOURS + 1).fit(rest).kneighbors(rest)
+        got = neighbours.of(drop)
+        assert not np.any(got == np.arange(n)[:, None])  # never itself
+        # the same neighbour distances as the direct query (ties may pick other rows)
+        direct = np.sort(np.linalg.norm(rest[:, None, :] - rest[idx[:, 1:]], axis=2), axis=1)
+        mine = np.sort(np.linalg.norm(rest[:, None, :] - rest[got], axis=2), axis=1)
+        np.testing.assert_allclose(mine, direct, atol=1e-6)
+
+    def counted(Z):
+        calls.append(Z.shape)
+        return original(Z)
+
+    artefacts._squared_distances = counted
+    try:
+        # levels of 100+ rows: the groups (about 150 each), not the flipped answers
+        assert artefacts.unreproduced_level(table, X, pre, 100, 0.5) is None  # all asked
+    finally:
+        artefacts._squared_distances = original
+    assert calls == [(n, X.shape[1])], calls  # one (n, n) matrix for all 12 columns
+
+    # exact copies: the vote is over other rows, never the row itself
+    copies = np.repeat(X[:5], 4, axis=0)
+    got = artefacts._NeighboursWithout(copies).of(np.array([0]))
+    assert not np.any(got == np.arange(len(copies))[:, None])

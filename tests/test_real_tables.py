@@ -110,3 +110,26 @@ def test_flights_sample(tmp_path, bucket, scheduler, capsys):
 @pytest.mark.timeout(1800)
 def test_flights_all_rows(tmp_path, bucket, scheduler, capsys):
     _flights(tmp_path, bucket, scheduler, capsys, None)
+
+
+def test_artefact_segments_are_named_on_the_terminal(tmp_path, bucket, scheduler, capsys):
+    """Penguins with species and island as features: island carves segments out on its own.
+    tree.json marked them, but the person running the job saw only "-> n children": a run whose
+    segments are one column's levels (a random yes/no column split diamonds in two) looked like
+    a finding. Each artefact segment is now named on the terminal, with the column."""
+    from helpers import read_json
+
+    frame = penguins()
+    _, _, out = _segment(
+        tmp_path, bucket, scheduler, capsys, frame, "penguin",
+        input={"id_column": "penguin", "categorical": ["species", "island"],
+               "features": ["bill_length_mm", "bill_depth_mm", "flipper_length_mm",
+                            "body_mass_g", "species", "island"]},
+        stability={"resamples": 0})
+    flagged = [n for n in read_json(out, "tree.json") if n.get("artefact")]
+    assert flagged
+    said = [line for line in _segment.printed.splitlines() if "is an artefact split" in line]
+    assert len(said) == len(flagged), said
+    for n in flagged:
+        assert any(f"node {n['path']} ({n['size']} rows)" in line and n["artefact"] in line
+                   for line in said), (n, said)

@@ -259,6 +259,10 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                     child.stability = stability[path][k]
                 if not _child_stop(child, fit.artefacts[k] if fit.artefacts else None, cfg):
                     frontier.append(cp)
+                if child.artefact:  # a segment that is one column's level: say so, by name
+                    echo(f"  node {cp} ({size} rows) is an artefact split: {child.artefact} "
+                         "(the other features do not separate it)"
+                         + ("; not zoomed into" if child.stop_reason else ""))
     for path in frontier:
         node = g.nodes[path]
         if node.stop_reason is None:
