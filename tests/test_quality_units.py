@@ -308,6 +308,33 @@ def test_auto_categorical_scale_is_standard_only_where_the_other_features_reprod
     assert pre.summary()["categorical_scale_auto"]["column"] == "country"
 
 
+def test_auto_keeps_levels_too_small_to_check_at_0_1():
+    """A near-unique tag column (60 levels of 2-3 rows beside iris's measurements) was weighed
+    1/sqrt(p) ~ 8 per level under auto's ``standard`` and pulled rows across species; levels
+    smaller than a cluster cannot be checked, so they keep 0/1. The species levels (50 rows,
+    reproduced by the measurements) keep the recipe's weight."""
+    from recluster.compute.node import fit_node_preprocessor
+
+    iris = _rdata("datasets", "iris")
+    iris["tag"] = [f"t{i % 60}" for i in range(len(iris))]
+    iris[U_COLUMN] = np.linspace(0, 1, len(iris), endpoint=False)
+    size = ["Sepal.Length", "Sepal.Width", "Petal.Length", "Petal.Width"]
+    pre = fit_node_preprocessor(iris, size, ["Species", "tag"], _cfg())
+    assert pre.categorical_scale == "standard", pre.summary()
+    species = dict(zip([*pre.levels_["Species"], "__other__"], pre.level_weights_["Species"],
+                       strict=True))
+    assert all(abs(species[s] - 1 / np.sqrt(1 / 3 * 2 / 3)) < 1e-9
+               for s in ("setosa", "versicolor", "virginica")), species
+    # the 20 tags kept (3 rows each) are 0/1; the other 40 share the __other__ column (90 rows:
+    # no rare level), which keeps the recipe's weight
+    tags = pre.level_weights_["tag"]
+    assert len(tags) == 21 and set(tags[:20]) == {1.0}, tags
+    assert abs(tags[20] - 1 / np.sqrt(0.6 * 0.4)) < 1e-9, tags
+    X = pre.transform(iris)
+    start = len(size) + 4  # three species and __other__
+    assert set(np.unique(X[:, start:start + 20])) == {0.0, 1.0}
+
+
 def test_level_check_on_a_large_node_judges_levels_by_their_share():
     """The level vote runs on the first 3,000 rows of a node's sample; a level that is a quarter
     of a 12,000-row node is cluster-sized (min_cluster_size 2,000) there too. Drawn at random,

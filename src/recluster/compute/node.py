@@ -113,18 +113,30 @@ def fit_node_preprocessor(sample: pd.DataFrame, numeric: list[str], categorical:
     ``auto``: the recipe's ``standard`` weighting, unless a categorical level large enough to be
     a cluster (``min_cluster_size`` of the node) is one the other features do not reproduce
     (:func:`~recluster.compute.artefacts.unreproduced_level`, at
-    ``recursion.min_split_agreement``): then ``unit``. The choice and its reason are kept on the
+    ``recursion.min_split_agreement``): then ``unit``. Under ``standard``, levels smaller than
+    a cluster (which the check cannot judge) keep the 0/1 value. The choice and its reason are kept on the
     preprocessor (``scale_choice_``, shown by its summary in ``tree.json``). A deterministic
     function of the rows, so the stability resamples make the same choice as the fit.
     """
     pre = node_preprocessor(numeric, categorical, cfg).fit(sample)
     if cfg.preprocess.categorical_scale != "auto" or not categorical:
         return pre
-    blocker = unreproduced_level(sample, pre.transform(sample), pre,
-                                 min_cluster_size_for(len(sample), cfg.clustering),
-                                 cfg.recursion.min_split_agreement)
+    X = pre.transform(sample)
+    floor = min_cluster_size_for(len(sample), cfg.clustering)
+    blocker = unreproduced_level(sample, X, pre, floor, cfg.recursion.min_split_agreement)
     if blocker is not None:
         pre = node_preprocessor(numeric, categorical, cfg, "unit").fit(sample)
+    else:
+        # Levels too small to be a cluster were not checked: they keep the 0/1 value, so that
+        # a rare level (a near-unique tag, 1/sqrt(p) ~ 38 at 3,000 rows) does not pull its
+        # few rows away from where the other features put them.
+        j = len(pre.numeric)
+        for c in pre.categorical:
+            width = len(pre.levels_[c]) + 1
+            rows = np.count_nonzero(X[:, j:j + width], axis=0)
+            pre.level_weights_[c] = [w if n >= floor else 1.0
+                                     for w, n in zip(pre.level_weights_[c], rows, strict=True)]
+            j += width
     pre.scale_choice_ = {"chosen": pre.categorical_scale, "unreproduced_level": blocker}
     return pre
 
