@@ -165,8 +165,9 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
              f"(SHA-256 {model_files.manifest_sha256})")
         echo(f"scoring {sum(i.n_rows for i in infos)} rows from {len(files)} files with "
              f"{len(fits)} node models of {model_url}")
-        # No validation pass here: a missing id stops the scoring pass, naming its file.
-        feats = passes.with_ids_checked(passes.input_frame(in_loc, pieces, ts, out.run_id),
+        # No validation pass here: a missing id or an infinite value stops the scoring pass,
+        # naming its column and file.
+        feats = passes.with_rows_checked(passes.input_frame(in_loc, pieces, ts, out.run_id),
                                         pieces, ts)
         id_dtype = feats._meta[ts.id_key].dtype
         n_comp = index["n_components"]
