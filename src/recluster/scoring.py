@@ -107,10 +107,16 @@ def check_output(model_url: str, input_url: str, output_url: str, timeout_s: flo
     return model_loc, in_loc, out_loc
 
 
-def score_fingerprint(run_manifest: dict[str, Any], input_fp: str) -> str:
-    """What a scoring output is: the model run (its fingerprint and run id) and the input."""
-    body = json.dumps({"model": [run_manifest.get("fingerprint"), run_manifest.get("run_id")],
-                       "input": input_fp}, sort_keys=True)
+def score_fingerprint(run_manifest: dict[str, Any], input_fp: str,
+                      names: dict[str, str] | None = None) -> str:
+    """What a scoring output is: the model run (its fingerprint and run id), the input and the
+    names of a ``names.yaml`` in the model run's folder (they are in ``segments.parquet``: an
+    edited file must not be answered with the old names)."""
+    what: dict[str, Any] = {"model": [run_manifest.get("fingerprint"), run_manifest.get("run_id")],
+                            "input": input_fp}
+    if names:
+        what["names"] = names
+    body = json.dumps(what, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -141,7 +147,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     run_manifest = model_files.manifest
     # The segments' names as the model run (and a names.yaml in its folder) give them: a bad
     # names file is refused here, before any row is scored.
-    named = report_data.run_segments(model_files, model_loc)
+    chosen = report_data.folder_names(model_loc)
+    named = report_data.run_segments(model_files, chosen)
     with claim(out_loc, lease_s, "score") as out:
         cfg_in = InputConfig(path=input_url, id_column=index["id_column"],
                              features=[*index["numeric"], *index["categorical"]],
@@ -156,7 +163,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                                  f"models")
         input_fp = input_fingerprint(infos, inputs.file_identities(in_loc, files),
                                      {"filters": filters} if filters else None)
-        fp = score_fingerprint(run_manifest, input_fp)
+        fp = score_fingerprint(run_manifest, input_fp, chosen)
         decision = out.prepare(fp, overwrite, "pass --overwrite")
         if decision.action in ("reuse", "repaired"):
             echo(f"{output_url} already holds these labels (same model and input): nothing to do")
