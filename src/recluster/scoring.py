@@ -170,7 +170,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             return report_drift(decision.previous, drift_rule, fail_on_drift, echo)
         echo(f"model files of {model_url} verified against its manifest.json "
              f"(SHA-256 {model_files.manifest_sha256})")
-        echo(f"scoring {sum(i.n_rows for i in infos)} rows from {len(files)} files with "
+        sliced = "the rows --filter keeps of " if scan.row_filter is not None else ""
+        echo(f"scoring {sliced}{sum(i.n_rows for i in infos)} rows from {len(files)} files with "
              f"{len(fits)} node models of {model_url}")
         # No validation pass here: a missing id or an infinite value stops the scoring pass,
         # naming its column and file.
@@ -195,6 +196,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         rows_in = sum(i.n_rows for i in infos)
         if scan.row_filter is not None:  # the slice's rows, counted apart from the labels
             rows_in = int(client.compute(feats.map_partitions(len).sum(), sync=True))
+            if rows_in == 0:  # as an input of empty files is refused: not an empty publication
+                raise InputDataError(f"--filter keeps no row of {input_url}: nothing to label")
         if rows_out != rows_in:
             raise InputDataError(f"scoring wrote {rows_out} rows for {rows_in} input rows")
         outputs = ["labels/"]
