@@ -157,7 +157,10 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         scan, ts, pieces = scan_input(cfg_in, in_loc, None, "--filter")
         infos = scan.infos
         files = [i.path for i in infos]
-        if index.get("keys") != ts.keys:  # same columns give the same keys; older runs had none
+        # Same columns give the same keys (older runs recorded none). The run's index also keys
+        # its sample.stratify_by column when that is no feature: scoring does not read it.
+        known = index.get("keys") or {}
+        if {c: known.get(c) for c in ts.keys} != ts.keys:
             raise InputDataError(f"models/index.json of {model_url} does not name its columns' "
                                  f"keys as this recluster does; re-run the job to score with its "
                                  f"models")
