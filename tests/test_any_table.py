@@ -273,6 +273,27 @@ def test_hive_partitions_are_columns(tmp_path, bucket, scheduler, capsys):
     assert adjusted_rand_score(truth, lab.column("level_1").fill_null(-1).to_pylist()) >= 0.5
 
 
+def test_a_run_stratified_by_a_column_that_is_no_feature_can_be_scored(
+        tmp_path, bucket, scheduler, capsys):
+    """``sample.stratify_by`` on a column outside ``input.features``: the run's models/index.json
+    keys that column too, and ``score`` (which reads only the id and the features) refused the
+    model with "re-run the job to score with its models", which no re-run could change."""
+    frame = olive()[["oil", *ACIDS, "region"]]
+    write_arrow(pa.Table.from_pandas(frame, preserve_index=False), f"s3://{bucket}/in", 2)
+    code, _, err = run(tmp_path, f"s3://{bucket}/in", f"s3://{bucket}/out", scheduler, capsys,
+                       {"id_column": "oil", "features": ACIDS, "categorical": []}, **SMALL,
+                       sample={"stratify_by": "region"})
+    assert code == 0, err[-3000:]
+    assert read_json(f"s3://{bucket}/out", "models/index.json")["keys"]["region"]
+    code = run_cli("score", "--model", f"s3://{bucket}/out", "--input", f"s3://{bucket}/in",
+                   "--output", f"s3://{bucket}/scored", "--scheduler", scheduler)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    ran = labels(f"s3://{bucket}/out").to_pandas().set_index("oil").sort_index()
+    scored = labels(f"s3://{bucket}/scored").to_pandas().set_index("oil").sort_index()
+    assert list(scored.index) == list(ran.index) == sorted(frame["oil"])
+    assert (scored["cluster"].astype(str) == ran["cluster"].astype(str)).all()
+
+
 def test_many_strata_fold_into_one(tmp_path, bucket, scheduler, capsys):
     """stratify_by with a level per row: folded beyond sample.max_strata, said on the terminal
     and in the manifest; the sample stays near sample.size."""

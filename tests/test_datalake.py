@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from helpers import read_json, run_cli, write_config
+from helpers import published, read_json, run_cli, write_config
 from tables import check_published, flights, labels
 
 from recluster.config import load_config
@@ -127,6 +127,14 @@ def test_filter_prunes_partitions_and_row_groups_and_reruns_when_changed(
                    "--scheduler", scheduler, "--filter", '[[carier, "=", DL]]') == 2
     err = capsys.readouterr().err
     assert "--filter names column 'carier'" in err, err  # the setting score has
+    # A slice whose row groups are read but keep no row (origin "KAA" sorts between the
+    # airports): published an empty output with exit 0, where empty files are refused.
+    assert run_cli("score", "--model", out, "--input", inp, "--output", scored + "3",
+                   "--scheduler", scheduler, "--filter",
+                   '[[month, "=", 3], [carrier, "=", DL], [origin, "=", KAA]]') == 3
+    err = capsys.readouterr().err
+    assert f"--filter keeps no row of {inp}: nothing to label" in err, err
+    assert not published(scored + "3")
 
     # The same slice again: nothing to do. Another slice: another input (a run is there).
     code, text = segment(tmp_path, inp, out, scheduler, capsys, {"filters": FILTER})

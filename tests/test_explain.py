@@ -184,6 +184,23 @@ def test_score_refuses_rows_without_an_id(run, scheduler, capsys):
     assert "Traceback" not in err and not published("s3://explain/score-null-ids")
 
 
+def test_score_refuses_infinite_values(run, scheduler, capsys):
+    """``run`` refuses infinities in its validation pass; ``score`` has none, and routed a row
+    with an infinite feature as if it were some finite value (a silent, wrong label; exit 0).
+    Now exit 3 naming the column and the file, and nothing is published."""
+    fresh, _ = make_table(600, seed=31, row_seed=8, **SHAPE)
+    numeric = next(c for c in fresh.columns if c != "user_id" and fresh[c].dtype.kind == "f")
+    fresh.loc[[400, 450], numeric] = [np.inf, -np.inf]  # both in the second of the two files
+    write_table(fresh, "s3://explain/inf", n_files=2)
+    code = run_cli("score", "--model", run["out"], "--input", "s3://explain/inf",
+                   "--output", "s3://explain/score-inf", "--scheduler", scheduler)
+    err = capsys.readouterr().err
+    assert code == 3, err[-2000:]
+    assert f"column '{numeric}' has 2 infinite values in" in err, err
+    assert "part-001.parquet" in err, err
+    assert "Traceback" not in err and not published("s3://explain/score-inf")
+
+
 def test_training_with_categoricals_and_a_partition_without_rows(client):
     """A node whose training rows all lie in some of the partitions (a small table whose
     clusters follow its files): xgboost.dask refuses categorical data on a worker with empty

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import write_table
+import yaml
+from helpers import run_cli, write_table
 from tables import penguins
 
 from recluster.config import InputConfig, parse_config
@@ -18,6 +19,7 @@ from recluster.job.inputs import (
     describe_schema,
     input_fingerprint,
     plan_input,
+    plan_run,
     run_fingerprint,
     scan_input,
 )
@@ -86,6 +88,41 @@ def test_input_and_run_fingerprints_change_with_what_they_cover(tmp_path):
     assert run_fp == run_fingerprint(_cfg(tmp_path, url), fp)
     assert run_fingerprint(_cfg(tmp_path, url, seed=1), fp) != run_fp
     assert run_fingerprint(cfg, fp, "ab" * 32) != run_fp
+
+
+def test_a_names_file_is_part_of_the_run_fingerprint(tmp_path):
+    """``output.names`` as a file's location: the config (so the fingerprint) held only the
+    location, and a run after the file was edited reused the output with the old names."""
+    url = _penguins_folder(tmp_path)
+    names = tmp_path / "names.yaml"
+    cfg = _cfg(tmp_path, url, output={"path": str(tmp_path / "out"), "names": str(names)})
+
+    def fingerprint() -> str:
+        return plan_run(cfg, lambda _: None, {}).fingerprint
+
+    names.write_text("root.0: Adelie-ish\n", encoding="utf-8")
+    first = fingerprint()
+    assert fingerprint() == first
+    names.write_text("root.0: Gentoo-ish\n", encoding="utf-8")
+    assert fingerprint() != first
+
+
+def test_validate_checks_a_names_file(tmp_path, capsys):
+    """``recluster validate`` said "config OK" (exit 0) for an ``output.names`` file that the
+    run then refused (exit 2): the names file was not part of what it checked."""
+    url = _penguins_folder(tmp_path)
+    names = tmp_path / "names.yaml"
+    names.write_text("root.0: Same\nroot.1: Same\n", encoding="utf-8")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "input": {"path": url, "id_column": "penguin", "categorical": ["species", "island", "sex"]},
+        "output": {"path": str(tmp_path / "out"), "names": str(names)}}))
+    assert run_cli("validate", cfg) == 2
+    assert "names.yaml: segments root.0 and root.1 are both named 'Same'" in \
+        capsys.readouterr().err
+    names.write_text("root.0: Adelie-ish\n", encoding="utf-8")
+    assert run_cli("validate", cfg) == 0
+    assert capsys.readouterr().out.startswith("config OK")
 
 
 def test_an_output_inside_the_input_is_refused_before_any_work(tmp_path):

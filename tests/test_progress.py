@@ -77,3 +77,36 @@ def test_a_plain_echo_function_still_works():
     p("hello")
     p.event("stage", stage="x")  # structured lines only in quiet mode
     assert lines == ["hello"]
+
+
+def test_a_stage_stopped_by_the_run_timeout_is_reported_once_as_the_timeout():
+    """On ``runtime.run_timeout_s`` the stage's thread goes on until the process ends; the CLI
+    closes its client, the stopped work fails with whatever that gives (a TypeError), and the
+    quiet log's stage line said ``"error": "TypeError"`` instead of the timeout (or nothing at
+    all if the process ended first). The stage is now reported when the run stops, once."""
+    import threading
+
+    from recluster.pipeline import _within
+
+    timer, lines = _timer(quiet=True)
+    release, ended = threading.Event(), threading.Event()
+
+    def body():
+        try:
+            with timer.stage("level 1: fit 2 node(s)", total=2):
+                release.wait(30)
+                raise TypeError("the client was closed under the stopped work")
+        finally:
+            ended.set()
+
+    with pytest.raises(StageError, match=r"run_timeout_s=0.3s; stage in progress: 'level 1: fit"):
+        _within(0.3, timer, body)
+    events = [json.loads(line) for line in lines]
+    assert [(e["stage"], e["status"], e["error"]) for e in events if e["event"] == "stage"] == \
+        [("level 1: fit 2 node(s)", "failed", "StageError")]
+    release.set()
+    assert ended.wait(30)
+    assert len(lines) == len(events)  # the thread's own failure is not reported again
+    with pytest.raises(StageError, match="did not finish"):  # and no later stage starts
+        with timer.stage("write labels"):
+            pass

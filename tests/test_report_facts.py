@@ -356,6 +356,30 @@ def test_a_names_file_in_the_run_is_honoured_by_report_and_score(penguins, tmp_p
         (Path(url) / "names.yaml").unlink()
 
 
+def test_an_edited_names_file_in_the_model_run_is_not_answered_with_old_names(
+        penguins, scheduler, tmp_path, capsys):
+    """Scoring again after a person edited the model run's names.yaml said "nothing to do" and
+    kept the old names in segments.parquet: the names were not part of the scoring output's
+    fingerprint. Now the output is a different one (exit 4 without --overwrite)."""
+    url, scored = penguins["url"], tmp_path / "scored"
+    args = ("score", "--model", url, "--input", str(penguins["tmp"] / "in"), "--output",
+            str(scored), "--scheduler", scheduler)
+    names = Path(url) / "names.yaml"
+    try:
+        names.write_text("root.1: First name\n", encoding="utf-8")
+        assert run_cli(*args) == 0
+        names.write_text("root.1: Second name\n", encoding="utf-8")
+        assert run_cli(*args) == 4
+        assert "nothing to do" not in capsys.readouterr().out
+        assert run_cli(*args, "--overwrite") == 0
+        segs = pd.read_parquet(scored / "segments.parquet").set_index("path")["name"]
+        assert segs["root.1"] == "Second name"
+        assert run_cli(*args) == 0  # unchanged names: the same output
+        assert "nothing to do" in capsys.readouterr().out
+    finally:
+        names.unlink()
+
+
 def test_score_refuses_a_bad_names_file_before_scoring(penguins, scheduler, tmp_path, capsys):
     """A names.yaml in the model run's folder was read only after every row had been scored
     and staged: a typo cost a whole scoring pass. It is checked before any row is read."""

@@ -9,7 +9,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from recluster.compute.schema import check_stats, partition_stats, resolve_schema
+from recluster.compute.schema import (
+    check_stats,
+    partition_stats,
+    refuse_unroutable_rows,
+    resolve_schema,
+)
 from recluster.config import InputConfig
 from recluster.errors import InputDataError
 from recluster.storage.inputs import FileInfo, plan_pieces
@@ -211,6 +216,19 @@ def test_check_stats_infinite_values_name_column_and_file():
     msg = str(exc.value)
     assert "'spend'" in msg and "bad.parquet" in msg and "ok.parquet" not in msg
     assert "2 infinite" in msg
+
+
+def test_refuse_unroutable_rows_names_infinite_column_and_file():
+    """What ``score`` checks as it reads (it has no validation pass): an infinite feature would
+    otherwise be routed as a finite value."""
+    ts = _ts()
+    good = _part(np.arange(50))
+    assert refuse_unroutable_rows(good, ts, "ok.parquet") is good
+    bad = np.ones(50)
+    bad[7] = -np.inf
+    with pytest.raises(InputDataError) as exc:
+        refuse_unroutable_rows(_part(np.arange(50), spend=bad), ts, "bad.parquet")
+    assert str(exc.value).startswith("column 'spend' has 1 infinite values in bad.parquet")
 
 
 def test_check_stats_too_few_rows():

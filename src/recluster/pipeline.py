@@ -72,8 +72,8 @@ def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) ->
     worker.start()
     worker.join(limit_s)
     if worker.is_alive():
-        timer.stopped = (f"the run did not finish within runtime.run_timeout_s={limit_s:g}s; "
-                         f"stage in progress: '{timer.current}'")
+        timer.stop(f"the run did not finish within runtime.run_timeout_s={limit_s:g}s; "
+                   f"stage in progress: '{timer.current}'")
         raise StageError(timer.stopped)
     if "error" in box:
         raise box["error"]

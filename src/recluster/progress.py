@@ -118,21 +118,32 @@ class Stage:
         if self.timer.stopped:
             raise StageError(self.timer.stopped)
         self.timer.current = self.name
+        self.timer.running = self
+        self.reported = False
         self.t = time.perf_counter()
         self.timer.progress.stage_started(self.name)
         return self
 
-    def __exit__(self, et, ev, tb) -> bool:
+    def report(self, status: str, error: str | None = None) -> float:
+        """Report the stage's end once (a stage stopped by the run's timeout is reported when
+        the run stops, not again when its thread gets there); returns its seconds."""
         dt = time.perf_counter() - self.t
+        if not self.reported:
+            self.reported = True
+            counts = dict(self.counts)
+            if self.total is not None:
+                counts.update(done=self.done, total=self.total)
+            self.timer.progress.stage_finished(self.name, dt, status, counts, error=error)
+        return dt
+
+    def __exit__(self, et, ev, tb) -> bool:
         t = self.timer
+        if t.running is self:
+            t.running = None
+        dt = self.report("ok" if et is None else "failed", None if et is None else et.__name__)
         t.seconds[self.name] = round(t.seconds.get(self.name, 0.0) + dt, 3)
-        counts = dict(self.counts)
-        if self.total is not None:
-            counts.update(done=self.done, total=self.total)
         if et is None:
-            t.progress.stage_finished(self.name, dt, "ok", counts)
             return False
-        t.progress.stage_finished(self.name, dt, "failed", counts, error=et.__name__)
         if not issubclass(et, ReclusterError):
             raise StageError(f"stage '{self.name}' failed: {et.__name__}: {ev}") from ev
         if issubclass(et, StorageError) and not str(ev).startswith("stage '"):
@@ -149,6 +160,15 @@ class Timer:
         self.seconds: dict[str, float] = {}
         self.current: str | None = None  # the stage in progress (named when the run times out)
         self.stopped: str | None = None  # once set, no further stage starts
+        self.running: Stage | None = None
+
+    def stop(self, reason: str) -> None:
+        """No further stage starts; the stage in progress is reported failed now, with a
+        :class:`StageError` (``reason``), not later with whatever error the stopped work
+        meets (its thread goes on until its process ends, its client closed under it)."""
+        self.stopped = reason
+        if self.running is not None:
+            self.running.report("failed", StageError.__name__)
 
     def stage(self, name: str, total: int | None = None) -> Stage:
         return Stage(self, name, total)

@@ -107,10 +107,16 @@ def check_output(model_url: str, input_url: str, output_url: str, timeout_s: flo
     return model_loc, in_loc, out_loc
 
 
-def score_fingerprint(run_manifest: dict[str, Any], input_fp: str) -> str:
-    """What a scoring output is: the model run (its fingerprint and run id) and the input."""
-    body = json.dumps({"model": [run_manifest.get("fingerprint"), run_manifest.get("run_id")],
-                       "input": input_fp}, sort_keys=True)
+def score_fingerprint(run_manifest: dict[str, Any], input_fp: str,
+                      names: dict[str, str] | None = None) -> str:
+    """What a scoring output is: the model run (its fingerprint and run id), the input and the
+    names of a ``names.yaml`` in the model run's folder (they are in ``segments.parquet``: an
+    edited file must not be answered with the old names)."""
+    what: dict[str, Any] = {"model": [run_manifest.get("fingerprint"), run_manifest.get("run_id")],
+                            "input": input_fp}
+    if names:
+        what["names"] = names
+    body = json.dumps(what, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -141,7 +147,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
     run_manifest = model_files.manifest
     # The segments' names as the model run (and a names.yaml in its folder) give them: a bad
     # names file is refused here, before any row is scored.
-    named = report_data.run_segments(model_files, model_loc)
+    chosen = report_data.folder_names(model_loc)
+    named = report_data.run_segments(model_files, chosen)
     with claim(out_loc, lease_s, "score") as out:
         cfg_in = InputConfig(path=input_url, id_column=index["id_column"],
                              features=[*index["numeric"], *index["categorical"]],
@@ -150,23 +157,28 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         scan, ts, pieces = scan_input(cfg_in, in_loc, None, "--filter")
         infos = scan.infos
         files = [i.path for i in infos]
-        if index.get("keys") != ts.keys:  # same columns give the same keys; older runs had none
+        # Same columns give the same keys (older runs recorded none). The run's index also keys
+        # its sample.stratify_by column when that is no feature: scoring does not read it.
+        known = index.get("keys") or {}
+        if {c: known.get(c) for c in ts.keys} != ts.keys:
             raise InputDataError(f"models/index.json of {model_url} does not name its columns' "
                                  f"keys as this recluster does; re-run the job to score with its "
                                  f"models")
         input_fp = input_fingerprint(infos, inputs.file_identities(in_loc, files),
                                      {"filters": filters} if filters else None)
-        fp = score_fingerprint(run_manifest, input_fp)
+        fp = score_fingerprint(run_manifest, input_fp, chosen)
         decision = out.prepare(fp, overwrite, "pass --overwrite")
         if decision.action in ("reuse", "repaired"):
             echo(f"{output_url} already holds these labels (same model and input): nothing to do")
             return report_drift(decision.previous, drift_rule, fail_on_drift, echo)
         echo(f"model files of {model_url} verified against its manifest.json "
              f"(SHA-256 {model_files.manifest_sha256})")
-        echo(f"scoring {sum(i.n_rows for i in infos)} rows from {len(files)} files with "
+        sliced = "the rows --filter keeps of " if scan.row_filter is not None else ""
+        echo(f"scoring {sliced}{sum(i.n_rows for i in infos)} rows from {len(files)} files with "
              f"{len(fits)} node models of {model_url}")
-        # No validation pass here: a missing id stops the scoring pass, naming its file.
-        feats = passes.with_ids_checked(passes.input_frame(in_loc, pieces, ts, out.run_id),
+        # No validation pass here: a missing id or an infinite value stops the scoring pass,
+        # naming its column and file.
+        feats = passes.with_rows_checked(passes.input_frame(in_loc, pieces, ts, out.run_id),
                                         pieces, ts)
         id_dtype = feats._meta[ts.id_key].dtype
         n_comp = index["n_components"]
@@ -187,6 +199,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         rows_in = sum(i.n_rows for i in infos)
         if scan.row_filter is not None:  # the slice's rows, counted apart from the labels
             rows_in = int(client.compute(feats.map_partitions(len).sum(), sync=True))
+            if rows_in == 0:  # as an input of empty files is refused: not an empty publication
+                raise InputDataError(f"--filter keeps no row of {input_url}: nothing to label")
         if rows_out != rows_in:
             raise InputDataError(f"scoring wrote {rows_out} rows for {rows_in} input rows")
         outputs = ["labels/"]

@@ -381,8 +381,7 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
     span = {}
     levels = {}
     for c in schema.numeric:
-        x = pd.to_numeric(df[schema.key(c)], errors="coerce").to_numpy(dtype=np.float64,
-                                                                       na_value=np.nan)
+        x = _numeric_values(df, schema, c)
         inf[c] = int(np.isinf(x).sum())
         missing[c] = int(np.isnan(x).sum())
         finite = x[np.isfinite(x)]
@@ -395,17 +394,34 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
             "inf": inf, "missing": missing, "span": span, "levels": levels, "path": path}
 
 
+def _numeric_values(df: pd.DataFrame, schema: TableSchema, column: str) -> np.ndarray:
+    """Numeric feature ``column`` of a partition as float64, missing values as NaN; shape (n,)."""
+    return pd.to_numeric(df[schema.key(column)], errors="coerce").to_numpy(dtype=np.float64,
+                                                                            na_value=np.nan)
+
+
 def _null_ids(schema: TableSchema, n: int, path: str) -> InputDataError:
     return InputDataError(f"id column '{schema.id_column}' has {n} missing values in {path}")
 
 
-def refuse_null_ids(df: pd.DataFrame, schema: TableSchema, path: str) -> pd.DataFrame:
-    """``df`` (a partition under internal keys) unchanged, or an error naming the id column and
-    ``path`` if an id is missing: a row without an id cannot be labelled (used where there is
-    no validation pass, e.g. ``recluster score``)."""
+def _infinite(column: str, n: int, path: str) -> InputDataError:
+    return InputDataError(f"column '{column}' has {n} infinite values in {path}; replace them "
+                          f"(e.g. by null to have them imputed) or drop the column")
+
+
+def refuse_unroutable_rows(df: pd.DataFrame, schema: TableSchema, path: str) -> pd.DataFrame:
+    """``df`` (a partition under internal keys) unchanged, or an error naming the column and
+    ``path`` if an id is missing or a numeric feature is infinite: a row without an id cannot be
+    labelled, and an infinite value would be routed as some finite one, silently (used where
+    there is no validation pass, e.g. ``recluster score``; the checks :func:`check_stats` makes
+    of a run)."""
     n = int(df[schema.id_key].isna().sum())
     if n:
         raise _null_ids(schema, n, path)
+    for c in schema.numeric:
+        n = int(np.isinf(_numeric_values(df, schema, c)).sum())
+        if n:
+            raise _infinite(c, n, path)
     return df
 
 
@@ -449,9 +465,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
         bad = {c: n for c, n in s["inf"].items() if n}
         if bad:
             c, n = sorted(bad.items())[0]
-            raise InputDataError(
-                f"column '{c}' has {n} infinite values in {s['path']}; replace them (e.g. by null "
-                f"to have them imputed) or drop the column")
+            raise _infinite(c, n, s["path"])
     if n_unique_ids != rows:
         raise InputDataError(
             f"id column '{schema.id_column}' has duplicate values: {rows} rows but "

@@ -58,12 +58,17 @@ def input_fingerprint(infos, identities: Sequence[dict[str, Any]],
     return h.hexdigest()
 
 
-def run_fingerprint(cfg: JobConfig, input_fp: str, previous_sha256: str | None = None) -> str:
-    """What a run is: its config, its input's identity and, with ``--previous``, the SHA-256 of
-    the earlier run's manifest (whose paths it takes: republished, it gives other paths)."""
-    what = {"config": cfg.redacted(), "input": input_fp}
+def run_fingerprint(cfg: JobConfig, input_fp: str, previous_sha256: str | None = None,
+                    names: dict[str, str] | None = None) -> str:
+    """What a run is: its config, its input's identity, with ``--previous`` the SHA-256 of the
+    earlier run's manifest (whose paths it takes: republished, it gives other paths) and, when
+    ``output.names`` is a file's location, the ``names`` read from it (the config holds only
+    the location: an edited file must not be answered with the old names)."""
+    what: dict[str, Any] = {"config": cfg.redacted(), "input": input_fp}
     if previous_sha256 is not None:
         what["previous_manifest_sha256"] = previous_sha256
+    if isinstance(cfg.output.names, str):
+        what["names_file"] = names
     body = json.dumps(what, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
@@ -228,7 +233,7 @@ def plan_run(cfg: JobConfig, echo: Callable[[str], None], counts: dict[str, int]
         # ids of another family are refused now, not after the whole tree has grown
         join_dtype(prev_run.id_type, ts.id_type, (cfg.previous.path, "this run's input"))
         prev_run.tree()  # a damaged tree.json too
-    fp = run_fingerprint(cfg, input_fp, prev_run and prev_run.manifest_sha256)
+    fp = run_fingerprint(cfg, input_fp, prev_run and prev_run.manifest_sha256, names)
     return RunPlan(loc, scan, ts, pieces, table, input_fp, fp, names, prev_run)
 
 

@@ -45,17 +45,18 @@ def input_frame(loc: Location, pieces: Sequence[Piece], ts: TableSchema,
                        enforce_metadata=False, label=f"read-parquet-{run_id}")
 
 
-def _ids_present(df: pd.DataFrame, ts: TableSchema, paths: Sequence[str],
-                 partition_info=None) -> pd.DataFrame:
-    return schema.refuse_null_ids(df, ts, paths[partition_info["number"]] if partition_info
-                                  else "?")
+def _routable(df: pd.DataFrame, ts: TableSchema, paths: Sequence[str],
+              partition_info=None) -> pd.DataFrame:
+    return schema.refuse_unroutable_rows(df, ts, paths[partition_info["number"]]
+                                         if partition_info else "?")
 
 
-def with_ids_checked(feats: dd.DataFrame, pieces: Sequence[Piece], ts: TableSchema
-                     ) -> dd.DataFrame:
+def with_rows_checked(feats: dd.DataFrame, pieces: Sequence[Piece], ts: TableSchema
+                      ) -> dd.DataFrame:
     """``feats`` whose partitions raise :class:`~recluster.errors.InputDataError` (naming the
-    id column and the piece's file) when an id is missing, as they are read."""
-    return feats.map_partitions(_ids_present, ts, [p.path for p in pieces], meta=feats._meta)
+    column and the piece's file) when an id is missing or a numeric feature is infinite, as
+    they are read."""
+    return feats.map_partitions(_routable, ts, [p.path for p in pieces], meta=feats._meta)
 
 
 def initial_state(feats: dd.DataFrame, ts: TableSchema, cfg: JobConfig) -> dd.DataFrame:

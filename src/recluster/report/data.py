@@ -160,14 +160,19 @@ def map_table(node: str, sample_ids: np.ndarray, embedding: np.ndarray, leaf_of:
     return frame[["node", id_column, "x", "y", "first", "leaf"]]
 
 
-def run_segments(files: PublishedFiles, loc: Location) -> pd.DataFrame | None:
-    """A published run's ``segments.parquet`` (verified against its manifest) with the names of
-    a ``names.yaml`` in its folder applied; None for runs published before segments had names.
+def folder_names(loc: Location) -> dict[str, str] | None:
+    """The names of a ``names.yaml`` a person placed in the published run's folder at ``loc``
+    (None without one); see :func:`read_names` for what is refused."""
+    return read_names(inside(loc, NAMES_FILE), missing_ok=True)
+
+
+def run_segments(files: PublishedFiles, chosen: dict[str, str] | None) -> pd.DataFrame | None:
+    """A published run's ``segments.parquet`` (verified against its manifest) with ``chosen``
+    (:func:`folder_names`) applied; None for runs published before segments had names.
     """
     if SEGMENTS_FILE not in files.digests:
         return None
     table = frame_from_parquet_bytes(files.read(SEGMENTS_FILE))
-    chosen = read_names(inside(loc, NAMES_FILE), missing_ok=True)
     return with_names(table, chosen) if chosen else table
 
 
@@ -245,7 +250,7 @@ def load_run(store: OutputStore, manifest: dict[str, Any] | None = None,
     if not staged:
         # A person's names.yaml placed in the run's folder after publication: their text only
         # (escaped on the page), so it needs no digest, and it overrides the run's names.
-        chosen = read_names(inside(store.loc, NAMES_FILE), missing_ok=True)
+        chosen = folder_names(store.loc)
         if chosen:
             data.segments = with_names(data.segments, chosen)
     return data
