@@ -179,7 +179,10 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
         if fit.preprocessor is not None:  # under the columns' own names
             node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
             blocker = node.fit["preprocess"].get("categorical_scale_auto")
-            if blocker:  # preprocess.categorical_scale: auto fell back to 0/1 columns
+            parent = g.nodes.get(str(NodePath.parse(path).parent)) if path != ROOT else None
+            same = parent is not None and ((parent.fit or {}).get("preprocess") or {}).get(
+                "categorical_scale") == node.fit["preprocess"].get("categorical_scale")
+            if blocker and not same:  # auto fell back to 0/1 columns (said once down a branch)
                 echo(f"  node {path}: categorical columns weighed 0/1, not as the recipe does: "
                      f"{blocker['column']} = {blocker['level']} ({blocker['rows']} rows) is not "
                      f"reproduced by the other features (ARI {blocker['ari']:.2f})")
