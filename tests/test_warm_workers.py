@@ -146,3 +146,29 @@ def test_without_a_chosen_cache_dir_nothing_is_cached_inside_the_package(tmp_pat
                        capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["[]", "True"]
+
+
+def test_a_fit_waits_for_the_warm_up_threads_imports(monkeypatch):
+    """Two threads importing umap at once can get a partially initialised module (a fit failed
+    once with "cannot import name 'optimize_layout_euclidean' from partially initialized module
+    'umap.layouts'"): a fit task waits for the warm-up thread's imports, and only while that
+    thread exists (a worker never warmed does not wait at all)."""
+    import threading
+
+    import recluster.parallel.client as c
+
+    gate = threading.Event()
+    monkeypatch.setattr(c, "_imports_done", gate)
+    monkeypatch.setattr(c, "_warm_thread", None)
+    t = time.perf_counter()
+    c.imports_ready(timeout_s=5)
+    assert time.perf_counter() - t < 0.5  # no warm-up thread: no wait
+
+    monkeypatch.setattr(c, "_warm_thread", threading.current_thread())
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (c.imports_ready(timeout_s=30), done.set()))
+    waiter.start()
+    assert not done.wait(0.5)  # still importing: the fit waits
+    gate.set()
+    assert done.wait(5)
+    waiter.join(5)

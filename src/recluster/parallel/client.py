@@ -332,7 +332,14 @@ def warm_up() -> float:
     from recluster.config import ClusteringConfig, EmbeddingConfig
 
     t = time.perf_counter()
-    cache_umap_kernels()
+    try:
+        import hdbscan  # noqa: F401
+        import pynndescent  # noqa: F401
+        import umap  # noqa: F401
+
+        cache_umap_kernels()
+    finally:
+        _imports_done.set()
     X = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
     X[:150] += 8.0
     _, emb = fit_embedding(X, EmbeddingConfig(n_epochs=20), seed=0)
@@ -345,6 +352,25 @@ def _warm_up_quietly() -> None:
         _log.debug("numba warm-up took %.1fs", warm_up())
     except Exception:  # a failed warm-up only means the first fit compiles, as before
         _log.debug("numba warm-up failed", exc_info=True)
+
+
+#: Set by the warm-up thread once UMAP, HDBSCAN and pynndescent are imported and UMAP's kernels
+#: made cacheable; see :func:`imports_ready`.
+_imports_done = threading.Event()
+
+
+def imports_ready(timeout_s: float = 300.0) -> None:
+    """In a task about to fit nodes: wait until this worker's warm-up thread (if it has one)
+    has imported the fitting libraries.
+
+    Two threads importing ``umap`` at once can see a partially initialised module (umap's
+    modules import each other; Python then hands one thread the half-built module rather than
+    deadlock): "cannot import name 'optimize_layout_euclidean' from partially initialized module
+    'umap.layouts'" failed a fit once. The imports take a few seconds; the wait is bounded and a
+    warm-up that failed has set the event too.
+    """
+    if _warm_thread is not None:
+        _imports_done.wait(timeout_s)
 
 
 class WarmWorker(WorkerPlugin):

@@ -22,6 +22,7 @@ from recluster.compute import routing, schema, stability
 from recluster.compute.node import U_COLUMN, NodeFit, fit_node
 from recluster.compute.schema import TableSchema
 from recluster.config import JobConfig
+from recluster.parallel.client import imports_ready
 from recluster.storage.fs import Location
 from recluster.storage.inputs import Piece, read_piece
 from recluster.storage.outputs import OutputStore, parquet_bytes
@@ -125,12 +126,14 @@ def sample_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
 
 
 def _fit_from_sample(sample: pd.DataFrame, path: str, ts: TableSchema, cfg: JobConfig) -> NodeFit:
+    imports_ready()
     rows = sample[sample["_node"] == path].drop(columns="_node")
     return fit_node(rows, path, ts.numeric_keys, ts.categorical_keys, ts.id_key, cfg)
 
 
 def _resample_from_sample(sample: pd.DataFrame, path: str, i: int, ts: TableSchema,
                           cfg: JobConfig):
+    imports_ready()
     rows = sample[sample["_node"] == path].drop(columns="_node")
     return stability.resample_node(rows, path, i, ts.numeric_keys, ts.categorical_keys,
                                    ts.id_key, cfg)
