@@ -484,6 +484,23 @@ class SampleConfig(_Strict):
         default=0.2, gt=0.0, lt=0.5,
         description="share of sample rows held out from the assigner to measure its agreement",
     )
+    level_size: int | None = Field(
+        default=None, ge=100, description="sample rows shared by all nodes fitted at one level: "
+        "a node targets level_size x its share of the level's rows (at least min_node_size, at "
+        "most size and its rows). None: every node targets size rows. At least size, so a level "
+        "of one node (the root) is sampled as without it"
+    )
+    min_node_size: int = Field(
+        default=5_000, ge=100, description="with level_size: the floor of a node's sample target "
+        "(a node with fewer rows is sampled whole)"
+    )
+
+    @model_validator(mode="after")
+    def _level_size_covers_size(self) -> SampleConfig:
+        if self.level_size is not None and self.level_size < self.size:
+            raise ValueError(f"sample.level_size ({self.level_size}) must be at least sample.size "
+                             f"({self.size}): a level's budget covers its largest node")
+        return self
 
 
 class PreprocessConfig(_Strict):
