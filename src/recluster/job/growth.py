@@ -104,7 +104,7 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
     """
     thresholds = {}
     targets = level_targets({p: nodes[p].size for p in to_fit}, cfg.sample.size,
-                            cfg.sample.level_size, cfg.sample.min_node_size)
+                            cfg.sample.level_budget, cfg.sample.min_node_size)
     for path in to_fit:
         node_counts = counts.get((path, level - 1), {})
         nodes[path].sample_target = targets[path]
