@@ -75,9 +75,36 @@ def test_tree_sizes_add_up_to_labels(nested_run):
         if node["n_children"]:
             assert sum(by_path[c]["size"] for c in node["children"]) <= node["size"]
             assert node["fit"]["min_cluster_size"] > 0 and node["fit"]["n_sample"] > 0
+        if node["fit"] is not None:  # no level budget binds: min(sample.size, node rows)
+            assert node["fit"]["sample_target"] == min(by_path["root"]["fit"]["sample_target"],
+                                                       node["size"]), node["path"]
         if node["parent"] is not None:
             assert node["path"] in by_path[node["parent"]]["children"]
             assert node["persistence"] is not None
+
+
+def test_level_budget_shares_samples_and_keeps_subgroups(tmp_path, scheduler):
+    """sample.level_size: the nodes of a level share one budget (each gets its share, at least
+    min_node_size), the tree records each node's target, and the zoom still finds sub-groups."""
+    table, truth = make_table(8000, seed=21)
+    size, level_size, floor = 3_000, 4_000, 800
+    labels, tree = _run(tmp_path, scheduler, table, "budget", recursion={"max_depth": 2},
+                        sample={"size": size, "level_size": level_size, "min_node_size": floor})
+    merged = labels.merge(truth, on="user_id")
+    assert adjusted_rand_score(merged["subgroup"], _leaf_ids(merged)) >= 0.85
+    fitted = [n for n in tree if n["fit"] is not None]
+    level2 = [n for n in fitted if n["depth"] == 1]
+    assert fitted[0]["path"] == "root" and fitted[0]["fit"]["sample_target"] == size
+    assert len(level2) >= 2
+    rows = sum(n["size"] for n in level2)
+    wants = []
+    for n in level2:
+        want = min(size, n["size"], max(floor, round(level_size * n["size"] / rows)))
+        assert n["fit"]["sample_target"] == want, n["path"]
+        assert abs(n["fit"]["n_sample"] - want) <= 0.1 * want + 30, n["path"]  # hash draws
+        wants.append(want)
+    # The budget binds: the level fits fewer rows than sample.size per node would.
+    assert sum(wants) < sum(min(size, n["size"]) for n in level2)
 
 
 def test_round_blob_gets_no_invented_children(tmp_path, scheduler):

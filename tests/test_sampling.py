@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recluster.compute.sampling import allocate, hash_uniform
+from recluster.compute.sampling import allocate, hash_uniform, level_targets
+from recluster.config import SampleConfig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -142,3 +143,53 @@ def test_allocate_thresholds_draw_the_expected_sample():
         # Binomial count: within 5 standard deviations (or exact when the threshold is 1).
         sd = np.sqrt(c * t[s] * (1 - t[s]))
         assert abs(kept.get(s, 0) - want) <= 5 * sd + 1e-9, (s, kept.get(s, 0), want)
+
+
+# ---- level budget (sample.level_size / sample.min_node_size) ----
+
+def test_level_targets_one_node_is_todays_sample():
+    """A level of one node (the root) targets sample.size rows, with or without a budget."""
+    for level_size in (None, 20_000, 60_000):
+        assert level_targets({"": 300_000}, 20_000, level_size, 5_000) == {"": 20_000}
+        assert level_targets({"": 1_500}, 20_000, level_size, 5_000) == {"": 1_500}
+
+
+def test_level_targets_without_budget_every_node_gets_size():
+    rows = {"0": 90_000, "1": 40_000, "2": 3_000}
+    assert level_targets(rows, 20_000, None, 5_000) == {"0": 20_000, "1": 20_000, "2": 3_000}
+
+
+def test_level_targets_share_the_budget_proportionally():
+    rows = {str(k): 37_500 for k in range(8)}  # eight equal children of 300k rows
+    t = level_targets(rows, 20_000, 40_000, 1_000)
+    assert t == {p: 5_000 for p in rows}
+    assert sum(t.values()) == 40_000  # the level fits level_size rows, not 8 x size
+    uneven = {"0": 150_000, "1": 100_000, "2": 50_000}
+    t = level_targets(uneven, 20_000, 30_000, 1_000)
+    assert t == {"0": 15_000, "1": 10_000, "2": 5_000}
+    assert abs(sum(t.values()) - 30_000) <= len(uneven)  # rounding only
+
+
+def test_level_targets_floor_and_caps():
+    rows = {"big": 270_000, "small": 25_000, "tiny": 2_000, "empty": 0}
+    t = level_targets(rows, 20_000, 30_000, 6_000)
+    assert t["big"] == 20_000  # 30k x 270/297 = 27.3k, capped by sample.size
+    assert t["small"] == 6_000  # 30k x 25/297 = 2.5k, raised to the floor
+    assert t["tiny"] == 2_000  # the floor is capped by the node's rows: sampled whole
+    assert t["empty"] == 0
+    for p, n in rows.items():
+        assert 0 <= t[p] <= min(20_000, n)
+
+
+def test_level_targets_small_levels_cannot_change():
+    """A level with fewer rows than the budget samples every node as without a budget."""
+    rows = {"0": 19_000, "1": 9_000, "2": 6_786}  # a 34,786-row table's children
+    assert level_targets(rows, 20_000, 40_000, 5_000) == level_targets(rows, 20_000, None, 5_000)
+
+
+def test_level_size_below_size_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="sample.level_size"):
+        SampleConfig(size=20_000, level_size=10_000)
+    assert SampleConfig(size=20_000, level_size=20_000).level_budget == 20_000
+    assert SampleConfig(size=50_000).level_budget == 100_000  # default: 2 x size, never refused
+    assert SampleConfig(size=20_000, level_size=0).level_budget is None  # 0: no budget

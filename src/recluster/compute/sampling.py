@@ -130,3 +130,38 @@ def allocate(counts: Mapping[object, int], size: int, min_per_stratum: int,
         want = max(size * c / total, min(c, floor))
         out[g] = min(1.0, want / c)
     return {s: out[g] for s, g in as_.items()}
+
+
+def level_targets(node_rows: Mapping[str, int], size: int, level_size: int | None,
+                  min_node_size: int) -> dict[str, int]:
+    """Sample-size target of each node fitted at one level, from a budget the level shares.
+
+    Without a budget (``level_size`` None) every node targets ``size`` rows, as a lone node
+    does. With one, node ``i`` of ``n_i`` rows targets
+    ``max(min_node_size, level_size * n_i / sum(n))``, capped by ``size`` and by ``n_i``: a
+    level of many nodes fits as many rows in all as ``level_size`` (plus the floors), not
+    ``size`` per node. ``level_size >= size`` (config), so a level of one node (the root)
+    targets ``min(size, n)`` rows either way.
+
+    Parameters
+    ----------
+    node_rows : mapping node path -> number of rows of the node, shape (nodes,)
+    size : int
+        ``sample.size``: no node's target exceeds it.
+    level_size : int or None
+        ``sample.level_size``: rows shared by all nodes of the level; None: no budget.
+    min_node_size : int
+        ``sample.min_node_size``: floor of a node's target (before the cap by its rows).
+
+    Returns
+    -------
+    dict node path -> target sample rows (int, 0 <= target <= min(size, rows))
+    """
+    total = sum(max(0, n) for n in node_rows.values())
+    out: dict[str, int] = {}
+    for path, n in node_rows.items():
+        n = max(0, int(n))
+        want = size if level_size is None or total == 0 else \
+            max(min_node_size, level_size * n / total)
+        out[path] = int(min(size, n, round(want)))
+    return out

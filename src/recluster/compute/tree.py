@@ -60,6 +60,7 @@ class TreeNode:
     fit: dict[str, Any] | None = None
     classifier: dict[str, Any] | None = None
     sample_threshold: dict[str, float] | None = None
+    sample_target: int | None = None  # rows the node's sample was drawn to (sample.level_size)
     artefact: str | None = None
     split: NodeFit | None = None
     agreement: float | None = None

@@ -22,7 +22,7 @@ from recluster.compute.artefacts import rename_artefact
 from recluster.compute.node import NodeFit
 from recluster.compute.paths import ROOT, NodePath
 from recluster.compute.routing import STRATUM
-from recluster.compute.sampling import FOLDED, allocate, fold_strata
+from recluster.compute.sampling import FOLDED, allocate, fold_strata, level_targets
 from recluster.compute.schema import TableSchema
 from recluster.compute.tree import StopReason, TreeNode, accept_split, split_refusal
 from recluster.config import JobConfig
@@ -103,9 +103,12 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
     scoring (futures by path) and the sample (a future: what later tasks of this level use).
     """
     thresholds = {}
+    targets = level_targets({p: nodes[p].size for p in to_fit}, cfg.sample.size,
+                            cfg.sample.level_budget, cfg.sample.min_node_size)
     for path in to_fit:
         node_counts = counts.get((path, level - 1), {})
-        t = allocate(node_counts, cfg.sample.size, cfg.sample.min_per_stratum,
+        nodes[path].sample_target = targets[path]
+        t = allocate(node_counts, targets[path], cfg.sample.min_per_stratum,
                      cfg.sample.max_strata)
         folds = fold_strata(node_counts, cfg.sample.max_strata)
         nodes[path].sample_threshold = {folds[s]: v for s, v in t.items()}  # folded: one entry
@@ -175,7 +178,8 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
         if path == ROOT:
             g.root_fit = fit
         node.seconds = {k: round(v, 3) for k, v in fit.seconds.items()}
-        node.fit = {**fit.summary(), "sample_threshold": node.sample_threshold}
+        node.fit = {**fit.summary(), "sample_target": node.sample_target,
+                    "sample_threshold": node.sample_threshold}
         if fit.preprocessor is not None:  # under the columns' own names
             node.fit["preprocess"] = fit.preprocessor.summary(ts.name)
             blocker = node.fit["preprocess"].get("categorical_scale_auto")
