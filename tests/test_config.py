@@ -156,3 +156,17 @@ def test_example_config_is_valid_and_complete():
             missing = set(sub.model_fields) - set(raw[name]) - {"features"}
             assert not missing, (name, missing)
     assert cfg.sample.stratify_by == "country"
+
+
+@pytest.mark.parametrize("sample", [{"size": 150}, {"min_node_size": 150}])
+def test_samples_smaller_than_the_embedding_needs_are_refused(sample):
+    """n_neighbors 200 with a 150-row sample (or level-budget floor) left nodes of any size
+    unsplit ('sample of 150 rows is below the 202 the embedding needs'): refused up front."""
+    data = {**_base_config(), "sample": sample, "embedding": {"n_neighbors": 200}}
+    name = f"sample.{next(iter(sample))}"
+    with pytest.raises(ConfigError, match=f"{name} .*embedding.n_neighbors"):
+        parse_config(data)
+    # Without a level budget the floor is unused, so it is not checked.
+    if "min_node_size" in sample:
+        data["sample"] = {**sample, "level_size": 0}
+        assert parse_config(data).sample.min_node_size == 150

@@ -717,6 +717,16 @@ class JobConfig(_Strict):
             raise ValueError("sample.stratify_by cannot be the id column")
         if self.assign.k > self.sample.size // 2:
             raise ValueError("assign.k must be at most half of sample.size")
+        # A node sample below what UMAP needs stops the node (small_sample) whatever its rows:
+        # refused here, so a big node is never left unsplit only because of its sample setting.
+        need = self.embedding.n_neighbors + 2
+        sizes = {"sample.size": self.sample.size}
+        if self.sample.level_budget is not None:
+            sizes["sample.min_node_size"] = self.sample.min_node_size
+        for name, value in sizes.items():
+            if value < need:
+                raise ValueError(f"{name} ({value}) must be at least embedding.n_neighbors + 2 "
+                                 f"({need}): a node sampled to fewer rows cannot be embedded")
         return self
 
     def redacted(self) -> dict[str, Any]:
