@@ -193,3 +193,19 @@ def test_level_size_below_size_is_refused_naming_the_setting():
     assert SampleConfig(size=20_000, level_size=20_000).level_budget == 20_000
     assert SampleConfig(size=50_000).level_budget == 100_000  # default: 2 x size, never refused
     assert SampleConfig(size=20_000, level_size=0).level_budget is None  # 0: no budget
+
+
+def test_strata_floors_follow_the_node_target_under_a_budget():
+    """Below the root, a stratum's floor is min(its rows, min_per_stratum, the node's level
+    target / strata) (README 'stratify_by'), so the floors never more than double the node's
+    budgeted sample; every stratum keeps at least that many expected rows."""
+    level = {"big": 200_000, "small": 10_000}
+    targets = level_targets(level, 20_000, 40_000, 5_000)
+    assert targets == {"big": 20_000, "small": 5_000}
+    counts = {"a": 9_000, "b": 600, "c": 250, "d": 150}  # the small node's strata
+    t = allocate(counts, targets["small"], min_per_stratum=2_000, max_strata=100)
+    floor = targets["small"] // len(counts)  # 1,250 < min_per_stratum
+    expected = {s: c * t[s] for s, c in counts.items()}
+    for s, c in counts.items():
+        assert expected[s] >= min(c, floor) - 1e-6, (s, expected[s])
+    assert sum(expected.values()) <= 2 * targets["small"]

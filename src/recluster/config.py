@@ -472,8 +472,9 @@ class SampleConfig(_Strict):
     stratify_by: str | None = None
     min_per_stratum: int = Field(
         default=50, ge=0, description="each stratum gets at least this many sample rows (or all it "
-        "has, or size / number of strata if that is smaller: the floors never more than double "
-        "the sample)"
+        "has, or the node's sample target / number of strata if that is smaller: sample.size, or "
+        "its share of sample.level_size below the root; the floors never more than double the "
+        "sample)"
     )
     max_strata: int = Field(
         default=100, ge=2, description="stratify_by levels beyond this many are folded into one "
