@@ -98,6 +98,11 @@ def test_rewrite_in_place_reruns_repeat_is_a_noop_and_missing_success_is_repaire
     assert run_cli("run", cfg, "--scheduler", scheduler) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert read_json(out, "manifest.json")["run_id"] == first["run_id"]
+    # --quiet said nothing after 'plan' (exit 0): a batch log could not tell it was published.
+    assert run_cli("run", cfg, "--scheduler", scheduler, "--quiet") == 0
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["event"] == "published" and last["reused"] == "reuse", last
+    assert last["rows"] == len(table) and last["path"] == out
 
     # A labels part lost after publication: "nothing to do" left those rows missing for good.
     os.remove(Path(out) / "labels" / "part-00000.parquet")

@@ -87,8 +87,13 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
         store = claims.enter_context(claim(output_location(cfg), cfg.output.lock_lease_s, "run"))
         plan = plan_run(cfg, echo, st.counts)
         decision = decide(cfg, store, plan.fingerprint, echo)
-        if decision.action in ("reuse", "repaired"):
-            return decision.previous
+    if decision.action in ("reuse", "repaired"):
+        # Batch logs (--quiet) see no human line: they get the outcome as the last event.
+        prev = decision.previous
+        echo.event("published", path=cfg.output.path, rows=prev["rows"]["out"],
+                   levels=prev["levels"], nodes=prev["nodes"],
+                   seconds=round(echo.elapsed(), 3), reused=decision.action)
+        return prev
     ts = plan.schema
     feats = passes.input_frame(plan.location, plan.pieces, ts, store.run_id)
     with timer.stage("validate") as st:
