@@ -160,6 +160,7 @@ def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableS
 
 def _settle_from_sample(sample: pd.DataFrame, fit: NodeFit, results: list, ts: TableSchema,
                         cfg: JobConfig):
+    imports_ready()
     rows = sample[sample["_node"] == fit.path].drop(columns="_node")
     return stability.settle_node(fit, rows, ts.id_key, list(results), cfg)
 
@@ -177,8 +178,14 @@ def submit_settles(client: Client, sample: Future,
 def assign_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
                  fits: Mapping[str, NodeFit] | Future | Delayed, id_dtype, n_components: int) -> dd.DataFrame:
     meta = routing.state_meta(id_dtype, level, n_components)
-    return dd.map_partitions(routing.assign_level, feats, state, level, fits, meta=meta,
+    return dd.map_partitions(_assign_partition, feats, state, level, fits, meta=meta,
                              align_dataframes=False)
+
+
+def _assign_partition(df: pd.DataFrame, state: pd.DataFrame, level: int,
+                      fits: Mapping[str, NodeFit]) -> pd.DataFrame:
+    imports_ready()  # assign.method umap imports umap.layouts in the task
+    return routing.assign_level(df, state, level, fits)
 
 
 def labels_table(state: pd.DataFrame, id_column: str, levels: int,
