@@ -273,9 +273,12 @@ def test_failed_training_is_retried_then_reported(client):
         raise RuntimeError("worker lost (simulated)")
 
     bad = X.map_partitions(broken, meta=X._meta)
+    # A worker whose peer failed waits in xgboost's collective up to collective_timeout_s; with
+    # it equal to the attempt's own bound (both 120 s before), a loaded machine could report the
+    # time bound instead of the failures. The collective gives up first here, as in a run.
     with pytest.raises(StageError, match="failed 3 times") as exc:
         _train(client, {"objective": "binary:logistic"}, bad, y, rounds=2, retries=2,
-               timeout_s=120, what="a test model")
+               timeout_s=240, what="a test model", collective_timeout_s=15)
     assert "a test model" in str(exc.value)
 
 
