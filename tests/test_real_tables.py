@@ -29,18 +29,17 @@ def _segment(tmp_path, bucket, scheduler, capsys, frame, id_column, input, n_fil
     code, printed, err = run(tmp_path, inp, out, scheduler, capsys, input,
                              **{**SMALL, **sections})
     assert code == 0, err[-3000:]
-    _segment.printed = printed + err
     lab, manifest = check_published(out, table.column(id_column).combine_chunks(), id_column)
     joined = lab.to_pandas().merge(frame, on=id_column)
     assert len(joined) == len(frame)
-    return joined, manifest, out
+    return joined, manifest, out, printed + err
 
 
 def test_penguins_nulls_string_categoricals_and_explanations(tmp_path, bucket, scheduler, capsys):
     """344 penguins with missing measurements and sex; species, left out of the features, must
     not be mixed by the first-level segments."""
     frame = penguins()
-    joined, manifest, out = _segment(
+    joined, manifest, out, printed = _segment(
         tmp_path, bucket, scheduler, capsys, frame, "penguin",
         input={"id_column": "penguin", "categorical": ["island", "sex"],
                "features": ["bill_length_mm", "bill_depth_mm", "flipper_length_mm",
@@ -61,7 +60,7 @@ def test_penguins_nulls_string_categoricals_and_explanations(tmp_path, bucket, s
     assert pre["categorical_scale"] == "unit", pre
     assert pre["categorical_scale_auto"]["column"] in {"island", "sex"}, pre
     # ... and the terminal says so, by the column's name
-    said = [line for line in _segment.printed.splitlines() if "weighed 0/1" in line]
+    said = [line for line in printed.splitlines() if "weighed 0/1" in line]
     assert len(said) >= 1 and pre["categorical_scale_auto"]["column"] in said[0], said
     aucs = [tree[c]["classifier"]["auc"] for c in tree["root"]["children"]
             if (tree[c]["classifier"] or {}).get("model")]
@@ -70,7 +69,7 @@ def test_penguins_nulls_string_categoricals_and_explanations(tmp_path, bucket, s
 
 def test_olive_oils_separate_by_region(tmp_path, bucket, scheduler, capsys):
     frame = olive()
-    joined, _, _ = _segment(tmp_path, bucket, scheduler, capsys, frame, "oil",
+    joined, _, _, _ = _segment(tmp_path, bucket, scheduler, capsys, frame, "oil",
                             input={"id_column": "oil", "categorical": [],
                                    "features": ["palmitic", "palmitoleic", "stearic", "oleic",
                                                 "linoleic", "linolenic", "arachidic",
@@ -82,7 +81,7 @@ def test_olive_oils_separate_by_region(tmp_path, bucket, scheduler, capsys):
 
 def test_diamonds_sample(tmp_path, bucket, scheduler, capsys):
     frame = diamonds(4_000)
-    joined, _, _ = _segment(tmp_path, bucket, scheduler, capsys, frame, "stone",
+    joined, _, _, _ = _segment(tmp_path, bucket, scheduler, capsys, frame, "stone",
                             input={"id_column": "stone", "categorical": ["cut", "color", "clarity"]},
                             sample={"size": 2_000})
     assert joined["cluster"].nunique() > 1
@@ -90,7 +89,7 @@ def test_diamonds_sample(tmp_path, bucket, scheduler, capsys):
 
 def _flights(tmp_path, bucket, scheduler, capsys, n):
     frame = flights(n)
-    joined, manifest, _ = _segment(
+    joined, manifest, _, _ = _segment(
         tmp_path, bucket, scheduler, capsys, frame, "flight id", n_files=4,
         input={"id_column": "flight id", "categorical": ["carrier", "origin"],
                "features": ["dep_delay", "arr_delay", "air_time", "distance", "hour", "carrier",
@@ -120,7 +119,7 @@ def test_artefact_segments_are_named_on_the_terminal(tmp_path, bucket, scheduler
     from helpers import read_json
 
     frame = penguins()
-    _, _, out = _segment(
+    _, _, out, printed = _segment(
         tmp_path, bucket, scheduler, capsys, frame, "penguin",
         input={"id_column": "penguin", "categorical": ["species", "island"],
                "features": ["bill_length_mm", "bill_depth_mm", "flipper_length_mm",
@@ -128,7 +127,7 @@ def test_artefact_segments_are_named_on_the_terminal(tmp_path, bucket, scheduler
         stability={"resamples": 0})
     flagged = [n for n in read_json(out, "tree.json") if n.get("artefact")]
     assert flagged
-    said = [line for line in _segment.printed.splitlines() if "is an artefact split" in line]
+    said = [line for line in printed.splitlines() if "is an artefact split" in line]
     assert len(said) == len(flagged), said
     for n in flagged:
         assert any(f"node {n['path']} ({n['size']} rows)" in line and n["artefact"] in line
