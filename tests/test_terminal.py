@@ -73,3 +73,20 @@ def test_verbose_run_shows_library_logs(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"distributed\.\S+ - INFO - ", r.stderr), r.stderr[-2000:]
     assert any(OURS.fullmatch(line) for line in r.stdout.splitlines())
+
+
+def test_help_texts_read_as_sentences_not_docstring_markup():
+    """Every command's --help is text for a user: no reStructuredText roles or literals leaking
+    from docstrings (``x``, :func:`y`)."""
+    from recluster.cli import build_parser
+
+    parser = build_parser()
+    commands = [a for a in parser._subparsers._group_actions[0].choices]
+    texts = {"recluster": parser.format_help()}
+    for name in commands:
+        texts[name] = parser._subparsers._group_actions[0].choices[name].format_help()
+    assert len(texts) >= 7, sorted(texts)
+    markup = re.compile(r"``|:(func|class|mod|meth|attr):`")
+    leaks = {name: markup.search(text).group(0) for name, text in texts.items()
+             if markup.search(text)}
+    assert not leaks, leaks

@@ -177,7 +177,13 @@ def cmd_render_k8s(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recluster", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="recluster",
+        description="Explainable, recursive segmentation of Parquet tables on Dask: UMAP -> "
+                    "HDBSCAN -> zoom into each cluster, with XGBoost + SHAP saying why each "
+                    "segment exists.",
+        epilog="`recluster COMMAND --help` for a command's options; `recluster demo` for a first "
+               "run on this machine.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def verbose(sp):
