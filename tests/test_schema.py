@@ -11,9 +11,11 @@ import pytest
 
 from recluster.compute.schema import (
     check_stats,
+    empty_frame,
     partition_stats,
     refuse_unroutable_rows,
     resolve_schema,
+    row_number_candidates,
 )
 from recluster.config import InputConfig
 from recluster.errors import InputDataError
@@ -252,3 +254,45 @@ def test_check_stats_null_ids_and_empty_column():
     with pytest.raises(InputDataError) as exc:
         check_stats(stats, n_unique_ids=60, schema=ts, min_rows=17)
     assert "'spend'" in str(exc.value)
+
+
+def _numbered(parts_visits: list[np.ndarray]) -> list[dict]:
+    """Validation stats of partitions whose ``visits`` column holds the given values."""
+    ts, stats, start = _ts(), [], 0
+    for i, v in enumerate(parts_visits):
+        part = _part(np.arange(start, start + len(v)))
+        part[ts.key("visits")] = v
+        stats.append(partition_stats(part, ts, f"p{i}.parquet"))
+        start += len(v)
+    return stats
+
+
+def test_row_number_candidates_across_shuffled_partitions():
+    """An index written out as a column (1..n in any order, within and across files) may number
+    the rows; the spend column (fractions) may not."""
+    numbers = np.random.default_rng(0).permutation(np.arange(1, 121))
+    assert row_number_candidates(_numbered([numbers[:40], numbers[40:]]), _ts()) == ["visits"]
+    assert row_number_candidates(_numbered([np.arange(61, 121), np.arange(60, 0, -1)]),
+                                 _ts()) == ["visits"]
+
+
+@pytest.mark.parametrize("case", ["gap", "missing", "fractional", "repeated"])
+def test_row_number_candidates_reject_near_misses(case):
+    if case == "gap":  # distinct whole numbers, but more of them between min and max than rows
+        parts = [np.arange(0, 50), np.arange(51, 101)]
+    elif case == "missing":
+        parts = [np.r_[np.arange(0, 49), np.nan], np.arange(50, 100)]
+    elif case == "fractional":
+        parts = [np.arange(0, 50) + 0.5, np.arange(50, 100) + 0.5]
+    else:  # within one file
+        parts = [np.r_[np.arange(0, 49), 48], np.arange(50, 100)]
+    assert row_number_candidates(_numbered(parts), _ts()) == []
+
+
+def test_schema_without_a_numeric_column_reads_the_rest_under_consistent_keys():
+    ts = _ts()
+    less = ts.without(["visits"])
+    assert less.numeric == ("spend",) and "visits" not in dict(less.read_types)
+    frame = empty_frame(less)
+    assert list(frame.columns) == [less.key(c) for c in less.columns]
+    assert less.name(less.key("country")) == "country"

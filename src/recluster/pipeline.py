@@ -99,6 +99,9 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
     with timer.stage("validate") as st:
         checked = validate(client, feats, plan, cfg, echo)
         st.counts["rows"] = checked.rows
+    if checked.schema != ts:  # row-number columns left out: keys are positions, read anew
+        ts = checked.schema
+        feats = passes.input_frame(plan.location, plan.pieces, ts, store.run_id)
 
     counts = counts_by_node(checked.counts)
     strata = folded_strata(counts.get((ROOT, 0), {}), ts, cfg)

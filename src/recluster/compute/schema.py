@@ -29,7 +29,7 @@ import operator
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,14 @@ class TableSchema:
         """Descriptive columns read as text (profiled by level)."""
         numeric = set(self.describe_numeric)
         return [c for c in self.describe if c not in numeric]
+
+    def without(self, numeric: Sequence[str]) -> TableSchema:
+        """This schema with the numeric features ``numeric`` no longer read (keys are positions:
+        a frame read with the old schema has other keys)."""
+        keep = [c for c in self.numeric if c not in numeric]
+        gone = set(self.numeric) - set(keep) - {self.stratify_by, *self.describe}
+        return replace(self, numeric=tuple(keep),
+                       read_types=tuple((c, t) for c, t in self.read_types if c not in gone))
 
     @property
     def keys(self) -> dict[str, str]:
@@ -373,12 +381,14 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
     Returns
     -------
     dict with ``rows``, ``null_ids``, ``inf``, ``missing``, ``span`` ([min, max] of the finite
-    values, per numeric column) and ``levels`` (up to two distinct levels, per categorical
-    column), keyed by original column names; ``path``
+    values, per numeric column), ``distinct_whole`` (numeric columns whose values here are
+    distinct whole numbers, see :func:`row_number_candidates`) and ``levels`` (up to two
+    distinct levels, per categorical column), keyed by original column names; ``path``
     """
     inf = {}
     missing = {}
     span = {}
+    distinct_whole = []
     levels = {}
     for c in schema.numeric:
         x = _numeric_values(df, schema, c)
@@ -386,12 +396,58 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
         missing[c] = int(np.isnan(x).sum())
         finite = x[np.isfinite(x)]
         span[c] = [float(finite.min()), float(finite.max())] if finite.size else None
+        if _distinct_whole(x):
+            distinct_whole.append(c)
     for c in schema.categorical:
         col = df[schema.key(c)]
         missing[c] = int(col.isna().sum())
         levels[c] = sorted(pd.unique(categorical_strings(col)))[:2]
     return {"rows": len(df), "null_ids": int(df[schema.id_key].isna().sum()),
-            "inf": inf, "missing": missing, "span": span, "levels": levels, "path": path}
+            "inf": inf, "missing": missing, "span": span, "distinct_whole": distinct_whole,
+            "levels": levels, "path": path}
+
+
+def _distinct_whole(x: np.ndarray) -> bool:
+    """Whether ``x`` (n,) holds distinct whole numbers and nothing else (no missing value). The
+    range test rejects most columns (years, counts, measurements) before any sort."""
+    if x.size == 0:
+        return True
+    lo, hi = x.min(), x.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo + 1 < x.size \
+            or not np.array_equal(x, np.floor(x)):
+        return False
+    return bool(np.all(np.diff(np.sort(x)) > 0))
+
+
+def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[str]:
+    """Numeric columns that may number the rows: distinct whole numbers in every partition, with
+    exactly as many values between the smallest and the largest as the input has rows. They
+    number the rows if, besides, no value repeats across partitions (the caller counts).
+
+    Such a column (an index written out as ``rownames``, ``Unnamed: 0``, ``...1``) says where a
+    row sat in some file, nothing about it; as a feature it would put a sort order into the
+    embedding and the explanations.
+
+    Parameters
+    ----------
+    stats : per-partition dicts of :func:`partition_stats`
+    schema : TableSchema
+
+    Returns
+    -------
+    list of column names, in the schema's order
+    """
+    rows = sum(s["rows"] for s in stats)
+    if rows < 3:
+        return []
+    out = []
+    for c in schema.numeric:
+        if not all(c in s.get("distinct_whole", ()) for s in stats):
+            continue
+        spans = [s["span"][c] for s in stats if s["rows"]]
+        if max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1 == rows:
+            out.append(c)
+    return out
 
 
 def _numeric_values(df: pd.DataFrame, schema: TableSchema, column: str) -> np.ndarray:
@@ -498,7 +554,8 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
 
 def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list[dict]:
     """The manifest's ``degraded`` entries the input itself causes (each a defined behaviour):
-    empty files skipped, missing values imputed, constant columns that carry nothing."""
+    empty files skipped, missing values imputed, constant columns that carry nothing, row-number
+    columns left out of the features."""
     out: list[dict] = [{"file": i.path, "what": "no rows: skipped"} for i in infos if i.n_rows == 0]
     for c, n in sorted(summary["missing"].items()):
         how = ("as the level '__missing__'" if c in schema.categorical
@@ -509,6 +566,9 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
                 schema.categorical else "constant: one value in every row, carries no "
                 "information (scaled to 0)")
         out.append({"column": c, "what": what})
+    for c in summary.get("row_numbers", ()):
+        out.append({"column": c, "what": "a row number (distinct consecutive whole numbers): "
+                                         "left out of the features"})
     return out
 
 

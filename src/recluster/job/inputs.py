@@ -18,7 +18,7 @@ from typing import Any
 
 from distributed import Client
 
-from recluster.compute.schema import TableSchema, check_stats, resolve_schema
+from recluster.compute.schema import TableSchema, check_stats, resolve_schema, row_number_candidates
 from recluster.config import InputConfig, JobConfig
 from recluster.errors import ConfigError, InputDataError
 from recluster.parallel import passes
@@ -244,7 +244,8 @@ class Validated:
 
     state: Any  # dask DataFrame of per-row state (lazy)
     counts: Any  # pandas DataFrame: rows per (cluster, depth, stratum), summed
-    summary: dict[str, Any]  # check_stats: rows, missing values per column
+    summary: dict[str, Any]  # check_stats: rows, missing values per column; row_numbers
+    schema: TableSchema  # the plan's, without the row-number columns left out of the features
 
     @property
     def rows(self) -> int:
@@ -276,4 +277,21 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
                           else "input")
     echo(f"  {summary['rows']} rows, ids unique, no infinite values; missing values: "
          f"{summary['missing'] or 'none'}")
-    return Validated(state, passes.sum_counts(counts), summary)
+    # Only features the run chose itself: a column named in input.features is the user's call.
+    dropped = row_number_candidates(stats, ts) if cfg.input.features is None else []
+    if dropped:  # rare: one more pass counts their distinct values across partitions
+        distinct = client.compute(passes.distinct_counts(feats, [ts.key(c) for c in dropped]),
+                                  sync=True)
+        dropped = [c for c, n in zip(dropped, distinct, strict=True) if n == summary["rows"]]
+    summary["row_numbers"] = dropped
+    if dropped:
+        ts = ts.without(dropped)
+        if not ts.features:
+            raise InputDataError(
+                f"the only feature column{'s' if len(dropped) > 1 else ''} "
+                f"({', '.join(map(repr, dropped))}) number the rows 1, 2, 3, ...; a row's "
+                f"position is not something to segment on. Name the features in input.features")
+        echo(f"  left out of the features: {', '.join(map(repr, dropped))} -- distinct "
+             f"consecutive whole numbers, a row number; name the features in input.features "
+             f"to use {'them' if len(dropped) > 1 else 'it'}")
+    return Validated(state, passes.sum_counts(counts), summary, ts)

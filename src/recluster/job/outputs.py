@@ -185,7 +185,7 @@ def run_manifest(cfg: JobConfig, run_id: str, plan: RunPlan, checked: Validated,
                  outputs: list[str]) -> dict[str, Any]:
     """The run's manifest as far as the labels: config, versions, input, rows, tree size,
     assignment agreement, degraded inputs, timings so far and the outputs staged so far."""
-    ts, infos, summary = plan.schema, plan.infos, checked.summary
+    ts, infos, summary = checked.schema, plan.infos, checked.summary
     return {
         "recluster_manifest": MANIFEST_VERSION,
         "labels_schema_version": LABELS_SCHEMA_VERSION,

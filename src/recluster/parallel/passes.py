@@ -84,6 +84,11 @@ def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence
     return stats, state["__id__"].nunique()
 
 
+def distinct_counts(feats: dd.DataFrame, keys: Sequence[str]) -> list:
+    """The exact number of distinct values of each column ``keys`` (lazy)."""
+    return [feats[k].nunique() for k in keys]
+
+
 def most_repeated_ids(state: dd.DataFrame, k: int = 3) -> dd.Series:
     """The ``k`` most frequent ids with their counts (to name duplicates; a failing run only)."""
     return state["__id__"].value_counts().nlargest(k)
