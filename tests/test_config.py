@@ -170,3 +170,14 @@ def test_samples_smaller_than_the_embedding_needs_are_refused(sample):
     if "min_node_size" in sample:
         data["sample"] = {**sample, "level_size": 0}
         assert parse_config(data).sample.min_node_size == 150
+
+
+@pytest.mark.parametrize("input_extra, message", [
+    ({"exclude": ["ts"], "features": ["a", "b"]}, "input.exclude is for a table whose features"),
+    ({"exclude": ["user_id"]}, "input.exclude names ['user_id'], which is the id"),
+    ({"exclude": ["a"], "categorical": ["a"]}, "input.exclude names ['a'], which are used"),
+])
+def test_input_exclude_contradictions_are_refused(input_extra, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config({"input": {"path": "/in", "id_column": "user_id", **input_extra},
+                      "output": {"path": "/out"}})

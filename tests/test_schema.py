@@ -156,6 +156,28 @@ def test_resolve_schema_undeclared_string_feature():
     assert "'country'" in msg and "categorical" in msg
 
 
+def test_resolve_schema_names_every_undeclared_column_at_once():
+    """flights has five text/time columns: one message names them all, says how to declare the
+    text ones and how to leave any out, instead of one refusal per run."""
+    fields = [*GOOD, ("carrier", pa.string()), ("when", pa.timestamp("us", tz="UTC"))]
+    cfg = InputConfig(path="/in", id_column="user_id")
+    with pytest.raises(InputDataError) as exc:
+        resolve_schema([_info("a.parquet", fields)], cfg, None)
+    msg = str(exc.value)
+    for part in ("'country' (string)", "'carrier' (string)", "'when' (timestamp",
+                 "categorical: [country, carrier]", "input.exclude", "a.parquet"):
+        assert part in msg, msg
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country", "carrier"],
+                      exclude=["when"])
+    ts = resolve_schema([_info("a.parquet", fields)], cfg, None)
+    assert ts.numeric == ("spend", "visits") and ts.categorical == ("country", "carrier")
+    assert "when" not in dict(ts.read_types)
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country", "carrier"],
+                      exclude=["When"])
+    with pytest.raises(InputDataError, match="input.exclude names column 'When', which a.parquet"):
+        resolve_schema([_info("a.parquet", fields)], cfg, None)
+
+
 def test_resolve_schema_rejects_float_id():
     cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
     fields = [("user_id", pa.float64()), *GOOD[1:]]

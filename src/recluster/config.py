@@ -205,6 +205,9 @@ class InputConfig(_Strict):
     features: list[str] | None = Field(
         default=None, description="feature columns; default: every column except the id"
     )
+    exclude: list[str] = Field(
+        default_factory=list, description="columns left out when input.features is not given "
+        "(timestamps, names, free text): every column except the id and these is a feature")
     categorical: list[str] = Field(default_factory=list)
     storage_options: dict[str, Any] = Field(default_factory=dict)
     rows_per_partition: int = Field(
@@ -297,6 +300,14 @@ class InputConfig(_Strict):
             stray = sorted(set(self.categorical) - set(self.features))
             if stray:
                 raise ValueError(f"input.categorical names {stray}, which are not in input.features")
+        if self.exclude:
+            if self.features is not None:
+                raise ValueError("input.exclude is for a table whose features are every other "
+                                 "column; with input.features, leave the column out of that list")
+            both = sorted(set(self.exclude) & ({self.id_column} | set(self.categorical)))
+            if both:
+                raise ValueError(f"input.exclude names {both}, which "
+                                 f"{'is the id' if both == [self.id_column] else 'are used'}")
         if self.id_column in self.categorical:
             raise ValueError(f"input.categorical lists the id column '{self.id_column}'")
         self._check_describe()

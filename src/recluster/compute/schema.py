@@ -186,6 +186,27 @@ def _is_numeric(t: pa.DataType) -> bool:
         or pa.types.is_decimal(t) or pa.types.is_null(t)
 
 
+def _refuse_undeclared(numeric: Sequence[str], read: dict[str, pa.DataType],
+                       seen: dict[str, list[tuple[str, pa.DataType]]], inferred: bool) -> None:
+    """Refuse feature columns that are not numbers and not declared categorical, all of them in
+    one message (a table with five text columns is one fix, not five runs)."""
+    bad = [c for c in numeric if not _is_numeric(read[c])]
+    if not bad:
+        return
+    path = seen[bad[0]][0][0]
+    kinds = ", ".join(f"'{c}' ({seen[c][0][1]})" for c in bad)
+    text = [c for c in bad if _kind(read[c]) in ("string", "binary", "dictionary")]
+    hint = (f"declare text columns to use under input.categorical (e.g. categorical: "
+            f"[{', '.join(text)}]), " if text else "")
+    where = ("input.features is not given, so every column but the id is one; leave columns "
+             "out with input.exclude, " if inferred else "")
+    raise InputDataError(
+        f"feature column{'s' if len(bad) > 1 else ''} {kinds} "
+        f"{'are' if len(bad) > 1 else 'is'} not numeric (in {path}): {where}{hint}or list the "
+        f"features to use in input.features. Dates and times are not features: leave them out, "
+        f"or write a number such as days since an event")
+
+
 def _check_id_type(name: str, t: pa.DataType, path: str) -> None:
     kind = _kind(t)
     if kind in ("string", "binary", "signed integer", "unsigned integer"):
@@ -242,8 +263,12 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
         _check_names(info)
     index_cols = set(getattr(first, "index_columns", ()))
     if cfg.features is None:
+        stray = [c for c in cfg.exclude if c not in first.schema.names]
+        if stray:
+            raise InputDataError(f"input.exclude names column '{stray[0]}', which {first.path} "
+                                 f"does not have" + _near_names(stray[0], first.schema.names))
         features = [n for n in first.schema.names if n != cfg.id_column
-                    and n not in cfg.describe
+                    and n not in cfg.describe and n not in cfg.exclude
                     and not (n in index_cols and _PANDAS_INDEX.fullmatch(n))]
         if stratify_by in features and stratify_by not in cfg.categorical:
             features.remove(stratify_by)
@@ -295,16 +320,8 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
             raise InputDataError(f"describe column '{c}' has type {t} (in {path}): nested values "
                                  "cannot be profiled; leave it out of input.describe")
     categorical = [c for c in features if c in cfg.categorical]
-    numeric = []
-    for c in features:
-        if c in cfg.categorical:
-            continue
-        if not _is_numeric(read[c]):
-            path, t = seen[c][0]
-            raise InputDataError(
-                f"feature column '{c}' has type {t} (in {path}); declare it under "
-                f"input.categorical or leave it out of input.features")
-        numeric.append(c)
+    numeric = [c for c in features if c not in cfg.categorical]
+    _refuse_undeclared(numeric, read, seen, cfg.features is None)
     ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type,
                      describe=tuple(cfg.describe))
     return TableSchema(ts.id_column, ts.numeric, ts.categorical, ts.stratify_by, id_type,
