@@ -341,6 +341,39 @@ def test_auto_binary_scale_weighs_flags_the_other_features_do_not_reproduce_as_0
     assert np.ptp(fixed.transform(ais)[:, len(body) + 2]) > 4  # 1/sqrt(p(1-p)) at p = 12/202
 
 
+def test_binary_check_on_a_large_node_runs_on_its_first_1000_rows():
+    """Each two-valued column costs a pass over an (n, n) distance matrix; tables hold such
+    columns by the hundred, so they are judged on the first 1,000 rows of the node's sample
+    (a random subset), not the 3,000 categorical levels use: one (1,000, 1,000) matrix for all.
+    A flag the numeric columns carry is still reproduced there, a random one still is not."""
+    from recluster.compute import artefacts
+    from recluster.compute.node import fit_node_preprocessor
+
+    rng = np.random.default_rng(2)
+    n = 5_000
+    carried = rng.random(n) < 0.4
+    table = pd.DataFrame({"x": rng.normal(size=n) + 6.0 * carried, "y": rng.normal(size=n),
+                          "paying": carried, "coin": rng.random(n) < 0.5})
+    table[["paying", "coin"]] = table[["paying", "coin"]].astype(float)
+    calls = []
+    original = artefacts._squared_distances
+
+    def counted(Z):
+        calls.append(Z.shape)
+        return original(Z)
+
+    artefacts._squared_distances = counted
+    try:
+        pre = fit_node_preprocessor(table, ["x", "y", "paying", "coin"], [], _cfg())
+    finally:
+        artefacts._squared_distances = original
+    assert calls == [(1_000, 4)], calls
+    why = pre.binary_choice_
+    assert why["paying"]["weight"] == "standard" and why["paying"]["ari"] > 0.9, why
+    assert why["coin"]["weight"] == "unit" and abs(why["coin"]["ari"]) < 0.1, why
+    assert 300 <= why["paying"]["rows"] <= 500 and why["coin"]["rows"] <= 500, why
+
+
 def test_a_random_flag_no_longer_splits_olive():
     """One level on olive (572 oils) with a random yes/no column of p = 0.2 beside its eight
     fatty acids: standard-scaled, the flag lies 2.5 apart and cut the oils along it (9 clusters;

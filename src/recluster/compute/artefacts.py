@@ -30,6 +30,10 @@ from recluster.compute.preprocess import MISSING, Preprocessor, categorical_stri
 DISCRETE_MAX_LEVELS = 10
 #: Rows of the node's sample the neighbour vote runs on (first in hash order: a random subset).
 CHECK_ROWS = 3_000
+#: Rows the vote on two-valued columns runs on: each column costs a pass over an (n, n) matrix,
+#: and tables carry such columns by the hundred (dummies): 0.065 CPU s a column at 3,000 rows,
+#: a ninth of that at 1,000, where a two-way split is still judged on hundreds of rows a side.
+BINARY_CHECK_ROWS = 1_000
 NEIGHBOURS = 10
 
 
@@ -156,11 +160,13 @@ class LevelCheck:
     pre : a fitted preprocessor (its output columns are X's)
     min_rows : int, the smallest level (and complement) that could be a cluster of the node, in
         rows of X; judged on the rows checked with the same share
+    max_rows : int, the rows checked (the first of the sample)
     """
 
-    def __init__(self, sample: pd.DataFrame, X: np.ndarray, pre: Preprocessor, min_rows: int):
+    def __init__(self, sample: pd.DataFrame, X: np.ndarray, pre: Preprocessor, min_rows: int,
+                 max_rows: int = CHECK_ROWS):
         self.sample, self.X, self.pre = sample, X, pre
-        self.rows = np.arange(min(len(X), CHECK_ROWS))
+        self.rows = np.arange(min(len(X), max_rows))
         self.n = len(self.rows)
         self.k = int(min(NEIGHBOURS, self.n - 1))
         self.min_rows = min_rows * self.n / max(1, len(X))
@@ -230,7 +236,8 @@ def binary_verdicts(check: LevelCheck, columns: list[str], min_agreement: float
 
     Parameters
     ----------
-    check : LevelCheck of the node's sample, scaled with the columns standard-scaled
+    check : LevelCheck of the node's sample, scaled with the columns standard-scaled (on
+        :data:`BINARY_CHECK_ROWS` rows)
     columns : two-valued columns (keys of the preprocessor's ``binary_``)
     min_agreement : float
 

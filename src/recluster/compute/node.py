@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
 from recluster.compute.artefacts import (
+    BINARY_CHECK_ROWS,
     LevelCheck,
     binary_verdicts,
     find_artefacts,
@@ -157,6 +158,8 @@ def fit_node_preprocessor(sample: pd.DataFrame, numeric: list[str], categorical:
                 j += width
         pre.scale_choice_ = {"chosen": pre.categorical_scale, "unreproduced_level": blocker}
     if binaries:
+        if len(sample) > BINARY_CHECK_ROWS:
+            check = LevelCheck(sample, X, check.pre, floor, BINARY_CHECK_ROWS)
         verdicts = binary_verdicts(check, binaries, agreement)
         pre.weigh_binary_unit([c for c, v in verdicts.items() if v["weight"] == "unit"])
         pre.binary_choice_ = verdicts
