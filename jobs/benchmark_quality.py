@@ -304,6 +304,9 @@ def main() -> None:
     names = [] if args.sets == "none" else args.sets.split(",")
     seeds = [int(x) for x in args.seeds.split(",")]
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    from recluster.progress import silence_libraries
+
+    silence_libraries()  # as the CLI does: a 500-column table's pandas warnings were printed
     results: dict[str, dict] = {}
     if names:
         from recluster.config import RuntimeConfig
