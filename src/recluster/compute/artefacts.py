@@ -150,8 +150,8 @@ def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_cl
 class LevelCheck:
     """Whether the other features reproduce the rows of one level of a discrete column: a
     leave-one-out vote of each row's :data:`NEIGHBOURS` nearest neighbours in the scaled space
-    without that column's dimensions, on the first :data:`CHECK_ROWS` rows of a node's sample
-    (hash order: a random subset). One distance matrix serves every column asked about.
+    without that column's dimensions, on the first ``max_rows`` rows of a node's sample (hash
+    order: a random subset). One distance matrix serves every column asked about.
 
     Parameters
     ----------
