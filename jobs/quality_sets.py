@@ -17,11 +17,19 @@ flavia      1,907   59         ``species`` (32); 51 numeric and 8 categorical le
 rodents     34,786  2          ``species_id`` (48): the table with more than 10,000 rows
 mpg         234     8          ``class`` (7); 5 numeric, 3 categorical (``drv``, ``fl``, ``trans``)
 ais         202     12         ``sport`` (10); 11 blood and body measures and ``sex``
+hawks       908     6          ``Species`` (3); 5 measures (some missing) and ``Age`` (adult or not)
+glass       214     9          ``type`` (6); refractive index and 8 oxide shares
+diabetes    145     5          ``group`` (3: normal, chemical, overt diabetes)
+leafshape   286     4          ``location`` (6); 3 leaf measures and ``arch`` (a 0/1 column)
+creditcard  1,319   11         ``card`` (2); 9 numbers, ``majorcards`` (0/1), ``owner`` and
+                               ``selfemp`` (bool columns)
 ==========  ======  =========  =====================================================================
 
 ``mpg`` (ggplot2) and ``ais`` (DAAG) are validation sets: added with ``categorical_scale: auto``
 (issue 16) and never used to choose a default, to check that the defaults carry over to tables
-with categorical columns nobody tuned on.
+with categorical columns nobody tuned on. ``hawks`` (Stat2Data), ``glass`` (MASS ``fgl``),
+``diabetes`` (heplots), ``leafshape`` (DAAG) and ``creditcard`` (AER) were added later the same
+way (with ``preprocess.binary_scale: auto``): the last two hold two-valued columns.
 """
 
 from __future__ import annotations
@@ -143,7 +151,47 @@ def ais() -> LabelledSet:
                        num, ["sex"], d["sport"].to_numpy(str), "sport")
 
 
+def hawks() -> LabelledSet:
+    d = _r("Stat2Data", "Hawks")
+    num = ["Wing", "Weight", "Culmen", "Hallux", "Tail"]
+    return LabelledSet("hawks", _table(d, "band-" + d["BandNumber"].astype(str) + "-"
+                                       + d["rownames"].astype(str), num + ["Age"]),
+                       num, ["Age"], d["Species"].to_numpy(str), "Species")
+
+
+def glass() -> LabelledSet:
+    d = _r("MASS", "fgl")
+    num = ["RI", "Na", "Mg", "Al", "Si", "K", "Ca", "Ba", "Fe"]
+    return LabelledSet("glass", _table(d, "fragment-" + d["rownames"].astype(str), num), num, [],
+                       d["type"].to_numpy(str), "type")
+
+
+def diabetes() -> LabelledSet:
+    d = _r("heplots", "Diabetes")
+    num = ["relwt", "glufast", "glutest", "instest", "sspg"]
+    return LabelledSet("diabetes", _table(d, "patient-" + d["rownames"].astype(str), num), num,
+                       [], d["group"].to_numpy(str), "group")
+
+
+def leafshape() -> LabelledSet:
+    d = _r("DAAG", "leafshape")
+    # latitude is one value per location (the label itself); the log columns repeat the others.
+    num = ["bladelen", "petiole", "bladewid", "arch"]
+    return LabelledSet("leafshape", _table(d, "leaf-" + d["rownames"].astype(str), num), num, [],
+                       d["location"].to_numpy(str), "location")
+
+
+def creditcard() -> LabelledSet:
+    d = _r("AER", "CreditCard")
+    d = d.assign(owner=d["owner"] == "yes", selfemp=d["selfemp"] == "yes")  # as bool columns
+    num = ["reports", "age", "income", "share", "expenditure", "owner", "selfemp", "dependents",
+           "months", "majorcards", "active"]
+    return LabelledSet("creditcard", _table(d, "applicant-" + d["rownames"].astype(str), num),
+                       num, [], d["card"].to_numpy(str), "card")
+
+
 SETS: dict[str, Callable[[], LabelledSet]] = {
     "olive": olive, "penguins": penguins, "crabs": crabs, "tissue": tissue, "flavia": flavia,
-    "rodents": rodents, "mpg": mpg, "ais": ais,
+    "rodents": rodents, "mpg": mpg, "ais": ais, "hawks": hawks, "glass": glass,
+    "diabetes": diabetes, "leafshape": leafshape, "creditcard": creditcard,
 }

@@ -244,3 +244,41 @@ def test_large_integer_levels_read_the_same_with_and_without_nulls():
 def test_preprocess_fit_rejects_empty():
     with pytest.raises(ValueError):
         Preprocessor(["x"], []).fit(pd.DataFrame({"x": pd.Series([], dtype=float)}))
+
+
+def test_two_valued_columns_are_found_and_can_weigh_as_a_0_1_flag():
+    """bool (read as 0.0 / 1.0, missing as NaN), a 0/1 int and a 1/2 code are two-valued; a
+    constant and a three-valued column are not. Weighed as flags, the two values lie 1 apart
+    after the transform (also for a column log1p-transformed because it is skewed), where
+    standard scaling puts them 1/sqrt(p (1 - p)) apart; the rest of the output is unchanged and
+    the scales survive saving."""
+    from recluster.compute.preprocess import two_valued
+    from recluster.storage.models import preprocessor_from_json, preprocessor_to_json
+
+    rng = np.random.default_rng(3)
+    n = 400
+    df = pd.DataFrame({
+        "x": rng.normal(size=n),
+        "member": pd.array(rng.random(n) < 0.5, dtype="boolean").astype("Float64"),
+        "rare": (rng.random(n) < 0.05).astype(np.int64),
+        "code": rng.choice([1.0, 2.0], size=n),
+        "three": rng.integers(0, 3, n).astype(float),
+        "const": np.ones(n)})
+    df.loc[::17, "member"] = pd.NA
+    cols = list(df.columns)
+    pre = Preprocessor(cols, []).fit(df)
+    assert pre.binary_ == {"member": (0.0, 1.0), "rare": (0.0, 1.0), "code": (1.0, 2.0)}
+    assert two_valued(df, ["three", "const", "x"]) == {}
+    assert "rare" in pre.log1p_  # skewed: log1p before scaling
+    before = pre.transform(df)
+    p = df["rare"].mean()
+    gap = np.ptp(before[:, cols.index("rare")])
+    assert abs(gap - 1 / np.sqrt(p * (1 - p))) < 1e-4, gap
+    pre.weigh_binary_unit(["rare", "code"])
+    after = pre.transform(df)
+    for c in ("rare", "code"):
+        assert abs(np.ptp(after[:, cols.index(c)]) - 1.0) < 1e-6
+    untouched = [cols.index(c) for c in ("x", "member", "three", "const")]
+    np.testing.assert_array_equal(after[:, untouched], before[:, untouched])
+    back = preprocessor_from_json(preprocessor_to_json(pre))
+    np.testing.assert_array_equal(back.transform(df), after)

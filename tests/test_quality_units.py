@@ -308,6 +308,92 @@ def test_auto_categorical_scale_is_standard_only_where_the_other_features_reprod
     assert pre.summary()["categorical_scale_auto"]["column"] == "country"
 
 
+def test_auto_binary_scale_weighs_flags_the_other_features_do_not_reproduce_as_0_1():
+    """The Australian athletes' sex as a bool column (``female``) is reproduced by their blood
+    and body measures (vote ARI about 0.9): it stays standard-scaled, as the recipe has it. A
+    random yes/no column beside them is not (ARI about 0) and a rare flag (12 of 202 rows) is
+    too small to be judged: both are weighed as 0/1 flags, and tree.json says why."""
+    from recluster.compute.node import fit_node_preprocessor
+
+    ais = _rdata("DAAG", "ais")
+    rng = np.random.default_rng(7)
+    ais["female"] = (ais["sex"] == "f").astype(float)
+    ais["newsletter"] = (rng.random(len(ais)) < 0.5).astype(float)
+    ais.loc[::15, "newsletter"] = np.nan  # a bool column with nulls reads as 0.0 / 1.0 / NaN
+    ais["rare"] = 0.0
+    ais.loc[rng.choice(len(ais), 12, replace=False), "rare"] = 1.0
+    body = ["rcc", "wcc", "hc", "hg", "ferr", "bmi", "ssf", "pcBfat", "lbm", "ht", "wt"]
+    flags = ["female", "newsletter", "rare"]
+    pre = fit_node_preprocessor(ais, body + flags, [], _cfg())
+    why = pre.summary(str.upper)["binary_scale"]
+    assert set(why) == {"FEMALE", "NEWSLETTER", "RARE"}, why
+    assert why["FEMALE"]["weight"] == "standard" and why["FEMALE"]["ari"] >= 0.8, why
+    assert why["NEWSLETTER"]["weight"] == "unit" and abs(why["NEWSLETTER"]["ari"]) < 0.2, why
+    assert why["RARE"] == {"weight": "unit", "rows": 12, "ari": None}, why
+    X = pre.transform(ais)
+    gap = {c: np.ptp(X[:, len(body) + j]) for j, c in enumerate(flags)}
+    p = ais["female"].mean()
+    assert abs(gap["female"] - 1 / np.sqrt(p * (1 - p))) < 1e-4, gap
+    assert abs(gap["newsletter"] - 1) < 1e-6 and abs(gap["rare"] - 1) < 1e-6, gap
+    # binary_scale: standard keeps every flag a z-score and records nothing
+    fixed = fit_node_preprocessor(ais, body + flags, [], _cfg(preprocess={"binary_scale": "standard"}))
+    assert "binary_scale" not in fixed.summary()
+    assert np.ptp(fixed.transform(ais)[:, len(body) + 2]) > 4  # 1/sqrt(p(1-p)) at p = 12/202
+
+
+def test_binary_check_on_a_large_node_runs_on_its_first_1000_rows():
+    """Each two-valued column costs a pass over an (n, n) distance matrix; tables hold such
+    columns by the hundred, so they are judged on the first 1,000 rows of the node's sample
+    (a random subset), not the 3,000 categorical levels use: one (1,000, 1,000) matrix for all.
+    A flag the numeric columns carry is still reproduced there, a random one still is not."""
+    from recluster.compute import artefacts
+    from recluster.compute.node import fit_node_preprocessor
+
+    rng = np.random.default_rng(2)
+    n = 5_000
+    carried = rng.random(n) < 0.4
+    table = pd.DataFrame({"x": rng.normal(size=n) + 6.0 * carried, "y": rng.normal(size=n),
+                          "paying": carried, "coin": rng.random(n) < 0.5})
+    table[["paying", "coin"]] = table[["paying", "coin"]].astype(float)
+    calls = []
+    original = artefacts._squared_distances
+
+    def counted(Z):
+        calls.append(Z.shape)
+        return original(Z)
+
+    artefacts._squared_distances = counted
+    try:
+        pre = fit_node_preprocessor(table, ["x", "y", "paying", "coin"], [], _cfg())
+    finally:
+        artefacts._squared_distances = original
+    assert calls == [(1_000, 4)], calls
+    why = pre.binary_choice_
+    assert why["paying"]["weight"] == "standard" and why["paying"]["ari"] > 0.9, why
+    assert why["coin"]["weight"] == "unit" and abs(why["coin"]["ari"]) < 0.1, why
+    assert 300 <= why["paying"]["rows"] <= 500 and why["coin"]["rows"] <= 500, why
+
+
+def test_a_random_flag_no_longer_splits_olive():
+    """One level on olive (572 oils) with a random yes/no column of p = 0.2 beside its eight
+    fatty acids: standard-scaled, the flag lies 2.5 apart and cut the oils along it (9 clusters;
+    against the flag ARI 0.23, against the areas 0.51); weighed as a 0/1 flag (``auto``: the
+    other features do not reproduce it), 7 clusters at 0.01 and 0.65, as without the flag."""
+    import warnings
+
+    ol = _rdata("dslabs", "olive")
+    acids = ["palmitic", "palmitoleic", "stearic", "oleic", "linoleic", "linolenic",
+             "arachidic", "eicosenoic"]
+    ol["flag"] = (np.random.default_rng(0).random(len(ol)) < 0.2).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_node(ol, "root", acids + ["flag"], [], "id", _cfg())
+    assert fit.preprocessor.summary()["binary_scale"]["flag"]["weight"] == "unit"
+    labels = pd.Series(fit.sample_labels, index=fit.sample_ids).loc[ol["id"]].to_numpy()
+    assert adjusted_rand_score(ol["flag"], labels) < 0.05
+    assert adjusted_rand_score(ol["area"], labels) >= 0.6
+
+
 def test_auto_keeps_levels_too_small_to_check_at_0_1():
     """A near-unique tag column (60 levels of 2-3 rows beside iris's measurements) was weighed
     1/sqrt(p) ~ 8 per level under auto's ``standard`` and pulled rows across species; levels
@@ -339,7 +425,7 @@ def test_level_check_on_a_large_node_judges_levels_by_their_share():
     """The level vote runs on the first 3,000 rows of a node's sample; a level that is a quarter
     of a 12,000-row node is cluster-sized (min_cluster_size 2,000) there too. Drawn at random,
     the other columns cannot reproduce it; a level the numeric columns carry is reproduced."""
-    from recluster.compute.artefacts import unreproduced_level
+    from recluster.compute.artefacts import LevelCheck, unreproduced_level
 
     rng = np.random.default_rng(11)
     n = 12_000
@@ -349,11 +435,12 @@ def test_level_check_on_a_large_node_judges_levels_by_their_share():
                           "noise": rng.choice(["a", "b", "c", "d"], size=n)})
     pre = Preprocessor(["x", "y"], ["plan", "noise"], categorical_scale="standard").fit(table)
     X = pre.transform(table)
-    found = unreproduced_level(table, X, pre, min_rows=2_000, min_agreement=0.5)
+    found = unreproduced_level(LevelCheck(table, X, pre, min_rows=2_000), min_agreement=0.5)
     assert found is not None and found["column"] == "noise" and found["ari"] < 0.1, found
     assert 500 <= found["rows"] <= 1_000  # a quarter of the 3,000 rows checked
     only_plan = Preprocessor(["x", "y"], ["plan"], categorical_scale="standard").fit(table)
-    assert unreproduced_level(table, only_plan.transform(table), only_plan, 2_000, 0.5) is None
+    check = LevelCheck(table, only_plan.transform(table), only_plan, 2_000)
+    assert unreproduced_level(check, 0.5) is None
 
 
 def test_level_check_on_many_reproduced_categoricals_computes_distances_once():
@@ -397,7 +484,8 @@ def test_level_check_on_many_reproduced_categoricals_computes_distances_once():
     artefacts._squared_distances = counted
     try:
         # levels of 100+ rows: the groups (about 150 each), not the flipped answers
-        assert artefacts.unreproduced_level(table, X, pre, 100, 0.5) is None  # all asked
+        check = artefacts.LevelCheck(table, X, pre, 100)
+        assert artefacts.unreproduced_level(check, 0.5) is None  # all asked
     finally:
         artefacts._squared_distances = original
     assert calls == [(n, X.shape[1])], calls  # one (n, n) matrix for all 12 columns

@@ -539,6 +539,12 @@ class PreprocessConfig(_Strict):
         "are the signal) and lost on penguins' island and the synthetic country. auto: per node, "
         "standard unless a level large enough to be a cluster is one the other features do not "
         "reproduce (neighbour vote ARI below recursion.min_split_agreement), then unit")
+    binary_scale: Literal["auto", "standard"] = Field(
+        default="auto",
+        description="two-valued numeric columns (bool, 0/1 flags): standard: standard-scaled like "
+        "any number (the values lie 1/sqrt(p(1-p)) apart); auto: per node, standard only if both "
+        "values are cluster-sized and the other features reproduce the split (neighbour vote ARI "
+        ">= recursion.min_split_agreement), else weighed as a 0/1 flag (values 1 apart)")
 
 
 class EmbeddingConfig(_Strict):

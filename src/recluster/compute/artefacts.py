@@ -24,12 +24,16 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from recluster.compute.preprocess import Preprocessor, categorical_strings
+from recluster.compute.preprocess import MISSING, Preprocessor, categorical_strings
 
 #: A numeric column with at most this many distinct whole values in a node is discrete.
 DISCRETE_MAX_LEVELS = 10
 #: Rows of the node's sample the neighbour vote runs on (first in hash order: a random subset).
 CHECK_ROWS = 3_000
+#: Rows the vote on two-valued columns runs on: each column costs a pass over an (n, n) matrix,
+#: and tables carry such columns by the hundred (dummies): 0.065 CPU s a column at 3,000 rows,
+#: a ninth of that at 1,000, where a two-way split is still judged on hundreds of rows a side.
+BINARY_CHECK_ROWS = 1_000
 NEIGHBOURS = 10
 
 
@@ -143,60 +147,117 @@ def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_cl
     return out
 
 
-def unreproduced_level(sample: pd.DataFrame, X: np.ndarray, pre: Preprocessor, min_rows: int,
-                       min_agreement: float) -> dict | None:
-    """The first categorical level that would be an artefact split if it became a cluster.
-
-    A level of at least ``min_rows`` rows (with at least as many rows outside it: it could be a
-    cluster of the node) is *reproduced* when a leave-one-out vote of each row's
-    :data:`NEIGHBOURS` nearest neighbours in the scaled space without the column's dimensions
-    tells its rows from the rest at ARI ``min_agreement`` or more. Weighting the one-hot levels
-    heavily (``categorical_scale: standard``) walls every level off in the embedding; that is
-    harmless where the other features agree with the levels (flavia's leaf descriptors), and
-    makes artefact clusters where they do not (penguins' islands, the demo's countries). The same
-    test as :func:`find_artefacts`, made before the embedding, on levels instead of clusters.
+class LevelCheck:
+    """Whether the other features reproduce the rows of one level of a discrete column: a
+    leave-one-out vote of each row's :data:`NEIGHBOURS` nearest neighbours in the scaled space
+    without that column's dimensions, on the first ``max_rows`` rows of a node's sample (hash
+    order: a random subset). One distance matrix serves every column asked about.
 
     Parameters
     ----------
     sample : DataFrame (n, ...), the node's sample in the order of X
     X : ndarray (n, d), the sample as ``pre`` scaled it
     pre : a fitted preprocessor (its output columns are X's)
-    min_rows : int, the smallest level (and complement) that could be a cluster, in rows of X
-        (the check runs on the first :data:`CHECK_ROWS` rows, with the same share)
-    min_agreement : float, the ARI the other features must reach
+    min_rows : int, the smallest level (and complement) that could be a cluster of the node, in
+        rows of X; judged on the rows checked with the same share
+    max_rows : int, the rows checked (the first of the sample)
+    """
+
+    def __init__(self, sample: pd.DataFrame, X: np.ndarray, pre: Preprocessor, min_rows: int,
+                 max_rows: int = CHECK_ROWS):
+        self.sample, self.X, self.pre = sample, X, pre
+        self.rows = np.arange(min(len(X), max_rows))
+        self.n = len(self.rows)
+        self.k = int(min(NEIGHBOURS, self.n - 1))
+        self.min_rows = min_rows * self.n / max(1, len(X))
+        self._neighbours: _NeighboursWithout | None = None
+
+    def values(self, column: str) -> np.ndarray:
+        """The checked rows' values of ``column`` as level strings (n_checked,)."""
+        return categorical_strings(self.sample[column].iloc[self.rows])
+
+    def big_enough(self, rows: int) -> bool:
+        """Whether a level of ``rows`` checked rows could be a cluster (and so its complement)."""
+        return self.k >= 1 and rows >= self.min_rows and self.n - rows >= self.min_rows
+
+    def agreement(self, column: str, vals: np.ndarray, levels: list[str]) -> list[float]:
+        """ARI of the vote against membership, per level in ``levels`` (of ``vals`` (n_checked,),
+        the column's values), without ``column``'s dimensions; 0 when nothing else varies."""
+        drop = _columns_of(self.pre, column)
+        rest = np.delete(self.X[self.rows], drop, axis=1)
+        if rest.shape[1] == 0 or not np.ptp(rest, axis=0).any():
+            return [0.0] * len(levels)
+        if self._neighbours is None:
+            self._neighbours = _NeighboursWithout(self.X[self.rows])
+        neigh = vals[self._neighbours.of(drop)]
+        return [float(adjusted_rand_score(vals == lvl, np.sum(neigh == lvl, axis=1) * 2 > self.k))
+                for lvl in levels]  # a majority of the neighbours
+
+
+def unreproduced_level(check: LevelCheck, min_agreement: float) -> dict | None:
+    """The first categorical level that would be an artefact split if it became a cluster.
+
+    A level of the node's categoricals big enough to be a cluster (:meth:`LevelCheck.big_enough`)
+    is *reproduced* when the :class:`LevelCheck` vote tells its rows from the rest at ARI
+    ``min_agreement`` or more. Weighting the one-hot levels heavily (``categorical_scale:
+    standard``) walls every level off in the embedding; that is harmless where the other
+    features agree with the levels (flavia's leaf descriptors), and makes artefact clusters
+    where they do not (penguins' islands, the demo's countries). The same test as
+    :func:`find_artefacts`, made before the embedding, on levels instead of clusters.
 
     Returns
     -------
     None when every such level is reproduced, else ``{"column", "level", "rows", "ari"}`` of the
     first one that is not (columns in the preprocessor's order, levels by name).
     """
-    rows = np.arange(min(len(X), CHECK_ROWS))  # hash order: a random subset
-    n = len(rows)
-    k = int(min(NEIGHBOURS, n - 1))
-    min_rows = min_rows * n / max(1, len(X))  # the same share of the rows checked
-    neighbours = None
-    for column in pre.categorical:
-        vals = categorical_strings(sample[column].iloc[rows])
+    for column in check.pre.categorical:
+        vals = check.values(column)
         levels, counts = np.unique(vals, return_counts=True)
-        big = [lvl for lvl, c in zip(levels, counts, strict=True)
-               if c >= min_rows and n - c >= min_rows]
-        if not big or k < 1:
+        big = [str(lvl) for lvl, c in zip(levels, counts, strict=True) if check.big_enough(c)]
+        if not big:
             continue
-        drop = _columns_of(pre, column)
-        rest = np.delete(X[rows], drop, axis=1)
-        if rest.shape[1] == 0 or not np.ptp(rest, axis=0).any():
-            return {"column": column, "level": str(big[0]), "rows": int(np.sum(vals == big[0])),
-                    "ari": 0.0}
-        neighbours = neighbours or _NeighboursWithout(X[rows])
-        neigh = vals[neighbours.of(drop)]
-        for lvl in big:
-            member = vals == lvl
-            vote = np.sum(neigh == lvl, axis=1) * 2 > k  # majority of the neighbours
-            score = float(adjusted_rand_score(member, vote))
+        for lvl, score in zip(big, check.agreement(column, vals, big), strict=True):
             if score < min_agreement:
-                return {"column": column, "level": str(lvl), "rows": int(member.sum()),
+                return {"column": column, "level": lvl, "rows": int(np.sum(vals == lvl)),
                         "ari": round(score, 4)}
     return None
+
+
+def binary_verdicts(check: LevelCheck, columns: list[str], min_agreement: float
+                    ) -> dict[str, dict]:
+    """How each two-valued numeric column should weigh, by the evidence :func:`unreproduced_level`
+    asks of categorical levels.
+
+    A column whose two values split the node into parts big enough to be clusters, and whose
+    split the other features reproduce (vote ARI >= ``min_agreement``), keeps its standard
+    scaling (``"standard"``, as the recipe); one they do not reproduce, or whose rarer value is
+    too small to be judged, is weighed as a 0/1 flag (``"unit"``): standard-scaled, a flag the
+    rest of the table ignores is 1/sqrt(p (1 - p)) >= 2 apart, and walls its rows off.
+
+    Parameters
+    ----------
+    check : LevelCheck of the node's sample, scaled with the columns standard-scaled (on
+        :data:`BINARY_CHECK_ROWS` rows)
+    columns : two-valued columns (keys of the preprocessor's ``binary_``)
+    min_agreement : float
+
+    Returns
+    -------
+    dict column -> ``{"weight", "rows", "ari"}``: ``rows`` of the checked rows hold the column's
+    rarer value (missing values count with neither), ``ari`` the vote's (None: too small).
+    """
+    out = {}
+    for column in columns:
+        vals = check.values(column)
+        levels, counts = np.unique(vals[vals != MISSING], return_counts=True)
+        rare = str(levels[np.argmin(counts)]) if len(levels) else MISSING
+        rows = int(counts.min()) if len(levels) else 0
+        ari = None
+        if len(levels) == 2 and check.big_enough(rows):
+            ari = round(check.agreement(column, vals, [rare])[0], 4)
+        weight = "standard" if ari is not None and ari >= min_agreement else "unit"
+        out[column] = {"weight": weight, "rows": rows, "ari": ari}
+    return out
 
 
 def describe_artefact(column: str, level: str) -> str:

@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from recluster.compute.artefacts import find_artefacts, unreproduced_level
+from recluster.compute.artefacts import (
+    BINARY_CHECK_ROWS,
+    LevelCheck,
+    binary_verdicts,
+    find_artefacts,
+    unreproduced_level,
+)
 from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssigner
 from recluster.compute.cluster import fit_clusters, min_cluster_size_for
 from recluster.compute.drift import Reference, fit_reference
@@ -108,36 +114,55 @@ def node_preprocessor(numeric: list[str], categorical: list[str], cfg: JobConfig
 def fit_node_preprocessor(sample: pd.DataFrame, numeric: list[str], categorical: list[str],
                           cfg: JobConfig) -> Preprocessor:
     """The node's preprocessing fitted on its (sorted) sample (n, ...), with
-    ``preprocess.categorical_scale: auto`` resolved on that sample.
+    ``preprocess.categorical_scale: auto`` and ``preprocess.binary_scale: auto`` resolved on
+    that sample.
 
-    ``auto``: the recipe's ``standard`` weighting, unless a categorical level large enough to be
-    a cluster (``min_cluster_size`` of the node) is one the other features do not reproduce
-    (:func:`~recluster.compute.artefacts.unreproduced_level`, at
+    ``categorical_scale: auto``: the recipe's ``standard`` weighting, unless a categorical level
+    large enough to be a cluster (``min_cluster_size`` of the node) is one the other features do
+    not reproduce (:func:`~recluster.compute.artefacts.unreproduced_level`, at
     ``recursion.min_split_agreement``): then ``unit``. Under ``standard``, levels smaller than
-    a cluster (which the check cannot judge) keep the 0/1 value. The choice and its reason are kept on the
-    preprocessor (``scale_choice_``, shown by its summary in ``tree.json``). A deterministic
-    function of the rows, so the stability resamples make the same choice as the fit.
+    a cluster (which the check cannot judge) keep the 0/1 value. The choice and its reason are
+    kept on the preprocessor (``scale_choice_``, shown by its summary in ``tree.json``).
+
+    ``binary_scale: auto``: each two-valued numeric column (bool, 0/1) stays standard-scaled
+    only if both its values are cluster-sized and the other features reproduce its split
+    (:func:`~recluster.compute.artefacts.binary_verdicts`, the same vote); otherwise it is
+    weighed as a 0/1 flag (``binary_choice_``, in ``tree.json`` as ``binary_scale``).
+
+    Both are judged on the same scaled sample (every column standard-scaled) and are a
+    deterministic function of the rows, so the stability resamples choose as the fit does.
     """
     pre = node_preprocessor(numeric, categorical, cfg).fit(sample)
-    if cfg.preprocess.categorical_scale != "auto" or not categorical:
+    auto_levels = cfg.preprocess.categorical_scale == "auto" and bool(categorical)
+    binaries = list(pre.binary_) if cfg.preprocess.binary_scale == "auto" else []
+    if not auto_levels and not binaries:
         return pre
     X = pre.transform(sample)
     floor = min_cluster_size_for(len(sample), cfg.clustering)
-    blocker = unreproduced_level(sample, X, pre, floor, cfg.recursion.min_split_agreement)
-    if blocker is not None:
-        pre = node_preprocessor(numeric, categorical, cfg, "unit").fit(sample)
-    else:
-        # Levels too small to be a cluster were not checked: they keep the 0/1 value, so that
-        # a rare level (a near-unique tag, 1/sqrt(p) ~ 38 at 3,000 rows) does not pull its
-        # few rows away from where the other features put them.
-        j = len(pre.numeric)
-        for c in pre.categorical:
-            width = len(pre.levels_[c]) + 1
-            rows = np.count_nonzero(X[:, j:j + width], axis=0)
-            pre.level_weights_[c] = [w if n >= floor else 1.0
-                                     for w, n in zip(pre.level_weights_[c], rows, strict=True)]
-            j += width
-    pre.scale_choice_ = {"chosen": pre.categorical_scale, "unreproduced_level": blocker}
+    check = LevelCheck(sample, X, pre, floor)
+    agreement = cfg.recursion.min_split_agreement
+    if auto_levels:
+        blocker = unreproduced_level(check, agreement)
+        if blocker is not None:
+            pre = node_preprocessor(numeric, categorical, cfg, "unit").fit(sample)
+        else:
+            # Levels too small to be a cluster were not checked: they keep the 0/1 value, so
+            # that a rare level (a near-unique tag, 1/sqrt(p) ~ 38 at 3,000 rows) does not
+            # pull its few rows away from where the other features put them.
+            j = len(pre.numeric)
+            for c in pre.categorical:
+                width = len(pre.levels_[c]) + 1
+                rows = np.count_nonzero(X[:, j:j + width], axis=0)
+                pre.level_weights_[c] = [w if n >= floor else 1.0
+                                         for w, n in zip(pre.level_weights_[c], rows, strict=True)]
+                j += width
+        pre.scale_choice_ = {"chosen": pre.categorical_scale, "unreproduced_level": blocker}
+    if binaries:
+        if len(sample) > BINARY_CHECK_ROWS:
+            check = LevelCheck(sample, X, check.pre, floor, BINARY_CHECK_ROWS)
+        verdicts = binary_verdicts(check, binaries, agreement)
+        pre.weigh_binary_unit([c for c, v in verdicts.items() if v["weight"] == "unit"])
+        pre.binary_choice_ = verdicts
     return pre
 
 

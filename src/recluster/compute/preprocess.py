@@ -5,7 +5,10 @@ standard scaling. Categorical columns: the most frequent levels one-hot encoded,
 folded into ``__other__``, missing values into ``__missing__``; a present level's value is 1, or
 1/std of its 0/1 column in the fitted rows (``categorical_scale="standard"``, as standard scaling
 of a one-hot table weights it), or that over sqrt(levels) (``"column"``: a categorical column
-weighs as one numeric column). Pure compute: no storage, no Dask.
+weighs as one numeric column). Two-valued numeric columns (bool, a 0/1 flag, a dummy) are
+recorded (``binary_``) and, standard-scaled by default, can be weighed as a 0/1 flag instead
+(:meth:`Preprocessor.weigh_binary_unit`, chosen per node by
+:func:`recluster.compute.node.fit_node_preprocessor`). Pure compute: no storage, no Dask.
 """
 
 from __future__ import annotations
@@ -47,6 +50,21 @@ def _skewness(x: np.ndarray) -> float:
         if not np.isfinite(var) or var <= 0:
             return 0.0
         return float(np.mean(d**3) / var**1.5)
+
+
+def two_valued(df: pd.DataFrame, numeric: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """The numeric columns of ``df`` (n, ...) with exactly two distinct non-missing values
+    (booleans, which are read as 0.0 / 1.0, flags, dummies): column -> (lower, higher)."""
+    out = {}
+    for c in numeric:
+        x = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        x = x[np.isfinite(x)]
+        if x.size < 2:
+            continue
+        lo, hi = float(x.min()), float(x.max())
+        if lo < hi and np.all((x == lo) | (x == hi)):
+            out[c] = (lo, hi)
+    return out
 
 
 class Columns:
@@ -159,8 +177,20 @@ class Preprocessor:
             # its own it would make two categories of one name (and two equal one-hot names).
             self.levels_[c] = [k for k, _ in ordered if k != OTHER][: self.max_categories]
         self.level_weights_ = {c: self._weights(df[c], self.levels_[c]) for c in self.categorical}
+        self.binary_ = two_valued(df, self.numeric)
         self.feature_names_out_ = self._names()
         return self
+
+    def weigh_binary_unit(self, columns: Sequence[str]) -> None:
+        """Scale each two-valued column of ``columns`` (keys of ``binary_``) so that its two
+        values lie 1 apart after the transform, as a 0/1 flag, instead of standard-scaled
+        (1 / sqrt(p (1 - p)) apart, at least 2: a flag of p = 0.01 is 10 apart)."""
+        for c in columns:
+            lo, hi = self.binary_[c]
+            if c in self.log1p_:
+                lo, hi = np.log1p(lo), np.log1p(hi)
+            self.scales_[c] = float(hi - lo)
+        self._arrays = None  # the cached scale array is stale
 
     def _weights(self, col: pd.Series, levels: list[str]) -> list[float]:
         """The value of each level's column (``levels`` then ``__other__``) when present."""
@@ -255,11 +285,15 @@ class Preprocessor:
         }
 
     def _scale_summary(self, name: Callable[[str], str]) -> dict:
-        """The categorical weighting used and, where ``auto`` chose it, why (see
-        :func:`recluster.compute.node.fit_node_preprocessor`)."""
+        """The categorical (and two-valued columns') weighting used and, where ``auto`` chose
+        it, why (see :func:`recluster.compute.node.fit_node_preprocessor`)."""
+        out: dict = {}
+        binary = getattr(self, "binary_choice_", None)
+        if binary:
+            out["binary_scale"] = {name(c): v for c, v in binary.items()}
         if not self.categorical:
-            return {}
-        out: dict = {"categorical_scale": self.categorical_scale}
+            return out
+        out["categorical_scale"] = self.categorical_scale
         choice = getattr(self, "scale_choice_", None)
         if choice is not None:
             blocker = choice["unreproduced_level"]
