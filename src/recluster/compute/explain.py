@@ -175,6 +175,79 @@ class ChildResult:
     timed_out: bool = False
 
 
+def separation(X: pd.DataFrame, member: np.ndarray) -> np.ndarray:
+    """How far each column of ``X`` tells ``member`` rows from the rest on its own: the absolute
+    standardised mean difference (difference of the two means over the pooled standard
+    deviation; 0 where that is 0). A categorical column scores its best level, each level taken
+    as a 0/1 column. One pass over the rows.
+
+    Parameters
+    ----------
+    X : DataFrame (n, n_features), :func:`raw_frame`'s columns (no missing values)
+    member : ndarray (n,) bool
+
+    Returns
+    -------
+    ndarray (n_features,) float64, >= 0
+    """
+    member = np.asarray(member, dtype=bool)
+    n_m, n_r = int(member.sum()), int((~member).sum())
+    out = np.zeros(X.shape[1])
+    if not n_m or not n_r:
+        return out
+
+    def smd(a: np.ndarray) -> np.ndarray:  # a (n, d) -> (d,)
+        ma, ra = a[member], a[~member]
+        pooled = np.sqrt((ma.var(axis=0) + ra.var(axis=0)) / 2)
+        diff = np.abs(ma.mean(axis=0) - ra.mean(axis=0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(pooled > 0, diff / pooled, 0.0)
+
+    numeric = [j for j, c in enumerate(X.columns) if not isinstance(X[c].dtype, pd.CategoricalDtype)]
+    if numeric:
+        out[numeric] = smd(X.iloc[:, numeric].to_numpy(dtype=np.float64))
+    for j, c in enumerate(X.columns):
+        if j not in set(numeric):
+            codes = X[c].cat.codes.to_numpy()
+            onehot = (codes[:, None] == np.arange(len(X[c].cat.categories))).astype(np.float64)
+            out[j] = float(smd(onehot).max()) if onehot.shape[1] else 0.0
+    return out
+
+
+def screen_features(X: pd.DataFrame, member: np.ndarray,
+                    max_features: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The columns a child's model trains on when the node is wide: the ``max_features`` that
+    best separate the child from the rest of the node (:func:`separation`, ties in column
+    order), in column order; ``(None, None)`` (every column) when there are not more than that.
+
+    Parameters
+    ----------
+    X : DataFrame (n, n_features), the node's training rows
+    member : ndarray (n,) bool, the child's rows among them
+
+    Returns
+    -------
+    kept : ndarray (max_features,) of column positions, increasing, or None
+    score : ndarray (n_features,), :func:`separation`, or None
+    """
+    if max_features is None or X.shape[1] <= max_features:
+        return None, None
+    score = separation(X, member)
+    return np.sort(np.argsort(-score, kind="stable")[:max_features]), score
+
+
+def screen_entry(kept: np.ndarray | None, features: Sequence[str], score: np.ndarray | None = None) -> dict | None:
+    """What tree.json says of a child's feature screen: how many of the node's features its
+    model saw, which, and the weakest separation kept (None when there was no screen)."""
+    if kept is None:
+        return None
+    entry = {"method": "standardised mean difference", "kept": len(kept),
+             "of": len(features), "features": [features[j] for j in kept]}
+    if score is not None:
+        entry["min_separation_kept"] = round(float(score[kept].min()), 6)
+    return entry
+
+
 def fit_booster(X: pd.DataFrame, label: np.ndarray, params: dict, rounds: int,
                 timeout_s: float = float("inf")):
     """One single-node XGBoost model on one thread; ``None`` when it did not finish its
@@ -200,7 +273,7 @@ def fit_booster(X: pd.DataFrame, label: np.ndarray, params: dict, rounds: int,
 
 
 def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], node: str,
-                   cluster: str) -> tuple[dict, pd.DataFrame]:
+                   cluster: str, kept: np.ndarray | None = None) -> tuple[dict, pd.DataFrame]:
     """A child's model judged on the node's held-out rows (AUC, average precision) and explained
     on its SHAP rows (TreeSHAP ``pred_contribs``, checked to add up to the margin).
 
@@ -208,6 +281,8 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
     ----------
     booster : xgboost.Booster, ``child == k`` against the rest of the node
     features : the feature names written, in the column order of ``rows.X_*``
+    kept : column positions the model was trained on (:func:`screen_features`), None: all; the
+        others get a SHAP value of exactly 0 (the model never saw them)
 
     Returns
     -------
@@ -218,12 +293,19 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
     import xgboost as xgb
 
     booster.set_param({"nthread": 1})
-    p_hold = booster.predict(xgb.DMatrix(rows.X_hold, enable_categorical=True, nthread=1))
+    X_hold, X_shap = (rows.X_hold, rows.X_shap) if kept is None else \
+        (rows.X_hold.iloc[:, kept], rows.X_shap.iloc[:, kept])
+    p_hold = booster.predict(xgb.DMatrix(X_hold, enable_categorical=True, nthread=1))
     y_hold = (rows.child_hold == k).astype(int)
-    d = xgb.DMatrix(rows.X_shap, enable_categorical=True, nthread=1)
+    d = xgb.DMatrix(X_shap, enable_categorical=True, nthread=1)
     contribs = np.asarray(booster.predict(d, pred_contribs=True))
     margin = np.asarray(booster.predict(d, output_margin=True))
     additivity = float(np.max(np.abs(contribs.sum(axis=1) - margin))) if len(margin) else 0.0
+    if kept is not None:  # back to every feature: the screened-out ones contribute 0
+        full = np.zeros((len(contribs), len(features) + 1), dtype=contribs.dtype)
+        full[:, kept] = contribs[:, :-1]
+        full[:, -1] = contribs[:, -1]
+        contribs = full
     member = rows.child_shap == k
     metrics = {"auc": round(float(roc_auc_score(y_hold, p_hold)), 6),
                "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
@@ -232,9 +314,11 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
     return metrics, shap_summary(contribs, member, features, node, cluster)
 
 
-def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict) -> dict:
-    """A child's model as tree.json and the manifest record it."""
-    return {"model": f"child-{k}.ubj", "trainer": trainer,
+def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict,
+                  screen: dict | None = None) -> dict:
+    """A child's model as tree.json and the manifest record it (``feature_screen``:
+    :func:`screen_entry`, null when the model saw every feature)."""
+    return {"model": f"child-{k}.ubj", "trainer": trainer, "feature_screen": screen,
             "auc": metrics["auc"], "average_precision": metrics["average_precision"],
             "n_train": n_pos + n_neg, "n_train_members": n_pos,
             "n_holdout": metrics["n_holdout"], "n_shap_rows": metrics["n_shap_rows"],
@@ -242,17 +326,23 @@ def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict) -
 
 
 def explain_child(rows: NodeRows, k: int, params: dict, rounds: int, timeout_s: float,
-                  features: Sequence[str], node: str, cluster: str) -> ChildResult:
+                  features: Sequence[str], node: str, cluster: str,
+                  max_features: int | None = None) -> ChildResult:
     """Train, judge and explain one child's one-vs-rest model on one thread: the whole work of
-    one fanned-out task. The same rows, parameters and seed give the same model bytes wherever
-    and whenever it runs."""
+    one fanned-out task. On a node of more than ``max_features`` features the model trains on
+    the ones that best separate the child (:func:`screen_features`). The same rows, parameters
+    and seed give the same model bytes wherever and whenever it runs."""
     t0 = time.perf_counter()
-    n_pos = int((rows.child_train == k).sum())
-    booster = fit_booster(rows.X_train, rows.child_train == k, params, rounds, timeout_s)
+    member = rows.child_train == k
+    n_pos = int(member.sum())
+    kept, score = screen_features(rows.X_train, member, max_features)
+    X = rows.X_train if kept is None else rows.X_train.iloc[:, kept]
+    booster = fit_booster(X, member, params, rounds, timeout_s)
     if booster is None:
         return ChildResult(None, None, None, time.perf_counter() - t0, timed_out=True)
-    metrics, shap = evaluate_child(booster, rows, k, features, node, cluster)
-    quality = quality_entry(k, "task", n_pos, len(rows.child_train) - n_pos, metrics)
+    metrics, shap = evaluate_child(booster, rows, k, features, node, cluster, kept)
+    quality = quality_entry(k, "task", n_pos, len(rows.child_train) - n_pos, metrics,
+                            screen_entry(kept, features, score))
     return ChildResult(bytes(booster.save_raw("ubj")), quality, shap, time.perf_counter() - t0)
 
 
