@@ -196,12 +196,21 @@ def separation(X: pd.DataFrame, member: np.ndarray) -> np.ndarray:
     if not n_m or not n_r:
         return out
 
+    w = member.astype(np.float64)
+
     def smd(a: np.ndarray) -> np.ndarray:  # a (n, d) -> (d,)
-        ma, ra = a[member], a[~member]
-        pooled = np.sqrt((ma.var(axis=0) + ra.var(axis=0)) / 2)
-        diff = np.abs(ma.mean(axis=0) - ra.mean(axis=0))
+        # Sums as matrix-vector products (no copies of either side's rows), on columns
+        # centred first so that the sums of squares keep their precision.
+        a = a - a.mean(axis=0)
+        sq = a * a
+        sum_m, sq_m = w @ a, w @ sq
+        mean_m, mean_r = sum_m / n_m, -sum_m / n_r  # the centred columns sum to 0
+        var_m = np.maximum(sq_m / n_m - mean_m**2, 0.0)
+        var_r = np.maximum((sq.sum(axis=0) - sq_m) / n_r - mean_r**2, 0.0)
+        pooled = np.sqrt((var_m + var_r) / 2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(pooled > 0, diff / pooled, 0.0)
+            return np.where(pooled > 1e-12 * (1 + np.abs(mean_m - mean_r)),
+                            np.abs(mean_m - mean_r) / pooled, 0.0)
 
     numeric = [j for j, c in enumerate(X.columns) if not isinstance(X[c].dtype, pd.CategoricalDtype)]
     if numeric:
@@ -375,8 +384,72 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
                          "n_rows": len(member), "n_members": int(member.sum())})
 
 
-def _q(x: np.ndarray, q: float) -> float:
-    return float(np.quantile(x, q)) if x.size else float("nan")
+def _quantiles(ordered: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    """Per row, the ``q`` quantile of its ``count`` present values, which ``ordered`` (d, n)
+    holds sorted at the start of the row (NaN after them): :func:`numpy.quantile`'s default
+    (linear) rule, every row at once; NaN where a row has no value."""
+    if not ordered.shape[1]:
+        return np.full(ordered.shape[0], np.nan)
+    virtual = count * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index for alpha=beta=1
+    lo = np.clip(np.floor(virtual), 0, np.maximum(count - 1, 0)).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    t = virtual - np.floor(virtual)
+    rows = np.arange(ordered.shape[0])
+    a, b = ordered[rows, lo], ordered[rows, hi]
+    diff = b - a
+    with np.errstate(invalid="ignore"):
+        out = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
+    return np.where(count > 0, out, np.nan)
+
+
+def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.ndarray]:
+    """The numeric columns of :func:`profiles`, every column at once (a wide node's profiles
+    were a Python loop of a dozen numpy calls per column and child).
+
+    Parameters
+    ----------
+    xt : ndarray (d, n) float64, one row per column (contiguous), missing and non-finite
+        values as NaN
+    member : ndarray (n,) bool
+
+    Returns
+    -------
+    dict of ndarray (d,): ``{member,rest}_{mean,median,q25,q75,missing}``, ``effect_size``,
+    ``member_above_rest_median``, ``member_below_rest_median`` (NaN where undefined)
+    """
+    d = xt.shape[0]
+    stats: dict[str, np.ndarray] = {}
+    var = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for side, m in (("rest", ~member), ("member", member)):
+            v = xt[:, m]  # a copy, changed in place below
+            holes = np.isnan(v)
+            count = v.shape[1] - holes.sum(axis=1)
+            ordered = np.sort(v, axis=1)  # NaN last
+            for key, q in (("median", 0.5), ("q25", 0.25), ("q75", 0.75)):
+                stats[f"{side}_{key}"] = _quantiles(ordered, count, q)
+            del ordered
+            if side == "member":  # before v changes: its members against the rest's median
+                mid = stats["rest_median"][:, None]
+                n_a = np.maximum(count, 1)
+                ok = (count > 0) & np.isfinite(stats["rest_median"])
+                stats["member_above_rest_median"] = np.where(ok, (v > mid).sum(axis=1) / n_a, np.nan)
+                stats["member_below_rest_median"] = np.where(ok, (v < mid).sum(axis=1) / n_a, np.nan)
+            v[holes] = 0.0
+            mean = np.where(count > 0, v.sum(axis=1) / np.maximum(count, 1), np.nan)
+            stats[f"{side}_mean"] = mean
+            stats[f"{side}_missing"] = 1 - count / v.shape[1] if v.shape[1] else np.full(d, np.nan)
+            v -= np.nan_to_num(mean)[:, None]
+            v[holes] = 0.0
+            var[side] = np.where(count > 0, np.einsum("ij,ij->i", v, v) / np.maximum(count, 1),
+                                 np.nan)
+        pooled = np.sqrt((var["member"] + var["rest"]) / 2)
+        effect = np.where(pooled > 0, (stats["member_mean"] - stats["rest_mean"]) / pooled, np.nan)
+    order = [f"{side}_{k}" for side in ("member", "rest")
+             for k in ("mean", "median", "q25", "q75", "missing")]
+    return {**{k: stats[k] for k in order}, "effect_size": effect,
+            "member_above_rest_median": stats["member_above_rest_median"],
+            "member_below_rest_median": stats["member_below_rest_median"]}
 
 
 #: A categorical column is profiled on at most this many levels (the most frequent in the
@@ -403,30 +476,16 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
     """
     names = names or {}
     rows = []
-    for c in numeric:
-        x = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        x = np.where(np.isfinite(x), x, np.nan)
-        stats = {}
-        for side, m in (("member", member), ("rest", ~member)):
-            v = x[m]
-            present = v[~np.isnan(v)]
-            stats.update({
-                f"{side}_mean": float(present.mean()) if present.size else np.nan,
-                f"{side}_median": _q(present, 0.5), f"{side}_q25": _q(present, 0.25),
-                f"{side}_q75": _q(present, 0.75),
-                f"{side}_missing": float(1 - present.size / v.size) if v.size else np.nan,
-            })
-        a, b = x[member], x[~member]
-        a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-        pooled = np.sqrt((a.var() + b.var()) / 2) if a.size and b.size else np.nan
-        effect = (stats["member_mean"] - stats["rest_mean"]) / pooled if pooled > 0 else np.nan
-        mid = stats["rest_median"]
-        above = float((a > mid).mean()) if a.size and np.isfinite(mid) else np.nan
-        below = float((a < mid).mean()) if a.size and np.isfinite(mid) else np.nan
+    numeric = list(numeric)
+    xt = np.empty((len(numeric), len(raw)))
+    for j, c in enumerate(numeric):
+        xt[j] = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    xt[~np.isfinite(xt)] = np.nan
+    stats = numeric_profile_stats(xt, np.asarray(member, dtype=bool))
+    for j, c in enumerate(numeric):
         rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c), "kind": "numeric",
                      "role": "describe" if c in describe else "feature",
-                     "level": None, **stats, "effect_size": float(effect),
-                     "member_above_rest_median": above, "member_below_rest_median": below,
+                     "level": None, **{k: float(v[j]) for k, v in stats.items()},
                      "member_share": np.nan, "rest_share": np.nan, "lift": np.nan})
     for c in categorical:
         vals = categorical_strings(raw[c])
