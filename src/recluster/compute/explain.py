@@ -21,6 +21,10 @@ from recluster.compute.paths import NodePath
 from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings
 
 F32_MAX = float(np.finfo(np.float32).max)
+#: Statistics over many numeric columns (profiles, the feature screen) are computed a block of
+#: columns at a time, of at most this many values (columns x rows): they take several copies of
+#: the block, which for a wide node's 100,000 training rows would be gigabytes at once.
+BLOCK_VALUES = 2_000_000
 
 
 def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
@@ -213,8 +217,10 @@ def separation(X: pd.DataFrame, member: np.ndarray) -> np.ndarray:
                             np.abs(mean_m - mean_r) / pooled, 0.0)
 
     numeric = [j for j, c in enumerate(X.columns) if not isinstance(X[c].dtype, pd.CategoricalDtype)]
-    if numeric:
-        out[numeric] = smd(X.iloc[:, numeric].to_numpy(dtype=np.float64))
+    step = max(1, BLOCK_VALUES // max(1, len(X)))  # columns per block
+    for first in range(0, len(numeric), step):
+        cols = numeric[first:first + step]
+        out[cols] = smd(X.iloc[:, cols].to_numpy(dtype=np.float64))
     for j, c in enumerate(X.columns):
         if j not in set(numeric):
             codes = X[c].cat.codes.to_numpy()
@@ -477,11 +483,18 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
     names = names or {}
     rows = []
     numeric = list(numeric)
-    xt = np.empty((len(numeric), len(raw)))
-    for j, c in enumerate(numeric):
-        xt[j] = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    xt[~np.isfinite(xt)] = np.nan
-    stats = numeric_profile_stats(xt, np.asarray(member, dtype=bool))
+    member = np.asarray(member, dtype=bool)
+    step = max(1, BLOCK_VALUES // max(1, len(raw)))  # columns per block
+    parts = []
+    for first in range(0, len(numeric), step):
+        cols = numeric[first:first + step]
+        xt = np.empty((len(cols), len(raw)))
+        for j, c in enumerate(cols):
+            xt[j] = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64,
+                                                                    na_value=np.nan)
+        xt[~np.isfinite(xt)] = np.nan
+        parts.append(numeric_profile_stats(xt, member))
+    stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     for j, c in enumerate(numeric):
         rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c), "kind": "numeric",
                      "role": "describe" if c in describe else "feature",
