@@ -18,6 +18,7 @@ shows that the cost is paid once per process. Stage times exclude it.
     .venv/bin/python jobs/benchmark.py                      # 300k x 32, then 1M and 4M x 32
     .venv/bin/python jobs/benchmark.py --rows 100000 --scale '' --skip-recipe   # a quick look
     .venv/bin/python jobs/benchmark.py --passes      # only the full-data passes at 50 and 400 nodes
+    .venv/bin/python jobs/benchmark.py --wide 500 --rows 100000   # only 32 vs 500 columns, depth 2
 
 The pass section (in its own process, one core) times one full-data level-2 assignment pass and
 one sample pass over --rows rows, for a tree of 50 and of 400 split nodes, against the passes
