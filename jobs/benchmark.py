@@ -18,6 +18,7 @@ shows that the cost is paid once per process. Stage times exclude it.
     .venv/bin/python jobs/benchmark.py                      # 300k x 32, then 1M and 4M x 32
     .venv/bin/python jobs/benchmark.py --rows 100000 --scale '' --skip-recipe   # a quick look
     .venv/bin/python jobs/benchmark.py --passes      # only the full-data passes at 50 and 400 nodes
+    .venv/bin/python jobs/benchmark.py --wide 500 --rows 100000   # only 32 vs 500 columns, depth 2
 
 The pass section (in its own process, one core) times one full-data level-2 assignment pass and
 one sample pass over --rows rows, for a tree of 50 and of 400 split nodes, against the passes
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -390,6 +392,146 @@ def check_passes(r: dict) -> list[tuple[str, bool, str]]:
     return checks
 
 
+# --------------------------------------------------------------------------- wide tables
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+#: How the wide section sums the run's stages: passes over every row (reading, validating,
+#: drawing samples, assigning), fits on samples, explanations, and writing the outputs.
+WIDE_GROUPS = {"passes": ("plan", "validate", ": sample ", "assign all rows"),
+               "fits": (": fit ", ": stability"), "explain": ("explain",),
+               "write": ("write labels", "report", "publish")}
+
+
+def _wide_group(stage: str) -> str:
+    for group, keys in WIDE_GROUPS.items():
+        if any(k in stage for k in keys):
+            return group
+    return "write"
+
+
+def run_wide_child(data: Path, out: Path, depth: int, seed: int, overrides: list[str]) -> dict:
+    """One ``recluster run`` at ``depth`` on a 2-worker LocalCluster (one thread each) in this
+    fresh process, as `recluster run`; per stage its wall seconds and the CPU seconds of the
+    client and of every worker process spent in it (sampled at each stage's start and end)."""
+    from recluster.config import apply_overrides, parse_config
+    from recluster.parallel.client import dask_client
+    from recluster.pipeline import run
+    from recluster.progress import Progress
+
+    if out.exists():
+        shutil.rmtree(out)
+    cfg = parse_config(apply_overrides({
+        "input": {"path": str(data / "input"), "id_column": "user_id", "categorical": ["country"]},
+        "output": {"path": str(out)},
+        "recursion": {"max_depth": depth},
+        "runtime": {"n_workers": N_WORKERS, "threads_per_worker": 1},
+        "seed": seed,
+    }, overrides))
+    with dask_client(cfg.runtime, warm=True) as client:
+        client.run(_worker_warmup)  # compilation is paid here, not in the stages
+
+        def cpu() -> float:
+            return _cpu_s() + sum(client.run(_cpu_s).values())
+
+        stages: dict[str, dict[str, float]] = {}
+
+        class Clock(Progress):
+            def stage_started(self, name: str) -> None:
+                self.t_cpu = cpu()
+
+            def stage_finished(self, name, seconds, status, counts, error=None) -> None:
+                s = stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+                s["wall_s"] += seconds
+                s["cpu_s"] += cpu() - self.t_cpu
+
+        t, c = time.perf_counter(), cpu()
+        manifest = run(cfg, client, echo=Clock(lambda m: None))
+        wall, total_cpu = time.perf_counter() - t, cpu() - c
+        worker_peak = max(client.run(_worker_peak).values())
+    tree = json.loads((out / "tree.json").read_text())
+    aucs = [n["classifier"]["auc"] for n in tree
+            if (n.get("classifier") or {}).get("auc") is not None]
+    return {"depth": depth, "rows": manifest["rows"]["in"], "stages": stages, "wall_s": wall, "cpu_s": total_cpu,
+            "nodes": len(tree), "split_nodes": sum(1 for n in tree if n.get("children")),
+            "min_auc": min(aucs) if aucs else None, "peak_worker_mib": worker_peak}
+
+
+def run_wide(root: Path, rows: int, narrow: int, wide: int, depth: int, seed: int,
+             overrides: list[str], timeout: float) -> dict[int, dict]:
+    """The same generated structure at ``narrow`` and at ``wide`` numeric columns, one
+    depth-``depth`` run each in a fresh process (:func:`run_wide_child`)."""
+    out = {}
+    for n in (narrow, wide):
+        data = generate(root, rows, n, seed)
+        print(f"running recluster depth {depth}, {rows:,} x {n} ...", flush=True)
+        out[n] = _child(["wide", str(data), str(root / f"out-wide-{n}"), "--depth", str(depth),
+                         "--seed", str(seed), *[f"--set={o}" for o in overrides]], timeout)
+    return out
+
+
+def print_wide(res: dict[int, dict]) -> list[tuple[str, bool, str]]:
+    """Per stage group and per stage: wall and CPU seconds per 100k rows at each width, their
+    ratio; returns the target line(s)."""
+    (narrow, a), (wide, b) = sorted(res.items())
+
+    def per100k(r: dict, group: str | None, key: str) -> float:
+        v = sum(s[key] for name, s in r["stages"].items()
+                if group is None or _wide_group(name) == group)
+        return v / r["rows"] * 100_000
+
+    print(f"\nwide tables: {a['rows']:,} rows, {narrow} vs {wide} numeric columns, depth-"
+          f"{a['depth']} runs on {N_WORKERS} workers x 1 thread; seconds per 100k rows"
+          f" (CPU: client + workers; load now {os.getloadavg()[0]:.1f})")
+    head = (f"{'stage':<34} {f'wall {narrow}':>9} {f'wall {wide}':>9} {'ratio':>6}"
+            f" {f'CPU {narrow}':>9} {f'CPU {wide}':>9} {'ratio':>6}")
+    print(head)
+    print("-" * len(head))
+
+    def line(label: str, wa: float, wb: float, ca: float, cb: float) -> None:
+        print(f"{label:<34} {wa:>9.2f} {wb:>9.2f} {wb / max(wa, 1e-9):>5.2f}x"
+              f" {ca:>9.2f} {cb:>9.2f} {cb / max(ca, 1e-9):>5.2f}x")
+
+    def kinds(r: dict) -> dict[str, dict[str, float]]:
+        """Stages by kind: the node counts in their names differ between the two trees."""
+        out: dict[str, dict[str, float]] = {}
+        for name, s in r["stages"].items():
+            kind = re.sub(r" \d+ node\(s\).*| of \d+ node\(s\).*", "", name)
+            k = out.setdefault(kind, {"wall_s": 0.0, "cpu_s": 0.0})
+            k["wall_s"] += s["wall_s"] * 100_000 / r["rows"]
+            k["cpu_s"] += s["cpu_s"] * 100_000 / r["rows"]
+        return out
+
+    ka, kb = kinds(a), kinds(b)
+    zero = {"wall_s": 0.0, "cpu_s": 0.0}
+    for kind in dict.fromkeys([*ka, *kb]):
+        sa, sb = ka.get(kind, zero), kb.get(kind, zero)
+        line(f"  {kind[:32]}", sa["wall_s"], sb["wall_s"], sa["cpu_s"], sb["cpu_s"])
+    for group in WIDE_GROUPS:
+        line(group, per100k(a, group, "wall_s"), per100k(b, group, "wall_s"),
+             per100k(a, group, "cpu_s"), per100k(b, group, "cpu_s"))
+    per_row = [sum(per100k(r, g, k) for g in ("passes", "explain")) for k in ("wall_s", "cpu_s")
+               for r in (a, b)]
+    line("per-row part (passes + explain)", *per_row)
+    line("whole run", per100k(a, None, "wall_s"), per100k(b, None, "wall_s"),
+         per100k(a, None, "cpu_s"), per100k(b, None, "cpu_s"))
+    for r, n in ((a, narrow), (b, wide)):
+        print(f"  {n} columns: {r['nodes']} nodes ({r['split_nodes']} split), min AUC "
+              f"{_fmt(r['min_auc'], '.3f')}, peak worker {r['peak_worker_mib']:,.0f} MiB,"
+              f" wall {r['wall_s']:.1f}s")
+    whole = per100k(b, None, "cpu_s") / per100k(a, None, "cpu_s")
+    part = per_row[3] / per_row[2]  # CPU, wide over narrow
+    return [(f"{wide} vs {narrow} columns: per-row cost at most 2x (CPU, passes + explain)",
+             part <= 2.0, f"{part:.2f}x"),
+            (f"{wide} vs {narrow} columns: whole run at most 2x (CPU)", whole <= 2.0,
+             f"{whole:.2f}x")]
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -501,10 +643,18 @@ def main() -> None:
     ap.add_argument("--pass-partition-rows", type=int, default=None,
                     help="rows per partition in the pass section (default: the job's "
                          "input.rows_per_partition)")
+    ap.add_argument("--wide", type=int, default=None, metavar="N",
+                    help="only the wide-table section: --rows rows at --features and at N numeric "
+                         "columns, recluster depth 2 each")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "recluster" / "numba"))
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
+    if args.wide:
+        for what, ok, value in print_wide(run_wide(root, args.rows, args.features, args.wide, 2,
+                                                   args.seed, args.set, args.timeout)):
+            print(f"  [{'PASS' if ok else 'FAIL'}] {what}: {value}")
+        return
     passes = None
     if args.pass_nodes.strip():
         print(f"running full-data passes at {args.pass_nodes} split nodes ...", flush=True)
@@ -578,6 +728,18 @@ def child_main(argv: list[str]) -> None:
         print(json.dumps(run_passes(a.rows, a.features, [int(x) for x in a.nodes.split(",")],
                                     a.seed, a.partition_rows), default=float))
         return
+    if argv[0] == "wide":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("what")
+        ap.add_argument("data")
+        ap.add_argument("out")
+        ap.add_argument("--depth", type=int, default=2)
+        ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--set", action="append", default=[])
+        a = ap.parse_args(argv)
+        print(json.dumps(run_wide_child(Path(a.data), Path(a.out), a.depth, a.seed, a.set),
+                         default=float))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["recipe", "recluster"])
     ap.add_argument("data")
@@ -594,7 +756,7 @@ def child_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("recipe", "recluster", "passes"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("recipe", "recluster", "passes", "wide"):
         child_main(sys.argv[1:])
     else:
         main()

@@ -675,6 +675,10 @@ class ExplainConfig(_Strict):
     collective_timeout_s: int = Field(
         default=120, ge=1, le=86_400, description="one XGBoost collective operation (or its group start) may "
         "take this long: a worker whose peer died stops waiting, fails its task and frees its thread")
+    max_features: int | None = Field(
+        default=50, ge=1, description="on a node of more features, each child's model trains on "
+        "only this many: the features that best separate the child from the rest of the node (standardised mean "
+        "difference on its training rows); the others get zero SHAP. null: every feature")
 
 
 class RuntimeConfig(_Strict):

@@ -21,6 +21,10 @@ from recluster.compute.paths import NodePath
 from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings
 
 F32_MAX = float(np.finfo(np.float32).max)
+#: Statistics over many numeric columns (profiles, the feature screen) are computed a block of
+#: columns at a time, of at most this many values (columns x rows): they take several copies of
+#: the block, which for a wide node's 100,000 training rows would be gigabytes at once.
+BLOCK_VALUES = 2_000_000
 
 
 def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
@@ -175,6 +179,90 @@ class ChildResult:
     timed_out: bool = False
 
 
+def separation(X: pd.DataFrame, member: np.ndarray) -> np.ndarray:
+    """How far each column of ``X`` tells ``member`` rows from the rest on its own: the absolute
+    standardised mean difference (difference of the two means over the pooled standard
+    deviation; 0 where that is 0). A categorical column scores its best level, each level taken
+    as a 0/1 column. One pass over the rows.
+
+    Parameters
+    ----------
+    X : DataFrame (n, n_features), :func:`raw_frame`'s columns (no missing values)
+    member : ndarray (n,) bool
+
+    Returns
+    -------
+    ndarray (n_features,) float64, >= 0
+    """
+    member = np.asarray(member, dtype=bool)
+    n_m, n_r = int(member.sum()), int((~member).sum())
+    out = np.zeros(X.shape[1])
+    if not n_m or not n_r:
+        return out
+
+    w = member.astype(np.float64)
+
+    def smd(a: np.ndarray) -> np.ndarray:  # a (n, d) -> (d,)
+        # Sums as matrix-vector products (no copies of either side's rows), on columns
+        # centred first so that the sums of squares keep their precision.
+        a = a - a.mean(axis=0)
+        sq = a * a
+        sum_m, sq_m = w @ a, w @ sq
+        mean_m, mean_r = sum_m / n_m, -sum_m / n_r  # the centred columns sum to 0
+        var_m = np.maximum(sq_m / n_m - mean_m**2, 0.0)
+        var_r = np.maximum((sq.sum(axis=0) - sq_m) / n_r - mean_r**2, 0.0)
+        pooled = np.sqrt((var_m + var_r) / 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(pooled > 1e-12 * (1 + np.abs(mean_m - mean_r)),
+                            np.abs(mean_m - mean_r) / pooled, 0.0)
+
+    numeric = [j for j, c in enumerate(X.columns) if not isinstance(X[c].dtype, pd.CategoricalDtype)]
+    step = max(1, BLOCK_VALUES // max(1, len(X)))  # columns per block
+    for first in range(0, len(numeric), step):
+        cols = numeric[first:first + step]
+        out[cols] = smd(X.iloc[:, cols].to_numpy(dtype=np.float64))
+    for j, c in enumerate(X.columns):
+        if j not in set(numeric):
+            codes = X[c].cat.codes.to_numpy()
+            onehot = (codes[:, None] == np.arange(len(X[c].cat.categories))).astype(np.float64)
+            out[j] = float(smd(onehot).max()) if onehot.shape[1] else 0.0
+    return out
+
+
+def screen_features(X: pd.DataFrame, member: np.ndarray,
+                    max_features: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The columns a child's model trains on when the node is wide: the ``max_features`` that
+    best separate the child from the rest of the node (:func:`separation`, ties in column
+    order), in column order; ``(None, None)`` (every column) when there are not more than that.
+
+    Parameters
+    ----------
+    X : DataFrame (n, n_features), the node's training rows
+    member : ndarray (n,) bool, the child's rows among them
+
+    Returns
+    -------
+    kept : ndarray (max_features,) of column positions, increasing, or None
+    score : ndarray (n_features,), :func:`separation`, or None
+    """
+    if max_features is None or X.shape[1] <= max_features:
+        return None, None
+    score = separation(X, member)
+    return np.sort(np.argsort(-score, kind="stable")[:max_features]), score
+
+
+def screen_entry(kept: np.ndarray | None, features: Sequence[str], score: np.ndarray | None = None) -> dict | None:
+    """What tree.json says of a child's feature screen: how many of the node's features its
+    model saw, which, and the weakest separation kept (None when there was no screen)."""
+    if kept is None:
+        return None
+    entry = {"method": "standardised mean difference", "kept": len(kept),
+             "of": len(features), "features": [features[j] for j in kept]}
+    if score is not None:
+        entry["min_separation_kept"] = round(float(score[kept].min()), 6)
+    return entry
+
+
 def fit_booster(X: pd.DataFrame, label: np.ndarray, params: dict, rounds: int,
                 timeout_s: float = float("inf")):
     """One single-node XGBoost model on one thread; ``None`` when it did not finish its
@@ -200,7 +288,7 @@ def fit_booster(X: pd.DataFrame, label: np.ndarray, params: dict, rounds: int,
 
 
 def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], node: str,
-                   cluster: str) -> tuple[dict, pd.DataFrame]:
+                   cluster: str, kept: np.ndarray | None = None) -> tuple[dict, pd.DataFrame]:
     """A child's model judged on the node's held-out rows (AUC, average precision) and explained
     on its SHAP rows (TreeSHAP ``pred_contribs``, checked to add up to the margin).
 
@@ -208,6 +296,8 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
     ----------
     booster : xgboost.Booster, ``child == k`` against the rest of the node
     features : the feature names written, in the column order of ``rows.X_*``
+    kept : column positions the model was trained on (:func:`screen_features`), None: all; the
+        others get a SHAP value of exactly 0 (the model never saw them)
 
     Returns
     -------
@@ -218,12 +308,19 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
     import xgboost as xgb
 
     booster.set_param({"nthread": 1})
-    p_hold = booster.predict(xgb.DMatrix(rows.X_hold, enable_categorical=True, nthread=1))
+    X_hold, X_shap = (rows.X_hold, rows.X_shap) if kept is None else \
+        (rows.X_hold.iloc[:, kept], rows.X_shap.iloc[:, kept])
+    p_hold = booster.predict(xgb.DMatrix(X_hold, enable_categorical=True, nthread=1))
     y_hold = (rows.child_hold == k).astype(int)
-    d = xgb.DMatrix(rows.X_shap, enable_categorical=True, nthread=1)
+    d = xgb.DMatrix(X_shap, enable_categorical=True, nthread=1)
     contribs = np.asarray(booster.predict(d, pred_contribs=True))
     margin = np.asarray(booster.predict(d, output_margin=True))
     additivity = float(np.max(np.abs(contribs.sum(axis=1) - margin))) if len(margin) else 0.0
+    if kept is not None:  # back to every feature: the screened-out ones contribute 0
+        full = np.zeros((len(contribs), len(features) + 1), dtype=contribs.dtype)
+        full[:, kept] = contribs[:, :-1]
+        full[:, -1] = contribs[:, -1]
+        contribs = full
     member = rows.child_shap == k
     metrics = {"auc": round(float(roc_auc_score(y_hold, p_hold)), 6),
                "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
@@ -232,9 +329,11 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
     return metrics, shap_summary(contribs, member, features, node, cluster)
 
 
-def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict) -> dict:
-    """A child's model as tree.json and the manifest record it."""
-    return {"model": f"child-{k}.ubj", "trainer": trainer,
+def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict,
+                  screen: dict | None = None) -> dict:
+    """A child's model as tree.json and the manifest record it (``feature_screen``:
+    :func:`screen_entry`, null when the model saw every feature)."""
+    return {"model": f"child-{k}.ubj", "trainer": trainer, "feature_screen": screen,
             "auc": metrics["auc"], "average_precision": metrics["average_precision"],
             "n_train": n_pos + n_neg, "n_train_members": n_pos,
             "n_holdout": metrics["n_holdout"], "n_shap_rows": metrics["n_shap_rows"],
@@ -242,17 +341,23 @@ def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict) -
 
 
 def explain_child(rows: NodeRows, k: int, params: dict, rounds: int, timeout_s: float,
-                  features: Sequence[str], node: str, cluster: str) -> ChildResult:
+                  features: Sequence[str], node: str, cluster: str,
+                  max_features: int | None = None) -> ChildResult:
     """Train, judge and explain one child's one-vs-rest model on one thread: the whole work of
-    one fanned-out task. The same rows, parameters and seed give the same model bytes wherever
-    and whenever it runs."""
+    one fanned-out task. On a node of more than ``max_features`` features the model trains on
+    the ones that best separate the child (:func:`screen_features`). The same rows, parameters
+    and seed give the same model bytes wherever and whenever it runs."""
     t0 = time.perf_counter()
-    n_pos = int((rows.child_train == k).sum())
-    booster = fit_booster(rows.X_train, rows.child_train == k, params, rounds, timeout_s)
+    member = rows.child_train == k
+    n_pos = int(member.sum())
+    kept, score = screen_features(rows.X_train, member, max_features)
+    X = rows.X_train if kept is None else rows.X_train.iloc[:, kept]
+    booster = fit_booster(X, member, params, rounds, timeout_s)
     if booster is None:
         return ChildResult(None, None, None, time.perf_counter() - t0, timed_out=True)
-    metrics, shap = evaluate_child(booster, rows, k, features, node, cluster)
-    quality = quality_entry(k, "task", n_pos, len(rows.child_train) - n_pos, metrics)
+    metrics, shap = evaluate_child(booster, rows, k, features, node, cluster, kept)
+    quality = quality_entry(k, "task", n_pos, len(rows.child_train) - n_pos, metrics,
+                            screen_entry(kept, features, score))
     return ChildResult(bytes(booster.save_raw("ubj")), quality, shap, time.perf_counter() - t0)
 
 
@@ -285,8 +390,72 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
                          "n_rows": len(member), "n_members": int(member.sum())})
 
 
-def _q(x: np.ndarray, q: float) -> float:
-    return float(np.quantile(x, q)) if x.size else float("nan")
+def _quantiles(ordered: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    """Per row, the ``q`` quantile of its ``count`` present values, which ``ordered`` (d, n)
+    holds sorted at the start of the row (NaN after them): :func:`numpy.quantile`'s default
+    (linear) rule, every row at once; NaN where a row has no value."""
+    if not ordered.shape[1]:
+        return np.full(ordered.shape[0], np.nan)
+    virtual = count * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index for alpha=beta=1
+    lo = np.clip(np.floor(virtual), 0, np.maximum(count - 1, 0)).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    t = virtual - np.floor(virtual)
+    rows = np.arange(ordered.shape[0])
+    a, b = ordered[rows, lo], ordered[rows, hi]
+    diff = b - a
+    with np.errstate(invalid="ignore"):
+        out = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
+    return np.where(count > 0, out, np.nan)
+
+
+def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.ndarray]:
+    """The numeric columns of :func:`profiles`, every column at once (a wide node's profiles
+    were a Python loop of a dozen numpy calls per column and child).
+
+    Parameters
+    ----------
+    xt : ndarray (d, n) float64, one row per column (contiguous), missing and non-finite
+        values as NaN
+    member : ndarray (n,) bool
+
+    Returns
+    -------
+    dict of ndarray (d,): ``{member,rest}_{mean,median,q25,q75,missing}``, ``effect_size``,
+    ``member_above_rest_median``, ``member_below_rest_median`` (NaN where undefined)
+    """
+    d = xt.shape[0]
+    stats: dict[str, np.ndarray] = {}
+    var = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for side, m in (("rest", ~member), ("member", member)):
+            v = xt[:, m]  # a copy, changed in place below
+            holes = np.isnan(v)
+            count = v.shape[1] - holes.sum(axis=1)
+            ordered = np.sort(v, axis=1)  # NaN last
+            for key, q in (("median", 0.5), ("q25", 0.25), ("q75", 0.75)):
+                stats[f"{side}_{key}"] = _quantiles(ordered, count, q)
+            del ordered
+            if side == "member":  # before v changes: its members against the rest's median
+                mid = stats["rest_median"][:, None]
+                n_a = np.maximum(count, 1)
+                ok = (count > 0) & np.isfinite(stats["rest_median"])
+                stats["member_above_rest_median"] = np.where(ok, (v > mid).sum(axis=1) / n_a, np.nan)
+                stats["member_below_rest_median"] = np.where(ok, (v < mid).sum(axis=1) / n_a, np.nan)
+            v[holes] = 0.0
+            mean = np.where(count > 0, v.sum(axis=1) / np.maximum(count, 1), np.nan)
+            stats[f"{side}_mean"] = mean
+            stats[f"{side}_missing"] = 1 - count / v.shape[1] if v.shape[1] else np.full(d, np.nan)
+            v -= np.nan_to_num(mean)[:, None]
+            v[holes] = 0.0
+            var[side] = np.where(count > 0, np.einsum("ij,ij->i", v, v) / np.maximum(count, 1),
+                                 np.nan)
+        pooled = np.sqrt((var["member"] + var["rest"]) / 2)
+        effect = np.where(pooled > 0, (stats["member_mean"] - stats["rest_mean"]) / pooled, np.nan)
+    order = [f"{side}_{k}" for side in ("member", "rest")
+             for k in ("mean", "median", "q25", "q75", "missing")]
+    return {**{k: stats[k] for k in order}, "effect_size": effect,
+            "member_above_rest_median": stats["member_above_rest_median"],
+            "member_below_rest_median": stats["member_below_rest_median"]}
 
 
 #: A categorical column is profiled on at most this many levels (the most frequent in the
@@ -313,30 +482,23 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
     """
     names = names or {}
     rows = []
-    for c in numeric:
-        x = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        x = np.where(np.isfinite(x), x, np.nan)
-        stats = {}
-        for side, m in (("member", member), ("rest", ~member)):
-            v = x[m]
-            present = v[~np.isnan(v)]
-            stats.update({
-                f"{side}_mean": float(present.mean()) if present.size else np.nan,
-                f"{side}_median": _q(present, 0.5), f"{side}_q25": _q(present, 0.25),
-                f"{side}_q75": _q(present, 0.75),
-                f"{side}_missing": float(1 - present.size / v.size) if v.size else np.nan,
-            })
-        a, b = x[member], x[~member]
-        a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-        pooled = np.sqrt((a.var() + b.var()) / 2) if a.size and b.size else np.nan
-        effect = (stats["member_mean"] - stats["rest_mean"]) / pooled if pooled > 0 else np.nan
-        mid = stats["rest_median"]
-        above = float((a > mid).mean()) if a.size and np.isfinite(mid) else np.nan
-        below = float((a < mid).mean()) if a.size and np.isfinite(mid) else np.nan
+    numeric = list(numeric)
+    member = np.asarray(member, dtype=bool)
+    step = max(1, BLOCK_VALUES // max(1, len(raw)))  # columns per block
+    parts = []
+    for first in range(0, len(numeric), step):
+        cols = numeric[first:first + step]
+        xt = np.empty((len(cols), len(raw)))
+        for j, c in enumerate(cols):
+            xt[j] = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64,
+                                                                    na_value=np.nan)
+        xt[~np.isfinite(xt)] = np.nan
+        parts.append(numeric_profile_stats(xt, member))
+    stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    for j, c in enumerate(numeric):
         rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c), "kind": "numeric",
                      "role": "describe" if c in describe else "feature",
-                     "level": None, **stats, "effect_size": float(effect),
-                     "member_above_rest_median": above, "member_below_rest_median": below,
+                     "level": None, **{k: float(v[j]) for k, v in stats.items()},
                      "member_share": np.nan, "rest_share": np.nan, "lift": np.nan})
     for c in categorical:
         vals = categorical_strings(raw[c])

@@ -127,15 +127,21 @@ def _concat(empty: pd.DataFrame, *pieces: pd.DataFrame | None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+def _screen(rows: explain.NodeRows, k: int, max_features: int | None):
+    """:func:`~recluster.compute.explain.screen_features` of child ``k`` on the worker that
+    holds the node's rows."""
+    return explain.screen_features(rows.X_train, rows.child_train == k, max_features)
+
+
 def _evaluate_raw(rows: explain.NodeRows, raw: bytes, k: int, features: list[str], node: str,
-                  cluster: str) -> tuple[dict, pd.DataFrame]:
+                  cluster: str, kept=None) -> tuple[dict, pd.DataFrame]:
     """:func:`~recluster.compute.explain.evaluate_child` of a model trained elsewhere (given as
     its .ubj bytes), on the worker that holds the node's rows."""
     import xgboost as xgb
 
     booster = xgb.Booster()
     booster.load_model(bytearray(raw))
-    return explain.evaluate_child(booster, rows, k, features, node, cluster)
+    return explain.evaluate_child(booster, rows, k, features, node, cluster, kept)
 
 
 @dataclass
@@ -213,20 +219,25 @@ def _train_on_cluster(client: Client, train_all: dd.DataFrame, node: _Node,
         train = rows[~(rows[U_COLUMN] < cfg.holdout_fraction * threshold)]
         X_train = train.map_partitions(explain.raw_frame, node.preprocessor,
                                        meta=explain.raw_frame(train._meta, node.preprocessor))
+        kept, score = submit(_screen, node.split, k, cfg.max_features,
+                             key=f"screen-{cp}").result()
+        if kept is not None:  # a wide node: the child's model sees its best-separating features
+            X_train = X_train[[X_train.columns[j] for j in kept]]
         what = f"the model of cluster {cp}"
         booster = _train(client, params, X_train, (train["_child"] == k).astype("int32"),
                          cfg.n_estimators, cfg.retries, cfg.train_timeout_s, what,
                          cfg.collective_timeout_s)
         raw = bytes(booster.save_raw("ubj"))
-        fut = submit(_evaluate_raw, node.split, raw, k, node.features, node.path, cp,
+        fut = submit(_evaluate_raw, node.split, raw, k, node.features, node.path, cp, kept,
                      key=f"evaluate-{cp}")
         try:
             metrics, shap = fut.result()
         except Exception as exc:
             raise StageError(f"stage 'explain' failed: judging {what} failed {cfg.retries + 1} "
                              f"times: {type(exc).__name__}: {_message(exc)}") from None
-        node.results[cp] = (raw, explain.quality_entry(k, "xgboost.dask", n_pos, n_neg, metrics),
-                            shap)
+        node.results[cp] = (raw, explain.quality_entry(
+            k, "xgboost.dask", n_pos, n_neg, metrics,
+            explain.screen_entry(kept, node.features, score)), shap)
     node.seconds = time.perf_counter() - t0
     _finish(node, res, echo, "with xgboost.dask")
 
@@ -329,7 +340,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                         node.waiting += 1
                         done.add(submit(explain.explain_child, node.split, k, params,
                                         cfg.n_estimators, cfg.train_timeout_s, node.features,
-                                        path, cp_, key=f"model-{cp_}",
+                                        path, cp_, cfg.max_features, key=f"model-{cp_}",
                                         track=("model", path, cp_,
                                                f"training the model of cluster {cp_}")))
                     else:
