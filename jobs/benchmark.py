@@ -658,7 +658,8 @@ def main() -> None:
                                                                  "--depth", 2]))
     results: dict[str, dict] = {}
     for key, label, child_args in plan:
-        print(f"running {label} ...", flush=True)
+        print(f"running {label if key != 'recipe' else f'the recipe (a) to depth {recipe_depth}'}"
+              " ...", flush=True)
         extra = [f"--set={o}" for o in args.set] if key != "recipe" else []
         r = results[key] = _child([str(a) for a in child_args] + ["--seed", str(args.seed), *extra],
                                   args.timeout)
