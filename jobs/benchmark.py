@@ -6,7 +6,13 @@ memory and numba compilation are its own) and prints one table:
 (a) ``recipe``: what the tutorials write. All rows in memory, median-impute + standardise +
     one-hot, ``UMAP.fit_transform`` on every row, HDBSCAN on the embedding, one-vs-all
     ``XGBClassifier()`` (XGBoost's defaults, as the tutorials leave them) per cluster on the raw
-    features, ``shap.TreeExplainer`` on every row.
+    features, ``shap.TreeExplainer`` on every row. At depth d (``--recipe-depth``, default the
+    largest of ``--depths``) the recipe recurses as the tutorials' recursive recipe does: every
+    cluster with at least twice its ``min_cluster_size`` rows is standardised, embedded (seeded
+    UMAP) and clustered afresh on ALL its rows, and each new cluster explained one-vs-rest on all
+    its parent's rows. One run gives its times at every depth up to d (the levels are timed
+    apart: depth k's total is the first k levels'), so each recluster depth is printed against
+    the recipe at the same depth (the target) and against the recipe at depth 1.
 (b) ``recluster`` on a 2-worker ``LocalCluster`` (one thread each), local storage, default
     config with explanations: at depth 1 (the fair comparison), then at depth 2; then depth 2
     at larger N for the scaling targets.
@@ -16,6 +22,7 @@ contender: the first and the second identical tiny fit in the same process, so t
 shows that the cost is paid once per process. Stage times exclude it.
 
     .venv/bin/python jobs/benchmark.py                      # 300k x 32, then 1M and 4M x 32
+    .venv/bin/python jobs/benchmark.py --depths 1,2,3 --scale '' --pass-nodes ''  # recipe to depth 3
     .venv/bin/python jobs/benchmark.py --rows 100000 --scale '' --skip-recipe   # a quick look
     .venv/bin/python jobs/benchmark.py --passes      # only the full-data passes at 50 and 400 nodes
     .venv/bin/python jobs/benchmark.py --wide 500 --rows 100000   # only 32 vs 500 columns, depth 2
@@ -97,47 +104,57 @@ def _recipe_warmup() -> tuple[float, float]:
     return times[0], times[1]
 
 
-def run_recipe(data: Path, seed: int) -> dict:
+#: The recipe's stages, in the order they run at each level (their seconds are summed per level).
+RECIPE_STAGES = ("preprocess", "embed (UMAP, all rows)", "cluster (HDBSCAN)",
+                 "explain: XGBoost one-vs-all", "explain: SHAP all rows")
+
+
+def _recipe_cluster(raw, seed: int, times: dict[str, float]):
+    """The tutorial's clustering of the rows ``raw`` (DataFrame (m, d): numeric with NaN, one-hot
+    country): median-impute and standardise on these rows, seeded UMAP on all of them, HDBSCAN.
+
+    Returns
+    -------
+    labels : ndarray (m,), -1 noise
+    x : ndarray (m, d), the standardised rows
+    Adds the stages' seconds to ``times``.
+    """
     import hdbscan
-    import pandas as pd
-    import shap
     import umap
-    import xgboost as xgb
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    warm = _recipe_warmup()
-    stages: dict[str, float] = {}
     t = time.perf_counter()
-    df = pd.read_parquet(data / "input")
-    truth = pd.read_parquet(data / "truth.parquet")
-    stages["load"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    num = df.drop(columns=["user_id", "country"])
-    raw = pd.concat([num, pd.get_dummies(df["country"], prefix="country", dtype=float)], axis=1)
-    x = StandardScaler().fit_transform(raw.fillna(num.median()))
-    stages["preprocess"] = time.perf_counter() - t
-
+    x = StandardScaler().fit_transform(raw.fillna(raw.median()))
+    times["preprocess"] += time.perf_counter() - t
     # Seeded, as recluster is: a segmentation someone must explain has to be reproducible.
     # UMAP runs single-threaded when seeded; the unseeded (parallel) fit is timed on its own line.
     t = time.perf_counter()
     emb = umap.UMAP(n_neighbors=15, min_dist=0.0, n_components=2,
                     random_state=seed).fit_transform(x)
-    stages["embed (UMAP, all rows)"] = time.perf_counter() - t
+    times["embed (UMAP, all rows)"] += time.perf_counter() - t
     t = time.perf_counter()
-    umap.UMAP(n_neighbors=15, min_dist=0.0, n_components=2).fit_transform(x)
-    unseeded_umap_s = time.perf_counter() - t
+    labels = hdbscan.HDBSCAN(min_cluster_size=_recipe_mcs(len(raw)),
+                             min_samples=10).fit_predict(emb)
+    times["cluster (HDBSCAN)"] += time.perf_counter() - t
+    return labels, x
 
-    t = time.perf_counter()
-    mcs = max(25, int(0.02 * len(df)))
-    labels = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=10).fit_predict(emb)
-    stages["cluster (HDBSCAN)"] = time.perf_counter() - t
 
-    clusters = sorted(set(labels) - {-1})
-    aucs, xgb_s, shap_s = [], 0.0, 0.0
-    for c in clusters:
+def _recipe_mcs(n: int) -> int:
+    """The recipe's HDBSCAN ``min_cluster_size`` for ``n`` rows."""
+    return max(25, int(0.02 * n))
+
+
+def _recipe_explain(raw, labels, seed: int, times: dict[str, float]) -> list[float]:
+    """One-vs-rest XGBoost (the tutorials' defaults) per cluster of ``labels`` on the rows ``raw``
+    (the clustered rows: all of them, noise included), scored on a 20% hold-out, and TreeSHAP on
+    every row. Returns the hold-out AUCs; adds the stages' seconds to ``times``."""
+    import shap
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    aucs = []
+    for c in sorted(set(labels) - {-1}):
         y = (labels == c).astype(int)
         t = time.perf_counter()
         xtr, xte, ytr, yte = train_test_split(raw, y, test_size=0.2, random_state=seed, stratify=y)
@@ -145,21 +162,93 @@ def run_recipe(data: Path, seed: int) -> dict:
         model = xgb.XGBClassifier(n_jobs=N_WORKERS)
         model.fit(xtr, ytr)
         aucs.append(roc_auc_score(yte, model.predict_proba(xte)[:, 1]))
-        xgb_s += time.perf_counter() - t
+        times["explain: XGBoost one-vs-all"] += time.perf_counter() - t
         t = time.perf_counter()
         values = shap.TreeExplainer(model).shap_values(raw)
         np.abs(values).mean(axis=0)  # the per-cluster bar chart's numbers
-        shap_s += time.perf_counter() - t
-    stages["explain: XGBoost one-vs-all"] = xgb_s
-    stages["explain: SHAP all rows"] = shap_s
+        times["explain: SHAP all rows"] += time.perf_counter() - t
+    return aucs
 
+
+def run_recipe(data: Path, seed: int, depth: int = 1, unseeded: bool = True) -> dict:
+    """The tutorial recipe, recursively to ``depth``: level 1 clusters every row (UMAP + HDBSCAN)
+    and explains each cluster one-vs-all; each later level takes every cluster of the level
+    above with at least twice its own ``min_cluster_size`` rows, standardises, embeds (seeded
+    UMAP) and clusters ALL its rows afresh, and -- when it finds two clusters or more -- explains
+    each one-vs-rest on all the parent's rows. A cluster's noise stays in the parent's segment.
+
+    Stage seconds are kept per level, so one run at ``depth`` gives the recipe's totals at every
+    depth up to it (prefix sums): ``by_depth[d]`` holds the cumulative stages, leaf ARI, number of
+    segments and the smallest AUC at depth d; the top-level keys are depth 1's, as before.
+    ``unseeded``: also time an unseeded (parallel) UMAP on all rows, on its own line.
+    """
+    import pandas as pd
+    import umap
+
+    warm = _recipe_warmup()
+    t = time.perf_counter()
+    df = pd.read_parquet(data / "input")
+    truth = pd.read_parquet(data / "truth.parquet")
+    load_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    num = df.drop(columns=["user_id", "country"])
+    raw = pd.concat([num, pd.get_dummies(df["country"], prefix="country", dtype=float)], axis=1)
+    onehot_s = time.perf_counter() - t
     order = truth.set_index("user_id").loc[df["user_id"]]
-    return {"stages": stages, "warmup_s": list(warm), "rows": len(df),
-            "unseeded_umap_s": unseeded_umap_s,
-            "clusters_l1": len(clusters), "noise_share": float(np.mean(labels == -1)),
-            "ari_l1": _ari(labels, order["group"].to_numpy()),
-            "ari_leaf": _ari(labels, order["subgroup"].to_numpy()),
-            "min_auc": round(min(aucs), 4) if aucs else None,
+    groups, subgroups = order["group"].to_numpy(), order["subgroup"].to_numpy()
+
+    paths = np.full(len(df), "root", dtype=object)  # each row's segment, level by level
+    frontier = [("root", np.arange(len(df)))]
+    levels, by_depth, unseeded_umap_s, x_all = [], {}, None, None
+    for level in range(1, depth + 1):
+        times = dict.fromkeys(RECIPE_STAGES, 0.0)
+        aucs, nxt, n_split = [], [], 0
+        for path, rows in frontier:
+            sub = raw.iloc[rows]
+            labels, x = _recipe_cluster(sub, seed, times)
+            k = len(set(labels) - {-1})
+            if level == 1:
+                x_all = x
+            elif k < 2:
+                continue  # not split: the cluster is a leaf
+            n_split += 1
+            aucs += _recipe_explain(sub, labels, seed, times)
+            for c in range(k):
+                members = rows[labels == c]
+                paths[members] = f"{path}.{c}"
+                if len(members) >= 2 * _recipe_mcs(len(members)):
+                    nxt.append((f"{path}.{c}", members))
+        if level == 1:
+            times["preprocess"] += onehot_s
+            if unseeded:
+                t = time.perf_counter()
+                umap.UMAP(n_neighbors=15, min_dist=0.0, n_components=2).fit_transform(x_all)
+                unseeded_umap_s = time.perf_counter() - t
+            level1 = paths.copy()
+        levels.append(times)
+        print(f"recipe level {level}: {n_split} of {len(frontier)} node(s) split, "
+              f"{sum(times.values()):.1f}s", file=sys.stderr, flush=True)
+        prev = by_depth.get(level - 1, {"stages": {"load": load_s, **dict.fromkeys(RECIPE_STAGES, 0.0)},
+                                        "min_auc": None})
+        mins = [a for a in (prev["min_auc"], min(aucs) if aucs else None) if a is not None]
+        by_depth[level] = {
+            "stages": {k: v + times.get(k, 0.0) for k, v in prev["stages"].items()},
+            "segments": len(set(paths)), "nodes_split": n_split,
+            "ari_leaf": _ari(paths, subgroups), "min_auc": round(min(mins), 4) if mins else None}
+        frontier = nxt
+        if not frontier:
+            break
+    for d in range(len(levels) + 1, depth + 1):  # nothing left to split: deeper is the same
+        by_depth[d] = by_depth[len(levels)]
+    first = by_depth[1]
+    return {"stages": first["stages"], "warmup_s": list(warm), "rows": len(df),
+            "unseeded_umap_s": unseeded_umap_s, "levels": levels,
+            "by_depth": {str(d): v for d, v in by_depth.items()},
+            "clusters_l1": first["segments"] - int((level1 == "root").any()),
+            "noise_share": float(np.mean(level1 == "root")),
+            "ari_l1": _ari(level1, groups), "ari_leaf": first["ari_leaf"],
+            "min_auc": first["min_auc"],
             "peak_client_mib": _peak_mib(), "peak_worker_mib": None}
 
 
@@ -225,7 +314,7 @@ def run_recluster(data: Path, out: Path, depth: int, seed: int, overrides: list[
     # the gaps between stages) is put in the last column.
     stages["write"] = max(0.0, wall - sum(v for k, v in stages.items() if k != "write"))
     return {
-        "stages": stages, "stage_detail": timings, "wall_s": wall,
+        "stages": stages, "stage_detail": timings, "wall_s": wall, "depth": depth,
         "warmup_s": [max(w[0] for w in warm.values()), max(w[1] for w in warm.values())],
         "rows": rows,
         "clusters_l1": sum(1 for n in tree if n["depth"] == 1),
@@ -553,11 +642,23 @@ def _fmt(v, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def print_table(results: list[tuple[str, dict]], baseline: dict | None) -> None:
+def recipe_at(rec: dict, depth: int) -> dict:
+    """The recipe's result at ``depth`` (cumulative stages, leaf ARI, smallest AUC) from one run
+    of :func:`run_recipe` to that depth or deeper."""
+    d = rec["by_depth"][str(depth)]
+    return {**rec, "stages": d["stages"], "ari_leaf": d["ari_leaf"], "min_auc": d["min_auc"],
+            "depth": depth, "segments": d["segments"]}
+
+
+def print_table(results: list[tuple[str, dict]], recipes: dict[int, dict]) -> None:
+    """One line per contender; ``recipes`` maps a depth to the recipe's result at that depth.
+    Each line's speed-ups: the recipe at depth 1 / this, and the recipe at this line's depth /
+    this (the target's comparison)."""
     cols = ["load", "fit on samples", "assign all rows", "explain", "write"]  # recluster: + report
     head = (f"{'contender':<26} {'rows':>9} {'warm-up':>13} " + " ".join(f"{c[:10]:>10}" for c in cols)
             + f" {'total s':>8} {'rows/s':>9} {'peak worker':>11} {'peak client':>11}"
-            f" {'L1 k':>4} {'ARI grp':>7} {'ARI sub':>7} {'min AUC':>7} {'(a)/(b)':>7}")
+            f" {'L1 k':>4} {'ARI grp':>7} {'ARI sub':>7} {'min AUC':>7} {'(a1)/(b)':>8}"
+            f" {'(ad)/(b)':>8}")
     print(head)
     print("-" * len(head))
     for name, r in results:
@@ -571,13 +672,16 @@ def print_table(results: list[tuple[str, dict]], baseline: dict | None) -> None:
                    "write": 0.0}
         else:
             row = st
-        ratio = (sum(baseline["stages"].values()) / total) if baseline else None
+        same = recipes.get(r.get("depth", 1)) if recipes and r["rows"] == recipes[1]["rows"] \
+            else None
+        ratio1 = sum(recipes[1]["stages"].values()) / total if 1 in recipes else None
+        ratio = sum(same["stages"].values()) / total if same else None
         print(f"{name:<26} {r['rows']:>9} {r['warmup_s'][0]:>6.1f}/{r['warmup_s'][1]:<5.1f} "
               + " ".join(f"{row[c]:>10.1f}" for c in cols)
               + f" {total:>8.1f} {r['rows'] / total:>9,.0f} {_fmt(r['peak_worker_mib'], ',.0f'):>8} MiB"
               f" {r['peak_client_mib']:>7,.0f} MiB {r['clusters_l1']:>4} {r['ari_l1']:>7.3f}"
               f" {_fmt(r['ari_leaf'], '.3f'):>7} {_fmt(r['min_auc'], '.3f'):>7}"
-              f" {_fmt(ratio, '.1f'):>6}x")
+              f" {_fmt(ratio1, '.1f'):>7}x {_fmt(ratio, '.1f'):>7}x")
     print("  warm-up = numba compilation and first-call cost, per fresh process: first/second identical"
           " tiny fit (max over workers); not in the stage columns.\n"
           "  recipe 'fit on samples' is UMAP (seeded, like recluster's) + HDBSCAN on ALL rows, 'explain'"
@@ -585,7 +689,12 @@ def print_table(results: list[tuple[str, dict]], baseline: dict | None) -> None:
           "  its 'write' the labels, the report, publishing and the gaps between stages (total = the"
           " run's wall time).\n"
           "  ARI grp: first-level clusters (the recipe: its flat clusters) vs the generator's groups;"
-          " ARI sub: final segments vs its sub-groups. L1 k: first-level clusters.")
+          " ARI sub: final segments vs its sub-groups. L1 k: first-level clusters.\n"
+          "  recipe depth d: the recipe recursed (every cluster of >= 2 x its min_cluster_size"
+          " rows re-standardised, re-embedded and re-clustered on ALL its rows, each new cluster"
+          " explained on all its parent's rows);\n"
+          "  its depth-d times are the first d levels of one run. (a1)/(b): the recipe at depth 1"
+          " / this; (ad)/(b): the recipe at this line's depth / this (the target).")
 
 
 def check_targets(results: dict[str, dict]) -> list[tuple[str, bool, str]]:
@@ -601,10 +710,20 @@ def check_targets(results: dict[str, dict]) -> list[tuple[str, bool, str]]:
         checks.append(("ARI vs truth (better of groups / sub-groups) not lower than the recipe's",
                        mine >= theirs - 0.005, f"{mine:.3f} vs {theirs:.3f}"))
     for key, r in results.items():
-        if key == "recipe":
+        if key.startswith("recipe"):
             continue
         for stage, rps in r["pass_rows_per_s_core"].items():
             checks.append((f"{key}: '{stage}' >= 50k rows/s/core", rps >= 50_000, f"{rps:,.0f}"))
+    for key, r in results.items():
+        same = results.get(f"recipe_d{r.get('depth')}")
+        if not key.startswith("d") or key == "d1" or not same:
+            continue
+        ratio = sum(same["stages"].values()) / sum(r["stages"].values())
+        checks.append((f"recluster depth {r['depth']} >= 10x faster than the recipe at depth "
+                       f"{r['depth']}", ratio >= 10, f"{ratio:.1f}x"))
+        checks.append((f"depth {r['depth']}: leaf ARI vs sub-groups not lower than the recipe's "
+                       "at that depth", r["ari_leaf"] >= same["ari_leaf"] - 0.005,
+                       f"{r['ari_leaf']:.3f} vs {same['ari_leaf']:.3f}"))
     scale = sorted((r["rows"], k) for k, r in results.items() if k.startswith("scale"))
     if len(scale) >= 2:
         (n0, k0), (n1, k1) = scale[0], scale[-1]
@@ -631,6 +750,9 @@ def main() -> None:
                     help="comma-separated row counts for recluster depth-2 scaling runs ('' to skip)")
     ap.add_argument("--depths", default="1,2", help="recluster depths at --rows")
     ap.add_argument("--skip-recipe", action="store_true")
+    ap.add_argument("--recipe-depth", type=int, default=None,
+                    help="depth the recipe recurses to (default: the largest of --depths); one "
+                         "run gives its times at every depth up to this")
     ap.add_argument("--dir", default=str(Path.home() / ".cache" / "recluster" / "bench"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
@@ -673,33 +795,49 @@ def main() -> None:
         return
 
     data = generate(root, args.rows, args.features, args.seed)
-    plan = [] if args.skip_recipe else [("recipe", f"recipe (a), {args.rows:,}", ["recipe", data])]
+    depths = [int(x) for x in args.depths.split(",") if x.strip()]
+    recipe_depth = args.recipe_depth or max(depths, default=1)
+    plan = [] if args.skip_recipe else [("recipe", f"recipe (a) depth 1, {args.rows:,}",
+                                         ["recipe", data, "--depth", recipe_depth])]
     plan += [(f"d{d}", f"recluster (b) depth {d}, {args.rows:,}",
               ["recluster", data, root / f"out-d{d}", "--depth", d])
-             for d in [int(x) for x in args.depths.split(",") if x.strip()]]
+             for d in depths]
     for n in [int(s) for s in args.scale.split(",") if s.strip()]:
         d = generate(root, n, args.features, args.seed)
         plan.append((f"scale{n}", f"recluster depth 2, {n:,}", ["recluster", d, root / f"out-{n}",
                                                                  "--depth", 2]))
     results: dict[str, dict] = {}
     for key, label, child_args in plan:
-        print(f"running {label} ...", flush=True)
+        print(f"running {label if key != 'recipe' else f'the recipe (a) to depth {recipe_depth}'}"
+              " ...", flush=True)
         extra = [f"--set={o}" for o in args.set] if key != "recipe" else []
         r = results[key] = _child([str(a) for a in child_args] + ["--seed", str(args.seed), *extra],
                                   args.timeout)
         print(f"  done in {r['process_s']:.0f}s (process, incl. start-up and warm-up)", flush=True)
+    recipes = {}
+    if "recipe" in results:  # one run to recipe_depth: its depth-d lines are prefixes of it
+        recipes = {d: recipe_at(results["recipe"], d) for d in range(1, recipe_depth + 1)}
+        results["recipe"] = recipes[1]
+        at = [i for i, (k, _, _) in enumerate(plan) if k == "recipe"][0] + 1
+        for d in range(recipe_depth, 1, -1):
+            results[f"recipe_d{d}"] = recipes[d]
+            plan.insert(at, (f"recipe_d{d}", f"recipe (a) depth {d}, {args.rows:,}", []))
 
     print(f"\n{args.features} features; {N_WORKERS} worker processes x 1 thread for recluster, "
           f"{N_WORKERS} threads for the recipe; {os.cpu_count()} cores\n")
-    print_table([(label, results[key]) for key, label, _ in plan], results.get("recipe"))
+    print_table([(label, results[key]) for key, label, _ in plan], recipes)
     print("\nrecluster stage detail (s):")
     for key, label, _ in plan:
-        if key != "recipe":
+        if not key.startswith("recipe"):
             detail = ", ".join(f"{k} {v:.1f}" for k, v in results[key]["stage_detail"].items())
             print(f"  {label}: {detail}")
     if "recipe" in results:
         rec = results["recipe"]
-        print("  recipe (a): " + ", ".join(f"{k} {v:.1f}" for k, v in rec["stages"].items()))
+        for level, times in enumerate(rec["levels"], 1):
+            bd = rec["by_depth"][str(level)]
+            print(f"  recipe (a) level {level} ({bd['nodes_split']} node(s) split, "
+                  f"{bd['segments']} segments): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
         alt = sum(rec["stages"].values()) - rec["stages"]["embed (UMAP, all rows)"] + rec["unseeded_umap_s"]
         line = (f"  recipe with unseeded UMAP (parallel on {N_WORKERS} threads, not reproducible): "
                 f"UMAP {rec['unseeded_umap_s']:.1f}s, total {alt:.1f}s")
@@ -749,7 +887,7 @@ def child_main(argv: list[str]) -> None:
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args(argv)
     if a.what == "recipe":
-        res = run_recipe(Path(a.data), a.seed)
+        res = run_recipe(Path(a.data), a.seed, a.depth)
     else:
         res = run_recluster(Path(a.data), Path(a.out), a.depth, a.seed, a.set)
     print(json.dumps(res, default=float))

@@ -49,8 +49,8 @@ def test_resample_runs_without_the_fit_and_is_checked_against_it():
     with pytest.raises(RuntimeError, match="other sample rows"):
         score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, other,
                        fit.min_cluster_size, cfg.clustering)
-    # A resample keeps the epoch count of the fit it checks, not UMAP's small-data default.
-    assert umap_epochs(50_000, cfg.embedding) == 200 and umap_epochs(8_000, cfg.embedding) == 500
+    # A resample keeps the epoch count of the fit it checks, not the one of its own row count.
+    assert umap_epochs(5_000, cfg.embedding) == 300 and umap_epochs(4_000, cfg.embedding) == 375
 
 
 def _run(tmp_path, scheduler, table, name, **sections):

@@ -553,7 +553,10 @@ class EmbeddingConfig(_Strict):
     n_components: int = Field(default=2, ge=2, le=16)
     n_neighbors: int = Field(default=15, ge=2, le=200)
     min_dist: float = Field(default=0.0, ge=0.0, le=1.0)
-    n_epochs: int | None = Field(default=None, ge=10)
+    n_epochs: int | None = Field(
+        default=None, ge=10, description="UMAP's optimisation epochs; null: bounded by work -- "
+        "500 up to 3,000 distinct rows, then 1,500,000 / rows, at least 200 (from 7,500 rows); "
+        "a stability resample runs its node's count (README 'Performance')")
     reduce_above: int | None = Field(
         default=50, ge=2,
         description="a node whose scaled sample has more columns than this is projected on its "

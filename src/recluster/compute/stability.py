@@ -71,9 +71,10 @@ def resample_embedding(X: np.ndarray, fraction: float, max_rows: int, seed: int,
                        emb_cfg: EmbeddingConfig) -> tuple[np.ndarray, np.ndarray]:
     """One resample: refit (PCA) + UMAP on a subsample of X (n, d), as the fit did.
 
-    The subsample is embedded with the epoch count of the node's own fit: left to itself, UMAP
-    would give a subsample of 10k rows or fewer 500 epochs instead of 200, which is a different
-    (and 2.5x dearer) procedure than the one whose clusters are being checked. A wide node's
+    The subsample is embedded with the epoch count of the node's own fit
+    (:func:`~recluster.compute.embed.umap_epochs` of the node's distinct rows), not the one of
+    its own (smaller) row count, which could be more epochs: a different (and dearer) procedure
+    than the one whose clusters are being checked. A wide node's
     projection is refitted on the subsample too: it is part of the procedure being checked.
     The clustering is left to the caller, who tries it at more than one setting.
 
