@@ -318,3 +318,16 @@ def test_schema_without_a_numeric_column_reads_the_rest_under_consistent_keys():
     frame = empty_frame(less)
     assert list(frame.columns) == [less.key(c) for c in less.columns]
     assert less.name(less.key("country")) == "country"
+
+
+def test_row_number_candidates_in_a_slice_of_the_rows_read():
+    """input.filters keeps some rows of the pieces read: their row numbers have gaps but stay
+    within as many consecutive values as rows read (penguins with sex = female kept the
+    rownames as a feature). A slice too small to tell, or numbers spread wider, keeps it."""
+    kept = np.flatnonzero(np.random.default_rng(1).random(400) < 0.5) + 1  # ~200 of 1..400
+    parts = [kept[::2], kept[1::2]]
+    assert row_number_candidates(_numbered(parts), _ts()) == []  # unfiltered: gaps
+    assert row_number_candidates(_numbered(parts), _ts(), read_rows=400) == ["visits"]
+    assert row_number_candidates(_numbered(parts), _ts(), read_rows=300) == []  # wider
+    few = [np.array([3, 90, 250, 700, 900, 1200])]  # 6 of 10,000 rows: not evidence
+    assert row_number_candidates(_numbered(few), _ts(), read_rows=10_000) == []

@@ -436,7 +436,15 @@ def _distinct_whole(x: np.ndarray) -> bool:
     return bool(np.all(np.diff(np.sort(x)) > 0))
 
 
-def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[str]:
+#: A slice (``input.filters``) of ``k`` rows out of ``R`` read: whole numbers spread over at most
+#: ``R`` values repeat somewhere unless ``k**2`` is small against ``R`` (all ``k`` distinct has
+#: probability about ``exp(-k**2 / (2 R))``, under 1% from this ratio on), so distinct ones say
+#: "row number" only from here; a smaller slice keeps its columns.
+_SLICE_EVIDENCE = 10
+
+
+def row_number_candidates(stats: Sequence[dict], schema: TableSchema,
+                          read_rows: int | None = None) -> list[str]:
     """Numeric columns that may number the rows: distinct whole numbers in every partition, with
     exactly as many values between the smallest and the largest as the input has rows. They
     number the rows if, besides, no value repeats across partitions (the caller counts).
@@ -445,24 +453,31 @@ def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[st
     row sat in some file, nothing about it; as a feature it would put a sort order into the
     embedding and the explanations.
 
+    A slice (``input.filters``) keeps some of the numbers, with gaps: there the values must lie
+    within as many consecutive numbers as ``read_rows``, the rows the slice was cut from, and
+    the slice must be large enough to tell (see ``_SLICE_EVIDENCE``).
+
     Parameters
     ----------
     stats : per-partition dicts of :func:`partition_stats`
     schema : TableSchema
+    read_rows : rows of the pieces read before ``input.filters`` (None: no filter)
 
     Returns
     -------
     list of column names, in the schema's order
     """
     rows = sum(s["rows"] for s in stats)
-    if rows < 3:
+    width = rows if read_rows is None else max(rows, read_rows)
+    if rows < 3 or (width > rows and rows * rows < _SLICE_EVIDENCE * width):
         return []
     out = []
     for c in schema.numeric:
         if not all(c in s.get("distinct_whole", ()) for s in stats):
             continue
         spans = [s["span"][c] for s in stats if s["rows"]]
-        if max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1 == rows:
+        # distinct whole numbers (the caller counts them) fill at least ``rows`` values
+        if max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1 <= width:
             out.append(c)
     return out
 
@@ -584,8 +599,8 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
                 "information (scaled to 0)")
         out.append({"column": c, "what": what})
     for c in summary.get("row_numbers", ()):
-        out.append({"column": c, "what": "a row number (distinct consecutive whole numbers): "
-                                         "left out of the features"})
+        out.append({"column": c, "what": "a row number (distinct whole numbers out of one "
+                                         "consecutive run): left out of the features"})
     return out
 
 
