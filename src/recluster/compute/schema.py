@@ -436,48 +436,44 @@ def _distinct_whole(x: np.ndarray) -> bool:
     return bool(np.all(np.diff(np.sort(x)) > 0))
 
 
-#: A slice (``input.filters``) of ``k`` rows out of ``R`` read: whole numbers spread over at most
-#: ``R`` values repeat somewhere unless ``k**2`` is small against ``R`` (all ``k`` distinct has
-#: probability about ``exp(-k**2 / (2 R))``, under 1% from this ratio on), so distinct ones say
-#: "row number" only from here; a smaller slice keeps its columns.
-_SLICE_EVIDENCE = 10
+#: Whole numbers that never repeat in ``k`` rows although they lie within ``w`` values: drawn
+#: at random they would all differ with probability about ``exp(-k**2 / (2 w))``, under 1% from
+#: ``k**2 >= 10 w`` on. Such a column numbers the rows of some table this input is a slice of
+#: (``input.filters``, a Hive partition, R's ``rownames`` kept through a subset: AER's
+#: CPS1985 holds 534 of 1..1100) or keys them; it measures nothing.
+_NUMBERING_EVIDENCE = 10
 
 
-def row_number_candidates(stats: Sequence[dict], schema: TableSchema,
-                          read_rows: int | None = None) -> list[str]:
-    """Numeric columns that may number the rows: distinct whole numbers in every partition, with
-    exactly as many values between the smallest and the largest as the input has rows. They
-    number the rows if, besides, no value repeats across partitions (the caller counts).
+def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[str]:
+    """Numeric columns that may number the rows: distinct whole numbers in every partition,
+    either exactly as many values between the smallest and the largest as the input has rows,
+    or so many rows within that range that values drawn at random would repeat (see
+    ``_NUMBERING_EVIDENCE``). They number the rows if, besides, no value repeats across
+    partitions (the caller counts).
 
-    Such a column (an index written out as ``rownames``, ``Unnamed: 0``, ``...1``) says where a
-    row sat in some file, nothing about it; as a feature it would put a sort order into the
-    embedding and the explanations.
-
-    A slice (``input.filters``) keeps some of the numbers, with gaps: there the values must lie
-    within as many consecutive numbers as ``read_rows``, the rows the slice was cut from, and
-    the slice must be large enough to tell (see ``_SLICE_EVIDENCE``).
+    Such a column (an index written out as ``rownames``, ``Unnamed: 0``, ``...1``, also with
+    the gaps a filter or a subset leaves) says where a row sat in some file, nothing about it;
+    as a feature it would put a sort order into the embedding and the explanations.
 
     Parameters
     ----------
     stats : per-partition dicts of :func:`partition_stats`
     schema : TableSchema
-    read_rows : rows of the pieces read before ``input.filters`` (None: no filter)
 
     Returns
     -------
     list of column names, in the schema's order
     """
     rows = sum(s["rows"] for s in stats)
-    width = rows if read_rows is None else max(rows, read_rows)
-    if rows < 3 or (width > rows and rows * rows < _SLICE_EVIDENCE * width):
+    if rows < 3:
         return []
     out = []
     for c in schema.numeric:
         if not all(c in s.get("distinct_whole", ()) for s in stats):
             continue
         spans = [s["span"][c] for s in stats if s["rows"]]
-        # distinct whole numbers (the caller counts them) fill at least ``rows`` values
-        if max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1 <= width:
+        width = max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1
+        if width == rows or rows * rows >= _NUMBERING_EVIDENCE * width:
             out.append(c)
     return out
 
@@ -599,8 +595,8 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
                 "information (scaled to 0)")
         out.append({"column": c, "what": what})
     for c in summary.get("row_numbers", ()):
-        out.append({"column": c, "what": "a row number (distinct whole numbers out of one "
-                                         "consecutive run): left out of the features"})
+        out.append({"column": c, "what": "a row number (distinct whole numbers, packed too "
+                                         "densely to be chance): left out of the features"})
     return out
 
 

@@ -278,9 +278,7 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
     echo(f"  {summary['rows']} rows, ids unique, no infinite values; missing values: "
          f"{summary['missing'] or 'none'}")
     # Only features the run chose itself: a column named in input.features is the user's call.
-    # A slice's numbers have gaps: they lie within the rows the filter was applied to.
-    read_rows = sum(p.n_rows for p in pieces) if cfg.input.filters else None
-    dropped = row_number_candidates(stats, ts, read_rows) if cfg.input.features is None else []
+    dropped = row_number_candidates(stats, ts) if cfg.input.features is None else []
     if dropped:  # rare: one more pass counts their distinct values across partitions
         distinct = client.compute(passes.distinct_counts(feats, [ts.key(c) for c in dropped]),
                                   sync=True)
@@ -293,7 +291,7 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
                 f"the only feature column{'s' if len(dropped) > 1 else ''} "
                 f"({', '.join(map(repr, dropped))}) number the rows 1, 2, 3, ...; a row's "
                 f"position is not something to segment on. Name the features in input.features")
-        echo(f"  left out of the features: {', '.join(map(repr, dropped))} -- distinct whole "
-             f"numbers out of one consecutive run, a row number; name the features in "
+        echo(f"  left out of the features: {', '.join(map(repr, dropped))} -- a row number: "
+             f"distinct whole numbers, packed too densely to be chance; name the features in "
              f"input.features to use {'them' if len(dropped) > 1 else 'it'}")
     return Validated(state, passes.sum_counts(counts), summary, ts)
