@@ -237,3 +237,15 @@ def test_extreme_values_stay_finite_with_explanations(table, tmp_path, bucket, s
     assert np.isfinite(labels[["umap_0", "umap_1", "probability"]].to_numpy()).all()
     models = [n["classifier"] for n in tree.values() if (n["classifier"] or {}).get("model")]
     assert models and all(np.isfinite(m["auc"]) for m in models)
+
+
+def test_a_table_whose_only_feature_numbers_the_rows(tmp_path, bucket, scheduler, capsys):
+    """Features inferred, the only one a row number with the gaps a subset leaves: refused
+    after the validation pass, naming the column and how to go on, nothing published."""
+    keep = np.flatnonzero(np.random.default_rng(3).random(900) < 0.6)  # ~540 of 0..899
+    frame = pd.DataFrame({"user_id": [f"u{i}" for i in keep], "row": keep})
+    write_table(frame, f"s3://{bucket}/in", 2)
+    err = _run(tmp_path, bucket, scheduler, capsys, input={"id_column": "user_id",
+                                                            "categorical": []})
+    assert "the only feature column ('row') number the rows" in err, err[-2000:]
+    assert "input.features" in err

@@ -175,7 +175,11 @@ def test_samples_smaller_than_the_embedding_needs_are_refused(sample):
 @pytest.mark.parametrize("input_extra, message", [
     ({"exclude": ["ts"], "features": ["a", "b"]}, "input.exclude is for a table whose features"),
     ({"exclude": ["user_id"]}, "input.exclude names ['user_id'], which is the id"),
-    ({"exclude": ["a"], "categorical": ["a"]}, "input.exclude names ['a'], which are used"),
+    ({"exclude": ["a"], "categorical": ["a"]},
+     "input.exclude names ['a'], which input.categorical lists as features; leave it out"),
+    # both at once: each named for what it is (it said "['a', 'user_id'], which are used")
+    ({"exclude": ["user_id", "a"], "categorical": ["a"]},
+     "input.exclude names ['user_id'], which is the id column"),
 ])
 def test_input_exclude_contradictions_are_refused(input_extra, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

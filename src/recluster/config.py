@@ -304,10 +304,14 @@ class InputConfig(_Strict):
             if self.features is not None:
                 raise ValueError("input.exclude is for a table whose features are every other "
                                  "column; with input.features, leave the column out of that list")
-            both = sorted(set(self.exclude) & ({self.id_column} | set(self.categorical)))
+            if self.id_column in self.exclude:
+                raise ValueError(f"input.exclude names ['{self.id_column}'], which is the id "
+                                 f"column (never a feature; it labels the rows)")
+            both = sorted(set(self.exclude) & set(self.categorical))
             if both:
-                raise ValueError(f"input.exclude names {both}, which "
-                                 f"{'is the id' if both == [self.id_column] else 'are used'}")
+                raise ValueError(f"input.exclude names {both}, which input.categorical lists as "
+                                 f"features; leave {'them' if len(both) > 1 else 'it'} out of "
+                                 f"one of the two")
         if self.id_column in self.categorical:
             raise ValueError(f"input.categorical lists the id column '{self.id_column}'")
         self._check_describe()

@@ -289,9 +289,10 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
         if not ts.features:
             raise InputDataError(
                 f"the only feature column{'s' if len(dropped) > 1 else ''} "
-                f"({', '.join(map(repr, dropped))}) number the rows 1, 2, 3, ...; a row's "
-                f"position is not something to segment on. Name the features in input.features")
-        echo(f"  left out of the features: {', '.join(map(repr, dropped))} -- distinct "
-             f"consecutive whole numbers, a row number; name the features in input.features "
-             f"to use {'them' if len(dropped) > 1 else 'it'}")
+                f"({', '.join(map(repr, dropped))}) number the rows (distinct whole numbers, "
+                f"packed too densely to be chance); a row's position is not something to "
+                f"segment on. Name the features in input.features")
+        echo(f"  left out of the features: {', '.join(map(repr, dropped))} -- a row number: "
+             f"distinct whole numbers, packed too densely to be chance; name the features in "
+             f"input.features to use {'them' if len(dropped) > 1 else 'it'}")
     return Validated(state, passes.sum_counts(counts), summary, ts)
