@@ -185,3 +185,24 @@ def test_input_exclude_contradictions_are_refused(input_extra, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config({"input": {"path": "/in", "id_column": "user_id", **input_extra},
                       "output": {"path": "/out"}})
+
+
+@pytest.mark.parametrize("section, key, number", [
+    ("explain", "max_features", 3), ("recursion", "max_depth", 3), ("sample", "size", 300),
+    ("stability", "fraction", 0.5), ("embedding", "n_epochs", 30)])
+@pytest.mark.parametrize("value", [True, False])
+def test_a_yes_or_no_is_not_a_number(section, key, number, value):
+    """YAML's true/false (also yes/no/on/off) were read as 1/0 in a number: `max_features: true`
+    (meaning "screen, please") trained every wide node's models on one feature, without a
+    word. A number setting refuses them, naming the setting; yes/no settings still take them."""
+    data = _base_config()
+    data[section] = {key: value}
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}.*a number is expected, not "
+                                          rf"{str(value).lower()}"):
+        parse_config(data)
+    data[section] = {key: number}
+    assert getattr(getattr(parse_config(data), section), key) == number
+    data = _base_config()
+    data["explain"] = {"enabled": value, "max_features": None}
+    cfg = parse_config(data)
+    assert cfg.explain.enabled is value and cfg.explain.max_features is None

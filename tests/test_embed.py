@@ -126,8 +126,28 @@ def test_epochs_follow_the_config_else_a_rule_bounded_by_work():
     assert np.all(ns[below_floor] * (epochs[below_floor] - 0.5) <= 500 * 3_000)  # rounded
 
 
-def test_the_fit_runs_the_epochs_of_the_rule():
+def test_the_fit_runs_the_epochs_of_the_rule_and_the_transform_its_own(monkeypatch):
+    """The fit runs the rule's epochs; the transform keeps UMAP's own count (100 for a batch of
+    up to 10,000 rows, else 30), as before the rule: the fitted reducer kept the rule's count,
+    and UMAP's transform (and the umap assigner, which saves the setting) then ran
+    n_epochs // 3 -- 125 here, 166 for a small node -- on every row assigned."""
+    import umap
+
+    from recluster.compute.assign import UmapAssigner
+
+    asked = []
+
+    class Spy(umap.UMAP):
+        def fit(self, X, *args, **kwargs):
+            asked.append(self.n_epochs)
+            return super().fit(X, *args, **kwargs)
+
+    monkeypatch.setattr(umap, "UMAP", Spy)
     X = np.random.default_rng(0).normal(size=(4_000, 4)).astype(np.float32)
-    reducer, emb = fit_embedding(X, EmbeddingConfig(), seed=0)
-    assert reducer.n_epochs == umap_epochs(4_000, EmbeddingConfig()) == 375
+    reducer, emb = fit_embedding(X, EmbeddingConfig(), seed=0, keep_index=True)
+    assert asked == [umap_epochs(4_000, EmbeddingConfig())] == [375]
     assert emb.shape == (4_000, 2) and np.isfinite(emb).all()
+    assert UmapAssigner(reducer, None, np.arange(3)).settings_["n_epochs"] is None
+    # A configured count is the fit's and, as UMAP does, the transform's third of it.
+    reducer, _ = fit_embedding(X[:500], EmbeddingConfig(n_epochs=60), seed=0, keep_index=True)
+    assert asked[-1] == 60 and UmapAssigner(reducer, None, np.arange(3)).settings_["n_epochs"] == 60

@@ -142,6 +142,8 @@ def test_the_job_screens_wide_nodes_on_both_trainers(client, penguin_tree):  # n
                 assert q["shap_additivity_max_error"] < 1e-4
                 dropped = shap[~shap["feature"].isin(screen["features"])]
                 assert len(dropped) == 4 and (dropped["mean_abs_shap"] == 0).all()
+                assert dropped["screened_out"].all()  # said so, on both trainers
+                assert not shap.loc[~shap.index.isin(dropped.index), "screened_out"].any()
                 by_trainer.setdefault(cp, []).append((q["trainer"], screen["features"]))
                 models += 1
         assert models >= 3

@@ -232,3 +232,46 @@ def test_a_row_number_in_a_filtered_slice_is_not_a_feature(tmp_path, bucket, sch
     assert any(d.get("column") == "rownames" and "row number" in d["what"]
                for d in manifest["degraded"]), manifest["degraded"]
     assert "left out of the features: 'rownames'" in printed + err
+
+
+def test_screened_models_say_so_in_every_output_and_score(tmp_path, bucket, scheduler, capsys):
+    """explain.max_features below the node's features (penguins: 4 measurements and 2
+    categoricals, the screen keeps 2): shap_summary.parquet marks the features each model never
+    saw (their 0 said nothing, yet read like "does not matter", ranked beside real zeros), the
+    report says the classifier saw only some columns, and ``recluster score`` runs on the model."""
+    import html
+
+    import fsspec
+    from helpers import read_json, read_labels, run_cli
+
+    frame = penguins()
+    features = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g",
+                "island", "sex"]
+    joined, _, out, _ = _segment(
+        tmp_path, bucket, scheduler, capsys, frame, "penguin", where="screen-",
+        input={"id_column": "penguin", "categorical": ["island", "sex"], "features": features},
+        explain={"enabled": True, "n_estimators": 20, "min_child_rows": 10, "max_features": 2})
+    tree = {r["path"]: r for r in read_json(out, "tree.json")}
+    with fsspec.open(f"{out}/shap_summary.parquet", "rb") as f:
+        shap = pd.read_parquet(f)
+    with fsspec.open(f"{out}/report.html", "rb") as f:
+        page = f.read().decode()
+    screened = [p for p, n in tree.items() if ((n.get("classifier") or {}).get("feature_screen"))]
+    assert screened
+    for p in screened:
+        screen = tree[p]["classifier"]["feature_screen"]
+        assert screen["kept"] == 2 and screen["of"] == 6
+        rows = shap[shap["cluster"] == p].set_index("feature")
+        assert set(rows.index[~rows["screened_out"]]) == set(screen["features"])
+        assert (rows.loc[rows["screened_out"], "mean_abs_shap"] == 0).all()
+        section = page.split(f'data-cluster="{html.escape(p)}" style="border-left', 1)[1]
+        section = section.split("</section>", 1)[0]
+        assert "saw only the 2 of 6 columns" in section, section[:2000]
+    # The note is on screened segments only.
+    assert page.count("saw only the 2 of 6 columns") == len(screened)
+    scored = f"s3://{bucket}/screen-scored"
+    code = run_cli("score", "--model", out, "--input", f"s3://{bucket}/screen-in", "--output",
+                   scored, "--scheduler", scheduler, "--quiet")
+    assert code == 0, capsys.readouterr().err[-3000:]
+    again = read_labels(scored).set_index("penguin").loc[joined["penguin"], "cluster"]
+    assert (again.to_numpy() == joined["cluster"].to_numpy()).all()

@@ -61,10 +61,29 @@ URL_CREDENTIALS = ("a password, a token as an HTTP user name, or a signature, to
                    "the query string, as in a presigned or SAS URL")
 
 
+def _number_only(annotation) -> bool:
+    """Whether a field's type takes numbers and no ``bool`` (``int``, ``float | None``, ...)."""
+    import types
+    import typing
+
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    return bool({int, float} & set(args)) and bool not in args and Any not in args
+
+
 class _Strict(BaseModel):
     # No ``.inf`` or ``.nan``: an infinite timeout overflowed the thread wait (a traceback, and
     # a run left running in the background while the command exited).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info):
+        # pydantic reads true as 1 in a number: `explain.max_features: true` silently trained
+        # every wide model on one feature, `recursion.max_depth: yes` stopped at depth 1.
+        if isinstance(value, bool) and _number_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"a number is expected, not {str(value).lower()}")
+        return value
 
 
 def _credential_like(key: str) -> bool:

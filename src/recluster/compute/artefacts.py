@@ -96,6 +96,13 @@ def _squared_distances(X: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0, out=d2)
 
 
+def _others_vary(spread: np.ndarray, drop: np.ndarray) -> bool:
+    """Whether any dimension but ``drop`` varies, given each dimension's ``spread`` (d,) bool
+    (range above 0 over the rows checked): computed once per node, not per column (copying
+    the rows without each column's dimensions cost a third of a wide node's artefact check)."""
+    return bool(np.delete(spread, drop).any())
+
+
 def _vote(neigh: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Majority label (n,) among each row's neighbours (positions (n, k) into ``labels``)."""
     votes = labels[neigh]
@@ -125,6 +132,8 @@ def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_cl
     lab = labels[member]
     votes: dict[str, np.ndarray] = {}
     neighbours = None
+    Xm = X[member]
+    spread = np.ptp(Xm, axis=0) > 0
     for column, values in discrete_columns(sample, pre).items():
         vals = values[member]
         drop = _columns_of(pre, column)
@@ -135,11 +144,10 @@ def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_cl
             if len(levels) != 1 or np.all(vals == levels[0]):
                 continue
             if column not in votes:
-                rest = np.delete(X[member], drop, axis=1)
-                if rest.shape[1] == 0 or not np.ptp(rest, axis=0).any():
+                if not _others_vary(spread, drop):
                     votes[column] = np.full(len(member), -2)  # nothing else to tell rows apart
                 else:
-                    neighbours = neighbours or _NeighboursWithout(X[member])
+                    neighbours = neighbours or _NeighboursWithout(Xm)
                     votes[column] = _vote(neighbours.of(drop), lab)
             score = adjusted_rand_score(lab == c, votes[column] == c)
             if score < min_agreement:
@@ -171,6 +179,7 @@ class LevelCheck:
         self.k = int(min(NEIGHBOURS, self.n - 1))
         self.min_rows = min_rows * self.n / max(1, len(X))
         self._neighbours: _NeighboursWithout | None = None
+        self._spread: np.ndarray | None = None
 
     def values(self, column: str) -> np.ndarray:
         """The checked rows' values of ``column`` as level strings (n_checked,)."""
@@ -184,8 +193,9 @@ class LevelCheck:
         """ARI of the vote against membership, per level in ``levels`` (of ``vals`` (n_checked,),
         the column's values), without ``column``'s dimensions; 0 when nothing else varies."""
         drop = _columns_of(self.pre, column)
-        rest = np.delete(self.X[self.rows], drop, axis=1)
-        if rest.shape[1] == 0 or not np.ptp(rest, axis=0).any():
+        if self._spread is None:
+            self._spread = np.ptp(self.X[self.rows], axis=0) > 0
+        if not _others_vary(self._spread, drop):
             return [0.0] * len(levels)
         if self._neighbours is None:
             self._neighbours = _NeighboursWithout(self.X[self.rows])

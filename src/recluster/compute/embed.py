@@ -110,6 +110,12 @@ def _umap(X: np.ndarray, cfg: EmbeddingConfig, seed: int, keep_index: bool):
         kwargs["precomputed_knn"] = (idx, dist.astype(np.float32), None)
     reducer = umap.UMAP(**kwargs)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # n_jobs/random_state and precomputed-knn notices
+        warnings.simplefilter("ignore")  # n_epochs/random_state and precomputed-knn notices
         emb = reducer.fit_transform(X)
+    if not cfg.n_epochs:
+        # The rule sets the fit's epochs only. UMAP's transform (and the umap assigner, which
+        # saves this setting) derives its own from it, n_epochs // 3, where unset it runs 100
+        # (batches up to 10,000 rows) or 30: left set, the rule made `assign.method: umap`
+        # transform every row with 66-166 epochs instead of 30.
+        reducer.n_epochs = None
     return reducer, np.asarray(emb, dtype=np.float32)

@@ -326,7 +326,7 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
                "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
                "n_holdout": len(y_hold), "n_shap_rows": int(len(member)),
                "shap_additivity_max_error": additivity}
-    return metrics, shap_summary(contribs, member, features, node, cluster)
+    return metrics, shap_summary(contribs, member, features, node, cluster, kept)
 
 
 def quality_entry(k: int, trainer: str, n_pos: int, n_neg: int, metrics: dict,
@@ -362,7 +362,7 @@ def explain_child(rows: NodeRows, k: int, params: dict, rounds: int, timeout_s: 
 
 
 def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[str], node: str,
-                 cluster: str) -> pd.DataFrame:
+                 cluster: str, kept: np.ndarray | None = None) -> pd.DataFrame:
     """Aggregate TreeSHAP contributions of one one-vs-rest model.
 
     Parameters
@@ -371,11 +371,14 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
     member : ndarray (n,) bool, the rows that belong to ``cluster``
     features : the feature names, in column order
     node, cluster : the node's path and the child's path
+    kept : column positions the model saw (:func:`screen_features`), None: all
 
     Returns
     -------
     DataFrame with one row per feature: ``node``, ``cluster``, ``feature``, ``mean_abs_shap``
-    (all rows), ``mean_shap`` (members), ``mean_shap_rest``, ``rank`` (1 = most important)
+    (all rows), ``mean_shap`` (members), ``mean_shap_rest``, ``rank`` (1 = most important),
+    ``screened_out`` (the feature screen kept the feature from the model: its zero says nothing
+    about the feature, which was not looked at)
     """
     phi = contribs[:, : len(features)]
     mean_abs = np.abs(phi).mean(axis=0)
@@ -384,10 +387,15 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
     order = np.argsort(-mean_abs, kind="stable")
     rank = np.empty(len(features), dtype=np.int64)
     rank[order] = np.arange(1, len(features) + 1)
+    screened = np.zeros(len(features), dtype=bool)
+    if kept is not None:
+        screened[:] = True
+        screened[kept] = False
     return pd.DataFrame({"node": node, "cluster": cluster, "feature": list(features),
                          "mean_abs_shap": mean_abs, "mean_shap": mean_member,
                          "mean_shap_rest": mean_rest, "rank": rank,
-                         "n_rows": len(member), "n_members": int(member.sum())})
+                         "screened_out": screened, "n_rows": len(member),
+                         "n_members": int(member.sum())})
 
 
 def _quantiles(ordered: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:

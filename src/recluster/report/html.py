@@ -629,6 +629,14 @@ def _cluster(n: dict[str, Any], data: RunData, cols: dict[str, str], pop: dict[t
         body = _facts_list(found, seg_facts)
         if q.get("model") is None and q.get("skip_reason"):
             body += f'<p class="muted">No classifier for this segment: {e(q["skip_reason"])}.</p>'
+        screen = q.get("feature_screen")
+        if screen and shap is not None and not shap.empty:
+            # A wide node's model saw only the columns that best separate the segment: the
+            # others have no bar because they were not looked at, not because they do not matter.
+            body += (f'<p class="muted">The classifier saw only the {screen["kept"]:,} of '
+                     f'{screen["of"]:,} columns that best separate this segment from the rest '
+                     'of its parent on their own (explain.max_features); the other columns were '
+                     'not looked at, so they have no SHAP bar whatever their importance.</p>')
         if shap is not None and not shap.empty:
             body += ('<div class="charts"><figure><figcaption>What identifies members: how much '
                      'each column moves the classifier</figcaption>'
