@@ -279,22 +279,29 @@ def _worker_peak() -> float:
     return _peak_mib()
 
 
-def run_recluster(data: Path, out: Path, depth: int, seed: int, overrides: list[str]) -> dict:
-    import pandas as pd
-
+def _bench_config(data: Path, out: Path, depth: int, seed: int, overrides: list[str]):
+    """The config every recluster contender runs with (an emptied ``out``): the generated
+    table, ``depth`` levels, 2 single-threaded workers."""
     from recluster.config import apply_overrides, parse_config
-    from recluster.parallel.client import dask_client
-    from recluster.pipeline import run
 
     if out.exists():
         shutil.rmtree(out)
-    cfg = parse_config(apply_overrides({
+    return parse_config(apply_overrides({
         "input": {"path": str(data / "input"), "id_column": "user_id", "categorical": ["country"]},
         "output": {"path": str(out)},
         "recursion": {"max_depth": depth},
         "runtime": {"n_workers": N_WORKERS, "threads_per_worker": 1},
         "seed": seed,
     }, overrides))
+
+
+def run_recluster(data: Path, out: Path, depth: int, seed: int, overrides: list[str]) -> dict:
+    import pandas as pd
+
+    from recluster.parallel.client import dask_client
+    from recluster.pipeline import run
+
+    cfg = _bench_config(data, out, depth, seed, overrides)
     with dask_client(cfg.runtime, warm=True) as client:  # as `recluster run`
         warm = client.run(_worker_warmup)
         t = time.perf_counter()
@@ -508,20 +515,11 @@ def run_wide_child(data: Path, out: Path, depth: int, seed: int, overrides: list
     """One ``recluster run`` at ``depth`` on a 2-worker LocalCluster (one thread each) in this
     fresh process, as `recluster run`; per stage its wall seconds and the CPU seconds of the
     client and of every worker process spent in it (sampled at each stage's start and end)."""
-    from recluster.config import apply_overrides, parse_config
     from recluster.parallel.client import dask_client
     from recluster.pipeline import run
     from recluster.progress import Progress
 
-    if out.exists():
-        shutil.rmtree(out)
-    cfg = parse_config(apply_overrides({
-        "input": {"path": str(data / "input"), "id_column": "user_id", "categorical": ["country"]},
-        "output": {"path": str(out)},
-        "recursion": {"max_depth": depth},
-        "runtime": {"n_workers": N_WORKERS, "threads_per_worker": 1},
-        "seed": seed,
-    }, overrides))
+    cfg = _bench_config(data, out, depth, seed, overrides)
     with dask_client(cfg.runtime, warm=True) as client:
         client.run(_worker_warmup)  # compilation is paid here, not in the stages
 
