@@ -260,9 +260,13 @@ def test_a_stopped_run_says_so_and_leaves_the_folder_free(tmp_path, scheduler, s
         "id_column": "stone", "categorical": ["cut", "color", "clarity"], "features": [
             "carat", "depth", "table", "price", "x", "y", "z", "cut", "color", "clarity"]},
         sample={"size": 4000})
+    # A suite started in the background (`make test &`) ignores SIGINT, and so would the run it
+    # starts: Python installs no KeyboardInterrupt handler for an ignored SIGINT. The run gets
+    # the default disposition, as from a terminal.
     proc = subprocess.Popen([str(BIN / "recluster"), "run", str(cfg), "--scheduler", scheduler],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for_the_lock(proc, out)
         time.sleep(1.0)
