@@ -442,6 +442,8 @@ def _distinct_whole(x: np.ndarray) -> bool:
 #: (``input.filters``, a Hive partition, R's ``rownames`` kept through a subset: AER's
 #: CPS1985 holds 534 of 1..1100) or keys them; it measures nothing.
 _NUMBERING_EVIDENCE = 10
+#: Why a column counts as a row number, in every message that says so.
+ROW_NUMBER_EVIDENCE = "distinct whole numbers, packed too densely to be chance"
 
 
 def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[str]:
@@ -595,8 +597,8 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
                 "information (scaled to 0)")
         out.append({"column": c, "what": what})
     for c in summary.get("row_numbers", ()):
-        out.append({"column": c, "what": "a row number (distinct whole numbers, packed too "
-                                         "densely to be chance): left out of the features"})
+        out.append({"column": c, "what": f"a row number ({ROW_NUMBER_EVIDENCE}): left out of "
+                                         "the features"})
     return out
 
 

@@ -18,7 +18,13 @@ from typing import Any
 
 from distributed import Client
 
-from recluster.compute.schema import TableSchema, check_stats, resolve_schema, row_number_candidates
+from recluster.compute.schema import (
+    ROW_NUMBER_EVIDENCE,
+    TableSchema,
+    check_stats,
+    resolve_schema,
+    row_number_candidates,
+)
 from recluster.config import InputConfig, JobConfig
 from recluster.errors import ConfigError, InputDataError
 from recluster.parallel import passes
@@ -289,10 +295,10 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
         if not ts.features:
             raise InputDataError(
                 f"the only feature column{'s' if len(dropped) > 1 else ''} "
-                f"({', '.join(map(repr, dropped))}) number the rows (distinct whole numbers, "
-                f"packed too densely to be chance); a row's position is not something to "
-                f"segment on. Name the features in input.features")
+                f"({', '.join(map(repr, dropped))}) number the rows ({ROW_NUMBER_EVIDENCE}); "
+                f"a row's position is not something to segment on. Name the features in "
+                f"input.features")
         echo(f"  left out of the features: {', '.join(map(repr, dropped))} -- a row number: "
-             f"distinct whole numbers, packed too densely to be chance; name the features in "
+             f"{ROW_NUMBER_EVIDENCE}; name the features in "
              f"input.features to use {'them' if len(dropped) > 1 else 'it'}")
     return Validated(state, passes.sum_counts(counts), summary, ts)
