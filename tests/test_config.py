@@ -206,3 +206,16 @@ def test_a_yes_or_no_is_not_a_number(section, key, number, value):
     data["explain"] = {"enabled": value, "max_features": None}
     cfg = parse_config(data)
     assert cfg.explain.enabled is value and cfg.explain.max_features is None
+
+
+def test_an_early_stability_stop_below_the_stable_score_is_refused():
+    """``stability.conclusive`` settles a node on its first resample; below ``stable`` it would
+    settle nodes whose clusters are not even stable."""
+    data = {**_base_config(), "stability": {"conclusive": 0.6}}
+    with pytest.raises(ConfigError, match=r"stability\.conclusive=0\.6 must be at least "
+                                          r"stability\.stable=0\.75"):
+        parse_config(data)
+    data["stability"] = {"conclusive": 0.6, "stable": 0.6}
+    assert parse_config(data).stability.conclusive == 0.6
+    data["stability"] = {"conclusive": None}
+    assert parse_config(data).stability.conclusive is None

@@ -25,6 +25,7 @@ from recluster.compute.assign import ASSIGNER_NPZ, assigner_from_files
 from recluster.compute.node import U_COLUMN, fit_node
 from recluster.compute.routing import LABELS_SCHEMA_VERSION, label_columns
 from recluster.compute.sampling import hash_uniform
+from recluster.compute.tree import accept_split
 from recluster.config import parse_config
 from recluster.errors import InputDataError, IntegrityError
 from recluster.storage.models import DIGESTS, node_from_files, preprocessor_to_json
@@ -270,6 +271,48 @@ def test_assigners_come_back_from_their_files_unchanged(olive_fits, method, tmp_
     with pytest.raises(ValueError, match="malformed"):
         assigner_from_files({**files, ASSIGNER_NPZ: _npz(arrays)})
     assert not marker.exists()
+
+
+def test_only_the_roots_classifier_places_rows_and_a_refused_split_trains_none():
+    """The embedding regressor is trained for the root only (below it no map is kept, so it was
+    never evaluated), and a split refused as not reproducible trains no assigner at all. The
+    held-out agreement is measured by a labels-only probe either way."""
+    table = olive()
+    table[U_COLUMN] = hash_uniform(table[ID], 0)
+    numeric = [c for c in table.columns if c not in (ID, U_COLUMN, *CATEGORICAL)]
+    base = {"input": {"path": "-", "id_column": ID, "categorical": CATEGORICAL},
+            "output": {"path": "-"}, "clustering": {"min_cluster_fraction": 0.05}}
+    root = fit_node(table, "root", numeric, CATEGORICAL, ID, parse_config(base))
+    zoom = fit_node(table, "root.1", numeric, CATEGORICAL, ID, parse_config(base))
+    X = root.preprocessor.transform(table)
+    assert root.n_children >= 2 and zoom.n_children >= 2 and zoom.agreement >= 0.5
+    assert root.assigner.predict(X)[2].shape == (len(table), 2)
+    files = zoom.assigner.to_files()
+    assert "assigner-embedding.ubj" not in files and "assigner-embedding.ubj" in \
+        root.assigner.to_files()
+    labels, prob, emb = zoom.assigner.predict(X, embedding=False)
+    assert emb is None and set(np.unique(labels)) <= set(range(-1, zoom.n_children))
+    with pytest.raises(ValueError, match="labels rows only"):
+        zoom.assigner.predict(X)
+    back = node_from_files("root.1", {**files, "preprocess.json": preprocessor_to_json(
+        zoom.preprocessor)})
+    np.testing.assert_array_equal(back.assigner.predict(X, embedding=False)[0], labels)
+    # Clusters carved out of a structureless blob, asked for a held-out agreement just above the
+    # one they reach: refused, with no assigner trained (nor a drift reference: never saved).
+    rng = np.random.default_rng(5)
+    blob = pd.DataFrame(rng.uniform(0, 1, (800, 4)), columns=["a", "b", "c", "d"])
+    blob.insert(0, "id", np.arange(800))
+    blob[U_COLUMN] = hash_uniform(blob["id"], 0)
+    carve = {"input": {"path": "-", "id_column": "id"}, "output": {"path": "-"},
+             "clustering": {"cluster_selection_method": "leaf"}}
+    first = fit_node(blob, "root.1", list("abcd"), [], "id", parse_config(carve))
+    assert first.n_children >= 2 and first.agreement < 1.0
+    strict = parse_config({**carve, "recursion": {"min_split_agreement": first.agreement + 1e-9}})
+    refused = fit_node(blob, "root.1", list("abcd"), [], "id", strict)
+    assert refused.agreement == first.agreement and refused.n_children == first.n_children
+    assert first.assigner is not None and first.reference is not None
+    assert refused.assigner is None and refused.reference is None
+    assert not accept_split(refused, len(blob), strict.recursion)
 
 
 def _arrays(files: dict[str, bytes]) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import read_json, run_cli, write_config, write_table
+from helpers import read_json, read_labels, run_cli, write_config, write_table
 
 from recluster.compute.embed import umap_epochs
 from recluster.compute.node import U_COLUMN, fit_node
@@ -61,12 +61,22 @@ def _run(tmp_path, scheduler, table, name, **sections):
     return {n["path"]: n for n in read_json(str(tmp_path / f"{name}-out"), "tree.json")}
 
 
-def test_separated_clusters_are_stable(tmp_path, scheduler):
+def test_separated_clusters_are_stable_and_settled_on_their_first_resample(tmp_path, scheduler):
     table, _ = make_table(5000, seed=12)
     tree = _run(tmp_path, scheduler, table, "sep", recursion={"max_depth": 1})
     children = [tree[c] for c in tree["root"]["children"]]
     assert len(children) >= 4
     assert all(c["stability"] >= 0.9 for c in children), [c["stability"] for c in children]
+    # Every cluster scored >= stability.conclusive on the first resample: the node was settled
+    # on it. Running every resample (conclusive: null) gives the same segments.
+    assert tree["root"]["fit"]["stability_resamples"] == 1
+    assert min(c["stability"] for c in children) >= 0.95
+    every = _run(tmp_path, scheduler, table, "sep-all", recursion={"max_depth": 1},
+                 stability={"conclusive": None})
+    assert every["root"]["fit"]["stability_resamples"] == 3
+    fast = read_labels(str(tmp_path / "sep-out")).set_index("user_id")["cluster"]
+    full = read_labels(str(tmp_path / "sep-all-out")).set_index("user_id")["cluster"]
+    pd.testing.assert_series_equal(fast.sort_index(), full.sort_index())
 
 
 def test_clusters_carved_from_a_blob_score_low_and_are_not_zoomed_into(tmp_path, scheduler):
@@ -87,6 +97,8 @@ def test_clusters_carved_from_a_blob_score_low_and_are_not_zoomed_into(tmp_path,
     assert len(children) >= 3, "the setup should carve the blob"
     scores = [c["stability"] for c in children]
     assert np.mean(scores) <= 0.6, scores
+    # Scores like these are what more resamples are for: no early stop.
+    assert tree["root"]["fit"]["stability_resamples"] == 3
     for c in children:
         if c["stability"] < 0.75:
             assert c["stop_reason"].startswith("unstable"), c

@@ -675,6 +675,18 @@ class StabilityConfig(_Strict):
         description="with unstable: noise, the root's unstable clusters (kept as segments) are "
         "zoomed into all the same: a cluster that resamples cut differently is often two groups "
         "one level merges, and its zoom keeps only clusters that are stable themselves")
+    conclusive: float | None = Field(
+        default=0.95, ge=0.0, le=1.0,
+        description="a node whose clusters all score at least this on its first resample is "
+        "settled on that one (its other resamples are cancelled or never run): the scores of a "
+        "clearly separated cluster are ~1 on every resample. null: always every resample")
+
+    @model_validator(mode="after")
+    def _check_conclusive(self) -> StabilityConfig:
+        if self.conclusive is not None and self.conclusive < self.stable:
+            raise ValueError(f"stability.conclusive={self.conclusive} must be at least "
+                             f"stability.stable={self.stable} (or null)")
+        return self
 
 
 class ExplainConfig(_Strict):

@@ -375,8 +375,13 @@ class ClassifierAssigner:
                     random_state=self.seed)
 
     def fit(self, X: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-            embedding: np.ndarray) -> ClassifierAssigner:
-        """Fit on labelled rows: X (n, d), labels (n,), probabilities (n,), embedding (n, c)."""
+            embedding: np.ndarray, place: bool = True) -> ClassifierAssigner:
+        """Fit on labelled rows: X (n, d), labels (n,), probabilities (n,), embedding (n, c).
+
+        With ``place`` false the embedding regressor is not trained: the node's rows are only
+        labelled, never placed on its map (only the first level's map is kept, so below the
+        root the regressor would never be evaluated), and ``predict`` refuses ``embedding``.
+        """
         import xgboost as xgb
 
         X = np.asarray(X, dtype=np.float32)
@@ -387,7 +392,7 @@ class ClassifierAssigner:
             y = np.searchsorted(self.classes_, labels)
             self.label_booster_ = xgb.XGBClassifier(**self._params()).fit(X, y).get_booster()
         self.embed_booster_ = xgb.XGBRegressor(**self._params()).fit(
-            X, np.asarray(embedding)).get_booster()
+            X, np.asarray(embedding)).get_booster() if place else None
         return self
 
     def predict(self, X: np.ndarray, embedding: bool = True
@@ -411,14 +416,18 @@ class ClassifierAssigner:
         prob[labels < 0] = 0.0
         if not embedding:
             return labels, prob, None
+        if self.embed_booster_ is None:
+            raise ValueError("this assigner labels rows only: it was fitted without its "
+                             "embedding regressor (a node below the root has no kept map)")
         emb = np.asarray(self.embed_booster_.inplace_predict(X), dtype=np.float32).reshape(m, -1)
         return labels, prob, emb
 
     def to_files(self) -> dict[str, bytes]:
         """The assigner as files: JSON metadata and two ``.ubj`` boosters."""
         files = {ASSIGNER_JSON: json.dumps({"kind": "classifier", "classes": self.classes_.tolist(),
-                                              "n_components": self.n_components_}).encode(),
-                 "assigner-embedding.ubj": bytes(self.embed_booster_.save_raw("ubj"))}
+                                              "n_components": self.n_components_}).encode()}
+        if self.embed_booster_ is not None:
+            files["assigner-embedding.ubj"] = bytes(self.embed_booster_.save_raw("ubj"))
         if self.label_booster_ is not None:
             files["assigner-labels.ubj"] = bytes(self.label_booster_.save_raw("ubj"))
         return files
@@ -440,7 +449,8 @@ class ClassifierAssigner:
             return b
 
         self.label_booster_ = load("assigner-labels.ubj") if "assigner-labels.ubj" in files else None
-        self.embed_booster_ = load("assigner-embedding.ubj")
+        self.embed_booster_ = (load("assigner-embedding.ubj")
+                               if "assigner-embedding.ubj" in files else None)
         return self
 
 

@@ -27,7 +27,7 @@ from recluster.compute.assign import ClassifierAssigner, KnnAssigner, UmapAssign
 from recluster.compute.cluster import fit_clusters, min_cluster_size_for
 from recluster.compute.drift import Reference, fit_reference
 from recluster.compute.embed import fit_embedding
-from recluster.compute.paths import NodePath
+from recluster.compute.paths import ROOT, NodePath
 from recluster.compute.preprocess import Columns, Preprocessor
 from recluster.compute.reduce import Projection, fit_projection, project
 from recluster.compute.sampling import id_hashes
@@ -76,6 +76,8 @@ class NodeFit:
     child_numbers: list[int] | None = None
     #: What the node was trained on, for drift in ``recluster score`` (:mod:`.drift`).
     reference: Reference | None = None
+    #: How many stability resamples scored the clusters (None: not scored).
+    stability_resamples: int | None = None
 
     def routing_view(self) -> NodeFit:
         """Only what assigning rows needs (no sample arrays): the copy shipped to workers."""
@@ -98,6 +100,7 @@ class NodeFit:
             "preprocess": self.preprocessor.summary() if self.preprocessor else None,
             "reduction": self.projection.summary() if self.projection else None,
             "unstable_clusters_made_noise": {str(k): v for k, v in self.dropped.items()},
+            "stability_resamples": self.stability_resamples,
         }
 
 
@@ -252,7 +255,8 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
         fit.seconds["artefacts"] = time.perf_counter() - t
     umap_assigner = UmapAssigner(reducer, cl.clusterer, cl.relabel) if keep_index else None
     _train_assigner(fit, Z, umap_assigner, cfg)
-    fit.reference = fit_reference(sample, pre, Z, fit.sample_labels)  # for drift in score
+    if fit.assigner is not None:  # for drift in score (a refused split is never saved)
+        fit.reference = fit_reference(sample, pre, Z, fit.sample_labels)
     fit.seconds["total"] = time.perf_counter() - t0
     return fit
 
@@ -261,7 +265,14 @@ def _train_assigner(fit: NodeFit, X: np.ndarray, umap_assigner: UmapAssigner | N
                     cfg: JobConfig) -> None:
     """Train the node's assigner on its labelled sample X (n, d), in the space the embedding was
     fitted on (after the node's projection, if any), and measure its agreement on held-out rows;
-    sets ``assigner``, ``agreement``, ``n_children`` and the child sizes."""
+    sets ``assigner``, ``agreement``, ``n_children`` and the child sizes.
+
+    A probe trained without the held-out rows measures the agreement (labels only). The assigner
+    that routes rows is then trained on the whole sample, and only when the split can be kept
+    (agreement at least ``recursion.min_split_agreement``): a split refused as not reproducible
+    routes nothing, and most zooms that find no sub-structure end there. Only the root's
+    assigner places rows on a map (the embedding regressor); below it no map is kept.
+    """
     t = time.perf_counter()
     labels, probs, emb = fit.sample_labels, fit.sample_probabilities, fit.sample_embedding
     n_clusters = int(labels.max()) + 1
@@ -269,17 +280,19 @@ def _train_assigner(fit: NodeFit, X: np.ndarray, umap_assigner: UmapAssigner | N
     if umap_assigner is not None:
         assigner = umap_assigner
         pred, _, _ = assigner.predict(X[hold])
+        fit.agreement = float(adjusted_rand_score(labels[hold], pred))
     else:
-        def make():
+        def trained(rows: np.ndarray | slice, place: bool):
             if cfg.assign.method == "knn":
-                return KnnAssigner(cfg.assign.k)
+                return KnnAssigner(cfg.assign.k).fit(X[rows], labels[rows], probs[rows], emb[rows])
             return ClassifierAssigner(cfg.assign.n_estimators, cfg.assign.max_depth,
-                                      seed=node_seed(cfg.seed, fit.path))
+                                      seed=node_seed(cfg.seed, fit.path)).fit(
+                X[rows], labels[rows], probs[rows], emb[rows], place=place)
 
-        probe = make().fit(X[~hold], labels[~hold], probs[~hold], emb[~hold])
-        pred, _, _ = probe.predict(X[hold])
-        assigner = make().fit(X, labels, probs, emb)
-    fit.agreement = float(adjusted_rand_score(labels[hold], pred))
+        pred, _, _ = trained(~hold, place=False).predict(X[hold], embedding=False)
+        fit.agreement = float(adjusted_rand_score(labels[hold], pred))
+        assigner = trained(slice(None), place=fit.path == ROOT) \
+            if fit.agreement >= cfg.recursion.min_split_agreement else None
     fit.n_holdout = int(hold.sum())
     fit.seconds["assigner"] = fit.seconds.get("assigner", 0.0) + time.perf_counter() - t
     fit.assigner = assigner
@@ -334,7 +347,8 @@ def refinish(fit: NodeFit, sample: pd.DataFrame, id_column: str, labels: np.ndar
         keep[np.array(kept, dtype=np.int64) + 1] = np.arange(len(kept))
         umap_assigner = fit.assigner.with_clusters(cl.clusterer, keep[cl.relabel + 1])
     _train_assigner(out, Z, umap_assigner, cfg)
-    out.reference = fit_reference(rows, fit.preprocessor, Z, labels)
+    out.reference = fit_reference(rows, fit.preprocessor, Z, labels) \
+        if out.assigner is not None else None
     return out
 
 

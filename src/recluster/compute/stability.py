@@ -27,7 +27,7 @@ from recluster.compute.node import (
 from recluster.compute.paths import ROOT
 from recluster.compute.reduce import fit_projection, project
 from recluster.compute.tree import stability_verdict
-from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig
+from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig, StabilityConfig
 
 #: HDBSCAN settings tried on a node's embedding, as multiples of its ``min_cluster_size``.
 COARSER = (1, 2, 4)
@@ -143,6 +143,16 @@ def mean_scores(fit_ids: np.ndarray, fit_labels: np.ndarray, n_clusters: int, re
     seen = ~np.isnan(scores)
     mean = np.where(seen, scores, 0.0).sum(axis=0) / np.maximum(1, seen.sum(axis=0))
     return [round(float(v), 6) for v in mean]
+
+
+def conclusive(scores: list[float], cfg: StabilityConfig) -> bool:
+    """Whether a node's scores on its first resample settle it: every cluster at least
+    ``stability.conclusive`` (so the node keeps its own clustering, nothing made noise).
+
+    The resamples of a clearly separated cluster all score ~1, and the ones that follow would
+    only confirm it; a score in between is what more resamples are for.
+    """
+    return cfg.conclusive is not None and bool(scores) and min(scores) >= cfg.conclusive
 
 
 def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: list,

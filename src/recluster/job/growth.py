@@ -18,6 +18,7 @@ import pandas as pd
 from dask.delayed import Delayed
 from distributed import Client, as_completed, wait
 
+from recluster.compute import stability as stability_mod
 from recluster.compute.artefacts import rename_artefact
 from recluster.compute.node import NodeFit
 from recluster.compute.paths import ROOT, NodePath
@@ -119,7 +120,12 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
     with timer.stage(f"level {level}: fit {len(to_fit)} node(s)", total=len(to_fit)) as st:
         futs = passes.submit_fits(client, sample, to_fit, ts, cfg, run_id)
         # Stability refits need only the sample: they start now, on workers the fits leave idle.
-        resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg, run_id) \
+        # With an early stop (stability.conclusive) only each node's first resample is sure to
+        # count; the others are submitted now only where the level's fits leave workers idle
+        # anyway (fewer nodes than worker threads: the root), else when a node needs them.
+        eager = not early_stability(cfg) or len(to_fit) < sum(client.nthreads().values())
+        resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg, run_id,
+                                            stop=None if eager else 1) \
             if cfg.stability.resamples else {}
         fits = {}
         for _, fit in as_completed(list(futs.values()), with_results=True):
@@ -134,6 +140,12 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
     return fits, futs, resamples, sample
 
 
+def early_stability(cfg: JobConfig) -> bool:
+    """Whether a node's stability may be settled on its first resample
+    (``stability.conclusive``, :func:`recluster.compute.stability.conclusive`)."""
+    return cfg.stability.conclusive is not None and cfg.stability.resamples > 1
+
+
 def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: dict, resamples: dict,
                   sample, ts: TableSchema, cfg: JobConfig, timer: Timer,
                   run_id: str) -> dict[str, list[float]]:
@@ -142,14 +154,32 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
     stability: dict[str, list[float]] = {}
     if not resamples:
         return stability
+    # Each node is first settled on its first resample; only a node that leaves open is settled
+    # again on all of them (its other resamples are submitted then, or cancelled if they were).
+    early = early_stability(cfg)
     with timer.stage(f"level {level}: stability of {len(resamples)} node(s), "
-                     f"{cfg.stability.resamples} resamples each", total=len(resamples)) as st:
-        todo = {p: (futs[p], rs) for p, rs in resamples.items()}
-        settled = passes.submit_settles(client, sample, todo, ts, cfg, run_id)
-        for _, (fit, scores) in as_completed(list(settled.values()), with_results=True):
-            before = fits[fit.path]
-            fits[fit.path], stability[fit.path] = fit, scores
-            st.step(f"node {fit.path}: stability {scores}"
+                     f"{cfg.stability.resamples} resamples each"
+                     + (" at most" if early else ""), total=len(resamples)) as st:
+        todo = {p: (futs[p], rs[:1] if early else rs) for p, rs in resamples.items()}
+        first = passes.submit_settles(client, sample, todo, ts, cfg, run_id)
+        pending = as_completed(list(first.values()), with_results=True)
+        for fut, (fit, scores) in pending:
+            path = fit.path
+            if early and fut is first[path]:
+                if not stability_mod.conclusive(scores, cfg.stability):
+                    resamples[path] += passes.submit_resamples(
+                        client, sample, [path], ts, cfg, run_id,
+                        start=len(resamples[path]))[path]
+                    again = passes.submit_settles(client, sample, {path: (futs[path],
+                                                  resamples[path])}, ts, cfg, run_id)[path]
+                    pending.add(again)
+                    continue
+                client.cancel(resamples[path][1:])
+            used = 1 if early and fut is first[path] else len(resamples[path])
+            before = fits[path]
+            fit.stability_resamples = used
+            fits[path], stability[path] = fit, scores
+            st.step(f"node {path}: stability {scores} on {used} resample(s)"
                     + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
                        if fit.min_cluster_size != before.min_cluster_size else "")
                     + (f"; clusters made noise: {fit.dropped}" if fit.dropped else "")

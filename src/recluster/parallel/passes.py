@@ -145,12 +145,16 @@ def _resample_from_sample(sample: pd.DataFrame, path: str, i: int, ts: TableSche
 
 
 def submit_resamples(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
-                     cfg: JobConfig, run_id: str) -> dict[str, list[Future]]:
-    """``stability.resamples`` independent refits per node, at a lower priority than the fits
-    themselves, so they fill workers the fits leave idle instead of waiting for them."""
+                     cfg: JobConfig, run_id: str, start: int = 0,
+                     stop: int | None = None) -> dict[str, list[Future]]:
+    """Resamples ``start`` .. ``stop`` (default: all ``stability.resamples``) of each node:
+    independent refits at a lower priority than the fits themselves, so they fill workers the
+    fits leave idle instead of waiting for them."""
+    stop = cfg.stability.resamples if stop is None else stop
     return {p: [client.submit(_resample_from_sample, sample, p, i, ts, cfg, pure=False,
-                              priority=-1, key=f"resample-node-{p}-{i}-{cfg.seed}-{run_id}")
-                for i in range(cfg.stability.resamples)]
+                              priority=-1 if i == 0 else -2,
+                              key=f"resample-node-{p}-{i}-{cfg.seed}-{run_id}")
+                for i in range(start, stop)]
             for p in paths}
 
 
@@ -174,9 +178,10 @@ def submit_settles(client: Client, sample: Future,
                    todo: Mapping[str, tuple[Future, list[Future]]], ts: TableSchema,
                    cfg: JobConfig, run_id: str) -> dict[str, Future]:
     """One task per node that scores its clusters on its resamples and settles its clustering
-    (the fit and the resamples stay on the workers)."""
+    (the fit and the resamples stay on the workers). A node may be settled twice, on its first
+    resample and then on all: the key says on how many."""
     return {p: client.submit(_settle_from_sample, sample, fit, list(rs), ts, cfg, pure=False,
-                             priority=1, key=f"settle-node-{p}-{cfg.seed}-{run_id}")
+                             priority=1, key=f"settle-node-{p}-{len(rs)}-{cfg.seed}-{run_id}")
             for p, (fit, rs) in todo.items()}
 
 
