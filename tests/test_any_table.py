@@ -20,6 +20,8 @@ from helpers import published, read_json, run_cli
 from sklearn.metrics import adjusted_rand_score
 from tables import NASTY_TEXT, check_published, labels, olive, run, write_arrow
 
+from recluster.errors import InputDataError
+
 pytestmark = pytest.mark.timeout(300)
 
 ACIDS = ["palmitic", "palmitoleic", "stearic", "oleic", "linoleic", "linolenic", "arachidic",
@@ -164,6 +166,18 @@ def test_any_column_name_with_explanations_and_score(tmp_path, bucket, scheduler
     assert run_cli("score", "--model", out, "--input", inp, "--output", scored, "--scheduler",
                    scheduler, "--quiet") == 0
     check_published(scored, ids, "level 1 id")
+    # Scored labels are keyed by the id, as the run's are: ids repeated across the files of an
+    # input to score are refused, naming the column, some values and their files, and nothing
+    # is published (they were labelled, one row per input row, and could not be told apart).
+    capsys.readouterr()
+    write_arrow(pa.concat_tables([table, table.slice(0, 3)]), f"s3://{bucket}/dup", 2)
+    code = run_cli("score", "--model", out, "--input", f"s3://{bucket}/dup", "--output",
+                   f"s3://{bucket}/dup-scored", "--scheduler", scheduler, "--quiet")
+    err = capsys.readouterr().err
+    assert code == InputDataError.exit_code, err[-3000:]
+    assert "id column 'level 1 id' of s3://" in err and "575 rows but 572 distinct ids" in err
+    assert repr(ids[0].as_py()) in err and ".parquet" in err
+    assert not published(f"s3://{bucket}/dup-scored")
 
 
 @pytest.mark.parametrize("name", ["cluster", "level_1", "depth", "probability", "umap_0"])

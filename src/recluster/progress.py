@@ -33,6 +33,11 @@ def _stdout(line: str) -> None:
     print(line, file=sys.stdout, flush=True)
 
 
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless ``n`` is 1: ``counted(1, "file")`` is ``"1 file"``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
 class Progress:
     """Where progress goes.
 

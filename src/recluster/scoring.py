@@ -22,12 +22,14 @@ from recluster.compute.drift import SUPPORT_QUANTILE, DriftRule, judge
 from recluster.compute.drift import summarise as drift_summary
 from recluster.compute.paths import NodePath
 from recluster.compute.routing import LABELS_SCHEMA_VERSION, older_labels_schema
+from recluster.compute.schema import duplicate_ids
 from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
 from recluster.errors import ConfigError, DriftError, InputDataError, IntegrityError
 from recluster.job.growth import graph_literal
 from recluster.job.inputs import input_fingerprint, scan_input
 from recluster.parallel import drift as pdrift
 from recluster.parallel import passes
+from recluster.progress import counted
 from recluster.report import data as report_data
 from recluster.storage import inputs
 from recluster.storage import models as modelstore
@@ -174,8 +176,8 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         echo(f"model files of {model_url} verified against its manifest.json "
              f"(SHA-256 {model_files.manifest_sha256})")
         sliced = "the rows --filter keeps of " if scan.row_filter is not None else ""
-        echo(f"scoring {sliced}{sum(i.n_rows for i in infos)} rows from {len(files)} files with "
-             f"{len(fits)} node models of {model_url}")
+        echo(f"scoring {sliced}{counted(sum(i.n_rows for i in infos), 'row')} from "
+             f"{counted(len(files), 'file')} with {counted(len(fits), 'node model')} of {model_url}")
         # No validation pass here: a missing id or an infinite value stops the scoring pass,
         # naming its column and file.
         feats = passes.with_rows_checked(passes.input_frame(in_loc, pieces, ts, out.run_id),
@@ -193,9 +195,18 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                                         n_comp)
         if any(f.reference is not None for _, f in fits.values()):
             state = state.persist()  # the drift pass reads the final labels again
-        # The run's labels contract: level_1 .. level_<its recursion.max_depth>.
-        rows_out = int(sum(client.compute(passes.write_labels(state, out, ts, index["max_depth"]),
-                                          sync=True)))
+        # The run's labels contract: level_1 .. level_<its recursion.max_depth>. Counted in the
+        # same pass: the distinct ids (labels are keyed by the id, as the run's are).
+        written, n_unique = client.compute(
+            [passes.write_labels(state, out, ts, index["max_depth"]), state["__id__"].nunique()],
+            sync=True)
+        rows_out = int(sum(written))
+        if int(n_unique) != rows_out:  # refused before anything is published
+            top = client.compute(passes.most_repeated_ids(state), sync=True)
+            found = client.compute(passes.id_files(state, top.index.to_numpy(), pieces),
+                                   sync=True)
+            raise duplicate_ids(ts.id_column, rows_out, int(n_unique), found,
+                                f" of {input_url}")
         rows_in = sum(i.n_rows for i in infos)
         if scan.row_filter is not None:  # the slice's rows, counted apart from the labels
             rows_in = int(client.compute(feats.map_partitions(len).sum(), sync=True))

@@ -531,6 +531,16 @@ def duplicate_examples(found: pd.DataFrame) -> str:
     return "; e.g. " + "; ".join(out) if out else ""
 
 
+def duplicate_ids(id_column: str, rows: int, n_unique: int,
+                  duplicates: pd.DataFrame | None = None, where: str = "") -> InputDataError:
+    """The refusal of an id column that repeats values (labels are keyed by the id: a
+    repeated one could not be told apart); ``duplicates`` as :func:`duplicate_examples` takes,
+    ``where`` e.g. ``" of s3://b/new/"``."""
+    return InputDataError(
+        f"id column '{id_column}'{where} has duplicate values: {rows} rows but {n_unique} "
+        "distinct ids" + ("" if duplicates is None else duplicate_examples(duplicates)))
+
+
 def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
                 min_rows: int, duplicates: pd.DataFrame | None = None,
                 what: str = "input") -> dict:
@@ -553,10 +563,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
             c, n = sorted(bad.items())[0]
             raise _infinite(c, n, s["path"])
     if n_unique_ids != rows:
-        raise InputDataError(
-            f"id column '{schema.id_column}' has duplicate values: {rows} rows but "
-            f"{n_unique_ids} distinct ids"
-            + ("" if duplicates is None else duplicate_examples(duplicates)))
+        raise duplicate_ids(schema.id_column, rows, n_unique_ids, duplicates)
     if rows < min_rows:
         raise InputDataError(
             f"{what} has {rows} rows; the embedding needs at least {min_rows} "
