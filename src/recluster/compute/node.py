@@ -76,6 +76,8 @@ class NodeFit:
     child_numbers: list[int] | None = None
     #: What the node was trained on, for drift in ``recluster score`` (:mod:`.drift`).
     reference: Reference | None = None
+    #: A small zoom's Gaussian null test (:mod:`.evidence`), when it was judged by one.
+    gaussian_null: dict[str, Any] | None = None
 
     def routing_view(self) -> NodeFit:
         """Only what assigning rows needs (no sample arrays): the copy shipped to workers."""
@@ -98,6 +100,7 @@ class NodeFit:
             "preprocess": self.preprocessor.summary() if self.preprocessor else None,
             "reduction": self.projection.summary() if self.projection else None,
             "unstable_clusters_made_noise": {str(k): v for k, v in self.dropped.items()},
+            "gaussian_null": self.gaussian_null,
         }
 
 
