@@ -2,8 +2,8 @@
 
 Resampling stability (:mod:`recluster.compute.stability`) is weak evidence in a node of a few
 hundred rows or fewer: measured on the labelled sets' first-level nodes of 90-142 rows, a
-Gaussian of the node's own mean and covariance (no cluster structure at all) passed the 0.75
-floor in 21 of 86 draws, while real sub-structure (crabs' sexes inside a species) scored
+Gaussian of the node's own mean and covariance (no cluster structure at all) was split by the
+stability gate (two or more clusters at 0.75) in 21 of 108 draws, while real sub-structure (crabs' sexes inside a species) scored
 0.42-0.64 and was refused. A small zoom (under ``stability.small_node_rows`` sample rows)
 that resampling refuses is therefore asked a question that is informative at that size, the
 SigClust test (Liu, Hayes, Nobel and Marron, 2008): does a 2-means split leave less of the
