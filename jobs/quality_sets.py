@@ -23,6 +23,10 @@ diabetes    145     5          ``group`` (3: normal, chemical, overt diabetes)
 leafshape   286     4          ``location`` (6); 3 leaf measures and ``arch`` (a 0/1 column)
 creditcard  1,319   11         ``card`` (2); 9 numbers, ``majorcards`` (0/1), ``owner`` and
                                ``selfemp`` (bool columns)
+biopsy      699     9          ``class`` (2: benign, malignant); 9 cell scores 1-10 (``V6`` has nulls)
+possum      104     11         ``site`` (7) for leaves, ``Pop`` (2: Victoria, other) for level 1:
+                               nested; 9 body measures, ``age`` (nulls) and ``sex``
+pima        200     7          ``type`` (2: diabetic or not); 7 clinical measures
 ==========  ======  =========  =====================================================================
 
 ``mpg`` (ggplot2) and ``ais`` (DAAG) are validation sets: added with ``categorical_scale: auto``
@@ -30,6 +34,8 @@ creditcard  1,319   11         ``card`` (2); 9 numbers, ``majorcards`` (0/1), ``
 with categorical columns nobody tuned on. ``hawks`` (Stat2Data), ``glass`` (MASS ``fgl``),
 ``diabetes`` (heplots), ``leafshape`` (DAAG) and ``creditcard`` (AER) were added later the same
 way (with ``preprocess.binary_scale: auto``): the last two hold two-valued columns.
+``biopsy`` (MASS), ``possum`` (DAAG) and ``pima`` (MASS ``Pima.tr``) were added with
+``stability.small_node_rows`` (the Gaussian null test of small zooms), again never tuned on.
 """
 
 from __future__ import annotations
@@ -190,8 +196,33 @@ def creditcard() -> LabelledSet:
                        num, [], d["card"].to_numpy(str), "card")
 
 
+def biopsy() -> LabelledSet:
+    d = _r("MASS", "biopsy")
+    num = [f"V{i}" for i in range(1, 10)]
+    # ID repeats (a patient sampled twice): the row number makes the key unique.
+    key = "biopsy-" + d["ID"].astype(str) + "-" + d["rownames"].astype(str)
+    return LabelledSet("biopsy", _table(d, key, num), num, [], d["class"].to_numpy(str), "class")
+
+
+def possum() -> LabelledSet:
+    d = _r("DAAG", "possum")
+    num = ["age", "hdlngth", "skullw", "totlngth", "taill", "footlgth", "earconch", "eye",
+           "chest", "belly"]
+    return LabelledSet("possum", _table(d, "possum-" + d["rownames"].astype(str), num + ["sex"]),
+                       num, ["sex"], d["site"].to_numpy(str), "site", d["Pop"].to_numpy(str),
+                       "Pop")
+
+
+def pima() -> LabelledSet:
+    d = _r("MASS", "Pima.tr")
+    num = ["npreg", "glu", "bp", "skin", "bmi", "ped", "age"]
+    return LabelledSet("pima", _table(d, "patient-" + d["rownames"].astype(str), num), num, [],
+                       d["type"].to_numpy(str), "type")
+
+
 SETS: dict[str, Callable[[], LabelledSet]] = {
     "olive": olive, "penguins": penguins, "crabs": crabs, "tissue": tissue, "flavia": flavia,
     "rodents": rodents, "mpg": mpg, "ais": ais, "hawks": hawks, "glass": glass,
-    "diabetes": diabetes, "leafshape": leafshape, "creditcard": creditcard,
+    "diabetes": diabetes, "leafshape": leafshape, "creditcard": creditcard, "biopsy": biopsy,
+    "possum": possum, "pima": pima,
 }

@@ -494,3 +494,84 @@ def test_level_check_on_many_reproduced_categoricals_computes_distances_once():
     copies = np.repeat(X[:5], 4, axis=0)
     got = artefacts._NeighboursWithout(copies).of(np.array([0]))
     assert not np.any(got == np.arange(len(copies))[:, None])
+
+
+# ------------------------------------------------------------------ small zooms: Gaussian null
+
+
+def test_gaussian_null_test_tells_one_gaussian_from_two_and_is_calibrated():
+    from recluster.compute.evidence import NULL_DRAWS, gaussian_null_test
+
+    rng = np.random.default_rng(7)
+    mix = rng.standard_normal((5, 5))
+    # Gaussians of a node's size: p-values spread over (0, 1], rejections near the 5% level.
+    ps = [gaussian_null_test(rng.standard_normal((100, 5)) @ mix, seed=i).p_value
+          for i in range(40)]
+    assert np.mean(np.array(ps) <= 0.05) <= 0.15, ps
+    assert np.median(ps) >= 0.3, ps
+    # Two groups 4 sd apart along one axis of standardised-like columns: found.
+    two = rng.standard_normal((100, 5))
+    two[:50, 0] += 4.0
+    test = gaussian_null_test(two, seed=1)
+    assert test.p_value <= 1 / (NULL_DRAWS + 1) + 1e-12
+    assert test.cluster_index < test.null_index
+    # Deterministic in its seed; its summary is what tree.json records.
+    assert gaussian_null_test(two, seed=1) == test
+    assert test.summary()["draws"] == NULL_DRAWS and test.summary()["rows"] == 100
+    # No variance at all: nothing to split.
+    assert gaussian_null_test(np.ones((30, 3)), seed=0).p_value == 1.0
+
+
+def test_gaussian_null_test_on_real_groups_penguins():
+    """One species' one sex is one Gaussian; two species' females together are not."""
+    import sys
+    from pathlib import Path
+
+    from recluster.compute.evidence import gaussian_null_test
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+    from quality_sets import penguins
+
+    s = penguins()
+    X = s.table[s.numeric].to_numpy(float)
+    ok = ~np.isnan(X).any(axis=1)
+
+    def z(rows):
+        return (X[rows] - X[rows].mean(axis=0)) / X[rows].std(axis=0)
+
+    for group in ("Adelie-male", "Adelie-female", "Gentoo-male", "Gentoo-female"):
+        assert gaussian_null_test(z(ok & (s.leaf == group)), seed=0).p_value >= 0.2, group
+    both = ok & np.isin(s.leaf, ["Adelie-female", "Gentoo-female"])
+    assert gaussian_null_test(z(both), seed=0).p_value <= 0.01
+
+
+def test_gaussian_split_rescues_only_small_refused_zooms():
+    from recluster.compute.evidence import GaussianNullTest, zoom_null_test
+    from recluster.compute.tree import gaussian_split
+
+    cfg = StabilityConfig()
+    assert gaussian_split(GaussianNullTest(100, 0.3, 0.4, 0.01), cfg)
+    assert not gaussian_split(GaussianNullTest(100, 0.39, 0.4, 0.3), cfg)
+    assert gaussian_split(GaussianNullTest(100, 0.3, 0.4, 0.04), cfg)
+    assert not gaussian_split(GaussianNullTest(100, 0.3, 0.4, 0.04),
+                              StabilityConfig(null_alpha=0.01))
+    # Which zooms are asked: small ones, not the root, not one with as many dimensions as rows
+    # (where the test could only refuse), and none when switched off.
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.standard_normal((120, 3)), columns=["a", "b", "c"])
+    table.loc[:59, ["a", "b"]] += 6.0  # a split that dominates the (standardised) variance
+    table.insert(0, "id", [f"r{i}" for i in range(120)])
+    table[U_COLUMN] = rng.random(120)
+    cfg = _cfg()
+    zoom = fit_node(table, "root.1", ["a", "b", "c"], [], "id", cfg)
+    test = zoom_null_test(zoom, table, "id", cfg)
+    assert test is not None and test.rows == 120 and test.p_value <= 0.05
+    assert zoom_null_test(fit_node(table, "root", ["a", "b", "c"], [], "id", cfg), table, "id",
+                          cfg) is None
+    assert zoom_null_test(zoom, table, "id", _cfg(stability={"small_node_rows": 120})) is None
+    assert zoom_null_test(zoom, table, "id", _cfg(stability={"small_node_rows": 0})) is None
+    wide = pd.DataFrame(rng.standard_normal((120, 30)), columns=[f"x{j}" for j in range(30)])
+    wide.insert(0, "id", table["id"])
+    wide[U_COLUMN] = table[U_COLUMN]
+    cols = [f"x{j}" for j in range(30)]
+    assert zoom_null_test(fit_node(wide, "root.1", cols, [], "id", cfg), wide, "id", cfg) is None

@@ -675,6 +675,16 @@ class StabilityConfig(_Strict):
         description="with unstable: noise, the root's unstable clusters (kept as segments) are "
         "zoomed into all the same: a cluster that resamples cut differently is often two groups "
         "one level merges, and its zoom keeps only clusters that are stable themselves")
+    small_node_rows: int = Field(
+        default=200, ge=0,
+        description="a zoom with fewer sample rows that resampling refuses (at that size "
+        "stability is weak evidence: real sub-structure of ~100 rows scores under 0.75) is split "
+        "all the same, on its own clusters, when the Gaussian null test finds more than one "
+        "Gaussian in it (its 2-means cluster index below that of Gaussians of its covariance, "
+        "p <= null_alpha). 0: off")
+    null_alpha: float = Field(
+        default=0.05, gt=0.0, lt=1.0,
+        description="significance of the Gaussian null test of small zooms (small_node_rows)")
     conclusive: float | None = Field(
         default=0.95, ge=0.0, le=1.0,
         description="a node whose clusters all score at least this on its first resample is "

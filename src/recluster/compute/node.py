@@ -78,6 +78,8 @@ class NodeFit:
     reference: Reference | None = None
     #: How many stability resamples scored the clusters (None: not scored).
     stability_resamples: int | None = None
+    #: A small zoom's Gaussian null test (:mod:`.evidence`), when it was judged by one.
+    gaussian_null: dict[str, Any] | None = None
 
     def routing_view(self) -> NodeFit:
         """Only what assigning rows needs (no sample arrays): the copy shipped to workers."""
@@ -101,6 +103,7 @@ class NodeFit:
             "reduction": self.projection.summary() if self.projection else None,
             "unstable_clusters_made_noise": {str(k): v for k, v in self.dropped.items()},
             "stability_resamples": self.stability_resamples,
+            "gaussian_null": self.gaussian_null,
         }
 
 

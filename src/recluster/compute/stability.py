@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from recluster.compute.cluster import fit_clusters
+from recluster.compute.evidence import zoom_null_test
 from recluster.compute.node import (
     NodeFit,
     fit_node_preprocessor,
@@ -26,7 +27,7 @@ from recluster.compute.node import (
 )
 from recluster.compute.paths import ROOT
 from recluster.compute.reduce import fit_projection, project
-from recluster.compute.tree import stability_verdict
+from recluster.compute.tree import gaussian_split, stability_verdict
 from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig, StabilityConfig
 
 #: HDBSCAN settings tried on a node's embedding, as multiples of its ``min_cluster_size``.
@@ -200,6 +201,8 @@ def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: lis
         if k < 2:
             break  # coarser settings only merge further
         scores = mean_scores(fit.sample_ids, labels, k, results, m, cfg.clustering)
+        if mult == 1:
+            own = scores  # the fit's own clusters' (a small zoom split on the Gaussian test keeps them)
         n_stable = sum(v >= cfg.stability.stable for v in scores)
         if n_stable == k:
             best = (n_stable, m, labels, probs, pers, scores)
@@ -210,6 +213,10 @@ def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: lis
             best = (n_stable, m, labels, probs, pers, scores)
     _, m, labels, probs, pers, scores = best
     drop, reason = stability_verdict(scores, cfg.stability, zoom=fit.path != ROOT)
+    if reason and (test := zoom_null_test(fit, sample, id_column, cfg)) is not None:
+        fit = replace(fit, gaussian_null=test.summary())  # a small zoom: more than one Gaussian?
+        if gaussian_split(test, cfg.stability):
+            return fit, own  # split all the same, on its own clusters
     if reason:
         return replace(fit, stop_reason=reason, dropped={k: scores[k] for k in drop}), scores
     if m == fit.min_cluster_size and not drop:

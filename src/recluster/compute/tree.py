@@ -21,6 +21,9 @@ Stopping rules, in the order they apply (each recorded as the node's ``stop_reas
   fewer than two children of ``recursion.min_child_rows``;
 * after the stability refits (:func:`stability_verdict`): clusters that do not survive
   resampling are made noise, and a split left with fewer than two stable clusters is dropped;
+  a zoom under ``stability.small_node_rows`` sample rows that this refuses is split all the
+  same when its rows hold more than one Gaussian (:func:`gaussian_split`,
+  :mod:`recluster.compute.evidence`): at that size resampling stability is weak evidence;
 * per child (in the pipeline): unstable children and artefact children (one discrete column
   separates them, :mod:`recluster.compute.artefacts`) are not zoomed into.
 """
@@ -30,13 +33,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from recluster.compute.evidence import GaussianNullTest
 from recluster.compute.node import NodeFit
 from recluster.compute.paths import ROOT, NodePath
 from recluster.compute.stops import Stop, StopReason
 from recluster.config import RecursionConfig, StabilityConfig
 
-__all__ = ["SplitDecision", "Stop", "StopReason", "TreeNode", "accept_split", "split_refusal",
-           "stability_verdict"]
+__all__ = ["SplitDecision", "Stop", "StopReason", "TreeNode", "accept_split", "gaussian_split",
+           "split_refusal", "stability_verdict"]
 
 
 @dataclass
@@ -169,3 +173,11 @@ def stability_verdict(stability: list[float], cfg: StabilityConfig,
         shown = ", ".join(f"{v:.2f}" for v in stability)
         return unstable, StopReason.NO_STABLE_STRUCTURE.stop(stable=cfg.stable, scores=shown)
     return unstable, None
+
+
+def gaussian_split(test: GaussianNullTest, cfg: StabilityConfig) -> bool:
+    """Whether a small zoom that resampling refuses is split all the same: its rows are more
+    clustered than Gaussians of their covariance (p-value at most ``stability.null_alpha``).
+    Resampling stability is weak evidence at that size; the split keeps its own clusters.
+    """
+    return test.p_value <= cfg.null_alpha
