@@ -191,7 +191,7 @@ def test_level_size_below_size_is_refused_naming_the_setting():
     with pytest.raises(ValueError, match="sample.level_size"):
         SampleConfig(size=20_000, level_size=10_000)
     assert SampleConfig(size=20_000, level_size=20_000).level_budget == 20_000
-    assert SampleConfig(size=50_000).level_budget == 100_000  # default: 2 x size, never refused
+    assert SampleConfig(size=50_000).level_budget == 50_000  # default: size, never refused
     assert SampleConfig(size=20_000, level_size=0).level_budget is None  # 0: no budget
 
 

@@ -522,8 +522,8 @@ class SampleConfig(_Strict):
     level_size: int | None = Field(
         default=None, ge=0, description="sample rows shared by all nodes fitted at one level: a "
         "node targets level_size x its share of the level's rows (at least min_node_size, at most "
-        "size and its rows). null: 2 x size (measured at 300k rows, README 'Performance'); 0: no "
-        "budget, every node targets size rows (the behaviour before). At least size, so a level "
+        "size and its rows). null: size, so that a level costs about what the root does (measured, "
+        "README 'Performance'); 0: no budget, every node targets size rows (the behaviour before). At least size, so a level "
         "of one node (the root) is sampled as without it, and a table of at most level_size rows "
         "is sampled as without it at every level"
     )
@@ -542,9 +542,9 @@ class SampleConfig(_Strict):
 
     @property
     def level_budget(self) -> int | None:
-        """Rows a level's nodes share (``level_size``, by default 2 x ``size``); None: none."""
+        """Rows a level's nodes share (``level_size``, by default ``size``); None: none."""
         if self.level_size is None:
-            return 2 * self.size
+            return self.size
         return self.level_size or None
 
 
