@@ -145,14 +145,29 @@ def mean_scores(fit_ids: np.ndarray, fit_labels: np.ndarray, n_clusters: int, re
     return [round(float(v), 6) for v in mean]
 
 
-def conclusive(scores: list[float], cfg: StabilityConfig) -> bool:
-    """Whether a node's scores on its first resample settle it: every cluster at least
-    ``stability.conclusive`` (so the node keeps its own clustering, nothing made noise).
+def conclusive(settled: NodeFit, fitted: NodeFit, scores: list[float],
+               cfg: StabilityConfig) -> bool:
+    """Whether a node settled on its first resample is settled for good: it kept its own
+    clustering (the fitted ``min_cluster_size``, no cluster made noise, still split) and every
+    cluster scored at least ``stability.conclusive``.
 
     The resamples of a clearly separated cluster all score ~1, and the ones that follow would
-    only confirm it; a score in between is what more resamples are for.
+    only confirm it; a score in between is what more resamples are for. So is a clustering that
+    :func:`settle_node` coarsened or trimmed on that one resample: the scores it returns are
+    those of the clusters it kept, and one resample's verdict on the others is not evidence
+    enough to drop them.
+
+    Parameters
+    ----------
+    settled : what :func:`settle_node` returned on the first resample
+    fitted : the node's fit it was given
+    scores : list of float, the scores it returned (one per cluster of ``settled``)
+    cfg : StabilityConfig
     """
-    return cfg.conclusive is not None and bool(scores) and min(scores) >= cfg.conclusive
+    own = (settled.stop_reason is None and not settled.dropped
+           and settled.min_cluster_size == fitted.min_cluster_size)
+    return (cfg.conclusive is not None and own and bool(scores)
+            and min(scores) >= cfg.conclusive)
 
 
 def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: list,

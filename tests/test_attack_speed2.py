@@ -1,0 +1,64 @@
+"""Attacks on the speed-at-depth change (issue 18): stability settled early on a node's first
+resample (``stability.conclusive``) and assigners trained less (no map regressor below the
+root, none for a split refused as not reproducible). Each test is a finding's regression."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recluster.compute.node import U_COLUMN, fit_node, sorted_sample
+from recluster.compute.sampling import hash_uniform
+from recluster.compute.stability import conclusive, settle_node
+from recluster.config import parse_config
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _four_groups() -> pd.DataFrame:
+    """Two far groups and two near ones (1,200 rows, 4 columns): a zoom's clusters of which a
+    resample's map may draw the near two as one."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0, 0, 0], [12, 0, 0, 0], [0, 12, 0, 0], [0, 12, 3.5, 0]], float)
+    table = pd.DataFrame(np.vstack([c + rng.normal(0, 1, (300, 4)) for c in centres]),
+                         columns=list("abcd"))
+    table.insert(0, "id", np.arange(len(table)))
+    table[U_COLUMN] = hash_uniform(table["id"], 0)
+    return table
+
+
+def test_a_clustering_changed_on_one_resample_is_not_conclusive():
+    """Finding: the early stop judged the scores ``settle_node`` returned, which are those of
+    the clustering it *chose*; when one resample made a zoom coarser and its unstable clusters
+    noise, the clusters left all scored ~1 and the node was settled on that single resample
+    (three resamples might have kept them). Only a node that keeps its own clustering may be
+    settled on its first resample."""
+    table = _four_groups()
+    base = {"input": {"path": "-", "id_column": "id"}, "output": {"path": "-"},
+            "clustering": {"min_cluster_fraction": 0.1}}
+    cfg = parse_config(base)
+    fit = fit_node(table, "root.0", list("abcd"), [], "id", cfg)
+    assert fit.n_children == 4 and fit.stop_reason is None
+    rows = sorted_sample(table, "id")
+    idx = np.sort(np.random.default_rng(1).choice(len(rows), 960, replace=False))
+    ids, labels = rows["id"].to_numpy()[idx], fit.sample_labels[idx]
+    # A resample that draws the fit's own map: the node keeps its clustering, settled for good.
+    same = (len(rows), ids, fit.sample_embedding[idx])
+    kept, scores = settle_node(fit, table, "id", [same], cfg)
+    assert kept.min_cluster_size == fit.min_cluster_size and not kept.dropped
+    assert min(scores) >= cfg.stability.conclusive
+    assert conclusive(kept, fit, scores, cfg.stability)
+    # A resample whose map lays the two near groups on top of each other.
+    emb = fit.sample_embedding[idx].copy()
+    near = [int(np.bincount(labels[(labels >= 0) & (ids // 300 == g)]).argmax()) for g in (2, 3)]
+    assert near[0] != near[1]
+    a, b = (labels == near[0]), (labels == near[1])
+    emb[b] = emb[a].mean(axis=0) + (emb[b] - emb[b].mean(axis=0))
+    changed, scores = settle_node(fit, table, "id", [(len(rows), ids, emb)], cfg)
+    assert changed.dropped or changed.min_cluster_size != fit.min_cluster_size, \
+        "the setup should make settle_node change the clustering"
+    assert scores and min(scores) >= cfg.stability.conclusive, scores  # what fooled the check
+    assert not conclusive(changed, fit, scores, cfg.stability)
+    off = parse_config({**base, "stability": {"conclusive": None}})
+    assert not conclusive(kept, fit, scores, off.stability)
