@@ -12,6 +12,7 @@ from recluster.compute.node import U_COLUMN, fit_node, sorted_sample
 from recluster.compute.sampling import hash_uniform
 from recluster.compute.stability import conclusive, settle_node
 from recluster.config import parse_config
+from recluster.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,3 +63,19 @@ def test_a_clustering_changed_on_one_resample_is_not_conclusive():
     assert not conclusive(changed, fit, scores, cfg.stability)
     off = parse_config({**base, "stability": {"conclusive": None}})
     assert not conclusive(kept, fit, scores, off.stability)
+
+
+def test_a_config_that_only_raises_stable_is_not_refused_over_conclusive():
+    """Finding: ``stability: {stable: 0.97}`` (valid before ``conclusive`` existed) was refused
+    with "stability.conclusive=0.95 must be at least stability.stable=0.97", a key the config
+    never names. Unset, ``conclusive`` follows a higher ``stable``; set, it is checked."""
+    base = {"input": {"path": "-", "id_column": "id"}, "output": {"path": "-"}}
+    assert parse_config({**base, "stability": {"stable": 0.97}}).stability.conclusive == 0.97
+    assert parse_config({**base, "stability": {"stable": 0.9}}).stability.conclusive == 0.95
+    assert parse_config({**base, "stability": {"stable": 0.97, "conclusive": None}}
+                        ).stability.conclusive is None
+    with pytest.raises(ConfigError, match=r"stability\.conclusive=0\.96 must be at least "
+                                          r"stability\.stable=0\.97"):
+        parse_config({**base, "stability": {"stable": 0.97, "conclusive": 0.96}})
+    with pytest.raises(ConfigError, match="stable"):
+        parse_config({**base, "stability": {"stable": 1.5}})
