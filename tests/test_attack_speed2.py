@@ -49,7 +49,7 @@ def test_a_clustering_changed_on_one_resample_is_not_conclusive():
     kept, scores = settle_node(fit, table, "id", [same], cfg)
     assert kept.min_cluster_size == fit.min_cluster_size and not kept.dropped
     assert min(scores) >= cfg.stability.conclusive
-    assert conclusive(kept, fit, scores, cfg.stability)
+    assert conclusive(kept, fit, scores, cfg)
     # A resample whose map lays the two near groups on top of each other.
     emb = fit.sample_embedding[idx].copy()
     near = [int(np.bincount(labels[(labels >= 0) & (ids // 300 == g)]).argmax()) for g in (2, 3)]
@@ -60,9 +60,35 @@ def test_a_clustering_changed_on_one_resample_is_not_conclusive():
     assert changed.dropped or changed.min_cluster_size != fit.min_cluster_size, \
         "the setup should make settle_node change the clustering"
     assert scores and min(scores) >= cfg.stability.conclusive, scores  # what fooled the check
-    assert not conclusive(changed, fit, scores, cfg.stability)
+    assert not conclusive(changed, fit, scores, cfg)
     off = parse_config({**base, "stability": {"conclusive": None}})
-    assert not conclusive(kept, fit, scores, off.stability)
+    assert not conclusive(kept, fit, scores, off)
+
+
+def test_a_node_whose_resamples_cluster_at_the_floor_is_not_settled_on_one():
+    """Finding (diamonds, 20k rows, depth 3): zoom root.7.1 (108 rows, min_cluster_size 25,
+    the floor) was split into 72 + 36 rows on its first resample ([1.0, 1.0]); over its three
+    resamples the 36-row cluster scores 0.667 (the other two sum to 1) and the split is refused.
+    A resample of 86 rows clusters at the floor (25) instead of the fit's setting scaled down
+    (20): a cluster near that size is found by one resample and not by the next. Such a node
+    gets every resample; one whose resamples cluster at its own scaled setting may stop at the
+    first."""
+    table = _four_groups()
+    base = {"input": {"path": "-", "id_column": "id"}, "output": {"path": "-"},
+            "clustering": {"min_cluster_fraction": 0.1}}
+    cfg = parse_config(base)
+    fit = fit_node(table, "root.0", list("abcd"), [], "id", cfg)
+    rows = sorted_sample(table, "id")
+    idx = np.sort(np.random.default_rng(1).choice(len(rows), 960, replace=False))
+    same = (len(rows), rows["id"].to_numpy()[idx], fit.sample_embedding[idx])
+    kept, scores = settle_node(fit, table, "id", [same], cfg)
+    # min_cluster_size 120 on 1,200 rows: a resample of 960 clusters at 96, above the floor (25)
+    assert fit.min_cluster_size == 120 and conclusive(kept, fit, scores, cfg)
+    # the same node where the floor (100) is above 96: its resamples cluster at the floor
+    floor = parse_config({**base, "clustering": {"min_cluster_fraction": 0.1,
+                                                 "min_cluster_size_floor": 100}})
+    assert min(scores) >= floor.stability.conclusive
+    assert not conclusive(kept, fit, scores, floor)
 
 
 def test_a_config_that_only_raises_stable_is_not_refused_over_conclusive():
