@@ -4,15 +4,22 @@ root, none for a split refused as not reproducible). Each test is a finding's re
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from recluster.compute.node import U_COLUMN, fit_node, sorted_sample
+from recluster.compute.routing import assign_level, initial_state
 from recluster.compute.sampling import hash_uniform
 from recluster.compute.stability import conclusive, settle_node
 from recluster.config import parse_config
 from recluster.errors import ConfigError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+import routing_reference  # noqa: E402  (the pass before route-then-evaluate)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -105,3 +112,24 @@ def test_a_config_that_only_raises_stable_is_not_refused_over_conclusive():
         parse_config({**base, "stability": {"stable": 0.97, "conclusive": 0.96}})
     with pytest.raises(ConfigError, match="stable"):
         parse_config({**base, "stability": {"stable": 1.5}})
+
+
+def test_the_reference_pass_routes_a_real_tree_whose_zooms_only_label_rows():
+    """Finding: ``jobs/routing_reference.py`` (what tests/test_routing.py and ``benchmark.py
+    --passes`` compare the pass with) asked every node's assigner for map coordinates; a zoom's
+    classifier now has no embedding regressor, so the reference raised "labels rows only" on
+    any real tree below the root. It now asks the root alone, as the pass does."""
+    table = _four_groups()
+    cfg = parse_config({"input": {"path": "-", "id_column": "id"}, "output": {"path": "-"},
+                        "clustering": {"min_cluster_fraction": 0.1}})
+    root = fit_node(table, "root", list("abcd"), [], "id", cfg)
+    zoom = fit_node(table, "root.0", list("abcd"), [], "id", cfg)  # as fitted below the root
+    assert root.n_children >= 2 and zoom.n_children >= 2 and zoom.stop_reason is None
+    assert "assigner-embedding.ubj" not in zoom.assigner.to_files()
+    df = table.drop(columns=U_COLUMN)
+    mine = theirs = initial_state(df, "id", None, 0, 2)
+    for level, fits in ((1, {"root": root}), (2, {"root.0": zoom})):
+        mine = assign_level(df, mine, level, fits)
+        theirs = routing_reference.assign_level(df, theirs, level, fits)
+        pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
+    assert (mine["depth"] == 2).any()
