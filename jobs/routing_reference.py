@@ -26,7 +26,9 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int, fits: dict) 
         mask = frontier & (paths == path)
         if not mask.any():
             continue
-        labels, prob, emb = assign_node_rows(fit, df.loc[mask])
+        # only the root's assigner places rows on the map (a zoom's classifier has no
+        # embedding regressor to evaluate)
+        labels, prob, emb = assign_node_rows(fit, df.loc[mask], embedding=path == "root")
         if fit.child_numbers is not None:
             labels = np.asarray([-1, *fit.child_numbers], dtype=np.int64)[labels + 1]
         idx = np.flatnonzero(mask)

@@ -689,7 +689,22 @@ class StabilityConfig(_Strict):
         default=0.95, ge=0.0, le=1.0,
         description="a node whose clusters all score at least this on its first resample is "
         "settled on that one (its other resamples are cancelled or never run): the scores of a "
-        "clearly separated cluster are ~1 on every resample. null: always every resample")
+        "clearly separated cluster are ~1 on every resample. null: always every resample. "
+        "Unset, it is stability.stable where that is higher")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _conclusive_follows_stable(cls, data):
+        # Left unset, the early stop is never below a stricter ``stable``: a config that raised
+        # only ``stable`` (valid before ``conclusive`` existed) is not refused over a key it
+        # never names.
+        if isinstance(data, dict) and "conclusive" not in data:
+            stable = data.get("stable")
+            default = cls.model_fields["conclusive"].default
+            if isinstance(stable, int | float) and not isinstance(stable, bool) \
+                    and stable > default:
+                data = {**data, "conclusive": min(float(stable), 1.0)}
+        return data
 
     @model_validator(mode="after")
     def _check_conclusive(self) -> StabilityConfig:

@@ -28,15 +28,20 @@ from recluster.compute.node import (
 from recluster.compute.paths import ROOT
 from recluster.compute.reduce import fit_projection, project
 from recluster.compute.tree import gaussian_split, stability_verdict
-from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig, StabilityConfig
+from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig
 
 #: HDBSCAN settings tried on a node's embedding, as multiples of its ``min_cluster_size``.
 COARSER = (1, 2, 4)
 
 
+def subsample_rows(n: int, fraction: float, max_rows: int) -> int:
+    """How many of a node's ``n`` sample rows one resample refits on."""
+    return int(min(max(2, round(fraction * n)), max_rows, n))
+
+
 def subsample(n: int, fraction: float, max_rows: int, seed: int) -> np.ndarray:
     """Sorted positions of a subsample without replacement (duplicates would distort UMAP)."""
-    m = int(min(max(2, round(fraction * n)), max_rows, n))
+    m = subsample_rows(n, fraction, max_rows)
     return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
 
 
@@ -111,6 +116,12 @@ def resample_node(sample: pd.DataFrame, path: str, i: int, numeric: list[str],
     return len(rows), rows[id_column].to_numpy()[idx], emb
 
 
+def scaled_min_cluster_size(min_cluster_size: int, rows: int, n: int) -> int:
+    """The fit's ``min_cluster_size`` (on ``n`` sample rows) scaled to a resample of ``rows``
+    rows; a resample clusters at this, or at ``clustering.min_cluster_size_floor`` if higher."""
+    return int(round(min_cluster_size * rows / n))
+
+
 def score_resample(fit_ids: np.ndarray, fit_labels: np.ndarray, n_clusters: int, result,
                    min_cluster_size: int, cfg: ClusteringConfig) -> np.ndarray:
     """Best-match Jaccard per fitted cluster against one resample, clustered like the fit.
@@ -131,7 +142,8 @@ def score_resample(fit_ids: np.ndarray, fit_labels: np.ndarray, n_clusters: int,
     pos = pd.Index(fit_ids).get_indexer(ids)
     if n_rows != len(fit_ids) or (pos < 0).any():
         raise RuntimeError("a stability resample ran on other sample rows than the fit")
-    m = max(cfg.min_cluster_size_floor, int(round(min_cluster_size * len(ids) / len(fit_ids))))
+    m = max(cfg.min_cluster_size_floor, scaled_min_cluster_size(min_cluster_size, len(ids),
+                                                                len(fit_ids)))
     labels = fit_clusters(emb, cfg, min_cluster_size=m).labels
     return best_jaccard(fit_labels[pos], labels, n_clusters)
 
@@ -146,14 +158,37 @@ def mean_scores(fit_ids: np.ndarray, fit_labels: np.ndarray, n_clusters: int, re
     return [round(float(v), 6) for v in mean]
 
 
-def conclusive(scores: list[float], cfg: StabilityConfig) -> bool:
-    """Whether a node's scores on its first resample settle it: every cluster at least
-    ``stability.conclusive`` (so the node keeps its own clustering, nothing made noise).
+def conclusive(settled: NodeFit, fitted: NodeFit, scores: list[float], cfg: JobConfig) -> bool:
+    """Whether a node settled on its first resample is settled for good: it kept its own
+    clustering (the fitted ``min_cluster_size``, no cluster made noise, still split), its
+    resamples cluster at that setting scaled to their rows (not raised to
+    ``clustering.min_cluster_size_floor``), and every cluster scored at least
+    ``stability.conclusive``.
 
     The resamples of a clearly separated cluster all score ~1, and the ones that follow would
-    only confirm it; a score in between is what more resamples are for.
+    only confirm it; a score in between is what more resamples are for. So is a clustering that
+    :func:`settle_node` coarsened or trimmed on that one resample: the scores it returns are
+    those of the clusters it kept, and one resample's verdict on the others is not evidence
+    enough to drop them. And so is a small node whose resamples must find clusters of the
+    floor's size among fewer rows than the fit had: a cluster near that size is found by one
+    resample and not by the next (diamonds: a 36-row cluster of a 108-row zoom scored 1.0 on
+    its first resample, 0.667 on average over three).
+
+    Parameters
+    ----------
+    settled : what :func:`settle_node` returned on the first resample
+    fitted : the node's fit it was given
+    scores : list of float, the scores it returned (one per cluster of ``settled``)
+    cfg : JobConfig
     """
-    return cfg.conclusive is not None and bool(scores) and min(scores) >= cfg.conclusive
+    st = cfg.stability
+    own = (settled.stop_reason is None and not settled.dropped
+           and settled.min_cluster_size == fitted.min_cluster_size)
+    rows = subsample_rows(fitted.n_sample, st.fraction, st.max_rows)
+    scaled = scaled_min_cluster_size(fitted.min_cluster_size, rows, fitted.n_sample) \
+        >= cfg.clustering.min_cluster_size_floor
+    return (st.conclusive is not None and own and scaled and bool(scores)
+            and min(scores) >= st.conclusive)
 
 
 def settle_node(fit: NodeFit, sample: pd.DataFrame, id_column: str, results: list,

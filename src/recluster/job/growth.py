@@ -166,7 +166,7 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
         for fut, (fit, scores) in pending:
             path = fit.path
             if early and fut is first[path]:
-                if not stability_mod.conclusive(scores, cfg.stability):
+                if not stability_mod.conclusive(fit, fits[path], scores, cfg):
                     resamples[path] += passes.submit_resamples(
                         client, sample, [path], ts, cfg, run_id,
                         start=len(resamples[path]))[path]
