@@ -28,7 +28,7 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int, fits: dict) 
             continue
         # only the root's assigner places rows on the map (a zoom's classifier has no
         # embedding regressor to evaluate)
-        labels, prob, emb = assign_node_rows(fit, df.loc[mask], embedding=path == "root")
+        labels, prob, emb = assign_node_rows(fit, df.loc[mask])
         if fit.child_numbers is not None:
             labels = np.asarray([-1, *fit.child_numbers], dtype=np.int64)[labels + 1]
         idx = np.flatnonzero(mask)

@@ -355,9 +355,11 @@ def refinish(fit: NodeFit, sample: pd.DataFrame, id_column: str, labels: np.ndar
     return out
 
 
-def assign_node_rows(fit: NodeFit, rows: pd.DataFrame | Columns, embedding: bool = True
+def assign_node_rows(fit: NodeFit, rows: pd.DataFrame | Columns, embedding: bool | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Children of ``rows`` (all inside this node; a frame or its :class:`Columns`): labels,
-    probability, embedding (None unless ``embedding``)."""
+    probability, embedding (None unless ``embedding``; by default the root's rows are placed on
+    its map and no other node's: only the first level's map is kept)."""
+    place = fit.path == ROOT if embedding is None else embedding
     return fit.assigner.predict(project(fit.projection, fit.preprocessor.transform(rows)),
-                                embedding=embedding)
+                                embedding=place)

@@ -226,7 +226,7 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
                 continue
             idx = front[order[bounds[j]:bounds[j + 1]]]
             # only the first level's map is kept: deeper nodes skip their coordinates
-            labels, prob, emb = assign_node_rows(fit, columns.take(idx), embedding=path == ROOT)
+            labels, prob, emb = assign_node_rows(fit, columns.take(idx))
             labels = np.asarray(labels, dtype=np.int64)
             if fit.child_numbers is not None:  # published numbers (run --previous): k -> numbers[k]
                 numbers = np.asarray([-1, *fit.child_numbers], dtype=np.int64)
