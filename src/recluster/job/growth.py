@@ -121,9 +121,12 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
         futs = passes.submit_fits(client, sample, to_fit, ts, cfg, run_id)
         # Stability refits need only the sample: they start now, on workers the fits leave idle.
         # With an early stop (stability.conclusive) only each node's first resample is sure to
-        # count; the others are submitted now only where the level's fits leave workers idle
-        # anyway (fewer nodes than worker threads: the root), else when a node needs them.
-        eager = not early_stability(cfg) or len(to_fit) < sum(client.nthreads().values())
+        # count; the others are submitted now only where threads are left over beyond one fit
+        # and one first resample per node, else when a node needs them. (At the root on two
+        # workers the spare worker's extra resamples outlasted the fit, and as cancelled tasks
+        # still run to their end, the first assignment pass ran on one worker: 3.3 s for 1.0.)
+        threads = sum(client.nthreads().values())
+        eager = not early_stability(cfg) or threads > 2 * len(to_fit)
         resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg, run_id,
                                             stop=None if eager else 1) \
             if cfg.stability.resamples else {}
