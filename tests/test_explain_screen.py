@@ -126,16 +126,24 @@ def test_the_job_screens_wide_nodes_on_both_trainers(client, penguin_tree):  # n
     """explain_nodes passes explain.max_features to every model, task-trained or xgboost.dask:
     on penguins (4 measurements and 2 categoricals) with max_features=2, every model names the
     2 features it saw, the same ones on both trainers, and the others have zero SHAP."""
+    from distributed import Client, LocalCluster
     from test_explain import _explain_cfg, _fan_out
 
     by_trainer = {}
     for local in (10**6, 0):  # every node as tasks; every node on xgboost.dask
-        # xgboost.dask needs both workers in its collective: after the earlier tests' abandoned
-        # tasks a worker may join late, so an attempt gives up after 20 s and is retried
-        # (120 s by default: a fresh-clone suite ran out of the test's time in one attempt).
+        # xgboost.dask needs both workers in its collective. On the session's shared cluster
+        # the earlier tests' abandoned tasks could hold a worker's only thread (asleep, waiting
+        # in a dead collective): a fresh-clone suite hung here until the test's timeout twice.
+        # The xgboost.dask half gets a cluster of its own, as a run does.
         cfg = _explain_cfg(max_features=2, local_train_rows=local, collective_timeout_s=20,
                            retries=4)
-        got = _fan_out(client, penguin_tree, cfg, f"screen-{local}")
+        if local:
+            got = _fan_out(client, penguin_tree, cfg, f"screen-{local}")
+        else:
+            with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                              dashboard_address=None, processes=True) as own, \
+                    Client(own) as fresh:
+                got = _fan_out(fresh, penguin_tree, cfg, f"screen-{local}")
         models = 0
         for res in got.values():
             for shap in res.shap:
