@@ -202,9 +202,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             sync=True)
         rows_out = int(sum(written))
         if int(n_unique) != rows_out:  # refused before anything is published
-            top = client.compute(passes.most_repeated_ids(state), sync=True)
-            found = client.compute(passes.id_files(state, top.index.to_numpy(), pieces),
-                                   sync=True)
+            found = passes.repeated_id_files(client, state, pieces)
             raise duplicate_ids(ts.id_column, rows_out, int(n_unique), found,
                                 f" of {input_url}")
         rows_in = sum(i.n_rows for i in infos)

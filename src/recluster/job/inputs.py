@@ -275,9 +275,7 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
     duplicates = None
     if int(n_unique) < sum(s["rows"] for s in stats) and not any(s["null_ids"] for s in stats):
         # Failing anyway: two more passes say which ids repeat, and in which files.
-        top = client.compute(passes.most_repeated_ids(state), sync=True)
-        duplicates = client.compute(passes.id_files(state, top.index.to_numpy(), pieces),
-                                    sync=True)
+        duplicates = passes.repeated_id_files(client, state, pieces)
     summary = check_stats(stats, int(n_unique), ts, cfg.embedding.n_neighbors + 2,
                           duplicates, "the slice input.filters keep" if cfg.input.filters
                           else "input")

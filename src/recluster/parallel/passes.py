@@ -107,6 +107,13 @@ def id_files(state: dd.DataFrame, ids: np.ndarray, pieces: Sequence[Piece]) -> d
                                 meta=meta)
 
 
+def repeated_id_files(client: Client, state: dd.DataFrame, pieces: Sequence[Piece]) -> pd.DataFrame:
+    """Where some repeated ids are (for the refusal; two more passes, a failing run only): every
+    row holding one of the most repeated ids, with its file (:func:`id_files`)."""
+    top = client.compute(most_repeated_ids(state), sync=True)
+    return client.compute(id_files(state, top.index.to_numpy(), pieces), sync=True)
+
+
 def parse_stats(frame: pd.DataFrame) -> list[dict]:
     return [json.loads(s) for s in frame["stats"]]
 
