@@ -337,7 +337,8 @@ def rename_state(state: pd.DataFrame, final: Mapping[str, str]) -> pd.DataFrame:
         return out
     paths = out["cluster"].to_numpy()
     renamed = np.array([final.get(p, p) for p in paths], dtype=object)
-    out["cluster"] = renamed
+    out["cluster"] = pd.Categorical(renamed) if isinstance(state["cluster"].dtype,
+                                                           pd.CategoricalDtype) else renamed
     levels = sorted(int(c.split("_", 1)[1]) for c in out.columns
                      if c.startswith("level_") and c.split("_", 1)[1].isdigit())
     if not levels:
@@ -349,5 +350,5 @@ def rename_state(state: pd.DataFrame, final: Mapping[str, str]) -> pd.DataFrame:
         if has.any():
             values = out[col].astype("Int64").to_numpy(dtype=object, na_value=pd.NA)
             values[has] = [c[lvl - 1] for c, h in zip(comps, has, strict=True) if h]
-            out[col] = pd.array(values, dtype="Int64")
+            out[col] = pd.array(values, dtype="Int64").astype(state[col].dtype)
     return out

@@ -62,16 +62,60 @@ def older_labels_schema(manifest: Mapping, url: str) -> str | None:
             ": re-run the job")
 
 
+#: The state's compact dtypes (issue 18, memory: the state of every row is held on the workers
+#: between levels): paths and strata as categoricals (a code per row, each text once), the depth
+#: in one byte, level numbers in four. :func:`recluster.parallel.passes.labels_table` publishes
+#: them as before (strings, int64, Int64).
+DEPTH_DTYPE = "int8"
+LEVEL_DTYPE = "Int32"
+
+
 def state_meta(id_dtype, level: int, n_components: int) -> pd.DataFrame:
     """An empty state frame with the dtypes of level ``level`` (for Dask's ``meta``)."""
     cols = {"__id__": pd.Series([], dtype=id_dtype), U_COLUMN: pd.Series([], dtype="float64"),
-            STRATUM: pd.Series([], dtype=object), "cluster": pd.Series([], dtype=object),
-            "depth": pd.Series([], dtype="int64"), "probability": pd.Series([], dtype="float64")}
+            STRATUM: pd.Series(pd.Categorical([])), "cluster": pd.Series(pd.Categorical([])),
+            "depth": pd.Series([], dtype=DEPTH_DTYPE),
+            "probability": pd.Series([], dtype="float64")}
     for c in embedding_columns(n_components):
         cols[c] = pd.Series([], dtype="float32")
     for lvl in range(1, level + 1):
-        cols[f"level_{lvl}"] = pd.Series([], dtype="Int64")
+        cols[f"level_{lvl}"] = pd.Series([], dtype=LEVEL_DTYPE)
     return pd.DataFrame(cols)
+
+
+def plain_dtypes(state: pd.DataFrame) -> pd.DataFrame:
+    """``state`` (a copy) with the labels contract's dtypes instead of the compact ones
+    (:func:`state_meta`): paths and strata as strings, ``depth`` int64, ``level_<n>`` Int64."""
+    out = state.copy(deep=False)
+    for c in ("cluster", STRATUM):
+        if c in out and isinstance(out[c].dtype, pd.CategoricalDtype):
+            out[c] = out[c].to_numpy(dtype=object)
+    if "depth" in out:
+        out["depth"] = out["depth"].astype("int64")
+    for c in out.columns:
+        if c.startswith("level_") and c[6:].isdigit():
+            out[c] = out[c].astype("Int64")
+    return out
+
+
+def one_value(value: str, n: int) -> pd.Categorical:
+    """``n`` rows of one text, as a categorical (one code per row)."""
+    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [value])
+
+
+def codes_of(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A state column (categorical, or object after an older step) as codes and its distinct
+    texts: ``uniques[codes[i]]`` is row ``i``'s value.
+
+    Returns
+    -------
+    codes : ndarray (n,) of int
+    uniques : ndarray (g,) of object
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy(), np.asarray(values.cat.categories, dtype=object)
+    codes, uniques = pd.factorize(values.to_numpy(), use_na_sentinel=False)
+    return codes, np.asarray(uniques, dtype=object)
 
 
 def initial_state(df: pd.DataFrame, id_column: str, stratify_by: str | None, seed: int,
@@ -81,10 +125,10 @@ def initial_state(df: pd.DataFrame, id_column: str, stratify_by: str | None, see
     state = pd.DataFrame({
         "__id__": df[id_column].to_numpy(),
         U_COLUMN: hash_uniform(df[id_column], seed),
-        STRATUM: (categorical_strings(df[stratify_by]) if stratify_by
-                  else np.full(n, NO_STRATUM, dtype=object)),
-        "cluster": np.full(n, ROOT, dtype=object),
-        "depth": np.zeros(n, dtype=np.int64),
+        STRATUM: (pd.Categorical(categorical_strings(df[stratify_by])) if stratify_by
+                  else one_value(NO_STRATUM, n)),
+        "cluster": one_value(ROOT, n),
+        "depth": np.zeros(n, dtype=DEPTH_DTYPE),
         "probability": np.zeros(n, dtype=np.float64),
     })
     for c in embedding_columns(n_components):
@@ -97,8 +141,9 @@ def node_counts(state: pd.DataFrame) -> pd.DataFrame:
     if len(state) == 0:
         return pd.DataFrame({"cluster": [], "depth": [], STRATUM: [], "rows": []}).astype(
             {"cluster": object, "depth": "int64", STRATUM: object, "rows": "int64"})
-    g = state.groupby(["cluster", "depth", STRATUM], sort=True).size()
-    return g.rename("rows").reset_index()
+    g = state.groupby(["cluster", "depth", STRATUM], sort=True, observed=True).size()
+    out = g.rename("rows").reset_index()
+    return out.astype({"cluster": object, "depth": "int64", STRATUM: object})
 
 
 def rows_with_ids(state: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
@@ -163,10 +208,9 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
     front = np.flatnonzero(state["depth"].to_numpy() == level - 1)
     limit = np.full(len(front), -1.0)
     if len(front):
-        path_codes, paths = pd.factorize(state["cluster"].to_numpy()[front], use_na_sentinel=False)
-        strat_codes, strata = pd.factorize(state[STRATUM].to_numpy()[front],
-                                           use_na_sentinel=False)
-        pair = path_codes.astype(np.int64) * len(strata) + strat_codes
+        path_codes, paths = codes_of(state["cluster"])
+        strat_codes, strata = codes_of(state[STRATUM])
+        pair = path_codes[front].astype(np.int64) * len(strata) + strat_codes[front]
         present = np.unique(pair)
         table = np.full(len(paths) * len(strata), -1.0)
         table[present] = [thresholds.get((paths[p // len(strata)], strata[p % len(strata)]), -1.0)
@@ -176,7 +220,8 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
     rows = front[u[front] < limit]
     out = df.iloc[rows][columns].reset_index(drop=True)
     out[U_COLUMN] = u[rows]
-    out["_node"] = state["cluster"].to_numpy()[rows]
+    codes, paths = codes_of(state["cluster"])
+    out["_node"] = paths[codes[rows]]
     return out
 
 
@@ -206,19 +251,25 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
     Returns
     -------
     DataFrame (n, ...): ``state`` with ``cluster``, ``depth``, ``probability`` and (level 1) the
-    embedding updated, plus ``level_<level>`` (Int64, null outside the split nodes)
+    embedding updated, plus ``level_<level>`` (:data:`LEVEL_DTYPE`, null outside the split
+    nodes); unchanged columns are shared with ``state``
     """
     n = len(state)
-    new = state.copy()
-    values = np.zeros(n, dtype=np.int64)
+    # A shallow copy: the columns this level leaves alone (id, draw, stratum, and below the root
+    # the map) are shared with the previous level's state, not held twice while both are kept.
+    new = state.copy(deep=False)
+    values = np.zeros(n, dtype=np.int32)
     written = np.zeros(n, dtype=bool)
     front = np.flatnonzero(state["depth"].to_numpy() == level - 1)
     if len(front) and fits:
-        cluster = state["cluster"].to_numpy(copy=True)
+        codes, texts = codes_of(state["cluster"])
+        codes = codes.astype(np.int32)
+        categories = list(texts)
         depth = state["depth"].to_numpy(copy=True)
         probability = state["probability"].to_numpy(dtype=np.float64, copy=True)
         embedding: dict[str, np.ndarray] = {}
-        paths, order, bounds = _frontier_blocks(cluster[front])
+        blocks, order, bounds = _frontier_blocks(codes[front])
+        paths = [categories[c] for c in blocks]
         columns = _node_columns(df, [fits[p] for p in paths if p in fits])
         for j, path in enumerate(paths):
             fit = fits.get(path)
@@ -234,16 +285,27 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
             values[idx] = labels
             written[idx] = True
             member = labels >= 0
-            cluster[idx[member]] = NodePath.parse(path).child_texts(labels)[member]
+            node = NodePath.parse(path)
+            for k in np.unique(labels[member]):  # each child's text is one new category
+                codes[idx[labels == k]] = len(categories)
+                categories.append(str(node.child(int(k))))
             depth[idx[member]] = level
             probability[idx[member]] = prob[member]
             if path == ROOT:
                 for k, c in enumerate(embedding_columns(emb.shape[1])):
                     embedding.setdefault(c, new[c].to_numpy(copy=True))[idx] = emb[:, k]
-        new["cluster"] = cluster
+        new["cluster"] = _compact_paths(codes, categories)
         new["depth"] = depth
         new["probability"] = probability
         for c, v in embedding.items():
             new[c] = v
     new[f"level_{level}"] = pd.arrays.IntegerArray(values, ~written)
     return new
+
+
+def _compact_paths(codes: np.ndarray, categories: list[str]) -> pd.Categorical:
+    """Paths as a categorical of only the texts some row holds (a level's parents drop out)."""
+    used = np.unique(codes)
+    remap = np.zeros(len(categories), dtype=np.int32)
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    return pd.Categorical.from_codes(remap[codes], [categories[c] for c in used])

@@ -211,7 +211,8 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int,
     its own name and (given ``id_type``) as an Arrow-typed column of the input's id type, in
     the labels contract (:func:`recluster.compute.routing.label_columns`); ``levels`` is the
     run's ``recursion.max_depth``, so that ``level_1 .. level_<levels>`` are always there."""
-    out = state.drop(columns=[U_COLUMN, routing.STRATUM]).rename(columns={"__id__": id_column})
+    out = routing.plain_dtypes(state.drop(columns=[U_COLUMN, routing.STRATUM]))
+    out = out.rename(columns={"__id__": id_column})
     if id_type is not None:
         out[id_column] = pd.arrays.ArrowExtensionArray(
             schema.id_arrow(out[id_column], id_type))
