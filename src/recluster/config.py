@@ -718,7 +718,7 @@ class ExplainConfig(_Strict):
     """One-vs-rest XGBoost per child (xgboost.dask) and TreeSHAP aggregates."""
 
     enabled: bool = True
-    train_rows: int = Field(default=100_000, ge=100, description="hash-drawn training rows per node")
+    train_rows: int = Field(default=50_000, ge=100, description="hash-drawn training rows per node")
     shap_rows: int = Field(default=20_000, ge=50, description="rows per node whose SHAP values are aggregated")
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
     min_child_rows: int = Field(default=30, ge=1, description="children with fewer training rows get no model")
