@@ -109,17 +109,22 @@ class Columns:
 
     def take(self, idx: np.ndarray) -> Columns:
         """The rows at positions ``idx`` (categoricals copied; numeric rows gathered on use)."""
-        idx = np.asarray(idx, dtype=np.intp)
+        idx = np.asarray(idx)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp, copy=False)
         return Columns(self.numeric, self.position,
                        {c: v[idx] for c, v in self.categorical.items()},
                        idx if self.rows is None else self.rows[idx])
 
-    def numeric_rows(self, start: int, stop: int, columns: np.ndarray) -> np.ndarray:
+    def numeric_rows(self, start: int, stop: int, columns: np.ndarray | None) -> np.ndarray:
         """Rows ``start:stop`` (of these columns' rows) of the numeric ``columns`` (positions in
-        ``numeric``): a fresh C-ordered (stop - start, len(columns)) float64 array."""
-        if self.rows is None:
-            return np.ascontiguousarray(self.numeric[start:stop][:, columns])
-        return self.numeric[np.ix_(self.rows[start:stop], columns)]
+        ``numeric``; None: all, in order): a fresh C-ordered (stop - start, k) float64 array."""
+        block = self.numeric[start:stop] if self.rows is None else \
+            self.numeric[self.rows[start:stop]]  # a view; a gathered copy
+        if columns is not None:
+            block = block[:, columns]  # a copy
+        elif self.rows is None:
+            return np.array(block, order="C")  # the caller changes it: never the frame's values
+        return np.ascontiguousarray(block)
 
 
 class Preprocessor:
@@ -279,10 +284,12 @@ class Preprocessor:
             if isinstance(df, Columns):
                 source = df
                 columns = np.array([df.position[c] for c in self.numeric], dtype=np.intp)
+                if m == df.numeric.shape[1] and np.array_equal(columns, np.arange(m)):
+                    columns = None  # the block's own columns, in order: no gather
             else:
                 source = Columns(df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan),
                                  {}, {})
-                columns = np.arange(m, dtype=np.intp)
+                columns = None
             # Some hundred rows at a time, each step one vectorised pass over the chunk while
             # it is in the cache: over the whole (n, m) block at once every step streamed it
             # through memory again (and a column at a time into the row-major output cost a
