@@ -151,6 +151,10 @@ def test_the_chunked_transform_of_a_nodes_rows_equals_the_whole_block(tissue, ch
     assert np.array_equal(pre.transform(cols.take(rows)), want[rows])
     assert np.array_equal(pre.transform(cols.take(rows).take(np.arange(0, len(rows), 2))),
                           want[rows[::2]])
+    same = Columns.of(df, features, ["tissue"])  # the node's own columns, in order
+    assert np.array_equal(pre.transform(same), want)
+    assert np.array_equal(pre.transform(same.take(rows)), want[rows])
+    assert np.array_equal(pre.transform(same.take(df.index.to_numpy() % 3 == 1)), want[1::3])
     assert len(cols.take(rows)) == len(rows) and pre.transform(cols.take(rows[:0])).shape == (
         0, want.shape[1])
 
