@@ -20,6 +20,9 @@ import pandas as pd
 
 MISSING = "__missing__"
 OTHER = "__other__"
+#: Values (rows x numeric columns) the transform scales at a time: a chunk of float64 that stays
+#: in a core's cache (256 KiB) through the steps.
+_CHUNK_VALUES = 32_768
 
 
 def _level(v) -> str:
@@ -75,16 +78,23 @@ class Columns:
     amount per node and partition, which with hundreds of nodes outweighed the rows' own work.
     Done once per partition here, a node's block is two array takes.
 
+    The numeric block is the frame's own values where it can be (no copy: a partition's
+    float64 columns are one block, see :func:`recluster.compute.schema.table_to_frame`), and a
+    selection of rows (:meth:`take`) is only remembered: :meth:`Preprocessor.transform` gathers
+    the rows it needs a few hundred at a time, so a wide partition is never copied whole.
+
     Attributes
     ----------
-    numeric : ndarray (n, m) float64, missing values as NaN
+    numeric : ndarray (N, m) float64, missing values as NaN (all the partition's rows)
     position : dict column -> its index in ``numeric``
     categorical : dict column -> ndarray (n,) of level strings (:func:`categorical_strings`)
+    rows : ndarray (n,) of intp, the rows of ``numeric`` these columns hold, or None (all N)
     """
 
     def __init__(self, numeric: np.ndarray, position: dict[str, int],
-                 categorical: dict[str, np.ndarray]):
+                 categorical: dict[str, np.ndarray], rows: np.ndarray | None = None):
         self.numeric, self.position, self.categorical = numeric, position, categorical
+        self.rows = rows
 
     @classmethod
     def of(cls, df: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str]) -> Columns:
@@ -95,12 +105,26 @@ class Columns:
                    {c: categorical_strings(df[c]) for c in dict.fromkeys(categorical)})
 
     def __len__(self) -> int:
-        return len(self.numeric)
+        return len(self.numeric) if self.rows is None else len(self.rows)
 
     def take(self, idx: np.ndarray) -> Columns:
-        """The rows at positions ``idx`` (a copy)."""
-        return Columns(self.numeric[idx], self.position,
-                       {c: v[idx] for c, v in self.categorical.items()})
+        """The rows at positions ``idx`` (categoricals copied; numeric rows gathered on use)."""
+        idx = np.asarray(idx)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.intp, copy=False)
+        return Columns(self.numeric, self.position,
+                       {c: v[idx] for c, v in self.categorical.items()},
+                       idx if self.rows is None else self.rows[idx])
+
+    def numeric_rows(self, start: int, stop: int, columns: np.ndarray | None) -> np.ndarray:
+        """Rows ``start:stop`` (of these columns' rows) of the numeric ``columns`` (positions in
+        ``numeric``; None: all, in order): a fresh C-ordered (stop - start, k) float64 array."""
+        block = self.numeric[start:stop] if self.rows is None else \
+            self.numeric[self.rows[start:stop]]  # a view; a gathered copy
+        if columns is not None:
+            block = block[:, columns]  # a copy
+        elif self.rows is None:
+            return np.array(block, order="C")  # the caller changes it: never the frame's values
+        return np.ascontiguousarray(block)
 
 
 class Preprocessor:
@@ -224,6 +248,24 @@ class Preprocessor:
             names += [f"{c}={lvl}" for lvl in self.levels_[c]] + [f"{c}={OTHER}"]
         return names
 
+    def _scaled(self, block: np.ndarray) -> np.ndarray:
+        """Numeric rows (k, m) float64, a fresh array changed in place: imputed, logged where
+        fitted so, standard-scaled, clipped to +-1e4 (non-finite results 0)."""
+        medians, means, scales, logged = self._numeric_arrays()
+        holes = np.isnan(block)
+        if holes.any():
+            np.copyto(block, np.broadcast_to(medians, block.shape), where=holes)
+        if logged.size:
+            block[:, logged] = np.log1p(np.maximum(block[:, logged], 0.0))
+        with np.errstate(over="ignore", invalid="ignore"):
+            block -= means
+            block /= scales
+        np.clip(block, -1e4, 1e4, out=block)  # +-inf -> +-1e4
+        holes = np.isnan(block)  # only from non-finite arithmetic
+        if holes.any():
+            block[holes] = 0.0
+        return block
+
     def transform(self, df: pd.DataFrame | Columns) -> np.ndarray:
         """Scaled, encoded features.
 
@@ -238,30 +280,24 @@ class Preprocessor:
         n = len(df)
         out = np.zeros((n, len(self.feature_names_out_)), dtype=np.float32)
         if self.numeric:
-            # The numeric block at once, each step one vectorised pass over (n, m): a loop over
-            # columns writing into the row-major output costs a cache miss per value, which
-            # made a 500-column table 5x dearer per row to assign than a 32-column one.
-            # Element for element the same arithmetic as a column at a time.
             m = len(self.numeric)
-            medians, means, scales, logged = self._numeric_arrays()
-            # copy=True: the block is changed in place below, never the caller's frame.
-            if isinstance(df, Columns):  # a fancy take: a copy
-                block = df.numeric[:, [df.position[c] for c in self.numeric]]
+            if isinstance(df, Columns):
+                source = df
+                columns = np.array([df.position[c] for c in self.numeric], dtype=np.intp)
+                if m == df.numeric.shape[1] and np.array_equal(columns, np.arange(m)):
+                    columns = None  # the block's own columns, in order: no gather
             else:
-                block = df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
-            holes = np.isnan(block)
-            if holes.any():
-                np.copyto(block, np.broadcast_to(medians, block.shape), where=holes)
-            if logged.size:
-                block[:, logged] = np.log1p(np.maximum(block[:, logged], 0.0))
-            with np.errstate(over="ignore", invalid="ignore"):
-                block -= means
-                block /= scales
-            np.clip(block, -1e4, 1e4, out=block)  # +-inf -> +-1e4
-            holes = np.isnan(block)  # only from non-finite arithmetic
-            if holes.any():
-                block[holes] = 0.0
-            out[:, :m] = block
+                source = Columns(df[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan),
+                                 {}, {})
+                columns = None
+            # Some hundred rows at a time, each step one vectorised pass over the chunk while
+            # it is in the cache: over the whole (n, m) block at once every step streamed it
+            # through memory again (and a column at a time into the row-major output cost a
+            # cache miss per value). Element for element the same arithmetic either way.
+            step = max(1, _CHUNK_VALUES // m)
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                out[start:stop, :m] = self._scaled(source.numeric_rows(start, stop, columns))
         j = len(self.numeric)
         for c in self.categorical:
             vals = df.categorical[c] if isinstance(df, Columns) else categorical_strings(df[c])

@@ -355,7 +355,12 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     """
     cols = {}
     levels = {*ts.categorical_keys, ts.stratum_key, *(ts.key(c) for c in ts.describe_categorical)}
+    floats = [name for name in table.column_names
+              if name not in levels and pa.types.is_float64(table.schema.field(name).type)]
+    block = _float_block(table, floats) if len(floats) > 1 else None
     for name in table.column_names:
+        if block is not None and name in block:
+            continue
         col = table.column(name).combine_chunks()
         if isinstance(col.type, pa.BaseExtensionType):
             col = col.storage
@@ -368,7 +373,31 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
             col = pc.cast(col, pa.float64())
         exact = name in levels and pa.types.is_integer(col.type) and col.null_count > 0
         cols[name] = col.to_pandas(integer_object_nulls=exact)
-    return pd.DataFrame(cols)
+    if block is None:
+        return pd.DataFrame(cols)
+    # Under copy-on-write, the concatenation and the reordering are views of both frames.
+    return pd.concat([pd.DataFrame(cols, index=block.index), block], axis=1)[table.column_names]
+
+
+def _float_block(table: pa.Table, names: Sequence[str]) -> pd.DataFrame:
+    """The float64 columns ``names`` of ``table`` as one frame over a single (k, n) array, each
+    Arrow chunk copied once into its row (nulls as NaN, as ``to_pandas`` gives them).
+
+    Column by column, ``to_pandas`` and the frame's consolidation of the columns into one block
+    copy every value twice; for a table of hundreds of numeric columns, reading a piece then
+    cost more than decoding it. The values are the same.
+
+    Returns
+    -------
+    pandas.DataFrame (n, k), one float64 block (Fortran-ordered as an (n, k) array)
+    """
+    values = np.empty((len(names), table.num_rows), dtype=np.float64)
+    for j, name in enumerate(names):
+        start = 0
+        for chunk in table.column(name).chunks:
+            values[j, start:start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+            start += len(chunk)
+    return pd.DataFrame(values.T, columns=list(names))
 
 
 def empty_frame(ts: TableSchema) -> pd.DataFrame:
@@ -409,6 +438,12 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
     levels = {}
     for c in schema.numeric:
         x = _numeric_values(df, schema, c)
+        lo, hi = (x.min(), x.max()) if x.size else (np.nan, np.nan)
+        if np.isfinite(lo) and np.isfinite(hi):  # the common column: two reductions say it all
+            inf[c], missing[c], span[c] = 0, 0, [float(lo), float(hi)]
+            if _distinct_whole(x, lo, hi):
+                distinct_whole.append(c)
+            continue
         inf[c] = int(np.isinf(x).sum())
         missing[c] = int(np.isnan(x).sum())
         finite = x[np.isfinite(x)]
@@ -424,12 +459,14 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
             "levels": levels, "path": path}
 
 
-def _distinct_whole(x: np.ndarray) -> bool:
+def _distinct_whole(x: np.ndarray, lo: float | None = None, hi: float | None = None) -> bool:
     """Whether ``x`` (n,) holds distinct whole numbers and nothing else (no missing value). The
-    range test rejects most columns (years, counts, measurements) before any sort."""
+    range test rejects most columns (years, counts, measurements) before any sort; ``lo`` and
+    ``hi``, if given, are ``x.min()`` and ``x.max()``."""
     if x.size == 0:
         return True
-    lo, hi = x.min(), x.max()
+    if lo is None or hi is None:
+        lo, hi = x.min(), x.max()
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo + 1 < x.size \
             or not np.array_equal(x, np.floor(x)):
         return False
@@ -481,7 +518,11 @@ def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[st
 
 
 def _numeric_values(df: pd.DataFrame, schema: TableSchema, column: str) -> np.ndarray:
-    """Numeric feature ``column`` of a partition as float64, missing values as NaN; shape (n,)."""
+    """Numeric feature ``column`` of a partition as float64, missing values as NaN; shape (n,)
+    (a read-only view of a float64 column)."""
+    col = df[schema.key(column)]
+    if col.dtype == np.float64:  # already what the conversion gives: no copy per column
+        return col.to_numpy()
     return pd.to_numeric(df[schema.key(column)], errors="coerce").to_numpy(dtype=np.float64,
                                                                             na_value=np.nan)
 
@@ -505,7 +546,10 @@ def refuse_unroutable_rows(df: pd.DataFrame, schema: TableSchema, path: str) -> 
     if n:
         raise _null_ids(schema, n, path)
     for c in schema.numeric:
-        n = int(np.isinf(_numeric_values(df, schema, c)).sum())
+        x = _numeric_values(df, schema, c)
+        if x.size and np.isfinite(x.min()) and np.isfinite(x.max()):
+            continue  # nothing infinite (nor missing): cheaper than counting
+        n = int(np.isinf(x).sum())
         if n:
             raise _infinite(c, n, path)
     return df

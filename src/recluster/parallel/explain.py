@@ -55,9 +55,9 @@ def _profiles_task(rows: pd.DataFrame, numeric: list[str], categorical: list[str
     child = rows["_child"].to_numpy()
     numeric = [*numeric, *describe[0]]
     categorical = [*categorical, *describe[1]]
-    frames = [explain.profiles(rows, child == child_number(cp), numeric, categorical, path, cp,
-                               names, {*describe[0], *describe[1]})
-              for cp in children]
+    frames = explain.profiles_of(rows, [(child == child_number(cp), cp) for cp in children],
+                                 numeric, categorical, path, names,
+                                 {*describe[0], *describe[1]})
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
