@@ -578,7 +578,7 @@ class EmbeddingConfig(_Strict):
     min_dist: float = Field(default=0.0, ge=0.0, le=1.0)
     n_epochs: int | None = Field(
         default=None, ge=10, description="UMAP's optimisation epochs; null: bounded by work -- "
-        "500 up to 3,000 distinct rows, then 1,500,000 / rows, at least 200 (from 7,500 rows); "
+        "500 up to 2,000 distinct rows, then 1,000,000 / rows, at least 200 (from 5,000 rows); "
         "a stability resample runs its node's count (README 'Performance')")
     reduce_above: int | None = Field(
         default=50, ge=2,

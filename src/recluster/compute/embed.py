@@ -26,9 +26,9 @@ from recluster.config import EmbeddingConfig
 MAX_EPOCHS = 500
 #: Epochs of a large fit (UMAP's own default above 10,000 rows): the floor of the rule.
 MIN_EPOCHS = 200
-#: Rows x epochs a fit above 3,000 rows spends (until MIN_EPOCHS): the layout optimisation
-#: (~95% of a fit) costs about rows x epochs, so the epochs fall as the rows grow.
-EPOCH_WORK = MAX_EPOCHS * 3_000
+#: Rows x epochs a fit above 2,000 rows spends (until MIN_EPOCHS, from 5,000 rows): the layout
+#: optimisation (~95% of a fit) costs about rows x epochs, so the epochs fall as the rows grow.
+EPOCH_WORK = MAX_EPOCHS * 2_000
 
 
 def umap_epochs(n: int, cfg: EmbeddingConfig) -> int:
@@ -38,9 +38,9 @@ def umap_epochs(n: int, cfg: EmbeddingConfig) -> int:
     UMAP's own default is a step: 500 epochs up to 10,000 rows, 200 above, so a 10k-row fit cost
     more than a 20k-row one (the layout's cost is about rows x epochs), and the nodes below the
     root (their level's sample budget gives them 5k-10k rows) paid the dearest fits of the run.
-    Here a fit of up to 3,000 distinct rows keeps 500 epochs (every labelled real set of the
-    quality benchmark: its largest node has 2,564 distinct rows), larger ones get
-    ``EPOCH_WORK / n`` epochs, and from 7,500 rows on UMAP's 200. Measured in README
+    Here a fit of up to 2,000 distinct rows keeps 500 epochs (every labelled real set of the
+    quality benchmark but rodents, whose largest node has 2,564 distinct rows), larger ones get
+    ``EPOCH_WORK / n`` epochs, and from 5,000 rows on UMAP's 200. Measured in README
     "Performance".
 
     Parameters
