@@ -3,16 +3,21 @@ categoricals whose code width grows with the partition (int8 up to 127 distinct 
 to 32,767, then int32), ``depth`` int8, ``level_<n>`` Int32, and a level's new state sharing
 the columns it leaves alone with the previous one. The labels must stay those of the plain
 state (``jobs/routing_reference.py``, the pass before route-then-evaluate) and keep the labels
-contract's dtypes. Pure compute: real preprocessing and real kNN assigners, no cluster."""
+contract's dtypes, in every partition (an empty one too). Pure compute (real preprocessing and
+real kNN assigners), and one run through the CLI."""
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from tables import check_published, penguins, run
 from test_routing import _node
 
 from recluster.compute.compare import rename_state
@@ -25,11 +30,12 @@ from recluster.compute.routing import (
     select_sample,
 )
 from recluster.parallel.passes import labels_table
+from recluster.storage.outputs import parquet_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 import routing_reference  # noqa: E402  (the pass before route-then-evaluate)
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 GROUPS, SUBS = 20, 15  # 20 root children x 15 grandchildren: 300 paths in one partition
 
@@ -118,3 +124,50 @@ def test_renaming_a_compact_state_renames_as_the_plain_one():
     pd.testing.assert_frame_equal(plain_dtypes(mine), rename_state(plain_dtypes(state), final),
                                   check_exact=True)
     assert (mine["cluster"] == "root.1.9").any() and (mine["level_2"] == 9).any()
+
+
+@pytest.mark.parametrize(("id_type", "values"), [
+    (pa.large_string(), ["a", ""]), (pa.uint64(), np.array([2**63, 2**64 - 1], np.uint64)),
+    (pa.binary(), ["00ff", "61"]),  # binary ids are held as hex text inside the job
+    (pa.dictionary(pa.int32(), pa.string()), ["a", "b"])],
+    ids=["large_string", "uint64", "binary", "dictionary"])
+def test_an_empty_partitions_labels_have_the_contracts_types(id_type, values):
+    """The labels file of an empty partition has the Arrow types of any other (its ``cluster``
+    was written as type null: the folder then failed to read as one table)."""
+    df = pd.DataFrame({"c0": values, "x": [1.0, 2.0], "plan": ["p", None]})
+    schemas = []
+    for part in (df, df.iloc[:0]):
+        state = initial_state(part, "c0", "plan", 0, 2)
+        table = labels_table(state, "id", 2, id_type)
+        schemas.append(pq.read_table(io.BytesIO(parquet_bytes(table, ["cluster"]))).schema)
+    assert schemas[1].field("cluster").type == pa.large_string()
+    assert schemas[0].remove_metadata() == schemas[1].remove_metadata()
+    assert schemas[0].field("id").type == id_type
+
+
+def test_a_file_the_filter_empties_publishes_labels_that_read_as_one(tmp_path, scheduler,
+                                                                      capsys):
+    """penguins of Dream island, from three files: one holds only the other islands (its
+    statistics, Biscoe..Torgersen, cannot rule it out, so it is read and its partition is
+    empty), one a single row. Every labels file has the same types; the folder reads as one
+    table, with pyarrow and with pandas, every row once."""
+    frame = penguins()
+    dream = frame[frame["island"] == "Dream"]
+    inp, out = tmp_path / "in", str(tmp_path / "out")
+    inp.mkdir()
+    for i, part in enumerate([frame[frame["island"] != "Dream"], dream.iloc[:1], dream.iloc[1:]]):
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False),
+                       inp / f"part-{i:03d}.parquet")
+    code, _, err = run(tmp_path, str(inp), out, scheduler, capsys,
+                       {"id_column": "penguin", "categorical": ["species", "sex"],
+                        "exclude": ["island"], "filters": [["island", "=", "Dream"]]},
+                       recursion={"min_node_rows": 20, "max_depth": 2})
+    assert code == 0, err[-3000:]
+    files = sorted((tmp_path / "out" / "labels").glob("*.parquet"))
+    rows = [pq.read_metadata(f).num_rows for f in files]
+    assert 0 in rows and 1 in rows, rows  # the empty and the one-row partition were published
+    schemas = {str(pq.read_schema(f).remove_metadata()) for f in files}
+    assert len(schemas) == 1, schemas
+    check_published(out, pa.array(dream["penguin"].tolist(), pa.large_string()), "penguin")
+    labels = pd.read_parquet(tmp_path / "out" / "labels")
+    assert sorted(labels["penguin"]) == sorted(dream["penguin"])

@@ -88,8 +88,11 @@ def plain_dtypes(state: pd.DataFrame) -> pd.DataFrame:
     (:func:`state_meta`): paths and strata as strings, ``depth`` int64, ``level_<n>`` Int64."""
     out = state.copy(deep=False)
     for c in ("cluster", STRATUM):
-        if c in out and isinstance(out[c].dtype, pd.CategoricalDtype):
-            out[c] = out[c].to_numpy(dtype=object)
+        # "str" by name, not inferred from the values: an empty partition's object column
+        # would be written as Arrow type null, and its labels file would then not read
+        # together with the others (pandas.read_parquet of labels/ failed)
+        if c in out:
+            out[c] = out[c].astype("str")
     if "depth" in out:
         out["depth"] = out["depth"].astype("int64")
     for c in out.columns:
