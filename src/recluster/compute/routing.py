@@ -194,7 +194,7 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
 
     ``thresholds`` maps ``(node path, stratum)`` to the keep-threshold on ``_u``; only rows whose
     deepest membership is at depth ``level - 1`` are in such a node. The threshold is looked up
-    once per distinct (path, stratum) of the partition, not once per row.
+    once per distinct (path, stratum) of the partition's frontier, not once per row.
 
     Parameters
     ----------
@@ -214,11 +214,13 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
         path_codes, paths = codes_of(state["cluster"])
         strat_codes, strata = codes_of(state[STRATUM])
         pair = path_codes[front].astype(np.int64) * len(strata) + strat_codes[front]
-        present = np.unique(pair)
-        table = np.full(len(paths) * len(strata), -1.0)
-        table[present] = [thresholds.get((paths[p // len(strata)], strata[p % len(strata)]), -1.0)
-                          for p in present]
-        limit = table[pair]
+        # Sized by the pairs the frontier holds, not by paths x strata: the categories span the
+        # whole partition, and a stratum of many values (thousands of zip codes) times a deep
+        # tree's paths made a table of hundreds of MB for a frontier of a few rows.
+        present, which = np.unique(pair, return_inverse=True)
+        table = np.array([thresholds.get((paths[p // len(strata)], strata[p % len(strata)]), -1.0)
+                          for p in present], dtype=np.float64)
+        limit = table[which]
     u = state[U_COLUMN].to_numpy()
     rows = front[u[front] < limit]
     out = df.iloc[rows][columns].reset_index(drop=True)
