@@ -88,8 +88,11 @@ def plain_dtypes(state: pd.DataFrame) -> pd.DataFrame:
     (:func:`state_meta`): paths and strata as strings, ``depth`` int64, ``level_<n>`` Int64."""
     out = state.copy(deep=False)
     for c in ("cluster", STRATUM):
-        if c in out and isinstance(out[c].dtype, pd.CategoricalDtype):
-            out[c] = out[c].to_numpy(dtype=object)
+        # "str" by name, not inferred from the values: an empty partition's object column
+        # would be written as Arrow type null, and its labels file would then not read
+        # together with the others (pandas.read_parquet of labels/ failed)
+        if c in out:
+            out[c] = out[c].astype("str")
     if "depth" in out:
         out["depth"] = out["depth"].astype("int64")
     for c in out.columns:
@@ -191,7 +194,7 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
 
     ``thresholds`` maps ``(node path, stratum)`` to the keep-threshold on ``_u``; only rows whose
     deepest membership is at depth ``level - 1`` are in such a node. The threshold is looked up
-    once per distinct (path, stratum) of the partition, not once per row.
+    once per distinct (path, stratum) of the partition's frontier, not once per row.
 
     Parameters
     ----------
@@ -211,11 +214,13 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
         path_codes, paths = codes_of(state["cluster"])
         strat_codes, strata = codes_of(state[STRATUM])
         pair = path_codes[front].astype(np.int64) * len(strata) + strat_codes[front]
-        present = np.unique(pair)
-        table = np.full(len(paths) * len(strata), -1.0)
-        table[present] = [thresholds.get((paths[p // len(strata)], strata[p % len(strata)]), -1.0)
-                          for p in present]
-        limit = table[pair]
+        # Sized by the pairs the frontier holds, not by paths x strata: the categories span the
+        # whole partition, and a stratum of many values (thousands of zip codes) times a deep
+        # tree's paths made a table of hundreds of MB for a frontier of a few rows.
+        present, which = np.unique(pair, return_inverse=True)
+        table = np.array([thresholds.get((paths[p // len(strata)], strata[p % len(strata)]), -1.0)
+                          for p in present], dtype=np.float64)
+        limit = table[which]
     u = state[U_COLUMN].to_numpy()
     rows = front[u[front] < limit]
     out = df.iloc[rows][columns].reset_index(drop=True)
