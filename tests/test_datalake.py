@@ -727,3 +727,31 @@ def test_iceberg_filter_on_a_decimal_column(tmp_path):
     with pytest.raises(InputDataError, match=rf"input.snapshot_id 12345: .*its current one "
                        rf"is {table.current_snapshot().snapshot_id}"):
         plan_input(cfg)
+
+
+def test_committing_labels_with_binary_ids_prints_no_deltalake_warning(tmp_path):
+    """Found by an attack: deltalake's Rust log printed one WARN line per labels file on the
+    terminal ("Skipping column ... because it's a binary field") for binary (UUID) ids.
+    A fresh process: the log level is read when deltalake is first imported."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "commit.py"
+    script.write_text(
+        "import sys, pyarrow as pa, pyarrow.parquet as pq\n"
+        "from recluster.storage.tables import quiet_deltalake\n"
+        "quiet_deltalake()\n"
+        "from deltalake import convert_to_deltalake\n"
+        "d = sys.argv[1]\n"
+        "pq.write_table(pa.table({'id': pa.array([b'a', b'b'], pa.binary()), 'x': [1, 2]}),"
+        " d + '/part-00000.parquet')\n"
+        "convert_to_deltalake(d)\n")
+    table = tmp_path / "labels"
+    table.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    done = subprocess.run([sys.executable, str(script), str(table)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (table / "_delta_log").is_dir()
+    assert "WARN" not in done.stderr and "Skipping column" not in done.stderr, done.stderr

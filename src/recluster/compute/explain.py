@@ -23,7 +23,7 @@ from recluster.compute.preprocess import OTHER, Preprocessor, categorical_string
 F32_MAX = float(np.finfo(np.float32).max)
 #: Statistics over many numeric columns (profiles, the feature screen) are computed a block of
 #: columns at a time, of at most this many values (columns x rows): they take several copies of
-#: the block, which for a wide node's 100,000 training rows would be gigabytes at once.
+#: the block, which for a wide node's 50,000 training rows would be gigabytes at once.
 BLOCK_VALUES = 2_000_000
 
 

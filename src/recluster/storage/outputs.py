@@ -686,10 +686,11 @@ def commit_labels_table(store: OutputStore) -> str:
     :meth:`OutputStore.publish` puts the log in place after the data files, so the table
     appears whole). Returns the table's URI as staged.
     """
+    from recluster.storage.tables import delta_storage_options, delta_uri, quiet_deltalake
+
+    quiet_deltalake()
     from deltalake import convert_to_deltalake
     from deltalake.exceptions import DeltaError
-
-    from recluster.storage.tables import delta_storage_options, delta_uri
 
     store.lock.check()
     loc = Location.of(store._url(store.staged("labels")), dict(store.loc.storage_options),

@@ -101,6 +101,13 @@ def delta_storage_options(loc: Location) -> dict[str, str]:
     return out
 
 
+def quiet_deltalake() -> None:
+    """Keep ``deltalake``'s Rust log to errors (unless ``RUST_LOG`` is set): its default printed a
+    warning per labels file on the terminal ("Skipping column ... because it's a binary field"
+    for binary ids). Called before ``deltalake`` is first imported."""
+    os.environ.setdefault("RUST_LOG", "error")
+
+
 def delta_uri(loc: Location) -> str:
     """The table's URI as delta-rs spells it (a local folder as an absolute path)."""
     return normalize_url(loc.url)[len("file://"):] if is_local(loc.url) else \
@@ -117,6 +124,7 @@ def _parquet_files(cfg: InputConfig, loc: Location) -> _Files:
 
 
 def _delta_files(cfg: InputConfig, loc: Location) -> _Files:
+    quiet_deltalake()
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
