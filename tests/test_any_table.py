@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import published, read_json, run_cli
+from helpers import published, read_json, read_labels, run_cli
 from sklearn.metrics import adjusted_rand_score
 from tables import NASTY_TEXT, check_published, labels, olive, run, write_arrow
 
@@ -80,6 +80,10 @@ def test_id_types_end_to_end_with_score(kind, tmp_path, bucket, scheduler, capsy
                        **SMALL, explain=explain, stability={"resamples": 1})
     assert code == 0, err[-3000:]
     lab, manifest = check_published(out, ids, "oil id")
+    # ... and pandas reads them as a user does (a dictionary id's pandas metadata named a type
+    # pandas could not read back: every labels file failed in to_pandas / read_parquet).
+    as_pandas = read_labels(out)
+    assert len(as_pandas) == n and as_pandas["oil id"].nunique() == n
     tree = {r["path"]: r for r in read_json(out, "tree.json")}
     assert tree["root"]["children"], tree["root"]["stop_reason"]
     assert all(tree[c]["stability"] is not None for c in tree["root"]["children"])
@@ -94,6 +98,7 @@ def test_id_types_end_to_end_with_score(kind, tmp_path, bucket, scheduler, capsy
                    "--scheduler", scheduler, "--quiet")
     assert code == 0, capsys.readouterr().err[-3000:]
     again, _ = check_published(scored, ids, "oil id")
+    assert len(read_labels(scored)) == n
 
     def cluster_of(t: pa.Table) -> dict:
         return dict(zip(t.column("oil id").to_pylist(), t.column("cluster").to_pylist(),

@@ -290,10 +290,11 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
             values[idx] = labels
             written[idx] = True
             member = labels >= 0
+            # each child's text is one new category: one unique and one write per node
+            kids, which = np.unique(labels[member], return_inverse=True)
+            codes[idx[member]] = len(categories) + which
             node = NodePath.parse(path)
-            for k in np.unique(labels[member]):  # each child's text is one new category
-                codes[idx[labels == k]] = len(categories)
-                categories.append(str(node.child(int(k))))
+            categories.extend(str(node.child(int(k))) for k in kids)
             depth[idx[member]] = level
             probability[idx[member]] = prob[member]
             if path == ROOT:

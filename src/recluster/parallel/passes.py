@@ -214,8 +214,13 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int,
     out = routing.plain_dtypes(state.drop(columns=[U_COLUMN, routing.STRATUM]))
     out = out.rename(columns={"__id__": id_column})
     if id_type is not None:
-        out[id_column] = pd.arrays.ArrowExtensionArray(
-            schema.id_arrow(out[id_column], id_type))
+        ids = schema.id_arrow(out[id_column], id_type)
+        # A dictionary id as a pandas categorical: pandas records an Arrow-backed dictionary
+        # column in the file's metadata under a type name it cannot read back
+        # (``pd.read_parquet`` of the labels failed); the file keeps the input's Arrow type
+        # through the schema :func:`_write_labels` gives it.
+        out[id_column] = ids.to_pandas() if pa.types.is_dictionary(id_type) else \
+            pd.arrays.ArrowExtensionArray(ids)
     for lvl in range(1, levels + 1):
         if f"level_{lvl}" not in out:
             out[f"level_{lvl}"] = pd.array([pd.NA] * len(out), dtype="Int64")
@@ -223,11 +228,23 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int,
     return out[routing.label_columns(id_column, levels, n_emb)]
 
 
+def labels_bytes(state: pd.DataFrame, id_column: str, levels: int,
+                 id_type: pa.DataType | None = None) -> tuple[bytes, int]:
+    """One partition's labels file (:func:`labels_table` as Parquet, the id in the input's Arrow
+    type) and its row count."""
+    table = labels_table(state, id_column, levels, id_type)
+    arrow = None
+    if id_type is not None and pa.types.is_dictionary(id_type):  # the input's exact type
+        arrow = pa.Schema.from_pandas(table, preserve_index=False)
+        arrow = arrow.set(arrow.get_field_index(id_column), pa.field(id_column, id_type))
+    return parquet_bytes(table, dictionary_columns=["cluster"], schema=arrow), len(table)
+
+
 def _write_labels(state: pd.DataFrame, store: OutputStore, rel: str, id_column: str,
                   levels: int, id_type: pa.DataType | None) -> int:
-    table = labels_table(state, id_column, levels, id_type)
-    store.write_staged(rel, parquet_bytes(table, dictionary_columns=["cluster"]))
-    return len(table)
+    data, rows = labels_bytes(state, id_column, levels, id_type)
+    store.write_staged(rel, data)
+    return rows
 
 
 def write_labels(state: dd.DataFrame, store: OutputStore, ts: TableSchema, levels: int):

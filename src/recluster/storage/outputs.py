@@ -95,9 +95,11 @@ def _not_a_folder(path: str) -> bool:
     return os.path.lexists(path) and not os.path.isdir(path)
 
 
-def parquet_bytes(df: pd.DataFrame, dictionary_columns: Sequence[str] = ()) -> bytes:
-    """Serialize a frame to Parquet; dictionary encoding only where it pays (string columns)."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
+def parquet_bytes(df: pd.DataFrame, dictionary_columns: Sequence[str] = (),
+                  schema: pa.Schema | None = None) -> bytes:
+    """Serialize a frame to Parquet (as Arrow ``schema``, if given); dictionary encoding only
+    where it pays (string columns)."""
+    table = pa.Table.from_pandas(df, preserve_index=False, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, use_dictionary=list(dictionary_columns) or False, compression="zstd")
     return buf.getvalue()
