@@ -50,7 +50,8 @@ def test_resample_runs_without_the_fit_and_is_checked_against_it():
         score_resample(fit.sample_ids, fit.sample_labels, fit.n_children, other,
                        fit.min_cluster_size, cfg.clustering)
     # A resample keeps the epoch count of the fit it checks, not the one of its own row count.
-    assert umap_epochs(5_000, cfg.embedding) == 300 and umap_epochs(4_000, cfg.embedding) == 375
+    # (the 80% subsample would get more epochs of its own: the rule's count falls with the rows)
+    assert umap_epochs(3_000, cfg.embedding) < umap_epochs(2_400, cfg.embedding)
 
 
 def _run(tmp_path, scheduler, table, name, **sections):

@@ -205,6 +205,19 @@ def _assign_partition(df: pd.DataFrame, state: pd.DataFrame, level: int,
     return routing.assign_level(df, state, level, fits)
 
 
+def _pandas_reads_back(id_type: pa.DataType) -> bool:
+    """Whether pandas parses the name it writes into a Parquet file's metadata for an
+    Arrow-backed column of ``id_type`` (extension types, such as ``arrow.uuid``, stay
+    Arrow-backed: pyarrow restores them by their own metadata)."""
+    if isinstance(id_type, pa.BaseExtensionType):
+        return True
+    try:
+        pd.api.types.pandas_dtype(str(pd.ArrowDtype(id_type)))
+    except (TypeError, ValueError, NotImplementedError):
+        return False
+    return True
+
+
 def labels_table(state: pd.DataFrame, id_column: str, levels: int,
                  id_type: pa.DataType | None = None) -> pd.DataFrame:
     """The published labels of one partition: the state minus internal columns, the id under
@@ -215,12 +228,12 @@ def labels_table(state: pd.DataFrame, id_column: str, levels: int,
     out = out.rename(columns={"__id__": id_column})
     if id_type is not None:
         ids = schema.id_arrow(out[id_column], id_type)
-        # A dictionary id as a pandas categorical: pandas records an Arrow-backed dictionary
-        # column in the file's metadata under a type name it cannot read back
-        # (``pd.read_parquet`` of the labels failed); the file keeps the input's Arrow type
-        # through the schema :func:`_write_labels` gives it.
-        out[id_column] = ids.to_pandas() if pa.types.is_dictionary(id_type) else \
-            pd.arrays.ArrowExtensionArray(ids)
+        # Where pandas cannot read back its own name of the Arrow-backed type (a dictionary,
+        # fixed_size_binary(16) UUIDs: ``pd.read_parquet`` of the labels failed), the id is a
+        # plain pandas column (categorical, bytes) and the file keeps the input's Arrow type
+        # through the schema :func:`labels_bytes` gives it.
+        out[id_column] = pd.arrays.ArrowExtensionArray(ids) if _pandas_reads_back(id_type) \
+            else ids.to_pandas()
     for lvl in range(1, levels + 1):
         if f"level_{lvl}" not in out:
             out[f"level_{lvl}"] = pd.array([pd.NA] * len(out), dtype="Int64")
@@ -234,7 +247,7 @@ def labels_bytes(state: pd.DataFrame, id_column: str, levels: int,
     type) and its row count."""
     table = labels_table(state, id_column, levels, id_type)
     arrow = None
-    if id_type is not None and pa.types.is_dictionary(id_type):  # the input's exact type
+    if id_type is not None and not _pandas_reads_back(id_type):  # the input's exact type
         arrow = pa.Schema.from_pandas(table, preserve_index=False)
         arrow = arrow.set(arrow.get_field_index(id_column), pa.field(id_column, id_type))
     return parquet_bytes(table, dictionary_columns=["cluster"], schema=arrow), len(table)
