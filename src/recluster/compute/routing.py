@@ -210,8 +210,8 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
     """
     front = np.flatnonzero(state["depth"].to_numpy() == level - 1)
     limit = np.full(len(front), -1.0)
+    path_codes, paths = codes_of(state["cluster"])
     if len(front):
-        path_codes, paths = codes_of(state["cluster"])
         strat_codes, strata = codes_of(state[STRATUM])
         pair = path_codes[front].astype(np.int64) * len(strata) + strat_codes[front]
         # Sized by the pairs the frontier holds, not by paths x strata: the categories span the
@@ -225,8 +225,7 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
     rows = front[u[front] < limit]
     out = df.iloc[rows][columns].reset_index(drop=True)
     out[U_COLUMN] = u[rows]
-    codes, paths = codes_of(state["cluster"])
-    out["_node"] = paths[codes[rows]]
+    out["_node"] = paths[path_codes[rows]]
     return out
 
 

@@ -247,7 +247,7 @@ def labels_bytes(state: pd.DataFrame, id_column: str, levels: int,
     type) and its row count."""
     table = labels_table(state, id_column, levels, id_type)
     arrow = None
-    if id_type is not None and not _pandas_reads_back(id_type):  # the input's exact type
+    if id_type is not None:  # the input's exact type, also where the frame holds plain values
         arrow = pa.Schema.from_pandas(table, preserve_index=False)
         arrow = arrow.set(arrow.get_field_index(id_column), pa.field(id_column, id_type))
     return parquet_bytes(table, dictionary_columns=["cluster"], schema=arrow), len(table)
