@@ -415,14 +415,23 @@ def _pass_tree(table, n_nodes: int, seed: int):
     return state, fits
 
 
+#: Assignment passes timed per tree: the median is the pass's cost. The first also pays each
+#: booster's one-time set-up in this process (XGBoost's first prediction with a booster costs
+#: ~0.1-0.25 ms more than the next ones; a worker pays it once per booster, not per partition),
+#: and on a shared machine one pass is noisy (the 400-vs-50 ratio of single first passes spread
+#: 1.37-1.62 at one commit). Both are reported.
+PASS_REPEATS = 3
+
+
 def run_passes(rows: int, n_features: int, node_counts: list[int], seed: int,
                partition_rows: int | None = None) -> dict:
-    """Time one full-data level-2 assignment pass and one sample pass, in this process on one
-    core, over ``rows`` rows in partitions of ``partition_rows`` (default: the job's own
-    ``input.rows_per_partition``), for trees of each of ``node_counts`` split nodes:
-    :mod:`recluster.compute.routing` against the pass it replaced
-    (``jobs/routing_reference.py``), whose labels must come out identical. Times are the
-    process's CPU seconds (one thread), so that other load on the machine does not count."""
+    """Time a full-data level-2 assignment pass (:data:`PASS_REPEATS` times: the median, and
+    the first) and one sample pass, in this process on one core, over ``rows`` rows in
+    partitions of ``partition_rows`` (default: the job's own ``input.rows_per_partition``), for
+    trees of each of ``node_counts`` split nodes: :mod:`recluster.compute.routing` against the
+    pass it replaced (``jobs/routing_reference.py``, timed once), whose labels must come out
+    identical. Times are the process's CPU seconds (one thread), so that other load on the
+    machine does not count."""
     from recluster.config import InputConfig
 
     if partition_rows is None:
@@ -446,9 +455,13 @@ def run_passes(rows: int, n_features: int, node_counts: list[int], seed: int,
         res = {"split_nodes": len(fits), "build_s": built, "rows_per_node": rows / n_nodes}
         labels = {}
         for name, mod in (("new", routing), ("old", routing_reference)):
-            t = time.process_time()
-            labels[name] = [mod.assign_level(df, st, 2, fits) for df, st in parts]
-            res[f"assign_{name}_s"] = time.process_time() - t
+            times = []
+            for _ in range(PASS_REPEATS if name == "new" else 1):
+                t = time.process_time()
+                labels[name] = [mod.assign_level(df, st, 2, fits) for df, st in parts]
+                times.append(time.process_time() - t)
+            res[f"assign_{name}_s"] = float(np.median(times))
+            res[f"assign_{name}_first_s"] = times[0]
             t = time.process_time()
             for (df, _), st in zip(parts, labels[name], strict=True):
                 mod.select_sample(df, st, 3, thresholds, ["user_id", *df.columns[1:4]])
@@ -466,13 +479,16 @@ def print_passes(r: dict) -> None:
     print(f"\nfull-data passes, one process on one core (CPU seconds): {rows:,} rows in partitions of "
           f"{r['partition_rows']:,}; level-2 pass over a tree of N first-level split nodes "
           "(same labels from both)")
-    head = (f"{'split nodes':>11} {'rows/node':>9} {'assign rows/s/core':>19} {'(before)':>10}"
-            f" {'speed-up':>8} {'sample rows/s/core':>19} {'(before)':>10} {'members':>7}")
+    head = (f"{'split nodes':>11} {'rows/node':>9} {'assign rows/s/core':>19} {'(first)':>9}"
+            f" {'(before)':>10} {'speed-up':>8} {'sample rows/s/core':>19} {'(before)':>10}"
+            f" {'members':>7}")
     print(head)
     print("-" * len(head))
     for t in r["trees"].values():
+        first = t.get("assign_new_first_s", t["assign_new_s"])
         print(f"{t['split_nodes']:>11} {t['rows_per_node']:>9,.0f}"
-              f" {rows / t['assign_new_s']:>19,.0f} {rows / t['assign_old_s']:>10,.0f}"
+              f" {rows / t['assign_new_s']:>19,.0f} {rows / first:>9,.0f}"
+              f" {rows / t['assign_old_s']:>10,.0f}"
               f" {t['assign_old_s'] / t['assign_new_s']:>7.1f}x"
               f" {rows / t['sample_new_s']:>19,.0f} {rows / t['sample_old_s']:>10,.0f}"
               f" {t['members']:>7.1%}")
@@ -486,8 +502,11 @@ def check_passes(r: dict) -> list[tuple[str, bool, str]]:
     if len(trees) >= 2:
         few, many = trees[0], trees[-1]
         ratio = many["assign_new_s"] / few["assign_new_s"]
+        first = (many.get("assign_new_first_s", many["assign_new_s"])
+                 / few.get("assign_new_first_s", few["assign_new_s"]))
         checks.append((f"assignment pass at {many['split_nodes']} vs {few['split_nodes']} split "
-                       "nodes within 1.5x", ratio <= 1.5, f"{ratio:.2f}x"))
+                       f"nodes within 1.5x (median of {PASS_REPEATS} passes)", ratio <= 1.5,
+                       f"{ratio:.2f}x (first passes: {first:.2f}x)"))
     return checks
 
 
