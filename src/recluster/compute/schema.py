@@ -406,7 +406,9 @@ def _float_block(table: pa.Table, names: Sequence[str]) -> pd.DataFrame:
         for chunk in table.column(name).chunks:
             values[j, start:start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
             start += len(chunk)
-    return pd.DataFrame(values.T, columns=list(names))
+    # copy=False: pandas 3 copies an array given to the constructor, which was a second copy
+    # of every value (same layout either way: one (k, n) C-ordered block).
+    return pd.DataFrame(values.T, columns=list(names), copy=False)
 
 
 def empty_frame(ts: TableSchema) -> pd.DataFrame:
