@@ -97,3 +97,52 @@ def test_a_local_clusters_workers_keep_what_arrows_pool_frees(monkeypatch):
     with dask_client(RuntimeConfig(n_workers=1, threads_per_worker=1)) as c:
         seen = list(c.run(lambda: os.environ.get("MIMALLOC_PURGE_DELAY")).values())
     assert seen == ["250"]
+
+
+def _drawn_the_plain_way(df: pd.DataFrame, state: pd.DataFrame, spec: dict,
+                         columns: list[str]) -> pd.DataFrame:
+    """The explanation draw as it was written first: a frame per node, concatenated."""
+    from recluster.compute.explain import in_node
+    from recluster.compute.node import U_COLUMN
+
+    cluster, depth = state["cluster"].to_numpy(), state["depth"].to_numpy()
+    u = state[U_COLUMN].to_numpy()
+    parts = []
+    for path, (node_depth, threshold) in spec.items():
+        mask = in_node(cluster, depth, path, node_depth) & (u < threshold)
+        if not mask.any():
+            continue
+        level = state[f"level_{node_depth + 1}"].to_numpy(dtype="float64", na_value=np.nan)
+        part = df.loc[mask, columns].reset_index(drop=True)
+        part[U_COLUMN] = u[mask]
+        part["_node"] = path
+        part["_child"] = np.nan_to_num(level[mask], nan=-1).astype(np.int64)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_the_explanation_draw_in_one_gather_equals_a_frame_per_node(tissue_input):
+    from recluster.compute.explain import select_training_rows
+    from recluster.compute.node import U_COLUMN
+    from recluster.compute.sampling import hash_uniform
+
+    t, loc, ts, pieces = tissue_input
+    df = passes.read_frame(pieces[0], loc, ts)
+    # A depth-2 state over the real rows: the tissue is level 1, a split of the first tissue
+    # level 2 (noise -1 and rows not split there null).
+    tissue = pd.Categorical(t["tissue"].iloc[:len(df)]).codes.astype(np.int64)
+    sub = np.where(tissue == 0, np.arange(len(df)) % 3 - 1, -2)
+    cluster = [f"root.{a}" + (f".{b}" if b >= 0 else "") for a, b in zip(tissue, sub, strict=True)]
+    state = pd.DataFrame({
+        "cluster": cluster, "depth": [1 + (b >= 0) for b in sub],
+        U_COLUMN: hash_uniform(df[ts.id_key], 3),
+        "level_1": pd.array(tissue, dtype="Int32"),
+        "level_2": pd.array([b if b >= -1 else None for b in sub], dtype="Int32")})
+    spec = {"root": (0, 0.7), "root.0": (1, 1.0), "root.3": (1, 0.5)}
+    cols = [*ts.feature_keys]
+    got = select_training_rows(df, state, spec, cols)
+    want = _drawn_the_plain_way(df, state, spec, cols)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert got["_node"].value_counts().to_dict() == {
+        p: int((np.array([c == p or c.startswith(p + ".") for c in cluster])
+                & (state[U_COLUMN].to_numpy() < th)).sum()) for p, (_, th) in spec.items()}
