@@ -1,8 +1,10 @@
 """What a wide table's passes cost in memory inside Dask: a piece's float columns stay one block
 after Dask's string conversion (:func:`recluster.parallel.passes.dask_strings`), the block is
 Arrow's memory (:func:`recluster.compute.schema.table_to_frame`), and a local cluster's workers
-keep what Arrow's pool frees (:data:`recluster.parallel.client.WORKER_ENV`). On a real wide
-table: dslabs' ``tissue_gene_expression`` (189 samples x 500 genes, the tissue as text)."""
+keep what Arrow's pool frees (:data:`recluster.parallel.client.WORKER_ENV`); the explanation
+draw in one gather equals a frame per node (:func:`recluster.compute.explain.select_training_rows`).
+On a real wide table: dslabs' ``tissue_gene_expression`` (189 samples x 500 genes, the tissue
+as text)."""
 
 from __future__ import annotations
 
