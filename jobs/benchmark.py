@@ -519,6 +519,16 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _sys_s() -> float:
+    """System CPU seconds of this process so far: the kernel's work for it (page faults of
+    memory fresh from the operating system, reads), part of :func:`_cpu_s`."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def _cpu_sys() -> tuple[float, float]:
+    return _cpu_s(), _sys_s()
+
+
 #: How the wide section sums the run's stages: passes over every row (reading, validating,
 #: drawing samples, assigning), fits on samples, explanations, and writing the outputs.
 WIDE_GROUPS = {"passes": ("plan", "validate", ": sample ", "assign all rows"),
@@ -545,8 +555,10 @@ def run_wide_child(data: Path, out: Path, depth: int, seed: int, overrides: list
     with dask_client(cfg.runtime, warm=True) as client:
         client.run(_worker_warmup)  # compilation is paid here, not in the stages
 
-        def cpu() -> float:
-            return _cpu_s() + sum(client.run(_cpu_s).values())
+        def cpu() -> tuple[float, float]:
+            """CPU and, of it, system seconds: client and workers."""
+            parts = [_cpu_sys(), *client.run(_cpu_sys).values()]
+            return sum(c for c, _ in parts), sum(k for _, k in parts)
 
         stages: dict[str, dict[str, float]] = {}
 
@@ -555,13 +567,15 @@ def run_wide_child(data: Path, out: Path, depth: int, seed: int, overrides: list
                 self.t_cpu = cpu()
 
             def stage_finished(self, name, seconds, status, counts, error=None) -> None:
-                s = stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+                s = stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0, "sys_s": 0.0})
+                now = cpu()
                 s["wall_s"] += seconds
-                s["cpu_s"] += cpu() - self.t_cpu
+                s["cpu_s"] += now[0] - self.t_cpu[0]
+                s["sys_s"] += now[1] - self.t_cpu[1]
 
-        t, c = time.perf_counter(), cpu()
+        t, c = time.perf_counter(), cpu()[0]
         manifest = run(cfg, client, echo=Clock(lambda m: None))
-        wall, total_cpu = time.perf_counter() - t, cpu() - c
+        wall, total_cpu = time.perf_counter() - t, cpu()[0] - c
         worker_peak = max(client.run(_worker_peak).values())
     tree = json.loads((out / "tree.json").read_text())
     aucs = [n["classifier"]["auc"] for n in tree
@@ -590,7 +604,7 @@ def print_wide(res: dict[int, dict]) -> list[tuple[str, bool, str]]:
     (narrow, a), (wide, b) = sorted(res.items())
 
     def per100k(r: dict, group: str | None, key: str) -> float:
-        v = sum(s[key] for name, s in r["stages"].items()
+        v = sum(s.get(key, 0.0) for name, s in r["stages"].items()
                 if group is None or _wide_group(name) == group)
         return v / r["rows"] * 100_000
 
@@ -624,6 +638,10 @@ def print_wide(res: dict[int, dict]) -> list[tuple[str, bool, str]]:
     for group in WIDE_GROUPS:
         line(group, per100k(a, group, "wall_s"), per100k(b, group, "wall_s"),
              per100k(a, group, "cpu_s"), per100k(b, group, "cpu_s"))
+        # The kernel's share of that CPU (page faults of fresh memory): the per-function timings
+        # of a warm process never see it.
+        print(f"{'  of which system CPU':<34} {'':>9} {'':>9} {'':>6}"
+              f" {per100k(a, group, 'sys_s'):>9.2f} {per100k(b, group, 'sys_s'):>9.2f}")
     per_row = [sum(per100k(r, g, k) for g in ("passes", "explain")) for k in ("wall_s", "cpu_s")
                for r in (a, b)]
     line("per-row part (passes + explain)", *per_row)

@@ -78,23 +78,28 @@ def select_training_rows(df: pd.DataFrame, state: pd.DataFrame,
     cluster = state["cluster"].to_numpy()
     depth = state["depth"].to_numpy()
     u = state[U_COLUMN].to_numpy()
-    parts = []
+    rows, nodes, children = [], [], []
     for path, (node_depth, threshold) in spec.items():
         mask = in_node(cluster, depth, path, node_depth) & (u < threshold)
         if not mask.any():
             continue
         level = state[f"level_{node_depth + 1}"].to_numpy(dtype="float64", na_value=np.nan)[mask]
-        part = df.loc[mask, list(columns)].reset_index(drop=True)
-        part[U_COLUMN] = u[mask]
-        part["_node"] = path
-        part["_child"] = np.nan_to_num(level, nan=-1).astype(np.int64)
-        parts.append(part)
-    if not parts:
+        rows.append(np.flatnonzero(mask))
+        nodes.append((path, len(rows[-1])))
+        children.append(np.nan_to_num(level, nan=-1).astype(np.int64))
+    if not rows:
         empty = df.iloc[:0][list(columns)].copy()
         return empty.assign(**{U_COLUMN: pd.Series([], dtype="float64"),
                                "_node": pd.Series([], dtype=object),
                                "_child": pd.Series([], dtype="int64")})
-    return pd.concat(parts, ignore_index=True)
+    # Every node's rows in one gather (a node's rows, then the next node's): one copy of the
+    # drawn rows' columns, where a frame per node and their concatenation were two.
+    at = np.concatenate(rows)
+    out = df[list(columns)].take(at).reset_index(drop=True)
+    out[U_COLUMN] = u[at]
+    out["_node"] = pd.Series([p for p, n in nodes for _ in range(n)], dtype="str")
+    out["_child"] = np.concatenate(children)
+    return out
 
 
 def classifier_params(n_pos: int, n_neg: int, cfg, seed: int) -> dict:

@@ -387,17 +387,28 @@ def _float_block(table: pa.Table, names: Sequence[str]) -> pd.DataFrame:
     copy every value twice; for a table of hundreds of numeric columns, reading a piece then
     cost more than decoding it. The values are the same.
 
+    The block's memory comes from Arrow's memory pool (the one that decoded the piece), not
+    from ``malloc``: glibc maps a block this large afresh for every read and unmaps it when the
+    frame goes, so that each pass paid the first touch of hundreds of MB again (the operating
+    system's page faults: several times the copy itself on a VM that hands freed memory back
+    to its host). Arrow's pool reuses what the previous read freed (see
+    :data:`recluster.parallel.client.WORKER_ENV`).
+
     Returns
     -------
     pandas.DataFrame (n, k), one float64 block (Fortran-ordered as an (n, k) array)
     """
-    values = np.empty((len(names), table.num_rows), dtype=np.float64)
+    shape = (len(names), table.num_rows)
+    values = np.frombuffer(pa.allocate_buffer(8 * shape[0] * shape[1]),
+                           dtype=np.float64).reshape(shape)  # keeps its buffer alive
     for j, name in enumerate(names):
         start = 0
         for chunk in table.column(name).chunks:
             values[j, start:start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
             start += len(chunk)
-    return pd.DataFrame(values.T, columns=list(names))
+    # copy=False: pandas 3 copies an array given to the constructor, which was a second copy
+    # of every value (same layout either way: one (k, n) C-ordered block).
+    return pd.DataFrame(values.T, columns=list(names), copy=False)
 
 
 def empty_frame(ts: TableSchema) -> pd.DataFrame:

