@@ -32,6 +32,16 @@ def test_parse_refuses_anything_else_naming_the_text(bad):
     assert repr(bad) in str(err.value) and "root.2.10" in str(err.value)
 
 
+def test_a_child_number_beyond_the_level_columns_is_refused_naming_the_path():
+    """A level column is Int32: child number 2**31 + 5 (a hand-edited model index) was routed
+    with level value -2147483643 beside the path root.1.2147483653."""
+    assert NodePath.parse(f"root.{2**31 - 1}").parts == (2**31 - 1,)
+    with pytest.raises(ValueError, match=r"'root\.1\.2147483653'.*above 2147483647"):
+        NodePath.parse("root.1.2147483653")
+    with pytest.raises(ValueError, match="above 2147483647"):
+        NodePath.parse("root.1").child(2**31)
+
+
 def test_parse_refuses_non_text():
     for bad in [None, 2.1, 3, b"root"]:
         with pytest.raises(ValueError, match="not a node path"):

@@ -235,3 +235,25 @@ def test_route_then_evaluate_gives_the_reference_labels_bit_for_bit():
     # the tree was exercised: noise at both levels, published child numbers, a level-3 split
     assert {"root", "root.1", "root.1.4", "root.1.2", "root.0.1.0", "root.0.1.1"} <= seen
     assert not any(s.startswith("root.0.7") for s in seen)
+
+
+def test_published_child_numbers_far_apart_route_as_the_reference_in_little_memory():
+    """``run --previous`` gives a node's children their published numbers, which may be large
+    and far apart: the labels equal the reference pass's, and routing does not allocate in the
+    largest number (a count per child number: 20,000,001 counts, 160 MB, for a few rows; the
+    Int32 level column's largest number would have asked 16 GiB)."""
+    import tracemalloc
+
+    fits = _three_level_tree(_grid(400, seed=1))
+    fits[2]["root.1"].child_numbers = [20_000_000, 3]
+    df = _grid(700, seed=2)
+    mine = theirs = initial_state(df, "c0", "plan", 5, 2)
+    for level in (1, 2, 3):
+        tracemalloc.start()
+        mine = assign_level(df, mine, level, fits[level])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 16 * 2**20, (level, peak)
+        theirs = routing_reference.assign_level(df, theirs, level, fits[level])
+        pd.testing.assert_frame_equal(plain_dtypes(mine), plain_dtypes(theirs), check_exact=True)
+    assert {"root.1.20000000", "root.1.3"} <= set(mine["cluster"])

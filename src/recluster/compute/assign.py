@@ -98,6 +98,11 @@ def booster_predict(booster, X: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray of float32: (m,) for one output (binary, regression), (m, k) for k outputs
+
+    Raises
+    ------
+    ValueError
+        when ``X`` has not the booster's number of columns (``d`` != its features).
     """
     import ctypes
 
@@ -106,6 +111,9 @@ def booster_predict(booster, X: np.ndarray) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2 or len(X) == 0:
         return booster.inplace_predict(X)
+    if X.shape[1] != booster.num_features():  # XGBoost's own refusal is a C++ check and trace
+        raise ValueError(f"the booster was trained on {booster.num_features()} features; "
+                         f"given {X.shape[1]} columns")
     described = json.dumps({"data": [X.ctypes.data, True], "shape": list(X.shape),
                             "strides": None, "typestr": "<f4", "version": 3}).encode()
     shape = ctypes.POINTER(c_bst_ulong)()

@@ -29,6 +29,9 @@ import numpy as np
 ROOT = "root"
 SEP = "."
 _TEXT = re.compile(r"root(?:\.(?:0|[1-9][0-9]*))*")
+#: The largest child number: a level of the labels (``level_<d>``) is an Int32 column, where a
+#: larger number would wrap round to a negative one.
+MAX_CHILD = 2**31 - 1
 
 
 @dataclass(frozen=True, order=True)
@@ -42,7 +45,12 @@ class NodePath:
     parts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in self.parts):
+        if any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_CHILD
+               for k in self.parts):
+            if all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in self.parts):
+                text = SEP.join([ROOT, *map(str, self.parts)])
+                raise ValueError(f"node path {text!r}: a child number above {MAX_CHILD}, the "
+                                 f"largest the labels' level columns (Int32) hold")
             raise ValueError(f"a node path is made of child numbers >= 0, not {self.parts!r}")
 
     # ------------------------------------------------------------------ text
