@@ -290,21 +290,11 @@ def assign_level(df: pd.DataFrame, state: pd.DataFrame, level: int,
             written[idx] = True
             member = labels >= 0
             kept = idx[member]
-            # Each child present here is one new category, numbered in the order of its child
-            # number; a count per number instead of a sort (a node's call is on a few hundred
-            # rows at 400 nodes, where the per-node steps cost as much as the rows).
-            mine = labels[member]
-            if len(mine) and int(mine.max()) > 4 * len(mine) + 64:
-                # published numbers far apart (run --previous): a count per number would cost
-                # memory in the largest number (8 bytes each, up to 16 GiB), not in the rows
-                present, which = np.unique(mine, return_inverse=True)
-                codes[kept] = len(categories) + which.astype(np.int32)
-            else:
-                present = np.flatnonzero(np.bincount(mine)) if len(mine) else mine
-                slot = np.zeros(int(present[-1]) + 1 if len(present) else 0, dtype=np.int32)
-                slot[present] = np.arange(len(categories), len(categories) + len(present),
-                                          dtype=np.int32)
-                codes[kept] = slot[mine]
+            # each child present here is one new category: one unique and one write per node
+            # (a sort of the node's rows, not a count per number: published numbers, run
+            # --previous, may be far apart)
+            present, which = np.unique(labels[member], return_inverse=True)
+            codes[kept] = len(categories) + which.astype(np.int32)
             node = NodePath.parse(path)
             categories.extend(str(node.child(int(k))) for k in present)
             depth[kept] = level
