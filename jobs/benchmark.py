@@ -513,20 +513,12 @@ def check_passes(r: dict) -> list[tuple[str, bool, str]]:
 # --------------------------------------------------------------------------- wide tables
 
 
-def _cpu_s() -> float:
-    """User + system CPU seconds of this process so far (all its threads)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _sys_s() -> float:
-    """System CPU seconds of this process so far: the kernel's work for it (page faults of
-    memory fresh from the operating system, reads), part of :func:`_cpu_s`."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
-
-
 def _cpu_sys() -> tuple[float, float]:
-    return _cpu_s(), _sys_s()
+    """User + system CPU seconds of this process so far (all its threads) and, of them, the
+    system seconds: the kernel's work for it (page faults of memory fresh from the operating
+    system, reads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime, r.ru_stime
 
 
 #: How the wide section sums the run's stages: passes over every row (reading, validating,

@@ -97,7 +97,8 @@ def select_training_rows(df: pd.DataFrame, state: pd.DataFrame,
     at = np.concatenate(rows)
     out = df[list(columns)].take(at).reset_index(drop=True)
     out[U_COLUMN] = u[at]
-    out["_node"] = pd.Series([p for p, n in nodes for _ in range(n)], dtype="str")
+    out["_node"] = pd.Series(np.repeat(np.array([p for p, _ in nodes], dtype=object),
+                                       [n for _, n in nodes]), dtype="str")
     out["_child"] = np.concatenate(children)
     return out
 

@@ -45,13 +45,11 @@ class NodePath:
     parts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_CHILD
-               for k in self.parts):
-            if all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in self.parts):
-                text = SEP.join([ROOT, *map(str, self.parts)])
-                raise ValueError(f"node path {text!r}: a child number above {MAX_CHILD}, the "
-                                 f"largest the labels' level columns (Int32) hold")
+        if any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in self.parts):
             raise ValueError(f"a node path is made of child numbers >= 0, not {self.parts!r}")
+        if any(k > MAX_CHILD for k in self.parts):
+            raise ValueError(f"node path {str(self)!r}: a child number above {MAX_CHILD}, the "
+                             f"largest the labels' level columns (Int32) hold")
 
     # ------------------------------------------------------------------ text
     @classmethod
