@@ -59,13 +59,22 @@ from recluster.progress import silence_libraries
 CONNECT_TIMEOUT_S = 60
 
 #: Environment of a local cluster's worker processes (where this process's environment does
-#: not set a variable already). Arrow's memory pool (mimalloc) keeps the memory a read frees
-#: for the next read instead of handing it back to the operating system 10 ms later (its
-#: default): every pass over a wide table otherwise paid the first touch of each piece's
-#: decoded columns and float block afresh (with 500 columns, most of a pass's CPU time was
-#: the kernel's, not recluster's). A worker then holds Arrow's high-water mark: about two
-#: pieces' numeric columns per thread. Workers of an existing scheduler need it in theirs.
-WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
+#: not set a variable already), two settings of Arrow's memory pool (mimalloc):
+#:
+#: - ``MIMALLOC_PURGE_DELAY=-1``: keep the memory a read frees for the next read instead of
+#:   handing it back to the operating system 10 ms later (its default): every pass over a wide
+#:   table otherwise paid the first touch of each piece's decoded columns and float block afresh
+#:   (with 500 columns, most of a pass's CPU time was the kernel's, not recluster's). A worker
+#:   then holds Arrow's high-water mark: about two pieces' numeric columns per thread.
+#: - ``MIMALLOC_ARENA_EAGER_COMMIT=0``: commit the pool's 1 GiB arena as it is used, not all at
+#:   once. Committed at once, the arena is one region that the kernel backs with transparent
+#:   huge pages, and a first touch of a 2 MB page cost ~3 ms of system CPU on the machine we
+#:   measure on (a VM): a worker's first read of a 500-column piece (50,000 rows) took 563 such
+#:   faults and 1.8-2.5 s, against 0.33-0.36 s in 4 KB pages committed as used (fresh
+#:   processes, same file, back to back; /proc/vmstat thp_fault_alloc).
+#:
+#: Workers of an existing scheduler need them in their own environment.
+WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
 
 @dataclass(frozen=True)
