@@ -425,6 +425,52 @@ def test_fanned_out_models_equal_a_sequential_reference(client, penguin_tree):
     assert max(q["auc"] for q in runs[0]["root"].quality.values()) >= 0.95
 
 
+class _PickPlacement:
+    """A scheduler plugin: the worker restrictions of each ``explain-pick-`` task as it starts."""
+
+    name = "pick-placement"
+
+    def __init__(self):
+        self.seen = {}
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing" and isinstance(key, str) and key.startswith("explain-pick-"):
+            ts = self.scheduler.tasks[key]
+            self.seen[key] = (sorted(ts.worker_restrictions or ()), ts.loose_restrictions)
+
+
+@pytest.mark.timeout(300)
+def test_a_nodes_rows_are_picked_where_the_partitions_groups_are(client, penguin_tree):
+    """Each partition's drawn rows are grouped by node in one task; a node's pick from them is
+    placed on the worker that holds that group (loosely: elsewhere only if it is lost). Left to
+    the scheduler, a pick could go to a less busy worker, which then received every node's rows
+    of the partition to keep one node's (235 MB a partition for 500 columns, 100,000 rows)."""
+    from distributed import get_task_stream
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    plugin = type("PickPlacement", (_PickPlacement, SchedulerPlugin), {})()
+    client.register_plugin(plugin)
+    try:
+        with get_task_stream(client) as stream:
+            _fan_out(client, penguin_tree, _explain_cfg(), "placed")
+        seen = client.run_on_scheduler(
+            lambda dask_scheduler: dict(dask_scheduler.plugins["pick-placement"].seen))
+    finally:
+        client.unregister_scheduler_plugin("pick-placement")
+    ran = {r["key"]: r["worker"] for r in stream.data if isinstance(r["key"], str)}
+    groups = {k.split("-")[2]: w for k, w in ran.items() if k.startswith("explain-groups-")}
+    picks = {k: w for k, w in ran.items() if k.startswith("explain-pick-")}
+    assert len(groups) >= 2 and len(picks) == len(groups) * len(penguin_tree["nodes"])
+    assert set(seen) == set(picks)
+    for key, worker in picks.items():
+        part = key.split("-placed")[0].rsplit("-", 1)[1]
+        assert seen[key] == ([groups[part]], True), (key, seen[key], groups)
+        assert worker == groups[part], (key, worker, groups)
+
+
 @pytest.mark.timeout(300)
 def test_fanned_out_task_failures_name_the_step(client, penguin_tree):
     """A model task out of time fails the stage naming explain.train_timeout_s; a task that

@@ -288,23 +288,33 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
 
     tracked: dict[str, tuple[Future, str, str, str | None, str]] = {}  # awaited results
 
-    def submit(fn, *args, key: str, track: tuple | None = None) -> Future:
+    def submit(fn, *args, key: str, track: tuple | None = None,
+               where: list[str] | None = None) -> Future:
         """A task named by the run id, retried ``explain.retries`` times; ``track``:
-        (kind, node, child, what) of a result the loop below waits for."""
+        (kind, node, child, what) of a result the loop below waits for; ``where``: the
+        workers it should run on while one of them is there."""
+        placed = {"workers": where, "allow_other_workers": True} if where else {}
         fut = client.submit(fn, *args, key=f"explain-{key}-{run_id}", retries=cfg.retries,
-                            pure=False)
+                            pure=False, **placed)
         if track is not None:
             tracked[fut.key] = (fut, *track)
         return fut
 
     groups = [submit(_by_node, part, key=f"groups-{i}") for i, part in enumerate(parts)]
+    # A node's rows are picked from each partition's groups on the worker that holds them.
+    # Left to the scheduler, a pick could go to a less busy worker, which then received the
+    # whole partition's groups (every node's rows: 235 MB a partition at 500 columns) to
+    # keep a few of them. Loosely: if that worker is lost, the pick runs elsewhere.
+    wait(groups)
+    holder = client.who_has(groups)
     nodes_ = {}
     out = {p: NodeExplanation() for p in nodes}
     done = as_completed()
     rows = split = None
     for path, (_, size, fit, children) in nodes.items():
         rows = submit(_concat, meta,
-                      *(submit(_pick, g, path, key=f"pick-{path}-{i}") for i, g in enumerate(groups)),
+                      *(submit(_pick, g, path, key=f"pick-{path}-{i}", where=holder.get(g.key))
+                        for i, g in enumerate(groups)),
                       key=f"rows-{path}")
         threshold = spec[path][1]
         split = submit(explain.split_node_rows, rows, fit.preprocessor, threshold,
