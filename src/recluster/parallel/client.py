@@ -59,7 +59,7 @@ from recluster.progress import silence_libraries
 CONNECT_TIMEOUT_S = 60
 
 #: Environment of a local cluster's worker processes (where this process's environment does
-#: not set a variable already), two settings of Arrow's memory pool (mimalloc):
+#: not set a variable already): two settings of Arrow's memory pool (mimalloc)
 #:
 #: - ``MIMALLOC_PURGE_DELAY=-1``: keep the memory a read frees for the next read instead of
 #:   handing it back to the operating system 10 ms later (its default): every pass over a wide
@@ -75,6 +75,25 @@ CONNECT_TIMEOUT_S = 60
 #:
 #: Workers of an existing scheduler need them in their own environment.
 WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+
+#: Two settings of glibc's ``malloc`` (numpy, XGBoost, UMAP's numba code) for a local
+#: cluster's worker processes, so that the blocks of a few MiB that every task allocates and
+#: frees are reused by the next task instead of being mapped afresh and their pages faulted in
+#: again by the kernel. glibc reads them when a process starts: they go in distributed's
+#: ``distributed.nanny.pre-spawn-environ`` (set in this process's environment before each
+#: worker is spawned), next to its own ``MALLOC_TRIM_THRESHOLD_``; a variable this process's
+#: environment sets wins.
+#:
+#: - ``MALLOC_MMAP_THRESHOLD_=33554432``: allocations up to 32 MiB come from the heap. glibc
+#:   raises this threshold by itself as large blocks are freed, but not once
+#:   ``MALLOC_TRIM_THRESHOLD_`` is set, which distributed does for every worker, so it stayed
+#:   at 128 KiB.
+#: - ``MALLOC_TRIM_THRESHOLD_=134217728``: the heap's free top is handed back beyond 128 MiB,
+#:   not beyond distributed's 64 KiB (which returned a block freed at the top at once).
+#:
+#: At 500 columns, 100,000 rows (one run each, back to back): system CPU of the explanations
+#: 4.6 -> 2.6-3.1 s, of the level-1 fit 2.9 -> 1.4-1.6 s.
+SPAWN_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728"}
 
 
 @dataclass(frozen=True)
@@ -440,7 +459,8 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
     if not verbose:  # inherited by the worker processes: covers what they print on import
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
     n_workers = runtime.n_workers or max(1, os.cpu_count() or 1)
-    with LocalCluster(
+    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **SPAWN_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}), LocalCluster(
         n_workers=n_workers,
         threads_per_worker=runtime.threads_per_worker,
         memory_limit=runtime.memory_limit,
