@@ -33,6 +33,7 @@ from recluster.k8s import (
     render_manifests,
     render_network_policies,
 )
+from recluster.parallel.client import SPAWN_ENV, WORKER_ENV
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -289,6 +290,12 @@ def check_invariants(job: dict, cm: dict, image: str, secret: str | None = None,
                     ref = var["valueFrom"]["secretKeyRef"]
                     assert ref["key"] and ref["name"]
                     secrets_used.add(ref["name"])
+        if role == "worker":
+            # The allocator settings a local cluster's workers get (read at process start).
+            (c,) = cs
+            values = {v["name"]: v.get("value") for v in c.get("env", [])}
+            assert {k: values.get(k) for k in {**WORKER_ENV, **SPAWN_ENV}} == {
+                **WORKER_ENV, **SPAWN_ENV}, values
         if role in ("runner", "worker"):
             (c,) = cs
             refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in c.get("env", [])

@@ -37,6 +37,7 @@ import yaml
 
 from recluster.config import SAFE_CATALOG_OPTIONS, JobConfig, parse_config, redacted_paths
 from recluster.errors import ConfigError
+from recluster.parallel.client import SPAWN_ENV, WORKER_ENV
 
 API_VERSION = "kubernetes.dask.org/v1"
 CONFIG_DIR = "/config"
@@ -396,6 +397,10 @@ def render_daskjob(cfg: JobConfig, image: str, workers: int = 2, worker_cpu: int
             # The nanny pins OpenMP/BLAS to one thread per worker process, but not numba,
             # whose default is the node's CPU count rather than this container's limit.
             {"name": "NUMBA_NUM_THREADS", "value": "1"},
+            # Arrow's and glibc's allocators set as on a local cluster (README "Wide tables"):
+            # both read them when a process starts, and the nanny spawns the worker with this
+            # environment (where distributed's own MALLOC_TRIM_THRESHOLD_ gives way to it).
+            *({"name": k, "value": v} for k, v in {**WORKER_ENV, **SPAWN_ENV}.items()),
         ],
         "resources": _resources({"cpu": str(worker_cpu), "memory": f"{container_mib}Mi"}),
         "securityContext": _container_security(),
