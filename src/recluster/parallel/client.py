@@ -73,7 +73,8 @@ CONNECT_TIMEOUT_S = 60
 #:   faults and 1.8-2.5 s, against 0.33-0.36 s in 4 KB pages committed as used (fresh
 #:   processes, same file, back to back; /proc/vmstat thp_fault_alloc).
 #:
-#: Workers of an existing scheduler need them in their own environment.
+#: Workers of an existing scheduler need them in their own environment (the Kubernetes
+#: manifests, :mod:`recluster.k8s`, set them and :data:`SPAWN_ENV` in the worker container's).
 WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
 #: Two settings of glibc's ``malloc`` (numpy, XGBoost, UMAP's numba code) for a local
