@@ -188,6 +188,35 @@ def test_a_local_clusters_workers_keep_what_arrows_pool_frees(monkeypatch):
     assert seen == ["250"]
 
 
+def test_a_users_dask_config_wins_and_the_job_leaves_no_variable_behind(monkeypatch):
+    """Worker settings given in the user's Dask config (distributed's documented way to set a
+    worker's environment) are theirs, as a variable of this process's environment is: recluster
+    had overwritten them with its own. And the variables a local cluster's nannies write into
+    this process's environment before spawning are gone again when the job's cluster closes:
+    a notebook's later cluster or subprocess inherited recluster's glibc settings as if the user
+    had set them (and distributed's OMP_NUM_THREADS=1)."""
+    import os
+
+    import dask
+
+    names = [*WORKER_ENV, *SPAWN_ENV, "OMP_NUM_THREADS", "PYTHONHASHSEED"]
+    for k in names:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # one the user had set stays theirs
+    users = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 0,
+             "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": None,  # unset
+             "distributed.nanny.environ.MIMALLOC_PURGE_DELAY": 250}
+    with dask.config.set(users), dask_client(RuntimeConfig(n_workers=1,
+                                                           threads_per_worker=1)) as c:
+        seen = list(c.run(lambda: {k: os.environ.get(k)
+                                   for k in [*names, "MKL_NUM_THREADS"]}).values())[0]
+    assert seen["MALLOC_TRIM_THRESHOLD_"] == "0" and seen["MALLOC_MMAP_THRESHOLD_"] is None
+    assert seen["MIMALLOC_PURGE_DELAY"] == "250", seen
+    assert seen["MIMALLOC_ARENA_EAGER_COMMIT"] == "0" and seen["MKL_NUM_THREADS"] == "3", seen
+    assert {k: os.environ.get(k) for k in names} == dict.fromkeys(names)
+    assert os.environ["MKL_NUM_THREADS"] == "3"
+
+
 def _drawn_the_plain_way(df: pd.DataFrame, state: pd.DataFrame, spec: dict,
                          columns: list[str]) -> pd.DataFrame:
     """The explanation draw as it was written first: a frame per node, concatenated."""

@@ -75,6 +75,8 @@ CONNECT_TIMEOUT_S = 60
 #:
 #: Workers of an existing scheduler need them in their own environment (the Kubernetes
 #: manifests, :mod:`recluster.k8s`, set them and :data:`SPAWN_ENV` in the worker container's).
+#: A value that this process's environment or the user's Dask config
+#: (``distributed.nanny.environ`` or ``.pre-spawn-environ``) gives wins.
 WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
 #: Two settings of glibc's ``malloc`` (numpy, XGBoost, UMAP's numba code) for a local
@@ -82,8 +84,9 @@ WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 #: frees are reused by the next task instead of being mapped afresh and their pages faulted in
 #: again by the kernel. glibc reads them when a process starts: they go in distributed's
 #: ``distributed.nanny.pre-spawn-environ`` (set in this process's environment before each
-#: worker is spawned), next to its own ``MALLOC_TRIM_THRESHOLD_``; a variable this process's
-#: environment sets wins.
+#: worker is spawned, and taken out of it again when the cluster closes: :func:`_spawn_environ`),
+#: next to its own ``MALLOC_TRIM_THRESHOLD_``; a variable this process's environment sets wins,
+#: and so does one the user's Dask config sets there (or unsets with ``null``).
 #:
 #: - ``MALLOC_MMAP_THRESHOLD_=33554432``: allocations up to 32 MiB come from the heap. glibc
 #:   raises this threshold by itself as large blocks are freed, but not once
@@ -425,6 +428,44 @@ class WarmWorker(WorkerPlugin):
             _warm_thread.start()
 
 
+def _dask_config_sets(name: str, *sections: str) -> bool:
+    """Whether the user's Dask config gives the environment variable ``name`` a value (or
+    ``null``: unset) in one of the ``distributed.nanny`` ``sections``, other than distributed's
+    own default."""
+    defaults = dask.config.merge(*dask.config.defaults)
+    for section in sections:
+        key = f"distributed.nanny.{section}"
+        given, default = dask.config.get(key, {}), dask.config.get(key, {}, config=defaults)
+        if name in given and (name not in default or str(given[name]) != str(default[name])):
+            return True
+    return False
+
+
+@contextmanager
+def _spawn_environ() -> Iterator[None]:
+    """Distributed's ``pre-spawn-environ`` with :data:`SPAWN_ENV` where the user's Dask config
+    keeps distributed's default, in force (Dask config) while a local cluster's nannies are made.
+
+    A nanny writes these variables into *this* process's environment before it spawns a worker
+    (distributed's way to reach glibc before the worker starts): on exit, when the cluster is
+    closed, each is put back as it was, so that nothing started later by this process (a
+    subprocess, another cluster: a notebook's own, or the next job's) inherits them as if the
+    user had set them."""
+    key = "distributed.nanny.pre-spawn-environ"
+    spawn = {**dask.config.get(key, {}),
+             **{k: v for k, v in SPAWN_ENV.items() if not _dask_config_sets(k, "pre-spawn-environ")}}
+    before = dict(os.environ)
+    try:
+        with dask.config.set({key: spawn}):
+            yield
+    finally:
+        for name in {*spawn, "PYTHONHASHSEED"}:  # (the nanny adds a hash seed of its own)
+            if name in before:
+                os.environ[name] = before[name]
+            else:
+                os.environ.pop(name, None)
+
+
 @contextmanager
 def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
                 tls: TlsFiles | None = None, verbose: bool = False,
@@ -460,15 +501,15 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
     if not verbose:  # inherited by the worker processes: covers what they print on import
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
     n_workers = runtime.n_workers or max(1, os.cpu_count() or 1)
-    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **SPAWN_ENV}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}), LocalCluster(
+    with _spawn_environ(), LocalCluster(
         n_workers=n_workers,
         threads_per_worker=runtime.threads_per_worker,
         memory_limit=runtime.memory_limit,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:8787",
         processes=True,
-        env={k: v for k, v in WORKER_ENV.items() if k not in os.environ},
+        env={k: v for k, v in WORKER_ENV.items()
+             if k not in os.environ and not _dask_config_sets(k, "environ", "pre-spawn-environ")},
         # LocalCluster would set distributed's loggers to warnings; --verbose wants its info.
         silence_logs=False if verbose else logging.ERROR,
     ) as cluster, Client(cluster) as client:
