@@ -199,7 +199,7 @@ def test_a_users_dask_config_wins_and_the_job_leaves_no_variable_behind(monkeypa
 
     import dask
 
-    names = [*WORKER_ENV, *SPAWN_ENV, "OMP_NUM_THREADS", "PYTHONHASHSEED"]
+    names = [*WORKER_ENV, *SPAWN_ENV, "OMP_NUM_THREADS", "PYTHONHASHSEED", "PYTHONWARNINGS"]
     for k in names:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # one the user had set stays theirs
@@ -213,6 +213,7 @@ def test_a_users_dask_config_wins_and_the_job_leaves_no_variable_behind(monkeypa
     assert seen["MALLOC_TRIM_THRESHOLD_"] == "0" and seen["MALLOC_MMAP_THRESHOLD_"] is None
     assert seen["MIMALLOC_PURGE_DELAY"] == "250", seen
     assert seen["MIMALLOC_ARENA_EAGER_COMMIT"] == "0" and seen["MKL_NUM_THREADS"] == "3", seen
+    assert seen["PYTHONWARNINGS"] == "ignore", seen  # the workers' import-time warnings: quiet
     assert {k: os.environ.get(k) for k in names} == dict.fromkeys(names)
     assert os.environ["MKL_NUM_THREADS"] == "3"
 

@@ -442,9 +442,11 @@ def _dask_config_sets(name: str, *sections: str) -> bool:
 
 
 @contextmanager
-def _spawn_environ() -> Iterator[None]:
+def _spawn_environ(quiet: bool = True) -> Iterator[None]:
     """Distributed's ``pre-spawn-environ`` with :data:`SPAWN_ENV` where the user's Dask config
-    keeps distributed's default, in force (Dask config) while a local cluster's nannies are made.
+    keeps distributed's default, in force (Dask config) while a local cluster's nannies are made;
+    ``quiet``: ``PYTHONWARNINGS=ignore`` too (unless set), which the worker processes inherit, so
+    that what they print on import is covered.
 
     A nanny writes these variables into *this* process's environment before it spawns a worker
     (distributed's way to reach glibc before the worker starts): on exit, when the cluster is
@@ -455,11 +457,14 @@ def _spawn_environ() -> Iterator[None]:
     spawn = {**dask.config.get(key, {}),
              **{k: v for k, v in SPAWN_ENV.items() if not _dask_config_sets(k, "pre-spawn-environ")}}
     before = dict(os.environ)
+    if quiet:
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
         with dask.config.set({key: spawn}):
             yield
     finally:
-        for name in {*spawn, "PYTHONHASHSEED"}:  # (the nanny adds a hash seed of its own)
+        # (the nanny adds a hash seed of its own)
+        for name in {*spawn, "PYTHONHASHSEED", "PYTHONWARNINGS"}:
             if name in before:
                 os.environ[name] = before[name]
             else:
@@ -498,10 +503,8 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
             yield client
         return
     prepare_numba_cache(runtime)
-    if not verbose:  # inherited by the worker processes: covers what they print on import
-        os.environ.setdefault("PYTHONWARNINGS", "ignore")
     n_workers = runtime.n_workers or max(1, os.cpu_count() or 1)
-    with _spawn_environ(), LocalCluster(
+    with _spawn_environ(quiet=not verbose), LocalCluster(
         n_workers=n_workers,
         threads_per_worker=runtime.threads_per_worker,
         memory_limit=runtime.memory_limit,
