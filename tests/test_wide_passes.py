@@ -87,6 +87,14 @@ def test_a_pieces_float_block_is_arrows_memory_and_freed_with_the_frame(tissue_i
     assert pa.total_allocated_bytes() - before < block
 
 
+def _touched_arrow_buffers(count: int = 200) -> list:
+    """``count`` buffers of 1 MiB from Arrow's pool, every page of them touched."""
+    buffers = [pa.allocate_buffer(1 << 20) for _ in range(count)]
+    for b in buffers:
+        np.frombuffer(b, dtype=np.uint8)[::4096] = 1
+    return buffers
+
+
 def _arrow_memory_kept_after_free() -> float:
     """The share of 200 MiB freed to Arrow's pool that this process still holds after 0.6 s of
     small allocations (resident memory, /proc/self/statm)."""
@@ -96,17 +104,14 @@ def _arrow_memory_kept_after_free() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
 
-    size, count = 1 << 20, 200
-    buffers = [pa.allocate_buffer(size) for _ in range(count)]
-    for b in buffers:
-        np.frombuffer(b, dtype=np.uint8)[::4096] = 1  # touch every page
+    buffers = _touched_arrow_buffers()
     peak = resident()
     del buffers
     for _ in range(12):
         time.sleep(0.05)
         small = [pa.allocate_buffer(1 << 10) for _ in range(100)]
         del small
-    return 1 - (peak - resident()) / (size * count)
+    return 1 - (peak - resident()) / (200 << 20)
 
 
 def _arrow_arena_reserved_uncommitted() -> int:
@@ -114,9 +119,7 @@ def _arrow_arena_reserved_uncommitted() -> int:
     (``---p`` in /proc/self/maps) after 200 MiB were touched through Arrow's pool: mimalloc's
     arena committed as it is used. Committed eagerly (its default), the arena is one
     read-write mapping of 1 GiB and none is."""
-    buffers = [pa.allocate_buffer(1 << 20) for _ in range(200)]
-    for b in buffers:
-        np.frombuffer(b, dtype=np.uint8)[::4096] = 1
+    buffers = _touched_arrow_buffers()
     reserved = 0
     with open("/proc/self/maps") as f:
         for line in f:

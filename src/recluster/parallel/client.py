@@ -95,8 +95,7 @@ WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 #: - ``MALLOC_TRIM_THRESHOLD_=134217728``: the heap's free top is handed back beyond 128 MiB,
 #:   not beyond distributed's 64 KiB (which returned a block freed at the top at once).
 #:
-#: At 500 columns, 100,000 rows (one run each, back to back): system CPU of the explanations
-#: 4.6 -> 2.6-3.1 s, of the level-1 fit 2.9 -> 1.4-1.6 s.
+#: Measured: README "Wide tables", fourth round.
 SPAWN_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728"}
 
 
@@ -428,17 +427,16 @@ class WarmWorker(WorkerPlugin):
             _warm_thread.start()
 
 
-def _dask_config_sets(name: str, *sections: str) -> bool:
-    """Whether the user's Dask config gives the environment variable ``name`` a value (or
-    ``null``: unset) in one of the ``distributed.nanny`` ``sections``, other than distributed's
-    own default."""
+def _users_nanny_env(*sections: str) -> set[str]:
+    """The environment variables the user's Dask config gives a value (or ``null``: unset) in
+    the ``distributed.nanny`` ``sections``, other than distributed's own defaults."""
     defaults = dask.config.merge(*dask.config.defaults)
+    names: set[str] = set()
     for section in sections:
         key = f"distributed.nanny.{section}"
         given, default = dask.config.get(key, {}), dask.config.get(key, {}, config=defaults)
-        if name in given and (name not in default or str(given[name]) != str(default[name])):
-            return True
-    return False
+        names |= {n for n, v in given.items() if n not in default or str(v) != str(default[n])}
+    return names
 
 
 @contextmanager
@@ -454,8 +452,8 @@ def _spawn_environ(quiet: bool = True) -> Iterator[None]:
     subprocess, another cluster: a notebook's own, or the next job's) inherits them as if the
     user had set them."""
     key = "distributed.nanny.pre-spawn-environ"
-    spawn = {**dask.config.get(key, {}),
-             **{k: v for k, v in SPAWN_ENV.items() if not _dask_config_sets(k, "pre-spawn-environ")}}
+    users = _users_nanny_env("pre-spawn-environ")
+    spawn = {**dask.config.get(key, {}), **{k: v for k, v in SPAWN_ENV.items() if k not in users}}
     before = dict(os.environ)
     if quiet:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -504,6 +502,7 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
         return
     prepare_numba_cache(runtime)
     n_workers = runtime.n_workers or max(1, os.cpu_count() or 1)
+    users = _users_nanny_env("environ", "pre-spawn-environ")
     with _spawn_environ(quiet=not verbose), LocalCluster(
         n_workers=n_workers,
         threads_per_worker=runtime.threads_per_worker,
@@ -511,8 +510,7 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:8787",
         processes=True,
-        env={k: v for k, v in WORKER_ENV.items()
-             if k not in os.environ and not _dask_config_sets(k, "environ", "pre-spawn-environ")},
+        env={k: v for k, v in WORKER_ENV.items() if k not in os.environ and k not in users},
         # LocalCluster would set distributed's loggers to warnings; --verbose wants its info.
         silence_logs=False if verbose else logging.ERROR,
     ) as cluster, Client(cluster) as client:
