@@ -180,7 +180,8 @@ def test_score_refuses_rows_without_an_id(run, scheduler, capsys):
                    "--output", "s3://explain/score-null-ids", "--scheduler", scheduler)
     err = capsys.readouterr().err
     assert code == 3, err[-2000:]
-    assert "id column 'user_id' has 4 missing values in" in err and "part-000.parquet" in err, err
+    assert "id column 'user_id' has 4 missing values in s3://explain/null-ids/" in err, err
+    assert "part-000.parquet" in err, err
     assert "Traceback" not in err and not published("s3://explain/score-null-ids")
 
 

@@ -137,6 +137,32 @@ def test_output_that_is_a_file_is_refused_saying_so(tmp_path, bucket, s3fs_fs):
             check_output(_cfg(str(tmp_path / "in"), out))
 
 
+def test_object_store_files_are_named_with_their_scheme(s3_endpoint, bucket, s3fs_fs, tmp_path):
+    """fsspec lists an S3 file as ``bucket/key``: messages and the manifest named input files so,
+    which is no URL a user can paste. They now carry the input's scheme; local paths stay as
+    they are."""
+    import pandas as pd
+
+    from recluster.errors import InputDataError
+    from recluster.storage.inputs import list_parquet_files, plan_pieces, read_footers
+
+    s3fs_fs.pipe(f"{bucket}/named/part-0.parquet", pd.DataFrame({"id": [1, 2]}).to_parquet())
+    for scheme in ("s3", "s3a"):
+        loc = Location.of(f"{scheme}://{bucket}/named")
+        infos = read_footers(loc, list_parquet_files(loc))
+        assert [i.path for i in infos] == [f"{bucket}/named/part-0.parquet"]  # what opens it
+        assert [i.url for i in infos] == [f"{scheme}://{bucket}/named/part-0.parquet"]
+        assert [p.url for p in plan_pieces(infos, 100)] == [i.url for i in infos]
+    s3fs_fs.pipe(f"{bucket}/named/part-1.parquet", b"not parquet")
+    loc = Location.of(f"s3://{bucket}/named")
+    with pytest.raises(InputDataError, match=f"cannot read Parquet file s3://{bucket}/named/part-1"):
+        read_footers(loc, list_parquet_files(loc))
+    pd.DataFrame({"id": [1]}).to_parquet(tmp_path / "part-0.parquet")
+    local = Location.of(str(tmp_path))
+    assert [i.url for i in read_footers(local, list_parquet_files(local))] == \
+        [str(tmp_path / "part-0.parquet")]
+
+
 def test_s3_console_folder_markers_are_folders_not_files(s3_endpoint, bucket, s3fs_fs):
     """An S3 console's "Create folder" leaves an empty object ``key/``: the output folder was
     refused as holding a foreign file named '' (and ``sub/``), and an input folder made so

@@ -228,7 +228,7 @@ def _check_names(info) -> None:
         where = (" (once as a column of the file, once as its Hive partition folder "
                  f"'{dup[0]}=...')" if dup[0] in getattr(info, "partition_columns", ()) else "")
         raise InputDataError(
-            f"column '{dup[0]}' appears {seen[dup[0]]} times in {info.path}{where}; column names "
+            f"column '{dup[0]}' appears {seen[dup[0]]} times in {info.url}{where}; column names "
             f"must be unique")
 
 
@@ -265,7 +265,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
     if cfg.features is None:
         stray = [c for c in cfg.exclude if c not in first.schema.names]
         if stray:
-            raise InputDataError(f"input.exclude names column '{stray[0]}', which {first.path} "
+            raise InputDataError(f"input.exclude names column '{stray[0]}', which {first.url} "
                                  f"does not have" + _near_names(stray[0], first.schema.names))
         features = [n for n in first.schema.names if n != cfg.id_column
                     and n not in cfg.describe and n not in cfg.exclude
@@ -275,12 +275,12 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
     else:
         features = list(cfg.features)
     if not features:
-        raise InputDataError(f"{first.path} has no feature columns besides the id '{cfg.id_column}'")
+        raise InputDataError(f"{first.url} has no feature columns besides the id '{cfg.id_column}'")
     unknown = [c for c in cfg.categorical if c not in features]
     if unknown:
         raise InputDataError(
             f"input.categorical names column '{unknown[0]}', which is not a feature column of "
-            f"{first.path}")
+            f"{first.url}")
     needed = [cfg.id_column, *features] + ([stratify_by] if stratify_by else []) \
         + list(cfg.describe)
     seen: dict[str, list[tuple[str, pa.DataType]]] = {}
@@ -291,16 +291,16 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                 role = "id column" if col == cfg.id_column else (
                     "stratify_by column" if col == stratify_by else
                     "describe column (input.describe)" if col in cfg.describe else "feature column")
-                raise InputDataError(f"{role} '{col}' is missing from {info.path}"
+                raise InputDataError(f"{role} '{col}' is missing from {info.url}"
                                      + _near_names(col, info.schema.names))
             t = info.schema.field(col).type
             typed = _typed(seen.get(col, []))
             if typed and not pa.types.is_null(t) and _kind(typed[0][1]) != _kind(t):
                 path0, t0 = typed[0]
                 raise InputDataError(
-                    f"column '{col}' has type {t} in {info.path} but {t0} in {path0}: the files' "
+                    f"column '{col}' has type {t} in {info.url} but {t0} in {path0}: the files' "
                     f"schemas disagree")
-            seen.setdefault(col, []).append((info.path, t))
+            seen.setdefault(col, []).append((info.url, t))
     # A file whose column holds no value at all (pandas writes an all-None or empty object column
     # with Arrow's null type) fits any type: the other files decide it.
     seen = {c: _typed(v) for c, v in seen.items()}
@@ -648,7 +648,7 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
     """The manifest's ``degraded`` entries the input itself causes (each a defined behaviour):
     empty files skipped, missing values imputed, constant columns that carry nothing, row-number
     columns left out of the features."""
-    out: list[dict] = [{"file": i.path, "what": "no rows: skipped"} for i in infos if i.n_rows == 0]
+    out: list[dict] = [{"file": i.url, "what": "no rows: skipped"} for i in infos if i.n_rows == 0]
     for c, n in sorted(summary["missing"].items()):
         how = ("as the level '__missing__'" if c in schema.categorical
                else "with the median of each node's sample")

@@ -83,7 +83,7 @@ def with_rows_checked(feats: dd.DataFrame, pieces: Sequence[Piece], ts: TableSch
     """``feats`` whose partitions raise :class:`~recluster.errors.InputDataError` (naming the
     column and the piece's file) when an id is missing or a numeric feature is infinite, as
     they are read."""
-    return feats.map_partitions(_routable, ts, [p.path for p in pieces], meta=feats._meta)
+    return feats.map_partitions(_routable, ts, [p.url for p in pieces], meta=feats._meta)
 
 
 def initial_state(feats: dd.DataFrame, ts: TableSchema, cfg: JobConfig) -> dd.DataFrame:
@@ -105,7 +105,7 @@ def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence
 
     Computed together with the node counts, they share one read of the input.
     """
-    stats = feats.map_partitions(_stats_frame, ts, [p.path for p in pieces],
+    stats = feats.map_partitions(_stats_frame, ts, [p.url for p in pieces],
                                  meta=pd.DataFrame({"stats": pd.Series([], dtype=object)}))
     return stats, state["__id__"].nunique()
 
@@ -129,7 +129,7 @@ def _ids_with_paths(state: pd.DataFrame, ids: np.ndarray, paths: Sequence[str],
 def id_files(state: dd.DataFrame, ids: np.ndarray, pieces: Sequence[Piece]) -> dd.DataFrame:
     """Every row whose id is one of ``ids``: ``__id__`` and the ``path`` of its file."""
     meta = state._meta[["__id__"]].assign(path=pd.Series([], dtype=object))
-    return state.map_partitions(_ids_with_paths, dask.delayed(ids), [p.path for p in pieces],
+    return state.map_partitions(_ids_with_paths, dask.delayed(ids), [p.url for p in pieces],
                                 meta=meta)
 
 

@@ -142,6 +142,12 @@ class Location:
     def fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
         return filesystem(self.url, dict(self.storage_options), self.timeout_s, self.retries)
 
+    def shown(self, path: str) -> str:
+        """How messages and records name ``path``, a file as this location's filesystem
+        lists it: with the location's scheme on an object store (``s3://bucket/key``, where
+        fsspec lists ``bucket/key``), as it is on this machine's disk."""
+        return path if is_local(self.url) else f"{self.url.split('://', 1)[0]}://{path}"
+
 
 def is_folder_entry(path: str, info: Mapping[str, Any]) -> bool:
     """Is this entry of a listing (``fs.find(..., detail=True)``) a folder rather than a file?

@@ -49,6 +49,12 @@ class FileInfo:
     #: ``(table name, name in the file)`` of columns the file names otherwise (Iceberg: by
     #: field id); ``schema`` holds the table's names.
     renamed: tuple[tuple[str, str], ...] = ()
+    #: How messages and records name the file (:meth:`Location.shown`); ``path`` if not given.
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            object.__setattr__(self, "url", self.path)
 
     @property
     def n_rows(self) -> int:
@@ -75,6 +81,12 @@ class Piece:
     filter: Any = None
     filter_fields: tuple[tuple[str, pa.DataType], ...] = ()
     renamed: tuple[tuple[str, str], ...] = ()
+    #: How messages name the piece's file (:attr:`FileInfo.url`); ``path`` if not given.
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            object.__setattr__(self, "url", self.path)
 
 
 def list_parquet_files(loc: Location) -> list[str]:
@@ -105,7 +117,7 @@ def list_parquet_files(loc: Location) -> list[str]:
             continue
         if info.get("type") == "other":  # fsspec's word for a link to a folder, a FIFO, ...
             raise InputDataError(
-                f"{p} under input.path is not a file" + (
+                f"{loc.shown(p)} under input.path is not a file" + (
                     f" but a link to the folder {info['destination']}" if info.get("islink") and
                     "destination" in info else "") + ": links to folders inside the input are "
                 "not followed (one could lead into the output); give that folder as input.path "
@@ -233,14 +245,14 @@ def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa
                  field_names: dict[int, str] | None = None) -> FileInfo:
     piece = Piece(0, path, (), 0, tuple((k, values[k]) for k in part_schema.names if k in values))
     try:
-        with storage_errors(loc, f"reading the footer of {path}"):
+        with storage_errors(loc, f"reading the footer of {loc.shown(path)}"):
             frag = _parquet_format(loc).make_fragment(
                 path, filesystem=afs, partition_expression=_partition_expression(piece,
                                                                                  part_schema))
             meta = frag.metadata
             physical = frag.physical_schema
     except (OSError, pa.ArrowException) as exc:  # not the store's fault: the bytes
-        raise InputDataError(f"cannot read Parquet file {path}: {exc}") from None
+        raise InputDataError(f"cannot read Parquet file {loc.shown(path)}: {exc}") from None
     rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     renamed = _by_field_id(physical, field_names) if field_names else ()
     if fragments is not None and not renamed:  # its footer, kept for prune_row_groups
@@ -248,7 +260,8 @@ def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa
     table_name = {f: t for t, f in renamed}
     fields = [f.with_name(table_name.get(f.name, f.name)) for f in physical] + [
         part_schema.field(k) for k in part_schema.names if k in values]
-    return FileInfo(path=path, schema=pa.schema(fields, metadata=physical.metadata),
+    return FileInfo(path=path, url=loc.shown(path),
+                    schema=pa.schema(fields, metadata=physical.metadata),
                     row_group_rows=rows,
                     partition=tuple((k, values[k]) for k in part_schema.names if k in values),
                     index_columns=_index_columns(physical), renamed=renamed)
@@ -327,7 +340,7 @@ def prune_row_groups(infos: Sequence[FileInfo], fragments: dict[str, Any], expre
         try:
             kept = fragments[info.path].subset(filter=expression, schema=schema).row_groups
         except pa.ArrowException as exc:
-            raise InputDataError(f"cannot apply input.filters to {info.path}: {exc}") from None
+            raise InputDataError(f"cannot apply input.filters to {info.url}: {exc}") from None
         out.append(dataclasses.replace(info, row_groups=tuple(rg.id for rg in kept)))
     return out
 
@@ -345,7 +358,7 @@ def plan_pieces(infos: Sequence[FileInfo], rows_per_piece: int, row_filter: Any 
     pieces: list[Piece] = []
     for info in infos:
         extra = {"filter": row_filter, "filter_fields": tuple(filter_fields),
-                 "renamed": info.renamed}
+                 "renamed": info.renamed, "url": info.url}
         group: list[int] = []
         n = 0
         kept = set(range(len(info.row_group_rows)) if info.row_groups is None
@@ -417,7 +430,7 @@ def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
                                        if c not in schema.names)])
     in_file = dict(piece.renamed)
     try:
-        with storage_errors(loc, f"reading {piece.path}"):
+        with storage_errors(loc, f"reading {piece.url}"):
             frag = _parquet_format(loc).make_fragment(
                 piece.path, filesystem=_piece_fs(loc),
                 partition_expression=_partition_expression(piece, schema),
@@ -435,7 +448,7 @@ def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
                     table = table.filter(piece.filter)
                 table = table.select(names)
     except (OSError, pa.ArrowException) as exc:
-        raise InputDataError(f"cannot read {piece.path}: {exc}") from None
+        raise InputDataError(f"cannot read {piece.url}: {exc}") from None
     return table.rename_columns([k for _, k in columns]).replace_schema_metadata(None)
 
 

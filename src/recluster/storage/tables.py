@@ -344,7 +344,7 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
         found.partition_schema, [found.partitions[i] for i in keep] or found.partitions[:1]),
         fragments=fragments, field_names=found.field_names), found.types)
     row_filter = resolve_filters(cfg.filters, found.types or column_types(infos),
-                                 where if found.types else infos[0].path)
+                                 where if found.types else infos[0].url)
     if not keep:
         raise InputDataError(f"input.filters select no partition of {where} ({total} data "
                              "files): nothing to segment")
