@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 
@@ -236,4 +237,38 @@ def test_run_timeout_names_the_stage_and_publishes_nothing(scheduler, data, caps
     assert re.fullmatch(r"plan|validate|level \d+: .+", m.group(1)), m.group(1)
     assert seconds < 10
     time.sleep(1)  # the abandoned stage may still be finishing; it must not publish
+    assert not published(out)
+
+
+@pytest.mark.parametrize("late_in", ["output_location", "claim"])
+def test_a_claim_the_run_reaches_after_its_timeout_is_not_taken(scheduler, data, capsys,
+                                                                 monkeypatch, late_in):
+    """The run's thread is not stopped when the run times out; the caller releases the output's
+    claim. A thread that reached the claim only after that took the folder's lock after its
+    release had run: the lock stayed held, renewed (the next run refused), until the garbage
+    collector found the claim. Late before the claim (``output_location``): it is not taken;
+    late while it is being entered (``claim``): it is released once entered."""
+    from recluster import pipeline
+    from recluster.storage.fs import Location
+    from recluster.storage.outputs import claim
+
+    reached = threading.Event()
+    real = getattr(pipeline, late_in)
+
+    def late(*args, **kwargs):
+        time.sleep(1.0)  # the run times out (0.2 s) before its thread gets on
+        reached.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, late_in, late)
+    out = f"s3://kills/late-{late_in}"
+    cfg = write_config(data["tmp"], "s3://kills/in", out,
+                       **{**SECTIONS, "runtime": {"run_timeout_s": 0.2}})
+    code = run_cli("run", cfg, "--scheduler", scheduler, "--quiet")
+    err = capsys.readouterr().err
+    assert code == 5 and "runtime.run_timeout_s=0.2s; stage in progress: 'plan'" in err, err
+    assert reached.wait(10)
+    time.sleep(0.5)  # the thread's claim is refused, or released once entered
+    with claim(Location.of(out), 30, "run") as store:  # OutputLockedError if it is still held
+        assert store.lock is not None
     assert not published(out)

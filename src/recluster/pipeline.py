@@ -51,9 +51,35 @@ def run(cfg: JobConfig, client: Client,
     check_locations(cfg)
     # The output folder's claim (lock, staging) is released here, in the caller's thread, also
     # when the run times out while its thread is still busy.
-    with ExitStack() as claims:
+    with _Claims(timer) as claims:
         return _within(cfg.runtime.run_timeout_s, timer,
                        lambda: _run(cfg, client, timer, echo, claims))
+
+
+class _Claims(ExitStack):
+    """The run's claims on its output: entered by the run's thread, released by the caller's.
+
+    A claim the run's thread reaches after the caller has let go (the run timed out on its way
+    there) is not taken: that thread stops instead (:class:`StageError`). Entered on the plain
+    stack, it was taken after its release had run, so that the output folder's lock stayed held
+    until the garbage collector found the claim, or its lease ran out. A claim being entered
+    when the caller lets go is released once it is entered.
+    """
+
+    def __init__(self, timer: Timer):
+        super().__init__()
+        self._timer, self._guard, self._closed = timer, threading.Lock(), False
+
+    def enter_context(self, cm):
+        with self._guard:
+            if self._closed:
+                raise StageError(self._timer.stopped or "the run was stopped")
+            return super().enter_context(cm)
+
+    def __exit__(self, *exc_details) -> bool:
+        with self._guard:
+            self._closed = True
+        return super().__exit__(*exc_details)
 
 
 def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -81,7 +107,7 @@ def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) ->
 
 
 def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
-         claims: ExitStack) -> dict[str, Any]:
+         claims: _Claims) -> dict[str, Any]:
     """The method, one stage a line: plan, validate, grow, name, explain, write, report, publish."""
     with timer.stage("plan") as st:
         store = claims.enter_context(claim(output_location(cfg), cfg.output.lock_lease_s, "run"))
