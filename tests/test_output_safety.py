@@ -139,8 +139,8 @@ def test_output_that_is_a_file_is_refused_saying_so(tmp_path, bucket, s3fs_fs):
 
 def test_object_store_files_are_named_with_their_scheme(s3_endpoint, bucket, s3fs_fs, tmp_path):
     """fsspec lists an S3 file as ``bucket/key``: messages and the manifest named input files so,
-    which is no URL a user can paste. They now carry the input's scheme; local paths stay as
-    they are."""
+    which is no URL a user can paste. They are now spelt like input.path: with its scheme, and
+    plain under a plain local path."""
     import pandas as pd
 
     from recluster.errors import InputDataError
@@ -158,9 +158,10 @@ def test_object_store_files_are_named_with_their_scheme(s3_endpoint, bucket, s3f
     with pytest.raises(InputDataError, match=f"cannot read Parquet file s3://{bucket}/named/part-1"):
         read_footers(loc, list_parquet_files(loc))
     pd.DataFrame({"id": [1]}).to_parquet(tmp_path / "part-0.parquet")
-    local = Location.of(str(tmp_path))
-    assert [i.url for i in read_footers(local, list_parquet_files(local))] == \
-        [str(tmp_path / "part-0.parquet")]
+    for url, shown in ((str(tmp_path), str(tmp_path / "part-0.parquet")),
+                       (f"file://{tmp_path}", f"file://{tmp_path}/part-0.parquet")):
+        local = Location.of(url)
+        assert [i.url for i in read_footers(local, list_parquet_files(local))] == [shown]
 
 
 def test_s3_console_folder_markers_are_folders_not_files(s3_endpoint, bucket, s3fs_fs):

@@ -143,10 +143,10 @@ class Location:
         return filesystem(self.url, dict(self.storage_options), self.timeout_s, self.retries)
 
     def shown(self, path: str) -> str:
-        """How messages and records name ``path``, a file as this location's filesystem
-        lists it: with the location's scheme on an object store (``s3://bucket/key``, where
-        fsspec lists ``bucket/key``), as it is on this machine's disk."""
-        return path if is_local(self.url) else f"{self.url.split('://', 1)[0]}://{path}"
+        """``path`` (as this location's filesystem names it) spelt like the location's URL,
+        for messages and records: fsspec names ``s3://bucket/key`` ``bucket/key``; a location
+        given as a plain local path shows plain paths."""
+        return f"{self.url.split('://', 1)[0]}://{path}" if "://" in self.url else path
 
 
 def is_folder_entry(path: str, info: Mapping[str, Any]) -> bool:

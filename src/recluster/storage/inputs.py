@@ -155,11 +155,9 @@ def _refuse_inside_table(loc: Location, fs, root: str) -> None:
             table, what, fmt = posixpath.dirname(folder), "the Iceberg table", "iceberg"
     if what is None:
         return
-    scheme = loc.url.split("://", 1)[0] if "://" in loc.url else "file"
-    shown = table if scheme == "file" else f"{scheme}://{table}"
     filters = ", ".join(f"[{p.split('=', 1)[0]}, ==, {p.split('=', 1)[1]}]" for p in reversed(parts))
     raise InputDataError(
-        f"{loc.url} is inside {what} at {shown}: read as loose Parquet files it would include the "
+        f"{loc.url} is inside {what} at {loc.shown(table)}: read as loose Parquet files it would include the "
         "files the table's log no longer lists (deleted and rewritten rows); give that table as "
         f"input.path with input.format: {fmt}"
         + (f" and input.filters: [{filters}]" if filters else ""))

@@ -367,18 +367,14 @@ class OutputStore:
             path = parent
             try:
                 if self.fs.exists(f"{parent}/{RESERVED}"):
-                    return self._url(parent)
+                    return self.loc.shown(parent)
                 manifest = json.loads(self.fs.cat_file(f"{parent}/{MANIFEST}"))
             except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
                     ValueError):
                 continue
             if isinstance(manifest, dict) and "recluster_manifest" in manifest:
-                return self._url(parent)
+                return self.loc.shown(parent)
         return None
-
-    def _url(self, path: str) -> str:
-        """``path`` (as this store's filesystem names it) spelt like the output's URL."""
-        return f"{self.loc.url.split('://', 1)[0]}://{path}" if "://" in self.loc.url else path
 
     def preflight(self) -> None:
         """Everything :func:`claim` refuses, read-only: a file, foreign files, a live lock. Cheap:
@@ -695,7 +691,7 @@ def commit_labels_table(store: OutputStore) -> str:
     from deltalake.exceptions import DeltaError
 
     store.lock.check()
-    loc = Location.of(store._url(store.staged("labels")), dict(store.loc.storage_options),
+    loc = Location.of(store.loc.shown(store.staged("labels")), dict(store.loc.storage_options),
                       store.loc.timeout_s, store.loc.retries)
     uri = delta_uri(loc)
     try:
