@@ -112,6 +112,26 @@ def test_resolve_schema_string_flavours_do_not_conflict():
     assert ts.numeric == ("spend",)
 
 
+def test_a_column_without_values_in_the_first_file_takes_the_later_files_type():
+    """The file whose column holds no value (pandas: ``df["lwg"] = None``) was refused when it
+    came first in the listing ("has type double in b.parquet but null in a.parquet: the files'
+    schemas disagree"): the null file was the one the later files were compared with."""
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    a = [("user_id", pa.null()), ("spend", pa.null()), ("country", pa.null())]
+    b = [("user_id", pa.string()), ("spend", pa.float64()), ("country", pa.string())]
+    c = [("user_id", pa.large_string()), ("spend", pa.float32()),
+         ("country", pa.dictionary(pa.int32(), pa.string()))]
+    ts = resolve_schema([_info("a.parquet", a), _info("b.parquet", b), _info("c.parquet", c)],
+                        cfg, None)
+    read = dict(ts.read_types)
+    assert read["spend"] == pa.float64() and read["country"] == read["user_id"] == pa.string()
+    d = [("user_id", pa.string()), ("spend", pa.string()), ("country", pa.string())]
+    with pytest.raises(InputDataError, match="'spend' has type string in d.parquet but double "
+                                             "in b.parquet"):
+        resolve_schema([_info("a.parquet", a), _info("b.parquet", b), _info("d.parquet", d)],
+                       cfg, None)
+
+
 def test_columns_without_values_in_some_files_take_the_other_files_type(tmp_path):
     """pandas writes an all-None object column, and every object column of an empty frame, with
     Arrow's null type; such files were refused ("has type null in part-001 but string in

@@ -294,8 +294,11 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                 raise InputDataError(f"{role} '{col}' is missing from {info.path}"
                                      + _near_names(col, info.schema.names))
             t = info.schema.field(col).type
+            # Only files that hold values decide the kind: a file listed earlier whose column
+            # has none (Arrow's null type) agrees with any type.
             typed = _typed(seen.get(col, []))
-            if typed and not pa.types.is_null(t) and _kind(typed[0][1]) != _kind(t):
+            if typed and not pa.types.is_null(typed[0][1]) and not pa.types.is_null(t) \
+                    and _kind(typed[0][1]) != _kind(t):
                 path0, t0 = typed[0]
                 raise InputDataError(
                     f"column '{col}' has type {t} in {info.path} but {t0} in {path0}: the files' "
