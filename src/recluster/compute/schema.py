@@ -630,9 +630,16 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     for s in stats:
         for c, n in s["missing"].items():
             missing[c] = missing.get(c, 0) + n
-    all_missing = sorted(c for c, n in missing.items() if n == rows)
+    # All of them in one message, in the table's order: a table with eleven empty columns
+    # (tidyr's billboard, weeks 66-76) is one fix, not eleven runs.
+    all_missing = [c for c in schema.features if missing.get(c) == rows]
     if all_missing:
-        raise InputDataError(f"feature column '{all_missing[0]}' has no values at all")
+        names = ", ".join(f"'{c}'" for c in all_missing)
+        one = len(all_missing) == 1
+        raise InputDataError(
+            f"feature column{'' if one else 's'} {names} {'has' if one else 'have'} no values "
+            f"at all in the {what}: leave {'it' if one else 'them'} out with input.exclude (or "
+            f"list the features to use in input.features)")
     spans: dict[str, list[float]] = {}
     levels: dict[str, set[str]] = {}
     for s in stats:
