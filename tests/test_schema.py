@@ -15,6 +15,7 @@ from recluster.compute.schema import (
     check_stats,
     empty_frame,
     partition_stats,
+    per_file_numberings,
     refuse_unroutable_rows,
     resolve_schema,
     row_number_candidates,
@@ -349,6 +350,47 @@ def test_row_number_candidates_reject_near_misses(case):
     else:  # within one file
         parts = [np.r_[np.arange(0, 49), 48], np.arange(50, 100)]
     assert row_number_candidates(_numbered(parts), _ts()) == []
+
+
+def _filed(parts: list[tuple[str, np.ndarray]]) -> list[dict]:
+    """Validation stats of pieces ``(file, visits values)``, several pieces per file allowed."""
+    ts, stats, start = _ts(), [], 0
+    for path, v in parts:
+        part = _part(np.arange(start, start + len(v)))
+        part[ts.key("visits")] = v
+        stats.append(partition_stats(part, ts, path))
+        start += len(v)
+    return stats
+
+
+def test_a_numbering_that_restarts_in_each_file_is_found():
+    """Three files exported on their own (R's rownames, pandas' reset_index per shard) number
+    their rows 1..n each: the values repeat across files, so the rule for one numbering over
+    the input never saw it, and ``visits`` stayed a feature."""
+    rng = np.random.default_rng(0)
+    each = [("a.parquet", rng.permutation(np.arange(1, 41))),
+            ("b.parquet", np.arange(1, 31)), ("c.parquet", np.arange(0, 25))]
+    assert per_file_numberings(_filed(each), _ts()) == ["visits"]
+    # One file in two pieces (row groups) whose spans do not overlap: still proven distinct.
+    split = [("a.parquet", np.arange(1, 21)), ("a.parquet", np.arange(21, 41)),
+             ("b.parquet", np.arange(1, 31))]
+    assert per_file_numberings(_filed(split), _ts()) == ["visits"]
+
+
+@pytest.mark.parametrize("case", ["overlap", "offset", "gap", "one_file", "one_row_files"])
+def test_per_file_numberings_reject_near_misses(case):
+    if case == "overlap":  # two pieces of a file whose spans overlap: a value may repeat
+        parts = [("a.parquet", np.arange(1, 21)), ("a.parquet", np.r_[20, np.arange(22, 41)]),
+                 ("b.parquet", np.arange(1, 31))]
+    elif case == "offset":  # a file not numbered from 0 or 1 (a count, a year)
+        parts = [("a.parquet", np.arange(1, 41)), ("b.parquet", np.arange(5, 35))]
+    elif case == "gap":
+        parts = [("a.parquet", np.r_[np.arange(1, 40), 41]), ("b.parquet", np.arange(1, 31))]
+    elif case == "one_file":  # one file: the rule over the input decides
+        parts = [("a.parquet", np.arange(1, 41))]
+    else:  # one value per file is no evidence of anything
+        parts = [(f"{i}.parquet", np.array([1])) for i in range(30)]
+    assert per_file_numberings(_filed(parts), _ts()) == []
 
 
 def test_schema_without_a_numeric_column_reads_the_rest_under_consistent_keys():

@@ -494,7 +494,8 @@ def _distinct_whole(x: np.ndarray, lo: float | None = None, hi: float | None = N
 #: CPS1985 holds 534 of 1..1100) or keys them; it measures nothing.
 _NUMBERING_EVIDENCE = 10
 #: Why a column counts as a row number, in every message that says so.
-ROW_NUMBER_EVIDENCE = "distinct whole numbers, packed too densely to be chance"
+ROW_NUMBER_EVIDENCE = ("distinct whole numbers, packed too densely to be chance (across the "
+                       "files, or from 0 or 1 in each file)")
 
 
 def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[str]:
@@ -528,6 +529,53 @@ def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[st
         width = max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1
         if width == rows or rows * rows >= _NUMBERING_EVIDENCE * width:
             out.append(c)
+    return out
+
+
+def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]:
+    """Numeric columns that number the rows of each file afresh: in every file of two or more,
+    exactly the whole numbers ``0..n-1`` or ``1..n`` for its ``n`` rows, in any order.
+
+    Each file exported on its own (R's ``rownames`` per export, ``df.reset_index()`` per
+    shard, ``Unnamed: 0`` of each CSV) restarts its numbering, so the values repeat across
+    files and :func:`row_number_candidates` does not see a numbering; as a feature it would
+    put each row's position in its file into the segments. Proven from the stats alone: the
+    pieces of one file hold distinct whole numbers in spans that do not overlap, so no value
+    repeats within the file. At least 10 rows beyond one per file, as no numbering is evidence
+    with one row.
+
+    Parameters
+    ----------
+    stats : per-partition dicts of :func:`partition_stats` (``path``: the piece's file)
+    schema : TableSchema
+
+    Returns
+    -------
+    list of column names, in the schema's order
+    """
+    files: dict[str, list[dict]] = {}
+    for s in stats:
+        if s["rows"]:
+            files.setdefault(s["path"], []).append(s)
+    if len(files) < 2:
+        return []
+    out = []
+    for c in schema.numeric:
+        if not all(c in s.get("distinct_whole", ()) and s["span"].get(c) for s in stats
+                   if s["rows"]):
+            continue
+        extra = 0
+        for parts in files.values():
+            spans = sorted(s["span"][c] for s in parts)
+            rows = sum(s["rows"] for s in parts)
+            lo, hi = spans[0][0], max(h for _, h in spans)
+            if lo not in (0, 1) or hi - lo + 1 != rows or \
+                    any(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False)):
+                break
+            extra += rows - 1
+        else:
+            if extra >= _NUMBERING_EVIDENCE:
+                out.append(c)
     return out
 
 

@@ -22,6 +22,7 @@ from recluster.compute.schema import (
     ROW_NUMBER_EVIDENCE,
     TableSchema,
     check_stats,
+    per_file_numberings,
     resolve_schema,
     row_number_candidates,
 )
@@ -287,6 +288,8 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
         distinct = client.compute(passes.distinct_counts(feats, [ts.key(c) for c in dropped]),
                                   sync=True)
         dropped = [c for c, n in zip(dropped, distinct, strict=True) if n == summary["rows"]]
+    if cfg.input.features is None:  # numbered afresh in each file: proven by the stats alone
+        dropped += [c for c in per_file_numberings(stats, ts) if c not in dropped]
     summary["row_numbers"] = dropped
     if dropped:
         ts = ts.without(dropped)
