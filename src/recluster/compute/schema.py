@@ -494,8 +494,8 @@ def _distinct_whole(x: np.ndarray, lo: float | None = None, hi: float | None = N
 #: CPS1985 holds 534 of 1..1100) or keys them; it measures nothing.
 _NUMBERING_EVIDENCE = 10
 #: Why a column counts as a row number, in every message that says so.
-ROW_NUMBER_EVIDENCE = ("distinct whole numbers, packed too densely to be chance (across the "
-                       "files, or from 0 or 1 in each file)")
+ROW_NUMBER_EVIDENCE = ("distinct whole numbers packed too densely to be chance, over the input "
+                       "or from 0 or 1 in each file")
 
 
 def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[str]:
