@@ -14,6 +14,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import published, read_json, read_labels, run_cli
@@ -183,6 +184,20 @@ def test_any_column_name_with_explanations_and_score(tmp_path, bucket, scheduler
     assert "id column 'level 1 id' of s3://" in err and "575 rows but 572 distinct ids" in err
     assert repr(ids[0].as_py()) in err and ".parquet" in err
     assert not published(f"s3://{bucket}/dup-scored")
+    # New rows with a numeric feature written as text: the run's models fix the roles, so the
+    # refusal says what the rows must be. It told the user to declare the column under
+    # input.categorical or to list input.features, settings that score does not have.
+    i = table.schema.get_field_index("a.b")
+    as_text = table.set_column(i, "a.b", pc.cast(table.column("a.b"), pa.string()))
+    write_arrow(as_text, f"s3://{bucket}/text", 2)
+    code = run_cli("score", "--model", out, "--input", f"s3://{bucket}/text", "--output",
+                   f"s3://{bucket}/text-scored", "--scheduler", scheduler, "--quiet")
+    err = capsys.readouterr().err
+    assert code == InputDataError.exit_code, err[-3000:]
+    assert "'a.b' (string) is not numeric (in " in err and "part-000.parquet" in err, err
+    assert f"the run at {out} was fitted on it as numbers" in err, err
+    assert "input.categorical" not in err and "input.features" not in err, err
+    assert not published(f"s3://{bucket}/text-scored")
 
 
 @pytest.mark.parametrize("name", ["cluster", "level_1", "depth", "probability", "umap_0"])

@@ -187,14 +187,22 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 
 def _refuse_undeclared(numeric: Sequence[str], read: dict[str, pa.DataType],
-                       seen: dict[str, list[tuple[str, pa.DataType]]], inferred: bool) -> None:
+                       seen: dict[str, list[tuple[str, pa.DataType]]], inferred: bool,
+                       model: str | None = None) -> None:
     """Refuse feature columns that are not numbers and not declared categorical, all of them in
-    one message (a table with five text columns is one fix, not five runs)."""
+    one message (a table with five text columns is one fix, not five runs). ``model``: the run
+    whose models fixed the roles (``score``), so the fix is the input's, not a setting's."""
     bad = [c for c in numeric if not _is_numeric(read[c])]
     if not bad:
         return
     path = seen[bad[0]][0][0]
     kinds = ", ".join(f"'{c}' ({seen[c][0][1]})" for c in bad)
+    if model is not None:
+        raise InputDataError(
+            f"feature column{'s' if len(bad) > 1 else ''} {kinds} "
+            f"{'are' if len(bad) > 1 else 'is'} not numeric (in {path}), but the run at {model} "
+            f"was fitted on {'them' if len(bad) > 1 else 'it'} as numbers: write "
+            f"{'them' if len(bad) > 1 else 'it'} as numbers (integers or floats) to score")
     text = [c for c in bad if _kind(read[c]) in ("string", "binary", "dictionary")]
     hint = (f"declare text columns to use under input.categorical (e.g. categorical: "
             f"[{', '.join(text)}]), " if text else "")
@@ -248,8 +256,12 @@ def _near_names(name: str, names: Sequence[str]) -> str:
     return f" (it has {', '.join(near)}: names must match exactly)" if near else ""
 
 
-def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -> TableSchema:
+def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
+                   model: str | None = None) -> TableSchema:
     """Check footers against the config and decide each column's role and read type.
+
+    ``model`` is the location of the run whose columns ``cfg`` repeats (``recluster score``):
+    messages then say what the input must be, not which setting to change.
 
     Raises
     ------
@@ -324,7 +336,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                                  "cannot be profiled; leave it out of input.describe")
     categorical = [c for c in features if c in cfg.categorical]
     numeric = [c for c in features if c not in cfg.categorical]
-    _refuse_undeclared(numeric, read, seen, cfg.features is None)
+    _refuse_undeclared(numeric, read, seen, cfg.features is None, model)
     ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type,
                      describe=tuple(cfg.describe))
     return TableSchema(ts.id_column, ts.numeric, ts.categorical, ts.stratify_by, id_type,

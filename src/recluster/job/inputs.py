@@ -99,11 +99,12 @@ def plan_input(cfg: JobConfig):
 
 
 def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
-               filters_name: str = "input.filters"):
+               filters_name: str = "input.filters", model: str | None = None):
     """Read the footers of the input at ``loc`` (a table's files, the slice ``cfg_in.filters``
     keeps), resolve the schema's roles and cut the pieces; what ``run`` and ``score`` share.
 
-    ``filters_name`` is what messages call the filter (``--filter`` for ``score``).
+    ``filters_name`` is what messages call the filter (``--filter`` for ``score``); ``model``
+    the run whose columns ``cfg_in`` repeats (``score``, see :func:`resolve_schema`).
 
     Returns
     -------
@@ -117,7 +118,7 @@ def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
         if filters_name == "input.filters":
             raise
         raise type(exc)(str(exc).replace("input.filters", filters_name)) from None
-    ts = resolve_schema(scan.infos, cfg_in, stratify_by)
+    ts = resolve_schema(scan.infos, cfg_in, stratify_by, model)
     pieces = scan.plan(cfg_in.rows_per_partition)
     if not pieces:
         raise InputDataError(f"every Parquet file under {cfg_in.path} is empty"
