@@ -220,7 +220,9 @@ def _variant(table: pa.Table, **types) -> pa.Table:
 
 def test_schemas_unified_across_files(tmp_path, bucket, scheduler, capsys, s3fs_fs):
     """Dictionary vs plain strings, int32 vs int64, large vs plain strings, float32 vs float64,
-    in the id and the features: one schema, every row."""
+    in the id and the features, and integers in some files but floats in another (pandas
+    writes an integer column holding a null as float64; such a table was refused, "the files'
+    schemas disagree"): one schema, every row."""
     ids = _ids("string", 572)
     table, _ = _oil_table(ids, 572)
     table = table.append_column("year", pa.array(np.arange(572) % 7 + 2000, pa.int64()))
@@ -228,6 +230,10 @@ def test_schemas_unified_across_files(tmp_path, bucket, scheduler, capsys, s3fs_
     parts[0] = _variant(parts[0], **{"oil id": "dict", "area": "dict", "year": pa.int32()})
     parts[1] = _variant(parts[1], **{"oil id": pa.large_string(), "area": pa.large_string(),
                                      "oleic": pa.float32(), "year": pa.int16()})
+    year = parts[2].column("year").to_numpy().astype(np.float64)
+    year[::10] = np.nan
+    parts[2] = parts[2].set_column(parts[2].schema.get_field_index("year"), "year",
+                                   pa.array(year, from_pandas=True))
     for i, p in enumerate(parts):
         with s3fs_fs.open(f"{bucket}/in/part-{i}.parquet", "wb") as f:
             pq.write_table(p, f)
@@ -236,6 +242,11 @@ def test_schemas_unified_across_files(tmp_path, bucket, scheduler, capsys, s3fs_
     assert code == 0, err[-3000:]
     lab, _ = check_published(f"s3://{bucket}/out", pa.array(ids.to_pylist()), "oil id")
     assert lab.column("cluster").to_pandas().nunique() > 1
+    manifest = read_json(f"s3://{bucket}/out", "manifest.json")
+    assert "year" in manifest["input"]["columns"]["numeric"]
+    nulls = int(np.isnan(year).sum())
+    assert any(d.get("column") == "year" and d["what"].startswith(f"{nulls} missing values")
+               for d in manifest["degraded"]), manifest["degraded"]
 
 
 def test_incompatible_types_and_duplicate_names_refused(tmp_path, bucket, scheduler, capsys,

@@ -91,14 +91,32 @@ def test_missing_column_names_the_file_columns_that_only_look_different():
 
 def test_resolve_schema_type_conflict_names_both_files():
     cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
-    changed = [(n, pa.float64() if n == "visits" else t) for n, t in GOOD]
+    changed = [(n, pa.string() if n == "visits" else t) for n, t in GOOD]
     with pytest.raises(InputDataError) as exc:
         resolve_schema([_info("first.parquet", GOOD), _info("second.parquet", GOOD),
                         _info("third.parquet", changed)], cfg, None)
     msg = str(exc.value)
     assert "'visits'" in msg
     assert "third.parquet" in msg and "first.parquet" in msg
-    assert "int32" in msg and "double" in msg
+    assert "int32" in msg and "string" in msg
+
+
+def test_integers_and_floats_of_one_column_across_files_read_as_float64():
+    """pandas writes an integer column that holds a null as float64, so a table written in
+    pieces has int64 in some files and double in others; it was refused ("the files' schemas
+    disagree"). A feature or categorical reads them as float64 (whole floats are the same
+    level as their integers); the id must still be of one kind."""
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["code"])
+    a = [("user_id", pa.int64()), ("visits", pa.int64()), ("spend", pa.uint8()),
+         ("code", pa.int32())]
+    b = [("user_id", pa.int64()), ("visits", pa.float64()), ("spend", pa.int16()),
+         ("code", pa.float32())]
+    ts = resolve_schema([_info("a.parquet", a), _info("b.parquet", b)], cfg, None)
+    assert dict(ts.read_types) == {"user_id": pa.int64(), "visits": pa.float64(),
+                                   "spend": pa.float64(), "code": pa.float64()}
+    ids = [("user_id", pa.uint64()), *a[1:]]
+    with pytest.raises(InputDataError, match="'user_id' has type uint64 in b.parquet but int64"):
+        resolve_schema([_info("a.parquet", a), _info("b.parquet", ids)], cfg, None)
 
 
 def test_resolve_schema_string_flavours_do_not_conflict():

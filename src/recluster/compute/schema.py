@@ -159,9 +159,24 @@ def _kind(t: pa.DataType) -> str:
     return str(t)
 
 
+#: Kinds of number that one column may mix across files (pandas writes an integer column that
+#: holds a null as float64, so one file of a table written in pieces has floats where the
+#: others have integers): read as float64, as every numeric feature is used.
+_NUMBERS = ("signed integer", "unsigned integer", "floating point")
+
+
+def _family(t: pa.DataType, key: bool) -> str:
+    """What must agree across files for one column: its kind (:func:`_kind`), except that a
+    column other than the id (``key``) may mix integers and floats."""
+    kind = _kind(t)
+    return "number" if kind in _NUMBERS and not key else kind
+
+
 def _unify(types: Sequence[pa.DataType]) -> pa.DataType:
-    """The one type a column of these (same-kind) types is read as."""
+    """The one type a column of these types (one :func:`_family`) is read as."""
     plain = [_decoded(t) for t in types]
+    if len({_kind(t) for t in plain}) > 1:  # integers and floats, or signed and unsigned
+        return pa.float64()
     kind = _kind(plain[0])
     if kind == "string":
         return pa.string()
@@ -309,8 +324,9 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
             # Only files that hold values decide the kind: a file listed earlier whose column
             # has none (Arrow's null type) agrees with any type.
             typed = _typed(seen.get(col, []))
+            key = col == cfg.id_column
             if typed and not pa.types.is_null(typed[0][1]) and not pa.types.is_null(t) \
-                    and _kind(typed[0][1]) != _kind(t):
+                    and _family(typed[0][1], key) != _family(t, key):
                 path0, t0 = typed[0]
                 raise InputDataError(
                     f"column '{col}' has type {t} in {info.path} but {t0} in {path0}: the files' "
@@ -917,6 +933,6 @@ def column_types(infos: Sequence) -> dict[str, pa.DataType]:
     out = {}
     for name, types in found.items():
         typed = [t for _, t in _typed([("", t) for t in types])]
-        same = [t for t in typed if _kind(t) == _kind(typed[0])]
+        same = [t for t in typed if _family(t, False) == _family(typed[0], False)]
         out[name] = _unify(same)
     return out
