@@ -14,6 +14,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import published, read_json, read_labels, run_cli
@@ -183,6 +184,20 @@ def test_any_column_name_with_explanations_and_score(tmp_path, bucket, scheduler
     assert "id column 'level 1 id' of s3://" in err and "575 rows but 572 distinct ids" in err
     assert repr(ids[0].as_py()) in err and ".parquet" in err
     assert not published(f"s3://{bucket}/dup-scored")
+    # New rows with a numeric feature written as text: the run's models fix the roles, so the
+    # refusal says what the rows must be. It told the user to declare the column under
+    # input.categorical or to list input.features, settings that score does not have.
+    i = table.schema.get_field_index("a.b")
+    as_text = table.set_column(i, "a.b", pc.cast(table.column("a.b"), pa.string()))
+    write_arrow(as_text, f"s3://{bucket}/text", 2)
+    code = run_cli("score", "--model", out, "--input", f"s3://{bucket}/text", "--output",
+                   f"s3://{bucket}/text-scored", "--scheduler", scheduler, "--quiet")
+    err = capsys.readouterr().err
+    assert code == InputDataError.exit_code, err[-3000:]
+    assert "'a.b' (string) is not numeric (in " in err and "part-000.parquet" in err, err
+    assert f"the run at {out} was fitted on it as numbers" in err, err
+    assert "input.categorical" not in err and "input.features" not in err, err
+    assert not published(f"s3://{bucket}/text-scored")
 
 
 @pytest.mark.parametrize("name", ["cluster", "level_1", "depth", "probability", "umap_0"])
@@ -205,7 +220,9 @@ def _variant(table: pa.Table, **types) -> pa.Table:
 
 def test_schemas_unified_across_files(tmp_path, bucket, scheduler, capsys, s3fs_fs):
     """Dictionary vs plain strings, int32 vs int64, large vs plain strings, float32 vs float64,
-    in the id and the features: one schema, every row."""
+    in the id and the features, and integers in some files but floats in another (pandas
+    writes an integer column holding a null as float64; such a table was refused, "the files'
+    schemas disagree"): one schema, every row."""
     ids = _ids("string", 572)
     table, _ = _oil_table(ids, 572)
     table = table.append_column("year", pa.array(np.arange(572) % 7 + 2000, pa.int64()))
@@ -213,6 +230,10 @@ def test_schemas_unified_across_files(tmp_path, bucket, scheduler, capsys, s3fs_
     parts[0] = _variant(parts[0], **{"oil id": "dict", "area": "dict", "year": pa.int32()})
     parts[1] = _variant(parts[1], **{"oil id": pa.large_string(), "area": pa.large_string(),
                                      "oleic": pa.float32(), "year": pa.int16()})
+    year = parts[2].column("year").to_numpy().astype(np.float64)
+    year[::10] = np.nan
+    parts[2] = parts[2].set_column(parts[2].schema.get_field_index("year"), "year",
+                                   pa.array(year, from_pandas=True))
     for i, p in enumerate(parts):
         with s3fs_fs.open(f"{bucket}/in/part-{i}.parquet", "wb") as f:
             pq.write_table(p, f)
@@ -221,6 +242,11 @@ def test_schemas_unified_across_files(tmp_path, bucket, scheduler, capsys, s3fs_
     assert code == 0, err[-3000:]
     lab, _ = check_published(f"s3://{bucket}/out", pa.array(ids.to_pylist()), "oil id")
     assert lab.column("cluster").to_pandas().nunique() > 1
+    manifest = read_json(f"s3://{bucket}/out", "manifest.json")
+    assert "year" in manifest["input"]["columns"]["numeric"]
+    nulls = int(np.isnan(year).sum())
+    assert any(d.get("column") == "year" and d["what"].startswith(f"{nulls} missing values")
+               for d in manifest["degraded"]), manifest["degraded"]
 
 
 def test_incompatible_types_and_duplicate_names_refused(tmp_path, bucket, scheduler, capsys,

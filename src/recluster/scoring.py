@@ -156,7 +156,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                              features=[*index["numeric"], *index["categorical"]],
                              categorical=index["categorical"], filters=filters)
         # Read as a run reads its input; the filter is --filter here.
-        scan, ts, pieces = scan_input(cfg_in, in_loc, None, "--filter")
+        scan, ts, pieces = scan_input(cfg_in, in_loc, None, "--filter", model_url)
         infos = scan.infos
         files = [i.path for i in infos]
         # Same columns give the same keys (older runs recorded none). The run's index also keys

@@ -159,9 +159,24 @@ def _kind(t: pa.DataType) -> str:
     return str(t)
 
 
+#: Kinds of number that one column may mix across files (pandas writes an integer column that
+#: holds a null as float64, so one file of a table written in pieces has floats where the
+#: others have integers): read as float64, as every numeric feature is used.
+_NUMBERS = ("signed integer", "unsigned integer", "floating point")
+
+
+def _family(t: pa.DataType, key: bool) -> str:
+    """What must agree across files for one column: its kind (:func:`_kind`), except that a
+    column other than the id (``key``) may mix integers and floats."""
+    kind = _kind(t)
+    return "number" if kind in _NUMBERS and not key else kind
+
+
 def _unify(types: Sequence[pa.DataType]) -> pa.DataType:
-    """The one type a column of these (same-kind) types is read as."""
+    """The one type a column of these types (one :func:`_family`) is read as."""
     plain = [_decoded(t) for t in types]
+    if len({_kind(t) for t in plain}) > 1:  # integers and floats, or signed and unsigned
+        return pa.float64()
     kind = _kind(plain[0])
     if kind == "string":
         return pa.string()
@@ -187,14 +202,22 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 
 def _refuse_undeclared(numeric: Sequence[str], read: dict[str, pa.DataType],
-                       seen: dict[str, list[tuple[str, pa.DataType]]], inferred: bool) -> None:
+                       seen: dict[str, list[tuple[str, pa.DataType]]], inferred: bool,
+                       model: str | None = None) -> None:
     """Refuse feature columns that are not numbers and not declared categorical, all of them in
-    one message (a table with five text columns is one fix, not five runs)."""
+    one message (a table with five text columns is one fix, not five runs). ``model``: the run
+    whose models fixed the roles (``score``), so the fix is the input's, not a setting's."""
     bad = [c for c in numeric if not _is_numeric(read[c])]
     if not bad:
         return
     path = seen[bad[0]][0][0]
     kinds = ", ".join(f"'{c}' ({seen[c][0][1]})" for c in bad)
+    if model is not None:
+        raise InputDataError(
+            f"feature column{'s' if len(bad) > 1 else ''} {kinds} "
+            f"{'are' if len(bad) > 1 else 'is'} not numeric (in {path}), but the run at {model} "
+            f"was fitted on {'them' if len(bad) > 1 else 'it'} as numbers: write "
+            f"{'them' if len(bad) > 1 else 'it'} as numbers (integers or floats) to score")
     text = [c for c in bad if _kind(read[c]) in ("string", "binary", "dictionary")]
     hint = (f"declare text columns to use under input.categorical (e.g. categorical: "
             f"[{', '.join(text)}]), " if text else "")
@@ -248,8 +271,12 @@ def _near_names(name: str, names: Sequence[str]) -> str:
     return f" (it has {', '.join(near)}: names must match exactly)" if near else ""
 
 
-def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -> TableSchema:
+def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
+                   model: str | None = None) -> TableSchema:
     """Check footers against the config and decide each column's role and read type.
+
+    ``model`` is the location of the run whose columns ``cfg`` repeats (``recluster score``):
+    messages then say what the input must be, not which setting to change.
 
     Raises
     ------
@@ -294,8 +321,12 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                 raise InputDataError(f"{role} '{col}' is missing from {info.url}"
                                      + _near_names(col, info.schema.names))
             t = info.schema.field(col).type
+            # Only files that hold values decide the kind: a file listed earlier whose column
+            # has none (Arrow's null type) agrees with any type.
             typed = _typed(seen.get(col, []))
-            if typed and not pa.types.is_null(t) and _kind(typed[0][1]) != _kind(t):
+            key = col == cfg.id_column
+            if typed and not pa.types.is_null(typed[0][1]) and not pa.types.is_null(t) \
+                    and _family(typed[0][1], key) != _family(t, key):
                 path0, t0 = typed[0]
                 raise InputDataError(
                     f"column '{col}' has type {t} in {info.url} but {t0} in {path0}: the files' "
@@ -321,7 +352,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None) -
                                  "cannot be profiled; leave it out of input.describe")
     categorical = [c for c in features if c in cfg.categorical]
     numeric = [c for c in features if c not in cfg.categorical]
-    _refuse_undeclared(numeric, read, seen, cfg.features is None)
+    _refuse_undeclared(numeric, read, seen, cfg.features is None, model)
     ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type,
                      describe=tuple(cfg.describe))
     return TableSchema(ts.id_column, ts.numeric, ts.categorical, ts.stratify_by, id_type,
@@ -491,7 +522,8 @@ def _distinct_whole(x: np.ndarray, lo: float | None = None, hi: float | None = N
 #: CPS1985 holds 534 of 1..1100) or keys them; it measures nothing.
 _NUMBERING_EVIDENCE = 10
 #: Why a column counts as a row number, in every message that says so.
-ROW_NUMBER_EVIDENCE = "distinct whole numbers, packed too densely to be chance"
+ROW_NUMBER_EVIDENCE = ("distinct whole numbers packed too densely to be chance, over the input "
+                       "or from 0 or 1 in each file")
 
 
 def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[str]:
@@ -525,6 +557,53 @@ def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[st
         width = max(hi for _, hi in spans) - min(lo for lo, _ in spans) + 1
         if width == rows or rows * rows >= _NUMBERING_EVIDENCE * width:
             out.append(c)
+    return out
+
+
+def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]:
+    """Numeric columns that number the rows of each file afresh: in every file of two or more,
+    exactly the whole numbers ``0..n-1`` or ``1..n`` for its ``n`` rows, in any order.
+
+    Each file exported on its own (R's ``rownames`` per export, ``df.reset_index()`` per
+    shard, ``Unnamed: 0`` of each CSV) restarts its numbering, so the values repeat across
+    files and :func:`row_number_candidates` does not see a numbering; as a feature it would
+    put each row's position in its file into the segments. Proven from the stats alone: the
+    pieces of one file hold distinct whole numbers in spans that do not overlap, so no value
+    repeats within the file. At least 10 rows beyond one per file, as no numbering is evidence
+    with one row.
+
+    Parameters
+    ----------
+    stats : per-partition dicts of :func:`partition_stats` (``path``: the piece's file)
+    schema : TableSchema
+
+    Returns
+    -------
+    list of column names, in the schema's order
+    """
+    files: dict[str, list[dict]] = {}
+    for s in stats:
+        if s["rows"]:
+            files.setdefault(s["path"], []).append(s)
+    if len(files) < 2:
+        return []
+    out = []
+    for c in schema.numeric:
+        if not all(c in s.get("distinct_whole", ()) and s["span"].get(c) for s in stats
+                   if s["rows"]):
+            continue
+        extra = 0
+        for parts in files.values():
+            spans = sorted(s["span"][c] for s in parts)
+            rows = sum(s["rows"] for s in parts)
+            lo, hi = spans[0][0], max(h for _, h in spans)
+            if lo not in (0, 1) or hi - lo + 1 != rows or \
+                    any(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False)):
+                break
+            extra += rows - 1
+        else:
+            if extra >= _NUMBERING_EVIDENCE:
+                out.append(c)
     return out
 
 
@@ -627,9 +706,16 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     for s in stats:
         for c, n in s["missing"].items():
             missing[c] = missing.get(c, 0) + n
-    all_missing = sorted(c for c, n in missing.items() if n == rows)
+    # All of them in one message, in the table's order: a table with eleven empty columns
+    # (tidyr's billboard, weeks 66-76) is one fix, not eleven runs.
+    all_missing = [c for c in schema.features if missing.get(c) == rows]
     if all_missing:
-        raise InputDataError(f"feature column '{all_missing[0]}' has no values at all")
+        names = ", ".join(f"'{c}'" for c in all_missing)
+        one = len(all_missing) == 1
+        raise InputDataError(
+            f"feature column{'' if one else 's'} {names} {'has' if one else 'have'} no values "
+            f"at all in the {what}: leave {'it' if one else 'them'} out with input.exclude (or "
+            f"list the features to use in input.features)")
     spans: dict[str, list[float]] = {}
     levels: dict[str, set[str]] = {}
     for s in stats:
@@ -847,6 +933,6 @@ def column_types(infos: Sequence) -> dict[str, pa.DataType]:
     out = {}
     for name, types in found.items():
         typed = [t for _, t in _typed([("", t) for t in types])]
-        same = [t for t in typed if _kind(t) == _kind(typed[0])]
+        same = [t for t in typed if _family(t, False) == _family(typed[0], False)]
         out[name] = _unify(same)
     return out

@@ -22,6 +22,7 @@ from recluster.compute.schema import (
     ROW_NUMBER_EVIDENCE,
     TableSchema,
     check_stats,
+    per_file_numberings,
     resolve_schema,
     row_number_candidates,
 )
@@ -98,11 +99,12 @@ def plan_input(cfg: JobConfig):
 
 
 def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
-               filters_name: str = "input.filters"):
+               filters_name: str = "input.filters", model: str | None = None):
     """Read the footers of the input at ``loc`` (a table's files, the slice ``cfg_in.filters``
     keeps), resolve the schema's roles and cut the pieces; what ``run`` and ``score`` share.
 
-    ``filters_name`` is what messages call the filter (``--filter`` for ``score``).
+    ``filters_name`` is what messages call the filter (``--filter`` for ``score``); ``model``
+    the run whose columns ``cfg_in`` repeats (``score``, see :func:`resolve_schema`).
 
     Returns
     -------
@@ -116,7 +118,7 @@ def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
         if filters_name == "input.filters":
             raise
         raise type(exc)(str(exc).replace("input.filters", filters_name)) from None
-    ts = resolve_schema(scan.infos, cfg_in, stratify_by)
+    ts = resolve_schema(scan.infos, cfg_in, stratify_by, model)
     pieces = scan.plan(cfg_in.rows_per_partition)
     if not pieces:
         raise InputDataError(f"every Parquet file under {cfg_in.path} is empty"
@@ -287,6 +289,8 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
         distinct = client.compute(passes.distinct_counts(feats, [ts.key(c) for c in dropped]),
                                   sync=True)
         dropped = [c for c, n in zip(dropped, distinct, strict=True) if n == summary["rows"]]
+    if cfg.input.features is None:  # numbered afresh in each file: proven by the stats alone
+        dropped += [c for c in per_file_numberings(stats, ts) if c not in dropped]
     summary["row_numbers"] = dropped
     if dropped:
         ts = ts.without(dropped)
