@@ -282,3 +282,16 @@ def test_two_valued_columns_are_found_and_can_weigh_as_a_0_1_flag():
     np.testing.assert_array_equal(after[:, untouched], before[:, untouched])
     back = preprocessor_from_json(preprocessor_to_json(pre))
     np.testing.assert_array_equal(back.transform(df), after)
+
+
+def test_levels_folded_into_other_are_recorded_with_their_rows():
+    """Levels beyond ``max_categories`` became '__other__' without a word: a column of 228
+    artists weighed as 20 of them and one bucket. The fit records how many levels and rows it
+    folded (summary ``folded``, under the names shown); a column within the limit has none."""
+    df = pd.DataFrame({"kind": ["a"] * 30 + ["b"] * 20 + ["c"] * 5 + ["d"] * 2 + [None] * 3,
+                       "few": ["x", "y"] * 30, "v": np.arange(60.0)})
+    pre = Preprocessor(["v"], ["kind", "few"], max_categories=2).fit(df)
+    assert pre.levels_["kind"] == ["a", "b"]
+    assert pre.folded_ == {"kind": {"levels": 5, "kept": 2, "rows": 10}}  # c, d, missing
+    assert pre.summary(str.upper)["folded"] == {"KIND": {"levels": 5, "kept": 2, "rows": 10}}
+    assert "folded" not in Preprocessor(["v"], ["few"], max_categories=2).fit(df).summary()

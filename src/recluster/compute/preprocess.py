@@ -193,13 +193,19 @@ class Preprocessor:
             self.means_[c] = mean
             self.scales_[c] = std
         self.levels_ = {}
+        self.folded_ = {}
         for c in self.categorical:
             vals = pd.Series(categorical_strings(df[c]))
             counts = vals.value_counts()
             ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
             # A value spelt like the bucket of rare levels is in that bucket: kept as a level of
             # its own it would make two categories of one name (and two equal one-hot names).
-            self.levels_[c] = [k for k, _ in ordered if k != OTHER][: self.max_categories]
+            named = [(k, n) for k, n in ordered if k != OTHER]
+            self.levels_[c] = [k for k, _ in named][: self.max_categories]
+            rare = named[self.max_categories:]
+            if rare:  # said: a column of 228 artists weighs as 20 of them and one bucket
+                self.folded_[c] = {"levels": len(named), "kept": len(self.levels_[c]),
+                                   "rows": int(sum(n for _, n in rare))}
         self.level_weights_ = {c: self._weights(df[c], self.levels_[c]) for c in self.categorical}
         self.binary_ = two_valued(df, self.numeric)
         self.feature_names_out_ = self._names()
@@ -316,6 +322,9 @@ class Preprocessor:
             "constant": [name(c) for c in self.constant_],
             "imputed": {name(c): s for c, s in self.missing_share_.items() if s > 0},
             "categories": {name(c): len(v) for c, v in self.levels_.items()},
+            # models pickled before folds were recorded have none to say
+            **({"folded": {name(c): v for c, v in self.folded_.items()}}
+               if getattr(self, "folded_", None) else {}),
             "n_dims": len(self.feature_names_out_),
             **self._scale_summary(name),
         }

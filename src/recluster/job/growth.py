@@ -223,6 +223,14 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
                 echo(f"  node {path}: categorical columns weighed 0/1, not as the recipe does: "
                      f"{blocker['column']} = {blocker['level']} ({blocker['rows']} rows) is not "
                      f"reproduced by the other features (ARI {blocker['ari']:.2f})")
+            if path == ROOT:  # deeper nodes' folds are in tree.json (fit.preprocess.folded)
+                for column, f in node.fit["preprocess"].get("folded", {}).items():
+                    what = (f"categorical column '{column}' has {f['levels']} levels in the "
+                            f"root's sample: the {f['kept']} most frequent are kept, the other "
+                            f"{f['levels'] - f['kept']} ({f['rows']} sample rows) are one level "
+                            f"'__other__' (preprocess.max_categories)")
+                    echo(f"  {what}")
+                    g.degraded.append({"node": path, "column": column, "what": what})
         # Artefacts are found on the workers under internal keys; tree.json, segments.parquet
         # and the report name the column as the user does.
         fit.artefacts = [rename_artefact(a, ts.name) for a in fit.artefacts]
