@@ -107,6 +107,24 @@ def test_a_level_keeps_its_case_in_name_fragments():
     assert f["short"].iloc[0] == "x" * (segments.NAME_LEVEL_CHARS - 1) + "… comment"
 
 
+def test_names_and_levels_that_would_not_read_as_themselves_are_quoted():
+    """A column named "" made a segment "Low  · ...", one with a line break split the name over
+    two lines (atk9): such names and levels are shown in double quotes with escapes; the facts'
+    ``column`` and ``level`` keep them as given."""
+    assert segments.quoted("bill length") == "bill length" and segments.quoted("å ✓") == "å ✓"
+    assert segments.quoted("") == '""' and segments.quoted(" x") == '" x"'
+    assert segments.quoted("a\nb") == '"a\\nb"' and segments.quoted("a\tb") == '"a\\tb"'
+    f = segments.facts_table(pd.DataFrame([
+        _profile(feature="", kind="numeric", effect_size=-0.9, member_mean=1.0, rest_mean=3.0,
+                 member_above_rest_median=0.1, member_below_rest_median=0.8),
+        _profile(feature="notes\nfree", kind="categorical", level="", member_share=0.5,
+                 rest_share=0.0)])).set_index("kind")
+    assert f.loc["numeric", "short"] == 'Low ""' and f.loc["numeric", "column"] == ""
+    assert f.loc["categorical", "short"] == '"" "notes\\nfree"'
+    assert "\n" not in "".join(f["short"]) + "".join(f["text"])
+    assert f.loc["categorical", "column"] == "notes\nfree" and f.loc["categorical", "level"] == ""
+
+
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "root.0"}, {"path": "root.1"}, {"path": "root.2"}]
     def fact(path, rank, column, short, share, kind="categorical", effect=1.0):

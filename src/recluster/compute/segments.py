@@ -17,6 +17,7 @@ denominator is undefined, and worded so: "only in this segment", never "100% vs 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -80,6 +81,16 @@ def _cohen_h(p1: float, p2: float) -> float:
 # ---------------------------------------------------------------------------- facts
 
 
+def quoted(text: str) -> str:
+    """A column name or level as segment names and facts show it: as given, or in double quotes
+    with escapes where it would not read as itself (empty, blank at either end, a line break or
+    other control character): a column named "" made the segment "Low  · ...", one holding a
+    line break broke the name over two lines."""
+    if text and text == text.strip() and all(ch.isprintable() for ch in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     d = r.get("effect_size")
     if d is None or not math.isfinite(d) or abs(d) < MIN_EFFECT:
@@ -87,11 +98,11 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     up = d > 0
     share = r.get("member_above_rest_median" if up else "member_below_rest_median")
     share = float(share) if share is not None and math.isfinite(share) else float("nan")
-    col = r["feature"]
+    col = quoted(r["feature"])
     word = "higher" if up else "lower"
     behind = f"; {percent(share)} of members are {'above' if up else 'below'} the rest's median" \
         if math.isfinite(share) else ""
-    return {"column": col, "level": None, "kind": "numeric", "direction": 1 if up else -1,
+    return {"column": r["feature"], "level": None, "kind": "numeric", "direction": 1 if up else -1,
             "effect": float(d), "lift": float("nan"), "member_value": float(r["member_mean"]),
             "rest_value": float(r["rest_mean"]), "member_share": share,
             "text": f"{word} {col}: mean {number(r['member_mean'])} vs {number(r['rest_mean'])} "
@@ -107,8 +118,8 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     h = _cohen_h(p1, p2)
     if abs(h) < MIN_EFFECT:
         return None
-    col = r["feature"]
-    shown = "missing" if lvl == MISSING else lvl
+    col = quoted(r["feature"])
+    shown = "missing" if lvl == MISSING else quoted(lvl)
     brief = shown if len(shown) <= NAME_LEVEL_CHARS else shown[:NAME_LEVEL_CHARS - 1] + "…"
     if h > 0:
         if p1 < MIN_SUPPORT or (p2 > 0 and p1 / p2 < MIN_LIFT):
@@ -128,7 +139,7 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
             how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
             short = f"Few {brief} {col}"
         share = 1 - p1  # the members that do not hold the level stand behind "rarer"
-    return {"column": col, "level": lvl, "kind": "categorical", "direction": 1 if h > 0 else -1,
+    return {"column": r["feature"], "level": lvl, "kind": "categorical", "direction": 1 if h > 0 else -1,
             "effect": h, "lift": p1 / p2 if p2 > 0 else float("nan"), "member_value": p1,
             "rest_value": p2, "member_share": share, "text": f"{col} = {shown}: {how}",
             "short": short}  # a level as given: "iOS platform", not "IOS"
