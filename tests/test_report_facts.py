@@ -125,6 +125,23 @@ def test_names_and_levels_that_would_not_read_as_themselves_are_quoted():
     assert f.loc["categorical", "column"] == "notes\nfree" and f.loc["categorical", "level"] == ""
 
 
+def test_characters_that_do_not_show_are_escaped_inside_the_quotes():
+    """Quoted but kept as they were, a zero-width space read as "" (two segments "\"\" city"
+    for the levels "" and "\u200b"), a right-to-left override turned the rest of the segment
+    name around and a line separator still broke the line; a no-break space read as a space."""
+    shown = {t: segments.quoted(t) for t in ("", "\u200b", "\u202ertl", "x\u2028y", "a\u00a0b")}
+    assert shown == {"": '""', "\u200b": '"\\u200b"', "\u202ertl": '"\\u202ertl"',
+                     "x\u2028y": '"x\\u2028y"', "a\u00a0b": '"a\\u00a0b"'}
+    assert len(set(shown.values())) == len(shown)
+    assert all(ch.isprintable() for v in shown.values() for ch in v)
+    assert segments.quoted(' "a\\b" ') == '" \\"a\\\\b\\" "'  # quotes and backslashes too
+    f = segments.facts_table(pd.DataFrame([_profile(
+        feature="\u202ecity", kind="categorical", level="\u200b", member_share=0.5,
+        rest_share=0.0)]))
+    assert f["short"].iloc[0] == '"\\u200b" "\\u202ecity"'
+    assert f["column"].iloc[0] == "\u202ecity" and f["level"].iloc[0] == "\u200b"
+
+
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "root.0"}, {"path": "root.1"}, {"path": "root.2"}]
     def fact(path, rank, column, short, share, kind="categorical", effect=1.0):
