@@ -75,6 +75,26 @@ def test_infinite_values(table, tmp_path, bucket, scheduler, capsys):
     assert re.search(rf"in s3://{bucket}/in/\S+\.parquet", err), err
 
 
+def test_categorical_values_spelt_like_the_jobs_own_levels(table, tmp_path, bucket, scheduler,
+                                                           capsys):
+    """A value '__missing__' was counted as missing (the facts said "country = missing" of rows
+    that hold a value, the manifest counted only the nulls) and one '__other__' vanished into
+    the bucket of rare levels, which no fact names: refused before any fit, naming both."""
+    bad = table.copy()
+    bad.loc[bad.index[:40], "country"] = "__missing__"
+    bad.loc[bad.index[40:45], "country"] = None  # real nulls are not counted as the value
+    bad.loc[bad.index[900:903], "country"] = "__other__"
+    write_table(bad, f"s3://{bucket}/in", 3)
+    cfg = write_config(tmp_path, f"s3://{bucket}/in", f"s3://{bucket}/out")
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 3
+    err = capsys.readouterr().err
+    assert re.search(rf"categorical column 'country' holds the value '__missing__' in 40 rows "
+                     rf"\(e.g. in s3://{bucket}/in/\S+\.parquet\)", err), err
+    assert "'country' holds the value '__other__' in 3 rows" in err, err
+    assert "rename the value" in err and "level 1" not in err, err
+    assert not published(f"s3://{bucket}/out")
+
+
 def test_too_few_rows(table, tmp_path, bucket, scheduler, capsys):
     write_table(table.iloc[:10], f"s3://{bucket}/in", 1)
     err = _run(tmp_path, bucket, scheduler, capsys)
