@@ -142,6 +142,21 @@ def test_characters_that_do_not_show_are_escaped_inside_the_quotes():
     assert f["column"].iloc[0] == "\u202ecity" and f["level"].iloc[0] == "\u200b"
 
 
+def test_the_reports_sentence_quotes_names_as_segment_names_do():
+    """The report's sentence showed a column named "" and one named " sp " as nothing and as
+    a bare word ("Members have higher , lower  sp  and ..."), though segment names quote them."""
+    f = segments.facts_table(pd.DataFrame([
+        _profile(feature="", kind="numeric", effect_size=1.5, member_mean=3.0, rest_mean=1.0,
+                 member_above_rest_median=0.9, member_below_rest_median=0.1),
+        _profile(feature=" sp ", kind="numeric", effect_size=-1.2, member_mean=1.0,
+                 rest_mean=3.0, member_above_rest_median=0.1, member_below_rest_median=0.9),
+        _profile(feature="kind", kind="categorical", level="x\u2028y", member_share=0.9,
+                 rest_share=0.2)]))
+    text = report_facts.sentence("root.0", "root", report_facts.findings(f))
+    assert text == ('Members have more often kind = "x\\u2028y", higher "" and lower " sp " '
+                    "than the rest of the population."), text
+
+
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "root.0"}, {"path": "root.1"}, {"path": "root.2"}]
     def fact(path, rank, column, short, share, kind="categorical", effect=1.0):
