@@ -157,6 +157,20 @@ def test_the_reports_sentence_quotes_names_as_segment_names_do():
                     "than the rest of the population."), text
 
 
+def test_an_artefact_split_quotes_its_column_and_level():
+    """The stop reason "one column splits it: city = <level>" showed a right-to-left override
+    raw on the terminal, in tree.json and the report, though segment names escape it."""
+    from recluster.compute.artefacts import describe_artefact, rename_artefact
+
+    text = rename_artefact(describe_artefact("c3", "\u202egnp.exe"), {"c3": " sp "}.get,
+                           segments.quoted)
+    assert text == 'splits on " sp " = "\\u202egnp.exe" only'
+    assert segments.stop_words(f"artefact split: {text}") == \
+        'one column splits it: " sp " = "\\u202egnp.exe"'
+    assert rename_artefact("splits on c0 = pro only", {"c0": "plan"}.get, segments.quoted) == \
+        "splits on plan = pro only"
+
+
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "root.0"}, {"path": "root.1"}, {"path": "root.2"}]
     def fact(path, rank, column, short, share, kind="categorical", effect=1.0):

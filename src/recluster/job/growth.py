@@ -25,6 +25,7 @@ from recluster.compute.paths import ROOT, NodePath
 from recluster.compute.routing import STRATUM
 from recluster.compute.sampling import FOLDED, allocate, fold_strata, level_targets
 from recluster.compute.schema import TableSchema
+from recluster.compute.segments import quoted
 from recluster.compute.tree import StopReason, TreeNode, accept_split, split_refusal
 from recluster.config import JobConfig
 from recluster.parallel import passes
@@ -233,7 +234,7 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
                     g.degraded.append({"node": path, "column": column, "what": what})
         # Artefacts are found on the workers under internal keys; tree.json, segments.parquet
         # and the report name the column as the user does.
-        fit.artefacts = [rename_artefact(a, ts.name) for a in fit.artefacts]
+        fit.artefacts = [rename_artefact(a, ts.name, quoted) for a in fit.artefacts]
         decision = accept_split(fit, node.size, cfg.recursion)
         if fit.preprocessor is None:
             g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})
