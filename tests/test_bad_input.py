@@ -95,6 +95,22 @@ def test_categorical_values_spelt_like_the_jobs_own_levels(table, tmp_path, buck
     assert not published(f"s3://{bucket}/out")
 
 
+def test_integer_beyond_2_53_in_a_column_read_as_float(table, tmp_path, bucket, scheduler,
+                                                        capsys, s3fs_fs):
+    """A column with integers in one file and floats in another is read as float64; an integer
+    that float64 cannot hold is refused naming the file, the value and (Arrow names only the
+    value) the column, and nothing is published."""
+    parts = [table.iloc[:700].copy(), table.iloc[700:].copy()]
+    parts[0]["big"] = np.arange(700, dtype=np.int64) + 2**53 + 1
+    parts[1]["big"] = np.linspace(0.0, 1.0, len(parts[1]))
+    for i, p in enumerate(parts):
+        with s3fs_fs.open(f"{bucket}/in/part-{i}.parquet", "wb") as f:
+            p.to_parquet(f, index=False)
+    err = _run(tmp_path, bucket, scheduler, capsys)
+    assert f"cannot read s3://{bucket}/in/part-0.parquet (column 'big'): " in err, err
+    assert str(2**53 + 1) in err, err
+
+
 def test_too_few_rows(table, tmp_path, bucket, scheduler, capsys):
     write_table(table.iloc[:10], f"s3://{bucket}/in", 1)
     err = _run(tmp_path, bucket, scheduler, capsys)
