@@ -229,7 +229,9 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
                     what = (f"categorical column '{column}' has {f['levels']} levels in the "
                             f"root's sample: the {f['kept']} most frequent are kept, the other "
                             f"{f['levels'] - f['kept']} ({f['rows']} sample rows) are one level "
-                            f"'__other__' (preprocess.max_categories)")
+                            f"'__other__' (preprocess.max_categories)"
+                            + (f", its {f['missing']} missing values among them (not in "
+                               "'__missing__')" if f.get("missing") else ""))
                     echo(f"  {what}")
                     g.degraded.append({"node": path, "column": column, "what": what})
         # Artefacts are found on the workers under internal keys; tree.json, segments.parquet
