@@ -589,7 +589,8 @@ def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[st
     return out
 
 
-def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]:
+def per_file_numberings(stats: Sequence[dict], schema: TableSchema,
+                        overlapping: bool = False) -> list[str]:
     """Numeric columns that number the rows of each file afresh: in every file of two or more,
     exactly the whole numbers ``0..n-1`` or ``1..n`` for its ``n`` rows, in any order.
 
@@ -605,6 +606,10 @@ def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]
     ----------
     stats : per-partition dicts of :func:`partition_stats` (``path``: the piece's file)
     schema : TableSchema
+    overlapping : also the columns whose pieces of one file hold spans that overlap (a file
+        read in several pieces, its numbering not in row order): candidates only, as the
+        stats cannot tell whether a value repeats across the pieces; the caller counts
+        (``recluster.parallel.passes.distinct_per_file``)
 
     Returns
     -------
@@ -626,7 +631,7 @@ def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]
             spans = sorted(s["span"][c] for s in parts)
             rows = sum(s["rows"] for s in parts)
             lo, hi = spans[0][0], max(h for _, h in spans)
-            if lo not in (0, 1) or hi - lo + 1 != rows or \
+            if lo not in (0, 1) or hi - lo + 1 != rows or not overlapping and \
                     any(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False)):
                 break
             extra += rows - 1
