@@ -75,6 +75,42 @@ def test_infinite_values(table, tmp_path, bucket, scheduler, capsys):
     assert re.search(rf"in s3://{bucket}/in/\S+\.parquet", err), err
 
 
+def test_categorical_values_spelt_like_the_jobs_own_levels(table, tmp_path, bucket, scheduler,
+                                                           capsys):
+    """A value '__missing__' was counted as missing (the facts said "country = missing" of rows
+    that hold a value, the manifest counted only the nulls) and one '__other__' vanished into
+    the bucket of rare levels, which no fact names: refused before any fit, naming both."""
+    bad = table.copy()
+    bad.loc[bad.index[:40], "country"] = "__missing__"
+    bad.loc[bad.index[40:45], "country"] = None  # real nulls are not counted as the value
+    bad.loc[bad.index[900:903], "country"] = "__other__"
+    write_table(bad, f"s3://{bucket}/in", 3)
+    cfg = write_config(tmp_path, f"s3://{bucket}/in", f"s3://{bucket}/out")
+    assert run_cli("run", cfg, "--scheduler", scheduler) == 3
+    err = capsys.readouterr().err
+    assert re.search(rf"categorical column 'country' holds the value '__missing__' in 40 rows "
+                     rf"\(e.g. in s3://{bucket}/in/\S+\.parquet\)", err), err
+    assert "'country' holds the value '__other__' in 3 rows" in err, err
+    assert "rename the value" in err and "level 1" not in err, err
+    assert not published(f"s3://{bucket}/out")
+
+
+def test_integer_beyond_2_53_in_a_column_read_as_float(table, tmp_path, bucket, scheduler,
+                                                        capsys, s3fs_fs):
+    """A column with integers in one file and floats in another is read as float64; an integer
+    that float64 cannot hold is refused naming the file, the value and (Arrow names only the
+    value) the column, and nothing is published."""
+    parts = [table.iloc[:700].copy(), table.iloc[700:].copy()]
+    parts[0]["big"] = np.arange(700, dtype=np.int64) + 2**53 + 1
+    parts[1]["big"] = np.linspace(0.0, 1.0, len(parts[1]))
+    for i, p in enumerate(parts):
+        with s3fs_fs.open(f"{bucket}/in/part-{i}.parquet", "wb") as f:
+            p.to_parquet(f, index=False)
+    err = _run(tmp_path, bucket, scheduler, capsys)
+    assert f"cannot read s3://{bucket}/in/part-0.parquet (column 'big'): " in err, err
+    assert str(2**53 + 1) in err, err
+
+
 def test_too_few_rows(table, tmp_path, bucket, scheduler, capsys):
     write_table(table.iloc[:10], f"s3://{bucket}/in", 1)
     err = _run(tmp_path, bucket, scheduler, capsys)

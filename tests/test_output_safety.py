@@ -732,3 +732,68 @@ def test_lock_files_hold_nothing_from_the_environment(tmp_path):
     assert texts and all(set(json.loads(t)) <= {"run_id", "command", "host", "pid", "lease_s",
                                                  "acquired_at", "expires_at"} for t in texts)
     assert all(os.environ.get("AWS_SECRET_ACCESS_KEY", "\0") not in t for t in texts)
+
+
+def test_an_attempt_released_while_it_publishes_finishes_the_publication(place, monkeypatch):
+    """``run`` publishes in its own thread and releases the output's claim in the caller's
+    (:func:`recluster.pipeline._within`): a run timing out during the publication released the
+    lock and removed the staging area under the files being moved, leaving the previous run
+    without ``_SUCCESS`` or its files, a publishing record, and neither run published. The
+    release now waits for a publication under way."""
+    loc, fs, root = place
+    _stage_and_publish(loc, {"labels/part-00000.parquet": b"old", "tree.json": b"{}"}, "fp0")
+    moving = threading.Event()
+    real = OutputStore._move_into_place
+
+    def slow(self, staging, rels):
+        moving.set()
+        time.sleep(1.0)  # the caller lets go meanwhile
+        return real(self, staging, rels)
+
+    monkeypatch.setattr(OutputStore, "_move_into_place", slow)
+    box: dict = {}
+
+    def publish(store, previous):
+        try:
+            box["manifest"] = store.publish({"fingerprint": "fp1", "outputs": []}, previous)
+        except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+            box["error"] = exc
+
+    with claim(loc, 30, "run") as store:
+        decision = store.prepare("fp1", True, "set output.overwrite: true")
+        store.write_staged("labels/part-00000.parquet", b"new")
+        worker = threading.Thread(target=publish, args=(store, decision.previous))
+        worker.start()
+        assert moving.wait(10)
+    worker.join(10)
+    assert "error" not in box, box.get("error")
+    assert box["manifest"]["fingerprint"] == "fp1"
+    tree = _tree(fs, root)
+    assert set(tree) == {"labels/part-00000.parquet", MANIFEST, SUCCESS}, sorted(tree)
+    assert tree["labels/part-00000.parquet"] == b"new"
+    with claim(loc, 30, "run") as again:  # the lock was released
+        assert again.lock is not None
+
+
+@pytest.mark.parametrize("stage", ["report", "publish"])
+def test_run_timeout_finishes_a_publication_under_way(stage):
+    """The run's time running out during the publication: it is finished and the run succeeds
+    (stopped halfway, neither run would be published); in any earlier stage the run stops."""
+    from recluster.errors import StageError
+    from recluster.pipeline import _within
+    from recluster.progress import Timer
+
+    lines: list[str] = []
+    timer = Timer(lines.append)
+
+    def body() -> dict:
+        with timer.stage(stage):
+            time.sleep(0.6)
+        return {"published": True}
+
+    if stage == "publish":
+        assert _within(0.1, timer, body) == {"published": True}
+        assert timer.stopped is None
+    else:
+        with pytest.raises(StageError, match="stage in progress: 'report'"):
+            _within(0.1, timer, body)

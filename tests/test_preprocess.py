@@ -292,6 +292,10 @@ def test_levels_folded_into_other_are_recorded_with_their_rows():
                        "few": ["x", "y"] * 30, "v": np.arange(60.0)})
     pre = Preprocessor(["v"], ["kind", "few"], max_categories=2).fit(df)
     assert pre.levels_["kind"] == ["a", "b"]
-    assert pre.folded_ == {"kind": {"levels": 5, "kept": 2, "rows": 10}}  # c, d, missing
-    assert pre.summary(str.upper)["folded"] == {"KIND": {"levels": 5, "kept": 2, "rows": 10}}
+    # c, d and the missing values, which are then not in '__missing__' (said: "missing")
+    assert pre.folded_ == {"kind": {"levels": 5, "kept": 2, "rows": 10, "missing": 3}}
+    assert pre.summary(str.upper)["folded"] == {
+        "KIND": {"levels": 5, "kept": 2, "rows": 10, "missing": 3}}
+    kept = Preprocessor(["v"], ["kind"], max_categories=4).fit(df)  # missing kept, d folded
+    assert kept.folded_ == {"kind": {"levels": 5, "kept": 4, "rows": 2}}
     assert "folded" not in Preprocessor(["v"], ["few"], max_categories=2).fit(df).summary()

@@ -125,6 +125,52 @@ def test_names_and_levels_that_would_not_read_as_themselves_are_quoted():
     assert f.loc["categorical", "column"] == "notes\nfree" and f.loc["categorical", "level"] == ""
 
 
+def test_characters_that_do_not_show_are_escaped_inside_the_quotes():
+    """Quoted but kept as they were, a zero-width space read as "" (two segments "\"\" city"
+    for the levels "" and "\u200b"), a right-to-left override turned the rest of the segment
+    name around and a line separator still broke the line; a no-break space read as a space."""
+    shown = {t: segments.quoted(t) for t in ("", "\u200b", "\u202ertl", "x\u2028y", "a\u00a0b")}
+    assert shown == {"": '""', "\u200b": '"\\u200b"', "\u202ertl": '"\\u202ertl"',
+                     "x\u2028y": '"x\\u2028y"', "a\u00a0b": '"a\\u00a0b"'}
+    assert len(set(shown.values())) == len(shown)
+    assert all(ch.isprintable() for v in shown.values() for ch in v)
+    assert segments.quoted(' "a\\b" ') == '" \\"a\\\\b\\" "'  # quotes and backslashes too
+    f = segments.facts_table(pd.DataFrame([_profile(
+        feature="\u202ecity", kind="categorical", level="\u200b", member_share=0.5,
+        rest_share=0.0)]))
+    assert f["short"].iloc[0] == '"\\u200b" "\\u202ecity"'
+    assert f["column"].iloc[0] == "\u202ecity" and f["level"].iloc[0] == "\u200b"
+
+
+def test_the_reports_sentence_quotes_names_as_segment_names_do():
+    """The report's sentence showed a column named "" and one named " sp " as nothing and as
+    a bare word ("Members have higher , lower  sp  and ..."), though segment names quote them."""
+    f = segments.facts_table(pd.DataFrame([
+        _profile(feature="", kind="numeric", effect_size=1.5, member_mean=3.0, rest_mean=1.0,
+                 member_above_rest_median=0.9, member_below_rest_median=0.1),
+        _profile(feature=" sp ", kind="numeric", effect_size=-1.2, member_mean=1.0,
+                 rest_mean=3.0, member_above_rest_median=0.1, member_below_rest_median=0.9),
+        _profile(feature="kind", kind="categorical", level="x\u2028y", member_share=0.9,
+                 rest_share=0.2)]))
+    text = report_facts.sentence("root.0", "root", report_facts.findings(f))
+    assert text == ('Members have more often kind = "x\\u2028y", higher "" and lower " sp " '
+                    "than the rest of the population."), text
+
+
+def test_an_artefact_split_quotes_its_column_and_level():
+    """The stop reason "one column splits it: city = <level>" showed a right-to-left override
+    raw on the terminal, in tree.json and the report, though segment names escape it."""
+    from recluster.compute.artefacts import describe_artefact, rename_artefact
+
+    text = rename_artefact(describe_artefact("c3", "\u202egnp.exe"), {"c3": " sp "}.get,
+                           segments.quoted)
+    assert text == 'splits on " sp " = "\\u202egnp.exe" only'
+    assert segments.stop_words(f"artefact split: {text}") == \
+        'one column splits it: " sp " = "\\u202egnp.exe"'
+    assert rename_artefact("splits on c0 = pro only", {"c0": "plan"}.get, segments.quoted) == \
+        "splits on plan = pro only"
+
+
 def test_names_are_short_unique_and_a_persons_names_win():
     tree = [{"path": "root"}, {"path": "root.0"}, {"path": "root.1"}, {"path": "root.2"}]
     def fact(path, rank, column, short, share, kind="categorical", effect=1.0):

@@ -409,6 +409,9 @@ def test_per_file_numberings_reject_near_misses(case):
     else:  # one value per file is no evidence of anything
         parts = [(f"{i}.parquet", np.array([1])) for i in range(30)]
     assert per_file_numberings(_filed(parts), _ts()) == []
+    # Pieces of a file whose spans overlap are candidates the caller counts; the others never.
+    assert per_file_numberings(_filed(parts), _ts(), overlapping=True) == \
+        (["visits"] if case == "overlap" else [])
 
 
 def test_schema_without_a_numeric_column_reads_the_rest_under_consistent_keys():

@@ -44,7 +44,8 @@ def run(cfg: JobConfig, client: Client,
     ``echo`` takes human progress lines; pass a :class:`~recluster.progress.Progress` for
     per-node progress and structured (quiet) output. The run is bounded by
     ``runtime.run_timeout_s``: on expiry it raises a :class:`StageError` naming the stage in
-    progress, and no later stage (publication included) starts.
+    progress, and no later stage (publication included) starts; a publication under way is
+    finished (the run then succeeds).
     """
     echo = as_progress(echo)
     timer = Timer(echo)
@@ -85,7 +86,7 @@ class _Claims(ExitStack):
 def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``body()`` in a thread of its own, waited for at most ``limit_s`` seconds; on expiry a
     :class:`StageError` naming the stage in progress (the thread is not stopped; the caller
-    releases the output's claim)."""
+    releases the output's claim), unless that stage is the publication, which is finished."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -97,6 +98,11 @@ def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) ->
     worker = threading.Thread(target=target, name="recluster-run", daemon=True)
     worker.start()
     worker.join(limit_s)
+    if worker.is_alive() and timer.current == "publish":
+        # Past the point of no return: a publication stopped halfway would leave neither the
+        # previous run nor this one published; it is a few moves and the manifest, bounded by
+        # the storage timeouts, so it is finished and the run has succeeded.
+        worker.join()
     if worker.is_alive():
         timer.stop(f"the run did not finish within runtime.run_timeout_s={limit_s:g}s; "
                    f"stage in progress: '{timer.current}'")

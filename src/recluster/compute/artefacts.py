@@ -275,15 +275,18 @@ def describe_artefact(column: str, level: str) -> str:
     return f"splits on {column} = {level} only"
 
 
-def rename_artefact(text: str | None, name: Callable[[str], str]) -> str | None:
+def rename_artefact(text: str | None, name: Callable[[str], str],
+                    shown: Callable[[str], str] = str) -> str | None:
     """An artefact description found under internal column keys, with the column's own name.
 
     Parameters
     ----------
     text : ``"splits on <key> = <level> only"`` (or None), ``<key>`` an internal key (no spaces)
     name : callable, internal key -> the column's original name
+    shown : callable, how a name or level is written for people (the job passes
+        :func:`recluster.compute.segments.quoted`, as segment names write them)
     """
     if text is None:
         return None
     key, level = text.removeprefix("splits on ").removesuffix(" only").split(" = ", 1)
-    return describe_artefact(name(key), level)
+    return describe_artefact(shown(name(key)), shown(level))

@@ -204,8 +204,11 @@ class Preprocessor:
             self.levels_[c] = [k for k, _ in named][: self.max_categories]
             rare = named[self.max_categories:]
             if rare:  # said: a column of 228 artists weighs as 20 of them and one bucket
+                # Missing values count as a level; folded, they are not in '__missing__'.
+                missing = sum(n for k, n in rare if k == MISSING)
                 self.folded_[c] = {"levels": len(named), "kept": len(self.levels_[c]),
-                                   "rows": int(sum(n for _, n in rare))}
+                                   "rows": int(sum(n for _, n in rare)),
+                                   **({"missing": int(missing)} if missing else {})}
         self.level_weights_ = {c: self._weights(df[c], self.levels_[c]) for c in self.categorical}
         self.binary_ = two_valued(df, self.numeric)
         self.feature_names_out_ = self._names()

@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recluster.compute.preprocess import categorical_strings
+from recluster.compute.preprocess import MISSING, OTHER, categorical_strings
 from recluster.config import InputConfig
 from recluster.errors import ConfigError, InputDataError
 
@@ -471,13 +471,16 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
     dict with ``rows``, ``null_ids``, ``inf``, ``missing``, ``span`` ([min, max] of the finite
     values, per numeric column), ``distinct_whole`` (numeric columns whose values here are
     distinct whole numbers, see :func:`row_number_candidates`) and ``levels`` (up to two
-    distinct levels, per categorical column), keyed by original column names; ``path``
+    distinct levels, per categorical column), ``reserved`` (per categorical column, the rows
+    whose value is spelt like a level the job makes, ``__missing__`` or ``__other__``), keyed
+    by original column names; ``path``
     """
     inf = {}
     missing = {}
     span = {}
     distinct_whole = []
     levels = {}
+    reserved = {}
     for c in schema.numeric:
         x = _numeric_values(df, schema, c)
         lo, hi = (x.min(), x.max()) if x.size else (np.nan, np.nan)
@@ -495,10 +498,36 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
     for c in schema.categorical:
         col = df[schema.key(c)]
         missing[c] = int(col.isna().sum())
-        levels[c] = sorted(pd.unique(categorical_strings(col)))[:2]
+        strings = categorical_strings(col)
+        levels[c] = sorted(pd.unique(strings))[:2]
+        spelt = {v: int(np.count_nonzero(strings == v)) for v in (MISSING, OTHER)}
+        spelt[MISSING] -= missing[c]
+        if any(spelt.values()):
+            reserved[c] = {v: n for v, n in spelt.items() if n}
     return {"rows": len(df), "null_ids": int(df[schema.id_key].isna().sum()),
             "inf": inf, "missing": missing, "span": span, "distinct_whole": distinct_whole,
-            "levels": levels, "path": path}
+            "levels": levels, "reserved": reserved, "path": path}
+
+
+def _reserved_levels(stats: Sequence[dict]) -> InputDataError | None:
+    """Categorical values spelt like the levels the job makes (all of them in one message):
+    a value '__missing__' was counted as missing (a segment's facts said "kind = missing" of
+    rows that hold a value) and one '__other__' vanished into the bucket of rare levels, which
+    no fact names, even in a column of three levels."""
+    found: dict[tuple[str, str], list] = {}
+    for s in stats:
+        for c, spelt in s.get("reserved", {}).items():
+            for v, n in spelt.items():
+                rows_path = found.setdefault((c, v), [0, s["path"]])
+                rows_path[0] += n
+    if not found:
+        return None
+    what = {MISSING: "missing values", OTHER: "the bucket of rare levels"}
+    listed = "; ".join(f"categorical column '{c}' holds the value '{v}' in {n} rows (e.g. in "
+                       f"{path}), the name recluster gives {what[v]}"
+                       for (c, v), (n, path) in found.items())
+    return InputDataError(f"{listed}: those rows would be taken for them; rename the value "
+                          "(or write null where it means missing)")
 
 
 def _distinct_whole(x: np.ndarray, lo: float | None = None, hi: float | None = None) -> bool:
@@ -560,7 +589,8 @@ def row_number_candidates(stats: Sequence[dict], schema: TableSchema) -> list[st
     return out
 
 
-def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]:
+def per_file_numberings(stats: Sequence[dict], schema: TableSchema,
+                        overlapping: bool = False) -> list[str]:
     """Numeric columns that number the rows of each file afresh: in every file of two or more,
     exactly the whole numbers ``0..n-1`` or ``1..n`` for its ``n`` rows, in any order.
 
@@ -576,6 +606,10 @@ def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]
     ----------
     stats : per-partition dicts of :func:`partition_stats` (``path``: the piece's file)
     schema : TableSchema
+    overlapping : also the columns whose pieces of one file hold spans that overlap (a file
+        read in several pieces, its numbering not in row order): candidates only, as the
+        stats cannot tell whether a value repeats across the pieces; the caller counts
+        (``recluster.parallel.passes.distinct_per_file``)
 
     Returns
     -------
@@ -597,7 +631,7 @@ def per_file_numberings(stats: Sequence[dict], schema: TableSchema) -> list[str]
             spans = sorted(s["span"][c] for s in parts)
             rows = sum(s["rows"] for s in parts)
             lo, hi = spans[0][0], max(h for _, h in spans)
-            if lo not in (0, 1) or hi - lo + 1 != rows or \
+            if lo not in (0, 1) or hi - lo + 1 != rows or not overlapping and \
                     any(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False)):
                 break
             extra += rows - 1
@@ -698,6 +732,9 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
             raise _infinite(c, n, s["path"])
     if n_unique_ids != rows:
         raise duplicate_ids(schema.id_column, rows, n_unique_ids, duplicates)
+    reserved = _reserved_levels(stats)
+    if reserved is not None:
+        raise reserved
     if rows < min_rows:
         raise InputDataError(
             f"{what} has {rows} rows; the embedding needs at least {min_rows} "

@@ -17,7 +17,6 @@ denominator is undefined, and worded so: "only in this segment", never "100% vs 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -81,14 +80,23 @@ def _cohen_h(p1: float, p2: float) -> float:
 # ---------------------------------------------------------------------------- facts
 
 
+#: How :func:`quoted` writes the characters that have a short escape.
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def quoted(text: str) -> str:
     """A column name or level as segment names and facts show it: as given, or in double quotes
     with escapes where it would not read as itself (empty, blank at either end, a line break or
-    other control character): a column named "" made the segment "Low  · ...", one holding a
-    line break broke the name over two lines."""
+    other character that is not printable): a column named "" made the segment "Low  · ...",
+    one holding a line break broke the name over two lines. Inside the quotes every character
+    that is not printable is escaped (``\\n``, ``\\u200b``): kept as it was, a zero-width
+    space read as "", a right-to-left override turned the rest of the name around and a line
+    separator still broke it."""
     if text and text == text.strip() and all(ch.isprintable() for ch in text):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return '"' + "".join(_ESCAPES.get(ch) or (ch if ch.isprintable() else
+                                              f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else
+                                              f"\\U{ord(ch):08x}") for ch in text) + '"'
 
 
 def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from recluster.compute.paths import ROOT, NodePath
 from recluster.compute.routing import STRATUM
 from recluster.compute.sampling import FOLDED, allocate, fold_strata, level_targets
 from recluster.compute.schema import TableSchema
+from recluster.compute.segments import quoted
 from recluster.compute.tree import StopReason, TreeNode, accept_split, split_refusal
 from recluster.config import JobConfig
 from recluster.parallel import passes
@@ -228,12 +229,14 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
                     what = (f"categorical column '{column}' has {f['levels']} levels in the "
                             f"root's sample: the {f['kept']} most frequent are kept, the other "
                             f"{f['levels'] - f['kept']} ({f['rows']} sample rows) are one level "
-                            f"'__other__' (preprocess.max_categories)")
+                            f"'__other__' (preprocess.max_categories)"
+                            + (f", its {f['missing']} missing values among them (not in "
+                               "'__missing__')" if f.get("missing") else ""))
                     echo(f"  {what}")
                     g.degraded.append({"node": path, "column": column, "what": what})
         # Artefacts are found on the workers under internal keys; tree.json, segments.parquet
         # and the report name the column as the user does.
-        fit.artefacts = [rename_artefact(a, ts.name) for a in fit.artefacts]
+        fit.artefacts = [rename_artefact(a, ts.name, quoted) for a in fit.artefacts]
         decision = accept_split(fit, node.size, cfg.recursion)
         if fit.preprocessor is None:
             g.degraded.append({"node": path, "what": f"not fitted: {fit.stop_reason}"})

@@ -115,6 +115,25 @@ def distinct_counts(feats: dd.DataFrame, keys: Sequence[str]) -> list:
     return [feats[k].nunique() for k in keys]
 
 
+def _file_values(df: pd.DataFrame, key: str, files: Sequence[int],
+                 partition_info=None) -> pd.DataFrame:
+    f = files[partition_info["number"]] if partition_info else -1
+    return pd.DataFrame({"file": np.full(len(df), f, dtype=np.int64),
+                         "value": df[key].to_numpy(dtype=np.float64, na_value=np.nan)})
+
+
+def distinct_per_file(feats: dd.DataFrame, keys: Sequence[str], pieces: Sequence[Piece]) -> list:
+    """The exact number of distinct (file, value) pairs of each numeric column ``keys`` (lazy):
+    as many as the input has rows when no value repeats within a file (a numbering restarting
+    in each file, :func:`recluster.compute.schema.per_file_numberings`)."""
+    index: dict[str, int] = {}
+    files = [index.setdefault(p.path, len(index)) for p in pieces]
+    meta = pd.DataFrame({"file": pd.Series([], dtype=np.int64),
+                         "value": pd.Series([], dtype=np.float64)})
+    return [feats.map_partitions(_file_values, k, files, meta=meta).drop_duplicates()
+            .map_partitions(len).sum() for k in keys]
+
+
 def most_repeated_ids(state: dd.DataFrame, k: int = 3) -> dd.Series:
     """The ``k`` most frequent ids with their counts (to name duplicates; a failing run only)."""
     return state["__id__"].value_counts().nlargest(k)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from recluster.compute.paths import ROOT
 from recluster.compute.preprocess import MISSING
+from recluster.compute.segments import quoted
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,12 @@ def parent_phrase(parent: str | None) -> str:
 
 
 def _finding(r: dict[str, Any]) -> Finding:
+    # Names and levels as segment names show them: a column named "" made "higher , lower x".
     col, up = r["column"], r["direction"] > 0
     if r["kind"] == "numeric":
-        return Finding(col, "higher" if up else "lower", col, r["direction"], r["text"])
+        return Finding(col, "higher" if up else "lower", quoted(col), r["direction"], r["text"])
     lvl = r["level"]
-    item = f"{col} = {'missing' if lvl == MISSING else lvl}"
+    item = f"{quoted(col)} = {'missing' if lvl == MISSING else quoted(lvl)}"
     if up:
         word = "only" if r["rest_value"] == 0 else "more often"
     else:

@@ -405,6 +405,49 @@ def _piece_fs(loc: Location) -> pafs.FileSystem:
     return pafs.LocalFileSystem() if is_local(loc.url) else _arrow_fs(loc)
 
 
+def _read(piece: Piece, loc: Location, schema: pa.Schema, names: Sequence[str]) -> pa.Table:
+    """Columns ``names`` of one piece under the table's names, cast to ``schema``, filtered."""
+    if piece.filter is not None:  # the columns it tests are read too (and then dropped)
+        schema = pa.schema([*schema, *(pa.field(c, t) for c, t in piece.filter_fields
+                                       if c not in schema.names)])
+    in_file = dict(piece.renamed)
+    frag = _parquet_format(loc).make_fragment(
+        piece.path, filesystem=_piece_fs(loc),
+        partition_expression=_partition_expression(piece, schema),
+        row_groups=list(piece.row_groups))
+    if not in_file:
+        return frag.to_table(schema=schema, columns=list(names), filter=piece.filter,
+                             use_threads=False)
+    # read under the file's names, filtered under the table's
+    needed = [*names, *(c for c, _ in piece.filter_fields if c not in names)]
+    table = frag.to_table(
+        schema=pa.schema([f.with_name(in_file.get(f.name, f.name)) for f in schema]),
+        columns=[in_file.get(c, c) for c in needed], use_threads=False
+    ).rename_columns(needed)
+    if piece.filter is not None:
+        table = table.filter(piece.filter)
+    return table.select(list(names))
+
+
+def _failing_column(piece: Piece, loc: Location, schema: pa.Schema, names: Sequence[str],
+                    exc: Exception) -> str:
+    """`` (column 'x')`` when a value of one column could not be read as the type every file is
+    read with (an integer beyond 2^53 in a column read as float64 because another file holds
+    floats: Arrow names the value, not the column), found by reading each column alone (on
+    the failure path only); else ""."""
+    if not isinstance(exc, pa.ArrowInvalid) or len(names) < 2:
+        return ""
+    alone = dataclasses.replace(piece, filter=None, filter_fields=())
+    for c in names:
+        try:
+            _read(alone, loc, schema, [c])
+        except pa.ArrowInvalid:
+            return f" (column '{c}')"
+        except Exception:  # noqa: BLE001 -- the store failing now: the file is named anyway
+            return ""
+    return ""
+
+
 def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
                columns: Sequence[tuple[str, str]]) -> pa.Table:
     """Read some columns of one piece, cast to ``schema``.
@@ -423,30 +466,12 @@ def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
     pyarrow.Table, shape (piece.n_rows, len(columns)), no schema metadata
     """
     names = [c for c, _ in columns]
-    if piece.filter is not None:  # the columns it tests are read too (and then dropped)
-        schema = pa.schema([*schema, *(pa.field(c, t) for c, t in piece.filter_fields
-                                       if c not in schema.names)])
-    in_file = dict(piece.renamed)
     try:
         with storage_errors(loc, f"reading {piece.url}"):
-            frag = _parquet_format(loc).make_fragment(
-                piece.path, filesystem=_piece_fs(loc),
-                partition_expression=_partition_expression(piece, schema),
-                row_groups=list(piece.row_groups))
-            if not in_file:
-                table = frag.to_table(schema=schema, columns=names, filter=piece.filter,
-                                      use_threads=False)
-            else:  # read under the file's names, filtered under the table's
-                needed = [*names, *(c for c, _ in piece.filter_fields if c not in names)]
-                table = frag.to_table(
-                    schema=pa.schema([f.with_name(in_file.get(f.name, f.name)) for f in schema]),
-                    columns=[in_file.get(c, c) for c in needed], use_threads=False
-                ).rename_columns(needed)
-                if piece.filter is not None:
-                    table = table.filter(piece.filter)
-                table = table.select(names)
+            table = _read(piece, loc, schema, names)
     except (OSError, pa.ArrowException) as exc:
-        raise InputDataError(f"cannot read {piece.url}: {exc}") from None
+        column = _failing_column(piece, loc, schema, names, exc)
+        raise InputDataError(f"cannot read {piece.url}{column}: {exc}") from None
     return table.rename_columns([k for _, k in columns]).replace_schema_metadata(None)
 
 

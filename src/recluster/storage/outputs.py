@@ -28,6 +28,7 @@ import os
 import posixpath
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -219,6 +220,7 @@ class OutputStore:
         self.run_id = run_id
         self.lock: OutputLock | None = None
         self.closed = False
+        self._publishing = threading.Lock()  # held by a publication under way (see close)
         self._generation = generation  # of the lock, in a copy sent to a worker
         self._fs = None
         self._root: str | None = None
@@ -556,11 +558,21 @@ class OutputStore:
         manifest : the run's manifest without ``files``
         previous : the manifest :meth:`prepare` found (None if there was none)
         """
-        if self.closed:
-            raise OutputConflictError(f"{self.loc.url}: run {self.run_id} has ended; not publishing")
-        self.lock.check()
-        with storage_errors(self.loc, "publishing"):
-            return self._publish(manifest, previous)
+        with self._publishing:
+            if self.closed:
+                raise OutputConflictError(f"{self.loc.url}: run {self.run_id} has ended; "
+                                          "not publishing")
+            self.lock.check()
+            with storage_errors(self.loc, "publishing"):
+                return self._publish(manifest, previous)
+
+    def close(self) -> None:
+        """End the attempt: no staged write or publication starts after this. A publication
+        under way (in the run's thread, when the caller lets go because the run timed out) is
+        finished first: stopped halfway, with the lock and staging area gone from under it, it
+        left the previous run without ``_SUCCESS`` or its files and this one unpublished."""
+        with self._publishing:
+            self.closed = True
 
     def _publish(self, manifest: dict[str, Any], previous: dict[str, Any] | None
                  ) -> dict[str, Any]:
@@ -649,7 +661,7 @@ def claim(loc: Location, lease_s: float, command: str) -> Iterator[OutputStore]:
         store.take_lock(lease_s, command)
         yield store
     finally:
-        store.closed = True
+        store.close()
         held = store.generation is not None
         try:
             if store.lock is not None:
