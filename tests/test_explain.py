@@ -202,6 +202,23 @@ def test_score_refuses_infinite_values(run, scheduler, capsys):
     assert "Traceback" not in err and not published("s3://explain/score-inf")
 
 
+def test_score_refuses_categorical_values_spelt_like_the_jobs_levels(run, scheduler, capsys):
+    """``run`` refuses a categorical value spelt '__missing__' or '__other__' in its validation
+    pass; ``score`` has none, and routed such rows as missing or as the rare levels' bucket (a
+    silent, wrong label). Now exit 3 naming the column, the value and the file."""
+    fresh, _ = make_table(600, seed=31, row_seed=9, **SHAPE)
+    fresh["country"] = fresh["country"].astype(object)
+    fresh.loc[[350, 420, 599], "country"] = "__other__"  # in the second of the two files
+    write_table(fresh, "s3://explain/reserved", n_files=2)
+    code = run_cli("score", "--model", run["out"], "--input", "s3://explain/reserved",
+                   "--output", "s3://explain/score-reserved", "--scheduler", scheduler)
+    err = capsys.readouterr().err
+    assert code == 3, err[-2000:]
+    assert "categorical column 'country' holds the value '__other__' in 3 rows" in err, err
+    assert "s3://explain/reserved/part-001.parquet" in err, err
+    assert "Traceback" not in err and not published("s3://explain/score-reserved")
+
+
 def test_training_with_categoricals_and_a_partition_without_rows(client):
     """A node whose training rows all lie in some of the partitions (a small table whose
     clusters follow its files): xgboost.dask refuses categorical data on a worker with empty

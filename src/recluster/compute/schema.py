@@ -500,13 +500,20 @@ def partition_stats(df: pd.DataFrame, schema: TableSchema, path: str) -> dict:
         missing[c] = int(col.isna().sum())
         strings = categorical_strings(col)
         levels[c] = sorted(pd.unique(strings))[:2]
-        spelt = {v: int(np.count_nonzero(strings == v)) for v in (MISSING, OTHER)}
-        spelt[MISSING] -= missing[c]
-        if any(spelt.values()):
-            reserved[c] = {v: n for v, n in spelt.items() if n}
+        spelt = _spelt_reserved(strings, missing[c])
+        if spelt:
+            reserved[c] = spelt
     return {"rows": len(df), "null_ids": int(df[schema.id_key].isna().sum()),
             "inf": inf, "missing": missing, "span": span, "distinct_whole": distinct_whole,
             "levels": levels, "reserved": reserved, "path": path}
+
+
+def _spelt_reserved(strings: np.ndarray, missing: int) -> dict[str, int]:
+    """Rows of a categorical column (its :func:`categorical_strings`, ``missing`` of them null)
+    whose value is spelt ``__missing__`` or ``__other__``, by value (only those present)."""
+    spelt = {v: int(np.count_nonzero(strings == v)) for v in (MISSING, OTHER)}
+    spelt[MISSING] -= missing
+    return {v: n for v, n in spelt.items() if n}
 
 
 def _reserved_levels(stats: Sequence[dict]) -> InputDataError | None:
@@ -663,9 +670,10 @@ def _infinite(column: str, n: int, path: str) -> InputDataError:
 def refuse_unroutable_rows(df: pd.DataFrame, schema: TableSchema, path: str) -> pd.DataFrame:
     """``df`` (a partition under internal keys) unchanged, or an error naming the column and
     ``path`` if an id is missing or a numeric feature is infinite: a row without an id cannot be
-    labelled, and an infinite value would be routed as some finite one, silently (used where
-    there is no validation pass, e.g. ``recluster score``; the checks :func:`check_stats` makes
-    of a run)."""
+    labelled, an infinite value would be routed as some finite one, and a categorical value
+    spelt ``__missing__`` or ``__other__`` as a missing value or a rare level, silently (used
+    where there is no validation pass, e.g. ``recluster score``; the checks :func:`check_stats`
+    makes of a run)."""
     n = int(df[schema.id_key].isna().sum())
     if n:
         raise _null_ids(schema, n, path)
@@ -676,6 +684,11 @@ def refuse_unroutable_rows(df: pd.DataFrame, schema: TableSchema, path: str) -> 
         n = int(np.isinf(x).sum())
         if n:
             raise _infinite(c, n, path)
+    for c in schema.categorical:  # new rows spelling the job's own levels would be routed as them
+        col = df[schema.key(c)]
+        spelt = _spelt_reserved(categorical_strings(col), int(col.isna().sum()))
+        if spelt:
+            raise _reserved_levels([{"reserved": {c: spelt}, "path": path}])
     return df
 
 
