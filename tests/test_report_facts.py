@@ -105,6 +105,16 @@ def test_a_level_keeps_its_case_in_name_fragments():
         feature="comment", kind="categorical", level=long, member_share=0.4, rest_share=0.0)]))
     assert f["level"].iloc[0] == long and long in f["text"].iloc[0]
     assert f["short"].iloc[0] == "x" * (segments.NAME_LEVEL_CHARS - 1) + "… comment"
+    # a long level that needs quotes keeps both quotes and whole escapes when cut
+    odd = "\t" * 100
+    short = segments.facts_table(pd.DataFrame([_profile(
+        feature="comment", kind="categorical", level=odd, member_share=0.4, rest_share=0.0)])
+    )["short"].iloc[0]
+    assert short == '"' + "\\t" * (segments.NAME_LEVEL_CHARS - 1) + '…" comment', short
+    short = segments.facts_table(pd.DataFrame([_profile(  # short enough: whole, no ellipsis
+        feature="comment", kind="categorical", level="\t" * 30, member_share=0.4,
+        rest_share=0.0)]))["short"].iloc[0]
+    assert short == '"' + "\\t" * 30 + '" comment', short
 
 
 def test_names_and_levels_that_would_not_read_as_themselves_are_quoted():

@@ -128,7 +128,9 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     col = quoted(r["feature"])
     shown = "missing" if lvl == MISSING else quoted(lvl)
-    brief = shown if len(shown) <= NAME_LEVEL_CHARS else shown[:NAME_LEVEL_CHARS - 1] + "…"
+    # cut before quoting: a cut quoted level lost its closing quote, or ended inside an escape
+    brief = shown if lvl == MISSING or len(lvl) <= NAME_LEVEL_CHARS else \
+        quoted(lvl[:NAME_LEVEL_CHARS - 1] + "…")
     if h > 0:
         if p1 < MIN_SUPPORT or (p2 > 0 and p1 / p2 < MIN_LIFT):
             return None
