@@ -168,6 +168,18 @@ def test_score_reproduces_labels_and_recovers_truth_on_fresh_rows(run, scheduler
     assert adjusted_rand_score(labels["subgroup"], leaf) >= 0.85
 
 
+def _score_refused(run, scheduler, capsys, fresh: pd.DataFrame, name: str) -> str:
+    """Score ``fresh`` (two files under s3://explain/<name>): exit 3, no traceback, nothing
+    published; returns what was printed on stderr."""
+    write_table(fresh, f"s3://explain/{name}", n_files=2)
+    code = run_cli("score", "--model", run["out"], "--input", f"s3://explain/{name}",
+                   "--output", f"s3://explain/score-{name}", "--scheduler", scheduler)
+    err = capsys.readouterr().err
+    assert code == 3, err[-2000:]
+    assert "Traceback" not in err and not published(f"s3://explain/score-{name}")
+    return err
+
+
 def test_score_refuses_rows_without_an_id(run, scheduler, capsys):
     """``score`` has no validation pass: new rows with null ids (integer, text or binary) gave a
     raw pyarrow/TypeError traceback (exit 1) when the labels were written; now exit 3 naming
@@ -175,14 +187,9 @@ def test_score_refuses_rows_without_an_id(run, scheduler, capsys):
     fresh, _ = make_table(600, seed=31, row_seed=7, **SHAPE)
     fresh["user_id"] = fresh["user_id"].astype("Int64")
     fresh.loc[[0, 97, 194, 291], "user_id"] = pd.NA  # all in the first of the two files
-    write_table(fresh, "s3://explain/null-ids", n_files=2)
-    code = run_cli("score", "--model", run["out"], "--input", "s3://explain/null-ids",
-                   "--output", "s3://explain/score-null-ids", "--scheduler", scheduler)
-    err = capsys.readouterr().err
-    assert code == 3, err[-2000:]
+    err = _score_refused(run, scheduler, capsys, fresh, "null-ids")
     assert "id column 'user_id' has 4 missing values in s3://explain/null-ids/" in err, err
     assert "part-000.parquet" in err, err
-    assert "Traceback" not in err and not published("s3://explain/score-null-ids")
 
 
 def test_score_refuses_infinite_values(run, scheduler, capsys):
@@ -192,14 +199,9 @@ def test_score_refuses_infinite_values(run, scheduler, capsys):
     fresh, _ = make_table(600, seed=31, row_seed=8, **SHAPE)
     numeric = next(c for c in fresh.columns if c != "user_id" and fresh[c].dtype.kind == "f")
     fresh.loc[[400, 450], numeric] = [np.inf, -np.inf]  # both in the second of the two files
-    write_table(fresh, "s3://explain/inf", n_files=2)
-    code = run_cli("score", "--model", run["out"], "--input", "s3://explain/inf",
-                   "--output", "s3://explain/score-inf", "--scheduler", scheduler)
-    err = capsys.readouterr().err
-    assert code == 3, err[-2000:]
+    err = _score_refused(run, scheduler, capsys, fresh, "inf")
     assert f"column '{numeric}' has 2 infinite values in" in err, err
     assert "part-001.parquet" in err, err
-    assert "Traceback" not in err and not published("s3://explain/score-inf")
 
 
 def test_score_refuses_categorical_values_spelt_like_the_jobs_levels(run, scheduler, capsys):
@@ -209,14 +211,9 @@ def test_score_refuses_categorical_values_spelt_like_the_jobs_levels(run, schedu
     fresh, _ = make_table(600, seed=31, row_seed=9, **SHAPE)
     fresh["country"] = fresh["country"].astype(object)
     fresh.loc[[350, 420, 599], "country"] = "__other__"  # in the second of the two files
-    write_table(fresh, "s3://explain/reserved", n_files=2)
-    code = run_cli("score", "--model", run["out"], "--input", "s3://explain/reserved",
-                   "--output", "s3://explain/score-reserved", "--scheduler", scheduler)
-    err = capsys.readouterr().err
-    assert code == 3, err[-2000:]
+    err = _score_refused(run, scheduler, capsys, fresh, "reserved")
     assert "categorical column 'country' holds the value '__other__' in 3 rows" in err, err
     assert "s3://explain/reserved/part-001.parquet" in err, err
-    assert "Traceback" not in err and not published("s3://explain/score-reserved")
 
 
 def test_training_with_categoricals_and_a_partition_without_rows(client):
