@@ -124,3 +124,54 @@ def test_training_past_its_deadline_returns_no_model():
     assert res.quality["trainer"] == "task" and res.quality["n_holdout"] == len(nr.child_hold)
     assert res.quality["shap_additivity_max_error"] < 1e-4
     assert list(res.shap["feature"]) == ["x", "k"]
+
+
+def test_a_node_screened_at_once_keeps_what_each_child_screened_alone_keeps():
+    """The per-node screen (every child's separation in one pass, in split_node_rows) keeps
+    the same features as screening each child on its own, and scores each within rounding."""
+    from recluster.compute.explain import screen_features, separations
+
+    rng = np.random.default_rng(3)
+    n, d = 3_000, 80
+    child = rng.integers(-1, 6, n)
+    X = pd.DataFrame(rng.normal(size=(n, d)) + (child[:, None] == (np.arange(d) % 6)) * 0.8,
+                     columns=[f"c{j}" for j in range(d)]).astype(np.float32)
+    X["cat"] = pd.Categorical.from_codes(np.where(child == 2, 0, rng.integers(0, 3, n)),
+                                         categories=["a", "b", "c"])
+    rows = X.assign(**{U_COLUMN: rng.random(n), "_child": child})
+    pre = Preprocessor([f"c{j}" for j in range(d)], ["cat"]).fit(rows)
+    nr = split_node_rows(rows, pre, 1.0, 0.2, 0.5, max_features=10)
+    assert sorted(nr.screens) == [0, 1, 2, 3, 4, 5]  # every child, not noise
+    for k in range(6):
+        alone = screen_features(nr.X_train, nr.child_train == k, 10)
+        kept, score = nr.screen(k, 10)
+        assert np.array_equal(kept, alone[0])
+        assert np.allclose(score, alone[1], rtol=1e-9, atol=1e-12)
+        assert score.max() > 0.5  # the planted columns separate
+    assert nr.screen(2, 10)[0].tolist().count(d) == 1  # the categorical marks child 2
+    # a group with no rows, or every row, separates nothing
+    none_all = separations(nr.X_train, np.zeros(len(nr.X_train), dtype=int), [7, 0])
+    assert (none_all == 0).all()
+    # without a screen (few features) nothing is computed and every child sees every feature
+    narrow = split_node_rows(rows, pre, 1.0, 0.2, 0.5, max_features=500)
+    assert narrow.screens == {} and narrow.screen(0, 500) == (None, None)
+
+
+def test_profiles_from_one_shared_sort_equal_sorting_each_side():
+    """numeric_profile_stats with the block sorted once gives exactly the statistics of sorting
+    each side of each child (missing values, an empty column, no members, every row)."""
+    from recluster.compute.explain import numeric_profile_stats, sorted_block
+
+    rng = np.random.default_rng(5)
+    xt = rng.normal(size=(12, 4_000))
+    xt[3, rng.random(4_000) < 0.2] = np.nan
+    xt[5] = np.nan
+    xt[7, :50] = np.nan
+    xt[8] = np.round(xt[8])  # ties
+    group = rng.integers(-1, 9, 4_000)
+    block = sorted_block(xt)
+    for member in [*(group == k for k in range(9)), np.zeros(4_000, bool), np.ones(4_000, bool)]:
+        alone, shared = numeric_profile_stats(xt, member), numeric_profile_stats(xt, member, block)
+        assert alone.keys() == shared.keys()
+        for key in alone:
+            assert np.array_equal(alone[key], shared[key], equal_nan=True), key

@@ -128,9 +128,9 @@ def _concat(empty: pd.DataFrame, *pieces: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _screen(rows: explain.NodeRows, k: int, max_features: int | None):
-    """:func:`~recluster.compute.explain.screen_features` of child ``k`` on the worker that
-    holds the node's rows."""
-    return explain.screen_features(rows.X_train, rows.child_train == k, max_features)
+    """The feature screen of child ``k`` (:meth:`~recluster.compute.explain.NodeRows.screen`)
+    on the worker that holds the node's rows."""
+    return rows.screen(k, max_features)
 
 
 def _evaluate_raw(rows: explain.NodeRows, raw: bytes, k: int, features: list[str], node: str,
@@ -319,7 +319,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
         threshold = spec[path][1]
         split = submit(explain.split_node_rows, rows, fit.preprocessor, threshold,
                        cfg.holdout_fraction, min(threshold, cfg.shap_rows / max(1, size)),
-                       key=f"split-{path}")
+                       cfg.max_features, key=f"split-{path}")
         raw_columns = explain.raw_frame(feats._meta, fit.preprocessor).columns
         nodes_[path] = _Node(path, list(children), fit.preprocessor,
                              [names[c] for c in raw_columns], rows, split)
