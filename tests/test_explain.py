@@ -507,3 +507,43 @@ def test_fanned_out_task_failures_name_the_step(client, penguin_tree):
                                          r"ValueError") as exc:
         _fan_out(client, {**penguin_tree, "nodes": nodes}, _explain_cfg(retries=1), "fan-bad")
     assert "Traceback" not in str(exc.value)
+
+
+def _no_read(df):
+    raise AssertionError("the input was read again")
+
+
+@pytest.mark.timeout(300)
+def test_rows_drawn_by_the_assignment_passes_explain_exactly_as_a_final_draw(client, penguin_tree):
+    """The assignment pass of each level draws the explanation rows of the nodes it splits
+    (one read of every column fewer): given those draws, every model's bytes, every SHAP
+    summary and every profile are those of drawing over the final labels; draws that do not
+    cover every node at its threshold are not used (the rows are drawn anew)."""
+    import dask.dataframe as dd
+
+    from recluster.parallel.explain import draw_frame, draw_spec, explain_nodes
+
+    tree, cfg = penguin_tree, _explain_cfg()
+    feats = dd.from_pandas(tree["feats"], npartitions=3)
+    final = tree["state"]
+    first = final.assign(cluster=[".".join(p.split(".")[:2]) for p in final["cluster"]],
+                         depth=1, level_2=pd.array([pd.NA] * len(final), dtype="Int64"))
+    by_level = {1: ["root"], 2: ["root.0", "root.2"]}
+    drawn = []
+    for level, state in ((1, first), (2, final)):
+        spec = draw_spec({p: tree["nodes"][p][:2] for p in by_level[level]}, cfg)
+        rows = draw_frame(feats, dd.from_pandas(state, npartitions=3), spec, tree["ts"])
+        drawn.append((spec, client.persist(rows)))
+    reference = _fan_out(client, tree, cfg, "final-draw")
+    stale = [(dict(s, root=(0, 0.5)), f) for s, f in drawn]  # another threshold for the root
+    unread = feats.map_partitions(_no_read, meta=feats._meta)  # the draws must be what is used
+    for case, given, source in (("drawn", list(drawn), unread), ("stale", stale, feats)):
+        got = explain_nodes(client, source, dd.from_pandas(final, npartitions=3), tree["nodes"],
+                            tree["ts"], cfg, 7, lambda line: None, run_id=case, drawn=given)
+        assert given == []  # merged, then let go
+        for path, res in reference.items():
+            assert got[path].models == res.models, (case, path)
+            assert got[path].quality == res.quality, (case, path)
+            for a, b in zip(got[path].shap, res.shap, strict=True):
+                pd.testing.assert_frame_equal(a, b)
+            pd.testing.assert_frame_equal(got[path].profiles, res.profiles)

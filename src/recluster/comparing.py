@@ -287,6 +287,7 @@ def rename_growth(g, final: dict[str, str]) -> None:
     nodes (``children[k]`` stays the path of the assigner's class ``k``), the fitted nodes (their
     ``child_numbers`` route rows to the final numbers) and everything keyed by path."""
     g.state = g.state.map_partitions(compare.rename_state, final, meta=g.state._meta).persist()
+    g.drawn = []  # drawn under the old paths and child numbers: explain draws anew
     nodes = {}
     for path, node in g.nodes.items():
         node.path = final.get(path, path)

@@ -29,6 +29,7 @@ from recluster.compute.segments import quoted
 from recluster.compute.tree import StopReason, TreeNode, accept_split, split_refusal
 from recluster.config import JobConfig
 from recluster.parallel import passes
+from recluster.parallel.explain import draw_frame, draw_spec
 from recluster.progress import Timer
 
 
@@ -78,6 +79,9 @@ class Growth:
     levels_done: int = 0
     degraded: list[dict[str, Any]] = field(default_factory=list)
     root_fit: NodeFit | None = None  # kept even when the root is not split: its sample is the map
+    #: the explanation rows each assignment pass drew for the nodes it split: (spec, rows), see
+    #: :func:`recluster.parallel.explain.draw_frame` (empty with explain.enabled false)
+    drawn: list[tuple[dict, Any]] = field(default_factory=list)
 
     @property
     def split_nodes(self) -> dict[str, NodeFit]:
@@ -293,8 +297,17 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
         with timer.stage(f"level {level}: assign all rows") as st:
             st.counts["nodes"] = len(split)
             shared = graph_literal({p: f.routing_view() for p, f in split.items()})
-            g.state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
-                                          cfg.embedding.n_components).persist()
+            state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
+                                        cfg.embedding.n_components)
+            if cfg.explain.enabled:
+                # The same read draws these nodes' explanation rows (their children are known
+                # from here on): one pass over every column fewer than drawing them at the end.
+                spec = draw_spec({p: (g.nodes[p].depth, g.nodes[p].size) for p in split},
+                                 cfg.explain)
+                g.state, rows = client.persist([state, draw_frame(feats, state, spec, ts)])
+                g.drawn.append((spec, rows))
+            else:
+                g.state = state.persist()
             counts = counts_by_node(passes.sum_counts(
                 client.compute(passes.count_nodes(g.state), sync=True)))
         g.levels_done = level

@@ -59,7 +59,7 @@ def write_models_and_explanations(client: Client, store: OutputStore, feats, g: 
         todo = {p: (g.nodes[p].depth, g.nodes[p].size, f, g.nodes[p].children)
                 for p, f in g.split_nodes.items()}
         explained = explain_nodes(client, feats, g.state, todo, ts, cfg.explain, cfg.seed, st.step,
-                                  run_id=store.run_id)
+                                  run_id=store.run_id, drawn=g.drawn)  # (emptied)
         shap_frames, profile_frames = [], []
         for path, res in explained.items():
             for cp, q in res.quality.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -242,10 +242,57 @@ def _train_on_cluster(client: Client, train_all: dd.DataFrame, node: _Node,
     _finish(node, res, echo, "with xgboost.dask")
 
 
+def draw_spec(nodes: Mapping[str, tuple[int, int]], cfg: ExplainConfig) -> dict[str, tuple[int, float]]:
+    """Which rows explain each node: ``path -> (node depth, keep-threshold on _u)`` from
+    ``path -> (node depth, node rows)``, about ``explain.train_rows`` rows per node."""
+    return {p: (d, min(1.0, cfg.train_rows / max(1, size))) for p, (d, size) in nodes.items()}
+
+
+def _draw_columns(ts: TableSchema) -> list[str]:
+    """The columns drawn: the features, then the descriptive columns (which ride along in the
+    training rows for the profiles only; :func:`~recluster.compute.explain.raw_frame`, what
+    the models see, takes the node's features and nothing else)."""
+    describe = [ts.key(c) for c in (*ts.describe_numeric, *ts.describe_categorical)]
+    return [*ts.feature_keys, *(k for k in describe if k not in ts.feature_keys)]
+
+
+def draw_frame(feats: dd.DataFrame, state: dd.DataFrame, spec: Mapping[str, tuple[int, float]],
+               ts: TableSchema) -> dd.DataFrame:
+    """The explanation rows of the nodes of ``spec`` (:func:`draw_spec`), lazily, one partition
+    per input partition (:func:`~recluster.compute.explain.select_training_rows`). ``state``
+    need only hold the nodes' child numbers: labels never change once a row's level is
+    assigned, so a level's nodes can be drawn by the pass that assigns their children."""
+    cols = _draw_columns(ts)
+    meta = explain.select_training_rows(feats._meta, state._meta, {}, cols)
+    return dd.map_partitions(explain.select_training_rows, feats, state, dict(spec), cols,
+                             meta=meta, align_dataframes=False)
+
+
+def _drawn_rows(drawn: Sequence[tuple[Mapping[str, tuple[int, float]], dd.DataFrame]],
+                spec: Mapping[str, tuple[int, float]]) -> dd.DataFrame | None:
+    """The rows drawn beforehand (by the assignment passes) as one frame, if they are the rows
+    ``spec`` draws (every node, at the same threshold), else None. Their partitions are
+    interleaved (each input partition's draws of every level, in input order), so that each
+    node's rows come in input order, as one draw over the final state gives them."""
+    if not drawn:
+        return None
+    have: dict[str, tuple[int, float]] = {}
+    for s, _ in drawn:
+        have.update(s)
+    if any(have.get(p) != v for p, v in spec.items()):
+        return None
+    frames = [f for _, f in drawn]
+    if len(frames) == 1 or len({f.npartitions for f in frames}) > 1:
+        return frames[0] if len(frames) == 1 else None
+    return dd.concat([f.partitions[i] for i in range(frames[0].npartitions) for f in frames])
+
+
 def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                   nodes: Mapping[str, tuple[int, int, NodeFit, list[str]]], ts: TableSchema,
                   cfg: ExplainConfig, seed: int, echo: Callable[[str], None],
-                  run_id: str | None = None) -> dict[str, NodeExplanation]:
+                  run_id: str | None = None,
+                  drawn: Sequence[tuple[Mapping[str, tuple[int, float]], dd.DataFrame]] = ()
+                  ) -> dict[str, NodeExplanation]:
     """Explain every split node: every (node, child) model is one task, all submitted at once.
 
     One pass draws every node's rows (:func:`~recluster.compute.explain.select_training_rows`);
@@ -262,24 +309,27 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     ----------
     nodes : path -> (node depth, node rows, fitted node, child paths)
     run_id : names every task's key (concurrent runs never share keys); a fresh one if None
+    drawn : ``(spec, rows)`` pairs, the rows :func:`draw_frame` drew for the nodes of ``spec``
+        in an earlier pass (the assignment passes draw them, saving a read of every column);
+        used when they cover every node at its threshold, else the rows are drawn here; a
+        list is emptied once they are merged, so that they are not held twice
     """
     run_id = run_id or uuid.uuid4().hex
-    spec = {p: (d, min(1.0, cfg.train_rows / max(1, size))) for p, (d, size, _, _) in nodes.items()}
-    # Descriptive columns ride along in the training rows for the profiles only: raw_frame
-    # (what the models see) takes the node's features and nothing else.
+    spec = draw_spec({p: (d, size) for p, (d, size, _, _) in nodes.items()}, cfg)
     describe = ([ts.key(c) for c in ts.describe_numeric],
                 [ts.key(c) for c in ts.describe_categorical])
-    cols = [*ts.feature_keys, *(k for k in describe[0] + describe[1]
-                                if k not in ts.feature_keys)]
     names = {k: c for c, k in ts.keys.items()}  # what people read: the columns' own names
-    meta = explain.select_training_rows(feats._meta, state._meta, {}, cols)
-    # One pass draws every node's rows; they are few (train_rows per node), so they are merged
-    # into one partition per worker: the per-node tasks and the xgboost.dask queries below
-    # then cost a handful of tasks instead of a few per input partition.
+    meta = explain.select_training_rows(feats._meta, state._meta, {}, _draw_columns(ts))
+    # Every node's rows come from one pass; they are few (train_rows per node), so they are
+    # merged into one partition per worker: the per-node tasks and the xgboost.dask queries
+    # below then cost a handful of tasks instead of a few per input partition.
     n_parts = max(1, len(client.scheduler_info().get("workers", {})))
-    train_all = dd.map_partitions(explain.select_training_rows, feats, state, spec, cols,
-                                  meta=meta, align_dataframes=False)
+    train_all = _drawn_rows(drawn, spec)
+    if train_all is None:
+        train_all = draw_frame(feats, state, spec, ts)
     train_all = train_all.repartition(npartitions=min(n_parts, train_all.npartitions)).persist()
+    if isinstance(drawn, list):
+        drawn.clear()  # merged above: the caller's copies are let go (the merge keeps its inputs)
     # The persisted partitions, in partition order (keys ``(name, i)``): a node's rows are
     # gathered in that order, which the models' bytes depend on.
     parts = sorted(futures_of(train_all), key=lambda f: f.key[1])
