@@ -20,7 +20,7 @@ from distributed import Client
 from recluster.compute.paths import ROOT
 from recluster.config import JobConfig
 from recluster.errors import StageError
-from recluster.job.growth import counts_by_node, folded_strata, grow_tree
+from recluster.job.growth import counts_by_node, folded_strata, grow_tree, root_ahead_bounds
 from recluster.job.inputs import check_locations, decide, output_location, plan_run, validate
 from recluster.job.outputs import (
     run_manifest,
@@ -129,7 +129,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
     ts = plan.schema
     feats = passes.input_frame(plan.location, plan.pieces, ts, store.run_id)
     with timer.stage("validate") as st:
-        checked = validate(client, feats, plan, cfg, echo)
+        checked = validate(client, feats, plan, cfg, echo,
+                           root_ahead_bounds(sum(p.n_rows for p in plan.pieces), ts, cfg))
         st.counts["rows"] = checked.rows
     if checked.schema != ts:  # row-number columns left out: keys are positions, read anew
         ts = checked.schema
@@ -140,7 +141,8 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
     if strata:
         echo(f"  {strata['what']}")
     g = grow_tree(client, feats, checked.state, counts, checked.rows, ts, cfg, timer, echo,
-                  store.run_id)
+                  store.run_id, checked.ahead)
+    checked.ahead = None  # thinned by the first level
     previous = None
     if plan.previous is not None:  # before anything is written: every output uses the final paths
         from recluster.comparing import apply_previous

@@ -229,6 +229,16 @@ def select_sample(df: pd.DataFrame, state: pd.DataFrame, level: int,
     return out
 
 
+def thin_sample(drawn: pd.DataFrame, thresholds: Mapping[str, float]) -> pd.DataFrame:
+    """The rows of a sample drawn ahead (:func:`select_sample` of one partition, at upper
+    bounds of the thresholds) that the exact keep-thresholds keep: per node path, the rows
+    with ``_u`` below its threshold, in their order (a node not in ``thresholds`` keeps none).
+    Equal to :func:`select_sample` at ``thresholds`` when each bound is at least its threshold.
+    """
+    limit = drawn["_node"].map(thresholds).to_numpy(dtype=np.float64, na_value=-1.0)
+    return drawn[drawn[U_COLUMN].to_numpy() < limit].reset_index(drop=True)
+
+
 def _node_columns(df: pd.DataFrame, fits: Sequence[NodeFit]) -> Columns:
     """The features the ``fits`` read, out of the partition's frame once (see :class:`Columns`)."""
     numeric = [c for f in fits if f.preprocessor is not None for c in f.preprocessor.numeric]

@@ -165,3 +165,25 @@ def level_targets(node_rows: Mapping[str, int], size: int, level_size: int | Non
             max(min_node_size, level_size * n / total)
         out[path] = int(min(size, n, round(want)))
     return out
+
+
+#: A sample drawn ahead (by the pass before the one that would draw it) keeps rows up to this
+#: many times each threshold estimated from the parent's sample, plus a few rows' worth: the
+#: counts of a full pass differ from the estimate by sampling error (a few per cent for a
+#: child of a thousand sample rows) and by the assigner's disagreements with the clustering.
+AHEAD_MARGIN = 1.25
+
+
+def ahead_bound(threshold: float, rows: float) -> float:
+    """The keep-threshold a sample drawn ahead uses for a node whose threshold is estimated as
+    ``threshold`` from an estimate of ``rows`` rows: an upper bound of the exact one, which
+    the exact counts then thin to (:func:`covers`)."""
+    return min(1.0, AHEAD_MARGIN * threshold + 32 / max(rows, 1.0))
+
+
+def covers(bounds: Mapping[tuple[str, object], float],
+           thresholds: Mapping[tuple[str, object], float]) -> bool:
+    """Whether rows drawn with the keep-thresholds ``bounds`` hold every row the exact
+    ``thresholds`` keep (both keyed by (node path, stratum)): then thinning them to
+    ``thresholds`` gives the very sample a pass over every row draws."""
+    return all(key in bounds and v <= bounds[key] for key, v in thresholds.items())

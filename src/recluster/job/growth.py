@@ -22,8 +22,15 @@ from recluster.compute import stability as stability_mod
 from recluster.compute.artefacts import rename_artefact
 from recluster.compute.node import NodeFit
 from recluster.compute.paths import ROOT, NodePath
-from recluster.compute.routing import STRATUM
-from recluster.compute.sampling import FOLDED, allocate, fold_strata, level_targets
+from recluster.compute.routing import NO_STRATUM, STRATUM
+from recluster.compute.sampling import (
+    FOLDED,
+    ahead_bound,
+    allocate,
+    covers,
+    fold_strata,
+    level_targets,
+)
 from recluster.compute.schema import TableSchema
 from recluster.compute.segments import quoted
 from recluster.compute.tree import StopReason, TreeNode, accept_split, split_refusal
@@ -102,8 +109,12 @@ class Growth:
 
 def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
                nodes: dict[str, TreeNode], counts, ts: TableSchema, cfg: JobConfig, timer: Timer,
-               echo: Callable[[str], None], run_id: str):
+               echo: Callable[[str], None], run_id: str, ahead: tuple[dict, Any] | None = None):
     """Draw the samples of ``to_fit`` in one pass and fit each node as its own task.
+
+    ``ahead``: ``(bounds, rows)``, a sample the previous pass drew at upper bounds of this
+    level's thresholds (:func:`_ahead_bounds`); when the bounds cover the exact thresholds, the
+    samples are thinned out of it instead of read (the same rows: a pass over every column fewer).
 
     Returns the fits by path, their futures, the stability resamples of the splits worth
     scoring (futures by path) and the sample (a future: what later tasks of this level use).
@@ -119,8 +130,12 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
         folds = fold_strata(node_counts, cfg.sample.max_strata)
         nodes[path].sample_threshold = {folds[s]: v for s, v in t.items()}  # folded: one entry
         thresholds.update({(path, s): v for s, v in t.items()})
-    with timer.stage(f"level {level}: sample {len(to_fit)} node(s)"):
-        sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
+    with timer.stage(f"level {level}: sample {len(to_fit)} node(s)") as st:
+        if ahead is not None and covers(ahead[0], thresholds):
+            sample = client.compute(passes.thin_sample(ahead[1], thresholds))
+            st.counts["drawn_ahead"] = 1
+        else:
+            sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
         wait(sample)  # so that this stage's time is the sample pass itself
     with timer.stage(f"level {level}: fit {len(to_fit)} node(s)", total=len(to_fit)) as st:
         futs = passes.submit_fits(client, sample, to_fit, ts, cfg, run_id)
@@ -267,8 +282,63 @@ def _child_stop(child: TreeNode, artefact: str | None, cfg: JobConfig) -> bool:
     return False
 
 
+def root_ahead_bounds(rows: int, ts: TableSchema, cfg: JobConfig) -> dict:
+    """Upper bounds of the root's sample threshold for a table of about ``rows`` rows (the
+    footers' count, before validation; ``input.filters`` may keep fewer), keyed (path,
+    stratum), for the validation pass to draw the root's sample ahead; empty with
+    ``sample.stratify_by`` (its strata are counted by that pass)."""
+    if ts.stratify_by is not None or rows <= 0:
+        return {}
+    target = level_targets({ROOT: rows}, cfg.sample.size, cfg.sample.level_size,
+                           cfg.sample.min_node_size)[ROOT]
+    t = allocate({NO_STRATUM: rows}, target, cfg.sample.min_per_stratum, cfg.sample.max_strata)
+    return {(ROOT, NO_STRATUM): ahead_bound(t[NO_STRATUM], rows)} if NO_STRATUM in t else {}
+
+
+def _ahead_bounds(split: dict[str, NodeFit], g: Growth, level: int, total: int,
+                  stability: dict[str, list], ts: TableSchema, cfg: JobConfig) -> dict:
+    """Upper bounds of the next level's sample thresholds, keyed (child path, stratum), so that
+    the assignment pass of ``level`` can draw the next level's samples in the same read; empty
+    where they cannot be told in advance.
+
+    Each child's rows are estimated from its share of its parent's sample, its frontier from
+    the rules the next level applies (size, share, stability, artefacts) and its threshold as
+    the next level computes it (the level's budget shared by those children), then raised by
+    :func:`~recluster.compute.sampling.ahead_bound`. An estimate that falls short only costs the
+    pass it would have saved (:func:`_fit_level` reads the input when the bounds do not cover).
+    Not with ``sample.stratify_by`` (the strata's counts per child are not known from the
+    parent's sample), nor at the last level.
+    """
+    if ts.stratify_by is not None or level >= cfg.recursion.max_depth:
+        return {}
+    est: dict[str, float] = {}
+    for path, fit in split.items():
+        if fit.n_sample <= 0 or len(fit.child_sample_sizes) != fit.n_children:
+            return {}
+        size = g.nodes[path].size
+        for k, n_k in enumerate(fit.child_sample_sizes):
+            cp = str(NodePath.parse(path).child(k))
+            rows = size * n_k / fit.n_sample
+            child = TreeNode(cp, level, int(round(rows)), rows / max(1, total))
+            if stability.get(path):
+                child.stability = stability[path][k]
+            if split_refusal(child, total, cfg.recursion) is None and \
+                    not _child_stop(child, fit.artefacts[k] if fit.artefacts else None, cfg):
+                est[cp] = rows
+    targets = level_targets({p: int(round(r)) for p, r in est.items()}, cfg.sample.size,
+                            cfg.sample.level_size, cfg.sample.min_node_size)
+    bounds = {}
+    for cp, rows in est.items():
+        t = allocate({NO_STRATUM: int(round(rows))}, targets[cp], cfg.sample.min_per_stratum,
+                     cfg.sample.max_strata)
+        if NO_STRATUM in t:
+            bounds[(cp, NO_STRATUM)] = ahead_bound(t[NO_STRATUM], rows)
+    return bounds
+
+
 def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema, cfg: JobConfig,
-              timer: Timer, echo: Callable[[str], None], run_id: str) -> Growth:
+              timer: Timer, echo: Callable[[str], None], run_id: str,
+              ahead: tuple[dict, Any] | None = None) -> Growth:
     """Level by level: fit the nodes that may split, keep the splits that hold, assign all rows.
 
     A level's stability refits are scored before its assignment pass: which clusters survive
@@ -288,7 +358,9 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
         if not to_fit:
             break
         fits, futs, resamples, sample = _fit_level(client, feats, g.state, level, to_fit,
-                                                   g.nodes, counts, ts, cfg, timer, echo, run_id)
+                                                   g.nodes, counts, ts, cfg, timer, echo, run_id,
+                                                   ahead)
+        ahead = None  # thinned (or not usable): let it go
         stability = _settle_level(client, level, fits, futs, resamples, sample, ts, cfg, timer,
                                   run_id)
         split = _decide_splits(to_fit, fits, g, ts, cfg, echo)
@@ -299,15 +371,18 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
             shared = graph_literal({p: f.routing_view() for p, f in split.items()})
             state = passes.assign_frame(feats, g.state, level, shared, id_dtype,
                                         cfg.embedding.n_components)
-            if cfg.explain.enabled:
-                # The same read draws these nodes' explanation rows (their children are known
-                # from here on): one pass over every column fewer than drawing them at the end.
-                spec = draw_spec({p: (g.nodes[p].depth, g.nodes[p].size) for p in split},
-                                 cfg.explain)
-                g.state, rows = client.persist([state, draw_frame(feats, state, spec, ts)])
-                g.drawn.append((spec, rows))
-            else:
-                g.state = state.persist()
+            # The same read draws what later stages would read every column again for: these
+            # nodes' explanation rows (their children are known from here on) and the next
+            # level's samples, at upper bounds of their thresholds (thinned once counted).
+            spec = draw_spec({p: (g.nodes[p].depth, g.nodes[p].size) for p in split},
+                             cfg.explain) if cfg.explain.enabled else None
+            bounds = _ahead_bounds(split, g, level, total, stability, ts, cfg)
+            g.state, *more = client.persist(
+                [state, *([draw_frame(feats, state, spec, ts)] if spec else []),
+                 *([passes.sample_frame(feats, state, level + 1, bounds, ts)] if bounds else [])])
+            if spec:
+                g.drawn.append((spec, more.pop(0)))
+            ahead = (bounds, more.pop(0)) if bounds else None
             counts = counts_by_node(passes.sum_counts(
                 client.compute(passes.count_nodes(g.state), sync=True)))
         g.levels_done = level

@@ -254,6 +254,8 @@ class Validated:
     counts: Any  # pandas DataFrame: rows per (cluster, depth, stratum), summed
     summary: dict[str, Any]  # check_stats: rows, missing values per column; row_numbers
     schema: TableSchema  # the plan's, without the row-number columns left out of the features
+    #: (bounds, rows): the root's sample drawn ahead by the same read (see ``validate``), or None
+    ahead: tuple[dict, Any] | None = None
 
     @property
     def rows(self) -> int:
@@ -262,17 +264,24 @@ class Validated:
 
 
 def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
-             echo: Callable[[str], None]) -> Validated:
+             echo: Callable[[str], None], ahead: dict | None = None) -> Validated:
     """The ``validate`` stage: one pass over every row (ids unique and present, no infinite
     values, enough rows, missing values counted), two more only to name repeated ids.
+
+    ``ahead``: upper bounds of the root's sample thresholds, keyed (path, stratum); the same
+    read then draws the root's sample at them (``Validated.ahead``), for the first level to
+    thin instead of reading every column again.
 
     Raises :class:`~recluster.errors.InputDataError` naming the column and the file.
     """
     ts, pieces = plan.schema, plan.pieces
     state = passes.initial_state(feats, ts, cfg)  # lazy: cheap to derive in later passes
     stats, n_unique = passes.validation_frames(feats, state, pieces, ts)
-    stats, n_unique, counts = client.compute([stats, n_unique, passes.count_nodes(state)],
-                                             sync=True)
+    wanted = [stats, n_unique, passes.count_nodes(state)]
+    drawn = None
+    if ahead:
+        *wanted, drawn = client.persist([*wanted, passes.sample_frame(feats, state, 1, ahead, ts)])
+    stats, n_unique, counts = client.compute(wanted, sync=True)
     stats = passes.parse_stats(stats)
     duplicates = None
     if int(n_unique) < sum(s["rows"] for s in stats) and not any(s["null_ids"] for s in stats):
@@ -310,4 +319,6 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
         echo(f"  left out of the features: {', '.join(map(repr, dropped))} -- a row number: "
              f"{ROW_NUMBER_EVIDENCE}; name the features in "
              f"input.features to use {'them' if len(dropped) > 1 else 'it'}")
-    return Validated(state, passes.sum_counts(counts), summary, ts)
+    # The sample drawn ahead has the columns of the schema read: not the schema without them.
+    return Validated(state, passes.sum_counts(counts), summary, ts,
+                     (ahead, drawn) if drawn is not None and not dropped else None)

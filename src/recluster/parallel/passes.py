@@ -182,6 +182,16 @@ def sample_frame(feats: dd.DataFrame, state: dd.DataFrame, level: int,
                              meta=meta, align_dataframes=False)
 
 
+def thin_sample(drawn: dd.DataFrame, thresholds: Mapping[tuple[str, str], float]) -> dd.DataFrame:
+    """The sample of :func:`sample_frame` at ``thresholds``, from a sample drawn ahead at upper
+    bounds of them (:func:`recluster.compute.sampling.covers`), without reading the input: one
+    stratum per node (``thresholds`` keyed by (path, stratum), one entry a path)."""
+    by_path = {p: v for (p, _), v in thresholds.items()}
+    if len(by_path) != len(thresholds):
+        raise ValueError("a sample drawn ahead is thinned per node: one stratum each")
+    return drawn.map_partitions(routing.thin_sample, by_path, meta=drawn._meta)
+
+
 def _fit_from_sample(sample: pd.DataFrame, path: str, ts: TableSchema, cfg: JobConfig) -> NodeFit:
     imports_ready()
     rows = sample[sample["_node"] == path].drop(columns="_node")
