@@ -257,3 +257,32 @@ def test_published_child_numbers_far_apart_route_as_the_reference_in_little_memo
         theirs = routing_reference.assign_level(df, theirs, level, fits[level])
         pd.testing.assert_frame_equal(plain_dtypes(mine), plain_dtypes(theirs), check_exact=True)
     assert {"root.1.20000000", "root.1.3"} <= set(mine["cluster"])
+
+
+def test_a_sample_drawn_ahead_thins_to_the_sample_a_pass_draws():
+    """Rows drawn at upper bounds of the thresholds, thinned to the exact ones, are the frame
+    select_sample draws at the exact ones (rows, order, index, columns, dtypes); covers says
+    when bounds are high enough, and a node without a threshold keeps nothing."""
+    from recluster.compute.routing import thin_sample
+    from recluster.compute.sampling import ahead_bound, covers
+
+    rng = np.random.default_rng(11)
+    n = 5_000
+    df = pd.DataFrame({"c0": [f"id-{i}" for i in range(n)], "x": rng.normal(size=n),
+                       "y": rng.normal(size=n)})
+    state = initial_state(df, "c0", None, 0, 2)
+    state["cluster"] = np.array(["root.0", "root.1", "root.2", "root"])[rng.integers(0, 4, n)]
+    state["depth"] = np.where(state["cluster"] == "root", 0, 1)
+    for exact in ({("root.0", NO_STRATUM): 0.1, ("root.1", NO_STRATUM): 0.37},
+                  {("root.0", NO_STRATUM): 1.0, ("root.2", NO_STRATUM): 0.002}):
+        bounds = {k: ahead_bound(v * 0.9, 1_000) for k, v in exact.items()}
+        bounds[("root.2", NO_STRATUM)] = bounds.get(("root.2", NO_STRATUM), 0.3)  # unused extra
+        assert covers(bounds, exact)
+        drawn = select_sample(df, state, 2, bounds, ["c0", "x", "y"])
+        thinned = thin_sample(drawn, {p: v for (p, _), v in exact.items()})
+        pd.testing.assert_frame_equal(thinned, select_sample(df, state, 2, exact, ["c0", "x", "y"]))
+        assert len(thinned) < len(drawn)
+    assert not covers({("root.0", NO_STRATUM): 0.2}, {("root.0", NO_STRATUM): 0.21})
+    assert not covers({("root.0", NO_STRATUM): 0.2}, {("root.1", NO_STRATUM): 0.01})
+    assert thin_sample(select_sample(df, state, 2, {("root.0", NO_STRATUM): 0.5}, ["c0"]),
+                       {}).empty
