@@ -383,3 +383,32 @@ def test_previous_refused_before_growing(planted, scheduler, tmp_path, capsys):
     stages = _stages(printed.out)
     assert "plan" in stages and not any(s.startswith("level") for s in stages), stages
     assert "string ids" in printed.err and "integer ids" in printed.err
+
+
+@pytest.mark.parametrize("final, kept", [
+    ({"root": "root", "root.0": "root.0", "root.1": "root.1"}, True),
+    ({"root": "root", "root.0": "root.1", "root.1": "root.0"}, False),
+])
+def test_previous_paths_keep_the_explanation_rows_drawn_only_when_no_path_changes(final, kept):
+    """``--previous`` renames the grown tree: the explanation rows the assignment passes drew
+    (under the paths and child numbers of growth) are dropped when a path changes, and kept
+    when every path stays (a run over unchanged segments): explain then reads no column again."""
+    import dask
+    import dask.dataframe as dd
+
+    from recluster.comparing import rename_growth
+    from recluster.compute.tree import TreeNode
+    from recluster.job.growth import Growth
+
+    state = pd.DataFrame({"cluster": ["root.0", "root.1", "root.0"], "depth": [1, 1, 1],
+                          "level_1": pd.array([0, 1, 0], dtype="Int64")})
+    g = Growth(state=dd.from_pandas(state, npartitions=1),
+               nodes={p: TreeNode(p, p.count("."), 1, 1.0) for p in final})
+    g.nodes["root"].children = ["root.0", "root.1"]
+    drawn = [({"root": (0, 1.0)}, "rows")]
+    g.drawn = list(drawn)
+    with dask.config.set(scheduler="sync"):
+        rename_growth(g, final)
+        labels = g.state.compute()
+    assert g.drawn == (drawn if kept else [])
+    assert list(labels["cluster"]) == [final[p] for p in state["cluster"]]

@@ -73,3 +73,37 @@ def test_drawn_ahead_gives_the_outputs_of_reading_for_each(client, tmp_path, mon
         assert published(other) == published(ahead)
         pd.testing.assert_frame_equal(other_labels, ahead_labels)
         assert json.dumps(other["nodes"]) == json.dumps(ahead["nodes"])
+
+
+def test_a_sample_drawn_ahead_is_let_go_once_thinned(client, tmp_path, monkeypatch):
+    """The workers hold each level's sample drawn ahead until that level has thinned it, not
+    through the levels after (the root's, drawn by the validation pass, was held by the run
+    until the whole tree had grown)."""
+    import time
+
+    from distributed import futures_of
+
+    import recluster.job.growth as growth
+
+    url = str(tmp_path / "in")
+    write_table(diamonds(6_000), url, 2, row_group_rows=1_000)
+    drawn: dict[int, set] = {}  # level -> keys of the sample drawn ahead for it
+    held_later: dict[int, set] = {}  # level -> keys of earlier levels' draws still held then
+    fit_level = growth._fit_level
+
+    def spy(client, feats, state, level, *args):
+        ahead = args[-1]
+        if ahead is not None:
+            drawn[level] = {f.key for f in futures_of(ahead[1])}
+        earlier = set().union(*(keys for lv, keys in drawn.items() if lv < level))
+        for _ in range(50):  # releases reach the workers asynchronously
+            held_later[level] = earlier & {k for ks in client.has_what().values() for k in ks}
+            if not held_later[level]:
+                break
+            time.sleep(0.1)
+        return fit_level(client, feats, state, level, *args)
+
+    monkeypatch.setattr(growth, "_fit_level", spy)
+    manifest, _, stages = _run(client, url, str(tmp_path / "out"))
+    assert manifest["levels"] == 2 and set(drawn) == {1, 2}, stages
+    assert held_later == {1: set(), 2: set()}

@@ -5,18 +5,29 @@ and the graph literal that ships models to a pass's tasks.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import dask
 import pandas as pd
 import pytest
 from dask.delayed import Delayed
 
-from recluster.compute.routing import STRATUM
-from recluster.compute.sampling import FOLDED
+from recluster.compute.paths import ROOT
+from recluster.compute.routing import NO_STRATUM, STRATUM
+from recluster.compute.sampling import FOLDED, ahead_bound, allocate, level_targets
 from recluster.compute.schema import TableSchema
 from recluster.compute.stops import StopReason
 from recluster.compute.tree import TreeNode
 from recluster.config import parse_config
-from recluster.job.growth import _child_stop, counts_by_node, folded_strata, graph_literal
+from recluster.job.growth import (
+    Growth,
+    _ahead_bounds,
+    _child_stop,
+    counts_by_node,
+    folded_strata,
+    graph_literal,
+    root_ahead_bounds,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -82,3 +93,33 @@ def test_graph_literal_is_the_value_untouched_and_a_fresh_key_each_time():
     value = a.compute(scheduler="sync")
     assert value["root"] == {"n": 1}
     assert isinstance(value["root.0"][0], Delayed)  # traverse=False: nothing inside is computed
+
+
+def _exact_threshold(rows: dict[str, int], path: str, cfg) -> float:
+    """The threshold ``_fit_level`` gives ``path`` when the level fits ``rows`` (one stratum)."""
+    target = level_targets(rows, cfg.sample.size, cfg.sample.level_budget,
+                           cfg.sample.min_node_size)[path]
+    return allocate({NO_STRATUM: rows[path]}, target, cfg.sample.min_per_stratum,
+                    cfg.sample.max_strata)[NO_STRATUM]
+
+
+@pytest.mark.parametrize("level_size", [None, 0, 60_000])
+def test_ahead_bounds_are_the_next_levels_thresholds_raised(level_size):
+    """Drawn ahead at the thresholds the next level computes (its level budget: level_size
+    null is sample.size, 0 none), raised by ahead_bound: not below them (never thinned: the
+    draw wasted) nor at sample.size per child (ten times the rows for ten children)."""
+    cfg = _cfg(sample={"size": 20_000, "min_node_size": 2_000, "level_size": level_size},
+               recursion={"max_depth": 3})
+    ts = TableSchema(id_column="id", numeric=["x"], categorical=[], stratify_by=None)
+    total = 1_000_000
+    root = root_ahead_bounds(total, ts, cfg)
+    assert root == {(ROOT, NO_STRATUM): ahead_bound(_exact_threshold({ROOT: total}, ROOT, cfg),
+                                                    total)}
+    shares = [0.4, 0.3, 0.1] + [0.025] * 8
+    fit = SimpleNamespace(n_sample=20_000, n_children=len(shares), artefacts=[],
+                          child_sample_sizes=[int(20_000 * s) for s in shares])
+    g = Growth(state=None, nodes={ROOT: TreeNode(ROOT, 0, total, 1.0)})
+    bounds = _ahead_bounds({ROOT: fit}, g, 1, total, {}, ts, cfg)
+    rows = {f"{ROOT}.{k}": int(total * s) for k, s in enumerate(shares)}
+    assert bounds == {(p, NO_STRATUM): ahead_bound(_exact_threshold(rows, p, cfg), n)
+                      for p, n in rows.items()}

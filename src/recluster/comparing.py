@@ -287,7 +287,10 @@ def rename_growth(g, final: dict[str, str]) -> None:
     nodes (``children[k]`` stays the path of the assigner's class ``k``), the fitted nodes (their
     ``child_numbers`` route rows to the final numbers) and everything keyed by path."""
     g.state = g.state.map_partitions(compare.rename_state, final, meta=g.state._meta).persist()
-    g.drawn = []  # drawn under the old paths and child numbers: explain draws anew
+    if any(final.get(p, p) != p for p in g.nodes):
+        g.drawn = []  # drawn under the old paths and child numbers: explain draws anew
+    # (Every path kept, as a run over unchanged segments keeps them: the explanation rows the
+    # assignment passes drew are those of the final paths, and explain reads no column again.)
     nodes = {}
     for path, node in g.nodes.items():
         node.path = final.get(path, path)

@@ -141,8 +141,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
     if strata:
         echo(f"  {strata['what']}")
     g = grow_tree(client, feats, checked.state, counts, checked.rows, ts, cfg, timer, echo,
-                  store.run_id, checked.ahead)
-    checked.ahead = None  # thinned by the first level
+                  store.run_id, checked.take_ahead())
     previous = None
     if plan.previous is not None:  # before anything is written: every output uses the final paths
         from recluster.comparing import apply_previous

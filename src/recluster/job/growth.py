@@ -289,7 +289,7 @@ def root_ahead_bounds(rows: int, ts: TableSchema, cfg: JobConfig) -> dict:
     ``sample.stratify_by`` (its strata are counted by that pass)."""
     if ts.stratify_by is not None or rows <= 0:
         return {}
-    target = level_targets({ROOT: rows}, cfg.sample.size, cfg.sample.level_size,
+    target = level_targets({ROOT: rows}, cfg.sample.size, cfg.sample.level_budget,
                            cfg.sample.min_node_size)[ROOT]
     t = allocate({NO_STRATUM: rows}, target, cfg.sample.min_per_stratum, cfg.sample.max_strata)
     return {(ROOT, NO_STRATUM): ahead_bound(t[NO_STRATUM], rows)} if NO_STRATUM in t else {}
@@ -325,8 +325,11 @@ def _ahead_bounds(split: dict[str, NodeFit], g: Growth, level: int, total: int,
             if split_refusal(child, total, cfg.recursion) is None and \
                     not _child_stop(child, fit.artefacts[k] if fit.artefacts else None, cfg):
                 est[cp] = rows
+    # The budget _fit_level shares (level_budget: null is sample.size, 0 none), not the raw
+    # level_size: with it, null drew every child at sample.size (ten times the rows a level of
+    # ten children samples) and 0 at min_node_size (short of sample.size: never thinned).
     targets = level_targets({p: int(round(r)) for p, r in est.items()}, cfg.sample.size,
-                            cfg.sample.level_size, cfg.sample.min_node_size)
+                            cfg.sample.level_budget, cfg.sample.min_node_size)
     bounds = {}
     for cp, rows in est.items():
         t = allocate({NO_STRATUM: int(round(rows))}, targets[cp], cfg.sample.min_per_stratum,

@@ -262,6 +262,13 @@ class Validated:
         """Rows validated: every row of the input (of its slice with ``input.filters``)."""
         return self.summary["rows"]
 
+    def take_ahead(self) -> tuple[dict, Any] | None:
+        """The root's sample drawn ahead, handed over: no longer held here, so that the workers
+        let it go once the first level has thinned it (held here, it stayed in their memory
+        through every level of the growth)."""
+        ahead, self.ahead = self.ahead, None
+        return ahead
+
 
 def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
              echo: Callable[[str], None], ahead: dict | None = None) -> Validated:
