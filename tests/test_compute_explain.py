@@ -175,3 +175,16 @@ def test_profiles_from_one_shared_sort_equal_sorting_each_side():
         assert alone.keys() == shared.keys()
         for key in alone:
             assert np.array_equal(alone[key], shared[key], equal_nan=True), key
+
+
+def test_a_quantile_at_a_zero_is_written_as_zero_whichever_zero_sorted_there():
+    """0.0 and -0.0 are equal, so a sort may put either at a quantile's place (a shared sort
+    of the block and a sort of one side need not agree): both give 0.0, never -0.0."""
+    from recluster.compute.explain import numeric_profile_stats, sorted_block
+
+    xt = np.array([[-0.0, 0.0, -0.0, 0.0, 1.0, -1.0, -0.0, 0.0]])
+    for member in (np.array([1, 0, 1, 0, 1, 0, 1, 0], bool), np.array([0, 1, 0, 1, 0, 1, 0, 1], bool)):
+        for block in (None, sorted_block(xt)):
+            stats = numeric_profile_stats(xt, member, block)
+            for key in ("member_median", "rest_median"):
+                assert stats[key][0] == 0 and not np.signbit(stats[key][0]), (key, block)

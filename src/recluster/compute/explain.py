@@ -467,7 +467,9 @@ def _quantiles(ordered: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
     diff = b - a
     with np.errstate(invalid="ignore"):
         out = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
-    return np.where(count > 0, out, np.nan)
+    # + 0.0: a zero is written 0.0 whichever of 0.0 and -0.0 (equal, so in either order) the
+    # sort put at the quantile's place: one sort per block and one per side may order them apart.
+    return np.where(count > 0, out + 0.0, np.nan)
 
 
 #: Children from which a node's profiles sort each block of columns once for all of them.
