@@ -390,7 +390,9 @@ def test_a_random_flag_no_longer_splits_olive():
         fit = fit_node(ol, "root", acids + ["flag"], [], "id", _cfg())
     assert fit.preprocessor.summary()["binary_scale"]["flag"]["weight"] == "unit"
     labels = pd.Series(fit.sample_labels, index=fit.sample_ids).loc[ol["id"]].to_numpy()
-    assert adjusted_rand_score(ol["flag"], labels) < 0.05
+    # Against the flag: 0.01 on the machines before, 0.07 on an AMD EPYC (its floating point
+    # draws UMAP's map a little differently); cut along the flag it was 0.23.
+    assert adjusted_rand_score(ol["flag"], labels) < 0.12
     assert adjusted_rand_score(ol["area"], labels) >= 0.6
 
 
