@@ -128,12 +128,6 @@ def _concat(empty: pd.DataFrame, *pieces: pd.DataFrame | None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def _screen(rows: explain.NodeRows, k: int, max_features: int | None):
-    """The feature screen of child ``k`` (:meth:`~recluster.compute.explain.NodeRows.screen`)
-    on the worker that holds the node's rows."""
-    return rows.screen(k, max_features)
-
-
 def _evaluate_raw(rows: explain.NodeRows, raw: bytes, k: int, features: list[str], node: str,
                   cluster: str, kept=None) -> tuple[dict, pd.DataFrame]:
     """:func:`~recluster.compute.explain.evaluate_child` of a model trained elsewhere (given as
@@ -220,7 +214,7 @@ def _train_on_cluster(client: Client, train_all: dd.DataFrame, node: _Node,
         train = rows[~(rows[U_COLUMN] < cfg.holdout_fraction * threshold)]
         X_train = train.map_partitions(explain.raw_frame, node.preprocessor,
                                        meta=explain.raw_frame(train._meta, node.preprocessor))
-        kept, score = submit(_screen, node.split, k, cfg.max_features,
+        kept, score = submit(explain.NodeRows.screen, node.split, k, cfg.max_features,
                              key=f"screen-{cp}").result()
         if kept is not None:  # a wide node: the child's model sees its best-separating features
             X_train = X_train[[X_train.columns[j] for j in kept]]
@@ -272,9 +266,9 @@ def draw_frame(feats: dd.DataFrame, state: dd.DataFrame, spec: Mapping[str, tupl
 def _drawn_rows(drawn: Sequence[tuple[Mapping[str, tuple[int, float]], dd.DataFrame]],
                 spec: Mapping[str, tuple[int, float]]) -> dd.DataFrame | None:
     """The rows drawn beforehand (by the assignment passes) as one frame, if they are the rows
-    ``spec`` draws (every node, at the same threshold), else None. Their partitions are
-    interleaved (each input partition's draws of every level, in input order), so that each
-    node's rows come in input order, as one draw over the final state gives them."""
+    ``spec`` draws (every node, at the same threshold), else None. Partition ``i`` holds input
+    partition ``i``'s draws of every level, so that each node's rows come in input order, as
+    one draw over the final state gives them."""
     if not drawn:
         return None
     have: dict[str, tuple[int, float]] = {}
@@ -283,8 +277,10 @@ def _drawn_rows(drawn: Sequence[tuple[Mapping[str, tuple[int, float]], dd.DataFr
     if any(have.get(p) != v for p, v in spec.items()):
         return None
     frames = [f for _, f in drawn]
-    if len(frames) == 1 or len({f.npartitions for f in frames}) > 1:
-        return frames[0] if len(frames) == 1 else None
+    if len({f.npartitions for f in frames}) > 1:
+        return None
+    if len(frames) == 1:
+        return frames[0]
     # One task per input partition concatenates its draws of every level: dd.concat of every
     # partition of every level as a frame of its own cost the client time growing with
     # partitions x columns to build (93 s for 500 partitions of 300 columns at depth 2).
