@@ -21,6 +21,10 @@ whatever is left to import, load or compile overlaps input listing, validation a
 instead of delaying the first node fits. It is idempotent (once per worker process, however
 many runs register it) and silent.
 
+**Frame sizes.** Every job's client registers :class:`~recluster.parallel.frame_sizes.FrameSizes`
+on the workers: they size the pandas frames tasks keep from their blocks, not a Series per
+column (the same estimate; for a 500-column frame 16 ms less, twice per kept result).
+
 A ``tls://`` scheduler is reached with mutual TLS: the CA file, client certificate and key come
 from ``--tls-ca-file`` / ``--tls-cert`` / ``--tls-key`` (the flags ``dask scheduler`` and
 ``dask worker`` take), else from Dask's own config (``distributed.comm.tls.ca-file``,
@@ -53,6 +57,7 @@ from distributed.security import Security
 
 from recluster.config import RuntimeConfig
 from recluster.errors import ConfigError, StageError
+from recluster.parallel.frame_sizes import FrameSizes
 from recluster.progress import silence_libraries
 
 #: How long the client tries to reach an existing scheduler.
@@ -496,6 +501,7 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
             raise StageError(f"stage 'connect' failed: cannot reach the Dask scheduler at "
                              f"{address}{hint}: {type(exc).__name__}: {exc}") from None
         with client:
+            client.register_plugin(FrameSizes())
             if warm:
                 client.register_plugin(WarmWorker())
             yield client
@@ -516,6 +522,7 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
     ) as cluster, Client(cluster) as client:
         if not verbose:
             client.register_plugin(QuietWorker())
+        client.register_plugin(FrameSizes())
         if warm:
             client.register_plugin(WarmWorker())
         yield client
