@@ -157,34 +157,35 @@ def test_a_node_screened_at_once_keeps_what_each_child_screened_alone_keeps():
     assert narrow.screens == {} and narrow.screen(0, 500) == (None, None)
 
 
-def test_profiles_from_one_shared_sort_equal_sorting_each_side():
-    """numeric_profile_stats with the block sorted once gives exactly the statistics of sorting
-    each side of each child (missing values, an empty column, no members, every row)."""
-    from recluster.compute.explain import numeric_profile_stats, sorted_block
+def test_profile_quantiles_by_selection_equal_numpys_quantile():
+    """The profiles' quartiles come from two order statistics each, selected by partitions
+    rather than a sort: exactly numpy.quantile's values on each side of each group (missing
+    values in some rows, an empty row, ties, rows of 1-3 values, no members, every row)."""
+    from recluster.compute.explain import numeric_profile_stats
 
     rng = np.random.default_rng(5)
-    xt = rng.normal(size=(12, 4_000))
-    xt[3, rng.random(4_000) < 0.2] = np.nan
+    n = 4_000
+    xt = rng.normal(size=(14, n))
+    xt[3, rng.random(n) < 0.2] = np.nan
     xt[5] = np.nan
     xt[7, :50] = np.nan
     xt[8] = np.round(xt[8])  # ties
-    group = rng.integers(-1, 9, 4_000)
-    block = sorted_block(xt)
-    for member in [*(group == k for k in range(9)), np.zeros(4_000, bool), np.ones(4_000, bool)]:
-        alone, shared = numeric_profile_stats(xt, member), numeric_profile_stats(xt, member, block)
-        assert alone.keys() == shared.keys()
-        for key in alone:
-            assert np.array_equal(alone[key], shared[key], equal_nan=True), key
+    xt[9, 3:] = np.nan  # three values
+    xt[10, 1:] = np.nan  # one value
+    xt[11] = np.where(rng.random(n) < 0.5, -0.0, 0.0)  # zeros of both signs
+    xt[12, rng.random(n) < 0.999] = np.nan  # a few values
+    group = rng.integers(-1, 9, n)
+    for member in [*(group == k for k in range(9)), np.zeros(n, bool), np.ones(n, bool),
+                   np.arange(n) < 2]:
+        stats = numeric_profile_stats(xt, member)
+        for side, rows in (("member", member), ("rest", ~member)):
+            for j in range(len(xt)):
+                v = xt[j, rows]
+                v = v[~np.isnan(v)]
+                for key, q in (("median", 0.5), ("q25", 0.25), ("q75", 0.75)):
+                    want = np.quantile(v, q) + 0.0 if v.size else np.nan
+                    got = stats[f"{side}_{key}"][j]
+                    assert np.array_equal(got, want, equal_nan=True), (side, key, j)
+                    assert not (got == 0 and np.signbit(got)), (side, key, j)  # 0.0, not -0.0
 
 
-def test_a_quantile_at_a_zero_is_written_as_zero_whichever_zero_sorted_there():
-    """0.0 and -0.0 are equal, so a sort may put either at a quantile's place (a shared sort
-    of the block and a sort of one side need not agree): both give 0.0, never -0.0."""
-    from recluster.compute.explain import numeric_profile_stats, sorted_block
-
-    xt = np.array([[-0.0, 0.0, -0.0, 0.0, 1.0, -1.0, -0.0, 0.0]])
-    for member in (np.array([1, 0, 1, 0, 1, 0, 1, 0], bool), np.array([0, 1, 0, 1, 0, 1, 0, 1], bool)):
-        for block in (None, sorted_block(xt)):
-            stats = numeric_profile_stats(xt, member, block)
-            for key in ("member_median", "rest_median"):
-                assert stats[key][0] == 0 and not np.signbit(stats[key][0]), (key, block)

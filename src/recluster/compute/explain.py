@@ -452,39 +452,73 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
                          "n_members": int(member.sum())})
 
 
-def _quantiles(ordered: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
-    """Per row, the ``q`` quantile of its ``count`` present values, which ``ordered`` (d, n)
-    holds sorted at the start of the row (NaN after them): :func:`numpy.quantile`'s default
-    (linear) rule, every row at once; NaN where a row has no value."""
-    if not ordered.shape[1]:
-        return np.full(ordered.shape[0], np.nan)
-    virtual = count * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index for alpha=beta=1
-    lo = np.clip(np.floor(virtual), 0, np.maximum(count - 1, 0)).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
-    t = virtual - np.floor(virtual)
-    rows = np.arange(ordered.shape[0])
-    a, b = ordered[rows, lo], ordered[rows, hi]
-    diff = b - a
-    with np.errstate(invalid="ignore"):
-        out = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
-    # + 0.0: a zero is written 0.0 whichever of 0.0 and -0.0 (equal, so in either order) the
-    # sort put at the quantile's place: one sort per block and one per side may order them apart.
-    return np.where(count > 0, out + 0.0, np.nan)
+#: The quantiles a numeric profile gives on each side: name -> q.
+PROFILE_QUANTILES = {"median": 0.5, "q25": 0.25, "q75": 0.75}
 
 
-#: Children from which a node's profiles sort each block of columns once for all of them.
-SHARED_SORT_CHILDREN = 8
+def _positions(count: int, q: float) -> tuple[int, int, float]:
+    """Where :func:`numpy.quantile`'s default (linear) rule takes the ``q`` quantile of
+    ``count`` sorted values: the two order statistics (0-based) and the weight of the upper."""
+    virtual = (count - 1) * q
+    lo = min(max(int(np.floor(virtual)), 0), count - 1)
+    return lo, min(lo + 1, count - 1), virtual - np.floor(virtual)
 
 
-def sorted_block(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row of ``xt`` (d, n) sorted (NaN last) and the order that sorts it: what
-    :func:`numeric_profile_stats` takes the sorted values of any group of columns' rows from."""
-    order = np.argsort(xt, axis=1)
-    return order, np.take_along_axis(xt, order, axis=1)
+def _select(v: np.ndarray, ks: Sequence[int], start: int, stop: int) -> None:
+    """Reorder the columns ``start:stop`` of each row of ``v`` in place so that each position
+    of ``ks`` (sorted, within the range) holds the value a sort would put there: a partition at
+    the middle one, then each side for the others (numpy partitions at one position with its
+    vectorised selection; at several positions at once it is slower than a sort)."""
+    if not ks:
+        return
+    mid = len(ks) // 2
+    k = ks[mid]
+    v[:, start:stop].partition(k - start, axis=1)
+    _select(v, ks[:mid], start, k)
+    _select(v, ks[mid + 1:], k + 1, stop)
 
 
-def numeric_profile_stats(xt: np.ndarray, member: np.ndarray,
-                          block: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def _quantile_rows(v: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """:data:`PROFILE_QUANTILES` of each row of ``v`` (k, m), whose rows all hold ``count`` >= 1
+    present values (NaN in the others), exactly as :func:`numpy.quantile` gives them on the
+    present values: each from the two order statistics it needs, selected, not sorted."""
+    if count < v.shape[1]:
+        v[np.isnan(v)] = np.inf  # (no value is inf: missing and non-finite are both NaN)
+    at = {name: _positions(count, q) for name, q in PROFILE_QUANTILES.items()}
+    los = sorted({lo for lo, _, _ in at.values()})
+    _select(v, los, 0, v.shape[1])
+    out = {}
+    for name, (lo, hi, t) in at.items():
+        a = v[:, lo]
+        if hi == lo:
+            b = a
+        else:  # the next order statistic is the least value between lo and the next position
+            nxt = next((k for k in los if k > lo), v.shape[1] - 1)
+            b = v[:, lo + 1:nxt + 1].min(axis=1)
+        diff = b - a
+        with np.errstate(invalid="ignore"):
+            q = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
+        # + 0.0: a zero is written 0.0, whichever of 0.0 and -0.0 (equal) the selection put
+        # at the quantile's place.
+        out[name] = q + 0.0
+    return out
+
+
+def _quantiles(v: np.ndarray, count: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`PROFILE_QUANTILES` of each row of ``v`` (d, n) over its ``count`` present values
+    (NaN elsewhere; NaN where a row has none). ``v`` is left as it was."""
+    out = {name: np.full(v.shape[0], np.nan) for name in PROFILE_QUANTILES}
+    for c in np.unique(count):
+        if c == 0:
+            continue
+        rows = np.flatnonzero(count == c)
+        sub = v.copy() if len(rows) == v.shape[0] else v[rows]  # a copy, reordered
+        for name, values in _quantile_rows(sub, int(c)).items():
+            out[name][rows] = values
+    return out
+
+
+def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.ndarray]:
     """The numeric columns of :func:`profiles`, every column at once (a wide node's profiles
     were a Python loop of a dozen numpy calls per column and child).
 
@@ -493,10 +527,6 @@ def numeric_profile_stats(xt: np.ndarray, member: np.ndarray,
     xt : ndarray (d, n) float64, one row per column (contiguous), missing and non-finite
         values as NaN
     member : ndarray (n,) bool
-    block : :func:`sorted_block` of ``xt``, or None. Given, each side's sorted values are taken
-        out of it (one gather of the member flags in sorted order) instead of sorting each side
-        again: a node of many children sorts its rows once, not twice per child. The values, so
-        every statistic, are the same either way.
 
     Returns
     -------
@@ -506,25 +536,22 @@ def numeric_profile_stats(xt: np.ndarray, member: np.ndarray,
     d = xt.shape[0]
     stats: dict[str, np.ndarray] = {}
     var = {}
-    flags = None if block is None else member[block[0]]  # (d, n): member at each sorted place
     with np.errstate(invalid="ignore", divide="ignore"):
         for side, m in (("rest", ~member), ("member", member)):
-            v = xt[:, m]  # a copy, changed in place below
+            v = xt.take(np.flatnonzero(m), axis=1)  # a copy, changed in place below (a take
+            # of positions: half the time of a boolean mask's)
             holes = np.isnan(v)
             count = v.shape[1] - holes.sum(axis=1)
-            if block is None:
-                ordered = np.sort(v, axis=1)  # NaN last
-            else:  # the same values: this side's, in the block's sorted order (NaN last)
-                ordered = block[1][flags if side == "member" else ~flags].reshape(d, v.shape[1])
-            for key, q in (("median", 0.5), ("q25", 0.25), ("q75", 0.75)):
-                stats[f"{side}_{key}"] = _quantiles(ordered, count, q)
-            del ordered
+            for key, values in _quantiles(v, count).items():
+                stats[f"{side}_{key}"] = values
             if side == "member":  # before v changes: its members against the rest's median
                 mid = stats["rest_median"][:, None]
                 n_a = np.maximum(count, 1)
                 ok = (count > 0) & np.isfinite(stats["rest_median"])
-                stats["member_above_rest_median"] = np.where(ok, (v > mid).sum(axis=1) / n_a, np.nan)
-                stats["member_below_rest_median"] = np.where(ok, (v < mid).sum(axis=1) / n_a, np.nan)
+                above = np.count_nonzero(v > mid, axis=1)
+                below = np.count_nonzero(v < mid, axis=1)
+                stats["member_above_rest_median"] = np.where(ok, above / n_a, np.nan)
+                stats["member_below_rest_median"] = np.where(ok, below / n_a, np.nan)
             gaps = bool(holes.any())  # (a complete block skips both fillings below)
             if gaps:
                 v[holes] = 0.0
@@ -603,14 +630,8 @@ def profiles_of(raw: pd.DataFrame, members: Sequence[tuple[np.ndarray, str]],
                 xt[j] = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64,
                                                                         na_value=np.nan)
         xt[~np.isfinite(xt)] = np.nan
-        # A node of many children sorts each block once for all of them: its argsort costs
-        # about what sorting both sides of five children does (numpy 2, 40 x 50,000 values:
-        # sorting each side 136 ms for 2 children, 390 for 8; shared 261 and 361; 12
-        # children 850 against 630), so below SHARED_SORT_CHILDREN each side is sorted alone.
-        block = sorted_block(xt) if len(members) >= SHARED_SORT_CHILDREN else None
         for i, (member, _) in enumerate(members):
-            parts[i].append(numeric_profile_stats(xt, member, block))
-        del block
+            parts[i].append(numeric_profile_stats(xt, member))
     levels = {}
     for c in categorical:
         vals = categorical_strings(raw[c])
