@@ -38,14 +38,19 @@ def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame (n, n_numeric + n_categorical)
+    DataFrame (n, n_numeric + n_categorical), the numeric columns one float32 block
     """
-    out = {}
-    for c in pre.numeric:
-        x = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
-        x = np.where(np.isnan(x), pre.medians_[c], x)
+    numeric = list(pre.numeric)
+    # Column by column (small arrays, cache-sized) into one F-ordered (n, m) float32 array:
+    # pandas' single (m, n) block, which the frame takes without the copy that consolidating
+    # a column-per-array frame makes (0.2 s for 50,000 x 500).
+    x = np.empty((len(df), len(numeric)), dtype=np.float32, order="F")
+    for j, c in enumerate(numeric):
+        v = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+        v = np.where(np.isnan(v), pre.medians_[c], v)
         # float32 is what XGBoost holds; beyond its range a value would become inf (an error).
-        out[c] = np.clip(x, -F32_MAX, F32_MAX).astype(np.float32)
+        x[:, j] = np.clip(v, -F32_MAX, F32_MAX)
+    out = pd.DataFrame(x, index=df.index, columns=numeric, copy=False)
     for c in pre.categorical:
         levels = list(pre.levels_[c]) + [OTHER]
         vals = categorical_strings(df[c])
@@ -53,7 +58,7 @@ def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
         vals = np.array([v if v in known else OTHER for v in vals], dtype=object)
         codes = pd.Categorical(vals, categories=levels).codes
         out[c] = pd.Categorical.from_codes(codes, categories=[category_name(v) for v in levels])
-    return pd.DataFrame(out, index=df.index)
+    return out
 
 
 def category_name(level: str) -> str:
@@ -156,15 +161,27 @@ class NodeRows:
                 for name, c in (("train", self.child_train), ("hold", self.child_hold))}
 
 
-def split_node_rows(rows: pd.DataFrame, pre: Preprocessor, threshold: float,
-                    holdout_fraction: float, shap_cut: float,
+def pieces_of(rows: pd.DataFrame | Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
+    """A node's rows as the list of frames they come in (one frame: itself): the explanation
+    tasks take a node's rows as the pieces the partitions drew, one after the other, and never
+    concatenate them (a copy of every drawn value: 200 MB a node at 500 columns)."""
+    return [rows] if isinstance(rows, pd.DataFrame) else list(rows)
+
+
+def _stacked(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def split_node_rows(rows: pd.DataFrame | Sequence[pd.DataFrame], pre: Preprocessor,
+                    threshold: float, holdout_fraction: float, shap_cut: float,
                     max_features: int | None = None) -> NodeRows:
     """Split a node's drawn rows (:func:`select_training_rows`, one node) into training,
     hold-out and SHAP rows, in their given order.
 
     Parameters
     ----------
-    rows : DataFrame (n, ...) with the node's feature columns, ``_u`` and ``_child``
+    rows : DataFrame (n, ...) with the node's feature columns, ``_u`` and ``_child``, or the
+        pieces of it in order (:func:`pieces_of`; at least one, which may be empty)
     pre : the node's fitted Preprocessor
     threshold : the node's draw threshold on ``_u`` (every row has ``_u < threshold``)
     holdout_fraction : rows with ``_u < holdout_fraction * threshold`` are held out
@@ -172,9 +189,10 @@ def split_node_rows(rows: pd.DataFrame, pre: Preprocessor, threshold: float,
     max_features : the feature screen (:func:`screen_features`) of every child is computed
         here, all children at once, when the node has more features than this
     """
-    X = raw_frame(rows, pre)
-    u = rows[U_COLUMN].to_numpy()
-    child = rows["_child"].to_numpy()
+    pieces = pieces_of(rows)
+    X = _stacked([raw_frame(p, pre) for p in pieces])  # (float32: half the raw values' bytes)
+    u = np.concatenate([p[U_COLUMN].to_numpy() for p in pieces])
+    child = np.concatenate([p["_child"].to_numpy() for p in pieces])
     hold = u < holdout_fraction * threshold
     shap = u < shap_cut
     out = NodeRows(X[~hold], child[~hold], X[hold], child[hold], X[shap], child[shap],
@@ -597,7 +615,8 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
     return profiles_of(raw, [(member, cluster)], numeric, categorical, node, names, describe)[0]
 
 
-def profiles_of(raw: pd.DataFrame, members: Sequence[tuple[np.ndarray, str]],
+def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
+                members: Sequence[tuple[np.ndarray, str]],
                 numeric: Sequence[str], categorical: Sequence[str], node: str,
                 names: Mapping[str, str] | None = None,
                 describe: Collection[str] = ()) -> list[pd.DataFrame]:
@@ -608,7 +627,8 @@ def profiles_of(raw: pd.DataFrame, members: Sequence[tuple[np.ndarray, str]],
 
     Parameters
     ----------
-    raw : DataFrame (n, ...), the node's rows before imputation
+    raw : DataFrame (n, ...), the node's rows before imputation, or the pieces of it in order
+        (:func:`pieces_of`: each block of columns is gathered from them)
     members : sequence of (ndarray (n,) bool, cluster path)
 
     Returns
@@ -618,23 +638,28 @@ def profiles_of(raw: pd.DataFrame, members: Sequence[tuple[np.ndarray, str]],
     names = names or {}
     numeric = list(numeric)
     members = [(np.asarray(m, dtype=bool), c) for m, c in members]
-    step = max(1, BLOCK_VALUES // max(1, len(raw)))  # columns per block
+    pieces = pieces_of(raw)
+    n = sum(len(p) for p in pieces)
+    step = max(1, BLOCK_VALUES // max(1, n))  # columns per block
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in members]
     for first in range(0, len(numeric), step):
         cols = numeric[first:first + step]
-        if all(pd.api.types.is_numeric_dtype(raw[c].dtype) for c in cols):  # as one block
-            xt = np.array(raw[cols].to_numpy(dtype=np.float64, na_value=np.nan).T, order="C")
-        else:
-            xt = np.empty((len(cols), len(raw)))
-            for j, c in enumerate(cols):
-                xt[j] = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=np.float64,
-                                                                        na_value=np.nan)
+        xt = np.empty((len(cols), n))
+        at = 0
+        for p in pieces:
+            if all(pd.api.types.is_numeric_dtype(p[c].dtype) for c in cols):  # as one block
+                xt[:, at:at + len(p)] = p[cols].to_numpy(dtype=np.float64, na_value=np.nan).T
+            else:
+                for j, c in enumerate(cols):
+                    xt[j, at:at + len(p)] = pd.to_numeric(p[c], errors="coerce").to_numpy(
+                        dtype=np.float64, na_value=np.nan)
+            at += len(p)
         xt[~np.isfinite(xt)] = np.nan
         for i, (member, _) in enumerate(members):
             parts[i].append(numeric_profile_stats(xt, member))
     levels = {}
     for c in categorical:
-        vals = categorical_strings(raw[c])
+        vals = np.concatenate([categorical_strings(p[c]) for p in pieces])
         counts = pd.Series(vals).value_counts(sort=False)
         if len(counts) > MAX_PROFILE_LEVELS:
             top = counts.sort_values(ascending=False, kind="stable").index[:MAX_PROFILE_LEVELS]

@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 from dask.dataframe import methods
 from distributed import Client, Future, as_completed, futures_of, wait
@@ -47,13 +48,13 @@ def child_number(path: str) -> int:
     return NodePath.parse(path).index
 
 
-def _profiles_task(rows: pd.DataFrame, numeric: list[str], categorical: list[str], path: str,
-                   children: list[str], names: dict[str, str],
+def _profiles_task(rows: list[pd.DataFrame], numeric: list[str], categorical: list[str],
+                   path: str, children: list[str], names: dict[str, str],
                    describe: tuple[list[str], list[str]] = ([], [])) -> pd.DataFrame:
-    """Profiles of each child against its siblings: the node's features (``numeric``,
-    ``categorical`` keys), then the ``describe`` columns (numeric keys, categorical keys), which
-    no model sees."""
-    child = rows["_child"].to_numpy()
+    """Profiles of each child against its siblings (``rows``: the node's pieces,
+    :func:`_node_pieces`): the node's features (``numeric``, ``categorical`` keys), then the
+    ``describe`` columns (numeric keys, categorical keys), which no model sees."""
+    child = np.concatenate([p["_child"].to_numpy() for p in rows])
     numeric = [*numeric, *describe[0]]
     categorical = [*categorical, *describe[1]]
     frames = explain.profiles_of(rows, [(child == child_number(cp), cp) for cp in children],
@@ -119,13 +120,12 @@ def _pick(groups: dict[str, pd.DataFrame], path: str) -> pd.DataFrame | None:
     return groups.get(path)
 
 
-def _concat(empty: pd.DataFrame, *pieces: pd.DataFrame | None) -> pd.DataFrame:
-    """A node's rows from every partition, in partition order (``empty``, the frame's meta,
-    when it has none)."""
-    frames = [p for p in pieces if p is not None and len(p)]
-    if not frames:
-        return empty
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+def _node_pieces(empty: pd.DataFrame, *pieces: pd.DataFrame | None) -> list[pd.DataFrame]:
+    """A node's rows from every partition, in partition order, as the list of pieces that hold
+    any (``[empty]``, the frame's meta, when none does): the tasks that read them take them
+    one after the other (:func:`~recluster.compute.explain.pieces_of`), never copied into one
+    frame."""
+    return [p for p in pieces if p is not None and len(p)] or [empty]
 
 
 def _evaluate_raw(rows: explain.NodeRows, raw: bytes, k: int, features: list[str], node: str,
@@ -147,7 +147,7 @@ class _Node:
     children: list[str]
     preprocessor: Preprocessor
     features: list[str]  # the names written for the models' columns
-    rows: Future | None  # the node's drawn rows, on a worker
+    rows: Future | None  # the node's drawn rows (their pieces), on a worker
     split: Future | None  # its NodeRows, on a worker
     counts: dict | None = None  # NodeRows.counts, once back
     local: bool = True  # its models train as tasks (else xgboost.dask)
@@ -370,7 +370,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     done = as_completed()
     rows = split = None
     for path, (_, size, fit, children) in nodes.items():
-        rows = submit(_concat, meta,
+        rows = submit(_node_pieces, meta,
                       *(submit(_pick, g, path, key=f"pick-{path}-{i}", where=holder.get(g.key))
                         for i, g in enumerate(groups)),
                       key=f"rows-{path}")
