@@ -257,6 +257,12 @@ def run_recipe(data: Path, seed: int, depth: int = 1, unseeded: bool = True) -> 
 
 def _worker_warmup() -> tuple[float, float]:
     """A tiny node fit twice in this worker process: first pays compilation, second does not."""
+    from recluster.parallel.client import imports_ready
+
+    # As the job's fitting tasks do: the warm-up thread may be importing the fitting libraries
+    # right now, and two threads importing sklearn.metrics at once fail with a _DeadlockError
+    # (it failed the 4M-row scaling run once).
+    imports_ready()
     from recluster.compute.node import U_COLUMN, fit_node
     from recluster.compute.sampling import hash_uniform
     from recluster.config import parse_config
