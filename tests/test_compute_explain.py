@@ -189,3 +189,24 @@ def test_profile_quantiles_by_selection_equal_numpys_quantile():
                     assert not (got == 0 and np.signbit(got)), (side, key, j)  # 0.0, not -0.0
 
 
+
+
+def test_rows_in_a_node_from_a_categorical_state_column_equal_testing_each_rows_path():
+    """in_node tests each distinct path of a categorical state column once: the same rows as
+    testing every row's text (paths that share a prefix as text, unused categories, the root,
+    an object column)."""
+    from recluster.compute.explain import in_node
+
+    rng = np.random.default_rng(2)
+    paths = ["root", "root.1", "root.10", "root.1.2", "root.10.1", "root.2", "root.1.20"]
+    texts = np.array(paths, dtype=object)[rng.integers(0, len(paths), 5_000)]
+    depth = np.array([p.count(".") for p in texts], dtype=np.int8)
+    column = pd.Series(pd.Categorical(texts, categories=[*paths, "root.7"]))
+    for node in ["root", "root.1", "root.10", "root.1.2", "root.7", "root.3"]:
+        for node_depth in (node.count("."), 0):
+            want = in_node(texts, depth, node, node_depth)
+            assert np.array_equal(in_node(column, depth, node, node_depth), want), node
+            assert np.array_equal(in_node(pd.Series(texts, dtype=object), depth, node,
+                                          node_depth), want), node
+    assert in_node(column, depth, "root.1", 1).sum() == sum(
+        t == "root.1" or t.startswith("root.1.") for t in texts)

@@ -19,6 +19,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from recluster.compute.node import U_COLUMN
 from recluster.compute.paths import NodePath
 from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings
+from recluster.compute.routing import codes_of
 
 F32_MAX = float(np.finfo(np.float32).max)
 #: Statistics over many numeric columns (profiles, the feature screen) are computed a block of
@@ -67,9 +68,20 @@ def category_name(level: str) -> str:
     return level.replace("\\", "\\\\").replace("\x00", "\\0")
 
 
-def in_node(cluster: np.ndarray, depth: np.ndarray, path: str, node_depth: int) -> np.ndarray:
-    """Rows that belong to node ``path`` (at depth ``node_depth``) given final labels."""
-    return (depth >= node_depth) & NodePath.parse(path).covers(cluster)
+def in_node(cluster: pd.Series | np.ndarray, depth: np.ndarray, path: str,
+            node_depth: int) -> np.ndarray:
+    """Rows that belong to node ``path`` (at depth ``node_depth``) given final labels.
+
+    ``cluster`` is the rows' paths: a state column (each distinct path tested once, then
+    spread to the rows by their codes: testing every row's text in Python cost seconds per
+    pass at millions of rows) or an array of texts."""
+    node = NodePath.parse(path)
+    if isinstance(cluster, pd.Series):
+        codes, uniques = codes_of(cluster)
+        hit = np.append(node.covers(uniques), False)[codes]  # (a code -1, no path: not in it)
+    else:
+        hit = node.covers(cluster)
+    return (depth >= node_depth) & hit
 
 
 def select_training_rows(df: pd.DataFrame, state: pd.DataFrame,
@@ -80,7 +92,7 @@ def select_training_rows(df: pd.DataFrame, state: pd.DataFrame,
     several nodes (its ancestors); it is emitted once per node with ``_node`` and ``_child``
     (its cluster number among the node's children, ``-1`` for noise).
     """
-    cluster = state["cluster"].to_numpy()
+    cluster = state["cluster"]
     depth = state["depth"].to_numpy()
     u = state[U_COLUMN].to_numpy()
     rows, nodes, children = [], [], []

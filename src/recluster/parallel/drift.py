@@ -18,7 +18,7 @@ from recluster.compute.reduce import project
 
 def _counts(df: pd.DataFrame, state: pd.DataFrame,
             nodes: Mapping[str, tuple[int, NodeFit]]) -> pd.DataFrame:
-    cluster, depth = state["cluster"].to_numpy(), state["depth"].to_numpy()
+    cluster, depth = state["cluster"], state["depth"].to_numpy()
     out = []
     for path, (node_depth, fit) in nodes.items():
         mask = in_node(cluster, depth, path, node_depth)
