@@ -557,7 +557,7 @@ def test_rows_drawn_by_levels_merge_one_task_per_input_partition():
     import dask
     import dask.dataframe as dd
 
-    from recluster.parallel.explain import _drawn_rows
+    from recluster.parallel.explain import _drawn_levels, _merged
 
     parts = [pd.DataFrame({"x": [1.0, 2.0, 3.0], "c": pd.Categorical(list(cats)),
                            "_node": ["root"] * 3, "_child": [0, 1, -1]})
@@ -569,7 +569,8 @@ def test_rows_drawn_by_levels_merge_one_task_per_input_partition():
          for p, k in zip(parts, (2, 0, 1), strict=True)],
         meta=parts[0].iloc[:0], verify_meta=False)
     spec = {"root": (0, 1.0), "root.0": (1, 1.0)}
-    merged = _drawn_rows([({"root": (0, 1.0)}, first), ({"root.0": (1, 1.0)}, second)], spec)
+    merged = _merged(_drawn_levels([({"root": (0, 1.0)}, first), ({"root.0": (1, 1.0)}, second)],
+                                   spec))
     assert merged.npartitions == 3
     interleaved = dd.concat([f.partitions[i] for i in range(3) for f in (first, second)])
     with dask.config.set(scheduler="sync"):

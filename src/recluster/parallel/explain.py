@@ -111,9 +111,18 @@ def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: 
     raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {detail}")
 
 
-def _by_node(part: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """One partition of the drawn rows, split by ``_node`` (kept in row order)."""
-    return {str(path): rows for path, rows in part.groupby("_node", sort=False)}
+def _by_node(*parts: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Some partitions of the drawn rows (in input order, each input partition's levels in
+    level order), split by ``_node``: each node's rows in that order, concatenated (as Dask
+    concatenates partitions: categoricals united) only where several partitions hold some.
+    One copy of the rows besides the split, where merging the levels and then the partitions
+    before the split made two."""
+    pieces: dict[str, list[pd.DataFrame]] = {}
+    for part in parts:
+        for path, rows in part.groupby("_node", sort=False):
+            pieces.setdefault(str(path), []).append(rows)
+    return {path: rows[0] if len(rows) == 1 else methods.concat(rows)
+            for path, rows in pieces.items()}
 
 
 def _pick(groups: dict[str, pd.DataFrame], path: str) -> pd.DataFrame | None:
@@ -263,12 +272,11 @@ def draw_frame(feats: dd.DataFrame, state: dd.DataFrame, spec: Mapping[str, tupl
                              meta=meta, align_dataframes=False)
 
 
-def _drawn_rows(drawn: Sequence[tuple[Mapping[str, tuple[int, float]], dd.DataFrame]],
-                spec: Mapping[str, tuple[int, float]]) -> dd.DataFrame | None:
-    """The rows drawn beforehand (by the assignment passes) as one frame, if they are the rows
-    ``spec`` draws (every node, at the same threshold), else None. Partition ``i`` holds input
-    partition ``i``'s draws of every level, so that each node's rows come in input order, as
-    one draw over the final state gives them."""
+def _drawn_levels(drawn: Sequence[tuple[Mapping[str, tuple[int, float]], dd.DataFrame]],
+                  spec: Mapping[str, tuple[int, float]]) -> list[dd.DataFrame] | None:
+    """The rows drawn beforehand (by the assignment passes), a frame per level with a partition
+    per input partition, if they are the rows ``spec`` draws (every node, at the same
+    threshold), else None."""
     if not drawn:
         return None
     have: dict[str, tuple[int, float]] = {}
@@ -279,6 +287,14 @@ def _drawn_rows(drawn: Sequence[tuple[Mapping[str, tuple[int, float]], dd.DataFr
     frames = [f for _, f in drawn]
     if len({f.npartitions for f in frames}) > 1:
         return None
+    return frames
+
+
+def _merged(frames: Sequence[dd.DataFrame]) -> dd.DataFrame:
+    """Each level's explanation rows (a partition per input partition) as one frame whose
+    partition ``i`` holds input partition ``i``'s draws of every level, so that each node's
+    rows come in input order, as one draw over the final state gives them (what xgboost.dask
+    trains on)."""
     if len(frames) == 1:
         return frames[0]
     # One task per input partition concatenates its draws of every level: dd.concat of every
@@ -328,21 +344,26 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                 [ts.key(c) for c in ts.describe_categorical])
     names = {k: c for c, k in ts.keys.items()}  # what people read: the columns' own names
     meta = explain.select_training_rows(feats._meta, state._meta, {}, _draw_columns(ts))
-    # Every node's rows come from one pass; they are few (train_rows per node), so they are
-    # merged into one partition per worker: the per-node tasks and the xgboost.dask queries
-    # below then cost a handful of tasks instead of a few per input partition.
+    # Every node's rows come from one pass (or from the assignment passes, a frame per level);
+    # they are few (train_rows per node), so one task per worker splits a run of input
+    # partitions by node: the per-node tasks then cost a handful of picks instead of one per
+    # input partition.
     n_parts = max(1, len(client.scheduler_info().get("workers", {})))
-    train_all = _drawn_rows(drawn, spec)
-    if train_all is None:
-        train_all = draw_frame(feats, state, spec, ts)
-    train_all = train_all.repartition(npartitions=min(n_parts, train_all.npartitions)).persist()
+    levels = _drawn_levels(drawn, spec)  # persisted by the passes that drew them
+    if levels is None:
+        levels = [draw_frame(feats, state, spec, ts).persist()]
     if isinstance(drawn, list):
-        drawn.clear()  # merged above: the caller's copies are let go (the merge keeps its inputs)
-    # The persisted partitions, in partition order (keys ``(name, i)``): a node's rows are
-    # gathered in that order, which the models' bytes depend on.
-    parts = sorted(futures_of(train_all), key=lambda f: f.key[1])
-    if [f.key[1] for f in parts] != list(range(train_all.npartitions)):
-        raise RuntimeError(f"persisted explanation rows: unexpected keys {[f.key for f in parts]}")
+        drawn.clear()  # held here now: the caller's references are let go
+    # Each level's persisted partitions, in partition order (keys ``(name, i)``): a node's rows
+    # are gathered in that order, which the models' bytes depend on.
+    by_level = []
+    for frame in levels:
+        parts = sorted(futures_of(frame), key=lambda f: f.key[1])
+        if [f.key[1] for f in parts] != list(range(frame.npartitions)):
+            raise RuntimeError(f"persisted explanation rows: unexpected keys {[f.key for f in parts]}")
+        by_level.append(parts)
+    # One task per run of input partitions splits their rows (every level's) by node.
+    runs = np.array_split(np.arange(levels[0].npartitions), min(n_parts, levels[0].npartitions))
 
     tracked: dict[str, tuple[Future, str, str, str | None, str]] = {}  # awaited results
 
@@ -358,7 +379,8 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
             tracked[fut.key] = (fut, *track)
         return fut
 
-    groups = [submit(_by_node, part, key=f"groups-{i}") for i, part in enumerate(parts)]
+    groups = [submit(_by_node, *(parts[j] for j in run for parts in by_level),
+                     key=f"groups-{i}") for i, run in enumerate(runs)]
     # A node's rows are picked from each partition's groups on the worker that holds them.
     # Left to the scheduler, a pick could go to a less busy worker, which then received the
     # whole partition's groups (every node's rows: 235 MB a partition at 500 columns) to
@@ -387,7 +409,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                         fit.preprocessor.categorical, path, list(children), names, describe,
                         key=f"profiles-{path}",
                         track=("profiles", path, None, f"profiling node {path}")))
-    del groups, parts, rows, split  # the tasks hold what they need; the rest may be released
+    del groups, by_level, parts, rows, split  # the tasks hold what they need; the rest may go
     counts_left = len(nodes_)
 
     try:
@@ -414,7 +436,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                     else:
                         node.on_cluster.append((cp_, k, params, n_pos, n_neg))
                 if not counts_left and all(n.local for n in nodes_.values()):
-                    train_all = None  # only xgboost.dask reads the merged rows: let them go
+                    levels = None  # only xgboost.dask reads them again: let them go
             elif kind == "profiles":
                 node.profiled, res.profiles = True, fut.result()
             else:
@@ -430,8 +452,13 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     except BaseException:
         client.cancel([f for f, *_ in tracked.values()])
         raise
+    train_all = None
     for path, node in nodes_.items():
         if not node.local:
+            if train_all is None:  # every node's rows as one frame, a partition per worker
+                merged = _merged(levels)
+                train_all = merged.repartition(
+                    npartitions=min(n_parts, merged.npartitions)).persist()
             _train_on_cluster(client, train_all, node, out[path], spec[path][1], cfg, echo,
                               submit)
     return out
