@@ -189,6 +189,27 @@ def test_profile_quantiles_by_selection_equal_numpys_quantile():
                     assert not (got == 0 and np.signbit(got)), (side, key, j)  # 0.0, not -0.0
 
 
+def test_a_column_of_one_value_has_no_effect_size_whatever_its_means_rounding():
+    """A mean of n copies of 2.7 is not 2.7 to the last bit, so a column that holds one value
+    in a node had a pooled spread of rounding errors and an "effect" of +-1.4 or 2 sd (a fact
+    "higher x: mean 2.7 vs 2.7 (1.96 sd)"). Rounding is no spread: such a column has none, as
+    one of integers always had; a real spread far below the values' size still counts."""
+    from recluster.compute.explain import numeric_profile_stats
+
+    rng = np.random.default_rng(1)
+    for n in (100, 1_000, 3_001):
+        member = rng.random(n) < 0.3
+        xt = np.empty((5, n))
+        xt[0], xt[1], xt[2] = 0.1, 2.7, 123.456  # one value on both sides
+        xt[3] = np.where(member, 1.1, 2.2)  # one value on each side
+        xt[4] = 1e9 + rng.normal(size=n) + member  # a spread a billionth of the values
+        xt[1, rng.random(n) < 0.2] = np.nan
+        stats = numeric_profile_stats(xt, member)
+        assert np.isnan(stats["effect_size"][:4]).all(), (n, stats["effect_size"])
+        assert 0.5 < stats["effect_size"][4] < 1.5, n
+        assert np.isnan(numeric_profile_stats(np.full((1, n), 4.0), member)["effect_size"][0])
+
+
 
 
 def test_rows_in_a_node_from_a_categorical_state_column_equal_testing_each_rows_path():

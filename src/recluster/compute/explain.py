@@ -548,6 +548,11 @@ def _quantiles(v: np.ndarray, count: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+#: A pooled standard deviation at most this share of the means' magnitude is rounding, not
+#: spread (a constant column's, pairwise-summed: under 5e-16), so there is no effect size.
+EFFECT_RTOL = 1e-12
+
+
 def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.ndarray]:
     """The numeric columns of :func:`profiles`, every column at once (a wide node's profiles
     were a Python loop of a dozen numpy calls per column and child).
@@ -594,7 +599,12 @@ def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.nd
             var[side] = np.where(count > 0, np.einsum("ij,ij->i", v, v) / np.maximum(count, 1),
                                  np.nan)
         pooled = np.sqrt((var["member"] + var["rest"]) / 2)
-        effect = np.where(pooled > 0, (stats["member_mean"] - stats["rest_mean"]) / pooled, np.nan)
+        # A column of one value has a spread of rounding errors only (a mean of n copies of 2.7
+        # is not 2.7 to the last bit): its "effect" was +-1.4 or 2 sd, a fact "higher x: mean
+        # 2.7 vs 2.7". A spread under EFFECT_RTOL of the means' size is no spread.
+        size = np.maximum(np.abs(stats["member_mean"]), np.abs(stats["rest_mean"]))
+        effect = np.where(pooled > EFFECT_RTOL * size,
+                          (stats["member_mean"] - stats["rest_mean"]) / pooled, np.nan)
     order = [f"{side}_{k}" for side in ("member", "rest")
              for k in ("mean", "median", "q25", "q75", "missing")]
     return {**{k: stats[k] for k in order}, "effect_size": effect,
