@@ -229,5 +229,8 @@ def test_rows_in_a_node_from_a_categorical_state_column_equal_testing_each_rows_
             assert np.array_equal(in_node(column, depth, node, node_depth), want), node
             assert np.array_equal(in_node(pd.Series(texts, dtype=object), depth, node,
                                           node_depth), want), node
+    missing = pd.Series(pd.Categorical(["root.1", None]))  # (never written: as covers has it)
+    assert in_node(missing, np.ones(2), "root", 0).tolist() == [True, True]
+    assert in_node(missing, np.ones(2), "root.1", 1).tolist() == [True, False]
     assert in_node(column, depth, "root.1", 1).sum() == sum(
         t == "root.1" or t.startswith("root.1.") for t in texts)

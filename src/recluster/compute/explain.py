@@ -78,7 +78,8 @@ def in_node(cluster: pd.Series | np.ndarray, depth: np.ndarray, path: str,
     node = NodePath.parse(path)
     if isinstance(cluster, pd.Series):
         codes, uniques = codes_of(cluster)
-        hit = np.append(node.covers(uniques), False)[codes]  # (a code -1, no path: not in it)
+        # (a code -1, no path: in the root only, as covers has it)
+        hit = np.append(node.covers(uniques), node.is_root)[codes]
     else:
         hit = node.covers(cluster)
     return (depth >= node_depth) & hit
