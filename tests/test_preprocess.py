@@ -335,3 +335,23 @@ def test_categorical_strings_of_a_typed_column_spell_each_distinct_value_as_row_
         got = categorical_strings(col)
         assert got.dtype == object and got.tolist() == row_by_row(col), name
     assert categorical_strings(columns["objects"]).tolist()[:4] == ["True", "1", "1", "1"]
+
+
+def test_categorical_strings_of_arrow_floats_and_nested_values_as_row_by_row():
+    """Arrow's float columns hold NaN apart from null: factorising keeps NaN a value of its own
+    (spelt "nan"), where row by row it is missing; Arrow cannot factorise a struct (or list)
+    column, which row by row spells as before."""
+    import pyarrow as pa
+
+    from recluster.compute.preprocess import _level
+
+    def row_by_row(col: pd.Series) -> list:
+        return [MISSING if pd.isna(v) else _level(v) for v in col.astype(object)]
+
+    floats = pd.Series(pa.array([1.0, None, float("nan"), 2.5]), dtype=pd.ArrowDtype(pa.float64()))
+    assert categorical_strings(floats).tolist() == row_by_row(floats) == \
+        ["1", MISSING, MISSING, "2.5"]
+    struct = pd.Series(pa.array([{"a": 1}, None, {"a": 1}]),
+                       dtype=pd.ArrowDtype(pa.struct([("a", pa.int64())])))
+    assert categorical_strings(struct).tolist() == row_by_row(struct) == \
+        ["{'a': 1}", MISSING, "{'a': 1}"]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 MISSING = "__missing__"
 OTHER = "__other__"
@@ -33,6 +34,11 @@ def _level(v) -> str:
     return str(v)
 
 
+def _nested(dtype) -> bool:
+    """An Arrow struct, list or map type: Arrow cannot factorise it (spelt row by row)."""
+    return isinstance(dtype, pd.ArrowDtype) and pa.types.is_nested(dtype.pyarrow_dtype)
+
+
 def categorical_strings(col: pd.Series) -> np.ndarray:
     """Categorical values as an object array of strings, missing values as ``__missing__``.
 
@@ -40,11 +46,14 @@ def categorical_strings(col: pd.Series) -> np.ndarray:
     distinct value spelt once: spelling every row in Python cost each pass ~0.5 s per million
     rows and categorical column. A column of Python objects is spelt row by row (its values
     may compare equal across types, ``True == 1``, and still be spelt apart)."""
-    if col.dtype != object:
+    if col.dtype != object and not _nested(col.dtype):
         codes, uniques = pd.factorize(col, use_na_sentinel=True)
-        spelt = np.array([*(_level(v) for v in uniques), MISSING], dtype=object)
+        # A unique may still be missing: Arrow's floats hold NaN apart from null (not the
+        # sentinel), which row by row is missing like null.
+        spelt = np.array([*(MISSING if pd.isna(v) else _level(v) for v in uniques), MISSING],
+                         dtype=object)
         return spelt[codes]  # (code -1, a missing value: the last)
-    values = col.to_numpy()
+    values = col.to_numpy(dtype=object)
     out = np.empty(len(values), dtype=object)
     missing = pd.isna(values)
     out[missing] = MISSING
