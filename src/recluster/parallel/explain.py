@@ -115,8 +115,8 @@ def _by_node(*parts: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Some partitions of the drawn rows (in input order, each input partition's levels in
     level order), split by ``_node``: each node's rows in that order, concatenated (as Dask
     concatenates partitions: categoricals united) only where several partitions hold some.
-    One copy of the rows besides the split, where merging the levels and then the partitions
-    before the split made two."""
+    The rows are copied by the split and by that concatenation at most, where merging the
+    levels and then the partitions before a split copied them three times."""
     pieces: dict[str, list[pd.DataFrame]] = {}
     for part in parts:
         for path, rows in part.groupby("_node", sort=False):
