@@ -31,15 +31,20 @@ from recluster.demo import make_table
 from recluster.parallel.explain import explain_nodes
 
 
-def true_tree(n_rows: int, seed: int):
-    """The generator's table (keyed columns), a labels state and the nodes explain_nodes takes."""
+def true_tree(n_rows: int, seed: int, n_features: int | None = None):
+    """The generator's table (keyed columns), a labels state and the nodes explain_nodes takes;
+    ``n_features`` numeric-and-categorical columns shaped as jobs/benchmark.py's (default: the
+    generator's own 15)."""
     n_sub = 3
-    table, truth = make_table(n_rows, n_sub=n_sub, seed=seed)
+    shape = {} if n_features is None else {"n_informative": max(4, n_features // 3),
+                                             "n_noise": n_features - max(4, n_features // 3) - 3}
+    table, truth = make_table(n_rows, n_sub=n_sub, seed=seed, **shape)
     numeric = tuple(c for c in table.columns if c not in ("user_id", "country"))
     ts = TableSchema("user_id", numeric, ("country",), None, pa.int64(),
                      tuple((c, pa.float64()) for c in numeric)
                      + (("country", pa.string()), ("user_id", pa.int64())))
-    feats = table[list(ts.columns)].rename(columns=ts.keys)
+    # (a copy: one block per dtype, as a read piece is; the generator's frame is a block a column)
+    feats = table[list(ts.columns)].rename(columns=ts.keys).copy()
     group = truth["group"].to_numpy()
     sub = truth["subgroup"].to_numpy() - group * n_sub
     state = pd.DataFrame({"cluster": [f"root.{g}.{s}" for g, s in zip(group, sub, strict=True)],
@@ -66,12 +71,19 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--features", type=int, default=None,
+                    help="columns as jobs/benchmark.py --features (default: the generator's 15)")
     args = ap.parse_args()
-    ts, feats, state, nodes = true_tree(args.rows, args.seed)
+    ts, feats, state, nodes = true_tree(args.rows, args.seed, args.features)
     # Versions before the fan-out take no run id.
     kw = {"run_id": "bench"} if "run_id" in inspect.signature(explain_nodes).parameters else {}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
+        try:  # as a job's client does (versions before it had none)
+            from recluster.parallel.frame_sizes import FrameSizes
+            client.register_plugin(FrameSizes())
+        except ImportError:
+            pass
         fd = dd.from_pandas(feats, npartitions=args.partitions)
         sd = dd.from_pandas(state, npartitions=args.partitions)
         for rep in range(args.reps):
