@@ -23,13 +23,9 @@ from distributed.diagnostics.plugin import WorkerPlugin
 BLOCK_OVERHEAD = 1200
 
 
-def _dask_frame_sizeof():
-    """Dask's own DataFrame estimate (looked up first: that also makes Dask register its
-    pandas estimates, which would otherwise replace ours when first needed)."""
-    return sizeof.dispatch(pd.DataFrame)
-
-
-_DASK = _dask_frame_sizeof()
+#: Dask's own DataFrame estimate, looked up at import: that also makes Dask register its pandas
+#: estimates now, which would otherwise replace ours when first needed.
+_DASK = sizeof.dispatch(pd.DataFrame)
 
 
 def frame_sizeof(df: pd.DataFrame) -> int:
@@ -51,7 +47,6 @@ def frame_sizeof(df: pd.DataFrame) -> int:
 
 def use_frame_sizeof() -> None:
     """Size DataFrames with :func:`frame_sizeof` in this process (idempotent)."""
-    _dask_frame_sizeof()
     sizeof.register(pd.DataFrame)(frame_sizeof)
 
 
