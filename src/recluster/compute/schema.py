@@ -28,7 +28,7 @@ import functools
 import operator
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -391,39 +391,92 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     -------
     pandas.DataFrame (n, k)
     """
-    cols = {}
-    levels = {*ts.categorical_keys, ts.stratum_key, *(ts.key(c) for c in ts.describe_categorical)}
-    floats = [name for name in table.column_names
-              if name not in levels and pa.types.is_float64(table.schema.field(name).type)]
-    block = _float_block(table, floats) if len(floats) > 1 else None
-    for name in table.column_names:
-        if block is not None and name in block:
-            continue
-        col = table.column(name).combine_chunks()
-        if isinstance(col.type, pa.BaseExtensionType):
-            col = col.storage
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        if _kind(col.type) == "binary":  # bytes need not be UTF-8: hex text, like the id
-            cols[name] = pd.Series(_hex(col), dtype="str")
-            continue
-        if pa.types.is_boolean(col.type):
-            col = pc.cast(col, pa.float64())
-        exact = name in levels and pa.types.is_integer(col.type) and col.null_count > 0
-        cols[name] = col.to_pandas(integer_object_nulls=exact)
-    if block is None:
-        return pd.DataFrame(cols)
+    return tables_to_frame([table], ts, table.column_names)
+
+
+def _level_keys(ts: TableSchema) -> set[str]:
+    """Keys of the columns read as levels (categorical, the stratum, descriptive categorical)."""
+    return {*ts.categorical_keys, ts.stratum_key, *(ts.key(c) for c in ts.describe_categorical)}
+
+
+def read_groups(ts: TableSchema, size: int) -> list[list[tuple[str, str]]]:
+    """The groups of ``(column, key)`` a piece is read in, in turn (:func:`tables_to_frame`):
+    every column at once, or, where more than ``size`` columns go into the float block, the
+    other columns and then the block's ``size`` at a time. A piece's decoded Arrow columns
+    then take one group's memory instead of all of them (500 columns of 50,000 rows: a worker's
+    Arrow high-water mark 874 -> 365 MB at 100 a group), and a fresh worker's first reads touch
+    that much less new memory."""
+    columns = list(ts.keys.items())
+    types, levels = dict(ts.read_types), _level_keys(ts)
+    floats = [(c, k) for c, k in columns
+              if k not in levels and c in types and pa.types.is_float64(types[c])]
+    if len(floats) <= size:
+        return [columns]
+    block = set(floats)
+    others = [ck for ck in columns if ck not in block]
+    return ([others] if others else []) + [floats[i:i + size] for i in range(0, len(floats), size)]
+
+
+def _column_values(col: pa.ChunkedArray, exact: bool):
+    """One column that is not in the float block, as pandas holds it (see
+    :func:`table_to_frame`; ``exact``: a level column of integers with nulls)."""
+    col = col.combine_chunks()
+    if isinstance(col.type, pa.BaseExtensionType):
+        col = col.storage
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if _kind(col.type) == "binary":  # bytes need not be UTF-8: hex text, like the id
+        return pd.Series(_hex(col), dtype="str")
+    if pa.types.is_boolean(col.type):
+        col = pc.cast(col, pa.float64())
+    return col.to_pandas(integer_object_nulls=exact and pa.types.is_integer(col.type)
+                         and col.null_count > 0)
+
+
+def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
+                    order: Sequence[str]) -> pd.DataFrame:
+    """:func:`table_to_frame` of a piece whose columns come in several tables of the same rows
+    (:func:`read_groups`), taken one after the other: each table's float64 columns are copied
+    into the block as it comes and the table let go before the next is read.
+
+    Parameters
+    ----------
+    tables : iterable of pyarrow.Table (n, k_i), columns named by :attr:`TableSchema.keys`
+    order : every column's key, in the frame's order
+    """
+    levels = _level_keys(ts)
+    types = {ts.key(c): t for c, t in ts.read_types}
+    cols, values, filled = {}, None, 0
+    floats: list[str] | None = None
+    row: dict[str, int] = {}
+    for table in tables:
+        if floats is None:  # the block's columns: every float64 column that is not a level
+            given = {name: table.schema.field(name).type for name in table.column_names}
+            floats = [k for k in order if k not in levels
+                      and pa.types.is_float64(given.get(k, types.get(k, pa.null())))]
+            if len(floats) > 1:
+                values = _block_values(len(floats), table.num_rows)
+                row = {k: j for j, k in enumerate(floats)}
+        for name in table.column_names:
+            if name in row:
+                _fill(values[row[name]], table.column(name))
+                filled += 1
+            else:
+                cols[name] = _column_values(table.column(name), name in levels)
+        del table
+    if values is None:
+        return pd.DataFrame(cols)[list(order)] if cols else pd.DataFrame(cols)
+    if filled != len(row):
+        raise ValueError(f"{len(row) - filled} float column(s) of the block were not read")
+    # copy=False: pandas 3 copies an array given to the constructor, which was a second copy
+    # of every value (same layout either way: one (k, n) C-ordered block).
+    block = pd.DataFrame(values.T, columns=list(row), copy=False)
     # Under copy-on-write, the concatenation and the reordering are views of both frames.
-    return pd.concat([pd.DataFrame(cols, index=block.index), block], axis=1)[table.column_names]
+    return pd.concat([pd.DataFrame(cols, index=block.index), block], axis=1)[list(order)]
 
 
-def _float_block(table: pa.Table, names: Sequence[str]) -> pd.DataFrame:
-    """The float64 columns ``names`` of ``table`` as one frame over a single (k, n) array, each
-    Arrow chunk copied once into its row (nulls as NaN, as ``to_pandas`` gives them).
-
-    Column by column, ``to_pandas`` and the frame's consolidation of the columns into one block
-    copy every value twice; for a table of hundreds of numeric columns, reading a piece then
-    cost more than decoding it. The values are the same.
+def _block_values(k: int, n: int) -> np.ndarray:
+    """A (k, n) float64 array in Arrow's memory, the float block's values.
 
     The block's memory comes from Arrow's memory pool (the one that decoded the piece), not
     from ``malloc``: glibc maps a block this large afresh for every read and unmaps it when the
@@ -431,22 +484,19 @@ def _float_block(table: pa.Table, names: Sequence[str]) -> pd.DataFrame:
     system's page faults: several times the copy itself on a VM that hands freed memory back
     to its host). Arrow's pool reuses what the previous read freed (see
     :data:`recluster.parallel.client.WORKER_ENV`).
-
-    Returns
-    -------
-    pandas.DataFrame (n, k), one float64 block (Fortran-ordered as an (n, k) array)
     """
-    shape = (len(names), table.num_rows)
-    values = np.frombuffer(pa.allocate_buffer(8 * shape[0] * shape[1]),
-                           dtype=np.float64).reshape(shape)  # keeps its buffer alive
-    for j, name in enumerate(names):
-        start = 0
-        for chunk in table.column(name).chunks:
-            values[j, start:start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
-            start += len(chunk)
-    # copy=False: pandas 3 copies an array given to the constructor, which was a second copy
-    # of every value (same layout either way: one (k, n) C-ordered block).
-    return pd.DataFrame(values.T, columns=list(names), copy=False)
+    return np.frombuffer(pa.allocate_buffer(8 * k * n), dtype=np.float64).reshape(k, n)
+
+
+def _fill(row: np.ndarray, column: pa.ChunkedArray) -> None:
+    """Copy a float64 column into its row of the block, each Arrow chunk once (nulls as NaN,
+    as ``to_pandas`` gives them). Column by column, ``to_pandas`` and the frame's
+    consolidation of the columns into one block copied every value twice; for a table of
+    hundreds of numeric columns, reading a piece then cost more than decoding it."""
+    start = 0
+    for chunk in column.chunks:
+        row[start:start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        start += len(chunk)
 
 
 def empty_frame(ts: TableSchema) -> pd.DataFrame:

@@ -26,15 +26,23 @@ from recluster.compute.schema import TableSchema
 from recluster.config import JobConfig
 from recluster.parallel.client import imports_ready
 from recluster.storage.fs import Location
-from recluster.storage.inputs import Piece, read_piece
+from recluster.storage.inputs import Piece, read_piece_groups
 from recluster.storage.outputs import OutputStore, parquet_bytes
+
+#: A piece with more float columns than this is read this many at a time
+#: (:func:`recluster.compute.schema.read_groups`). On the wide benchmark's pieces (50,000 x 500)
+#: groups of 100 kept a worker's Arrow memory at 365 MB instead of 874 and its first reads'
+#: system CPU at 1.9 s instead of 5.2 (both workers, six pieces), for 0.3 s more of decoding.
+READ_GROUP_COLUMNS = 100
 
 
 def read_frame(piece: Piece, loc: Location, ts: TableSchema) -> pd.DataFrame:
     """One piece's columns of ``ts``, under their internal keys (see :mod:`recluster.compute.schema`),
-    text columns as Dask's string conversion gives them (:func:`dask_strings`)."""
-    table = read_piece(piece, loc, ts.read_schema, list(ts.keys.items()))
-    return dask_strings(schema.table_to_frame(table, ts))
+    text columns as Dask's string conversion gives them (:func:`dask_strings`); a wide piece's
+    float columns a group at a time (:data:`READ_GROUP_COLUMNS`)."""
+    tables = read_piece_groups(piece, loc, ts.read_schema,
+                               schema.read_groups(ts, READ_GROUP_COLUMNS))
+    return dask_strings(schema.tables_to_frame(tables, ts, list(ts.keys.values())))
 
 
 def dask_strings(df: pd.DataFrame) -> pd.DataFrame:

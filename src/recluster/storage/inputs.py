@@ -17,7 +17,7 @@ import functools
 import json
 import operator
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -405,16 +405,31 @@ def _piece_fs(loc: Location) -> pafs.FileSystem:
     return pafs.LocalFileSystem() if is_local(loc.url) else _arrow_fs(loc)
 
 
-def _read(piece: Piece, loc: Location, schema: pa.Schema, names: Sequence[str]) -> pa.Table:
-    """Columns ``names`` of one piece under the table's names, cast to ``schema``, filtered."""
-    if piece.filter is not None:  # the columns it tests are read too (and then dropped)
-        schema = pa.schema([*schema, *(pa.field(c, t) for c, t in piece.filter_fields
-                                       if c not in schema.names)])
-    in_file = dict(piece.renamed)
-    frag = _parquet_format(loc).make_fragment(
+def _fragment(piece: Piece, loc: Location, schema: pa.Schema) -> ds.ParquetFileFragment:
+    """The piece's row groups of its file; its footer is read by the first read of it and
+    kept for the next ones."""
+    return _parquet_format(loc).make_fragment(
         piece.path, filesystem=_piece_fs(loc),
         partition_expression=_partition_expression(piece, schema),
         row_groups=list(piece.row_groups))
+
+
+def _filter_schema(piece: Piece, schema: pa.Schema) -> pa.Schema:
+    """``schema`` and the columns the piece's filter tests (read too, then dropped)."""
+    if piece.filter is None:
+        return schema
+    return pa.schema([*schema, *(pa.field(c, t) for c, t in piece.filter_fields
+                                 if c not in schema.names)])
+
+
+def _read(piece: Piece, loc: Location, schema: pa.Schema, names: Sequence[str],
+          frag: ds.ParquetFileFragment | None = None) -> pa.Table:
+    """Columns ``names`` of one piece under the table's names, cast to ``schema``, filtered
+    (through ``frag``, :func:`_fragment`, when given)."""
+    schema = _filter_schema(piece, schema)
+    in_file = dict(piece.renamed)
+    if frag is None:
+        frag = _fragment(piece, loc, schema)
     if not in_file:
         return frag.to_table(schema=schema, columns=list(names), filter=piece.filter,
                              use_threads=False)
@@ -465,10 +480,29 @@ def read_piece(piece: Piece, loc: Location, schema: pa.Schema,
     -------
     pyarrow.Table, shape (piece.n_rows, len(columns)), no schema metadata
     """
+    return next(read_piece_groups(piece, loc, schema, [columns]))
+
+
+def read_piece_groups(piece: Piece, loc: Location, schema: pa.Schema,
+                      groups: Sequence[Sequence[tuple[str, str]]]) -> Iterator[pa.Table]:
+    """:func:`read_piece` of each group of columns in turn, the same rows each time, through
+    one fragment (its footer read once): a wide piece read a group at a time, so that only one
+    group's decoded columns are in memory at once (this generator keeps no reference to a
+    group it has handed out)."""
+    frag: list[ds.ParquetFileFragment] = []
+    for columns in groups:
+        yield _read_group(piece, loc, schema, columns, frag)
+
+
+def _read_group(piece: Piece, loc: Location, schema: pa.Schema,
+                columns: Sequence[tuple[str, str]], frag: list) -> pa.Table:
+    """One group of :func:`read_piece_groups`; ``frag`` holds the piece's fragment once made."""
     names = [c for c, _ in columns]
     try:
         with storage_errors(loc, f"reading {piece.url}"):
-            table = _read(piece, loc, schema, names)
+            if not frag:
+                frag.append(_fragment(piece, loc, _filter_schema(piece, schema)))
+            table = _read(piece, loc, schema, names, frag[0])
     except (OSError, pa.ArrowException) as exc:
         column = _failing_column(piece, loc, schema, names, exc)
         raise InputDataError(f"cannot read {piece.url}{column}: {exc}") from None
