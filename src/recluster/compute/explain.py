@@ -28,38 +28,63 @@ F32_MAX = float(np.finfo(np.float32).max)
 BLOCK_VALUES = 2_000_000
 
 
-def raw_frame(df: pd.DataFrame, pre: Preprocessor) -> pd.DataFrame:
+def raw_frame(rows: pd.DataFrame | Sequence[pd.DataFrame], pre: Preprocessor) -> pd.DataFrame:
     """Features as the classifiers see them: numeric imputed with the node's medians (not
     scaled, not logged), categoricals as pandas categories over the node's levels.
 
     Parameters
     ----------
-    df : DataFrame (n, ...) with the node's feature columns
+    rows : DataFrame (n, ...) with the node's feature columns, or the pieces of it in order
+        (:func:`pieces_of`: written into one frame, never concatenated first)
     pre : the node's fitted Preprocessor
 
     Returns
     -------
-    DataFrame (n, n_numeric + n_categorical), the numeric columns one float32 block
+    DataFrame (n, n_numeric + n_categorical), the numeric columns one float32 block; the index
+    of ``rows`` given as one frame, else 0 .. n-1
     """
+    pieces = pieces_of(rows)
+    n = sum(len(p) for p in pieces)
     numeric = list(pre.numeric)
-    # Column by column (small arrays, cache-sized) into one F-ordered (n, m) float32 array:
-    # pandas' single (m, n) block, which the frame takes without the copy that consolidating
-    # a column-per-array frame makes (0.2 s for 50,000 x 500).
-    x = np.empty((len(df), len(numeric)), dtype=np.float32, order="F")
-    for j, c in enumerate(numeric):
-        v = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
-        v = np.where(np.isnan(v), pre.medians_[c], v)
-        # float32 is what XGBoost holds; beyond its range a value would become inf (an error).
-        x[:, j] = np.clip(v, -F32_MAX, F32_MAX)
-    out = pd.DataFrame(x, index=df.index, columns=numeric, copy=False)
+    # One F-ordered (n, m) float32 array: pandas' single (m, n) block, which the frame takes
+    # without the copy that consolidating a column-per-array frame makes (0.2 s for
+    # 50,000 x 500), each piece's rows written in place (no concatenation of 500 columns).
+    x = np.empty((n, len(numeric)), dtype=np.float32, order="F")
+    medians = np.array([pre.medians_[c] for c in numeric], dtype=np.float64)
+    at = 0
+    for p in pieces:
+        _raw_numeric(p, numeric, medians, x[at:at + len(p)])
+        at += len(p)
+    index = pieces[0].index if len(pieces) == 1 else pd.RangeIndex(n)
+    out = pd.DataFrame(x, index=index, columns=numeric, copy=False)
     for c in pre.categorical:
         levels = list(pre.levels_[c]) + [OTHER]
-        vals = categorical_strings(df[c])
+        vals = np.concatenate([categorical_strings(p[c]) for p in pieces])
         known = set(levels)
         vals = np.array([v if v in known else OTHER for v in vals], dtype=object)
         codes = pd.Categorical(vals, categories=levels).codes
         out[c] = pd.Categorical.from_codes(codes, categories=[category_name(v) for v in levels])
     return out
+
+
+def _raw_numeric(df: pd.DataFrame, numeric: list[str], medians: np.ndarray,
+                 out: np.ndarray) -> None:
+    """:func:`raw_frame`'s numeric columns of ``df`` into ``out`` (n, m) float32: missing as the
+    node's median, clipped to float32's range (what XGBoost holds; beyond it a value would
+    become inf, an error). Columns of numeric types a block of them at a time (one vectorised
+    step each, where a column at a time was a dozen pandas calls per column: most of the time
+    of a 500-column node's split); any other column through ``pandas.to_numeric``."""
+    step = max(1, BLOCK_VALUES // max(1, len(df)))
+    if all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes[numeric]):
+        for first in range(0, len(numeric), step):
+            v = df[numeric[first:first + step]].to_numpy(dtype=np.float64, na_value=np.nan)
+            v = np.where(np.isnan(v), medians[first:first + step], v)
+            out[:, first:first + step] = np.clip(v, -F32_MAX, F32_MAX)
+        return
+    for j, c in enumerate(numeric):
+        v = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+        v = np.where(np.isnan(v), medians[j], v)
+        out[:, j] = np.clip(v, -F32_MAX, F32_MAX)
 
 
 def category_name(level: str) -> str:
@@ -111,9 +136,11 @@ def select_training_rows(df: pd.DataFrame, state: pd.DataFrame,
                                "_node": pd.Series([], dtype=object),
                                "_child": pd.Series([], dtype="int64")})
     # Every node's rows in one gather (a node's rows, then the next node's): one copy of the
-    # drawn rows' columns, where a frame per node and their concatenation were two.
+    # drawn rows' columns, where a frame per node and their concatenation were two. Rows first:
+    # a selection of columns first copied every row of the partition (50,000 x 500: 0.18 s
+    # for 20,000 drawn rows, 0.07 s taken first).
     at = np.concatenate(rows)
-    out = df[list(columns)].take(at).reset_index(drop=True)
+    out = df.take(at)[list(columns)].reset_index(drop=True)
     out[U_COLUMN] = u[at]
     out["_node"] = pd.Series(np.repeat(np.array([p for p, _ in nodes], dtype=object),
                                        [n for _, n in nodes]), dtype="str")
@@ -181,10 +208,6 @@ def pieces_of(rows: pd.DataFrame | Sequence[pd.DataFrame]) -> list[pd.DataFrame]
     return [rows] if isinstance(rows, pd.DataFrame) else list(rows)
 
 
-def _stacked(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-
-
 def split_node_rows(rows: pd.DataFrame | Sequence[pd.DataFrame], pre: Preprocessor,
                     threshold: float, holdout_fraction: float, shap_cut: float,
                     max_features: int | None = None) -> NodeRows:
@@ -203,7 +226,7 @@ def split_node_rows(rows: pd.DataFrame | Sequence[pd.DataFrame], pre: Preprocess
         here, all children at once, when the node has more features than this
     """
     pieces = pieces_of(rows)
-    X = _stacked([raw_frame(p, pre) for p in pieces])  # (float32: half the raw values' bytes)
+    X = raw_frame(pieces, pre)  # (float32: half the raw values' bytes)
     u = np.concatenate([p[U_COLUMN].to_numpy() for p in pieces])
     child = np.concatenate([p["_child"].to_numpy() for p in pieces])
     hold = u < holdout_fraction * threshold
