@@ -755,3 +755,30 @@ def test_committing_labels_with_binary_ids_prints_no_deltalake_warning(tmp_path)
     assert done.returncode == 0, done.stderr
     assert (table / "_delta_log").is_dir()
     assert "WARN" not in done.stderr and "Skipping column" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_piece_read_in_column_groups_on_a_filtered_hive_table(tmp_path, where, request,
+                                                                 monkeypatch):
+    """A piece whose float columns are read a group at a time (one fragment, a read per group,
+    each filtered by input.filters on partition and row-group columns) is the frame of one
+    read, on a local folder and on the S3 server, and only the selected rows."""
+    from recluster.parallel import passes
+
+    df = frame()
+    inp = str(tmp_path / "flights") if where == "local" else \
+        f"s3://{request.getfixturevalue('bucket')}/flights"
+    write_hive(df, inp)
+    cfg = load_config(write_config(tmp_path, inp, str(tmp_path / "out"),
+                                   input={**INPUT, "filters": FILTER}))
+    loc, _, ts, pieces = plan_input(cfg)
+    assert len(passes.schema.read_groups(ts, 1)) > 3  # the table's float columns, one a group
+    frames = []
+    for piece in pieces:
+        monkeypatch.setattr(passes, "READ_GROUP_COLUMNS", 10_000)
+        whole = passes.read_frame(piece, loc, ts)
+        monkeypatch.setattr(passes, "READ_GROUP_COLUMNS", 1)
+        frames.append(passes.read_frame(piece, loc, ts))
+        pd.testing.assert_frame_equal(frames[-1], whole)
+    got = pd.concat(frames)
+    assert sorted(got[ts.id_key]) == sorted(selected(df)["flight id"])
