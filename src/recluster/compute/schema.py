@@ -821,7 +821,8 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
         one = len(all_missing) == 1
         raise InputDataError(
             f"feature column{'' if one else 's'} {names} {'has' if one else 'have'} no values "
-            f"at all in the {what}: leave {'it' if one else 'them'} out with input.exclude (or "
+            f"at all in {what if what.startswith('the ') else 'the ' + what}: leave "
+            f"{'it' if one else 'them'} out with input.exclude (or "
             f"list the features to use in input.features)")
     spans: dict[str, list[float]] = {}
     levels: dict[str, set[str]] = {}
