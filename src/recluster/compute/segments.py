@@ -99,7 +99,14 @@ def quoted(text: str) -> str:
                                               f"\\U{ord(ch):08x}") for ch in text) + '"'
 
 
+def _finite(v: Any) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
+    low, high = r.get("two_valued_low"), r.get("two_valued_high")
+    if _finite(low) and _finite(high) and low < high:
+        return _two_valued_fact(r, float(low), float(high))
     d = r.get("effect_size")
     if d is None or not math.isfinite(d) or abs(d) < MIN_EFFECT:
         return None
@@ -118,19 +125,13 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
             "short": f"{'High' if up else 'Low'} {col}"}
 
 
-def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
-    lvl = str(r["level"])
-    if lvl in NOT_LEVELS:
-        return None
-    p1, p2 = float(r["member_share"]), float(r["rest_share"])
+def _share_fact(p1: float, p2: float, brief: str) -> dict[str, Any] | None:
+    """A value held by ``p1`` of the members and ``p2`` of the rest as a fact (Cohen's h, the
+    support and lift rules), or None: ``effect``, ``how`` (in words), ``share`` (of the members
+    behind it), ``short`` (a name fragment on ``brief``, the value as a name shows it)."""
     h = _cohen_h(p1, p2)
     if abs(h) < MIN_EFFECT:
         return None
-    col = quoted(r["feature"])
-    shown = "missing" if lvl == MISSING else quoted(lvl)
-    # cut before quoting: a cut quoted level lost its closing quote, or ended inside an escape
-    brief = shown if lvl == MISSING or len(lvl) <= NAME_LEVEL_CHARS else \
-        quoted(lvl[:NAME_LEVEL_CHARS - 1] + "…")
     if h > 0:
         if p1 < MIN_SUPPORT or (p2 > 0 and p1 / p2 < MIN_LIFT):
             return None
@@ -138,21 +139,76 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
             how = f"only in this segment ({percent(p1)} of members, none of the rest)"
         else:
             how = f"{p1 / p2:.1f}× as common ({percent(p1)} of members vs {percent(p2)})"
-        short, share = f"{brief} {col}", p1
+        return {"effect": h, "how": how, "share": p1, "short": brief}
+    if p2 < MIN_SUPPORT or (p1 > 0 and p2 / p1 < MIN_LIFT):
+        return None
+    if p1 == 0:
+        how = f"never in this segment (none of members vs {percent(p2)} of the rest)"
+        short = f"No {brief}"
     else:
-        if p2 < MIN_SUPPORT or (p1 > 0 and p2 / p1 < MIN_LIFT):
-            return None
-        if p1 == 0:
-            how = f"never in this segment (none of members vs {percent(p2)} of the rest)"
-            short = f"No {brief} {col}"
-        else:
-            how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
-            short = f"Few {brief} {col}"
-        share = 1 - p1  # the members that do not hold the level stand behind "rarer"
+        how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
+        short = f"Few {brief}"
+    # the members that do not hold the value stand behind "rarer"
+    return {"effect": h, "how": how, "share": 1 - p1, "short": short}
+
+
+def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
+    lvl = str(r["level"])
+    if lvl in NOT_LEVELS:
+        return None
+    p1, p2 = float(r["member_share"]), float(r["rest_share"])
+    col = quoted(r["feature"])
+    shown = "missing" if lvl == MISSING else quoted(lvl)
+    # cut before quoting: a cut quoted level lost its closing quote, or ended inside an escape
+    brief = shown if lvl == MISSING or len(lvl) <= NAME_LEVEL_CHARS else \
+        quoted(lvl[:NAME_LEVEL_CHARS - 1] + "…")
+    f = _share_fact(p1, p2, f"{brief} {col}")  # a level as given: "iOS platform", not "IOS"
+    if f is None:
+        return None
+    h = f["effect"]
     return {"column": r["feature"], "level": lvl, "kind": "categorical", "direction": 1 if h > 0 else -1,
             "effect": h, "lift": p1 / p2 if p2 > 0 else float("nan"), "member_value": p1,
-            "rest_value": p2, "member_share": share, "text": f"{col} = {shown}: {how}",
-            "short": short}  # a level as given: "iOS platform", not "IOS"
+            "rest_value": p2, "member_share": f["share"], "text": f"{col} = {shown}: {f['how']}",
+            "short": f["short"]}
+
+
+def _value(v: float) -> str:
+    """A value of a two-valued column as itself: 1, 2016, 0.5 (not "2,016")."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+
+def _two_valued_fact(r: Mapping[str, Any], low: float, high: float) -> dict[str, Any] | None:
+    """A column of two values in the node (a flag, a 0/1 code) as the share of members holding
+    one of them, as a two-level categorical is worded: "survived = 1: 2.9× as common (96% of
+    members vs 33%)", not "higher survived: mean 0.96 vs 0.33; 0% of members are above the
+    rest's median" (the median of values 0 and 1 is one of them: no member is above 1). The
+    share of ``high`` is ``(mean - low) / (high - low)`` on each side; the value the members
+    hold more often is worded first, the other where that is no fact (its lift is too small,
+    say 100% vs 90%, while the other value is "never in this segment"). Named after the value
+    the members lean to: a 0/1 column by itself ("survived") or "Not ..." (0), another column
+    with the value ("cylinders 4"). ``level`` is that value's text, ``member_value`` and
+    ``rest_value`` its shares, ``effect`` Cohen's h."""
+    m, rest = r.get("member_mean"), r.get("rest_mean")
+    if not (_finite(m) and _finite(rest)):
+        return None
+    p1 = min(1.0, max(0.0, (float(m) - low) / (high - low)))
+    p2 = min(1.0, max(0.0, (float(rest) - low) / (high - low)))
+    col = quoted(r["feature"])
+    lean = high if p1 >= p2 else low
+    flag = low == 0 and high == 1
+    name = (col if lean == 1 else f"Not {col}") if flag else f"{col} {_value(lean)}"
+    for value, a, b in sorted([(high, p1, p2), (low, 1 - p1, 1 - p2)],
+                              key=lambda t: t[0] != lean):
+        f = _share_fact(a, b, name)
+        if f is None:
+            continue
+        # the fact's short is about the lean: "rarer 0" and "more 1" both lean to 1
+        return {"column": r["feature"], "level": _value(value), "kind": "numeric",
+                "direction": 1 if f["effect"] > 0 else -1, "effect": f["effect"],
+                "lift": a / b if b > 0 else float("nan"), "member_value": a, "rest_value": b,
+                "member_share": f["share"],
+                "text": f"{col} = {_value(value)}: {f['how']}", "short": name}
+    return None
 
 
 def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:

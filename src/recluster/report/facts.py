@@ -43,7 +43,9 @@ def parent_phrase(parent: str | None) -> str:
 def _finding(r: dict[str, Any]) -> Finding:
     # Names and levels as segment names show them: a column named "" made "higher , lower x".
     col, up = r["column"], r["direction"] > 0
-    if r["kind"] == "numeric":
+    # (a two-valued numeric column's fact is about one of its values, its ``level``: worded as
+    # a category's, "more often survived = 1")
+    if r["kind"] == "numeric" and not isinstance(r.get("level"), str):
         return Finding(col, "higher" if up else "lower", quoted(col), r["direction"], r["text"])
     lvl = r["level"]
     item = f"{quoted(col)} = {'missing' if lvl == MISSING else quoted(lvl)}"
