@@ -702,13 +702,20 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
     n = sum(len(p) for p in pieces)
     step = max(1, BLOCK_VALUES // max(1, n))  # columns per block
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in members]
+    # Whether each piece's numeric columns all have numeric types (then a block of them is
+    # converted at once), asked once per piece: per block and column, the lookups cost a
+    # node of many pieces more than its conversions.
+    # Their positions too: looking the labels up again for every block cost as much.
+    typed = [all(pd.api.types.is_numeric_dtype(t) for t in p.dtypes[numeric]) for p in pieces]
+    where = [p.columns.get_indexer(numeric) for p in pieces]
     for first in range(0, len(numeric), step):
         cols = numeric[first:first + step]
         xt = np.empty((len(cols), n))
         at = 0
-        for p in pieces:
-            if all(pd.api.types.is_numeric_dtype(p[c].dtype) for c in cols):  # as one block
-                xt[:, at:at + len(p)] = p[cols].to_numpy(dtype=np.float64, na_value=np.nan).T
+        for p, whole, pos in zip(pieces, typed, where, strict=True):
+            if whole:  # as one block
+                xt[:, at:at + len(p)] = p.iloc[:, pos[first:first + step]].to_numpy(
+                    dtype=np.float64, na_value=np.nan).T
             else:
                 for j, c in enumerate(cols):
                     xt[j, at:at + len(p)] = pd.to_numeric(p[c], errors="coerce").to_numpy(
