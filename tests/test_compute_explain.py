@@ -234,3 +234,25 @@ def test_rows_in_a_node_from_a_categorical_state_column_equal_testing_each_rows_
     assert in_node(missing, np.ones(2), "root.1", 1).tolist() == [True, False]
     assert in_node(column, depth, "root.1", 1).sum() == sum(
         t == "root.1" or t.startswith("root.1.") for t in texts)
+
+
+def test_two_values_are_found_wherever_a_third_value_hides():
+    """A column's two values (a flag), and none for a column of one value, of no value, or of
+    a third value that first appears late in the rows (past the first thousand values the
+    search looks at first) or only once; missing values do not count as a value."""
+    from recluster.compute.explain import two_values
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    xt = np.vstack([rng.integers(0, 2, n).astype(float),          # a 0/1 flag
+                    np.where(rng.random(n) < 0.3, -1.5, 2.0),      # two other values
+                    rng.integers(0, 2, n).astype(float),           # a third value at row 4,000
+                    np.full(n, 4.0),                               # one value
+                    np.full(n, np.nan),                            # none
+                    rng.normal(size=n)])                           # a measure
+    xt[1, ::7] = np.nan
+    xt[2, 4_000] = 2.0
+    got = two_values(xt)
+    assert got["two_valued_low"][:2].tolist() == [0.0, -1.5]
+    assert got["two_valued_high"][:2].tolist() == [1.0, 2.0]
+    assert np.isnan(got["two_valued_low"][2:]).all() and np.isnan(got["two_valued_high"][2:]).all()

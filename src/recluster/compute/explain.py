@@ -76,8 +76,9 @@ def _raw_numeric(df: pd.DataFrame, numeric: list[str], medians: np.ndarray,
     of a 500-column node's split); any other column through ``pandas.to_numeric``."""
     step = max(1, BLOCK_VALUES // max(1, len(df)))
     if all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes[numeric]):
+        pos = df.columns.get_indexer(numeric)  # (labels looked up once, not per block)
         for first in range(0, len(numeric), step):
-            v = df[numeric[first:first + step]].to_numpy(dtype=np.float64, na_value=np.nan)
+            v = df.iloc[:, pos[first:first + step]].to_numpy(dtype=np.float64, na_value=np.nan)
             v = np.where(np.isnan(v), medians[first:first + step], v)
             out[:, first:first + step] = np.clip(v, -F32_MAX, F32_MAX)
         return
@@ -636,18 +637,32 @@ def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.nd
             "member_below_rest_median": stats["member_below_rest_median"]}
 
 
+def _at_most_two(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``x`` (k, m; missing as NaN): its least and greatest value (inf / -inf
+    where it has none) and whether it holds no other value."""
+    with np.errstate(invalid="ignore"):
+        holes = np.isnan(x)
+        low = np.where(holes, np.inf, x).min(axis=1, initial=np.inf)
+        high = np.where(holes, -np.inf, x).max(axis=1, initial=-np.inf)
+        only = (holes | (x == low[:, None]) | (x == high[:, None])).all(axis=1)
+    return low, high, only
+
+
 def two_values(xt: np.ndarray) -> dict[str, np.ndarray]:
     """The two values of each row of ``xt`` (d, n; missing as NaN) that holds exactly two (a
     flag, a 0/1 code, a two-valued measure), NaN for the others: ``two_valued_low`` and
     ``two_valued_high``. Such a column's mean is a share, not a level: facts speak of how often
-    members hold each value (:mod:`recluster.compute.segments`)."""
-    with np.errstate(invalid="ignore"):
-        holes = np.isnan(xt)
-        low = np.where(holes, np.inf, xt).min(axis=1, initial=np.inf)
-        high = np.where(holes, -np.inf, xt).max(axis=1, initial=-np.inf)
-        two = (holes | (xt == low[:, None]) | (xt == high[:, None])).all(axis=1) & (low < high)
-    return {"two_valued_low": np.where(two, low, np.nan),
-            "two_valued_high": np.where(two, high, np.nan)}
+    members hold each value (:mod:`recluster.compute.segments`). A row whose first 1,024 values
+    already hold three is no candidate: a measure is ruled out without a pass over its rows."""
+    d = xt.shape[0]
+    out = {"two_valued_low": np.full(d, np.nan), "two_valued_high": np.full(d, np.nan)}
+    rows = np.flatnonzero(_at_most_two(xt[:, :1024])[2])
+    if len(rows):
+        low, high, only = _at_most_two(xt[rows])
+        two = only & (low < high)
+        out["two_valued_low"][rows[two]] = low[two]
+        out["two_valued_high"][rows[two]] = high[two]
+    return out
 
 
 #: A categorical column is profiled on at most this many levels (the most frequent in the
