@@ -718,9 +718,8 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
     step = max(1, BLOCK_VALUES // max(1, n))  # columns per block
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in members]
     # Whether each piece's numeric columns all have numeric types (then a block of them is
-    # converted at once), asked once per piece: per block and column, the lookups cost a
-    # node of many pieces more than its conversions.
-    # Their positions too: looking the labels up again for every block cost as much.
+    # converted at once), and where they are, asked once per piece: asked per block and
+    # column, the lookups cost a node of many pieces more than its conversions.
     typed = [all(pd.api.types.is_numeric_dtype(t) for t in p.dtypes[numeric]) for p in pieces]
     where = [p.columns.get_indexer(numeric) for p in pieces]
     for first in range(0, len(numeric), step):
