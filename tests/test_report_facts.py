@@ -656,3 +656,23 @@ def test_two_close_values_are_written_exactly():
         f = segments.facts_table(prof).iloc[0]
         assert f["level"] == shown and f["text"].startswith(f"x = {shown}: ")
         assert f["short"] == f"x {shown}"
+
+
+def test_a_flag_moves_with_the_measure_it_flags():
+    """Synonyms compare signed effects across segments; a two-valued column's effect is about
+    the value its fact names ("x_pos = 0: 2.2× as common" is a lower x_pos, h > 0), so it has
+    to be oriented to the column's greater value first: x_pos (x > 0) was never a synonym of x,
+    and names said both ("x_pos · High x") (atk15)."""
+    rows = []
+    for i, (d, m, r) in enumerate([(1.5, 0.9, 0.2), (-1.4, 0.1, 0.7), (1.2, 0.85, 0.3),
+                                   (-1.6, 0.05, 0.75), (0.9, 0.7, 0.35)]):
+        rows.append(_profile(cluster=f"root.{i}", feature="x", kind="numeric", effect_size=d,
+                             member_mean=d, rest_mean=0.0,
+                             member_above_rest_median=0.8 if d > 0 else 0.2,
+                             member_below_rest_median=0.2 if d > 0 else 0.8))
+        rows.append(_profile(cluster=f"root.{i}", feature="x_pos", kind="numeric",
+                             member_mean=m, rest_mean=r, member_missing=0.0, rest_missing=0.0,
+                             two_valued_low=0.0, two_valued_high=1.0))
+    f = segments.facts_table(pd.DataFrame(rows))
+    assert set(f.loc[f["column"] == "x_pos", "level"]) == {"0", "1"}
+    assert segments.synonyms(f)["x_pos"] == "x"
