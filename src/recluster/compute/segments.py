@@ -309,7 +309,7 @@ def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) 
     # A two-valued column's effect is about its ``level`` (h > 0: members hold that value more
     # often), not about the column being higher: "more often 0" is a lower column. Oriented to
     # the column's greater value, as a measure's d is; else a flag (x > 0) never moved with x.
-    if num["level"].notna().any():
+    if "level" in num.columns and num["level"].notna().any():
         value = pd.to_numeric(num["level"], errors="coerce")
         top = value.groupby(num["column"]).transform("max")
         num = num.assign(effect=num["effect"].where(value.isna() | (value == top), -num["effect"]))
