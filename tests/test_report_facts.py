@@ -622,3 +622,57 @@ def test_a_flag_held_by_nearly_everyone_is_worded_by_its_rarer_value():
     assert f["text"] == "1st class = 0: never in this segment (none of members vs 5.9% of the rest)"
     assert f["short"] == "1st class" and f["direction"] == -1 and f["level"] == "0"
     assert f["member_share"] == 1.0  # every member stands behind "never 0"
+
+
+def test_a_flag_most_members_have_no_value_of_is_a_share_of_all_members():
+    """Shares are of all members, as a level's are: a member without a value holds neither
+    value. 40% of members hold 1 and 60% have no value, none of the rest holds 1: the fact
+    said "only in this segment (100% of members, none of the rest)" (atk15)."""
+    prof = pd.DataFrame([_profile(feature="opted in", kind="numeric", effect_size=np.nan,
+                                  member_mean=1.0, rest_mean=0.0, member_missing=0.6,
+                                  rest_missing=0.0, two_valued_low=0.0, two_valued_high=1.0)])
+    f = segments.facts_table(prof).iloc[0]
+    assert f["text"] == "opted in = 1: only in this segment (40% of members, none of the rest)"
+    assert f["member_value"] == pytest.approx(0.4) and f["member_share"] == pytest.approx(0.4)
+    assert f["short"] == "opted in"
+    # the rest missing too: 1 held by 30% of members (half of 60%) vs 10% (a fifth of 50%)
+    prof = pd.DataFrame([_profile(feature="f", kind="numeric", member_mean=0.5, rest_mean=0.2,
+                                  member_missing=0.4, rest_missing=0.5, two_valued_low=0.0,
+                                  two_valued_high=1.0)])
+    f = segments.facts_table(prof).iloc[0]
+    assert f["text"] == "f = 1: 3.0× as common (30% of members vs 10%)"
+
+
+def test_two_close_values_are_written_exactly():
+    """The two values of a column are written so that they read back as themselves: rounded
+    to six digits, 1e15 and 1e15 + 2 were both "1e+15" and 0.1234567 and 0.1234568 both
+    "0.123457", a fact about a value neither column holds (atk15)."""
+    for low, high, shown in [(1e15, 1e15 + 2, "1000000000000002"),
+                             (0.1234567, 0.1234568, "0.1234568"), (0.5, 1e9, "1000000000"),
+                             (2015.0, 2016.0, "2016"), (-1.0, 1.0, "1")]:
+        prof = pd.DataFrame([_profile(feature="x", kind="numeric", member_mean=low + 0.7 * (high - low),
+                                      rest_mean=low + 0.1 * (high - low), member_missing=0.0,
+                                      rest_missing=0.0, two_valued_low=low, two_valued_high=high)])
+        f = segments.facts_table(prof).iloc[0]
+        assert f["level"] == shown and f["text"].startswith(f"x = {shown}: ")
+        assert f["short"] == f"x {shown}"
+
+
+def test_a_flag_moves_with_the_measure_it_flags():
+    """Synonyms compare signed effects across segments; a two-valued column's effect is about
+    the value its fact names ("x_pos = 0: 2.2× as common" is a lower x_pos, h > 0), so it has
+    to be oriented to the column's greater value first: x_pos (x > 0) was never a synonym of x,
+    and names said both ("x_pos · High x") (atk15)."""
+    rows = []
+    for i, (d, m, r) in enumerate([(1.5, 0.9, 0.2), (-1.4, 0.1, 0.7), (1.2, 0.85, 0.3),
+                                   (-1.6, 0.05, 0.75), (0.9, 0.7, 0.35)]):
+        rows.append(_profile(cluster=f"root.{i}", feature="x", kind="numeric", effect_size=d,
+                             member_mean=d, rest_mean=0.0,
+                             member_above_rest_median=0.8 if d > 0 else 0.2,
+                             member_below_rest_median=0.2 if d > 0 else 0.8))
+        rows.append(_profile(cluster=f"root.{i}", feature="x_pos", kind="numeric",
+                             member_mean=m, rest_mean=r, member_missing=0.0, rest_missing=0.0,
+                             two_valued_low=0.0, two_valued_high=1.0))
+    f = segments.facts_table(pd.DataFrame(rows))
+    assert set(f.loc[f["column"] == "x_pos", "level"]) == {"0", "1"}
+    assert segments.synonyms(f)["x_pos"] == "x"

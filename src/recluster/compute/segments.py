@@ -174,7 +174,9 @@ def _level_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _value(v: float) -> str:
     """A value of a two-valued column as itself: 1, 2016, 0.5 (not "2,016")."""
-    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+    # exactly (the shortest text that reads back as the value): rounded to 6 digits, two
+    # values such as 1e15 and 1e15 + 2, or 0.1234567 and 0.1234568, read as one value
+    return str(int(v)) if float(v).is_integer() and abs(v) < 2 ** 53 else repr(float(v))
 
 
 def _two_valued_fact(r: Mapping[str, Any], low: float, high: float) -> dict[str, Any] | None:
@@ -193,12 +195,18 @@ def _two_valued_fact(r: Mapping[str, Any], low: float, high: float) -> dict[str,
         return None
     p1 = min(1.0, max(0.0, (float(m) - low) / (high - low)))
     p2 = min(1.0, max(0.0, (float(rest) - low) / (high - low)))
+    # Shares of all members (and of all the rest), as a level's are: a member without a value
+    # holds neither value (the means are over the values only; "100% of members" was said of
+    # a flag most members had no value of).
+    held = [1.0 - (float(v) if _finite(v) else 0.0)
+            for v in (r.get("member_missing"), r.get("rest_missing"))]
+    shares = [(high, p1 * held[0], p2 * held[1]),
+              (low, (1 - p1) * held[0], (1 - p2) * held[1])]
     col = quoted(r["feature"])
-    lean = high if p1 >= p2 else low
+    lean = max(shares, key=lambda t: _cohen_h(t[1], t[2]))[0]  # (ties: high)
     flag = low == 0 and high == 1
     name = (col if lean == 1 else f"Not {col}") if flag else f"{col} {_value(lean)}"
-    for value, a, b in sorted([(high, p1, p2), (low, 1 - p1, 1 - p2)],
-                              key=lambda t: t[0] != lean):
+    for value, a, b in sorted(shares, key=lambda t: t[0] != lean):
         f = _share_fact(a, b, name)
         if f is None:
             continue
@@ -298,6 +306,13 @@ def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) 
     num = facts[facts["kind"] == "numeric"]
     if num.empty:
         return {}
+    # A two-valued column's effect is about its ``level`` (h > 0: members hold that value more
+    # often), not about the column being higher: "more often 0" is a lower column. Oriented to
+    # the column's greater value, as a measure's d is; else a flag (x > 0) never moved with x.
+    if "level" in num.columns and num["level"].notna().any():
+        value = pd.to_numeric(num["level"], errors="coerce")
+        top = value.groupby(num["column"]).transform("max")
+        num = num.assign(effect=num["effect"].where(value.isna() | (value == top), -num["effect"]))
     wide = num.pivot_table(index="path", columns="column", values="effect", aggfunc="first")
     if len(wide) < min_segments:
         return {}
