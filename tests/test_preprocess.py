@@ -390,3 +390,14 @@ def test_explanation_frame_of_pieces_is_the_rule_column_by_column():
     # a column of numbers as text goes through to_numeric, the same values
     text = [p.assign(Temp=p["Temp"].astype(str).astype(object)) for p in pieces]
     pd.testing.assert_frame_equal(raw_frame(text, pre), got)
+
+
+def test_explanation_frame_of_a_piece_without_a_feature_names_it():
+    """A piece that lacks one of the node's numeric columns is an error naming it, as a
+    selection by name was (found by position, a missing column would read as the last one)."""
+    from recluster.compute.explain import raw_frame
+
+    df = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.1, 0.2, 0.3]})
+    pre = Preprocessor(["a", "b"], []).fit(df)
+    with pytest.raises(KeyError, match="'b'"):
+        raw_frame([df, df.drop(columns="b").assign(c=9.0)], pre)

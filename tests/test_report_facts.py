@@ -620,7 +620,8 @@ def test_a_flag_held_by_nearly_everyone_is_worded_by_its_rarer_value():
                                   two_valued_high=1.0)])
     f = segments.facts_table(prof).iloc[0]
     assert f["text"] == "1st class = 0: never in this segment (none of members vs 5.9% of the rest)"
-    assert f["short"] == "1st class" and f["direction"] == -1 and f["level"] == "0"
+    assert f["short"] == "1st class" and f["level"] == "0" and f["effect"] < 0
+    assert f["direction"] == 1  # the members lean to 1 (the greater value)
     assert f["member_share"] == 1.0  # every member stands behind "never 0"
 
 

@@ -76,7 +76,7 @@ def _raw_numeric(df: pd.DataFrame, numeric: list[str], medians: np.ndarray,
     of a 500-column node's split); any other column through ``pandas.to_numeric``."""
     step = max(1, BLOCK_VALUES // max(1, len(df)))
     if all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes[numeric]):
-        pos = df.columns.get_indexer(numeric)  # (labels looked up once, not per block)
+        pos = _positions_of(df, numeric)  # (labels looked up once, not per block)
         for first in range(0, len(numeric), step):
             v = df.iloc[:, pos[first:first + step]].to_numpy(dtype=np.float64, na_value=np.nan)
             v = np.where(np.isnan(v), medians[first:first + step], v)
@@ -86,6 +86,15 @@ def _raw_numeric(df: pd.DataFrame, numeric: list[str], medians: np.ndarray,
         v = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
         v = np.where(np.isnan(v), medians[j], v)
         out[:, j] = np.clip(v, -F32_MAX, F32_MAX)
+
+
+def _positions_of(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Where ``columns`` are in ``df`` (a KeyError naming those it lacks, as ``df[columns]``
+    raises: a position of -1 would take the last column instead)."""
+    pos = df.columns.get_indexer(columns)
+    if (pos < 0).any():
+        raise KeyError(f"columns not in the frame: {[c for c, i in zip(columns, pos, strict=True) if i < 0]}")
+    return pos
 
 
 def category_name(level: str) -> str:
@@ -721,7 +730,7 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
     # converted at once), and where they are, asked once per piece: asked per block and
     # column, the lookups cost a node of many pieces more than its conversions.
     typed = [all(pd.api.types.is_numeric_dtype(t) for t in p.dtypes[numeric]) for p in pieces]
-    where = [p.columns.get_indexer(numeric) for p in pieces]
+    where = [_positions_of(p, numeric) for p in pieces]
     for first in range(0, len(numeric), step):
         cols = numeric[first:first + step]
         xt = np.empty((len(cols), n))

@@ -212,7 +212,7 @@ def _two_valued_fact(r: Mapping[str, Any], low: float, high: float) -> dict[str,
             continue
         # the fact's short is about the lean: "rarer 0" and "more 1" both lean to 1
         return {"column": r["feature"], "level": _value(value), "kind": "numeric",
-                "direction": 1 if f["effect"] > 0 else -1, "effect": f["effect"],
+                "direction": 1 if lean == high else -1, "effect": f["effect"],
                 "lift": a / b if b > 0 else float("nan"), "member_value": a, "rest_value": b,
                 "member_share": f["share"],
                 "text": f"{col} = {_value(value)}: {f['how']}", "short": name}
@@ -307,12 +307,12 @@ def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) 
     if num.empty:
         return {}
     # A two-valued column's effect is about its ``level`` (h > 0: members hold that value more
-    # often), not about the column being higher: "more often 0" is a lower column. Oriented to
-    # the column's greater value, as a measure's d is; else a flag (x > 0) never moved with x.
+    # often), not about the column being higher: "more often 0" is a lower column. Its
+    # ``direction`` says which value the members lean to (+1 the greater): the effect is turned
+    # that way, as a measure's d is; else a flag (x > 0) never moved with x.
     if "level" in num.columns and num["level"].notna().any():
-        value = pd.to_numeric(num["level"], errors="coerce")
-        top = value.groupby(num["column"]).transform("max")
-        num = num.assign(effect=num["effect"].where(value.isna() | (value == top), -num["effect"]))
+        two = num["level"].notna()
+        num = num.assign(effect=num["effect"].where(~two, num["effect"].abs() * num["direction"]))
     wide = num.pivot_table(index="path", columns="column", values="effect", aggfunc="first")
     if len(wide) < min_segments:
         return {}

@@ -43,17 +43,20 @@ def parent_phrase(parent: str | None) -> str:
 def _finding(r: dict[str, Any]) -> Finding:
     # Names and levels as segment names show them: a column named "" made "higher , lower x".
     col, up = r["column"], r["direction"] > 0
-    # (a two-valued numeric column's fact is about one of its values, its ``level``: worded as
-    # a category's, "more often survived = 1")
     if r["kind"] == "numeric" and not isinstance(r.get("level"), str):
         return Finding(col, "higher" if up else "lower", quoted(col), r["direction"], r["text"])
+    if r["kind"] == "numeric":
+        # a two-valued column's fact is about one of its values, its ``level``, worded as a
+        # category's ("more often survived = 1"): more or less often as its effect says (its
+        # direction is the value the members lean to)
+        up = r["effect"] > 0
     lvl = r["level"]
     item = f"{quoted(col)} = {'missing' if lvl == MISSING else quoted(lvl)}"
     if up:
         word = "only" if r["rest_value"] == 0 else "more often"
     else:
         word = "never" if r["member_value"] == 0 else "less often"
-    return Finding(col, word, item, r["direction"], r["text"])
+    return Finding(col, word, item, 1 if up else -1, r["text"])
 
 
 def findings(facts: pd.DataFrame | None, limit: int = 3) -> list[Finding]:
