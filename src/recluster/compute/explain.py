@@ -93,7 +93,8 @@ def _positions_of(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     raises: a position of -1 would take the last column instead)."""
     pos = df.columns.get_indexer(columns)
     if (pos < 0).any():
-        raise KeyError(f"columns not in the frame: {[c for c, i in zip(columns, pos, strict=True) if i < 0]}")
+        lacking = [c for c, i in zip(columns, pos, strict=True) if i < 0]
+        raise KeyError(f"columns not in the frame: {lacking}")
     return pos
 
 
