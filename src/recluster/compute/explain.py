@@ -9,7 +9,7 @@ any model, whichever trainer made it (:func:`evaluate_child`).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,21 +71,28 @@ def _raw_numeric(df: pd.DataFrame, numeric: list[str], medians: np.ndarray,
                  out: np.ndarray) -> None:
     """:func:`raw_frame`'s numeric columns of ``df`` into ``out`` (n, m) float32: missing as the
     node's median, clipped to float32's range (what XGBoost holds; beyond it a value would
-    become inf, an error). Columns of numeric types a block of them at a time (one vectorised
-    step each, where a column at a time was a dozen pandas calls per column: most of the time
-    of a 500-column node's split); any other column through ``pandas.to_numeric``."""
+    become inf, an error), a block of columns at a time (:func:`_numeric_columns`; a column at
+    a time was a dozen pandas calls per column: most of the time of a 500-column node's split)."""
     step = max(1, BLOCK_VALUES // max(1, len(df)))
-    if all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes[numeric]):
-        pos = _positions_of(df, numeric)  # (labels looked up once, not per block)
-        for first in range(0, len(numeric), step):
-            v = df.iloc[:, pos[first:first + step]].to_numpy(dtype=np.float64, na_value=np.nan)
-            v = np.where(np.isnan(v), medians[first:first + step], v)
-            out[:, first:first + step] = np.clip(v, -F32_MAX, F32_MAX)
-        return
-    for j, c in enumerate(numeric):
-        v = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
-        v = np.where(np.isnan(v), medians[j], v)
-        out[:, j] = np.clip(v, -F32_MAX, F32_MAX)
+    columns = _numeric_columns(df, numeric, errors="raise")
+    for first in range(0, len(numeric), step):
+        v = columns(first, first + step)
+        v = np.where(np.isnan(v), medians[first:first + step], v)
+        out[:, first:first + step] = np.clip(v, -F32_MAX, F32_MAX)
+
+
+def _numeric_columns(df: pd.DataFrame, numeric: Sequence[str],
+                     errors: str) -> Callable[[int, int], np.ndarray]:
+    """A reader of ``df``'s columns ``numeric[a:b]`` as float64 (n, b - a), missing as NaN:
+    where every one of them has a numeric type, a block of them at once (types and positions
+    asked once: asked per block and column, the lookups cost a node of many pieces more than
+    its conversions), else column by column through ``pandas.to_numeric(errors=errors)``."""
+    pos = _positions_of(df, numeric)
+    if all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes.iloc[pos]):
+        return lambda a, b: df.iloc[:, pos[a:b]].to_numpy(dtype=np.float64, na_value=np.nan)
+    return lambda a, b: np.column_stack([
+        pd.to_numeric(df[c], errors=errors).to_numpy(dtype=np.float64, na_value=np.nan)
+        for c in numeric[a:b]])
 
 
 def _positions_of(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
@@ -727,23 +734,13 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
     n = sum(len(p) for p in pieces)
     step = max(1, BLOCK_VALUES // max(1, n))  # columns per block
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in members]
-    # Whether each piece's numeric columns all have numeric types (then a block of them is
-    # converted at once), and where they are, asked once per piece: asked per block and
-    # column, the lookups cost a node of many pieces more than its conversions.
-    typed = [all(pd.api.types.is_numeric_dtype(t) for t in p.dtypes[numeric]) for p in pieces]
-    where = [_positions_of(p, numeric) for p in pieces]
+    readers = [_numeric_columns(p, numeric, errors="coerce") for p in pieces]
     for first in range(0, len(numeric), step):
         cols = numeric[first:first + step]
         xt = np.empty((len(cols), n))
         at = 0
-        for p, whole, pos in zip(pieces, typed, where, strict=True):
-            if whole:  # as one block
-                xt[:, at:at + len(p)] = p.iloc[:, pos[first:first + step]].to_numpy(
-                    dtype=np.float64, na_value=np.nan).T
-            else:
-                for j, c in enumerate(cols):
-                    xt[j, at:at + len(p)] = pd.to_numeric(p[c], errors="coerce").to_numpy(
-                        dtype=np.float64, na_value=np.nan)
+        for p, columns in zip(pieces, readers, strict=True):
+            xt[:, at:at + len(p)] = columns(first, first + step).T
             at += len(p)
         xt[~np.isfinite(xt)] = np.nan
         pair = two_values(xt)

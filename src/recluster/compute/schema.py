@@ -399,6 +399,11 @@ def _level_keys(ts: TableSchema) -> set[str]:
     return {*ts.categorical_keys, ts.stratum_key, *(ts.key(c) for c in ts.describe_categorical)}
 
 
+def _in_block(key: str, t: pa.DataType, levels: set[str]) -> bool:
+    """Whether a column goes into the float block: float64 and not read as levels."""
+    return key not in levels and pa.types.is_float64(t)
+
+
 def read_groups(ts: TableSchema, size: int) -> list[list[tuple[str, str]]]:
     """The groups of ``(column, key)`` a piece is read in, in turn (:func:`tables_to_frame`):
     every column at once, or, where more than ``size`` columns go into the float block, the
@@ -408,8 +413,7 @@ def read_groups(ts: TableSchema, size: int) -> list[list[tuple[str, str]]]:
     that much less new memory."""
     columns = list(ts.keys.items())
     types, levels = dict(ts.read_types), _level_keys(ts)
-    floats = [(c, k) for c, k in columns
-              if k not in levels and c in types and pa.types.is_float64(types[c])]
+    floats = [(c, k) for c, k in columns if c in types and _in_block(k, types[c], levels)]
     if len(floats) <= size:
         return [columns]
     block = set(floats)
@@ -452,8 +456,8 @@ def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
     for table in tables:
         if floats is None:  # the block's columns: every float64 column that is not a level
             given = {name: table.schema.field(name).type for name in table.column_names}
-            floats = [k for k in order if k not in levels
-                      and pa.types.is_float64(given.get(k, types.get(k, pa.null())))]
+            floats = [k for k in order
+                      if _in_block(k, given.get(k, types.get(k, pa.null())), levels)]
             if len(floats) > 1:
                 values = _block_values(len(floats), table.num_rows)
                 row = {k: j for j, k in enumerate(floats)}

@@ -310,7 +310,7 @@ def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) 
     # often), not about the column being higher: "more often 0" is a lower column. Its
     # ``direction`` says which value the members lean to (+1 the greater): the effect is turned
     # that way, as a measure's d is; else a flag (x > 0) never moved with x.
-    if "level" in num.columns and num["level"].notna().any():
+    if "level" in num.columns:
         two = num["level"].notna()
         num = num.assign(effect=num["effect"].where(~two, num["effect"].abs() * num["direction"]))
     wide = num.pivot_table(index="path", columns="column", values="effect", aggfunc="first")
