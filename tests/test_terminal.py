@@ -21,19 +21,20 @@ from tables import penguins, write_arrow
 pytestmark = pytest.mark.timeout(300)
 
 #: Every line a default run may print on stdout.
-OURS = re.compile(r"dask: \d+ workers, dashboard \S+"      # the cluster, first
+OURS = re.compile(r"dask: \d+ workers, dashboard \S+"      # the cluster, once planned
                   r"|\[\s*\d+\.\ds\] \S.*"                 # a stage starts or ends
                   r"|  \S.*"                               # a step or a detail of the stage
                   r"|published \S+ \(\d+ rows, .*\)")      # the end
 
 
-def _run(tmp_path: Path, *flags: str, explain: bool = True) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *flags: str, explain: bool = True,
+         categorical: tuple[str, ...] = ("species", "island", "sex")
+         ) -> subprocess.CompletedProcess:
     inp = tmp_path / "in"
     if not inp.exists():
         write_arrow(pa.Table.from_pandas(penguins(), preserve_index=False), str(inp), 2)
     out = tmp_path / f"out{''.join(flags)}"
-    cfg = {"input": {"path": str(inp), "id_column": "penguin",
-                     "categorical": ["species", "island", "sex"]},
+    cfg = {"input": {"path": str(inp), "id_column": "penguin", "categorical": list(categorical)},
            "output": {"path": str(out)},
            "recursion": {"min_node_rows": 100, "max_depth": 2},
            "clustering": {"min_cluster_fraction": 0.05},
@@ -55,15 +56,37 @@ def test_default_run_prints_only_our_progress_lines(tmp_path):
     strangers = [line for line in lines if not OURS.fullmatch(line)]
     assert not strangers, strangers
     assert r.stderr == "", r.stderr[-3000:]
-    assert lines[0].startswith("dask: 2 workers") and lines[-1].startswith("published")
+    assert lines[-1].startswith("published")
+    # The plan (schema, output claimed) comes before the cluster: a refused input is answered
+    # without starting one. Then the cluster's line, then the passes.
+    stages = [(i, re.sub(r"^\[\s*\d+\.\ds\] ", "", line)) for i, line in enumerate(lines)
+              if line.startswith("[")]
+    cluster = [i for i, line in enumerate(lines) if line.startswith("dask: 2 workers")]
+    assert [s for _, s in stages[:3]] == ["plan ...", stages[1][1], "validate ..."], lines[:8]
+    assert stages[1][1].startswith("plan done") and cluster == [stages[2][0] - 1], lines[:8]
     assert any("explained node root" in line for line in lines), "explanations ran (XGBoost)"
+    # Run again: nothing to do, said without starting a cluster.
+    again = _run(tmp_path)
+    assert again.returncode == 0 and again.stderr == "", again.stderr[-3000:]
+    assert any("nothing to do" in line for line in again.stdout.splitlines()), again.stdout
+    assert not any(line.startswith("dask:") for line in again.stdout.splitlines()), again.stdout
+
+
+def test_refused_input_is_answered_before_a_cluster_starts(tmp_path):
+    """A schema error (text columns not declared) is the plan's: no cluster is started for it."""
+    r = _run(tmp_path, categorical=("species",))
+    assert r.returncode != 0
+    assert "'island' (string)" in r.stderr and "'sex' (string)" in r.stderr, r.stderr[-2000:]
+    assert not any(line.startswith("dask:") for line in r.stdout.splitlines()), r.stdout
+    assert "plan failed" in r.stdout, r.stdout
 
 
 def test_quiet_run_prints_only_json_lines(tmp_path):
     r = _run(tmp_path, "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     events = [json.loads(line) for line in r.stdout.splitlines()]  # each line is JSON
-    assert events[0]["event"] == "start" and events[-1]["event"] == "published"
+    assert [e.get("stage") for e in events[:1]] == ["plan"] and events[1]["event"] == "start"
+    assert events[-1]["event"] == "published"
     assert any(e.get("stage", "").startswith("explain") for e in events)
     assert r.stderr == "", r.stderr[-3000:]
 

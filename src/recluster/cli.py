@@ -13,12 +13,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from recluster.config import JobConfig, load_config, parse_config, parse_filters
 from recluster.errors import ReclusterError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def _echo_factory(quiet: bool):
@@ -54,15 +60,23 @@ def _tls(args: argparse.Namespace):
 def _run(cfg: JobConfig, scheduler: str | None, quiet: bool, tls=None,
          verbose: bool = False) -> dict:
     from recluster.job.inputs import check_output
-    from recluster.parallel.client import dask_client
+    from recluster.parallel.client import client_security, dask_client, scheduler_address
     from recluster.pipeline import run
     from recluster.progress import Progress
 
     check_output(cfg)  # before a cluster starts
+    client_security(scheduler_address(cfg.runtime, scheduler), tls)  # (TLS) before the plan
     progress = Progress(quiet=quiet)
-    with dask_client(cfg.runtime, scheduler, tls, verbose, warm=True) as client:
-        progress.start(len(client.scheduler_info().get("workers", {})), client.dashboard_link)
-        return run(cfg, client, progress)
+
+    @contextmanager
+    def connect() -> Iterator[Client]:
+        """The cluster, started once the plan holds (the run starts it when it has work)."""
+        with dask_client(cfg.runtime, scheduler, tls, verbose, warm=True) as client:
+            progress.start(len(client.scheduler_info().get("workers", {})),
+                           client.dashboard_link)
+            yield client
+
+    return run(cfg, connect, progress)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

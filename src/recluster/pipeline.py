@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 from distributed import Client
@@ -37,9 +37,20 @@ from recluster.storage.outputs import claim
 log = logging.getLogger("recluster")
 
 
-def run(cfg: JobConfig, client: Client,
+#: What :func:`run` is given to reach Dask: a connected client, or a callable that connects
+#: (starts a local cluster, say) and returns a context that yields the client and closes it.
+Connect = Client | Callable[[], AbstractContextManager[Client]]
+
+
+def run(cfg: JobConfig, client: Connect,
         echo: Callable[[str], None] | Progress = log.info) -> dict[str, Any]:
     """Run the whole job and publish it; returns the manifest.
+
+    ``client``: a connected client, or a callable that connects (:data:`Connect`): it is called
+    only once the plan holds (the output claimed, the input's schema checked) and the run has
+    rows to process, so that a refused input or a rerun with nothing to do answers without
+    starting a cluster; the context it returns is closed with the run's claims (by the caller's
+    thread, also when the run times out).
 
     ``echo`` takes human progress lines; pass a :class:`~recluster.progress.Progress` for
     per-node progress and structured (quiet) output. The run is bounded by
@@ -112,7 +123,7 @@ def _within(limit_s: float, timer: Timer, body: Callable[[], dict[str, Any]]) ->
     return box["result"]
 
 
-def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
+def _run(cfg: JobConfig, connect: Connect, timer: Timer, echo: Progress,
          claims: _Claims) -> dict[str, Any]:
     """The method, one stage a line: plan, validate, grow, name, explain, write, report, publish."""
     with timer.stage("plan") as st:
@@ -126,6 +137,7 @@ def _run(cfg: JobConfig, client: Client, timer: Timer, echo: Progress,
                    levels=prev["levels"], nodes=prev["nodes"],
                    seconds=round(echo.elapsed(), 3), reused=decision.action)
         return prev
+    client = connect if isinstance(connect, Client) else claims.enter_context(connect())
     ts = plan.schema
     feats = passes.input_frame(plan.location, plan.pieces, ts, store.run_id)
     with timer.stage("validate") as st:

@@ -46,7 +46,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -500,7 +500,7 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
                                         "--tls-ca-file, --tls-cert and --tls-key)")
             raise StageError(f"stage 'connect' failed: cannot reach the Dask scheduler at "
                              f"{address}{hint}: {type(exc).__name__}: {exc}") from None
-        with client:
+        with closing(client):  # (see below: not ``with client``)
             client.register_plugin(FrameSizes())
             if warm:
                 client.register_plugin(WarmWorker())
@@ -519,7 +519,11 @@ def dask_client(runtime: RuntimeConfig, cli_address: str | None = None,
         env={k: v for k, v in WORKER_ENV.items() if k not in os.environ and k not in users},
         # LocalCluster would set distributed's loggers to warnings; --verbose wants its info.
         silence_logs=False if verbose else logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    ) as cluster, closing(Client(cluster)) as client:
+        # closing(), not ``with Client``: that makes the client the current one of this thread's
+        # context, which only that thread may undo, while a run connects in its own thread and
+        # is closed by the caller's (:func:`recluster.pipeline.run`). The client is Dask's
+        # default either way (set_as_default), for every thread.
         if not verbose:
             client.register_plugin(QuietWorker())
         client.register_plugin(FrameSizes())
