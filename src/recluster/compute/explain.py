@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from recluster.compute.node import U_COLUMN
 from recluster.compute.paths import NodePath
-from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings
+from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings, most_frequent
 from recluster.compute.routing import codes_of
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -698,7 +698,9 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
     share missing on both sides, ``effect_size`` (difference of means over the pooled standard
     deviation), and the shares of members above and below the rest's median
     (``member_above_rest_median``, ``member_below_rest_median``: how many members a "higher" or
-    "lower" stands for). Categorical: per level (at most :data:`MAX_PROFILE_LEVELS`), the share
+    "lower" stands for). Categorical: per level (at most :data:`MAX_PROFILE_LEVELS`, the most
+    frequent, never cutting through a tie: :func:`~recluster.compute.preprocess.most_frequent`;
+    the others together as one level), the share
     on both sides and the ``lift`` (member share / rest share; NaN where the rest has none).
     ``names`` maps a column of ``raw`` to the ``feature`` name written (default: the column
     itself); columns in ``describe`` get ``role`` "describe" (profiled only, never a feature),
@@ -751,7 +753,8 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
         vals = np.concatenate([categorical_strings(p[c]) for p in pieces])
         counts = pd.Series(vals).value_counts(sort=False)
         if len(counts) > MAX_PROFILE_LEVELS:
-            top = counts.sort_values(ascending=False, kind="stable").index[:MAX_PROFILE_LEVELS]
+            ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            top = most_frequent(ordered, MAX_PROFILE_LEVELS)
             vals = np.where(np.isin(vals, top), vals, OTHER_LEVELS).astype(object)
         levels[c] = vals, [(lvl, vals == lvl) for lvl in sorted(pd.unique(vals))]
     out = []

@@ -145,6 +145,18 @@ class Columns:
         return np.ascontiguousarray(block)
 
 
+def most_frequent(counts: Sequence[tuple[str, int]], limit: int) -> list[str]:
+    """The levels to keep of a categorical column: at most ``limit`` of ``counts`` ((level,
+    rows) pairs, most rows first), never cutting through a tie. Where the levels that would come
+    last and first left out hold as many rows, all of them are left out: a near-unique column
+    (93 car models of one row each, 162 countries of 9 rows) would otherwise keep the first 20
+    by the order of their names, an arbitrary choice of features that nothing in the data makes."""
+    if len(counts) <= limit:
+        return [k for k, _ in counts]
+    cut = counts[limit][1]
+    return [k for k, n in counts[:limit] if n > cut]
+
+
 class Preprocessor:
     """Scale and encode features for the embedding (scikit-learn style: ``fit`` then ``transform``).
 
@@ -219,14 +231,16 @@ class Preprocessor:
             # A value spelt like the bucket of rare levels is in that bucket: kept as a level of
             # its own it would make two categories of one name (and two equal one-hot names).
             named = [(k, n) for k, n in ordered if k != OTHER]
-            self.levels_[c] = [k for k, _ in named][: self.max_categories]
-            rare = named[self.max_categories:]
+            self.levels_[c] = most_frequent(named, self.max_categories)
+            rare = named[len(self.levels_[c]):]
             if rare:  # said: a column of 228 artists weighs as 20 of them and one bucket
                 # Missing values count as a level; folded, they are not in '__missing__'.
                 missing = sum(n for k, n in rare if k == MISSING)
                 self.folded_[c] = {"levels": len(named), "kept": len(self.levels_[c]),
                                    "rows": int(sum(n for _, n in rare)),
                                    **({"missing": int(missing)} if missing else {})}
+                if len(self.levels_[c]) < self.max_categories:  # a tie at the cut
+                    self.folded_[c]["tied_rows"] = int(rare[0][1])
         self.level_weights_ = {c: self._weights(df[c], self.levels_[c]) for c in self.categorical}
         self.binary_ = two_valued(df, self.numeric)
         self.feature_names_out_ = self._names()

@@ -245,10 +245,15 @@ def _decide_splits(to_fit: list[str], fits: dict[str, NodeFit], g: Growth, ts: T
                      f"reproduced by the other features (ARI {blocker['ari']:.2f})")
             if path == ROOT:  # deeper nodes' folds are in tree.json (fit.preprocess.folded)
                 for column, f in node.fit["preprocess"].get("folded", {}).items():
+                    folded = f['levels'] - f['kept']
+                    kept = f"the {f['kept']} most frequent are kept, the other {folded}" \
+                        if f["kept"] else f"none is kept: all {folded}"
+                    tied = f.get("tied_rows")
+                    tie = (f"; levels of {tied} sample row{'s' if tied != 1 else ''} each tie "
+                           "at the cut, none of them is picked by name") if tied else ""
                     what = (f"categorical column '{column}' has {f['levels']} levels in the "
-                            f"root's sample: the {f['kept']} most frequent are kept, the other "
-                            f"{f['levels'] - f['kept']} ({f['rows']} sample rows) are one level "
-                            f"'__other__' (preprocess.max_categories)"
+                            f"root's sample: {kept} ({f['rows']} sample rows) are one level "
+                            f"'__other__' (preprocess.max_categories{tie})"
                             + (f", its {f['missing']} missing values among them (not in "
                                "'__missing__')" if f.get("missing") else ""))
                     echo(f"  {what}")
