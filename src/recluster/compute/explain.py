@@ -578,16 +578,38 @@ def _quantile_rows(v: np.ndarray, count: int) -> dict[str, np.ndarray]:
 
 def _quantiles(v: np.ndarray, count: np.ndarray) -> dict[str, np.ndarray]:
     """:data:`PROFILE_QUANTILES` of each row of ``v`` (d, n) over its ``count`` present values
-    (NaN elsewhere; NaN where a row has none). ``v`` is left as it was."""
+    (NaN elsewhere; NaN where a row has none). ``v``'s rows are reordered (and its missing
+    values may become inf): pass a copy to keep them."""
     out = {name: np.full(v.shape[0], np.nan) for name in PROFILE_QUANTILES}
     for c in np.unique(count):
         if c == 0:
             continue
         rows = np.flatnonzero(count == c)
-        sub = v.copy() if len(rows) == v.shape[0] else v[rows]  # a copy, reordered
+        sub = v if len(rows) == v.shape[0] else v[rows]  # (a copy of some rows)
         for name, values in _quantile_rows(sub, int(c)).items():
             out[name][rows] = values
     return out
+
+
+#: Rows of a profile's block whose deviations from their mean are squared at a time (a few MB:
+#: they stay in the cache between the subtraction and the sum, and the block is left as it was).
+_VAR_ROWS = 8
+
+
+def _sums(v: np.ndarray, holes: np.ndarray, gaps: bool,
+          count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Means and (population) variances of the rows of ``v`` (d, n) over their present values
+    (``holes`` missing, ``count`` present; NaN where none), two-pass, ``v`` left unchanged."""
+    n_a = np.maximum(count, 1)
+    mean = np.where(count > 0, (np.where(holes, 0.0, v) if gaps else v).sum(axis=1) / n_a, np.nan)
+    centre = np.nan_to_num(mean)
+    ss = np.empty(v.shape[0])
+    for r in range(0, v.shape[0], _VAR_ROWS):
+        w = v[r:r + _VAR_ROWS] - centre[r:r + _VAR_ROWS, None]
+        if gaps:
+            w[holes[r:r + _VAR_ROWS]] = 0.0
+        ss[r:r + _VAR_ROWS] = np.einsum("ij,ij->i", w, w)
+    return mean, np.where(count > 0, ss / n_a, np.nan)
 
 
 #: A pooled standard deviation at most this share of the means' magnitude is rounding, not
@@ -615,13 +637,15 @@ def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.nd
     var = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         for side, m in (("rest", ~member), ("member", member)):
-            v = xt.take(np.flatnonzero(m), axis=1)  # a copy, changed in place below (a take
-            # of positions: half the time of a boolean mask's)
+            v = xt.take(np.flatnonzero(m), axis=1)  # a copy, reordered by the quantiles last
+            # (a take of positions: half the time of a boolean mask's)
             holes = np.isnan(v)
             count = v.shape[1] - holes.sum(axis=1)
-            for key, values in _quantiles(v, count).items():
-                stats[f"{side}_{key}"] = values
-            if side == "member":  # before v changes: its members against the rest's median
+            gaps = bool(holes.any())  # (a complete block skips the fillings)
+            stats[f"{side}_mean"], var[side] = _sums(v, holes, gaps, count)
+            stats[f"{side}_missing"] = 1 - count / v.shape[1] if v.shape[1] else np.full(d, np.nan)
+            if side == "member":  # its members against the rest's median (whose quantiles came
+                # first), before the selection below reorders v
                 mid = stats["rest_median"][:, None]
                 n_a = np.maximum(count, 1)
                 ok = (count > 0) & np.isfinite(stats["rest_median"])
@@ -629,17 +653,9 @@ def numeric_profile_stats(xt: np.ndarray, member: np.ndarray) -> dict[str, np.nd
                 below = np.count_nonzero(v < mid, axis=1)
                 stats["member_above_rest_median"] = np.where(ok, above / n_a, np.nan)
                 stats["member_below_rest_median"] = np.where(ok, below / n_a, np.nan)
-            gaps = bool(holes.any())  # (a complete block skips both fillings below)
-            if gaps:
-                v[holes] = 0.0
-            mean = np.where(count > 0, v.sum(axis=1) / np.maximum(count, 1), np.nan)
-            stats[f"{side}_mean"] = mean
-            stats[f"{side}_missing"] = 1 - count / v.shape[1] if v.shape[1] else np.full(d, np.nan)
-            v -= np.nan_to_num(mean)[:, None]
-            if gaps:
-                v[holes] = 0.0
-            var[side] = np.where(count > 0, np.einsum("ij,ij->i", v, v) / np.maximum(count, 1),
-                                 np.nan)
+            del holes
+            for key, values in _quantiles(v, count).items():
+                stats[f"{side}_{key}"] = values
         pooled = np.sqrt((var["member"] + var["rest"]) / 2)
         # A column of one value has a spread of rounding errors only (a mean of n copies of 2.7
         # is not 2.7 to the last bit): its "effect" was +-1.4 or 2 sd, a fact "higher x: mean
