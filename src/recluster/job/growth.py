@@ -202,10 +202,12 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
             before = fits[path]
             fit.stability_resamples = used
             fits[path], stability[path] = fit, scores
-            st.step(f"node {path}: stability {scores} on {used} resample(s)"
+            shown = ", ".join(f"{s:.2f}" for s in scores)
+            noise = ", ".join(f"{k}: {s:.2f}" for k, s in (fit.dropped or {}).items())
+            st.step(f"node {path}: stability [{shown}] on {used} resample(s)"
                     + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
                        if fit.min_cluster_size != before.min_cluster_size else "")
-                    + (f"; clusters made noise: {fit.dropped}" if fit.dropped else "")
+                    + (f"; clusters made noise: {{{noise}}}" if fit.dropped else "")
                     + (f"; stops: {fit.stop_reason}" if fit.stop_reason else ""))
     return stability
 

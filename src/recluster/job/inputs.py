@@ -270,6 +270,24 @@ class Validated:
         return ahead
 
 
+#: Columns with missing values named on the terminal; the others are counted (all of them are
+#: in the manifest's ``missing_values``): a wide table's 117 columns were one line of 4,000
+#: characters.
+MISSING_NAMED = 8
+
+
+def missing_line(missing: dict[str, int]) -> str:
+    """The validation's missing values for the terminal: the columns with the most (at most
+    :data:`MISSING_NAMED`, each with its count), and how many more there are."""
+    if not missing:
+        return "none"
+    top = sorted(missing.items(), key=lambda kv: (-kv[1], kv[0]))
+    named = ", ".join(f"{c} {n}" for c, n in top[:MISSING_NAMED])
+    more = len(top) - MISSING_NAMED
+    return named + (f" and {more} more column{'s' if more > 1 else ''} (all in the manifest's "
+                    "missing_values)" if more > 0 else "")
+
+
 def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
              echo: Callable[[str], None], ahead: dict | None = None) -> Validated:
     """The ``validate`` stage: one pass over every row (ids unique and present, no infinite
@@ -298,7 +316,7 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
                           duplicates, "the slice input.filters keep" if cfg.input.filters
                           else "input")
     echo(f"  {summary['rows']} rows, ids unique, no infinite values; missing values: "
-         f"{summary['missing'] or 'none'}")
+         f"{missing_line(summary['missing'])}")
     # Only features the run chose itself: a column named in input.features is the user's call.
     dropped = row_number_candidates(stats, ts) if cfg.input.features is None else []
     if dropped:  # rare: one more pass counts their distinct values across partitions
