@@ -843,3 +843,20 @@ def test_dates_in_describe_reach_facts_profiles_and_the_page_as_dates(weather_ru
         assert html.escape(r["text"]) in page
     names = pd.read_parquet(Path(url) / "segments.parquet")["name"]
     assert not names.str.contains(r"\d{6,}").any()  # no numbers of seconds in a name
+
+
+def test_a_time_is_shown_in_its_zone_or_in_utc_said_so():
+    from recluster.compute import temporal
+
+    v = 1_368_943_200.0  # 2013-05-19 06:00 UTC
+    assert temporal.shown(v, "timestamp", "America/New_York", "minute") == "2013-05-19 02:00 EDT"
+    assert temporal.shown(v, "timestamp", "+05:30", "minute") == "2013-05-19 11:30 UTC+05:30"
+    assert temporal.shown(v, "timestamp", None, "minute") == "2013-05-19 06:00"  # wall clock
+    assert temporal.shown(v, "timestamp", "Nowhere/Atlantis", "minute") == "2013-05-19 06:00 UTC"
+    assert temporal.zone_name("Nowhere/Atlantis") == "UTC"
+    # a zone moves the day: 23:30 in New York is the next day in UTC
+    late = 1_369_020_600.0  # 2013-05-20 03:30 UTC
+    assert temporal.shown(late, "timestamp", "America/New_York") == "2013-05-19"
+    assert temporal.shown(late, "timestamp", "UTC") == "2013-05-20"
+    assert temporal.shown(float("nan"), "date") == "–"
+    assert temporal.shown(1e12, "date").endswith("(days since 1970-01-01)")  # beyond year 9999

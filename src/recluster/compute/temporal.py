@@ -127,6 +127,12 @@ def _zone(tz: str | None) -> datetime.tzinfo | None:
         return datetime.UTC  # an unknown zone: shown in UTC, which :func:`shown` says
 
 
+def zone_name(tz: str | None) -> str | None:
+    """The zone values of time zone ``tz`` are shown in: ``tz`` itself, or "UTC" where this
+    machine's time-zone database does not know it; None for no zone."""
+    return None if not tz else "UTC" if _zone(tz) is datetime.UTC else tz
+
+
 def as_python(v: float, unit: str, tz: str | None = None):
     """A number of :data:`UNITS` back as Python's value: a ``datetime.date``, a
     ``datetime.datetime`` (in its zone; naive for a timestamp without one), a

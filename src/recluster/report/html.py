@@ -540,7 +540,8 @@ def _profile_table(rows: list[dict[str, Any]], parent: str | None) -> str:
 
                 def show(v, unit=unit, tz=tz, res=res):
                     return e(temporal.shown(v, unit, tz, res))
-                where = f" <span class='muted'>({e(tz)})</span>" if tz else ""
+                zone = temporal.zone_name(tz)
+                where = f" <span class='muted'>({e(zone)})</span>" if zone else ""
             else:
                 show, where = number, ""
             body.append(f"<tr><td>{e(r['feature'])}{where}{tag}</td>"
