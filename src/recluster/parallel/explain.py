@@ -50,16 +50,19 @@ def child_number(path: str) -> int:
 
 def _profiles_task(rows: list[pd.DataFrame], numeric: list[str], categorical: list[str],
                    path: str, children: list[str], names: dict[str, str],
-                   describe: tuple[list[str], list[str]] = ([], [])) -> pd.DataFrame:
+                   describe: tuple[list[str], list[str]] = ([], []),
+                   units: dict[str, tuple[str, str | None]] | None = None) -> pd.DataFrame:
     """Profiles of each child against its siblings (``rows``: the node's pieces,
     :func:`_node_pieces`): the node's features (``numeric``, ``categorical`` keys), then the
-    ``describe`` columns (numeric keys, categorical keys), which no model sees."""
+    ``describe`` columns (numeric keys, categorical keys), which no model sees; ``units``: the
+    unit and time zone of each numeric describe key that holds dates or times
+    (:attr:`~recluster.compute.schema.TableSchema.time_units`)."""
     child = np.concatenate([p["_child"].to_numpy() for p in rows])
     numeric = [*numeric, *describe[0]]
     categorical = [*categorical, *describe[1]]
     frames = explain.profiles_of(rows, [(child == child_number(cp), cp) for cp in children],
                                  numeric, categorical, path, names,
-                                 {*describe[0], *describe[1]})
+                                 {*describe[0], *describe[1]}, units)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -348,6 +351,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
     describe = ([ts.key(c) for c in ts.describe_numeric],
                 [ts.key(c) for c in ts.describe_categorical])
     names = {k: c for c, k in ts.keys.items()}  # what people read: the columns' own names
+    units = {ts.key(c): u for c, u in ts.time_units.items()}
     meta = explain.select_training_rows(feats._meta, state._meta, {}, _draw_columns(ts))
     # Every node's rows come from one pass (or from the assignment passes, a frame per level);
     # they are few (train_rows per node), so one task per worker splits a run of input
@@ -412,6 +416,7 @@ def explain_nodes(client: Client, feats: dd.DataFrame, state: dd.DataFrame,
                         track=("counts", path, None, f"selecting the rows of node {path}")))
         done.add(submit(_profiles_task, rows, fit.preprocessor.numeric,
                         fit.preprocessor.categorical, path, list(children), names, describe,
+                        units,
                         key=f"profiles-{path}",
                         track=("profiles", path, None, f"profiling node {path}")))
     del groups, by_level, parts, rows, split  # the tasks hold what they need; the rest may go

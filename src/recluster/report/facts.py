@@ -12,9 +12,10 @@ from typing import Any
 
 import pandas as pd
 
+from recluster.compute import temporal
 from recluster.compute.paths import ROOT
 from recluster.compute.preprocess import MISSING
-from recluster.compute.segments import quoted
+from recluster.compute.segments import quoted, time_unit
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class Finding:
     """One way members differ from the rest of their parent (a row of ``facts.parquet``)."""
 
     feature: str
-    word: str  # "higher", "lower", "more often", "less often", "only", "never"
+    word: str  # "higher", "lower", "later", "earlier", "longer", "shorter", "more often",
+    # "less often", "only", "never"
     item: str  # "spend", "country = BR"
     direction: int  # +1 higher / more often, -1 lower / less often
     text: str  # the fact with its numbers, as facts.parquet words it
@@ -44,7 +46,9 @@ def _finding(r: dict[str, Any]) -> Finding:
     # Names and levels as segment names show them: a column named "" made "higher , lower x".
     col, up = r["column"], r["direction"] > 0
     if r["kind"] == "numeric" and not isinstance(r.get("level"), str):
-        return Finding(col, "higher" if up else "lower", quoted(col), r["direction"], r["text"])
+        unit = time_unit(r)[0]  # a date or time is later or earlier, a duration longer
+        more, less = ("higher", "lower") if unit is None else temporal.words(unit)
+        return Finding(col, more if up else less, quoted(col), r["direction"], r["text"])
     if r["kind"] == "numeric":
         # a two-valued column's fact is about one of its values, its ``level``, worded as a
         # category's ("more often survived = 1"): more or less often as its effect says (its
@@ -172,7 +176,8 @@ def profile_rows(facts: pd.DataFrame | None, prof: pd.DataFrame | None,
     """Rows of a segment's profile table, strongest fact first (then the other columns by how
     much they differ).
 
-    Numeric: member mean, member quartiles, rest mean, population mean, effect size.
+    Numeric: member mean, member quartiles, rest mean, population mean, effect size (and a
+    date or time column's ``unit`` and ``time_zone``, in which they are).
     Categorical: the level of the strongest fact (else the one that differs most): member
     share, rest share, population share, lift (None when the rest has none).
     """
@@ -195,10 +200,12 @@ def profile_rows(facts: pd.DataFrame | None, prof: pd.DataFrame | None,
         r = part.iloc[0]
         role = r["role"] if "role" in part.columns else "feature"
         if r["kind"] == "numeric":
+            unit, tz = time_unit(r)
             rows.append({"feature": feature, "kind": "numeric", "role": role,
                          "member": r["member_mean"], "q25": r["member_q25"],
                          "q75": r["member_q75"], "rest": r["rest_mean"],
-                         "population": pop.get((feature, None)), "effect": r["effect_size"]})
+                         "population": pop.get((feature, None)), "effect": r["effect_size"],
+                         "unit": unit, "time_zone": tz})
         else:
             chosen = part[part["level"] == top_level.get(feature)]
             if chosen.empty:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from recluster.compute import temporal
 from recluster.compute.paths import ROOT, NodePath, path_key
 from recluster.compute.segments import number, stop_words
 from recluster.report import facts
@@ -533,9 +534,20 @@ def _profile_table(rows: list[dict[str, Any]], parent: str | None) -> str:
         if r["kind"] == "numeric":
             d = r["effect"]
             arrow = "" if d is None or not math.isfinite(d) else ("▲" if d > 0 else "▼")
-            body.append(f"<tr><td>{e(r['feature'])}{tag}</td><td class='n'>{number(r['member'])}</td>"
-                        f"<td class='n muted'>{number(r['q25'])} – {number(r['q75'])}</td>"
-                        f"<td class='n'>{number(r['rest'])}</td><td class='n'>{number(r['population'])}"
+            unit, tz = r.get("unit"), r.get("time_zone")
+            if unit:  # a date, time or duration: shown as one, in its zone (said)
+                res = temporal.resolution(r["member"], r["rest"], r["q25"], r["q75"])
+
+                def show(v, unit=unit, tz=tz, res=res):
+                    return e(temporal.shown(v, unit, tz, res))
+                zone = temporal.zone_name(tz)
+                where = f" <span class='muted'>({e(zone)})</span>" if zone else ""
+            else:
+                show, where = number, ""
+            body.append(f"<tr><td>{e(r['feature'])}{where}{tag}</td>"
+                        f"<td class='n'>{show(r['member'])}</td>"
+                        f"<td class='n muted'>{show(r['q25'])} – {show(r['q75'])}</td>"
+                        f"<td class='n'>{show(r['rest'])}</td><td class='n'>{show(r['population'])}"
                         f"</td><td class='n'>{arrow} {number(d)} sd</td></tr>")
         else:
             lift = r["lift"]
@@ -557,7 +569,8 @@ def _profile_table(rows: list[dict[str, Any]], parent: str | None) -> str:
             f"<th class='n'>{e(rest)}</th><th class='n'>Population</th><th class='n'>Difference"
             "</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
             "<p class='muted small'>Numbers: means, in the column's own units (share of rows "
-            "for a category). Difference: in standard deviations (sd) for numbers, as a ratio "
+            "for a category; dates and times as dates and times, in the time zone named beside "
+            "the column). Difference: in standard deviations (sd) for numbers, as a ratio "
             "of shares for categories (\"only here\": the rest has none). Descriptive columns "
             "are profiled only: they took no part in finding the segments. Estimated on the "
             "training sample.</p>")
