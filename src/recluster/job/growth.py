@@ -203,11 +203,15 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
             fit.stability_resamples = used
             fits[path], stability[path] = fit, scores
             shown = ", ".join(f"{s:.2f}" for s in scores)
-            noise = ", ".join(f"{k}: {s:.2f}" for k, s in (fit.dropped or {}).items())
+            dropped = fit.dropped or {}
+            noise = "{" + ", ".join(f"{k}: {s:.2f}" for k, s in dropped.items()) + "}" \
+                if len(dropped) <= 6 else (f"{len(dropped)} of them, stability "
+                                           f"{min(dropped.values()):.2f}-"
+                                           f"{max(dropped.values()):.2f}")
             st.step(f"node {path}: stability [{shown}] on {used} resample(s)"
                     + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
                        if fit.min_cluster_size != before.min_cluster_size else "")
-                    + (f"; clusters made noise: {{{noise}}}" if fit.dropped else "")
+                    + (f"; clusters made noise: {noise}" if dropped else "")
                     + (f"; stops: {fit.stop_reason}" if fit.stop_reason else ""))
     return stability
 
