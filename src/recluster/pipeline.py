@@ -137,7 +137,13 @@ def _run(cfg: JobConfig, connect: Connect, timer: Timer, echo: Progress,
                    levels=prev["levels"], nodes=prev["nodes"],
                    seconds=round(echo.elapsed(), 3), reused=decision.action)
         return prev
-    client = connect if isinstance(connect, Client) else claims.enter_context(connect())
+    if isinstance(connect, Client):
+        client = connect
+    else:
+        # Not a stage of its own (the cluster's line says it), but what a timeout names while
+        # a cluster starts or a scheduler is reached: the plan was over by then.
+        timer.current = "connect"
+        client = claims.enter_context(connect())
     ts = plan.schema
     feats = passes.input_frame(plan.location, plan.pieces, ts, store.run_id)
     with timer.stage("validate") as st:
