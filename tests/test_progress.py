@@ -110,3 +110,60 @@ def test_a_stage_stopped_by_the_run_timeout_is_reported_once_as_the_timeout():
     with pytest.raises(StageError, match="did not finish"):  # and no later stage starts
         with timer.stage("write labels"):
             pass
+
+
+def test_a_second_stop_while_the_cluster_starts_still_releases_the_output_lock():
+    """The run's thread starts the cluster inside the run's claims; on a first Ctrl-C (or
+    SIGTERM) the caller's thread waits for that start to finish (seconds) so as to close it. A
+    second one in that wait left the claims unreleased: the output folder's lock stayed held
+    until its lease ran out (120 s), and the next run was refused. Now what is held is released
+    at once, and the cluster being started is closed by the run's thread once it has started."""
+    import signal
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    from recluster.pipeline import _Claims
+
+    events: list[str] = []
+    starting, started = threading.Event(), threading.Event()
+
+    @contextmanager
+    def held(name: str, enter_s: float = 0.0):
+        starting.set()
+        time.sleep(enter_s)
+        events.append(f"{name} entered")
+        try:
+            yield name
+        finally:
+            events.append(f"{name} released")
+
+    timer, _ = _timer(quiet=True)
+    claims = _Claims(timer)
+    claims.enter_context(held("lock"))
+    outcome: list[BaseException] = []
+
+    def run_thread():
+        try:
+            claims.enter_context(held("cluster", enter_s=1.5))
+        except BaseException as exc:
+            outcome.append(exc)
+        started.set()
+
+    def second_stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, second_stop)
+    try:
+        threading.Thread(target=run_thread, daemon=True).start()
+        assert starting.wait(10)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # the second stop, while the caller waits
+        with pytest.raises(KeyboardInterrupt):
+            claims.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)  # the first stop
+        assert events == ["lock entered", "lock released"]  # at once, not after the start
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert started.wait(10)
+    assert events == ["lock entered", "lock released", "cluster entered", "cluster released"]
+    assert len(outcome) == 1 and isinstance(outcome[0], StageError)

@@ -232,9 +232,10 @@ def test_run_timeout_names_the_stage_and_publishes_nothing(scheduler, data, caps
     m = re.search(r"did not finish within runtime.run_timeout_s=0.5s; stage in progress: "
                   r"'([^']+)'", err)
     assert m, err[-2000:]
-    # Which stage it is depends on how warm the workers are; it is one of the run's, never
-    # the publication itself (the whole run takes several seconds even on warm workers).
-    assert re.fullmatch(r"plan|validate|level \d+: .+", m.group(1)), m.group(1)
+    # Which stage it is depends on how warm the workers are (reaching the scheduler: connect);
+    # it is one of the run's, never the publication itself (the whole run takes several
+    # seconds even on warm workers).
+    assert re.fullmatch(r"plan|connect|validate|level \d+: .+", m.group(1)), m.group(1)
     assert seconds < 10
     time.sleep(1)  # the abandoned stage may still be finishing; it must not publish
     assert not published(out)
@@ -269,6 +270,35 @@ def test_a_claim_the_run_reaches_after_its_timeout_is_not_taken(scheduler, data,
     assert code == 5 and "runtime.run_timeout_s=0.2s; stage in progress: 'plan'" in err, err
     assert reached.wait(10)
     time.sleep(0.5)  # the thread's claim is refused, or released once entered
+    with claim(Location.of(out), 30, "run") as store:  # OutputLockedError if it is still held
+        assert store.lock is not None
+    assert not published(out)
+
+
+def test_a_timeout_while_the_cluster_starts_names_connect(scheduler, data, capsys, monkeypatch):
+    """The cluster is started (or the scheduler reached) once the plan holds, inside the run's
+    time limit: a timeout while it starts named the stage 'plan', which was over by then (a
+    user looked for slow listing). It names 'connect', as a scheduler that cannot be reached
+    does, and the output's lock is released, nothing published."""
+    from recluster.parallel import client as client_module
+    from recluster.storage.fs import Location
+    from recluster.storage.outputs import claim
+
+    real = client_module.dask_client
+
+    @contextmanager
+    def slow(*args, **kwargs):
+        time.sleep(5.0)  # a LocalCluster's workers being spawned; the run allows 3 s
+        with real(*args, **kwargs) as c:
+            yield c
+
+    monkeypatch.setattr(client_module, "dask_client", slow)
+    out = "s3://kills/slow-connect"
+    cfg = write_config(data["tmp"], "s3://kills/in", out,
+                       **{**SECTIONS, "runtime": {"run_timeout_s": 3}})
+    code = run_cli("run", cfg, "--scheduler", scheduler, "--quiet")
+    err = capsys.readouterr().err
+    assert code == 5 and "runtime.run_timeout_s=3s; stage in progress: 'connect'" in err, err
     with claim(Location.of(out), 30, "run") as store:  # OutputLockedError if it is still held
         assert store.lock is not None
     assert not published(out)

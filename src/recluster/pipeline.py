@@ -75,7 +75,8 @@ class _Claims(ExitStack):
     there) is not taken: that thread stops instead (:class:`StageError`). Entered on the plain
     stack, it was taken after its release had run, so that the output folder's lock stayed held
     until the garbage collector found the claim, or its lease ran out. A claim being entered
-    when the caller lets go is released once it is entered.
+    when the caller lets go is released once it is entered (by the caller, which waits for it;
+    by the run's thread if the caller is stopped again while it waits).
     """
 
     def __init__(self, timer: Timer):
@@ -86,11 +87,23 @@ class _Claims(ExitStack):
         with self._guard:
             if self._closed:
                 raise StageError(self._timer.stopped or "the run was stopped")
-            return super().enter_context(cm)
+            value = super().enter_context(cm)
+            if self._closed:  # the caller let go while it was entered (see __exit__)
+                super().__exit__(None, None, None)
+                raise StageError(self._timer.stopped or "the run was stopped")
+            return value
 
     def __exit__(self, *exc_details) -> bool:
-        with self._guard:
+        try:
+            with self._guard:  # (a claim being entered, a cluster starting: seconds)
+                self._closed = True
+        except BaseException:
+            # Stopped again while waiting (a second Ctrl-C or SIGTERM as the cluster starts):
+            # what is held (the output's lock) is released now, not left to its lease; the
+            # claim being entered is released by the run's thread once entered.
             self._closed = True
+            super().__exit__(*exc_details)
+            raise
         return super().__exit__(*exc_details)
 
 
@@ -137,7 +150,13 @@ def _run(cfg: JobConfig, connect: Connect, timer: Timer, echo: Progress,
                    levels=prev["levels"], nodes=prev["nodes"],
                    seconds=round(echo.elapsed(), 3), reused=decision.action)
         return prev
-    client = connect if isinstance(connect, Client) else claims.enter_context(connect())
+    if isinstance(connect, Client):
+        client = connect
+    else:
+        # Not a stage of its own (the cluster's line says it), but what a timeout names while
+        # a cluster starts or a scheduler is reached: the plan was over by then.
+        timer.current = "connect"
+        client = claims.enter_context(connect())
     ts = plan.schema
     feats = passes.input_frame(plan.location, plan.pieces, ts, store.run_id)
     with timer.stage("validate") as st:
