@@ -397,14 +397,15 @@ def test_a_random_flag_no_longer_splits_olive():
 
 
 def test_auto_keeps_levels_too_small_to_check_at_0_1():
-    """A near-unique tag column (60 levels of 2-3 rows beside iris's measurements) was weighed
+    """A near-unique tag column (65 levels of 2-3 rows beside iris's measurements) was weighed
     1/sqrt(p) ~ 8 per level under auto's ``standard`` and pulled rows across species; levels
     smaller than a cluster cannot be checked, so they keep 0/1. The species levels (50 rows,
     reproduced by the measurements) keep the recipe's weight."""
     from recluster.compute.node import fit_node_preprocessor
 
     iris = _rdata("datasets", "iris")
-    iris["tag"] = [f"t{i % 60}" for i in range(len(iris))]
+    # 65 tags: t0-t19 of 3 rows, the other 45 of 2 (the 20 kept are not cut out of a tie)
+    iris["tag"] = [f"t{i % 65}" for i in range(len(iris))]
     iris[U_COLUMN] = np.linspace(0, 1, len(iris), endpoint=False)
     size = ["Sepal.Length", "Sepal.Width", "Petal.Length", "Petal.Width"]
     pre = fit_node_preprocessor(iris, size, ["Species", "tag"], _cfg())
@@ -413,7 +414,7 @@ def test_auto_keeps_levels_too_small_to_check_at_0_1():
                        strict=True))
     assert all(abs(species[s] - 1 / np.sqrt(1 / 3 * 2 / 3)) < 1e-9
                for s in ("setosa", "versicolor", "virginica")), species
-    # the 20 tags kept (3 rows each) are 0/1; the other 40 share the __other__ column (90 rows:
+    # the 20 tags kept (3 rows each) are 0/1; the other 45 share the __other__ column (90 rows:
     # no rare level), which keeps the recipe's weight
     tags = pre.level_weights_["tag"]
     assert len(tags) == 21 and set(tags[:20]) == {1.0}, tags
