@@ -92,14 +92,14 @@ class TableSchema:
         are the strata's levels."""
         types = dict(self.read_types)
         return [c for c in self.describe if c in types and c != self.stratify_by
-                and temporal.unit_of(types[c]) is not None]
+                and temporal.unit_of(_decoded(types[c])) is not None]
 
     @property
     def time_units(self) -> dict[str, tuple[str, str | None]]:
         """Descriptive column -> ``(unit, time zone)`` of each of :attr:`describe_temporal`
         (see :data:`recluster.compute.temporal.UNITS`)."""
         types = dict(self.read_types)
-        return {c: (temporal.unit_of(types[c]), temporal.time_zone(types[c]))
+        return {c: (temporal.unit_of(_decoded(types[c])), temporal.time_zone(_decoded(types[c])))
                 for c in self.describe_temporal}
 
     @property
@@ -379,7 +379,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
         if pa.types.is_nested(read[c]):
             raise InputDataError(f"describe column '{c}' has type {t} (in {path}): nested values "
                                  "cannot be profiled; leave it out of input.describe")
-        why = temporal.refusal(c, read[c], path)
+        why = temporal.refusal(c, _decoded(read[c]), path)
         if why:
             raise InputDataError(why)
     categorical = [c for c in features if c in cfg.categorical]

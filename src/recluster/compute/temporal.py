@@ -44,16 +44,10 @@ _DAY = 86_400.0
 _TICK = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
-def _plain(t: pa.DataType) -> pa.DataType:
-    if isinstance(t, pa.BaseExtensionType):
-        t = t.storage_type
-    return t.value_type if pa.types.is_dictionary(t) else t
-
-
 def unit_of(t: pa.DataType) -> str | None:
-    """The :data:`UNITS` entry a column of Arrow type ``t`` is profiled in, or None (not a
-    date, time or duration)."""
-    t = _plain(t)
+    """The :data:`UNITS` entry a column whose values are of Arrow type ``t`` is profiled in, or
+    None (not a date, time or duration). ``t`` is the values' type: a dictionary's value type,
+    an extension type's storage (``recluster.compute.schema`` decodes them)."""
     if pa.types.is_date(t):
         return "date"
     if pa.types.is_timestamp(t):
@@ -68,7 +62,6 @@ def unit_of(t: pa.DataType) -> str | None:
 def time_zone(t: pa.DataType) -> str | None:
     """The zone a timestamp type carries (``"America/New_York"``, ``"+05:30"``, ``"UTC"``), or
     None."""
-    t = _plain(t)
     return t.tz if pa.types.is_timestamp(t) else None
 
 
@@ -76,7 +69,7 @@ def refusal(name: str, t: pa.DataType, path: str) -> str | None:
     """Why a descriptive column of type ``t`` cannot be profiled as a quantity or a level, or
     None: a calendar interval (``month_day_nano_interval``) has no length in one unit (a month
     is 28 to 31 days)."""
-    if pa.types.is_interval(_plain(t)):
+    if pa.types.is_interval(t):
         return (f"describe column '{name}' has type {t} (in {path}): a calendar interval has no "
                 "length in one unit (a month is 28 to 31 days), so it cannot be profiled; write "
                 "it as a duration or a number (e.g. days), or leave it out of input.describe")
