@@ -122,51 +122,40 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     d = r.get("effect_size")
     if d is None or not math.isfinite(d) or abs(d) < MIN_EFFECT:
         return None
-    if time_unit(r)[0] is not None:
-        return _time_fact(r, float(d))
     up = d > 0
     share = r.get("member_above_rest_median" if up else "member_below_rest_median")
     share = float(share) if share is not None and math.isfinite(share) else float("nan")
     col = quoted(r["feature"])
-    word = "higher" if up else "lower"
-    behind = f"; {percent(share)} of members are {'above' if up else 'below'} the rest's median" \
+    unit, tz = time_unit(r)
+    if unit is None:
+        words, sides, shorts = ("higher", "lower"), ("above", "below"), ("High", "Low")
+        values = f"mean {number(r['member_mean'])} vs {number(r['rest_mean'])}"
+    else:  # a date, time or duration: later/earlier (longer/shorter), shown as one
+        words, sides, shorts = temporal.words(unit), temporal.sides(unit), \
+            temporal.short_words(unit)
+        values = _time_values(r, unit, tz)
+    pick = 0 if up else 1
+    behind = f"; {percent(share)} of members are {sides[pick]} the rest's median" \
         if math.isfinite(share) else ""
     return {"column": r["feature"], "level": None, "kind": "numeric", "direction": 1 if up else -1,
             "effect": float(d), "lift": float("nan"), "member_value": float(r["member_mean"]),
             "rest_value": float(r["rest_mean"]), "member_share": share,
-            "text": f"{word} {col}: mean {number(r['member_mean'])} vs {number(r['rest_mean'])} "
-                    f"({abs(d):.2f} sd){behind}",
-            "short": f"{'High' if up else 'Low'} {col}"}
+            "text": f"{words[pick]} {col}: {values} ({abs(d):.2f} sd){behind}",
+            "short": f"{shorts[pick]} {col}"}
 
 
-def _time_fact(r: Mapping[str, Any], d: float) -> dict[str, Any]:
-    """A date, time or duration column's fact, worded and shown as such: "later time_hour:
-    median 2013-08-14 vs 2013-04-02 (0.93 sd); 81% of members are after the rest's median"
-    (later/earlier, longer/shorter for a duration; means where the medians read alike). The
-    values are in the profile's unit, shown in its time zone
-    (:func:`recluster.compute.temporal.shown`); ``member_value`` and ``rest_value`` are the
-    means, as a number's are."""
-    unit, tz = time_unit(r)
-    up = d > 0
-    share = r.get("member_above_rest_median" if up else "member_below_rest_median")
-    share = float(share) if share is not None and math.isfinite(share) else float("nan")
-    col = quoted(r["feature"])
+def _time_values(r: Mapping[str, Any], unit: str, tz: str | None) -> str:
+    """A date, time or duration column's two sides as its fact states them: "median
+    2013-08-14 vs 2013-04-02", in the profile's unit shown in its time zone
+    (:func:`recluster.compute.temporal.shown`); the means where the medians read alike.
+    (``member_value`` and ``rest_value`` stay the means, as a number's are.)"""
     what, (m, rest) = "median", (r.get("member_median"), r.get("rest_median"))
     res = temporal.resolution(m, rest)
     if not (_finite(m) and _finite(rest)) or \
             temporal.shown(m, unit, tz, res) == temporal.shown(rest, unit, tz, res):
         what, (m, rest) = "mean", (r["member_mean"], r["rest_mean"])
         res = temporal.resolution(m, rest)
-    word = temporal.words(unit)[0 if up else 1]
-    side = temporal.sides(unit)[0 if up else 1]
-    behind = f"; {percent(share)} of members are {side} the rest's median" \
-        if math.isfinite(share) else ""
-    return {"column": r["feature"], "level": None, "kind": "numeric", "direction": 1 if up else -1,
-            "effect": d, "lift": float("nan"), "member_value": float(r["member_mean"]),
-            "rest_value": float(r["rest_mean"]), "member_share": share,
-            "text": f"{word} {col}: {what} {temporal.shown(m, unit, tz, res)} vs "
-                    f"{temporal.shown(rest, unit, tz, res)} ({abs(d):.2f} sd){behind}",
-            "short": f"{temporal.short_words(unit)[0 if up else 1]} {col}"}
+    return f"{what} {temporal.shown(m, unit, tz, res)} vs {temporal.shown(rest, unit, tz, res)}"
 
 
 def _share_fact(p1: float, p2: float, brief: str) -> dict[str, Any] | None:
