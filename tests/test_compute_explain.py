@@ -297,3 +297,20 @@ def test_dates_are_profiled_as_quantities_with_their_unit_and_zone():
     assert np.isnan(prof.loc["same", "effect_size"])
     assert prof.loc["same", "member_mean"] == prof.loc["same", "rest_mean"] == \
         (pd.Timestamp(w["date"].iloc[0]) - pd.Timestamp("1970-01-01")).days
+
+
+def test_profile_levels_never_cut_through_a_tie():
+    """A node's profile names at most 50 levels of a categorical; where the 50th and the 51st
+    most frequent hold as many rows, none of that count is named (they are counted together),
+    rather than the first by name."""
+    from recluster.compute.explain import MAX_PROFILE_LEVELS, OTHER_LEVELS, profiles_of
+
+    # 40 levels of 3 rows, then 30 of 2: the cut at 50 falls among the 2-row levels
+    kinds = [f"k{i:02d}" for i in range(40) for _ in range(3)] + \
+        [f"m{i:02d}" for i in range(30) for _ in range(2)]
+    raw = pd.DataFrame({"kind": kinds, "x": np.arange(len(kinds), dtype=float)})
+    member = np.arange(len(kinds)) % 2 == 0
+    prof = profiles_of(raw, [(member, "root.0")], ["x"], ["kind"], "root")[0]
+    levels = set(prof.loc[prof["kind"] == "categorical", "level"])
+    assert len(levels) - 1 < MAX_PROFILE_LEVELS
+    assert levels == {f"k{i:02d}" for i in range(40)} | {OTHER_LEVELS}

@@ -123,3 +123,11 @@ def test_ahead_bounds_are_the_next_levels_thresholds_raised(level_size):
     rows = {f"{ROOT}.{k}": int(total * s) for k, s in enumerate(shares)}
     assert bounds == {(p, NO_STRATUM): ahead_bound(_exact_threshold(rows, p, cfg), n)
                       for p, n in rows.items()}
+
+
+def test_clusters_made_noise_are_listed_when_few_and_counted_when_many():
+    from recluster.job.growth import NOISE_LISTED, made_noise
+
+    assert made_noise({0: 0.614, 3: 0.4849}) == "{0: 0.61, 3: 0.48}"
+    many = {k: 0.1 + k / 100 for k in range(NOISE_LISTED + 10)}
+    assert made_noise(many) == f"{NOISE_LISTED + 10} of them, stability 0.10-0.25"

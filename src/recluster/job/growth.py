@@ -202,18 +202,27 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
             before = fits[path]
             fit.stability_resamples = used
             fits[path], stability[path] = fit, scores
-            shown = ", ".join(f"{s:.2f}" for s in scores)
-            dropped = fit.dropped or {}
-            noise = "{" + ", ".join(f"{k}: {s:.2f}" for k, s in dropped.items()) + "}" \
-                if len(dropped) <= 6 else (f"{len(dropped)} of them, stability "
-                                           f"{min(dropped.values()):.2f}-"
-                                           f"{max(dropped.values()):.2f}")
-            st.step(f"node {path}: stability [{shown}] on {used} resample(s)"
+            st.step(f"node {path}: stability [{', '.join(f'{s:.2f}' for s in scores)}] on "
+                    f"{used} resample(s)"
                     + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
                        if fit.min_cluster_size != before.min_cluster_size else "")
-                    + (f"; clusters made noise: {noise}" if dropped else "")
+                    + (f"; clusters made noise: {made_noise(fit.dropped)}" if fit.dropped else "")
                     + (f"; stops: {fit.stop_reason}" if fit.stop_reason else ""))
     return stability
+
+
+#: Clusters made noise listed one by one on the terminal; more are counted.
+NOISE_LISTED = 6
+
+
+def made_noise(dropped: dict[int, float]) -> str:
+    """The clusters a node's stability made noise, for its progress line: each with its score
+    (``{0: 0.61, 3: 0.48}``), or, beyond :data:`NOISE_LISTED`, how many and the range of their
+    scores (weather's nodes printed dicts of 16 entries)."""
+    if len(dropped) <= NOISE_LISTED:
+        return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in dropped.items()) + "}"
+    return (f"{len(dropped)} of them, stability {min(dropped.values()):.2f}-"
+            f"{max(dropped.values()):.2f}")
 
 
 def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
