@@ -46,9 +46,15 @@ class Projection:
         self.explained_variance_ratio_ = float(np.sum(pca.explained_variance_ratio_))
         return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Project X (m, d) to (m, k) float32."""
-        return (np.asarray(X, dtype=np.float32) - self.mean_) @ self.components_.T
+    def transform(self, X: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """Project X (m, d) to (m, k) float32; ``overwrite``: X (float32) may be centred in
+        place instead of in a copy (the same values)."""
+        X = np.asarray(X, dtype=np.float32)
+        if overwrite:
+            X -= self.mean_
+        else:
+            X = X - self.mean_
+        return X @ self.components_.T
 
     def summary(self) -> dict:
         d = int(self.components_.shape[1])
