@@ -442,11 +442,6 @@ def evaluate_child(booster, rows: NodeRows, k: int, features: Sequence[str], nod
     contribs = np.asarray(booster.predict(d, pred_contribs=True))
     margin = np.asarray(booster.predict(d, output_margin=True))
     additivity = float(np.max(np.abs(contribs.sum(axis=1) - margin))) if len(margin) else 0.0
-    if kept is not None:  # back to every feature: the screened-out ones contribute 0
-        full = np.zeros((len(contribs), len(features) + 1), dtype=contribs.dtype)
-        full[:, kept] = contribs[:, :-1]
-        full[:, -1] = contribs[:, -1]
-        contribs = full
     member = rows.child_shap == k
     metrics = {"auc": round(float(roc_auc_score(y_hold, p_hold)), 6),
                "average_precision": round(float(average_precision_score(y_hold, p_hold)), 6),
@@ -493,11 +488,13 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
 
     Parameters
     ----------
-    contribs : ndarray (n, n_features + 1), last column the bias
+    contribs : ndarray (n, k + 1), the model's contributions, last column the bias: one column
+        per feature (k = n_features), or one per ``kept`` feature
     member : ndarray (n,) bool, the rows that belong to ``cluster``
     features : the feature names, in column order
     node, cluster : the node's path and the child's path
-    kept : column positions the model saw (:func:`screen_features`), None: all
+    kept : column positions the model saw (:func:`screen_features`), in the order of the
+        columns of ``contribs``; None: all
 
     Returns
     -------
@@ -506,10 +503,24 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
     ``screened_out`` (the feature screen kept the feature from the model: its zero says nothing
     about the feature, which was not looked at)
     """
-    phi = contribs[:, : len(features)]
-    mean_abs = np.abs(phi).mean(axis=0)
-    mean_member = phi[member].mean(axis=0) if member.any() else np.full(len(features), np.nan)
-    mean_rest = phi[~member].mean(axis=0) if (~member).any() else np.full(len(features), np.nan)
+    # Aggregated over the model's own columns, then spread over every feature (a screened-out
+    # one contributes exactly 0): each column's sums are the same, and a 500-feature node's
+    # children no longer expanded 20,000 rows to every feature and copied them twice more.
+    phi = contribs[:, :-1]
+    seen = np.arange(len(features)) if kept is None else np.asarray(kept, dtype=np.intp)
+    if phi.shape[1] != len(seen):
+        raise ValueError(f"{phi.shape[1]} contribution columns for {len(seen)} features")
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(features), dtype=values.dtype)
+        out[seen] = values
+        return out
+
+    mean_abs = spread(np.abs(phi).mean(axis=0))
+    mean_member = spread(phi[member].mean(axis=0)) if member.any() else \
+        np.full(len(features), np.nan)
+    mean_rest = spread(phi[~member].mean(axis=0)) if (~member).any() else \
+        np.full(len(features), np.nan)
     order = np.argsort(-mean_abs, kind="stable")
     rank = np.empty(len(features), dtype=np.int64)
     rank[order] = np.arange(1, len(features) + 1)
