@@ -315,16 +315,22 @@ def generated_names(tree: Sequence[Mapping[str, Any]], facts: pd.DataFrame,
         group = synonyms(facts)
         for path, part in facts.groupby("path", sort=False):
             part = part.sort_values("rank")
-            broad = part[part["member_share"].fillna(0) >= NAME_SUPPORT]
+            records = part[["column", "direction", "short"]].to_dict("records")
+            first: dict[tuple, str] = {}  # (column, direction) -> its best-ranked fragment
+            for r in records:
+                first.setdefault((r["column"], r["direction"]), r["short"])
+            supported = part["member_share"].fillna(0).to_numpy() >= NAME_SUPPORT
+            broad = [r for r, s in zip(records, supported, strict=True) if s]
             seq, taken = [], set()
-            for r in [*broad.to_dict("records"), *part.to_dict("records")]:
+            for r in [*broad, *records]:
+                if len(seq) > limit:  # a name takes at most one fragment more than limit
+                    break
                 # One fragment per column ("female sex", not also "few male sex"), and per
                 # group of columns that move together ("Low carat", not also "Low x · Low y").
                 g = group.get(r["column"], r["column"])
                 if g not in taken:
                     taken.add(g)
-                    same = part[(part["column"] == g) & (part["direction"] == r["direction"])]
-                    seq.append(same["short"].iloc[0] if len(same) else r["short"])
+                    seq.append(first.get((g, r["direction"]), r["short"]))
             shorts[path] = seq
     paths = sorted((n["path"] for n in tree if n["path"] != ROOT), key=path_key)
     names = {p: " · ".join(shorts.get(p, [])[:limit]) or f"Segment {p}" for p in paths}
@@ -360,14 +366,20 @@ def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) 
         return {}
     wide = wide.fillna(0.0)
     wide = wide.loc[:, wide.std() > 0]
-    corr = wide.corr().abs()
+    corr = wide.corr().abs().to_numpy()
+    columns = list(wide.columns)
+    # Each column not yet grouped starts a group of every ungrouped column that moves with it
+    # (itself included), in column order; a row of the matrix at a time (cell by cell through
+    # pandas, 500 numeric columns took seconds).
+    grouped = np.zeros(len(columns), dtype=bool)
     out: dict[str, str] = {}
-    for c in corr.columns:
-        if c in out:
+    for i, c in enumerate(columns):
+        if grouped[i]:
             continue
-        for d in corr.columns:
-            if d not in out and corr.loc[c, d] >= min_corr:
-                out[d] = c
+        joins = ~grouped & (corr[i] >= min_corr)
+        for j in np.flatnonzero(joins):
+            out[columns[j]] = c
+        grouped |= joins
     return out
 
 
