@@ -499,6 +499,74 @@ def test_level_check_on_many_reproduced_categoricals_computes_distances_once():
     assert not np.any(got == np.arange(len(copies))[:, None])
 
 
+def _direct_neighbour_distances(X: np.ndarray, drop: np.ndarray, got: np.ndarray) -> tuple:
+    """Sorted distances (n, k) of ``got`` and of a direct k-nearest query, without ``drop``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rest = np.delete(X, drop, axis=1)
+    k = got.shape[1]
+    _, idx = NearestNeighbors(n_neighbors=k + 1).fit(rest).kneighbors(rest)
+    # the query may return a copy of a row before the row itself: drop the row, not the first
+    idx = np.array([[j for j in r if j != i][:k] for i, r in enumerate(idx)])
+    direct = np.sort(np.linalg.norm(rest[:, None, :] - rest[idx], axis=2), axis=1)
+    mine = np.sort(np.linalg.norm(rest[:, None, :] - rest[got], axis=2), axis=1)
+    return mine, direct
+
+
+@pytest.mark.parametrize("n", [8, 40, 700])
+def test_neighbours_without_a_discrete_column_are_the_direct_query(n):
+    """A discrete column's neighbours come from each row's list of nearest rows, level by level,
+    and from a level's own rows where the list holds too few of them (a rare flag's rows are
+    rarely in anyone's list): the same neighbour distances as a query on the other columns,
+    for a rare flag, a balanced one that walls its rows off, a count of five values, a
+    one-hot categorical, a continuous column (the whole-matrix path), and tables smaller than
+    the list and than the neighbours."""
+    from recluster.compute import artefacts
+
+    rng = np.random.default_rng(n)
+    group = rng.integers(0, 3, n)
+    table = pd.DataFrame({
+        "x": group + rng.normal(scale=0.3, size=n),
+        "y": rng.normal(size=n),
+        "rare": (rng.random(n) < 0.03).astype(float),  # a few rows of 1
+        "walled": (group == 0).astype(float),  # follows the groups: its levels sit apart
+        "count": rng.integers(0, 5, n).astype(float),
+        "kind": np.array(["a", "b", "c", "d"])[rng.integers(0, 4, n)],
+    })
+    table.loc[table.index[:2], "rare"] = 1.0  # at least two rows of the rare value
+    pre = Preprocessor(["x", "y", "rare", "walled", "count"], ["kind"],
+                       categorical_scale="standard").fit(table)
+    X = pre.transform(table).astype(np.float64)
+    neighbours = artefacts._NeighboursWithout(X)
+    assert neighbours.k == min(artefacts.NEIGHBOURS, n - 1)
+    for column in ["rare", "walled", "count", "kind", "x"]:
+        drop = artefacts._columns_of(pre, column)
+        assert len(drop) >= (2 if column == "kind" else 1)
+        got = neighbours.of(drop)
+        assert got.shape == (n, neighbours.k)
+        assert not np.any(got == np.arange(n)[:, None])  # never itself
+        assert all(len(set(r)) == len(r) for r in got)  # no row twice
+        mine, direct = _direct_neighbour_distances(X, drop, got)
+        np.testing.assert_allclose(mine, direct, atol=1e-6, err_msg=column)
+
+
+def test_two_way_ari_is_sklearns_adjusted_rand_score():
+    """The checks' ARI of two yes/no labellings from four counts: sklearn's value to the bit,
+    for any sizes and agreements, the all-same and the empty labellings included."""
+    from recluster.compute.artefacts import two_way_ari
+
+    rng = np.random.default_rng(3)
+    cases = [(np.ones(5, bool), np.ones(5, bool)), (np.zeros(4, bool), np.ones(4, bool)),
+             (np.array([True]), np.array([False])), (np.zeros(0, bool), np.zeros(0, bool))]
+    for _ in range(3000):
+        n = int(rng.integers(1, 300))
+        a = rng.random(n) < rng.random()
+        b = rng.choice([a, ~a, rng.random(n) < rng.random()])
+        cases.append((a, b))
+    for a, b in cases:
+        assert two_way_ari(a, b) == adjusted_rand_score(a, b), (a, b)
+
+
 # ------------------------------------------------------------------ small zooms: Gaussian null
 
 

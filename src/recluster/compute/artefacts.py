@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 
 from recluster.compute.preprocess import MISSING, Preprocessor, categorical_strings
 
@@ -35,6 +34,11 @@ CHECK_ROWS = 3_000
 #: a ninth of that at 1,000, where a two-way split is still judged on hundreds of rows a side.
 BINARY_CHECK_ROWS = 1_000
 NEIGHBOURS = 10
+#: Each checked row's nearest rows kept in order (:class:`_NeighboursWithout`).
+NEAR_LIST = 50
+#: A column whose dimensions take more distinct vectors than this over the checked rows is
+#: left out by a query over the whole distance matrix (:class:`_NeighboursWithout`).
+MAX_LEVEL_VECTORS = 64
 
 
 def discrete_columns(sample: pd.DataFrame, pre: Preprocessor) -> dict[str, np.ndarray]:
@@ -52,31 +56,117 @@ def discrete_columns(sample: pd.DataFrame, pre: Preprocessor) -> dict[str, np.nd
 
 def _columns_of(pre: Preprocessor, column: str) -> np.ndarray:
     """Positions of ``column``'s dimensions in the preprocessor's output."""
-    names = pre.feature_names_out_
-    return np.array([j for j, n in enumerate(names)
-                     if n == column or (column in pre.categorical and n.startswith(f"{column}="))])
+    return _dimensions(pre).get(column, np.zeros(0, dtype=np.intp))
+
+
+def _dimensions(pre: Preprocessor) -> dict[str, np.ndarray]:
+    """Every column's dimensions in the preprocessor's output (:func:`_columns_of`), from one
+    pass over the output names: a numeric column's own name, a categorical's ``column=level``
+    names (asked column by column, a wide node's checks went through 1,500 names for each of
+    1,500 columns)."""
+    categorical = set(pre.categorical)
+    found: dict[str, list[int]] = {}
+    for j, name in enumerate(pre.feature_names_out_):
+        found.setdefault(name, []).append(j)
+        at = name.find("=")
+        while at >= 0:  # every "=" may end the column's name (names and levels may hold one)
+            if name[:at] in categorical:
+                found.setdefault(name[:at], []).append(j)
+            at = name.find("=", at + 1)
+    return {c: np.asarray(js, dtype=np.intp) for c, js in found.items()}
 
 
 class _NeighboursWithout:
     """Each row's :data:`NEIGHBOURS` nearest other rows of X (n, d) with one column's dimensions
     left out, for column after column of the same rows.
 
-    One squared-distance matrix (n, n) over all dimensions is computed once; a column's share of
-    it (its few dimensions) is subtracted per column. A neighbour query per column on the rest of
-    the dimensions cost n * n * d each: on a node of 3,000 rows and 300 five-level categoricals
-    whose levels the other columns reproduce (so every column is asked), 524 s for the level
-    check before, 88 s this way on a loaded machine (1.7 s against 0.5 s a column at 1,500
-    dimensions). A row is never its own neighbour, also when other rows are its exact copies.
+    One squared-distance matrix (n, n) over all dimensions is computed once, and each row's
+    :data:`NEAR_LIST` nearest rows in it, in order. A discrete column's dimensions take one
+    vector per level, so leaving them out lowers the distance of two rows by an amount that
+    depends only on their two levels (0 for the same level): a row's nearest rows without the
+    column are among, for each level, its nearest rows *of that level* in the full space. Those
+    come from the row's list where it holds enough of them, and from its distances to that
+    level's rows otherwise (a rare level's few rows). A neighbour query per column over the whole
+    matrix (an (n, n) selection each) cost 0.28 s a column at 3,000 rows; modeldata's
+    grants_other, ~1,000 two-valued columns asked about, spent 366 s on the root's artefact
+    check. A column of more than :data:`MAX_LEVEL_VECTORS` distinct vectors takes the whole
+    matrix. A row is never its own neighbour, also when other rows are its exact copies.
     """
 
     def __init__(self, X: np.ndarray):
         self.X = np.asarray(X, dtype=np.float64)
-        self.k = int(min(NEIGHBOURS, len(self.X) - 1))
+        n = len(self.X)
+        self.k = int(min(NEIGHBOURS, n - 1))
         self.d2 = _squared_distances(self.X)
+        np.fill_diagonal(self.d2, np.inf)
+        m = int(min(NEAR_LIST, n - 1))
+        near = np.argpartition(self.d2, m - 1, axis=1)[:, :m] if 1 <= m < n - 1 else \
+            np.argsort(self.d2, axis=1)[:, :max(m, 0)]
+        d2 = np.take_along_axis(self.d2, near, axis=1)
+        order = np.argsort(d2, axis=1, kind="stable")
+        #: each row's nearest rows (n, m), nearest first, and their squared distances
+        self.near = np.take_along_axis(near, order, axis=1)
+        self.near_d2 = np.take_along_axis(d2, order, axis=1)
 
     def of(self, drop: np.ndarray) -> np.ndarray:
         """Neighbour positions (n, k) in X without the dimensions ``drop``."""
         part = self.X[:, drop]
+        if self.k < 1:
+            return np.zeros((len(part), 0), dtype=np.intp)
+        if part.shape[1] == 0:
+            return self._of_all(part)
+        if part.shape[1] == 1:
+            vectors, group = np.unique(part[:, 0], return_inverse=True)
+            vectors = vectors[:, None]
+        else:
+            vectors, group = np.unique(part, axis=0, return_inverse=True)
+        if len(vectors) > MAX_LEVEL_VECTORS:
+            return self._of_all(part)
+        group = group.ravel()
+        n, k, levels = len(self.X), self.k, len(vectors)
+        # how much closer a row of each level comes to a row of each other without the column
+        diff = vectors[:, None, :] - vectors[None, :, :]
+        closer = np.einsum("abd,abd->ab", diff, diff)[group]  # (n, levels)
+        # each row's list, level by level (nearest first within a level), and where each
+        # level's part of it starts
+        near_group = group[self.near]
+        order = np.argsort(near_group, axis=1, kind="stable")
+        listed = np.take_along_axis(self.near, order, axis=1)
+        listed_d2 = np.take_along_axis(self.near_d2, order, axis=1)
+        held = np.bincount((np.arange(n)[:, None] * levels + near_group).ravel(),
+                           minlength=n * levels).reshape(n, levels)
+        starts = np.cumsum(held, axis=1) - held
+        size = np.bincount(group, minlength=levels)
+        last = self.near.shape[1] - 1
+        cand = np.zeros((n, levels * k), dtype=np.intp)
+        dist = np.full((n, levels * k), np.inf)
+        for g in range(levels):
+            wanted = np.minimum(k, size[g] - (group == g))  # (a row is not its own)
+            ok = np.arange(k)[None, :] < held[:, g:g + 1]  # the list's first k of level g
+            if self.near.shape[1]:
+                pos = np.minimum(starts[:, g:g + 1] + np.arange(k), last)
+                idx = np.take_along_axis(listed, pos, axis=1)
+                d = np.take_along_axis(listed_d2, pos, axis=1)
+            else:
+                idx, d = np.zeros((n, k), dtype=np.intp), np.full((n, k), np.inf)
+            short = np.flatnonzero(held[:, g] < wanted)
+            if len(short):  # rows whose list holds too few of this level: from all of its rows
+                level = np.flatnonzero(group == g)
+                sub = self.d2[np.ix_(short, level)]
+                take = min(k, len(level))
+                pos = np.argpartition(sub, take - 1, axis=1)[:, :take] if take < len(level) \
+                    else np.broadcast_to(np.arange(take), (len(short), take))
+                ok[short] = False
+                ok[short, :take] = True
+                idx[short, :take] = level[pos]
+                d[short, :take] = np.take_along_axis(sub, pos, axis=1)
+            cand[:, g * k:(g + 1) * k] = idx
+            dist[:, g * k:(g + 1) * k] = np.where(ok, d - closer[:, g:g + 1], np.inf)
+        pick = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(cand, pick, axis=1)
+
+    def _of_all(self, part: np.ndarray) -> np.ndarray:
+        """:meth:`of` over the whole distance matrix (``part``: X's dimensions left out)."""
         # d2 - (sq_i + sq_j - 2 <x_i, x_j>) over the dropped dimensions, in place: four passes
         # over (n, n) and no (n, n) temporaries.
         d2 = part @ part.T
@@ -107,9 +197,31 @@ def _vote(neigh: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Majority label (n,) among each row's neighbours (positions (n, k) into ``labels``)."""
     votes = labels[neigh]
     shift = votes - labels.min()
-    counts = np.zeros((len(neigh), int(shift.max()) + 1), dtype=np.int32)
-    np.add.at(counts, (np.repeat(np.arange(len(neigh)), neigh.shape[1]), shift.ravel()), 1)
+    width = int(shift.max()) + 1
+    at = np.arange(len(neigh))[:, None] * width + shift  # (row, label) cells, counted at once
+    counts = np.bincount(at.ravel(), minlength=len(neigh) * width).reshape(len(neigh), width)
     return counts.argmax(axis=1) + labels.min()
+
+
+def two_way_ari(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`sklearn.metrics.adjusted_rand_score` of two yes/no labellings (n,) bool, the same
+    value from their four counts (the checks ask it of every column and cluster: sklearn's
+    checks of its arguments were most of a wide node's artefact check)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = len(a)
+    both = int(np.count_nonzero(a & b))
+    n_a, n_b = int(np.count_nonzero(a)), int(np.count_nonzero(b))
+    cells = [both, n_a - both, n_b - both, n - n_a - n_b + both]
+    squares = sum(c * c for c in cells)
+    rows = n_a * n_a + (n - n_a) ** 2  # sums of squares of the two sides' sizes
+    cols = n_b * n_b + (n - n_b) ** 2
+    tp = squares - n  # pairs together in both (sklearn's pair confusion matrix)
+    fp = cols - squares  # (0, 1): apart in a, together in b
+    fn = rows - squares
+    tn = n * n - fp - fn - squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
 def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_clusters: int,
@@ -134,24 +246,30 @@ def find_artefacts(sample: pd.DataFrame, X: np.ndarray, labels: np.ndarray, n_cl
     neighbours = None
     Xm = X[member]
     spread = np.ptp(Xm, axis=0) > 0
+    dims = _dimensions(pre)
+    size = np.bincount(lab, minlength=n_clusters)
     for column, values in discrete_columns(sample, pre).items():
-        vals = values[member]
-        drop = _columns_of(pre, column)
-        for c in range(n_clusters):
+        codes, levels = pd.factorize(values[member], use_na_sentinel=False)
+        if len(levels) < 2:  # one level over the checked rows: it tells no cluster apart
+            continue
+        # the clusters whose rows all hold one level: its least and greatest code agree
+        low = np.full(n_clusters, len(levels))
+        high = np.full(n_clusters, -1)
+        np.minimum.at(low, lab, codes)
+        np.maximum.at(high, lab, codes)
+        for c in np.flatnonzero((size > 0) & (low == high)):
             if out[c] is not None:
                 continue
-            levels = np.unique(vals[lab == c])
-            if len(levels) != 1 or np.all(vals == levels[0]):
-                continue
             if column not in votes:
+                drop = dims.get(column, np.zeros(0, dtype=np.intp))
                 if not _others_vary(spread, drop):
                     votes[column] = np.full(len(member), -2)  # nothing else to tell rows apart
                 else:
                     neighbours = neighbours or _NeighboursWithout(Xm)
                     votes[column] = _vote(neighbours.of(drop), lab)
-            score = adjusted_rand_score(lab == c, votes[column] == c)
+            score = two_way_ari(lab == c, votes[column] == c)
             if score < min_agreement:
-                out[c] = describe_artefact(column, levels[0])
+                out[c] = describe_artefact(column, str(levels[low[c]]))
     return out
 
 
@@ -180,6 +298,7 @@ class LevelCheck:
         self.min_rows = min_rows * self.n / max(1, len(X))
         self._neighbours: _NeighboursWithout | None = None
         self._spread: np.ndarray | None = None
+        self._dims: dict[str, np.ndarray] | None = None
 
     def values(self, column: str) -> np.ndarray:
         """The checked rows' values of ``column`` as level strings (n_checked,)."""
@@ -192,7 +311,9 @@ class LevelCheck:
     def agreement(self, column: str, vals: np.ndarray, levels: list[str]) -> list[float]:
         """ARI of the vote against membership, per level in ``levels`` (of ``vals`` (n_checked,),
         the column's values), without ``column``'s dimensions; 0 when nothing else varies."""
-        drop = _columns_of(self.pre, column)
+        if self._dims is None:
+            self._dims = _dimensions(self.pre)
+        drop = self._dims.get(column, np.zeros(0, dtype=np.intp))
         if self._spread is None:
             self._spread = np.ptp(self.X[self.rows], axis=0) > 0
         if not _others_vary(self._spread, drop):
@@ -200,7 +321,7 @@ class LevelCheck:
         if self._neighbours is None:
             self._neighbours = _NeighboursWithout(self.X[self.rows])
         neigh = vals[self._neighbours.of(drop)]
-        return [float(adjusted_rand_score(vals == lvl, np.sum(neigh == lvl, axis=1) * 2 > self.k))
+        return [two_way_ari(vals == lvl, np.sum(neigh == lvl, axis=1) * 2 > self.k)
                 for lvl in levels]  # a majority of the neighbours
 
 
