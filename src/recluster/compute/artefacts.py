@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from recluster.compute.preprocess import MISSING, Preprocessor, categorical_strings
+from recluster.compute.preprocess import MISSING, Preprocessor, categorical_strings, numeric_values
 
 #: A numeric column with at most this many distinct whole values in a node is discrete.
 DISCRETE_MAX_LEVELS = 10
@@ -45,8 +45,7 @@ def discrete_columns(sample: pd.DataFrame, pre: Preprocessor) -> dict[str, np.nd
     """The node's discrete columns as string arrays (n,): categoricals, and numeric columns with
     at most :data:`DISCRETE_MAX_LEVELS` whole values (missing values are a level of their own)."""
     out = {c: categorical_strings(sample[c]) for c in pre.categorical}
-    for c in pre.numeric:
-        x = pd.to_numeric(sample[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    for c, x in zip(pre.numeric, numeric_values(sample, pre.numeric, "coerce"), strict=True):
         present = x[~np.isnan(x)]
         if present.size and np.all(present == np.round(present)) and \
                 len(np.unique(present)) <= DISCRETE_MAX_LEVELS:

@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recluster.compute.preprocess import MISSING, OTHER, Preprocessor, categorical_strings
+from recluster.compute.preprocess import (
+    MISSING,
+    OTHER,
+    Preprocessor,
+    categorical_strings,
+    numeric_values,
+)
 
 SUPPORT_QUANTILE = 0.99
 PSI_FLOOR = 1e-4
@@ -115,8 +121,7 @@ def fit_reference(sample: pd.DataFrame, pre: Preprocessor, Z: np.ndarray,
     cents_a, scales_a = np.vstack(cents), np.asarray(scales)
     radius = float(np.quantile(support_distance(cents_a, scales_a, Z), SUPPORT_QUANTILE))
     ref = Reference(cents_a, scales_a, radius)
-    for key in pre.numeric:
-        x = pd.to_numeric(sample[key], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    for key, x in zip(pre.numeric, numeric_values(sample, pre.numeric, "coerce"), strict=True):
         x = x[~np.isnan(x)]
         ref.numeric_edges[key] = np.unique(np.quantile(x, _DECILES)).tolist() if len(x) else []
     for key in pre.categorical:

@@ -9,7 +9,7 @@ any model, whichever trainer made it (:func:`evaluate_child`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +18,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from recluster.compute.node import U_COLUMN
 from recluster.compute.paths import NodePath
-from recluster.compute.preprocess import OTHER, Preprocessor, categorical_strings, most_frequent
+from recluster.compute.preprocess import (
+    OTHER,
+    Preprocessor,
+    categorical_strings,
+    most_frequent,
+    numeric_columns,
+)
 from recluster.compute.routing import codes_of
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -71,38 +77,14 @@ def _raw_numeric(df: pd.DataFrame, numeric: list[str], medians: np.ndarray,
                  out: np.ndarray) -> None:
     """:func:`raw_frame`'s numeric columns of ``df`` into ``out`` (n, m) float32: missing as the
     node's median, clipped to float32's range (what XGBoost holds; beyond it a value would
-    become inf, an error), a block of columns at a time (:func:`_numeric_columns`; a column at
+    become inf, an error), a block of columns at a time (:func:`~recluster.compute.preprocess.numeric_columns`; a column at
     a time was a dozen pandas calls per column: most of the time of a 500-column node's split)."""
     step = max(1, BLOCK_VALUES // max(1, len(df)))
-    columns = _numeric_columns(df, numeric, errors="raise")
+    columns = numeric_columns(df, numeric, errors="raise")
     for first in range(0, len(numeric), step):
         v = columns(first, first + step)
         v = np.where(np.isnan(v), medians[first:first + step], v)
         out[:, first:first + step] = np.clip(v, -F32_MAX, F32_MAX)
-
-
-def _numeric_columns(df: pd.DataFrame, numeric: Sequence[str],
-                     errors: str) -> Callable[[int, int], np.ndarray]:
-    """A reader of ``df``'s columns ``numeric[a:b]`` as float64 (n, b - a), missing as NaN:
-    where every one of them has a numeric type, a block of them at once (types and positions
-    asked once: asked per block and column, the lookups cost a node of many pieces more than
-    its conversions), else column by column through ``pandas.to_numeric(errors=errors)``."""
-    pos = _positions_of(df, numeric)
-    if all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes.iloc[pos]):
-        return lambda a, b: df.iloc[:, pos[a:b]].to_numpy(dtype=np.float64, na_value=np.nan)
-    return lambda a, b: np.column_stack([
-        pd.to_numeric(df[c], errors=errors).to_numpy(dtype=np.float64, na_value=np.nan)
-        for c in numeric[a:b]])
-
-
-def _positions_of(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """Where ``columns`` are in ``df`` (a KeyError naming those it lacks, as ``df[columns]``
-    raises: a position of -1 would take the last column instead)."""
-    pos = df.columns.get_indexer(columns)
-    if (pos < 0).any():
-        lacking = [c for c, i in zip(columns, pos, strict=True) if i < 0]
-        raise KeyError(f"columns not in the frame: {lacking}")
-    return pos
 
 
 def category_name(level: str) -> str:
@@ -768,7 +750,7 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
     n = sum(len(p) for p in pieces)
     step = max(1, BLOCK_VALUES // max(1, n))  # columns per block
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in members]
-    readers = [_numeric_columns(p, numeric, errors="coerce") for p in pieces]
+    readers = [numeric_columns(p, numeric, errors="coerce") for p in pieces]
     for first in range(0, len(numeric), step):
         cols = numeric[first:first + step]
         xt = np.empty((len(cols), n))
