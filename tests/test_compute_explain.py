@@ -157,15 +157,32 @@ def test_a_node_screened_at_once_keeps_what_each_child_screened_alone_keeps():
     assert narrow.screens == {} and narrow.screen(0, 500) == (None, None)
 
 
-def test_profile_quantiles_by_selection_equal_numpys_quantile():
+def test_profile_quantiles_by_selection_equal_numpys_quantile(monkeypatch):
     """The profiles' quartiles come from two order statistics each, selected by partitions
-    rather than a sort: exactly numpy.quantile's values on each side of each group (missing
-    values in some rows, an empty row, ties, rows of 1-3 values, no members, every row)."""
-    from recluster.compute.explain import numeric_profile_stats
+    (or, in a row of few distinct values, by a sort): exactly numpy.quantile's values on each
+    side of each group (missing values in some rows, an empty row, ties, rows of 1-3 values, a
+    rare dummy, a small count, no members, every row), whichever way a block's rows went."""
+    from recluster.compute import explain
+    from recluster.compute.explain import TIE_LEVELS, numeric_profile_stats
 
+    ways = {"sorted": 0, "selected": 0}
+
+    def counting(way: str):
+        original = getattr(explain, f"_{way}_quantiles")
+
+        def counted(v, at):
+            ways[way] += len(v)
+            return original(v, at)
+        return counted
+
+    for way in ways:
+        monkeypatch.setattr(explain, f"_{way}_quantiles", counting(way))
     rng = np.random.default_rng(5)
     n = 4_000
-    xt = rng.normal(size=(14, n))
+    xt = rng.normal(size=(16, n))
+    xt[13] = (rng.random(n) < 0.05).astype(float)  # a rare dummy: sorted
+    xt[14] = rng.integers(0, TIE_LEVELS + 1, n).astype(float)  # one level too many: selected
+    xt[14, rng.random(n) < 0.1] = np.nan
     xt[3, rng.random(n) < 0.2] = np.nan
     xt[5] = np.nan
     xt[7, :50] = np.nan
@@ -187,6 +204,7 @@ def test_profile_quantiles_by_selection_equal_numpys_quantile():
                     got = stats[f"{side}_{key}"][j]
                     assert np.array_equal(got, want, equal_nan=True), (side, key, j)
                     assert not (got == 0 and np.signbit(got)), (side, key, j)  # 0.0, not -0.0
+    assert ways["sorted"] > 0 and ways["selected"] > 0, ways  # both ways were checked
 
 
 def test_a_column_of_one_value_has_no_effect_size_whatever_its_means_rounding():

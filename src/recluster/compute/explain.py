@@ -543,13 +543,55 @@ def _select(v: np.ndarray, ks: Sequence[int], start: int, stop: int) -> None:
     _select(v, ks[mid + 1:], k + 1, stop)
 
 
+#: A row whose first :data:`TIE_PROBE` values hold at most :data:`TIE_LEVELS` distinct ones is
+#: sorted for its quantiles, not selected (:func:`_quantile_rows`).
+TIE_PROBE = 256
+TIE_LEVELS = 32
+
+
 def _quantile_rows(v: np.ndarray, count: int) -> dict[str, np.ndarray]:
     """:data:`PROFILE_QUANTILES` of each row of ``v`` (k, m), whose rows all hold ``count`` >= 1
     present values (NaN in the others), exactly as :func:`numpy.quantile` gives them on the
-    present values: each from the two order statistics it needs, selected, not sorted."""
+    present values: each from the two order statistics it needs.
+
+    Rows of a few distinct values (a flag, a dummy, a small count) are sorted, the others have
+    those order statistics selected: numpy's selection slows down twentyfold on a column of
+    mostly one value (1.9 ms a row of 8,000 values of a 5% dummy, against 0.07 ms to sort it),
+    while on a measure it is the faster (0.26 against 0.32 ms). Either way the same values."""
     if count < v.shape[1]:
         v[np.isnan(v)] = np.inf  # (no value is inf: missing and non-finite are both NaN)
     at = {name: _positions(count, q) for name, q in PROFILE_QUANTILES.items()}
+    head = np.sort(v[:, :TIE_PROBE], axis=1)
+    tied = 1 + np.count_nonzero(np.diff(head, axis=1), axis=1) <= TIE_LEVELS
+    if tied.all() or not tied.any():
+        return (_sorted_quantiles if tied.all() else _selected_quantiles)(v, at)
+    out = {name: np.empty(len(v)) for name in at}
+    for rows, of in ((np.flatnonzero(tied), _sorted_quantiles),
+                     (np.flatnonzero(~tied), _selected_quantiles)):
+        for name, values in of(v[rows], at).items():
+            out[name][rows] = values
+    return out
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """numpy's linear interpolation between the order statistics ``a`` and ``b``; + 0.0: a zero
+    is written 0.0, whichever of 0.0 and -0.0 (equal) stood at the quantile's place."""
+    diff = b - a
+    with np.errstate(invalid="ignore"):
+        return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t) + 0.0
+
+
+def _sorted_quantiles(v: np.ndarray, at: dict[str, tuple[int, int, float]]) -> dict[str, np.ndarray]:
+    """:func:`_quantile_rows` by sorting each row of ``v`` in place."""
+    v.sort(axis=1)
+    return {name: _lerp(v[:, lo], v[:, hi], t) for name, (lo, hi, t) in at.items()}
+
+
+def _selected_quantiles(v: np.ndarray,
+                        at: dict[str, tuple[int, int, float]]) -> dict[str, np.ndarray]:
+    """:func:`_quantile_rows` by selecting the order statistics in each row of ``v`` (reordered
+    in place): the lower one of each quantile by :func:`_select`, the next as the least value
+    between it and the next selected position."""
     los = sorted({lo for lo, _, _ in at.values()})
     _select(v, los, 0, v.shape[1])
     out = {}
@@ -557,15 +599,10 @@ def _quantile_rows(v: np.ndarray, count: int) -> dict[str, np.ndarray]:
         a = v[:, lo]
         if hi == lo:
             b = a
-        else:  # the next order statistic is the least value between lo and the next position
+        else:
             nxt = next((k for k in los if k > lo), v.shape[1] - 1)
             b = v[:, lo + 1:nxt + 1].min(axis=1)
-        diff = b - a
-        with np.errstate(invalid="ignore"):
-            q = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
-        # + 0.0: a zero is written 0.0, whichever of 0.0 and -0.0 (equal) the selection put
-        # at the quantile's place.
-        out[name] = q + 0.0
+        out[name] = _lerp(a, b, t)
     return out
 
 
