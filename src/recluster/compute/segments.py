@@ -71,7 +71,15 @@ def number(v: float) -> str:
 def percent(v: float) -> str:
     if v >= 0.995 or v == 0 or v >= 0.1:
         return f"{100 * v:.0f}%"
+    if v < 0.0005:  # a share that is not none is never written as one: "0.0%" of weather's
+        # rest held rain, next to a lift of 1251 (two significant digits: "0.039%")
+        return f"{100 * v:.2g}%"
     return f"{100 * v:.1f}%"
+
+
+def times(ratio: float) -> str:
+    """A lift as a sentence states it: "2.5×", "13.0×", "1,251×" (not "1251.0×")."""
+    return f"{ratio:.1f}×" if ratio < 100 else f"{ratio:,.0f}×"
 
 
 def _cohen_h(p1: float, p2: float) -> float:
@@ -180,7 +188,7 @@ def _share_fact(p1: float, p2: float, brief: str) -> dict[str, Any] | None:
         if p2 == 0:
             how = f"only in this segment ({percent(p1)} of members, none of the rest)"
         else:
-            how = f"{p1 / p2:.1f}× as common ({percent(p1)} of members vs {percent(p2)})"
+            how = f"{times(p1 / p2)} as common ({percent(p1)} of members vs {percent(p2)})"
         return {"effect": h, "how": how, "share": p1, "short": brief}
     if p2 < MIN_SUPPORT or (p1 > 0 and p2 / p1 < MIN_LIFT):
         return None
@@ -188,7 +196,7 @@ def _share_fact(p1: float, p2: float, brief: str) -> dict[str, Any] | None:
         how = f"never in this segment (none of members vs {percent(p2)} of the rest)"
         short = f"No {brief}"
     else:
-        how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
+        how = f"{times(p2 / p1)} rarer ({percent(p1)} of members vs {percent(p2)})"
         short = f"Few {brief}"
     # the members that do not hold the value stand behind "rarer"
     return {"effect": h, "how": how, "share": 1 - p1, "short": short}
