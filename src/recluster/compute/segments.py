@@ -307,9 +307,13 @@ def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
     if not out:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
     df = pd.DataFrame(out)
-    df["_abs"] = df["effect"].abs()
-    df = df.sort_values(["_abs", "column", "level"], ascending=[False, True, True],
-                        na_position="first", kind="stable")
+    # The two levels of a two-level column have one effect, of opposite signs (Cohen's h of
+    # complementary shares), equal but for rounding: the level the members hold more often
+    # ranks first, so that a segment of survivors is "yes survived", not "No no survived"
+    # (which of the two came first was the last bit of the effects, then the levels' order).
+    df["_abs"] = df["effect"].abs().round(9)
+    df = df.sort_values(["_abs", "column", "direction", "level"],
+                        ascending=[False, True, False, True], na_position="first", kind="stable")
     df["rank"] = df.groupby("path", sort=False).cumcount() + 1
     order = {p: i for i, p in enumerate(sorted(df["path"].unique(), key=path_key))}
     df = df.assign(_order=df["path"].map(order)).sort_values(["_order", "rank"], kind="stable")
