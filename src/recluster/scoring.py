@@ -60,7 +60,8 @@ def load_models(run: Location, manifest_sha256: str | None = None):
         raise InputDataError(older)
     models = files.read_all("models/")
     if modelstore.INDEX not in models:
-        raise InputDataError(f"{run.url} has no models/ (its root node was never split)")
+        raise InputDataError(f"{run.url} has no models/index.json: its root was never split and "
+                             f"an older recluster published it without one; re-run the job")
     try:
         index = json.loads(models[modelstore.INDEX])
         nodes = [(str(NodePath.parse(n["path"])), int(n["depth"])) for n in index["nodes"]]
@@ -187,7 +188,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         state = feats.map_partitions(
             passes.routing.initial_state, ts.id_key, None, index["seed"], n_comp,
             meta=passes.routing.state_meta(id_dtype, 0, n_comp))
-        levels = max(d for d, _ in fits.values()) + 1
+        levels = max((d + 1 for d, _ in fits.values()), default=0)  # 0: the root never split
         for level in range(1, levels + 1):
             at_level = {p: f for p, (d, f) in fits.items() if d == level - 1}
             # Shipped as run ships a level's fits: a graph literal, not scattered data.
@@ -256,6 +257,11 @@ def report_drift(manifest: dict[str, Any], rule: DriftRule, fail: bool,
     """Print the drift summary of a scoring manifest, judged by ``rule`` (the recorded numbers do
     not depend on it); with ``fail``, raise :class:`DriftError` if a node drifted."""
     drift = manifest.get("drift") if isinstance(manifest, dict) else None
+    if isinstance(manifest, dict) and manifest.get("levels") == 0:
+        # a model whose root was never split routes nothing: there is no node to drift
+        echo("drift: no node to measure (the model run's root was never split: every row is "
+             "'root')")
+        return manifest
     if not isinstance(drift, dict) or not drift.get("nodes"):
         echo("drift: not measured (the model's nodes record no training reference; re-run the "
              "job with this recluster to get one)")

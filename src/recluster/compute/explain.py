@@ -728,6 +728,17 @@ def two_values(xt: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+#: The columns of a profile frame (``profiles.parquet``), whatever kinds of column the node
+#: holds: a table of categorical columns only made frames without ``effect_size`` and the
+#: report stage failed on it (KeyError), as would any reader of the published file.
+PROFILE_COLUMNS = ["node", "cluster", "feature", "kind", "role", "level",
+                   *(f"{side}_{k}" for side in ("member", "rest")
+                     for k in ("mean", "median", "q25", "q75", "missing")),
+                   "effect_size", "member_above_rest_median", "member_below_rest_median",
+                   "two_valued_low", "two_valued_high", "member_share", "rest_share", "lift",
+                   "unit", "time_zone"]
+_PROFILE_TEXT = {"node", "cluster", "feature", "kind", "role", "level", "unit", "time_zone"}
+
 #: A categorical column is profiled on at most this many levels (the most frequent in the
 #: node); the others are counted together as :data:`OTHER_LEVELS`.
 MAX_PROFILE_LEVELS = 50
@@ -829,5 +840,7 @@ def profiles_of(raw: pd.DataFrame | Sequence[pd.DataFrame],
                              "level": lvl, "member_share": float(ms), "rest_share": float(rs),
                              "lift": float(ms / rs) if rs > 0 else np.nan,
                              "unit": None, "time_zone": None})
-        out.append(pd.DataFrame(rows))
+        frame = pd.DataFrame(rows, columns=PROFILE_COLUMNS)
+        out.append(frame.astype({c: "float64" for c in PROFILE_COLUMNS
+                                 if c not in _PROFILE_TEXT}))
     return out

@@ -384,6 +384,16 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
             raise InputDataError(why)
     categorical = [c for c in features if c in cfg.categorical]
     numeric = [c for c in features if c not in cfg.categorical]
+    # A list, struct or map declared categorical (or the strata) was read as levels named by
+    # numpy's repr of the value ("['a' 'b']"), in facts, names and the model files.
+    for c in dict.fromkeys([*categorical, *([stratify_by] if stratify_by else [])]):
+        if pa.types.is_nested(_decoded(read[c])):
+            path, t = seen[c][0]
+            role = "input.categorical" if c in categorical else "sample.stratify_by"
+            raise InputDataError(
+                f"{'categorical' if c in categorical else 'stratify_by'} column '{c}' has type "
+                f"{t} (in {path}): nested values (lists, structs, maps) are not levels; leave "
+                f"it out of {role} (and the features: input.exclude), or write it as text")
     _refuse_undeclared(numeric, read, seen, cfg.features is None, model)
     ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type,
                      describe=tuple(cfg.describe))

@@ -71,7 +71,15 @@ def number(v: float) -> str:
 def percent(v: float) -> str:
     if v >= 0.995 or v == 0 or v >= 0.1:
         return f"{100 * v:.0f}%"
+    if v < 0.0005:  # a share that is not none is never written as one: "0.0%" of weather's
+        # rest held rain, next to a lift of 1251 (two significant digits: "0.039%")
+        return f"{100 * v:.2g}%"
     return f"{100 * v:.1f}%"
+
+
+def times(ratio: float) -> str:
+    """A lift as a sentence states it: "2.5×", "13.0×", "1,251×" (not "1251.0×")."""
+    return f"{ratio:.1f}×" if ratio < 100 else f"{ratio:,.0f}×"
 
 
 def _cohen_h(p1: float, p2: float) -> float:
@@ -125,6 +133,13 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     up = d > 0
     share = r.get("member_above_rest_median" if up else "member_below_rest_median")
     share = float(share) if share is not None and math.isfinite(share) else float("nan")
+    # A share of all members, as a level's and a flag's are: the shares above and below the
+    # rest's median are of the members with a value, and a member without one is on neither
+    # side. planes' speed (3,299 of 3,322 missing) said "100% of members are below the rest's
+    # median" of a segment 94% of whose members have no speed, and named it "Low speed".
+    missing = r.get("member_missing")
+    missing = float(missing) if _finite(missing) and missing > 0 else 0.0
+    share *= 1.0 - missing
     col = quoted(r["feature"])
     unit, tz = time_unit(r)
     if unit is None:
@@ -137,6 +152,8 @@ def _numeric_fact(r: Mapping[str, Any]) -> dict[str, Any] | None:
     pick = 0 if up else 1
     behind = f"; {percent(share)} of members are {sides[pick]} the rest's median" \
         if math.isfinite(share) else ""
+    if missing:
+        behind += f"; {percent(missing)} of members have no value"
     return {"column": r["feature"], "level": None, "kind": "numeric", "direction": 1 if up else -1,
             "effect": float(d), "lift": float("nan"), "member_value": float(r["member_mean"]),
             "rest_value": float(r["rest_mean"]), "member_share": share,
@@ -171,7 +188,7 @@ def _share_fact(p1: float, p2: float, brief: str) -> dict[str, Any] | None:
         if p2 == 0:
             how = f"only in this segment ({percent(p1)} of members, none of the rest)"
         else:
-            how = f"{p1 / p2:.1f}× as common ({percent(p1)} of members vs {percent(p2)})"
+            how = f"{times(p1 / p2)} as common ({percent(p1)} of members vs {percent(p2)})"
         return {"effect": h, "how": how, "share": p1, "short": brief}
     if p2 < MIN_SUPPORT or (p1 > 0 and p2 / p1 < MIN_LIFT):
         return None
@@ -179,7 +196,7 @@ def _share_fact(p1: float, p2: float, brief: str) -> dict[str, Any] | None:
         how = f"never in this segment (none of members vs {percent(p2)} of the rest)"
         short = f"No {brief}"
     else:
-        how = f"{p2 / p1:.1f}× rarer ({percent(p1)} of members vs {percent(p2)})"
+        how = f"{times(p2 / p1)} rarer ({percent(p1)} of members vs {percent(p2)})"
         short = f"Few {brief}"
     # the members that do not hold the value stand behind "rarer"
     return {"effect": h, "how": how, "share": 1 - p1, "short": short}
@@ -290,9 +307,13 @@ def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
     if not out:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
     df = pd.DataFrame(out)
-    df["_abs"] = df["effect"].abs()
-    df = df.sort_values(["_abs", "column", "level"], ascending=[False, True, True],
-                        na_position="first", kind="stable")
+    # The two levels of a two-level column have one effect, of opposite signs (Cohen's h of
+    # complementary shares), equal but for rounding: the level the members hold more often
+    # ranks first, so that a segment of survivors is "yes survived", not "No no survived"
+    # (which of the two came first was the last bit of the effects, then the levels' order).
+    df["_abs"] = df["effect"].abs().round(9)
+    df = df.sort_values(["_abs", "column", "direction", "level"],
+                        ascending=[False, True, False, True], na_position="first", kind="stable")
     df["rank"] = df.groupby("path", sort=False).cumcount() + 1
     order = {p: i for i, p in enumerate(sorted(df["path"].unique(), key=path_key))}
     df = df.assign(_order=df["path"].map(order)).sort_values(["_order", "rank"], kind="stable")

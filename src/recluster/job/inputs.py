@@ -187,11 +187,31 @@ def segment_names(cfg: JobConfig) -> dict[str, str]:
 
 
 
+#: Columns of one role ``recluster validate`` names; the others are counted: mosaicData's
+#: HELPfull (781 numeric features) was one line of 6,400 characters.
+ROLE_NAMED = 20
+
+
+def _role(names: Sequence[str], shown: Sequence[str] | None = None) -> str:
+    """A role's columns as ``describe_schema`` lists them (``shown``: each as written)."""
+    shown = list(shown if shown is not None else map(repr, names))
+    more = len(shown) - ROLE_NAMED
+    return "[" + ", ".join(shown[:ROLE_NAMED]) + (f", ... and {more} more" if more > 0 else "") \
+        + "]" + (f" ({len(shown)} columns)" if more > 0 else "")
+
+
 def describe_schema(ts: TableSchema) -> str:
-    """One line on the columns' roles, as ``recluster validate`` prints it."""
-    return (f"id '{ts.id_column}', numeric {list(ts.numeric)}, categorical {list(ts.categorical)}"
+    """One line on the columns' roles, as ``recluster validate`` prints it: at most
+    :data:`ROLE_NAMED` columns of each role by name, and the descriptive columns that are dates,
+    times or durations with their unit (profiled as quantities, shown as dates)."""
+    units = ts.time_units
+    described = [repr(c) + (f" ({units[c][0]}"
+                            + (f", {units[c][1]}" if units[c][1] else "") + ")"
+                            if c in units else "") for c in ts.describe]
+    return (f"id '{ts.id_column}', numeric {_role(ts.numeric)}, "
+            f"categorical {_role(ts.categorical)}"
             + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else "")
-            + (f", descriptive {list(ts.describe)}" if ts.describe else ""))
+            + (f", descriptive {_role(ts.describe, described)}" if ts.describe else ""))
 
 
 @dataclass

@@ -44,12 +44,17 @@ from recluster.storage.outputs import (
 def write_models_and_explanations(client: Client, store: OutputStore, feats, g: Growth,
                                   ts: TableSchema, cfg: JobConfig, timer: Timer,
                                   echo: Callable[[str], None]) -> list[str]:
-    """Stage ``models/``, and (if enabled) the explanation models, SHAP summary and profiles."""
-    if not g.split_nodes:
-        return []
+    """Stage ``models/``, and (if enabled) the explanation models, SHAP summary and profiles.
+
+    A run whose root was not split still has ``models/index.json`` (no nodes): ``recluster
+    score`` then labels every new row ``root`` after checking its columns, as the run labelled
+    its own rows (it refused such a model, "its root node was never split", so a scheduled
+    scoring broke the day a run found no structure)."""
     outputs = ["models/"]
     store.write_staged("models/index.json", json.dumps(
         model_index(g.nodes, g.split_nodes, ts, cfg), indent=1).encode())
+    if not g.split_nodes:
+        return outputs
     for path, fit in g.split_nodes.items():
         for name, data in modelstore.node_files(fit).items():
             store.write_staged(f"models/{path}/{name}", data)
