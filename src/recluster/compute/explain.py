@@ -77,8 +77,9 @@ def _raw_numeric(df: pd.DataFrame, numeric: list[str], medians: np.ndarray,
                  out: np.ndarray) -> None:
     """:func:`raw_frame`'s numeric columns of ``df`` into ``out`` (n, m) float32: missing as the
     node's median, clipped to float32's range (what XGBoost holds; beyond it a value would
-    become inf, an error), a block of columns at a time (:func:`~recluster.compute.preprocess.numeric_columns`; a column at
-    a time was a dozen pandas calls per column: most of the time of a 500-column node's split)."""
+    become inf, an error), a block of columns at a time
+    (:func:`~recluster.compute.preprocess.numeric_columns`; a column at a time was a dozen
+    pandas calls per column: most of the time of a 500-column node's split)."""
     step = max(1, BLOCK_VALUES // max(1, len(df)))
     columns = numeric_columns(df, numeric, errors="raise")
     for first in range(0, len(numeric), step):
