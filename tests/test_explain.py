@@ -607,3 +607,35 @@ def test_drawn_rows_are_split_by_node_into_slices_in_order():
                                         p["body_mass_g"].to_numpy()) for p in parts[:2])
     assert [len(p) for p in groups["root"]] == [120, 44]
     assert _node_pieces(empty, _pick(groups, "root.9")) == [empty]
+
+
+def _expanded_summary(contribs, member, features, kept):
+    """The reference: the screened model's contributions expanded to every feature first (the
+    screened-out ones 0), then aggregated over all of them."""
+    from recluster.compute.explain import shap_summary
+
+    full = np.zeros((len(contribs), len(features) + 1), dtype=contribs.dtype)
+    full[:, kept] = contribs[:, :-1]
+    full[:, -1] = contribs[:, -1]
+    return shap_summary(full, member, features, "0", "0.1")
+
+
+@pytest.mark.parametrize("kept", [[3], [5, 1], [0, 2, 4, 6], list(range(8))])
+@pytest.mark.parametrize("n", [0, 1, 9, 20_000])
+def test_shap_summary_of_screened_columns_equals_expanding_first(kept, n):
+    """One kept feature's means are summed like the expanded block's (numpy sums a one-column
+    block pairwise: last bits apart at 20,000 rows), and of no rows every mean is NaN, a
+    screened-out feature's too."""
+    from recluster.compute.explain import shap_summary
+
+    rng = np.random.default_rng(n + len(kept))
+    features = [f"f{j}" for j in range(8)]
+    contribs = (rng.standard_normal((n, len(kept) + 1)) * 3).astype(np.float32)
+    member = rng.random(n) < 0.3
+    got = shap_summary(contribs, member, features, "0", "0.1", np.array(kept))
+    want = _expanded_summary(contribs, member, features, kept)
+    pd.testing.assert_frame_equal(got.drop(columns="screened_out"),
+                                  want.drop(columns="screened_out"), check_exact=True)
+    assert got["screened_out"].tolist() == [j not in kept for j in range(8)]
+    if n == 0:
+        assert got["mean_abs_shap"].isna().all()

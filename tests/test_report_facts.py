@@ -220,6 +220,23 @@ def test_names_are_short_unique_and_a_persons_names_win():
             check_names(bad, "output.names")
 
 
+@pytest.mark.parametrize("missing", [None, pd.NA, np.nan])
+def test_a_fact_without_a_direction_or_column_names_itself(missing):
+    """A name's fragment for a column is its best-ranked fact of the same column and direction,
+    matched as pandas compares: a missing direction (or column) equals no other, so a broad
+    fact without one names itself, not the better-ranked narrow fact also without one (a
+    lookup keyed by (column, direction) matched None to None)."""
+    tree = [{"path": "root"}, {"path": "root.0"}]
+    f = pd.DataFrame({"path": "root.0", "rank": [1, 2, 3], "kind": "categorical",
+                      "column": ["sex", "sex", "island"], "effect": [2.0, 1.5, 1.0],
+                      "short": ["few female sex", "male sex", "Biscoe island"],
+                      "member_share": [0.1, 0.9, 0.8], "direction": [missing, missing, 1]},
+                     dtype=object)
+    assert segments.generated_names(tree, f)["root.0"] == "male sex · Biscoe island"
+    g = f.assign(column=[missing, missing, "island"], direction=[-1, -1, 1])
+    assert segments.generated_names(tree, g)["root.0"] == "male sex · Biscoe island"
+
+
 def test_stop_reasons_in_words():
     cases = {
         "too small to segment: 180 rows is below recursion.min_node_rows=300, the smallest "

@@ -493,10 +493,16 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
     seen = np.arange(len(features)) if kept is None else np.asarray(kept, dtype=np.intp)
     if phi.shape[1] != len(seen):
         raise ValueError(f"{phi.shape[1]} contribution columns for {len(seen)} features")
+    if kept is not None and len(features) > 1:
+        # Summed with the bias column, in C order, as the expanded (n, n_features) block was:
+        # numpy sums the rows of a block of one column pairwise and those of a wider one row
+        # by row, so one kept feature's means differed in their last bits.
+        phi = np.ascontiguousarray(contribs)
 
     def spread(values: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(features), dtype=values.dtype)
-        out[seen] = values
+        # Of no rows every mean is undefined, a screened-out feature's too (as expanded).
+        out = np.full(len(features), 0 if len(phi) else np.nan, dtype=values.dtype)
+        out[seen] = values[:len(seen)]
         return out
 
     mean_abs = spread(np.abs(phi).mean(axis=0))

@@ -338,8 +338,9 @@ def generated_names(tree: Sequence[Mapping[str, Any]], facts: pd.DataFrame,
             part = part.sort_values("rank")
             records = part[["column", "direction", "short"]].to_dict("records")
             first: dict[tuple, str] = {}  # (column, direction) -> its best-ranked fragment
-            for r in records:
-                first.setdefault((r["column"], r["direction"]), r["short"])
+            for r in records:  # (a missing column or direction matches none, as in pandas)
+                if pd.notna(r["column"]) and pd.notna(r["direction"]):
+                    first.setdefault((r["column"], r["direction"]), r["short"])
             supported = part["member_share"].fillna(0).to_numpy() >= NAME_SUPPORT
             broad = [r for r, s in zip(records, supported, strict=True) if s]
             seq, taken = [], set()
