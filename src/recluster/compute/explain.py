@@ -505,7 +505,8 @@ def shap_summary(contribs: np.ndarray, member: np.ndarray, features: Sequence[st
         out[seen] = values[:len(seen)]
         return out
 
-    mean_abs = spread(np.abs(phi).mean(axis=0))
+    mean_abs = spread(np.abs(phi).mean(axis=0)) if len(phi) else \
+        np.full(len(features), np.nan, dtype=phi.dtype)
     mean_member = spread(phi[member].mean(axis=0)) if member.any() else \
         np.full(len(features), np.nan)
     mean_rest = spread(phi[~member].mean(axis=0)) if (~member).any() else \
