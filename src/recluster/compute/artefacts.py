@@ -142,12 +142,10 @@ class _NeighboursWithout:
         for g in range(levels):
             wanted = np.minimum(k, size[g] - (group == g))  # (a row is not its own)
             ok = np.arange(k)[None, :] < held[:, g:g + 1]  # the list's first k of level g
-            if self.near.shape[1]:
-                pos = np.minimum(starts[:, g:g + 1] + np.arange(k), last)
-                idx = np.take_along_axis(listed, pos, axis=1)
-                d = np.take_along_axis(listed_d2, pos, axis=1)
-            else:
-                idx, d = np.zeros((n, k), dtype=np.intp), np.full((n, k), np.inf)
+            # (the list holds min(NEAR_LIST, n - 1) >= k rows: positions past it are masked)
+            pos = np.minimum(starts[:, g:g + 1] + np.arange(k), last)
+            idx = np.take_along_axis(listed, pos, axis=1)
+            d = np.take_along_axis(listed_d2, pos, axis=1)
             short = np.flatnonzero(held[:, g] < wanted)
             if len(short):  # rows whose list holds too few of this level: from all of its rows
                 level = np.flatnonzero(group == g)
