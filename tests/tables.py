@@ -116,4 +116,23 @@ def check_published(url: str, ids: pa.Array, id_column: str) -> tuple[pa.Table, 
     got = lab.column(id_column).combine_chunks()
     assert got.type == ids.type, (got.type, ids.type)
     assert sorted(got.to_pylist(), key=repr) == sorted(ids.to_pylist(), key=repr)
+    check_text_types(url, id_column)
     return lab, manifest
+
+
+def check_text_types(url: str, id_column: str) -> None:
+    """Every published Parquet file holds its text as ``string`` (the labels contract's type),
+    never ``large_string`` (pandas 3's) or Arrow's ``null`` type (a column without values, which
+    Spark refuses); only the labels' id keeps the input's own type."""
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    files = sorted(f for f in fs.find(root) if f.endswith(".parquet") and "/_delta_log/" not in f)
+    assert any("/labels/" in f for f in files), files
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            schema = pq.read_schema(fh)
+        for field in schema:
+            if "/labels/" in f and field.name == id_column:
+                continue
+            t = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+            assert not (pa.types.is_large_string(t) or pa.types.is_null(t)), (f, field)

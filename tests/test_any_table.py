@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers import published, read_json, read_labels, run_cli
+from helpers import published, read_json, read_labels, run_cli, write_config
 from sklearn.metrics import adjusted_rand_score
 from tables import NASTY_TEXT, check_published, labels, olive, run, write_arrow
 
@@ -291,6 +291,25 @@ def test_pandas_index_metadata(tmp_path, bucket, scheduler, capsys, s3fs_fs):
     assert code == 0, err[-3000:]
     manifest = read_json(f"s3://{bucket}/out-b", "manifest.json")
     assert manifest["input"]["columns"]["numeric"] == ACIDS
+    # The same column from a tool that drops pandas' metadata (or in a file whose metadata
+    # lost it), and a second, text index level: the names alone say they are an index. Listed in
+    # input.categorical, a column is used as the user says.
+    table = pa.Table.from_pandas(shuffled.reset_index(names="__index_level_0__"),
+                                 preserve_index=False).replace_schema_metadata(None)
+    table = table.append_column("__index_level_1__", pa.array(["a", "b"] * (len(frame) // 2)
+                                                              + ["a"] * (len(frame) % 2)))
+    with s3fs_fs.open(f"{bucket}/c/part-0.parquet", "wb") as f:
+        pq.write_table(table, f)
+    cfg = write_config(tmp_path, f"s3://{bucket}/c", f"s3://{bucket}/out-c",
+                       input={"id_column": "oil", "categorical": ["area"]})
+    assert run_cli("validate", cfg) == 0, capsys.readouterr().err[-3000:]
+    said = capsys.readouterr().out
+    assert f"numeric {ACIDS}" in said and "__index_level" not in said, said
+    cfg = write_config(tmp_path, f"s3://{bucket}/c", f"s3://{bucket}/out-c",
+                       input={"id_column": "oil", "categorical": ["area", "__index_level_1__"]})
+    assert run_cli("validate", cfg) == 0, capsys.readouterr().err[-3000:]
+    said = capsys.readouterr().out
+    assert "'__index_level_1__'" in said and "__index_level_0__" not in said, said
 
 
 def test_hive_partitions_are_columns(tmp_path, bucket, scheduler, capsys):

@@ -69,6 +69,30 @@ def test_penguins_nulls_string_categoricals_and_explanations(tmp_path, bucket, s
     assert aucs and min(aucs) >= 0.8, aucs
 
 
+def test_a_boolean_declared_categorical_keeps_its_words(tmp_path, bucket, scheduler, capsys):
+    """penguins with ``male`` a nullable Arrow bool listed in input.categorical: its levels are
+    ``false`` / ``true`` (and missing) in the profiles and the facts, as they are spelt in the
+    input, not the 0/1 numbers a bool read as a number becomes ("male = 0")."""
+    import fsspec
+
+    frame = penguins()
+    frame["male"] = frame["sex"].map({"male": True, "female": False}).astype("boolean")
+    _, _, out, _ = _segment(
+        tmp_path, bucket, scheduler, capsys, frame, "penguin", where="bool-",
+        input={"id_column": "penguin", "categorical": ["island", "male"],
+               "features": ["bill_length_mm", "bill_depth_mm", "flipper_length_mm",
+                            "body_mass_g", "island", "male"]},
+        explain={"enabled": True, "n_estimators": 20, "min_child_rows": 10})
+    with fsspec.open(f"{out}/profiles.parquet", "rb") as f:
+        profiles = pd.read_parquet(f)
+    with fsspec.open(f"{out}/facts.parquet", "rb") as f:
+        facts = pd.read_parquet(f)
+    levels = set(profiles.loc[profiles["feature"] == "male", "level"])
+    assert {"false", "true"} <= levels <= {"false", "true", "__missing__"}, levels
+    said = facts.loc[facts["column"] == "male", "text"]
+    assert len(said) and said.str.match(r"male = (false|true|missing)\b").all(), said.tolist()
+
+
 def test_olive_oils_separate_by_region(tmp_path, bucket, scheduler, capsys):
     frame = olive()
     joined, _, _, _ = _segment(tmp_path, bucket, scheduler, capsys, frame, "oil",

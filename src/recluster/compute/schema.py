@@ -317,7 +317,6 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
     first = infos[0]
     for info in infos:
         _check_names(info)
-    index_cols = set(getattr(first, "index_columns", ()))
     if cfg.features is None:
         stray = [c for c in cfg.exclude if c not in first.schema.names]
         if stray:
@@ -325,7 +324,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
                                  f"does not have" + _near_names(stray[0], first.schema.names))
         features = [n for n in first.schema.names if n != cfg.id_column
                     and n not in cfg.describe and n not in cfg.exclude
-                    and not (n in index_cols and _PANDAS_INDEX.fullmatch(n))]
+                    and not (_PANDAS_INDEX.fullmatch(n) and n not in cfg.categorical)]
         if stratify_by in features and stratify_by not in cfg.categorical:
             features.remove(stratify_by)
     else:
@@ -412,7 +411,7 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     """A piece read under internal keys, as the pandas frame the stages work on.
 
     The id becomes its canonical value (see the module docstring); booleans become 0/1 floats
-    (null as NaN); strings stay text; any binary column becomes lowercase hex text (its bytes
+    (null as NaN), or the texts ``false`` / ``true`` where read as levels; strings stay text; any binary column becomes lowercase hex text (its bytes
     need not be UTF-8, and Dask would decode them as such). Integer levels (categorical or
     ``stratify_by`` columns) stay exact integers where the piece holds nulls, instead of
     pandas' float64 (which rounds values beyond 2**53, so that one level would read as two in
@@ -458,9 +457,10 @@ def read_groups(ts: TableSchema, size: int) -> list[list[tuple[str, str]]]:
     return ([others] if others else []) + [floats[i:i + size] for i in range(0, len(floats), size)]
 
 
-def _column_values(col: pa.ChunkedArray, exact: bool):
+def _column_values(col: pa.ChunkedArray, level: bool):
     """One column that is not in the float block, as pandas holds it (see
-    :func:`table_to_frame`; ``exact``: a level column of integers with nulls)."""
+    :func:`table_to_frame`; ``level``: read as levels: integers exact where nulls are, booleans
+    as the texts ``false`` / ``true``, their spelling in Arrow, SQL and ``input.filters``)."""
     col = col.combine_chunks()
     if isinstance(col.type, pa.BaseExtensionType):
         col = col.storage
@@ -469,8 +469,10 @@ def _column_values(col: pa.ChunkedArray, exact: bool):
     if _kind(col.type) == "binary":  # bytes need not be UTF-8: hex text, like the id
         return pd.Series(_hex(col), dtype="str")
     if pa.types.is_boolean(col.type):
-        col = pc.cast(col, pa.float64())
-    return col.to_pandas(integer_object_nulls=exact and pa.types.is_integer(col.type)
+        # As a level, not 0/1: a bool declared categorical was profiled and explained as
+        # "flag = 0", a number its reader had to decode.
+        col = pc.cast(col, pa.string() if level else pa.float64())
+    return col.to_pandas(integer_object_nulls=level and pa.types.is_integer(col.type)
                          and col.null_count > 0)
 
 

@@ -313,7 +313,8 @@ def labels_bytes(state: pd.DataFrame, id_column: str, levels: int,
     if id_type is not None:  # the input's exact type, also where the frame holds plain values
         arrow = pa.Schema.from_pandas(table, preserve_index=False)
         arrow = arrow.set(arrow.get_field_index(id_column), pa.field(id_column, id_type))
-    return parquet_bytes(table, dictionary_columns=["cluster"], schema=arrow), len(table)
+    return parquet_bytes(table, dictionary_columns=["cluster"], schema=arrow,
+                         keep=[id_column]), len(table)
 
 
 def _write_labels(state: pd.DataFrame, store: OutputStore, rel: str, id_column: str,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import operator
 import posixpath
 from collections.abc import Iterator, Sequence
@@ -35,15 +34,13 @@ class FileInfo:
     """What a Parquet footer and the file's folder say about one file.
 
     ``schema`` holds the file's physical columns followed by its Hive partition columns;
-    ``partition`` the partition values of its folder, as ``(column, value)`` pairs;
-    ``index_columns`` the columns pandas wrote for an index (from the pandas metadata).
+    ``partition`` the partition values of its folder, as ``(column, value)`` pairs.
     """
 
     path: str
     schema: pa.Schema
     row_group_rows: tuple[int, ...]
     partition: tuple[tuple[str, Any], ...] = ()
-    index_columns: tuple[str, ...] = ()
     #: The row groups a filter may select (by their statistics); None: all of them.
     row_groups: tuple[int, ...] | None = None
     #: ``(table name, name in the file)`` of columns the file names otherwise (Iceberg: by
@@ -216,17 +213,6 @@ def _partitions(loc: Location, files: Sequence[str]) -> tuple[pa.Schema, list[di
     return schema, values
 
 
-def _index_columns(schema: pa.Schema) -> tuple[str, ...]:
-    meta = (schema.metadata or {}).get(b"pandas")
-    if not meta:
-        return ()
-    try:
-        index = json.loads(meta).get("index_columns", [])
-    except ValueError:
-        return ()
-    return tuple(c for c in index if isinstance(c, str))  # a RangeIndex is a dict: no column
-
-
 def _by_field_id(physical: pa.Schema, names: dict[int, str]) -> tuple[tuple[str, str], ...]:
     """``(table name, file name)`` of the file's columns whose Parquet field id names another
     column of the table (Iceberg writers sanitise names such as ``flight id``)."""
@@ -262,7 +248,7 @@ def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa
                     schema=pa.schema(fields, metadata=physical.metadata),
                     row_group_rows=rows,
                     partition=tuple((k, values[k]) for k in part_schema.names if k in values),
-                    index_columns=_index_columns(physical), renamed=renamed)
+                    renamed=renamed)
 
 
 def hive_partitions(loc: Location, files: Sequence[str]

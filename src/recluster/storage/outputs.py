@@ -30,7 +30,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -96,11 +96,33 @@ def _not_a_folder(path: str) -> bool:
     return os.path.lexists(path) and not os.path.isdir(path)
 
 
+def plain_types(schema: pa.Schema, keep: Collection[str] = ()) -> pa.Schema:
+    """``schema`` with the types every published table uses for text: ``string``, where pandas
+    3 gives ``large_string`` for its text columns, and ``string`` for a column that holds no
+    value at all (pandas' all-``None`` object column, Arrow's ``null`` type, which readers such
+    as Spark refuse). The numeric columns of the published tables are typed where they are
+    made, so a column without values is a text column. The columns in ``keep`` (an id, in the
+    input's own type) stay as they are."""
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t) or pa.types.is_null(t):
+            return pa.string()
+        if pa.types.is_dictionary(t):  # a pandas categorical of text
+            return pa.dictionary(t.index_type, plain(t.value_type), t.ordered)
+        return t
+
+    return pa.schema([f if f.name in keep else f.with_type(plain(f.type)) for f in schema],
+                     metadata=schema.metadata)
+
+
 def parquet_bytes(df: pd.DataFrame, dictionary_columns: Sequence[str] = (),
-                  schema: pa.Schema | None = None) -> bytes:
-    """Serialize a frame to Parquet (as Arrow ``schema``, if given); dictionary encoding only
-    where it pays (string columns)."""
+                  schema: pa.Schema | None = None, keep: Collection[str] = ()) -> bytes:
+    """Serialize a frame to Parquet (as Arrow ``schema``, if given, with text as
+    :func:`plain_types` says; ``keep``: columns whose type is never changed); dictionary
+    encoding only where it pays (string columns)."""
     table = pa.Table.from_pandas(df, preserve_index=False, schema=schema)
+    plain = plain_types(table.schema, keep)
+    if not plain.equals(table.schema):
+        table = table.cast(plain)
     buf = io.BytesIO()
     pq.write_table(table, buf, use_dictionary=list(dictionary_columns) or False, compression="zstd")
     return buf.getvalue()
