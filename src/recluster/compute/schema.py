@@ -761,8 +761,9 @@ def _numeric_values(df: pd.DataFrame, schema: TableSchema, column: str) -> np.nd
                                                                             na_value=np.nan)
 
 
-def _null_ids(schema: TableSchema, n: int, path: str) -> InputDataError:
-    return InputDataError(f"id column '{schema.id_column}' has {n} missing values in {path}")
+def null_ids(id_column: str, n: int, path: str) -> InputDataError:
+    """The refusal of an id column with ``n`` missing values in file ``path``."""
+    return InputDataError(f"id column '{id_column}' has {n} missing values in {path}")
 
 
 def _infinite(column: str, n: int, path: str) -> InputDataError:
@@ -779,7 +780,7 @@ def refuse_unroutable_rows(df: pd.DataFrame, schema: TableSchema, path: str) -> 
     makes of a run)."""
     n = int(df[schema.id_key].isna().sum())
     if n:
-        raise _null_ids(schema, n, path)
+        raise null_ids(schema.id_column, n, path)
     for c in schema.numeric:
         x = _numeric_values(df, schema, c)
         if x.size and np.isfinite(x.min()) and np.isfinite(x.max()):
@@ -841,7 +842,7 @@ def check_stats(stats: Sequence[dict], n_unique_ids: int, schema: TableSchema,
     rows = sum(s["rows"] for s in stats)
     for s in stats:
         if s["null_ids"]:
-            raise _null_ids(schema, s["null_ids"], s["path"])
+            raise null_ids(schema.id_column, s["null_ids"], s["path"])
         bad = {c: n for c, n in s["inf"].items() if n}
         if bad:
             c, n = sorted(bad.items())[0]

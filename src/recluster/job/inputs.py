@@ -22,6 +22,7 @@ from recluster.compute.schema import (
     ROW_NUMBER_EVIDENCE,
     TableSchema,
     check_stats,
+    null_ids,
     per_file_numberings,
     resolve_schema,
     row_number_candidates,
@@ -119,6 +120,9 @@ def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
             raise
         raise type(exc)(str(exc).replace("input.filters", filters_name)) from None
     ts = resolve_schema(scan.infos, cfg_in, stratify_by, model)
+    for info in scan.infos:  # by the footers' statistics, before the validation pass reads it
+        if info.nulls:
+            raise null_ids(cfg_in.id_column, info.nulls, info.url)
     pieces = scan.plan(cfg_in.rows_per_partition)
     if not pieces:
         raise InputDataError(f"every Parquet file under {cfg_in.path} is empty"

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from recluster.errors import InputDataError
 from recluster.storage.fs import Location, is_folder_entry, is_local, storage_errors
@@ -48,6 +49,9 @@ class FileInfo:
     renamed: tuple[tuple[str, str], ...] = ()
     #: How messages and records name the file (:meth:`Location.shown`); ``path`` if not given.
     url: str = ""
+    #: Missing values of the column :func:`read_footers` was asked to count (the id), as the
+    #: footer's statistics say; None: not counted, or a row group without the statistic.
+    nulls: int | None = None
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -226,7 +230,8 @@ def _by_field_id(physical: pa.Schema, names: dict[int, str]) -> tuple[tuple[str,
 
 def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa.Schema,
                  values: dict[str, Any], fragments: dict[str, Any] | None = None,
-                 field_names: dict[int, str] | None = None) -> FileInfo:
+                 field_names: dict[int, str] | None = None,
+                 count_nulls: str | None = None) -> FileInfo:
     piece = Piece(0, path, (), 0, tuple((k, values[k]) for k in part_schema.names if k in values))
     try:
         with storage_errors(loc, f"reading the footer of {loc.shown(path)}"):
@@ -248,7 +253,24 @@ def _read_footer(loc: Location, afs: pafs.FileSystem, path: str, part_schema: pa
                     schema=pa.schema(fields, metadata=physical.metadata),
                     row_group_rows=rows,
                     partition=tuple((k, values[k]) for k in part_schema.names if k in values),
-                    renamed=renamed)
+                    renamed=renamed,
+                    nulls=None if count_nulls is None else _footer_nulls(
+                        meta, dict(renamed).get(count_nulls, count_nulls)))
+
+
+def _footer_nulls(meta: pq.FileMetaData, name: str) -> int | None:
+    """The missing values of top-level column ``name`` by the row groups' statistics (None: the
+    file has no such column, or a row group does not count them)."""
+    leaf = next((j for j in range(meta.num_columns) if meta.schema.column(j).path == name), None)
+    if leaf is None:
+        return None
+    total = 0
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(leaf).statistics
+        if stats is None or not stats.has_null_count:
+            return None
+        total += stats.null_count
+    return total
 
 
 def hive_partitions(loc: Location, files: Sequence[str]
@@ -265,7 +287,8 @@ def hive_partitions(loc: Location, files: Sequence[str]
 def read_footers(loc: Location, files: Sequence[str], threads: int = 16,
                  partitions: tuple[pa.Schema, Sequence[dict[str, Any]]] | None = None,
                  fragments: dict[str, Any] | None = None,
-                 field_names: dict[int, str] | None = None) -> list[FileInfo]:
+                 field_names: dict[int, str] | None = None,
+                 count_nulls: str | None = None) -> list[FileInfo]:
     """Every file's footer (physical schema, row groups) and partition values, in file order.
 
     ``partitions`` (the partition columns and each file's values) is what a table format's log
@@ -273,13 +296,14 @@ def read_footers(loc: Location, files: Sequence[str], threads: int = 16,
     if given, receives each file's fragment (path -> fragment, its footer read) for
     :func:`prune_row_groups` (files with renamed columns are left out: all their row groups
     are read). ``field_names`` (Parquet field id -> the table's column name) names columns as
-    the table does where a file names them otherwise.
+    the table does where a file names them otherwise. ``count_nulls``: a column whose missing
+    values each file's statistics count (:attr:`FileInfo.nulls`).
     """
     part_schema, values = partitions or hive_partitions(loc, files)
     afs = _arrow_fs(loc)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
         return list(pool.map(lambda pv: _read_footer(loc, afs, pv[0], part_schema, pv[1],
-                                                     fragments, field_names),
+                                                     fragments, field_names, count_nulls),
                              zip(files, values, strict=True)))
 
 

@@ -329,9 +329,13 @@ def scan(cfg: InputConfig, loc: Location) -> TableScan:
     total = found.table.get("data_files", len(found.paths))
     where = f"the table at {loc.url}"
     if not cfg.filters:
+        # Every row is read: a file whose footer counts missing ids is refused before the data
+        # is (Parquet folders; a Delta or Iceberg file may hold rows its log deletes).
         return TableScan(_with_table_columns(inputs.read_footers(
             loc, found.paths, partitions=(found.partition_schema, found.partitions),
-            field_names=found.field_names), found.types), None, found.table, total)
+            field_names=found.field_names,
+            count_nulls=cfg.id_column if cfg.format == "parquet" else None), found.types),
+            None, found.table, total)
     if found.types is not None:  # refused before any data file is opened
         resolve_filters(cfg.filters, found.types, where)
     parts = {f.name: f.type for f in found.partition_schema}
