@@ -48,6 +48,20 @@ def test_a_bool_feature_that_is_also_the_strata_stays_a_number():
     assert set(col.dropna()) == {0.0, 1.0} and col.isna().sum() == 11
 
 
+def test_an_integer_feature_with_nulls_that_is_also_the_strata_is_read_as_floats():
+    """An int64 feature with nulls that is also sample.stratify_by was read as Python integers
+    and NA (exact strata levels), and the first fit stopped: "float() argument must be a
+    string or a real number, not 'NAType'" (before this change too)."""
+    t = _penguins()
+    t = t.append_column("flip", pa.array([None, 181, 186] * 114 + [190, 195], pa.int64()))
+    ts = _schema(t, features=["bill", "mass", "flip"], stratify_by="flip")
+    t = t.select(list(ts.keys))
+    frame = table_to_frame(t.rename_columns([ts.key(c) for c in t.column_names]), ts)
+    col = frame[ts.key("flip")]
+    assert col.dtype == np.float64, col.dtype
+    assert col.isna().sum() == 114
+
+
 def test_a_described_bool_is_read_as_the_levels_false_true():
     """README: a bool 'listed in input.categorical (or as stratify_by, or a descriptive column)
     its levels are false and true'; described, it was profiled as the number 0/1."""

@@ -469,7 +469,8 @@ def _column_values(col: pa.ChunkedArray, level: bool, number: bool = False):
     :func:`table_to_frame`; ``level``: read as levels: integers exact where nulls are, booleans
     as the texts ``false`` / ``true``, their spelling in Arrow, SQL and ``input.filters``;
     ``number``: also a numeric feature (a ``stratify_by`` column listed in ``input.features``),
-    whose booleans stay 0/1)."""
+    whose booleans stay 0/1 and whose integers with nulls are floats, as a feature's are:
+    Python integers and ``NA`` stopped the fit)."""
     col = col.combine_chunks()
     if isinstance(col.type, pa.BaseExtensionType):
         col = col.storage
@@ -481,8 +482,8 @@ def _column_values(col: pa.ChunkedArray, level: bool, number: bool = False):
         # As a level, not 0/1: a bool declared categorical was profiled and explained as
         # "flag = 0", a number its reader had to decode.
         col = pc.cast(col, pa.string() if level and not number else pa.float64())
-    return col.to_pandas(integer_object_nulls=level and pa.types.is_integer(col.type)
-                         and col.null_count > 0)
+    return col.to_pandas(integer_object_nulls=level and not number
+                         and pa.types.is_integer(col.type) and col.null_count > 0)
 
 
 def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
