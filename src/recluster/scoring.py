@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 from distributed import Client
 
 from recluster.compute.drift import SUPPORT_QUANTILE, DriftRule, judge
@@ -83,6 +84,39 @@ def load_models(run: Location, manifest_sha256: str | None = None):
             fit.child_numbers = numbers[path]
         fits[path] = (depth, fit)
     return files, index, fits
+
+
+#: The levels a boolean categorical column had before recluster read booleans as levels
+#: ``false`` / ``true`` (0/1 numbers, as an integer column's levels still are).
+_BOOL_NUMBERS = frozenset({"0", "1", "0.0", "1.0"})
+
+
+def refuse_bool_numbers(ts, fits: dict, model_url: str) -> None:
+    """Refuse a categorical column that is boolean in the input where the run's models know it
+    by the levels ``0`` / ``1`` (an older recluster read booleans so; or it was fitted on
+    numbers), or numbers where they know ``false`` / ``true``: every row would hold a level
+    the models never saw and be routed as such, with only a drift warning."""
+    types = dict(ts.read_types)
+    for c in ts.categorical:
+        t = types.get(c, pa.null())
+        is_bool = pa.types.is_boolean(t)
+        if not (is_bool or pa.types.is_integer(t) or pa.types.is_floating(t)):
+            continue
+        key = ts.key(c)
+        for _, fit in fits.values():
+            known = set((getattr(fit.preprocessor, "levels_", None) or {}).get(key, ()))
+            numbers, texts = known & _BOOL_NUMBERS, known & {"false", "true"}
+            if is_bool and numbers and not texts:
+                raise InputDataError(
+                    f"categorical column '{c}' is boolean in the input, but the run at "
+                    f"{model_url} knows it by the levels 0 / 1 (an older recluster read "
+                    f"booleans so, or it was fitted on numbers), and booleans are now the levels "
+                    f"false / true: re-run the job to score with its models")
+            if not is_bool and texts and not numbers:
+                raise InputDataError(
+                    f"categorical column '{c}' is {t} in the input, but the run at {model_url} "
+                    f"was fitted on it as a boolean (levels false / true): write it as a boolean "
+                    f"to score")
 
 
 def check_output(model_url: str, input_url: str, output_url: str, timeout_s: float = 60.0
@@ -167,6 +201,7 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
             raise InputDataError(f"models/index.json of {model_url} does not name its columns' "
                                  f"keys as this recluster does; re-run the job to score with its "
                                  f"models")
+        refuse_bool_numbers(ts, fits, model_url)
         input_fp = input_fingerprint(infos, inputs.file_identities(in_loc, files),
                                      {"filters": filters} if filters else None)
         fp = score_fingerprint(run_manifest, input_fp, chosen)

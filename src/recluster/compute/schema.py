@@ -78,11 +78,12 @@ class TableSchema:
     @property
     def describe_numeric(self) -> list[str]:
         """Descriptive columns read as numbers (profiled by mean and effect size): numbers, and
-        dates, times and durations (:attr:`describe_temporal`)."""
+        dates, times and durations (:attr:`describe_temporal`). Not booleans: described, they
+        are levels ``false`` / ``true``, as where declared categorical."""
         types = dict(self.read_types)
         temporal = set(self.describe_temporal)
-        return [c for c in self.describe if c in types and (_is_numeric(types[c])
-                                                            or c in temporal)]
+        return [c for c in self.describe if c in types and (
+            (_is_numeric(types[c]) and not pa.types.is_boolean(types[c])) or c in temporal)]
 
     @property
     def describe_temporal(self) -> list[str]:
@@ -330,7 +331,13 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
     else:
         features = list(cfg.features)
     if not features:
-        raise InputDataError(f"{first.url} has no feature columns besides the id '{cfg.id_column}'")
+        index = [n for n in first.schema.names if _PANDAS_INDEX.fullmatch(n)
+                 and n != cfg.id_column and n not in cfg.describe and n not in cfg.exclude]
+        why = (f" ('{index[0]}' is named as pandas names an index, so it is no feature by "
+               f"default: list it in input.features or input.categorical to use it)"
+               if index and cfg.features is None else "")
+        raise InputDataError(f"{first.url} has no feature columns besides the id "
+                             f"'{cfg.id_column}'{why}")
     unknown = [c for c in cfg.categorical if c not in features]
     if unknown:
         raise InputDataError(
@@ -457,10 +464,13 @@ def read_groups(ts: TableSchema, size: int) -> list[list[tuple[str, str]]]:
     return ([others] if others else []) + [floats[i:i + size] for i in range(0, len(floats), size)]
 
 
-def _column_values(col: pa.ChunkedArray, level: bool):
+def _column_values(col: pa.ChunkedArray, level: bool, number: bool = False):
     """One column that is not in the float block, as pandas holds it (see
     :func:`table_to_frame`; ``level``: read as levels: integers exact where nulls are, booleans
-    as the texts ``false`` / ``true``, their spelling in Arrow, SQL and ``input.filters``)."""
+    as the texts ``false`` / ``true``, their spelling in Arrow, SQL and ``input.filters``;
+    ``number``: also a numeric feature (a ``stratify_by`` column listed in ``input.features``),
+    whose booleans stay 0/1 and whose integers with nulls are floats, as a feature's are:
+    Python integers and ``NA`` stopped the fit)."""
     col = col.combine_chunks()
     if isinstance(col.type, pa.BaseExtensionType):
         col = col.storage
@@ -471,9 +481,9 @@ def _column_values(col: pa.ChunkedArray, level: bool):
     if pa.types.is_boolean(col.type):
         # As a level, not 0/1: a bool declared categorical was profiled and explained as
         # "flag = 0", a number its reader had to decode.
-        col = pc.cast(col, pa.string() if level else pa.float64())
-    return col.to_pandas(integer_object_nulls=level and pa.types.is_integer(col.type)
-                         and col.null_count > 0)
+        col = pc.cast(col, pa.string() if level and not number else pa.float64())
+    return col.to_pandas(integer_object_nulls=level and not number
+                         and pa.types.is_integer(col.type) and col.null_count > 0)
 
 
 def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
@@ -488,6 +498,7 @@ def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
     order : every column's key, in the frame's order
     """
     levels = _level_keys(ts)
+    numeric = set(ts.numeric_keys)
     types = {ts.key(c): t for c, t in ts.read_types}
     times = {ts.key(c) for c in ts.describe_temporal}
     cols, values, filled = {}, None, 0
@@ -508,7 +519,8 @@ def tables_to_frame(tables: Iterable[pa.Table], ts: TableSchema,
             elif name in times:  # a date or time described: a number in its unit
                 cols[name] = temporal.to_numbers(table.column(name))
             else:
-                cols[name] = _column_values(table.column(name), name in levels)
+                cols[name] = _column_values(table.column(name), name in levels,
+                                            name in numeric)
         del table
     if values is None:
         return pd.DataFrame(cols)[list(order)] if cols else pd.DataFrame(cols)

@@ -49,6 +49,11 @@ NOT_LEVELS = frozenset({OTHER, OTHER_LEVELS})
 FACT_COLUMNS = ["path", "parent", "column", "level", "kind", "role", "direction", "effect",
                 "lift", "member_value", "rest_value", "member_share", "rank", "text", "short",
                 "unit", "time_zone"]
+#: The numeric columns of :data:`FACT_COLUMNS` (the others are text): a table of no facts keeps
+#: their types (else its all-empty columns were published as text).
+FACT_NUMBERS = {"direction": "int64", "effect": "float64", "lift": "float64",
+                "member_value": "float64", "rest_value": "float64", "member_share": "float64",
+                "rank": "int64"}
 
 
 
@@ -275,6 +280,10 @@ def _two_valued_fact(r: Mapping[str, Any], low: float, high: float) -> dict[str,
     return None
 
 
+def _no_facts() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=FACT_NUMBERS.get(c, "str")) for c in FACT_COLUMNS})
+
+
 def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
     """Every segment's facts, ranked by absolute effect size within the segment.
 
@@ -294,7 +303,7 @@ def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
     column's, in which its means are: :data:`recluster.compute.temporal.UNITS`; else null)
     """
     if profiles is None or profiles.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
+        return _no_facts()
     out = []
     has_role = "role" in profiles.columns
     for r in profiles.to_dict("records"):
@@ -305,7 +314,7 @@ def facts_table(profiles: pd.DataFrame | None) -> pd.DataFrame:
                         "role": r["role"] if has_role else "feature", **f,
                         "unit": unit, "time_zone": tz})
     if not out:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in FACT_COLUMNS})
+        return _no_facts()
     df = pd.DataFrame(out)
     # The two levels of a two-level column have one effect, of opposite signs (Cohen's h of
     # complementary shares), equal but for rounding: the level the members hold more often

@@ -119,6 +119,9 @@ def write_segments(client: Client, store: OutputStore, g: Growth, ts: TableSchem
             picked = segments.pick_exemplars(candidates[path], final, path)
             rows += [{"path": path, "rank": i + 1, "id": v} for i, v in enumerate(picked)]
     frame = pd.DataFrame(rows, columns=["path", "rank", "id"])
+    if frame.empty:  # typed as the rows would be (all-empty columns were published as text)
+        frame = frame.astype({"path": "str", "rank": "int64",
+                              "id": g.state._meta["__id__"].dtype})
     store.write_staged(report_data.EXEMPLARS_FILE, parquet_bytes(frame))
     return [report_data.FACTS_FILE, report_data.SEGMENTS_FILE, report_data.EXEMPLARS_FILE]
 
