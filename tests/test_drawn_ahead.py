@@ -86,7 +86,7 @@ def test_a_sample_drawn_ahead_is_let_go_once_thinned(client, tmp_path, monkeypat
     import recluster.job.growth as growth
 
     url = str(tmp_path / "in")
-    write_table(diamonds(6_000), url, 2, row_group_rows=1_000)
+    write_table(diamonds(12_000), url, 4, row_group_rows=1_000)
     drawn: dict[int, set] = {}  # level -> keys of the sample drawn ahead for it
     held_later: dict[int, set] = {}  # level -> keys of earlier levels' draws still held then
     fit_level = growth._fit_level
