@@ -89,12 +89,12 @@ def test_split_keeps_row_order_and_uses_the_thresholds():
     nr = split_node_rows(rows, pre, threshold=0.8, holdout_fraction=0.25, shap_cut=0.3)
     u = rows[U_COLUMN].to_numpy()
     hold = u < 0.2
-    assert nr.X_hold.index.tolist() == np.flatnonzero(hold).tolist()
-    assert nr.X_train.index.tolist() == np.flatnonzero(~hold).tolist()
-    assert nr.X_shap.index.tolist() == np.flatnonzero(u < 0.3).tolist()
+    assert nr.part("hold").index.tolist() == np.flatnonzero(hold).tolist()
+    assert nr.part("train").index.tolist() == np.flatnonzero(~hold).tolist()
+    assert nr.part("shap").index.tolist() == np.flatnonzero(u < 0.3).tolist()
     assert np.array_equal(nr.child_train, rows["_child"].to_numpy()[~hold])
-    assert not nr.X_train["x"].isna().any()  # imputed with the node's median
-    assert str(nr.X_train["k"].dtype) == "category"
+    assert not nr.part("train")["x"].isna().any()  # imputed with the node's median
+    assert str(nr.part("train")["k"].dtype) == "category"
     counts = nr.counts()
     assert sum(counts["train"].values()) == (~hold).sum()
     assert counts["hold"] == {int(k): int(v) for k, v in
@@ -115,8 +115,8 @@ def test_training_past_its_deadline_returns_no_model():
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_cat_to_onehot": 1,
               "seed": 1}
     y = nr.child_train == 1
-    assert fit_booster(nr.X_train, y, params, rounds=500, timeout_s=0.0) is None
-    booster = fit_booster(nr.X_train, y, params, rounds=5)
+    assert fit_booster(nr.part("train"), y, params, rounds=500, timeout_s=0.0) is None
+    booster = fit_booster(nr.part("train"), y, params, rounds=5)
     assert booster.num_boosted_rounds() == 5
     res = explain_child(nr, 1, params, 2000, 0.0, ["x", "k"], "root", "root.1")
     assert res.timed_out and res.model is None
@@ -144,14 +144,14 @@ def test_a_node_screened_at_once_keeps_what_each_child_screened_alone_keeps():
     nr = split_node_rows(rows, pre, 1.0, 0.2, 0.5, max_features=10)
     assert sorted(nr.screens) == [0, 1, 2, 3, 4, 5]  # every child, not noise
     for k in range(6):
-        alone = screen_features(nr.X_train, nr.child_train == k, 10)
+        alone = screen_features(nr.part("train"), nr.child_train == k, 10)
         kept, score = nr.screen(k, 10)
         assert np.array_equal(kept, alone[0])
         assert np.allclose(score, alone[1], rtol=1e-9, atol=1e-12)
         assert score.max() > 0.5  # the planted columns separate
     assert nr.screen(2, 10)[0].tolist().count(d) == 1  # the categorical marks child 2
     # a group with no rows, or every row, separates nothing
-    none_all = separations(nr.X_train, np.zeros(len(nr.X_train), dtype=int), [7, 0])
+    none_all = separations(nr.part("train"), np.zeros(len(nr.part("train")), dtype=int), [7, 0])
     assert (none_all == 0).all()
     # without a screen (few features) nothing is computed and every child sees every feature
     narrow = split_node_rows(rows, pre, 1.0, 0.2, 0.5, max_features=500)

@@ -170,7 +170,7 @@ def test_blocks_of_columns_give_the_same_profiles_and_screen(tissue, monkeypatch
     from recluster.compute import explain
 
     rows, genes, _ = tissue
-    X, member = rows.X_train, rows.child_train == 0
+    X, member = rows.part("train"), rows.child_train == 0
     whole_sep = explain.separation(X, member)
     whole = explain.profiles(X, member, genes, [], "root", "root.0")
     monkeypatch.setattr(explain, "BLOCK_VALUES", 7 * len(X))  # 7 columns a block

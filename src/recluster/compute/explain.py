@@ -197,18 +197,6 @@ class NodeRows:
         return self.X.iloc[at] if kept is None else self.X.iloc[at, kept]
 
     @property
-    def X_train(self) -> pd.DataFrame:
-        return self.part("train")
-
-    @property
-    def X_hold(self) -> pd.DataFrame:
-        return self.part("hold")
-
-    @property
-    def X_shap(self) -> pd.DataFrame:
-        return self.part("shap")
-
-    @property
     def child_train(self) -> np.ndarray:
         return self.child[self.train]
 
@@ -293,7 +281,7 @@ class ChildResult:
     timed_out: bool = False
 
 
-def separation(X: pd.DataFrame, member: np.ndarray) -> np.ndarray:
+def separation(X: pd.DataFrame, member: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """How far each column of ``X`` tells ``member`` rows from the rest on its own: the absolute
     standardised mean difference (difference of the two means over the pooled standard
     deviation; 0 where that is 0). A categorical column scores its best level, each level taken
@@ -303,12 +291,13 @@ def separation(X: pd.DataFrame, member: np.ndarray) -> np.ndarray:
     ----------
     X : DataFrame (n, n_features), :func:`raw_frame`'s columns (no missing values)
     member : ndarray (n,) bool
+    rows : positions of the rows scored (default: all; see :func:`separations`)
 
     Returns
     -------
     ndarray (n_features,) float64, >= 0
     """
-    return separations(X, np.asarray(member, dtype=bool).astype(np.int64), [1])[0]
+    return separations(X, np.asarray(member, dtype=bool).astype(np.int64), [1], rows)[0]
 
 
 def separations(X: pd.DataFrame, group: np.ndarray, ks: Sequence[int],
@@ -390,8 +379,7 @@ def screen_features(X: pd.DataFrame, member: np.ndarray, max_features: int | Non
     """
     if max_features is None or X.shape[1] <= max_features:
         return None, None
-    group = np.asarray(member, dtype=bool).astype(np.int64)
-    return kept_features(separations(X, group, [1], rows=rows)[0], max_features)
+    return kept_features(separation(X, member, rows), max_features)
 
 
 def kept_features(score: np.ndarray, max_features: int) -> tuple[np.ndarray, np.ndarray]:

@@ -323,19 +323,19 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
         if stray:
             raise InputDataError(f"input.exclude names column '{stray[0]}', which {first.url} "
                                  f"does not have" + _near_names(stray[0], first.schema.names))
-        features = [n for n in first.schema.names if n != cfg.id_column
-                    and n not in cfg.describe and n not in cfg.exclude
-                    and not (_PANDAS_INDEX.fullmatch(n) and n not in cfg.categorical)]
+        candidates = [n for n in first.schema.names if n != cfg.id_column
+                      and n not in cfg.describe and n not in cfg.exclude]
+        as_index = [n for n in candidates
+                    if _PANDAS_INDEX.fullmatch(n) and n not in cfg.categorical]
+        features = [n for n in candidates if n not in as_index]
         if stratify_by in features and stratify_by not in cfg.categorical:
             features.remove(stratify_by)
     else:
-        features = list(cfg.features)
+        features, as_index = list(cfg.features), []
     if not features:
-        index = [n for n in first.schema.names if _PANDAS_INDEX.fullmatch(n)
-                 and n != cfg.id_column and n not in cfg.describe and n not in cfg.exclude]
-        why = (f" ('{index[0]}' is named as pandas names an index, so it is no feature by "
+        why = (f" ('{as_index[0]}' is named as pandas names an index, so it is no feature by "
                f"default: list it in input.features or input.categorical to use it)"
-               if index and cfg.features is None else "")
+               if as_index else "")
         raise InputDataError(f"{first.url} has no feature columns besides the id "
                              f"'{cfg.id_column}'{why}")
     unknown = [c for c in cfg.categorical if c not in features]
@@ -418,8 +418,9 @@ def table_to_frame(table: pa.Table, ts: TableSchema) -> pd.DataFrame:
     """A piece read under internal keys, as the pandas frame the stages work on.
 
     The id becomes its canonical value (see the module docstring); booleans become 0/1 floats
-    (null as NaN), or the texts ``false`` / ``true`` where read as levels; strings stay text; any binary column becomes lowercase hex text (its bytes
-    need not be UTF-8, and Dask would decode them as such). Integer levels (categorical or
+    (null as NaN), or the texts ``false`` / ``true`` where read as levels; strings stay text;
+    any binary column becomes lowercase hex text (its bytes need not be UTF-8, and Dask would
+    decode them as such). Integer levels (categorical or
     ``stratify_by`` columns) stay exact integers where the piece holds nulls, instead of
     pandas' float64 (which rounds values beyond 2**53, so that one level would read as two in
     pieces with and without nulls).
