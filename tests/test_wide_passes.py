@@ -295,13 +295,20 @@ def test_workers_size_a_wide_frame_as_dask_does_without_a_series_per_column(tiss
                                                                            monkeypatch):
     """A worker sizes every frame a task keeps (twice); Dask's estimate makes a Series per
     column (16 ms at 500 columns). recluster's workers take the same estimate from the blocks."""
+    import random
+
     from recluster.parallel import frame_sizes
     from recluster.parallel.frame_sizes import _DASK, BLOCK_OVERHEAD, frame_sizeof
+
+    def seeded(size, df):  # Dask samples Python objects' sizes: the same draw for both
+        random.seed(0)
+        np.random.seed(0)
+        return size(df)
 
     t = tissue_input[0]
     for name, df in _frames_of(t).items():
         blocks = len(df._mgr.blocks)
-        assert abs(frame_sizeof(df) - _DASK(df)) <= BLOCK_OVERHEAD * blocks, name
+        assert abs(seeded(frame_sizeof, df) - seeded(_DASK, df)) <= BLOCK_OVERHEAD * blocks, name
     # Python objects: Dask's own function (it samples their sizes)
     monkeypatch.setattr(frame_sizes, "_DASK", lambda df: -len(df.columns))
     for name in ("objects", "python strings"):
