@@ -104,3 +104,37 @@ def test_clusters_carved_from_a_blob_score_low_and_are_not_zoomed_into(tmp_path,
         if c["stability"] < 0.75:
             assert c["stop_reason"].startswith("unstable"), c
             assert c["n_children"] == 0
+
+
+def test_fit_and_resamples_share_one_preprocessing_fitted_once():
+    """The job fits a node's preprocessing once (its own task) and hands it to the fit and every
+    resample: on a real table whose ``auto`` weightings are judged (categorical levels, a 0/1
+    column, nulls), each comes out as when it fitted the preprocessing itself."""
+    from tables import penguins
+
+    from recluster.compute.node import node_preprocessing
+
+    table = penguins()
+    table["male"] = (table["sex"] == "male").astype(float)  # a two-valued number: binary_scale
+    table[U_COLUMN] = hash_uniform(table["penguin"], 0)
+    numeric = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "male"]
+    categorical = ["island"]
+    cfg = parse_config({"input": {"path": "-", "id_column": "penguin", "categorical": categorical},
+                        "output": {"path": "-"}})
+    shuffled = table.sample(frac=1.0, random_state=2)  # the order the sample arrives in
+    pre = node_preprocessing(shuffled, numeric, categorical, "penguin", cfg)
+    assert pre is not None and getattr(pre, "binary_choice_", None)
+    own = fit_node(table, "root", numeric, categorical, "penguin", cfg)
+    shared = fit_node(shuffled, "root", numeric, categorical, "penguin", cfg, pre=pre)
+    assert shared.preprocessor is pre and own.n_children >= 2
+    assert shared.preprocessor.summary() == own.preprocessor.summary()
+    np.testing.assert_array_equal(shared.sample_labels, own.sample_labels)
+    np.testing.assert_array_equal(shared.sample_embedding, own.sample_embedding)
+    for i in range(2):
+        a = resample_node(table, "root", i, numeric, categorical, "penguin", cfg)
+        b = resample_node(shuffled, "root", i, numeric, categorical, "penguin", cfg, pre=pre)
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[2], b[2])
+    assert node_preprocessing(table.head(cfg.embedding.n_neighbors + 1), numeric, categorical,
+                              "penguin", cfg) is None  # as fit_node and resample_node stop there

@@ -172,6 +172,22 @@ def fit_node_preprocessor(sample: pd.DataFrame, numeric: list[str], categorical:
     return pre
 
 
+def node_preprocessing(sample: pd.DataFrame, numeric: list[str], categorical: list[str],
+                       id_column: str, cfg: JobConfig) -> Preprocessor | None:
+    """The preprocessing :func:`fit_node` and every stability resample of the node fit on its
+    sample (unsorted: sorted here as they sort it), once for all of them; None where the sample
+    is too small to be fitted at all.
+
+    It is a deterministic function of the sample's rows, and on a wide node it is much of a
+    fit's work (the ``auto`` weightings' neighbour votes over every column): each resample
+    refitted it.
+    """
+    rows = sorted_sample(sample, id_column)
+    if len(rows) < cfg.embedding.n_neighbors + 2:
+        return None
+    return fit_node_preprocessor(rows, numeric, categorical, cfg)
+
+
 def holdout_mask(n: int, fraction: float) -> np.ndarray:
     """Every ``round(1/fraction)``-th row of the (sorted) sample is held out."""
     step = max(2, int(round(1.0 / fraction)))
@@ -190,7 +206,7 @@ def ids_checksum(ids: np.ndarray) -> int:
 
 
 def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: list[str],
-             id_column: str, cfg: JobConfig) -> NodeFit:
+             id_column: str, cfg: JobConfig, pre: Preprocessor | None = None) -> NodeFit:
     """Fit one node on its sample.
 
     Parameters
@@ -201,6 +217,8 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     numeric, categorical : lists of feature column names
     id_column : str
     cfg : JobConfig
+    pre : the node's preprocessing already fitted on this sample (:func:`node_preprocessing`),
+        else fitted here
 
     Returns
     -------
@@ -214,7 +232,8 @@ def fit_node(sample: pd.DataFrame, path: str, numeric: list[str], categorical: l
     if n < need:
         fit.stop_reason = StopReason.SMALL_SAMPLE.stop(rows=n, need=need)
         return fit
-    pre = fit_node_preprocessor(sample, numeric, categorical, cfg)
+    if pre is None:
+        pre = fit_node_preprocessor(sample, numeric, categorical, cfg)
     X = pre.transform(sample)
     fit.preprocessor = pre
     fit.seconds["preprocess"] = time.perf_counter() - t0

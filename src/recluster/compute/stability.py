@@ -26,6 +26,7 @@ from recluster.compute.node import (
     sorted_sample,
 )
 from recluster.compute.paths import ROOT
+from recluster.compute.preprocess import Preprocessor
 from recluster.compute.reduce import fit_projection, project
 from recluster.compute.tree import gaussian_split, stability_verdict
 from recluster.config import ClusteringConfig, EmbeddingConfig, JobConfig
@@ -100,8 +101,11 @@ def resample_embedding(X: np.ndarray, fraction: float, max_rows: int, seed: int,
 
 
 def resample_node(sample: pd.DataFrame, path: str, i: int, numeric: list[str],
-                  categorical: list[str], id_column: str, cfg: JobConfig):
-    """Resample ``i`` of a node from its sample rows, preprocessed exactly as fit_node does.
+                  categorical: list[str], id_column: str, cfg: JobConfig,
+                  pre: Preprocessor | None = None):
+    """Resample ``i`` of a node from its sample rows, preprocessed exactly as fit_node does
+    (``pre``: that preprocessing, fitted once for the node by
+    :func:`~recluster.compute.node.node_preprocessing`; else fitted here).
 
     Returns ``(rows in the sample, ids of the subsample's rows, their embedding)`` -- so that
     the caller can check the rows are the fitted ones -- or None when the sample is too small.
@@ -109,7 +113,8 @@ def resample_node(sample: pd.DataFrame, path: str, i: int, numeric: list[str],
     rows = sorted_sample(sample, id_column)
     if len(rows) < cfg.embedding.n_neighbors + 2:
         return None
-    pre = fit_node_preprocessor(rows, numeric, categorical, cfg)
+    if pre is None:
+        pre = fit_node_preprocessor(rows, numeric, categorical, cfg)
     st = cfg.stability
     idx, emb = resample_embedding(pre.transform(rows), st.fraction, st.max_rows,
                                   node_seed(cfg.seed + 7919 * (i + 1), path), cfg.embedding)

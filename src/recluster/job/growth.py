@@ -138,7 +138,9 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
             sample = client.compute(passes.sample_frame(feats, state, level, thresholds, ts))
         wait(sample)  # so that this stage's time is the sample pass itself
     with timer.stage(f"level {level}: fit {len(to_fit)} node(s)", total=len(to_fit)) as st:
-        futs = passes.submit_fits(client, sample, to_fit, ts, cfg, run_id)
+        # Each node's preprocessing first, once: its fit and its resamples share it.
+        preps = passes.submit_preps(client, sample, to_fit, ts, cfg, run_id)
+        futs = passes.submit_fits(client, sample, preps, to_fit, ts, cfg, run_id)
         # Stability refits need only the sample: they start now, on workers the fits leave idle.
         # With an early stop (stability.conclusive) only each node's first resample is sure to
         # count; the others are submitted now only where threads are left over beyond one fit
@@ -147,7 +149,7 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
         # still run to their end, the first assignment pass ran on one worker: 3.3 s for 1.0.)
         threads = sum(client.nthreads().values())
         eager = not early_stability(cfg) or threads > 2 * len(to_fit)
-        resamples = passes.submit_resamples(client, sample, to_fit, ts, cfg, run_id,
+        resamples = passes.submit_resamples(client, sample, preps, to_fit, ts, cfg, run_id,
                                             stop=None if eager else 1) \
             if cfg.stability.resamples else {}
         fits = {}
@@ -160,7 +162,7 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
             if not accept_split(fit, nodes[fit.path].size, cfg.recursion):
                 client.cancel(resamples.pop(fit.path, []))  # only kept splits are worth scoring
         st.counts["sample_rows"] = sum(f.n_sample for f in fits.values())
-    return fits, futs, resamples, sample
+    return fits, futs, resamples, sample, preps
 
 
 def early_stability(cfg: JobConfig) -> bool:
@@ -170,7 +172,7 @@ def early_stability(cfg: JobConfig) -> bool:
 
 
 def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: dict, resamples: dict,
-                  sample, ts: TableSchema, cfg: JobConfig, timer: Timer,
+                  sample, preps: dict, ts: TableSchema, cfg: JobConfig, timer: Timer,
                   run_id: str) -> dict[str, list[float]]:
     """Score each kept split's clusters on its resamples and settle its clustering on that
     evidence (``stability.settle_node``); updates ``fits`` in place, returns the scores."""
@@ -191,7 +193,7 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
             if early and fut is first[path]:
                 if not stability_mod.conclusive(fit, fits[path], scores, cfg):
                     resamples[path] += passes.submit_resamples(
-                        client, sample, [path], ts, cfg, run_id,
+                        client, sample, preps, [path], ts, cfg, run_id,
                         start=len(resamples[path]))[path]
                     again = passes.submit_settles(client, sample, {path: (futs[path],
                                                   resamples[path])}, ts, cfg, run_id)[path]
@@ -380,12 +382,12 @@ def grow_tree(client: Client, feats, state, counts, total: int, ts: TableSchema,
                 to_fit.append(path)
         if not to_fit:
             break
-        fits, futs, resamples, sample = _fit_level(client, feats, g.state, level, to_fit,
+        fits, futs, resamples, sample, preps = _fit_level(client, feats, g.state, level, to_fit,
                                                    g.nodes, counts, ts, cfg, timer, echo, run_id,
                                                    ahead)
         ahead = None  # thinned (or not usable): let it go
-        stability = _settle_level(client, level, fits, futs, resamples, sample, ts, cfg, timer,
-                                  run_id)
+        stability = _settle_level(client, level, fits, futs, resamples, sample, preps, ts, cfg,
+                                  timer, run_id)
         split = _decide_splits(to_fit, fits, g, ts, cfg, echo)
         if not split:
             break

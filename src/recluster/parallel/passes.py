@@ -8,6 +8,7 @@ always with ``meta``. The client is an explicit argument.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 
 import dask
@@ -21,7 +22,7 @@ from dask.delayed import Delayed
 from distributed import Client, Future
 
 from recluster.compute import routing, schema, stability
-from recluster.compute.node import U_COLUMN, NodeFit, fit_node
+from recluster.compute.node import U_COLUMN, NodeFit, fit_node, node_preprocessing
 from recluster.compute.schema import TableSchema
 from recluster.config import JobConfig
 from recluster.parallel.client import imports_ready
@@ -200,39 +201,69 @@ def thin_sample(drawn: dd.DataFrame, thresholds: Mapping[tuple[str, str], float]
     return drawn.map_partitions(routing.thin_sample, by_path, meta=drawn._meta)
 
 
-def _fit_from_sample(sample: pd.DataFrame, path: str, ts: TableSchema, cfg: JobConfig) -> NodeFit:
+def _node_rows(sample: pd.DataFrame, path: str) -> pd.DataFrame:
+    return sample[sample["_node"] == path].drop(columns="_node")
+
+
+def _prep_from_sample(sample: pd.DataFrame, path: str, ts: TableSchema, cfg: JobConfig):
+    """The node's preprocessing (or None: too few rows) and the seconds it took."""
     imports_ready()
-    rows = sample[sample["_node"] == path].drop(columns="_node")
-    return fit_node(rows, path, ts.numeric_keys, ts.categorical_keys, ts.id_key, cfg)
+    t = time.perf_counter()
+    pre = node_preprocessing(_node_rows(sample, path), ts.numeric_keys, ts.categorical_keys,
+                             ts.id_key, cfg)
+    return pre, time.perf_counter() - t
 
 
-def _resample_from_sample(sample: pd.DataFrame, path: str, i: int, ts: TableSchema,
+def submit_preps(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
+                 cfg: JobConfig, run_id: str) -> dict[str, Future]:
+    """One task per node fitting its preprocessing on its sample, which the node's fit and all
+    its stability resamples then share (each had fitted the same one again)."""
+    return {p: client.submit(_prep_from_sample, sample, p, ts, cfg, pure=False, priority=2,
+                             key=f"prep-node-{p}-{cfg.seed}-{run_id}")
+            for p in paths}
+
+
+def _fit_from_sample(sample: pd.DataFrame, prep, path: str, ts: TableSchema,
+                     cfg: JobConfig) -> NodeFit:
+    imports_ready()
+    pre, seconds = prep
+    fit = fit_node(_node_rows(sample, path), path, ts.numeric_keys, ts.categorical_keys,
+                   ts.id_key, cfg, pre=pre)
+    if pre is not None:  # the preprocessing's own task counts as the fit's
+        for k in ("preprocess", "total"):
+            if k in fit.seconds:
+                fit.seconds[k] += seconds
+    return fit
+
+
+def _resample_from_sample(sample: pd.DataFrame, prep, path: str, i: int, ts: TableSchema,
                           cfg: JobConfig):
     imports_ready()
-    rows = sample[sample["_node"] == path].drop(columns="_node")
-    return stability.resample_node(rows, path, i, ts.numeric_keys, ts.categorical_keys,
-                                   ts.id_key, cfg)
+    return stability.resample_node(_node_rows(sample, path), path, i, ts.numeric_keys,
+                                   ts.categorical_keys, ts.id_key, cfg, pre=prep[0])
 
 
-def submit_resamples(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
-                     cfg: JobConfig, run_id: str, start: int = 0,
-                     stop: int | None = None) -> dict[str, list[Future]]:
+def submit_resamples(client: Client, sample: Future, preps: Mapping[str, Future],
+                     paths: Sequence[str], ts: TableSchema, cfg: JobConfig, run_id: str,
+                     start: int = 0, stop: int | None = None) -> dict[str, list[Future]]:
     """Resamples ``start`` .. ``stop`` (default: all ``stability.resamples``) of each node:
     independent refits at a lower priority than the fits themselves, so they fill workers the
-    fits leave idle instead of waiting for them."""
+    fits leave idle instead of waiting for them (``preps``: each node's preprocessing,
+    :func:`submit_preps`)."""
     stop = cfg.stability.resamples if stop is None else stop
-    return {p: [client.submit(_resample_from_sample, sample, p, i, ts, cfg, pure=False,
-                              priority=-1 if i == 0 else -2,
+    return {p: [client.submit(_resample_from_sample, sample, preps[p], p, i, ts, cfg,
+                              pure=False, priority=-1 if i == 0 else -2,
                               key=f"resample-node-{p}-{i}-{cfg.seed}-{run_id}")
                 for i in range(start, stop)]
             for p in paths}
 
 
-def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableSchema,
-                cfg: JobConfig, run_id: str) -> dict[str, Future]:
+def submit_fits(client: Client, sample: Future, preps: Mapping[str, Future],
+                paths: Sequence[str], ts: TableSchema, cfg: JobConfig,
+                run_id: str) -> dict[str, Future]:
     """One independent task per node; they run in parallel across workers. Keys carry the run
     id: a run sharing the scheduler with another never receives the other's fit."""
-    return {p: client.submit(_fit_from_sample, sample, p, ts, cfg,
+    return {p: client.submit(_fit_from_sample, sample, preps[p], p, ts, cfg,
                              key=f"fit-node-{p}-{cfg.seed}-{run_id}", pure=False, priority=1)
             for p in paths}
 
@@ -240,7 +271,7 @@ def submit_fits(client: Client, sample: Future, paths: Sequence[str], ts: TableS
 def _settle_from_sample(sample: pd.DataFrame, fit: NodeFit, results: list, ts: TableSchema,
                         cfg: JobConfig):
     imports_ready()
-    rows = sample[sample["_node"] == fit.path].drop(columns="_node")
+    rows = _node_rows(sample, fit.path)
     return stability.settle_node(fit, rows, ts.id_key, list(results), cfg)
 
 
