@@ -178,3 +178,51 @@ def test_binary_levels_that_are_not_utf8_are_read_as_hex(tmp_path):
     assert frame[ts.key("code")].tolist() == [v.hex() for v in raw]
     assert frame[ts.key("tag")].tolist() == [v.hex() for v in raw[::-1]]
     assert frame[ts.id_key].tolist() == list(range(300))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("duplicated", [False, True])
+@pytest.mark.parametrize("tree", [True, False])
+def test_colliding_draws_are_rechecked_on_the_ids(tmp_path, monkeypatch, duplicated, tree):
+    """The validation pass counts distinct draws (``_u``, a hash of the id) instead of
+    shuffling the ids; two distinct ids may draw alike. Draws made to collide on purpose (four
+    values for 344 penguins): distinct ids are still accepted, on an exact recount of the ids,
+    and a real duplicate is still refused, naming the column. Above
+    ``TREE_DISTINCT_ROWS`` (here: 0) the ids are counted by Dask's shuffle at once."""
+    from distributed import Client
+    from helpers import write_config, write_table
+    from tables import penguins
+
+    from recluster.compute import routing
+    from recluster.config import load_config
+    from recluster.errors import InputDataError
+    from recluster.parallel import passes
+    from recluster.pipeline import run
+
+    table = penguins()
+    if duplicated:
+        table.loc[table.index[-1], "penguin"] = table["penguin"].iloc[0]
+    write_table(table, str(tmp_path / "in"), 2)
+    cfg = load_config(write_config(tmp_path, str(tmp_path / "in"), str(tmp_path / "out"),
+                                   input={"id_column": "penguin",
+                                          "categorical": ["species", "island", "sex"]},
+                                   recursion={"max_depth": 1}))
+    real = routing.initial_state
+
+    def colliding(*args, **kwargs):
+        state = real(*args, **kwargs)
+        state[routing.U_COLUMN] = np.floor(state[routing.U_COLUMN] * 4) / 4
+        return state
+
+    monkeypatch.setattr(routing, "initial_state", colliding)
+    if not tree:
+        monkeypatch.setattr(passes, "TREE_DISTINCT_ROWS", 0)
+    with Client(processes=False, n_workers=1, threads_per_worker=2,
+                dashboard_address=":0") as client:  # in this process: the patch holds
+        if duplicated:
+            with pytest.raises(InputDataError, match="'penguin' has duplicate values"):
+                run(cfg, client)
+        else:
+            run(cfg, client)
+            labels = pd.read_parquet(tmp_path / "out" / "labels")
+            assert sorted(labels["penguin"]) == sorted(table["penguin"])
