@@ -112,8 +112,9 @@ def _stats_frame(df: pd.DataFrame, ts: TableSchema, paths: Sequence[str],
 #: tree of reductions over the rows' draws (``_u``, 8 bytes a row, a function of the id's value)
 #: instead of Dask's shuffle of the ids: the peer-to-peer shuffle's set-up cost ~0.8 s of wall
 #: time on every run (a 2,000-row table: 0.84-1.0 s, against 0.12-0.16 s), more than a small
-#: table's whole validation; its last task holds at most this many draws.
-TREE_DISTINCT_ROWS = 4_000_000
+#: table's whole validation. Its last task holds every draw (8 MB and pandas' hash table of them
+#: at 1M rows); beyond, the shuffle's set-up is a small part of the run.
+TREE_DISTINCT_ROWS = 1_000_000
 
 
 def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence[Piece],
@@ -121,7 +122,7 @@ def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence
     """Per-partition stats (one JSON row each) and a lazy count that equals the number of rows
     exactly when the ids are distinct: the distinct draws (``_u``) of a table of at most
     :data:`TREE_DISTINCT_ROWS` rows, else the distinct ids. Equal draws mean equal ids or a
-    hash collision (~n²/2⁵⁴: 4e-4 at 4M rows), so a count short of the rows is rechecked
+    hash collision (~n²/2⁵⁴: 3e-5 at 1M rows), so a count short of the rows is rechecked
     exactly (:func:`distinct_ids`) before anything is refused.
 
     Computed together with the node counts, they share one read of the input.
