@@ -122,7 +122,7 @@ def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence
     """Per-partition stats (one JSON row each) and a lazy count that equals the number of rows
     exactly when the ids are distinct: the distinct draws (``_u``) of a table of at most
     :data:`TREE_DISTINCT_ROWS` rows, else the distinct ids. Equal draws mean equal ids or a
-    hash collision (~n²/2⁵⁴: 3e-5 at 1M rows), so a count short of the rows is rechecked
+    hash collision (~n²/2⁵⁴: 6e-5 at 1M rows), so a count short of the rows is rechecked
     exactly (:func:`distinct_ids`) before anything is refused.
 
     Computed together with the node counts, they share one read of the input.
