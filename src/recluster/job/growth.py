@@ -141,7 +141,8 @@ def _fit_level(client: Client, feats, state, level: int, to_fit: list[str],
         # Each node's preprocessing first, once: its fit and its resamples share it.
         preps = passes.submit_preps(client, sample, to_fit, ts, cfg, run_id)
         futs = passes.submit_fits(client, sample, preps, to_fit, ts, cfg, run_id)
-        # Stability refits need only the sample: they start now, on workers the fits leave idle.
+        # Stability refits need only the sample and the preprocessing: they start now, on workers
+        # the fits leave idle.
         # With an early stop (stability.conclusive) only each node's first resample is sure to
         # count; the others are submitted now only where threads are left over beyond one fit
         # and one first resample per node, else when a node needs them. (At the root on two
