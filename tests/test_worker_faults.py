@@ -171,6 +171,19 @@ def test_workers_killed_during_fit_assignment_and_write_run_completes(cluster, d
     _workers_back(cluster)
 
 
+def test_worker_killed_while_fitting_a_node_preprocessing_run_completes(cluster, data, capsys):
+    """A node's preprocessing is a task of its own (``prep-node-*``) that its fit and its
+    resamples wait for: its worker lost, it is recomputed and the run ends as a clean one."""
+    out = "s3://kills/prep"
+    with kill_in(cluster, "level 1: fit", prefix="prep-node-root") as plugin:
+        cfg = write_config(data["tmp"], "s3://kills/in", out, **SECTIONS)
+        code, err, _ = _run(cfg, cluster, capsys)
+    assert len(plugin.killed) == 1, sorted(plugin.seen)
+    assert code == 0, err[-3000:]
+    _same_labels(out, data["clean"])
+    _workers_back(cluster)
+
+
 def test_worker_killed_during_xgboost_training_completes_or_fails_in_bounded_time(
         cluster, data, capsys):
     """xgboost.dask is not resilient to worker loss: training is retried with fresh data
