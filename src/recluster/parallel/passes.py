@@ -129,9 +129,14 @@ def validation_frames(feats: dd.DataFrame, state: dd.DataFrame, pieces: Sequence
     """
     stats = feats.map_partitions(_stats_frame, ts, [p.url for p in pieces],
                                  meta=pd.DataFrame({"stats": pd.Series([], dtype=object)}))
-    if sum(p.n_rows for p in pieces) <= TREE_DISTINCT_ROWS:
+    if counts_draws(pieces):
         return stats, state[U_COLUMN].nunique(split_out=1)
     return stats, distinct_ids(state)
+
+
+def counts_draws(pieces: Sequence[Piece]) -> bool:
+    """Whether :func:`validation_frames` counts distinct draws (not ids) for these pieces."""
+    return sum(p.n_rows for p in pieces) <= TREE_DISTINCT_ROWS
 
 
 def distinct_ids(state: dd.DataFrame):
