@@ -10,6 +10,11 @@ difference to the stage CPU that ``jobs/benchmark.py --wide`` prints.
 
     .venv/bin/python jobs/benchmark.py wide DATA OUT          # once: a run and its models
     .venv/bin/python jobs/benchmark_pass_steps.py DATA OUT
+    .venv/bin/python jobs/benchmark_pass_steps.py DATA OUT --workers 2
+
+``--workers N`` replays the same steps as one task in each of N workers of a recluster local
+cluster (one thread each), all at once: what a worker's process and N processes sharing the
+machine's caches and memory add to the one-process cost, without Dask's scheduling of pieces.
 """
 
 from __future__ import annotations
@@ -94,10 +99,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="the table's folder, as jobs/benchmark.py generates it")
     ap.add_argument("out", help="the output of a `jobs/benchmark.py wide DATA OUT` run on it")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="replay in this many local workers at once (default: in this process)")
     a = ap.parse_args()
-    steps, rows = pass_steps(Path(a.data), Path(a.out))
+    if a.workers < 1:
+        _print_steps(*pass_steps(Path(a.data), Path(a.out)), "this process")
+        return
+    from recluster.config import RuntimeConfig
+    from recluster.parallel.client import dask_client
+
+    with dask_client(RuntimeConfig(n_workers=a.workers)) as client:
+        workers = list(client.scheduler_info()["workers"])
+        futures = [client.submit(pass_steps, Path(a.data), Path(a.out), pure=False, workers=[w])
+                   for w in workers]
+        for i, f in enumerate(futures):
+            _print_steps(*f.result(), f"worker {i + 1} of {len(workers)}, all at once")
+
+
+def _print_steps(steps: dict, rows: int, where: str) -> None:
     per = 100_000 / rows
-    print(f"{'step':<30} {'CPU s':>8} {'sys s':>8}   per 100k rows, one thread ({rows:,} rows)")
+    print(f"{'step':<30} {'CPU s':>8} {'sys s':>8}   per 100k rows, one thread, {where} "
+          f"({rows:,} rows)")
     for name, (c, s) in steps.items():
         print(f"{name:<30} {c * per:>8.2f} {s * per:>8.2f}")
     print(f"{'all passes':<30} {sum(c for c, _ in steps.values()) * per:>8.2f}"
