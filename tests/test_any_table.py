@@ -21,6 +21,7 @@ from helpers import published, read_json, read_labels, run_cli, write_config
 from sklearn.metrics import adjusted_rand_score
 from tables import NASTY_TEXT, check_published, labels, olive, run, write_arrow
 
+from recluster.compute.schema import PANDAS_INDEX_LEFT_OUT
 from recluster.errors import InputDataError
 
 pytestmark = pytest.mark.timeout(300)
@@ -286,11 +287,15 @@ def test_pandas_index_metadata(tmp_path, bucket, scheduler, capsys, s3fs_fs):
     with s3fs_fs.open(f"{bucket}/b/part-0.parquet", "wb") as f:
         shuffled.to_parquet(f)
     assert "__index_level_0__" in pq.read_schema(s3fs_fs.open(f"{bucket}/b/part-0.parquet")).names
-    code, _, err = run(tmp_path, f"s3://{bucket}/b", f"s3://{bucket}/out-b", scheduler, capsys,
-                       {"id_column": "oil", "categorical": ["area"]}, **SMALL)
+    code, out, err = run(tmp_path, f"s3://{bucket}/b", f"s3://{bucket}/out-b", scheduler,
+                         capsys, {"id_column": "oil", "categorical": ["area"]}, **SMALL)
     assert code == 0, err[-3000:]
     manifest = read_json(f"s3://{bucket}/out-b", "manifest.json")
     assert manifest["input"]["columns"]["numeric"] == ACIDS
+    # ... and the run says so, as it says of a row number it leaves out (it was silent)
+    assert {"column": "__index_level_0__", "what": PANDAS_INDEX_LEFT_OUT} in manifest["degraded"]
+    assert f"left out of the features: '__index_level_0__' -- {PANDAS_INDEX_LEFT_OUT}" \
+        in out + err, out + err
     # The same column from a tool that drops pandas' metadata (or in a file whose metadata
     # lost it), and a second, text index level: the names alone say they are an index. Listed in
     # input.categorical, a column is used as the user says.
@@ -304,12 +309,14 @@ def test_pandas_index_metadata(tmp_path, bucket, scheduler, capsys, s3fs_fs):
                        input={"id_column": "oil", "categorical": ["area"]})
     assert run_cli("validate", cfg) == 0, capsys.readouterr().err[-3000:]
     said = capsys.readouterr().out
-    assert f"numeric {ACIDS}" in said and "__index_level" not in said, said
+    assert f"numeric {ACIDS}" in said, said
+    assert "left out as a pandas index ['__index_level_0__', '__index_level_1__']" in said, said
     cfg = write_config(tmp_path, f"s3://{bucket}/c", f"s3://{bucket}/out-c",
                        input={"id_column": "oil", "categorical": ["area", "__index_level_1__"]})
     assert run_cli("validate", cfg) == 0, capsys.readouterr().err[-3000:]
     said = capsys.readouterr().out
-    assert "'__index_level_1__'" in said and "__index_level_0__" not in said, said
+    assert "categorical ['area', '__index_level_1__']" in said, said
+    assert "left out as a pandas index ['__index_level_0__']" in said, said
 
 
 def test_hive_partitions_are_columns(tmp_path, bucket, scheduler, capsys):

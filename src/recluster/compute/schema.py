@@ -45,6 +45,9 @@ from recluster.errors import ConfigError, InputDataError
 
 #: Columns pandas writes for an unnamed index (a RangeIndex is metadata only, no column).
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+#: Why such a column is no feature, in every message that says so.
+PANDAS_INDEX_LEFT_OUT = ("named as pandas names an unnamed index: left out of the features "
+                         "(list it in input.features or input.categorical to use it)")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class TableSchema:
     read_types: tuple[tuple[str, pa.DataType], ...] = ()
     #: ``input.describe``: read and profiled, never a feature (keys after every other column)
     describe: tuple[str, ...] = ()
+    #: Columns named as pandas names an unnamed index (``__index_level_0__``): never read, and
+    #: never a feature unless the config names them; kept here so that the run says so.
+    index_columns: tuple[str, ...] = ()
 
     @property
     def features(self) -> list[str]:
@@ -404,7 +410,7 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
     ts = TableSchema(cfg.id_column, tuple(numeric), tuple(categorical), stratify_by, id_type,
                      describe=tuple(cfg.describe))
     return TableSchema(ts.id_column, ts.numeric, ts.categorical, ts.stratify_by, id_type,
-                       tuple((c, read[c]) for c in ts.columns), ts.describe)
+                       tuple((c, read[c]) for c in ts.columns), ts.describe, tuple(as_index))
 
 
 # ---------------------------------------------------------------------------- values
@@ -915,6 +921,8 @@ def degraded_inputs(summary: dict, infos: Sequence, schema: TableSchema) -> list
     for c in summary.get("row_numbers", ()):
         out.append({"column": c, "what": f"a row number ({ROW_NUMBER_EVIDENCE}): left out of "
                                          "the features"})
+    for c in schema.index_columns:
+        out.append({"column": c, "what": PANDAS_INDEX_LEFT_OUT})
     return out
 
 

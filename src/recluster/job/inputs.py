@@ -19,6 +19,7 @@ from typing import Any
 from distributed import Client
 
 from recluster.compute.schema import (
+    PANDAS_INDEX_LEFT_OUT,
     ROW_NUMBER_EVIDENCE,
     TableSchema,
     check_stats,
@@ -215,7 +216,9 @@ def describe_schema(ts: TableSchema) -> str:
     return (f"id '{ts.id_column}', numeric {_role(ts.numeric)}, "
             f"categorical {_role(ts.categorical)}"
             + (f", stratified by '{ts.stratify_by}'" if ts.stratify_by else "")
-            + (f", descriptive {_role(ts.describe, described)}" if ts.describe else ""))
+            + (f", descriptive {_role(ts.describe, described)}" if ts.describe else "")
+            + (f", left out as a pandas index {_role(ts.index_columns)}"
+               if ts.index_columns else ""))
 
 
 @dataclass
@@ -360,6 +363,9 @@ def validate(client: Client, feats, plan: RunPlan, cfg: JobConfig,
                 feats, [ts.key(c) for c in maybe], pieces), sync=True)
             dropped += [c for c, n in zip(maybe, distinct, strict=True) if n == summary["rows"]]
     summary["row_numbers"] = dropped
+    if ts.index_columns:
+        echo(f"  left out of the features: {', '.join(map(repr, ts.index_columns))} -- "
+             f"{PANDAS_INDEX_LEFT_OUT}")
     if dropped:
         ts = ts.without(dropped)
         if not ts.features:
