@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import dask
+import numpy as np
 import pandas as pd
 import pytest
 from dask.delayed import Delayed
@@ -128,6 +129,53 @@ def test_ahead_bounds_are_the_next_levels_thresholds_raised(level_size):
 def test_clusters_made_noise_are_listed_when_few_and_counted_when_many():
     from recluster.job.growth import NOISE_LISTED, made_noise
 
-    assert made_noise({0: 0.614, 3: 0.4849}) == "{0: 0.61, 3: 0.48}"
+    assert made_noise({0: 0.614, 3: 0.4849}, 0.75) == "{0: 0.61, 3: 0.48}"
     many = {k: 0.1 + k / 100 for k in range(NOISE_LISTED + 10)}
-    assert made_noise(many) == f"{NOISE_LISTED + 10} of them, stability 0.10-0.25"
+    assert made_noise(many, 0.75) == f"{NOISE_LISTED + 10} of them, stability 0.10-0.25"
+    # A score below the threshold is never printed as reaching it (gapminder's zooms printed
+    # "stability 0.14-0.75" for scores of at most 0.746, next to "stability.stable=0.75").
+    many[NOISE_LISTED] = 0.746
+    assert made_noise(many, 0.75) == f"{NOISE_LISTED + 10} of them, stability 0.10-0.746"
+    assert made_noise({2: 0.7499}, 0.75) == "{2: 0.7499}"
+
+
+def test_score_text_stays_on_its_side_of_the_threshold():
+    from recluster.compute.stops import score_text
+
+    assert score_text(0.614, 0.75) == "0.61"
+    assert score_text(0.746, 0.75) == "0.746"
+    assert score_text(0.75, 0.75) == "0.75"
+    assert score_text(0.7496, 0.75, 3) == "0.7496"
+    assert score_text(0.7451, 0.75) == "0.745"
+    for v in np.linspace(0.0, 1.0, 2001):
+        for t in (0.5, 0.7, 0.75):
+            assert (float(score_text(v, t)) >= t) == (v >= t), (v, t)
+
+
+def test_settle_line_says_why_a_split_refused_by_resampling_stands():
+    """A small zoom that resampling scores near 0 but the Gaussian null test splits printed its
+    scores and nothing else (economics' monthly curve: [0.00, 0.00] and a split kept); the
+    line now says on what it stands. A refused one still says why it stops."""
+    from dataclasses import replace
+
+    from recluster.compute.node import NodeFit
+    from recluster.compute.stops import StopReason
+    from recluster.config import JobConfig
+    from recluster.job.growth import settle_line
+
+    cfg = JobConfig.model_validate({"input": {"path": "in", "id_column": "id"},
+                                    "output": {"path": "out"}})
+    before = NodeFit(path="root.1", n_sample=70, min_cluster_size=5)
+    kept = replace(before, gaussian_null={"rows": 70, "p_value": 0.005, "cluster_index": 0.4,
+                                          "null_index": 0.6, "draws": 200})
+    line = settle_line("root.1", [0.0, 0.001], 3, before, kept, cfg)
+    assert line.startswith("node root.1: stability [0.00, 0.00] on 3 resample(s)"), line
+    assert (f"split all the same on the Gaussian null test (p = 0.005 <= stability.null_alpha="
+            f"{cfg.stability.null_alpha}): resampling is weak evidence at 70 rows") in line, line
+    stop = StopReason.NO_STABLE_STRUCTURE.stop(stable=0.75, scores="0.40, 0.50")
+    refused = replace(kept, gaussian_null={**kept.gaussian_null, "p_value": 0.4},
+                      stop_reason=stop)
+    line = settle_line("root.1", [0.4, 0.5], 3, before, refused, cfg)
+    assert "Gaussian" not in line and line.endswith(f"; stops: {stop}"), line
+    plain = settle_line("root.1", [0.746, 0.9], 1, before, before, cfg)
+    assert plain == "node root.1: stability [0.746, 0.90] on 1 resample(s)", plain

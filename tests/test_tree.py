@@ -42,6 +42,16 @@ def test_sentences_are_the_documented_ones():
     assert StopReason.NO_STRUCTURE.stop(what="all noise").text == "no sub-structure: all noise"
     assert StopReason.UNSTABLE.stop(stability=0.42, stable=0.75).text == \
         "unstable: stability 0.420 is below stability.stable=0.75"
+    # never printed as reaching the threshold it is below
+    assert StopReason.UNSTABLE.stop(stability=0.7496, stable=0.75).text == \
+        "unstable: stability 0.7496 is below stability.stable=0.75"
+    assert StopReason.NOT_REPRODUCIBLE.stop(ari=0.49996, min_split_agreement=0.5).text == \
+        "no reproducible sub-structure: held-out ARI 0.49996 is below " \
+        "recursion.min_split_agreement=0.5"
+    assert StopReason.SMALL_SHARE.stop(share=0.00999996, min_node_share=0.01).text == \
+        "share 0.00999996 is below recursion.min_node_share=0.01"
+    assert StopReason.SMALL_SHARE.stop(share=0.0042, min_node_share=0.01).text == \
+        "share 0.0042 is below recursion.min_node_share=0.01"
     assert StopReason.TOO_SMALL.stop(rows=180, min_node_rows=300).text == \
         ("too small to segment: 180 rows is below recursion.min_node_rows=300, the smallest "
          "node recluster splits")

@@ -37,7 +37,16 @@ class StopReason(StrEnum):
         ------
         KeyError naming the missing fact when ``facts`` lacks one the sentence needs.
         """
+        for fact, (threshold, places) in _AGAINST.items():
+            if isinstance(facts.get(fact), (int, float)) and fact in facts and threshold in facts:
+                facts[fact] = score_text(float(facts[fact]), float(facts[threshold]), places)
         return Stop(self, SENTENCES[self].format(**facts))
+
+
+#: Facts a sentence compares with a threshold (also a fact): the threshold's name and the
+#: decimals shown, more where these would put the value on the threshold's other side.
+_AGAINST = {"stability": ("stable", 3), "ari": ("min_split_agreement", 3),
+            "share": ("min_node_share", 4)}
 
 
 #: One sentence per code (``str.format`` templates over the facts of the decision).
@@ -45,10 +54,10 @@ SENTENCES: dict[StopReason, str] = {
     StopReason.MAX_DEPTH: "max_depth {max_depth} reached",
     StopReason.TOO_SMALL: ("too small to segment: {rows} rows is below recursion.min_node_rows="
                            "{min_node_rows}, the smallest node recluster splits"),
-    StopReason.SMALL_SHARE: "share {share:.4f} is below recursion.min_node_share={min_node_share}",
+    StopReason.SMALL_SHARE: "share {share} is below recursion.min_node_share={min_node_share}",
     StopReason.SMALL_SAMPLE: "sample of {rows} rows is below the {need} the embedding needs",
     StopReason.NO_STRUCTURE: "no sub-structure: {what}",
-    StopReason.NOT_REPRODUCIBLE: ("no reproducible sub-structure: held-out ARI {ari:.3f} is below "
+    StopReason.NOT_REPRODUCIBLE: ("no reproducible sub-structure: held-out ARI {ari} is below "
                                   "recursion.min_split_agreement={min_split_agreement}"),
     StopReason.ARTEFACT_SPLIT: ("artefact split: every cluster is one level of a discrete column "
                                 "({artefacts}), which the other features do not separate"),
@@ -56,7 +65,7 @@ SENTENCES: dict[StopReason, str] = {
                                 "{min_child_rows} (sample sizes {sizes})"),
     StopReason.NO_STABLE_STRUCTURE: ("no stable sub-structure: fewer than 2 of the clusters reach "
                                      "stability.stable={stable} under resampling ({scores})"),
-    StopReason.UNSTABLE: "unstable: stability {stability:.3f} is below stability.stable={stable}",
+    StopReason.UNSTABLE: "unstable: stability {stability} is below stability.stable={stable}",
     StopReason.ARTEFACT: ("artefact split: {artefact} (the other features do not separate it); "
                           "not zoomed into"),
     StopReason.NOT_REACHED: "not reached",
@@ -76,3 +85,14 @@ class Stop:
     def record(self) -> dict[str, str]:
         """The ``tree.json`` keys: ``stop_reason`` (the sentence) and ``stop_code``."""
         return {"stop_reason": self.text, "stop_code": self.code.value}
+
+
+def score_text(value: float, threshold: float, places: int = 2) -> str:
+    """``value`` with ``places`` decimals, or as many more as it takes for the text to stay on
+    the same side of ``threshold`` as the value itself: a stability of 0.746 judged below 0.75
+    was printed "0.75" next to "stability.stable=0.75"."""
+    for p in range(places, 17):
+        text = f"{value:.{p}f}"
+        if (float(text) >= threshold) == (value >= threshold):
+            return text
+    return repr(value)

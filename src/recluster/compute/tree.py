@@ -36,7 +36,7 @@ from typing import Any
 from recluster.compute.evidence import GaussianNullTest
 from recluster.compute.node import NodeFit
 from recluster.compute.paths import ROOT, NodePath
-from recluster.compute.stops import Stop, StopReason
+from recluster.compute.stops import Stop, StopReason, score_text
 from recluster.config import RecursionConfig, StabilityConfig
 
 __all__ = ["SplitDecision", "Stop", "StopReason", "TreeNode", "accept_split", "gaussian_split",
@@ -170,7 +170,7 @@ def stability_verdict(stability: list[float], cfg: StabilityConfig,
         return [], None
     unstable = [k for k, v in enumerate(stability) if not v >= cfg.stable]
     if len(stability) - len(unstable) < 2:
-        shown = ", ".join(f"{v:.2f}" for v in stability)
+        shown = ", ".join(score_text(v, cfg.stable) for v in stability)
         return unstable, StopReason.NO_STABLE_STRUCTURE.stop(stable=cfg.stable, scores=shown)
     return unstable, None
 

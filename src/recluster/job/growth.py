@@ -33,6 +33,7 @@ from recluster.compute.sampling import (
 )
 from recluster.compute.schema import TableSchema
 from recluster.compute.segments import quoted
+from recluster.compute.stops import score_text
 from recluster.compute.tree import StopReason, TreeNode, accept_split, split_refusal
 from recluster.config import JobConfig
 from recluster.parallel import passes
@@ -205,27 +206,41 @@ def _settle_level(client: Client, level: int, fits: dict[str, NodeFit], futs: di
             before = fits[path]
             fit.stability_resamples = used
             fits[path], stability[path] = fit, scores
-            st.step(f"node {path}: stability [{', '.join(f'{s:.2f}' for s in scores)}] on "
-                    f"{used} resample(s)"
-                    + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
-                       if fit.min_cluster_size != before.min_cluster_size else "")
-                    + (f"; clusters made noise: {made_noise(fit.dropped)}" if fit.dropped else "")
-                    + (f"; stops: {fit.stop_reason}" if fit.stop_reason else ""))
+            st.step(settle_line(path, scores, used, before, fit, cfg))
     return stability
+
+
+def settle_line(path: str, scores: list[float], used: int, before: NodeFit, fit: NodeFit,
+                cfg: JobConfig) -> str:
+    """The progress line of a node's settled stability: the clusters' scores on ``used``
+    resamples, what settling changed (``before``: the fit), and a split kept on the Gaussian
+    null test although resampling refused it (scores near 0 with no word on why it stands)."""
+    stable = cfg.stability.stable
+    g = fit.gaussian_null
+    return (f"node {path}: stability [{', '.join(score_text(s, stable) for s in scores)}] on "
+            f"{used} resample(s)"
+            + (f"; min_cluster_size {before.min_cluster_size} -> {fit.min_cluster_size}"
+               if fit.min_cluster_size != before.min_cluster_size else "")
+            + (f"; clusters made noise: {made_noise(fit.dropped, stable)}" if fit.dropped else "")
+            + (f"; split all the same on the Gaussian null test (p = {g['p_value']:.3g} <= "
+               f"stability.null_alpha={cfg.stability.null_alpha}): resampling is weak evidence "
+               f"at {g['rows']} rows" if g and not fit.stop_reason else "")
+            + (f"; stops: {fit.stop_reason}" if fit.stop_reason else ""))
 
 
 #: Clusters made noise listed one by one on the terminal; more are counted.
 NOISE_LISTED = 6
 
 
-def made_noise(dropped: dict[int, float]) -> str:
+def made_noise(dropped: dict[int, float], stable: float) -> str:
     """The clusters a node's stability made noise, for its progress line: each with its score
     (``{0: 0.61, 3: 0.48}``), or, beyond :data:`NOISE_LISTED`, how many and the range of their
-    scores (weather's nodes printed dicts of 16 entries)."""
+    scores (weather's nodes printed dicts of 16 entries); scores below ``stable`` never shown
+    as reaching it (:func:`~recluster.compute.stops.score_text`)."""
     if len(dropped) <= NOISE_LISTED:
-        return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in dropped.items()) + "}"
-    return (f"{len(dropped)} of them, stability {min(dropped.values()):.2f}-"
-            f"{max(dropped.values()):.2f}")
+        return "{" + ", ".join(f"{k}: {score_text(v, stable)}" for k, v in dropped.items()) + "}"
+    return (f"{len(dropped)} of them, stability {score_text(min(dropped.values()), stable)}-"
+            f"{score_text(max(dropped.values()), stable)}")
 
 
 def _mark_unstable(child: TreeNode, cfg: JobConfig) -> bool:
