@@ -212,6 +212,26 @@ def test_names_are_short_unique_and_a_persons_names_win():
     sized = segments.generated_names([{"path": p} for p in ("root", "root.0", "root.1", "root.2", "root.3")], sizes)
     assert sized["root.0"] == "High carat · Ideal cut"  # not "High carat · High x"
     assert (sized["root.1"], sized["root.3"]) == ("Low carat (root.1)", "Low carat (root.3)")  # unique
+    # the same fragments in another order are the same name to a reader (default of credit's
+    # siblings: "Low balance · High income" next to "High income · Low balance")
+    swapped = pd.DataFrame([
+        fact("root.0", 1, "balance", "Low balance", 0.9, "numeric", -1.0),
+        fact("root.0", 2, "income", "High income", 0.9, "numeric"),
+        fact("root.0", 3, "student", "No student", 0.8),
+        fact("root.1", 1, "income", "High income", 0.9, "numeric"),
+        fact("root.1", 2, "balance", "Low balance", 0.9, "numeric", -1.0),
+        fact("root.1", 3, "age", "Low age", 0.7, "numeric", -1.0),
+        fact("root.2", 1, "income", "High income", 0.9, "numeric"),
+        fact("root.2", 2, "balance", "Low balance", 0.9, "numeric", -1.0),
+    ])
+    told = segments.generated_names(tree, swapped)
+    assert told["root.0"] == "Low balance · High income · No student", told
+    assert told["root.1"] == "High income · Low balance · Low age", told
+    assert told["root.2"] == "High income · Low balance", told  # no third fact: unlike the others
+    two = segments.generated_names(tree[:3], swapped[swapped["path"] != "root.2"].assign(
+        short=lambda d: d["short"].where(d["rank"] < 3, None)).dropna(subset=["short"]))
+    assert two["root.0"] == "Low balance · High income (root.0)", two
+    assert two["root.1"] == "High income · Low balance (root.1)", two
     chosen, unknown = segments.apply_names(names, {"root.1": "Segment root.2", "root.7": "gone"})
     assert chosen["root.1"] == "Segment root.2" and chosen["root.2"] == "Segment root.2 (root.2)" and unknown == ["root.7"]
     for bad, why in (({"x": "a"}, "not a segment path"), ({"root.0": "a", "root.1": "a"}, "unique"),

@@ -365,9 +365,9 @@ def generated_names(tree: Sequence[Mapping[str, Any]], facts: pd.DataFrame,
             shorts[path] = seq
     paths = sorted((n["path"] for n in tree if n["path"] != ROOT), key=path_key)
     names = {p: " · ".join(shorts.get(p, [])[:limit]) or f"Segment {p}" for p in paths}
-    seen: dict[str, list[str]] = {}
+    seen: dict[frozenset[str], list[str]] = {}
     for p, n in names.items():
-        seen.setdefault(n, []).append(p)
+        seen.setdefault(_name_key(n), []).append(p)
     for group in seen.values():  # one more fact, no more: long names stop being names
         if len(group) > 1:
             for p in group:
@@ -414,17 +414,24 @@ def synonyms(facts: pd.DataFrame, min_corr: float = 0.9, min_segments: int = 4) 
     return out
 
 
+def _name_key(name: str) -> frozenset[str]:
+    """What a name says: its fragments in any order ("Low balance · High income" and "High
+    income · Low balance" are one name to a reader, and were kept as two)."""
+    return frozenset(name.split(" · "))
+
+
 def _unique(names: dict[str, str], keep: frozenset[str] = frozenset()) -> dict[str, str]:
-    """Names shared by several segments get their path appended (those in ``keep`` stay)."""
-    seen: dict[str, list[str]] = {}
+    """Names shared by several segments (fragments in any order, :func:`_name_key`) get their
+    path appended (those in ``keep`` stay)."""
+    seen: dict[frozenset[str], list[str]] = {}
     for p, n in names.items():
-        seen.setdefault(n, []).append(p)
+        seen.setdefault(_name_key(n), []).append(p)
     out = dict(names)
-    for n, group in seen.items():
+    for group in seen.values():
         if len(group) > 1:
             for p in group:
                 if p not in keep:
-                    out[p] = f"{n} ({p})"
+                    out[p] = f"{names[p]} ({p})"
     return out
 
 
