@@ -353,6 +353,27 @@ def test_an_output_inside_another_runs_folder_is_refused(place):
     _stage_and_publish(Location.of(f"{loc.url}-sibling/x"), {"tree.json": b"y"}, "fp2")
 
 
+def test_an_output_reached_through_a_symlink_into_another_run_is_refused(tmp_path):
+    """``out/link -> run/models``: an output at ``out/link/x`` is ``run/models/x`` on disk. The
+    literal path's parents hold no run, and a whole run was published inside the other one
+    (whose next score then refused its 58 unlisted files). Its parents with the links resolved
+    are looked at too; a link to a folder that holds no run is fine."""
+    run = Location.of(str(tmp_path / "run"))
+    _stage_and_publish(run, {"labels/part-00000.parquet": b"x", "models/index.json": b"{}"}, "fp")
+    fs, _ = run.fs()
+    before = _tree(fs, str(tmp_path / "run"))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "run" / "models")
+    (tmp_path / "fine").symlink_to(tmp_path / "elsewhere")
+    for url in (str(tmp_path / "link" / "x"), f"file://{tmp_path}/link/x/y"):
+        with pytest.raises(OutputConflictError, match=f"lies inside (file://)?{tmp_path}/run, "
+                                                      "the folder of another recluster run"):
+            _stage_and_publish(Location.of(url), {"tree.json": b"y"}, "fp2")
+    assert _tree(fs, str(tmp_path / "run")) == before
+    _stage_and_publish(Location.of(str(tmp_path / "fine" / "x")), {"tree.json": b"y"}, "fp2")
+    assert (tmp_path / "elsewhere" / "x" / "tree.json").read_bytes() == b"y"
+
+
 def test_a_publication_that_died_midway_is_owned_and_cleaned(place):
     """Crash after the staged files moved into place, before the manifest: the publishing
     record still proves whose they are; the next run removes them, nothing else."""

@@ -47,6 +47,7 @@ from recluster.storage.fs import (
     create_exclusive,
     filesystem,
     is_folder_entry,
+    is_local,
     storage_errors,
 )
 from recluster.storage.lock import LOCK_DIR, OutputLock, holds
@@ -385,19 +386,26 @@ class OutputStore:
     def _enclosing_run(self) -> str | None:
         """The nearest folder above the output that holds a recluster run (its working area
         ``_recluster/``, or a manifest recluster wrote), as a URL; None if there is none. Folders
-        this process may not read are passed over."""
-        path = self.root
-        while (parent := posixpath.dirname(path)) and parent != path:
-            path = parent
-            try:
-                if self.fs.exists(f"{parent}/{RESERVED}"):
+        this process may not read are passed over. On a local disk the folders above the path
+        with its symlinks resolved are looked at too: a link into a run's folder led a whole run
+        to be published inside another one."""
+        starts = [self.root]
+        if is_local(self.loc.url):
+            real = os.path.realpath(self.root)
+            if real != self.root:
+                starts.append(real)
+        for path in starts:
+            while (parent := posixpath.dirname(path)) and parent != path:
+                path = parent
+                try:
+                    if self.fs.exists(f"{parent}/{RESERVED}"):
+                        return self.loc.shown(parent)
+                    manifest = json.loads(self.fs.cat_file(f"{parent}/{MANIFEST}"))
+                except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        ValueError):
+                    continue
+                if isinstance(manifest, dict) and "recluster_manifest" in manifest:
                     return self.loc.shown(parent)
-                manifest = json.loads(self.fs.cat_file(f"{parent}/{MANIFEST}"))
-            except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                    ValueError):
-                continue
-            if isinstance(manifest, dict) and "recluster_manifest" in manifest:
-                return self.loc.shown(parent)
         return None
 
     def preflight(self) -> None:
