@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -372,6 +373,25 @@ def test_an_output_reached_through_a_symlink_into_another_run_is_refused(tmp_pat
     assert _tree(fs, str(tmp_path / "run")) == before
     _stage_and_publish(Location.of(str(tmp_path / "fine" / "x")), {"tree.json": b"y"}, "fp2")
     assert (tmp_path / "elsewhere" / "x" / "tree.json").read_bytes() == b"y"
+
+
+def test_a_foreign_file_in_a_dead_runs_staging_area_is_refused_not_deleted(place):
+    """A run that died leaves ``_recluster/staging/<its id>/``; the next run removes that area.
+    A file a person put in it (notes next to the half-written outputs) went with it. Only what a
+    run stages is taken to be its own there: anything else is refused, and nothing removed."""
+    loc, fs, root = place
+    dead = f"{root}/_recluster/staging/20260101T000000Z-0badc0de"
+    _put(fs, f"{dead}/tree.json", b"staged")
+    _put(fs, f"{dead}/labels/part-00000.parquet", b"staged")
+    for rel in ("user-notes.txt", "labels/my copy.parquet", "models/root/notes.md"):
+        _put(fs, f"{dead}/{rel}", b"precious")
+        before = _tree(fs, root)
+        with pytest.raises(OutputConflictError, match=f"holds 1 file.*{re.escape(rel)}"):
+            _stage_and_publish(loc, {"tree.json": b"new"}, "fp")
+        assert _tree(fs, root) == before
+        fs.rm(f"{dead}/{rel}")
+    _stage_and_publish(loc, {"tree.json": b"new"}, "fp")  # what a run staged: its own, removed
+    assert set(_tree(fs, root)) == {"tree.json", MANIFEST, SUCCESS}
 
 
 def test_a_publication_that_died_midway_is_owned_and_cleaned(place):

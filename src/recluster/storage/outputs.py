@@ -64,8 +64,14 @@ MANIFEST_VERSION = 2
 DIGESTS = "sha256"
 
 _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
+#: What a run stages (:meth:`OutputStore.write_staged`, and ``deltalake``'s commit of the staged
+#: labels): folders and files named with letters, digits and ``_ . = -``, files of the kinds
+#: recluster writes. A staging area of a run that died is removed by the next run; anything else
+#: in it (a person's notes dropped there were deleted with it) is foreign.
+_STAGED_NAME = (r"(?:[A-Za-z0-9_=-][A-Za-z0-9_.=-]*/)*[A-Za-z0-9_=-][A-Za-z0-9_.=-]*"
+                r"\.(?:parquet|json|ubj|npz|html|yaml)")
 _OWN_LAYOUT = re.compile(rf"^{RESERVED}/(?:{LOCK_DIR.split('/', 1)[1]}/\d{{12}}\.(?:json|lease)"
-                         rf"|staging/{_RUN_ID}/.+|publishing/{_RUN_ID}\.json)$")
+                         rf"|staging/{_RUN_ID}/{_STAGED_NAME}|publishing/{_RUN_ID}\.json)$")
 # What version-1 code wrote under the folder names it listed in ``outputs``; any other name it
 # listed was one file. Nothing else under those folders is taken to be a v1 run's.
 _V1_FOLDERS = {
