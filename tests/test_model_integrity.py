@@ -173,6 +173,18 @@ def test_a_missing_model_file_is_refused(run, scheduler, capsys):
     assert _nothing_at(run, out)
 
 
+def test_a_run_whose_publication_did_not_finish_is_refused(run, scheduler, capsys):
+    """A manifest without _SUCCESS is a publication that did not finish (or one a later run is
+    replacing): score used its models, where compare and run --previous refuse the folder."""
+    model = _copy(run, "unfinished")
+    run["fs"].rm(f"{model.removeprefix('s3://')}/_SUCCESS")
+    out = "s3://integrity/out-unfinished"
+    assert _score(run, model, out, scheduler) == InputDataError.exit_code
+    assert f"{model} is not a published recluster run (no manifest.json and _SUCCESS)" in \
+        capsys.readouterr().err
+    assert _nothing_at(run, out)
+
+
 def test_a_planted_pickle_is_refused_and_never_runs(run, scheduler, capsys, tmp_path):
     marker = tmp_path / "payload-ran"
     payload = pickle.dumps(_Payload(str(marker)))

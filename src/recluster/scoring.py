@@ -53,8 +53,11 @@ def load_models(run: Location, manifest_sha256: str | None = None):
     fits : dict path -> (depth, routing-only NodeFit)
     """
     store = OutputStore(run)
-    if store.published_manifest() is None:
-        raise InputDataError(f"{run.url} is not a published recluster run (no manifest.json)")
+    if store.published_manifest() is None or not store.is_complete():
+        # (a manifest without _SUCCESS: a publication that did not finish, or one a later run
+        # is replacing; compare and run --previous refuse it too)
+        raise InputDataError(f"{run.url} is not a published recluster run (no manifest.json "
+                             "and _SUCCESS)")
     files = modelstore.PublishedFiles(store, manifest_sha256)
     older = older_labels_schema(files.manifest, run.url)
     if older:
