@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_output_runs import penguins, write_files
 
+from recluster.job.inputs import NOT_PARQUET
+
 pytestmark = pytest.mark.timeout(600)
 
 MAX_FULL_RUNS = 3
@@ -151,4 +153,7 @@ def test_foreign_objects_on_s3_survive_runs_and_an_overwrite(bucket, s3fs_fs, tm
     left = {p[len(f"{bucket}/out/"):] for p in s3fs_fs.find(f"{bucket}/out")}
     manifest = yaml.safe_load(s3fs_fs.cat_file(f"{bucket}/out/manifest.json"))
     assert manifest["seed"] == 7
+    # the input's notes are not read, and the run says so (it skipped them without a word)
+    assert {"file": f"{b}/data/in/notes/readme.md", "what": NOT_PARQUET} in manifest["degraded"]
+    assert manifest["input"]["table"]["skipped_files"] == [f"{b}/data/in/notes/readme.md"]
     assert left == {f["path"] for f in manifest["files"]} | {"manifest.json", "_SUCCESS"}

@@ -95,15 +95,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from recluster.job.inputs import check_output, describe_schema, plan, segment_names
+    from recluster.job.inputs import (
+        check_output,
+        describe_schema,
+        plan_input,
+        segment_names,
+        skipped_line,
+    )
 
     cfg = load_config(args.config, args.set)
     check_output(cfg)
-    _, infos, ts, pieces = plan(cfg)
+    _, scan, ts, pieces = plan_input(cfg)
+    infos = scan.infos
     segment_names(cfg)  # an output.names file: read and checked as the run will
     rows = sum(i.n_rows for i in infos)
     print(f"config OK; input: {len(infos)} files, {rows} rows, {len(pieces)} partitions; "
           f"{describe_schema(ts)}")
+    if skipped_line(scan.table):
+        print(skipped_line(scan.table))
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -131,6 +131,20 @@ def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
                              f"{filters_name} select no row group of {cfg_in.path}: nothing to "
                              + ("segment" if filters_name == "input.filters" else "score"))
     return scan, ts, pieces
+
+
+#: Why a file under the input is not read, in every message that says so.
+NOT_PARQUET = ("not read: its name is not a Parquet file's (ending "
+               f"{', '.join(inputs.PARQUET_ENDINGS)} in any case, or no ending)")
+
+
+def skipped_line(table: Mapping[str, Any]) -> str | None:
+    """The line that names the files under a Parquet folder that are not read (or None)."""
+    skipped = table.get("skipped_files") or []
+    if not skipped:
+        return None
+    shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return f"{len(skipped)} file(s) {NOT_PARQUET}: {shown}"
 
 
 def input_record(scan, pieces) -> dict[str, Any]:
@@ -254,6 +268,8 @@ def plan_run(cfg: JobConfig, echo: Callable[[str], None], counts: dict[str, int]
     echo(f"  {len(infos)} files, {len(pieces)} partitions, {sum(i.n_rows for i in infos)} rows; "
          f"{len(ts.numeric)} numeric + {len(ts.categorical)} categorical features")
     table = input_record(scan, pieces)
+    if skipped_line(table):
+        echo(f"  {skipped_line(table)}")
     if scan.row_filter is not None:
         echo(f"  input.filters: {table['files_read']} of {scan.files_total} data files "
              f"read, {sum(p.n_rows for p in pieces)} rows in the row groups selected")

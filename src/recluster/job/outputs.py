@@ -24,7 +24,7 @@ from recluster.compute.tree import TreeNode
 from recluster.config import JobConfig
 from recluster.errors import StageError
 from recluster.job.growth import Growth
-from recluster.job.inputs import RunPlan, Validated, versions
+from recluster.job.inputs import NOT_PARQUET, RunPlan, Validated, versions
 from recluster.parallel import passes
 from recluster.parallel.explain import explain_nodes
 from recluster.progress import Timer
@@ -220,6 +220,8 @@ def run_manifest(cfg: JobConfig, run_id: str, plan: RunPlan, checked: Validated,
                        "holdout_ari": {p: round(a, 6) for p, a in g.agreements.items()
                                        if a is not None}},
         "degraded": [*degraded_inputs(summary, infos, ts), *([strata] if strata else []),
+                     *({"file": f, "what": NOT_PARQUET}
+                       for f in plan.table.get("skipped_files", [])),
                      *g.degraded],
         "timings_s": {**seconds, "node_fits": g.node_seconds},
         "outputs": outputs,

@@ -118,9 +118,11 @@ def delta_uri(loc: Location) -> str:
 
 
 def _parquet_files(cfg: InputConfig, loc: Location) -> _Files:
-    paths = inputs.list_parquet_files(loc)
+    paths, skipped = inputs.scan_parquet_files(loc)
     schema, values = inputs.hive_partitions(loc, paths)
-    return _Files(paths, schema, values, {"format": "parquet"})
+    # (only when there are any: the record is part of the input's fingerprint)
+    return _Files(paths, schema, values, {"format": "parquet", **(
+        {"skipped_files": [loc.shown(p) for p in skipped]} if skipped else {})})
 
 
 def _delta_files(cfg: InputConfig, loc: Location) -> _Files:
