@@ -252,6 +252,15 @@ def test_manifest_lists_every_published_file_with_its_size(place):
     assert json.loads(tree[MANIFEST]) == manifest
 
 
+def test_an_output_bucket_that_does_not_exist_is_named(bucket):
+    """``output.path`` in a bucket that does not exist failed as "stage 'plan' failed:
+    FileNotFoundError: The specified bucket does not exist" (exit 5), naming nothing."""
+    loc = Location.of(f"s3://{bucket}-missing/out/")
+    with pytest.raises(OutputConflictError, match=rf"output path s3://{bucket}-missing/out/ "
+                                                  r"cannot be written: .*bucket"):
+        _stage_and_publish(loc, {"tree.json": b"x"}, "fp")
+
+
 def test_overwrite_removes_only_the_listed_files_once_the_new_run_is_staged(place):
     loc, fs, root = place
     _stage_and_publish(loc, {f"labels/part-{i:05d}.parquet": b"old" for i in range(3)}

@@ -426,7 +426,12 @@ class OutputStore:
         """Take the folder's write lock, renew it in the background, and clear staging areas
         of attempts that are no longer running (none can be while this one holds the lock)."""
         self.lock = OutputLock(self.loc, self.fs, self.root, self.run_id, lease_s, command)
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except FileNotFoundError as exc:  # the first write: an object store's missing bucket
+            raise OutputConflictError(
+                f"output path {self.loc.url} cannot be written: {exc} -- recluster creates the "
+                "folders under output.path, not the bucket it names") from None
         self.lock.start()
         with storage_errors(self.loc, "clearing staging areas of dead runs"):
             others = {rel.split("/", 1)[0] for rel in self._find(self._p(STAGING))}
