@@ -91,12 +91,18 @@ def test_files_not_read_for_their_names_are_said_and_an_upper_case_ending_is_rea
         "output": {"path": str(tmp_path / "out")}}))
     assert run_cli("validate", cfg) == 0
     said = capsys.readouterr().out
-    assert f"2 file(s) not read: its name is not a Parquet file's (ending .parquet, .parq, .pq " \
-           f"in any case, or no ending): {gz}, {txt}" in said, said
+    assert f"2 file(s) not read, not named as Parquet files (a Parquet file's name ends " \
+           f".parquet, .parq, .pq in any case, or has no ending): {gz}, {txt}" in said, said
     lines: list[str] = []
     run_plan = plan_run(_cfg(tmp_path, url), lines.append, {})
     assert run_plan.table["skipped_files"] == [gz, txt]
     assert any("not read" in line and "readme.txt" in line for line in lines), lines
+    # a file that is not read is no part of what the input is: the same run, not another one
+    (folder / "more notes.md").write_text("more", encoding="utf-8")
+    again = plan_run(_cfg(tmp_path, url), lines.append, {})
+    assert len(again.table["skipped_files"]) == 3
+    assert (again.input_fingerprint, again.fingerprint) == \
+        (run_plan.input_fingerprint, run_plan.fingerprint)
     for f in (first, folder / "part-1.PARQUET", folder / "part-2.parquet.gz"):
         f.unlink()
     with pytest.raises(InputDataError, match=r"no Parquet files found under .* \(not read, by "

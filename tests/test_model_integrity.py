@@ -28,6 +28,7 @@ from recluster.compute.sampling import hash_uniform
 from recluster.compute.tree import accept_split
 from recluster.config import parse_config
 from recluster.errors import InputDataError, IntegrityError
+from recluster.job.inputs import NOT_PARQUET
 from recluster.storage.models import DIGESTS, node_from_files, preprocessor_to_json
 
 pytestmark = pytest.mark.timeout(300)
@@ -118,6 +119,25 @@ def test_pristine_run_scores_and_pins(run, scheduler):
     assert list(read_labels(out).columns) == list(run["labels"].columns) == contract
     assert read_json(out, "manifest.json")["labels_schema_version"] == LABELS_SCHEMA_VERSION
     assert run["manifest"]["labels_schema_version"] == LABELS_SCHEMA_VERSION
+
+
+def test_score_says_which_input_files_it_does_not_read(run, scheduler, capsys):
+    """``score --input`` a folder holding notes besides the Parquet files: they are not read,
+    and score said nothing of them (run and validate do)."""
+    fs = run["fs"]
+    fs.copy("integrity/input", "integrity/input-notes", recursive=True)
+    fs.pipe("integrity/input-notes/read me ü.txt", b"notes")
+    fs.invalidate_cache()
+    out = "s3://integrity/scored-notes"
+    assert run_cli("score", "--model", run["url"], "--input", "s3://integrity/input-notes",
+                   "--output", out, "--scheduler", scheduler) == 0
+    said = capsys.readouterr()
+    notes = "s3://integrity/input-notes/read me ü.txt"
+    assert "1 file(s) not read, not named as Parquet files" in said.out + said.err
+    manifest = read_json(out, "manifest.json")
+    assert manifest["input"]["skipped_files"] == [notes]
+    assert manifest["degraded"] == [{"file": notes, "what": NOT_PARQUET}]
+    assert len(read_labels(out)) == len(olive())
 
 
 def test_runs_of_an_older_labels_schema_are_refused(run, scheduler, capsys, tmp_path):

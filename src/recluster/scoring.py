@@ -27,7 +27,7 @@ from recluster.compute.schema import duplicate_ids
 from recluster.config import DEFAULT_LEASE_S, URL_CREDENTIALS, InputConfig, has_url_credentials
 from recluster.errors import ConfigError, DriftError, InputDataError, IntegrityError
 from recluster.job.growth import graph_literal
-from recluster.job.inputs import input_fingerprint, scan_input
+from recluster.job.inputs import NOT_PARQUET, input_fingerprint, scan_input, skipped_line
 from recluster.parallel import drift as pdrift
 from recluster.parallel import passes
 from recluster.progress import counted
@@ -217,6 +217,9 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
         sliced = "the rows --filter keeps of " if scan.row_filter is not None else ""
         echo(f"scoring {sliced}{counted(sum(i.n_rows for i in infos), 'row')} from "
              f"{counted(len(files), 'file')} with {counted(len(fits), 'node model')} of {model_url}")
+        skipped = scan.table.get("skipped_files") or []
+        if skipped:
+            echo(f"  {skipped_line(scan.table)}")
         # No validation pass here: a missing id or an infinite value stops the scoring pass,
         # naming its column and file.
         feats = passes.with_rows_checked(passes.input_frame(in_loc, pieces, ts, out.run_id),
@@ -261,7 +264,10 @@ def score(model_url: str, input_url: str, output_url: str, client: Client,
                     "model_fingerprint": run_manifest.get("fingerprint"),
                     "model_manifest_sha256": model_files.manifest_sha256,
                     "input": {"path": input_url, "files": len(files), "fingerprint": input_fp,
-                              "filters": filters},
+                              "filters": filters,
+                              **({"skipped_files": skipped} if skipped else {})},
+                    **({"degraded": [{"file": f, "what": NOT_PARQUET} for f in skipped]}
+                       if skipped else {}),
                     "rows": {"in": rows_in, "out": rows_out}, "levels": levels,
                     "labels_schema_version": LABELS_SCHEMA_VERSION,
                     "outputs": outputs}

@@ -57,8 +57,11 @@ def input_fingerprint(infos, identities: Sequence[dict[str, Any]],
     ETag or modification time, :func:`recluster.storage.inputs.file_identities`), so that a file
     rewritten in place with the same rows and schema still counts as new input; and ``table``
     (the manifest's ``input.table``: format, Delta version or Iceberg snapshot, filters), so that
-    another version or slice of a table is another input."""
+    another version or slice of a table is another input. Not the files it does not read
+    (``skipped_files``): a readme added to the input folder made the same run a different one,
+    refused at its own output."""
     h = hashlib.sha256()
+    table = {k: v for k, v in (table or {}).items() if k != "skipped_files"}
     if table:
         h.update(json.dumps(table, sort_keys=True, default=str).encode() + b"\0")
     for info, ident in zip(infos, identities, strict=True):
@@ -133,9 +136,11 @@ def scan_input(cfg_in: InputConfig, loc: Location, stratify_by: str | None,
     return scan, ts, pieces
 
 
-#: Why a file under the input is not read, in every message that says so.
-NOT_PARQUET = ("not read: its name is not a Parquet file's (ending "
-               f"{', '.join(inputs.PARQUET_ENDINGS)} in any case, or no ending)")
+#: Which files under a Parquet folder are read, in every message about those that are not.
+PARQUET_NAMES = (f"a Parquet file's name ends {', '.join(inputs.PARQUET_ENDINGS)} in any case, "
+                 "or has no ending")
+#: A file under the input that is not read (the manifest's ``degraded`` entry of each).
+NOT_PARQUET = f"not read: not named as a Parquet file ({PARQUET_NAMES})"
 
 
 def skipped_line(table: Mapping[str, Any]) -> str | None:
@@ -144,7 +149,8 @@ def skipped_line(table: Mapping[str, Any]) -> str | None:
     if not skipped:
         return None
     shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-    return f"{len(skipped)} file(s) {NOT_PARQUET}: {shown}"
+    return (f"{len(skipped)} file(s) not read, not named as Parquet files ({PARQUET_NAMES}): "
+            f"{shown}")
 
 
 def input_record(scan, pieces) -> dict[str, Any]:
