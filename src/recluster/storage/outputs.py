@@ -69,9 +69,11 @@ _RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{8}"
 #: recluster writes. A staging area of a run that died is removed by the next run; anything else
 #: in it (a person's notes dropped there were deleted with it) is foreign.
 _STAGED_NAME = (r"(?:[A-Za-z0-9_=-][A-Za-z0-9_.=-]*/)*[A-Za-z0-9_=-][A-Za-z0-9_.=-]*"
-                r"\.(?:parquet|json|ubj|npz|html|yaml)")
+                r"\.(?:parquet|json|ubj|npz|html|yaml)"
+                # deltalake writes a log entry as "<version>.json#<n>", then links it into place
+                r"|(?:[A-Za-z0-9_=-][A-Za-z0-9_.=-]*/)*_delta_log/\d{20}\.json#\d+")
 _OWN_LAYOUT = re.compile(rf"^{RESERVED}/(?:{LOCK_DIR.split('/', 1)[1]}/\d{{12}}\.(?:json|lease)"
-                         rf"|staging/{_RUN_ID}/{_STAGED_NAME}|publishing/{_RUN_ID}\.json)$")
+                         rf"|staging/{_RUN_ID}/(?:{_STAGED_NAME})|publishing/{_RUN_ID}\.json)$")
 # What version-1 code wrote under the folder names it listed in ``outputs``; any other name it
 # listed was one file. Nothing else under those folders is taken to be a v1 run's.
 _V1_FOLDERS = {
