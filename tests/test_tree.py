@@ -71,6 +71,16 @@ def test_split_refusal_codes():
     assert rare.code is StopReason.SMALL_SHARE and "0.0400" in rare.text
     # The share rule does not apply to the root.
     assert split_refusal(TreeNode("root", 0, 1_000, 1.0), 10**9, REC) is None
+    # A node of exactly the share is not below it (350 of 5,000 at 0.07 was stopped, "share
+    # 0.0700 is below recursion.min_node_share=0.07"), and a stop's text agrees with the rule.
+    for size, total_rows, share in ((350, 5_000, 0.07), (70, 1_000, 0.07), (21, 300, 0.07),
+                                    (1_400, 5_000, 0.28), (42, 300, 0.14)):
+        at = RecursionConfig(max_depth=3, min_node_rows=10, min_node_share=share)
+        assert split_refusal(TreeNode("root.0", 1, size, size / total_rows), total_rows, at) \
+            is None, (size, total_rows, share)
+        below = split_refusal(TreeNode("root.0", 1, size - 1, 0.0), total_rows, at)
+        assert below.code is StopReason.SMALL_SHARE and \
+            float(below.text.split()[1]) < share, below.text
 
 
 def test_accept_split_returns_a_positive_decision():

@@ -100,7 +100,10 @@ def split_refusal(node: TreeNode, total_rows: int, cfg: RecursionConfig) -> Stop
         return StopReason.MAX_DEPTH.stop(max_depth=cfg.max_depth)
     if node.size < cfg.min_node_rows:
         return StopReason.TOO_SMALL.stop(rows=node.size, min_node_rows=cfg.min_node_rows)
-    if node.depth > 0 and cfg.min_node_share and node.size < cfg.min_node_share * total_rows:
+    # (the share itself against the setting, as the sentence says it: 350 of 5,000 rows at
+    # min_node_share 0.07 was below 0.07 * 5000 = 350.00000000000006, and "share 0.0700 is below
+    # recursion.min_node_share=0.07")
+    if node.depth > 0 and cfg.min_node_share and node.size / total_rows < cfg.min_node_share:
         return StopReason.SMALL_SHARE.stop(share=node.size / total_rows,
                                            min_node_share=cfg.min_node_share)
     return None
