@@ -90,6 +90,18 @@ def test_an_index_only_table_says_why_it_has_no_features():
     assert _schema(t, features=["__index_level_0__"]).numeric == ("__index_level_0__",)
 
 
+def test_an_index_column_that_is_stratify_by_is_not_said_to_be_left_out():
+    """Index levels are left out of the features and said so (``index_columns``); one given as
+    ``sample.stratify_by`` is read for that role, and was said to be left out all the same."""
+    t = pa.table({"rid": pa.array([1, 2, 3, 4]), "x": pa.array([1.0, 2.0, 3.0, 4.0]),
+                  "__index_level_0__": pa.array(["a", "b", "a", "b"]),
+                  "__index_level_1__": pa.array([1, 2, 3, 4])})
+    ts = _schema(t, stratify_by="__index_level_0__")
+    assert ts.index_columns == ("__index_level_1__",) and ts.stratify_by == "__index_level_0__"
+    assert ts.numeric == ("x",) and ts.categorical == ()
+    assert _schema(t).index_columns == ("__index_level_0__", "__index_level_1__")
+
+
 def _fits(levels: list[str]) -> dict:
     return {"root": (0, SimpleNamespace(preprocessor=SimpleNamespace(levels_={"c3": levels})))}
 

@@ -331,8 +331,9 @@ def resolve_schema(infos: Sequence, cfg: InputConfig, stratify_by: str | None,
                                  f"does not have" + _near_names(stray[0], first.schema.names))
         candidates = [n for n in first.schema.names if n != cfg.id_column
                       and n not in cfg.describe and n not in cfg.exclude]
-        as_index = [n for n in candidates
-                    if _PANDAS_INDEX.fullmatch(n) and n not in cfg.categorical]
+        as_index = [n for n in candidates  # (the stratify_by column is read, for its role)
+                    if _PANDAS_INDEX.fullmatch(n) and n not in cfg.categorical
+                    and n != stratify_by]
         features = [n for n in candidates if n not in as_index]
         if stratify_by in features and stratify_by not in cfg.categorical:
             features.remove(stratify_by)
